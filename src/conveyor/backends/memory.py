@@ -1,0 +1,57 @@
+"""MemoryResultBackend: results in this process's memory, for tests and the memory broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conveyor.backends.base import ResultBackend
+from conveyor.states import FINAL_STATES, State
+
+
+class MemoryResultBackend(ResultBackend):
+    """Results in a dict guarded by a condition variable; ``memory://`` URLs."""
+
+    schemes = ("memory",)
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._data: dict[str, tuple[State, bytes, float]] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryResultBackend:
+        """Build from a ``memory://`` URL (nothing in it is read)."""
+        return cls()
+
+    def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        with self._cond:
+            self._data[task_id] = (state, record, time.time() + ttl)
+            if state in FINAL_STATES:
+                self._cond.notify_all()
+
+    def get(self, task_id: str) -> bytes | None:
+        with self._cond:
+            return self._live(task_id)[1]
+
+    def wait(self, task_id: str, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                state, record = self._live(task_id)
+                remaining = deadline - time.monotonic()
+                if (state is not None and state in FINAL_STATES) or remaining <= 0:
+                    return record
+                self._cond.wait(remaining)
+
+    def forget(self, task_id: str) -> None:
+        with self._cond:
+            self._data.pop(task_id, None)
+
+    def _live(self, task_id: str) -> tuple[State | None, bytes | None]:
+        entry = self._data.get(task_id)
+        if entry is None:
+            return None, None
+        if entry[2] <= time.time():
+            del self._data[task_id]
+            return None, None
+        return entry[0], entry[1]

@@ -1,0 +1,222 @@
+"""The broker contract: what every broker (memory, SQLite, Redis, RabbitMQ) promises.
+
+A broker stores encoded message bodies beside the few fields it routes by and never decodes
+them. Its life cycle for one message::
+
+    enqueue ──► ready ──reserve──► in flight (leased to one owner) ──ack──► gone
+      │  ▲                            │   │ nack(delay) / lease expiry / release_owner
+      ▼  │ due                        │   └────────────► ready or scheduled again
+    scheduled                         └─ dead_letter, or > max_deliveries ──► dead
+
+Every method is one atomic step on the server: two workers can never hold the same message, and
+a crash between two calls loses nothing. The conformance suite in ``tests/conformance`` runs
+unchanged against every implementation.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message as handed to :meth:`Broker.enqueue`: routing fields plus the encoded body.
+
+    Attributes:
+        id: the message id (unique per message).
+        queue: the queue's name.
+        body: the encoded message; opaque to the broker.
+        priority: 0-9, higher runs first.
+        eta: Unix time before which the message must not be reserved; None for now.
+        key: idempotency key; while a message with the same key is pending or running, a new
+            one is not enqueued and its id is answered instead.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None
+    key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """A reserved message, leased to one owner until acked, nacked or its lease expires.
+
+    Attributes:
+        deliveries: how many times the message has been handed out, this time included.
+        token: identifies this lease; an ack or extend with an older token is ignored.
+    """
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    deliveries: int
+    token: str
+    owner: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that will not be delivered again until someone requeues it."""
+
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    dead_at: float
+    deliveries: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How many messages a queue holds in each state."""
+
+    queue: str
+    ready: int = 0
+    scheduled: int = 0
+    in_flight: int = 0
+    dead: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a live worker says about itself in its heartbeat."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    pool: str
+    started: float
+    last_seen: float
+    processed: int = 0
+    failed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict, for brokers that store worker info as text."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerInfo:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["queues"] = tuple(data.get("queues", ()))
+        return cls(**data)
+
+
+class Broker(abc.ABC):
+    """Base class of every broker. Subclasses implement each abstract method atomically.
+
+    Brokers are safe to share between threads of one process. A broker object created before
+    ``os.fork()`` opens fresh connections in the child on first use.
+    """
+
+    #: URL scheme(s) this broker serves, e.g. ``("sqlite",)``.
+    schemes: tuple[str, ...] = ()
+
+    def __init__(self, *, max_deliveries: int = 5) -> None:
+        self.max_deliveries = max_deliveries
+
+    @abc.abstractmethod
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Store messages durably, all or none; return the id each one lives under.
+
+        A message with a future ``eta`` goes to the schedule, never to the ready queue.
+        When an envelope's ``key`` matches a pending or running message, nothing is stored for
+        it and the existing message's id is returned in its place.
+
+        Raises:
+            BrokerUnavailable: the broker did not answer within the bounded retry.
+        """
+
+    @abc.abstractmethod
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        """Lease up to ``n`` ready messages to ``owner`` for ``lease`` seconds.
+
+        Queues are served in the order given; within a queue, highest priority first, then
+        first in, first out. Before reserving, due scheduled messages are promoted and expired
+        leases are recovered (redelivered, or dead-lettered once delivered ``max_deliveries``
+        times). When nothing is ready, waits up to ``timeout`` seconds for a message.
+        """
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Remove finished messages. A delivery whose lease was lost (older token) is ignored."""
+
+    @abc.abstractmethod
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        """Give a message back: ready now, or scheduled ``delay`` seconds from now.
+
+        This delivery does not count toward ``max_deliveries``. ``body`` replaces the stored
+        body (a retry carries ``attempt + 1``). A lost lease is ignored.
+        """
+
+    @abc.abstractmethod
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        """Heartbeat: push each lease ``lease`` seconds into the future.
+
+        Returns:
+            The ids of deliveries whose lease is no longer held (expired and redelivered).
+        """
+
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        """Move a reserved message to the dead-letter queue with the reason (and optional new body)."""
+
+    @abc.abstractmethod
+    def release_owner(self, owner: str) -> int:
+        """Return every message leased to ``owner`` to the ready queue at once (its process died).
+
+        Deliveries still count, so a message that keeps killing its worker ends up dead-lettered.
+
+        Returns:
+            How many messages were released.
+        """
+
+    @abc.abstractmethod
+    def recover(self) -> int:
+        """Promote due scheduled messages and recover expired leases now; return how many moved."""
+
+    @abc.abstractmethod
+    def stats(self) -> list[QueueStats]:
+        """Counts per known queue, sorted by queue name."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    @abc.abstractmethod
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Move dead letters (all when ``ids`` is None) back to their ready queue with deliveries reset."""
+
+    @abc.abstractmethod
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None); return how many."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete the ready and scheduled messages of a queue; in-flight ones are left alone."""
+
+    @abc.abstractmethod
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Record a worker heartbeat; the worker counts as live for ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Live workers (heartbeat younger than its ttl)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections. The broker may be used again afterwards (it reconnects)."""

@@ -1,0 +1,145 @@
+"""Every exception conveyor raises, rooted in one tree.
+
+::
+
+    ConveyorError
+    ├── ConfigurationError          bad App(...) keyword, CONVEYOR_* variable or task option
+    ├── BrokerError
+    │   ├── BrokerUnavailable       the broker did not answer within the bounded retry
+    │   └── QueueNotFound
+    ├── MessageError
+    │   ├── EncodeError             an argument does not serialize (names the argument)
+    │   ├── DecodeError             bytes that are not a conveyor message (carries them)
+    │   ├── SignatureError          unsigned or mis-signed message for a worker with a secret
+    │   └── MessageTooLarge
+    ├── TaskError
+    │   ├── TaskNotRegistered
+    │   ├── TimeLimitExceeded       raised inside the task at its soft limit; recorded at the hard one
+    │   └── TaskRevoked
+    └── ResultError
+        ├── ResultTimeout           AsyncResult.get() waited longer than its timeout
+        ├── ResultMissing           no result stored (expired, ignored, or never run)
+        └── TaskFailed              the task raised; carries the remote type, message and traceback
+
+    Retry (Exception)               control flow: raise it inside a task to run it again later
+    WorkerShutdown (BaseException)  the worker stopping a task; user code cannot swallow it
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Root of every error conveyor raises."""
+
+
+class ConfigurationError(ConveyorError):
+    """A setting, task option or URL is wrong; raised at decoration or start-up."""
+
+
+class BrokerError(ConveyorError):
+    """The broker failed an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker did not answer within the bounded retry."""
+
+
+class QueueNotFound(BrokerError):
+    """A named queue does not exist where the broker needs it to."""
+
+
+class MessageError(ConveyorError):
+    """A message could not be built, encoded, decoded or verified."""
+
+
+class EncodeError(MessageError):
+    """A task argument does not serialize.
+
+    Attributes:
+        argument: where the bad value sits, e.g. ``args[1]`` or ``kwargs['when']``.
+    """
+
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class DecodeError(MessageError):
+    """Bytes that are not a valid conveyor message.
+
+    Attributes:
+        raw: the undecodable bytes, kept so they can be inspected in the dead-letter queue.
+    """
+
+    def __init__(self, message: str, raw: bytes = b"") -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class SignatureError(MessageError):
+    """A worker with a secret received an unsigned or mis-signed message."""
+
+
+class MessageTooLarge(MessageError):
+    """The encoded message exceeds ``max_message_size``."""
+
+
+class TaskError(ConveyorError):
+    """A task could not be found or was stopped."""
+
+
+class TaskNotRegistered(TaskError):
+    """No task of that name is registered on the app."""
+
+
+class TimeLimitExceeded(TaskError):
+    """The task ran past its time limit."""
+
+
+class TaskRevoked(TaskError):
+    """The task was revoked (or expired) before it ran."""
+
+
+class ResultError(ConveyorError):
+    """A result could not be obtained."""
+
+
+class ResultTimeout(ResultError, TimeoutError):
+    """``AsyncResult.get()`` waited longer than its timeout."""
+
+
+class ResultMissing(ResultError):
+    """No result is stored for that id (expired, ignored, or never run)."""
+
+
+class TaskFailed(ResultError):
+    """The task raised; ``get(propagate=True)`` raises this in the caller.
+
+    Attributes:
+        type_name: the qualified name of the exception type raised in the worker.
+        traceback: the formatted traceback of the failed attempt.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.remote_message = message
+        self.traceback = traceback
+
+
+class Retry(Exception):  # noqa: N818 - a control-flow signal, named like Celery's
+    """Raise inside a task to run it again later (counts as one retry).
+
+    Args:
+        countdown: seconds to wait before the next attempt; None uses the task's backoff.
+        reason: a short text recorded with the RETRY state.
+    """
+
+    def __init__(self, countdown: float | None = None, reason: str = "") -> None:
+        super().__init__(reason or "retry requested")
+        self.countdown = countdown
+        self.reason = reason
+
+
+class WorkerShutdown(BaseException):
+    """Raised by the worker into a task it is stopping; a BaseException so user code cannot swallow it."""

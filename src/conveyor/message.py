@@ -1,0 +1,133 @@
+"""The message: conveyor's one wire format, versioned, and its JSON codec.
+
+A message is a msgspec struct encoded as JSON. Brokers never look inside the body: they store
+the bytes beside the few fields they route by (queue, priority, eta), so a message from a newer
+or broken producer still reaches a worker, which can dead-letter it with the reason. Never pickle.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from conveyor.errors import DecodeError, EncodeError, MessageTooLarge
+
+#: The wire format version this code writes and reads.
+FORMAT_VERSION = 1
+
+#: Lowest and highest priority; higher runs first.
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+
+class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False):
+    """One task invocation on the wire.
+
+    Times (``eta``, ``expires``, ``created``) are Unix timestamps in seconds.
+    """
+
+    v: int = FORMAT_VERSION
+    id: str
+    task: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    #: Retries done so far: 0 on the first run.
+    attempt: int = 0
+    max_retries: int | None = None
+    #: Idempotency key: a second enqueue with the same key is dropped while the first is pending.
+    key: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    links: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    link_errors: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    chord: dict[str, Any] | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    created: float = 0.0
+
+
+def new_id() -> str:
+    """A fresh message id: 32 hex characters, sortable by nothing in particular."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """Wall-clock Unix time in seconds; the one clock messages and leases use."""
+    return time.time()
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+
+
+def encode(message: Message, max_size: int | None = None) -> bytes:
+    """Encode a message to JSON bytes.
+
+    Raises:
+        EncodeError: an argument is not JSON-serializable; the error names which one.
+        MessageTooLarge: the encoding is longer than ``max_size`` bytes.
+    """
+    try:
+        body = _encoder.encode(message)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _explain_encode_failure(message, exc) from exc
+    if max_size is not None and len(body) > max_size:
+        raise MessageTooLarge(
+            f"message for task {message.task!r} is {len(body)} bytes, over the limit of {max_size} bytes "
+            "(max_message_size); pass a reference (a key, a URL) instead of the data"
+        )
+    return body
+
+
+def decode(body: bytes) -> Message:
+    """Decode JSON bytes into a message.
+
+    Raises:
+        DecodeError: the bytes are not a conveyor message of a version this code reads.
+    """
+    try:
+        message = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(f"undecodable message: {exc}", raw=body) from exc
+    if message.v > FORMAT_VERSION:
+        raise DecodeError(f"message format v{message.v} is newer than this worker reads (v{FORMAT_VERSION})", raw=body)
+    return message
+
+
+def _explain_encode_failure(message: Message, exc: Exception) -> EncodeError:
+    """Find the first argument that does not encode, so the error can name it."""
+    candidates: list[tuple[str, Any]] = [(f"args[{i}]", value) for i, value in enumerate(message.args)]
+    candidates += [(f"kwargs[{name!r}]", value) for name, value in message.kwargs.items()]
+    for where, value in candidates:
+        try:
+            _encoder.encode(value)
+        except (TypeError, ValueError, OverflowError) as inner:
+            return EncodeError(
+                f"task {message.task!r}: argument {where} of type {type(value).__name__} cannot be sent "
+                f"as JSON ({inner}); pass plain data (str, int, float, bool, None, list, dict)",
+                argument=where,
+            )
+    return EncodeError(f"task {message.task!r}: message does not encode: {exc}")
+
+
+def encode_value(value: Any) -> bytes:
+    """Encode a task's return value (or any JSON-able data) for the result backend.
+
+    Raises:
+        EncodeError: the value is not JSON-serializable.
+    """
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EncodeError(f"value of type {type(value).__name__} cannot be stored as JSON: {exc}") from exc
+
+
+def decode_value(data: bytes) -> Any:
+    """Decode bytes written by :func:`encode_value`."""
+    return msgspec.json.decode(data)

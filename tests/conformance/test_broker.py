@@ -1,0 +1,289 @@
+"""The broker contract (brokers/base.py), run unchanged over every broker kind.
+
+Each test reads Given / When / Then. Durations are short (leases of a fraction of a second) and
+every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from conveyor.brokers import Broker, Envelope
+
+OWNER = "worker-a"
+
+
+def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+
+
+def stats_of(broker: Broker, queue: str = "default") -> tuple[int, int, int, int]:
+    for s in broker.stats():
+        if s.queue == queue:
+            return s.ready, s.scheduled, s.in_flight, s.dead
+    return 0, 0, 0, 0
+
+
+def test_enqueued_message_is_reserved_once_with_its_body(broker: Broker) -> None:
+    # Given one enqueued message
+    e = env(body=b'{"hello": 1}')
+    assert broker.enqueue([e]) == [e.id]
+    # When two owners reserve
+    first = broker.reserve(["default"], 10, owner=OWNER, lease=5)
+    second = broker.reserve(["default"], 10, owner="worker-b", lease=5)
+    # Then only the first gets it, intact, on its first delivery
+    assert [(d.id, d.body, d.deliveries, d.owner, d.queue) for d in first] == [(e.id, e.body, 1, OWNER, "default")]
+    assert second == []
+    assert stats_of(broker) == (0, 0, 1, 0)
+
+
+def test_priority_first_then_fifo(broker: Broker) -> None:
+    # Given messages of mixed priority, enqueued in this order
+    es = [env(priority=p, body=str(i).encode()) for i, p in enumerate([0, 5, 9, 5, 0, 9])]
+    broker.enqueue(es)
+    # When all are reserved
+    got = broker.reserve(["default"], 10, owner=OWNER, lease=5)
+    # Then higher priorities come first, and within a priority the oldest first
+    assert [d.body for d in got] == [b"2", b"5", b"1", b"3", b"0", b"4"]
+
+
+def test_queues_are_served_in_declared_order(broker: Broker) -> None:
+    broker.enqueue([env("low", b"l1"), env("high", b"h1"), env("low", b"l2")])
+    got = broker.reserve(["high", "low"], 2, owner=OWNER, lease=5)
+    assert [d.body for d in got] == [b"h1", b"l1"]
+    assert [d.queue for d in got] == ["high", "low"]
+
+
+def test_reserve_takes_at_most_n(broker: Broker) -> None:
+    broker.enqueue([env() for _ in range(5)])
+    assert len(broker.reserve(["default"], 2, owner=OWNER, lease=5)) == 2
+    assert len(broker.reserve(["default"], 10, owner=OWNER, lease=5)) == 3
+
+
+def test_batch_enqueue_of_many(broker: Broker) -> None:
+    broker.enqueue([env(body=str(i).encode()) for i in range(1000)])
+    assert stats_of(broker) == (1000, 0, 0, 0)
+    got = broker.reserve(["default"], 1000, owner=OWNER, lease=5)
+    assert [d.body for d in got] == [str(i).encode() for i in range(1000)]
+
+
+def test_future_eta_waits_in_the_schedule(broker: Broker) -> None:
+    # Given a message due in 0.4 s
+    broker.enqueue([env(eta=time.time() + 0.4)])
+    # Then it is scheduled, not ready, and not reservable yet
+    assert stats_of(broker) == (0, 1, 0, 0)
+    assert broker.reserve(["default"], 1, owner=OWNER, lease=5) == []
+    # When its time comes, it is reserved
+    time.sleep(0.5)
+    assert len(broker.reserve(["default"], 1, owner=OWNER, lease=5)) == 1
+
+
+def test_past_eta_is_ready_at_once(broker: Broker) -> None:
+    broker.enqueue([env(eta=time.time() - 10)])
+    assert len(broker.reserve(["default"], 1, owner=OWNER, lease=5)) == 1
+
+
+def test_ack_removes_the_message(broker: Broker) -> None:
+    broker.enqueue([env(), env()])
+    got = broker.reserve(["default"], 2, owner=OWNER, lease=5)
+    broker.ack(got)
+    assert stats_of(broker) == (0, 0, 0, 0)
+    assert broker.reserve(["default"], 2, owner=OWNER, lease=5) == []
+
+
+def test_nack_returns_it_without_counting_the_delivery(broker: Broker) -> None:
+    broker.enqueue([env()])
+    [d] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    broker.nack(d)
+    [again] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    assert again.id == d.id
+    assert again.deliveries == 1
+    assert again.token != d.token
+
+
+def test_nack_with_delay_schedules_it_with_the_new_body(broker: Broker) -> None:
+    broker.enqueue([env(body=b"attempt-0")])
+    [d] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    broker.nack(d, delay=0.3, body=b"attempt-1")
+    assert stats_of(broker) == (0, 1, 0, 0)
+    assert broker.reserve(["default"], 1, owner=OWNER, lease=5) == []
+    time.sleep(0.4)
+    [again] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    assert again.body == b"attempt-1"
+
+
+def test_expired_lease_is_redelivered_and_counted(broker: Broker) -> None:
+    # Given a message leased for 0.3 s whose owner never heartbeats
+    broker.enqueue([env()])
+    [d] = broker.reserve(["default"], 1, owner=OWNER, lease=0.3)
+    assert broker.reserve(["default"], 1, owner="worker-b", lease=5) == []
+    # When the lease expires
+    time.sleep(0.4)
+    # Then another owner gets it, as its second delivery
+    [again] = broker.reserve(["default"], 1, owner="worker-b", lease=5)
+    assert (again.id, again.deliveries, again.owner) == (d.id, 2, "worker-b")
+
+
+def test_stale_ack_and_extend_are_ignored(broker: Broker) -> None:
+    # Given a message whose first lease expired and was taken by worker-b
+    broker.enqueue([env()])
+    [old] = broker.reserve(["default"], 1, owner=OWNER, lease=0.2)
+    time.sleep(0.3)
+    [new] = broker.reserve(["default"], 1, owner="worker-b", lease=5)
+    # When the first owner acks and heartbeats late
+    broker.ack([old])
+    lost = broker.extend([old], 5)
+    # Then nothing changes for worker-b, and the first owner learns its lease is lost
+    assert lost == [old.id]
+    assert stats_of(broker) == (0, 0, 1, 0)
+    assert broker.extend([new], 5) == []
+    broker.ack([new])
+    assert stats_of(broker) == (0, 0, 0, 0)
+
+
+def test_heartbeat_keeps_a_long_task_leased(broker: Broker) -> None:
+    # Given a 0.3 s lease heartbeated every 0.1 s for 0.8 s
+    broker.enqueue([env()])
+    [d] = broker.reserve(["default"], 1, owner=OWNER, lease=0.3)
+    for _ in range(8):
+        time.sleep(0.1)
+        assert broker.extend([d], 0.3) == []
+        # Then no other owner can take it meanwhile
+        assert broker.reserve(["default"], 1, owner="worker-b", lease=5) == []
+    broker.ack([d])
+
+
+def test_poison_message_goes_to_dead_letters(broker: Broker) -> None:
+    # Given max_deliveries=3 (the fixture) and an owner that dies with it three times
+    broker.enqueue([env(body=b"poison")])
+    for attempt in range(1, 4):
+        [d] = broker.reserve(["default"], 1, owner=f"w{attempt}", lease=0.1)
+        assert d.deliveries == attempt
+        time.sleep(0.15)
+    # When it would be delivered a fourth time
+    assert broker.reserve(["default"], 1, owner="w4", lease=5) == []
+    # Then it is dead, with a reason
+    [dead] = broker.dead_letters()
+    assert dead.body == b"poison"
+    assert "3 times" in dead.reason
+    assert stats_of(broker) == (0, 0, 0, 1)
+
+
+def test_release_owner_returns_its_messages_at_once(broker: Broker) -> None:
+    broker.enqueue([env(), env(), env()])
+    mine = broker.reserve(["default"], 2, owner="child-1", lease=60)
+    broker.reserve(["default"], 1, owner="child-2", lease=60)
+    assert broker.release_owner("child-1") == 2
+    again = broker.reserve(["default"], 5, owner="child-3", lease=60)
+    assert sorted(d.id for d in again) == sorted(d.id for d in mine)
+    assert all(d.deliveries == 2 for d in again)
+
+
+def test_dead_letter_list_requeue_and_purge(broker: Broker) -> None:
+    # Given two messages dead-lettered explicitly
+    broker.enqueue([env(body=b"a"), env(body=b"b")])
+    a, b = broker.reserve(["default"], 2, owner=OWNER, lease=5)
+    broker.dead_letter(a, "unknown task 'x'")
+    broker.dead_letter(b, "undecodable", body=b"b!")
+    # Then they are listed oldest first with their reasons
+    dead = broker.dead_letters()
+    assert [(x.id, x.reason, x.body) for x in dead] == [(a.id, "unknown task 'x'", b"a"), (b.id, "undecodable", b"b!")]
+    assert broker.dead_letters(queue="other") == []
+    # When one is requeued and the other purged
+    assert broker.requeue_dead([a.id]) == 1
+    assert broker.purge_dead() == 1
+    # Then the requeued one is ready again with its deliveries reset
+    [d] = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert (d.id, d.deliveries) == (a.id, 1)
+    assert broker.dead_letters() == []
+
+
+def test_idempotency_key_dedupes_while_pending_or_running(broker: Broker) -> None:
+    # Given a message with a key
+    first = env(key="receipt-42")
+    assert broker.enqueue([first]) == [first.id]
+    # When another with the same key is enqueued, pending or running
+    assert broker.enqueue([env(key="receipt-42")]) == [first.id]
+    [d] = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert broker.enqueue([env(key="receipt-42")]) == [first.id]
+    # Then only one exists; once acked, the key is free again
+    broker.ack([d])
+    third = env(key="receipt-42")
+    assert broker.enqueue([third]) == [third.id]
+
+
+def test_purge_deletes_ready_and_scheduled_only(broker: Broker) -> None:
+    broker.enqueue([env(), env(), env(eta=time.time() + 60), env("other")])
+    [running] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    assert broker.purge("default") == 2
+    assert stats_of(broker) == (0, 0, 1, 0)
+    assert stats_of(broker, "other") == (1, 0, 0, 0)
+    broker.ack([running])
+
+
+def test_reserve_waits_for_a_message_up_to_its_timeout(broker: Broker) -> None:
+    # Given an empty queue, an idle reserve returns empty after about its timeout
+    started = time.monotonic()
+    assert broker.reserve(["default"], 1, owner=OWNER, lease=5, timeout=0.3) == []
+    assert 0.25 <= time.monotonic() - started < 2.0
+    # When a message arrives while a reserve waits, the reserve wakes with it
+    timer = threading.Timer(0.2, lambda: broker.enqueue([env(body=b"late")]))
+    timer.start()
+    started = time.monotonic()
+    got = broker.reserve(["default"], 1, owner=OWNER, lease=5, timeout=3)
+    timer.join()
+    assert [d.body for d in got] == [b"late"]
+    assert time.monotonic() - started < 1.5
+
+
+def test_concurrent_reservers_never_share_a_message(broker: Broker) -> None:
+    # Given 400 messages and 4 threads reserving in small batches
+    broker.enqueue([env(body=str(i).encode()) for i in range(400)])
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def drain(owner: str) -> None:
+        while True:
+            got = broker.reserve(["default"], 7, owner=owner, lease=30)
+            if not got:
+                return
+            with lock:
+                seen.extend(d.id for d in got)
+            broker.ack(got)
+
+    threads = [threading.Thread(target=drain, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then every message was reserved exactly once
+    assert len(seen) == 400
+    assert len(set(seen)) == 400
+
+
+def test_workers_registry_expires_silent_workers(broker: Broker) -> None:
+    from conveyor.brokers import WorkerInfo
+
+    now = time.time()
+    a = WorkerInfo("host.1", "host", 1, ("default",), 2, "process", now, now)
+    b = WorkerInfo("host.2", "host", 2, ("mail",), 4, "thread", now, now, processed=7)
+    broker.register_worker(a, ttl=0.3)
+    broker.register_worker(b, ttl=30)
+    assert [w.id for w in broker.workers()] == ["host.1", "host.2"]
+    assert broker.workers()[1] == b
+    time.sleep(0.4)
+    assert [w.id for w in broker.workers()] == ["host.2"]
+    broker.unregister_worker("host.2")
+    assert broker.workers() == []
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_recover_promotes_due_and_expired(broker: Broker, n: int) -> None:
+    broker.enqueue([env(eta=time.time() + 0.1) for _ in range(n)])
+    time.sleep(0.2)
+    assert broker.recover() >= n
+    assert stats_of(broker) == (n, 0, 0, 0)

@@ -1,0 +1,106 @@
+"""Fixtures shared by every test: brokers and backends by kind, each isolated per test.
+
+Real servers only. A fixture pings its server first: locally an unreachable server skips the
+tests that need it; when ``CI=true`` it fails them, so a missing server never passes silently.
+Redis tests get a key prefix unique to the test and delete every key under it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends import ResultBackend
+from conveyor.backends import from_url as backend_from_url
+from conveyor.brokers import Broker
+from conveyor.brokers import from_url as broker_from_url
+
+REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+#: Every broker kind the conformance suite runs over.
+BROKER_KINDS = ["memory", "sqlite", "redis"]
+BACKEND_KINDS = ["memory", "sqlite", "redis"]
+
+
+def server_missing(what: str, why: str) -> None:
+    """Skip locally, fail in CI: an unreachable server must never pass silently there."""
+    message = f"{what} is not reachable: {why}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: a missing server is a failure)")
+    pytest.skip(message)
+
+
+def redis_available() -> None:
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        server_missing("redis-py", str(exc))
+        return
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        server_missing(f"Redis at {REDIS_URL}", str(exc))
+
+
+def redis_cleanup(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    # Hash-tagged keys start with "{prefix"; catch those too.
+    keys += list(client.scan_iter(match=f"{{{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix unique to this test; every key under it is deleted afterwards."""
+    redis_available()
+    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"
+    redis_cleanup(prefix)
+    yield prefix
+    redis_cleanup(prefix)
+
+
+def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A broker/backend URL of ``kind`` isolated to one test."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'conveyor.db'}"
+    if kind == "redis":
+        prefix: str = request.getfixturevalue("redis_prefix")
+        return f"{REDIS_URL}?prefix={prefix}"
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def broker_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return url_for(broker_kind, tmp_path, request)
+
+
+@pytest.fixture
+def broker(broker_url: str) -> Iterator[Broker]:
+    instance = broker_from_url(broker_url, max_deliveries=3)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBackend]:
+    instance = backend_from_url(url_for(request.param, tmp_path, request))
+    yield instance
+    instance.close()
