@@ -1,0 +1,81 @@
+"""conveyor: a distributed task queue that never loses a task and needs no server to start.
+
+::
+
+    from conveyor import App
+
+    app = App("shop")                       # embedded default: sqlite:///conveyor.db
+
+    @app.task(retries=3)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    add.delay(1, 2).get(timeout=5)          # run a worker: conveyor worker shop:app
+"""
+
+from conveyor.app import App
+from conveyor.context import TaskContext, current_context
+from conveyor.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    ConveyorError,
+    DecodeError,
+    EncodeError,
+    MessageError,
+    MessageTooLarge,
+    QueueNotFound,
+    ResultError,
+    ResultMissing,
+    ResultTimeout,
+    Retry,
+    SignatureError,
+    TaskError,
+    TaskFailed,
+    TaskNotRegistered,
+    TaskRevoked,
+    TimeLimitExceeded,
+    WorkerShutdown,
+)
+from conveyor.result import AsyncResult
+from conveyor.settings import Settings
+from conveyor.states import State
+from conveyor.task import AsyncTask, Task, TaskOptions
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # The application and its tasks
+    "App",
+    "AsyncTask",
+    "Task",
+    "TaskOptions",
+    "Settings",
+    # Results
+    "AsyncResult",
+    "State",
+    # Inside a task
+    "TaskContext",
+    "current_context",
+    "Retry",
+    # Errors
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "ConveyorError",
+    "DecodeError",
+    "EncodeError",
+    "MessageError",
+    "MessageTooLarge",
+    "QueueNotFound",
+    "ResultError",
+    "ResultMissing",
+    "ResultTimeout",
+    "SignatureError",
+    "TaskError",
+    "TaskFailed",
+    "TaskNotRegistered",
+    "TaskRevoked",
+    "TimeLimitExceeded",
+    "WorkerShutdown",
+]

@@ -1,0 +1,32 @@
+"""The ``conveyor`` command line: worker, status, enqueue, dead letters.
+
+Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
+settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
+"""
+
+from __future__ import annotations
+
+import click
+
+from conveyor.cli.dlq import dlq
+from conveyor.cli.status import status
+from conveyor.cli.tasks import enqueue, purge
+from conveyor.cli.worker import worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="conveyor")
+def main() -> None:
+    """conveyor: a distributed task queue that never loses a task.
+
+    Start a worker for your app with `conveyor worker shop.tasks:app`, watch it with
+    `conveyor status shop.tasks:app`. Settings come from App(...) and CONVEYOR_* variables,
+    e.g. CONVEYOR_BROKER_URL=redis://localhost:6379/0.
+    """
+
+
+main.add_command(worker)
+main.add_command(status)
+main.add_command(enqueue)
+main.add_command(purge)
+main.add_command(dlq)

@@ -1,0 +1,62 @@
+"""``conveyor status``: queues with their depths, and live workers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.cli._load import load_app
+
+
+@click.command()
+@click.argument("app", envvar="CONVEYOR_APP")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(app: str, as_json: bool) -> None:
+    """Show APP's queues (ready, scheduled, in flight, dead) and its live workers."""
+    the_app = load_app(app)
+    queues = the_app.broker.stats()
+    workers = the_app.broker.workers()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "queues": [q.__dict__ if hasattr(q, "__dict__") else _asdict(q) for q in queues],
+                    "workers": [w.to_dict() for w in workers],
+                },
+                indent=2,
+            )
+        )
+        return
+    console = Console()
+    table = Table(title=f"queues of {the_app.name} ({the_app.settings.broker_url})")
+    for column in ("queue", "ready", "scheduled", "in flight", "dead"):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for q in queues:
+        table.add_row(q.queue, str(q.ready), str(q.scheduled), str(q.in_flight), str(q.dead))
+    console.print(table)
+    wtable = Table(title=f"live workers: {len(workers)}")
+    for column in ("worker", "queues", "pool", "concurrency", "processed", "failed", "up", "last seen"):
+        wtable.add_column(column)
+    now = time.time()
+    for w in workers:
+        wtable.add_row(
+            w.id,
+            ",".join(w.queues),
+            w.pool,
+            str(w.concurrency),
+            str(w.processed),
+            str(w.failed),
+            f"{now - w.started:.0f}s",
+            f"{now - w.last_seen:.1f}s ago",
+        )
+    console.print(wtable)
+
+
+def _asdict(obj: object) -> dict[str, object]:
+    import dataclasses
+
+    return dataclasses.asdict(obj)  # type: ignore[call-overload, no-any-return]

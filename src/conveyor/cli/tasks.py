@@ -1,0 +1,73 @@
+"""``conveyor enqueue`` and ``conveyor purge``: send a task, or empty a queue, from the shell."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from conveyor.cli._load import load_app
+from conveyor.errors import ConveyorError
+
+
+def _json_arg(value: str | None, what: str, kind: type) -> Any:
+    if value is None:
+        return kind()
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=what) from exc
+    if not isinstance(parsed, kind):
+        raise click.BadParameter(f"must be a JSON {'array' if kind is list else 'object'}", param_hint=what)
+    return parsed
+
+
+@click.command()
+@click.argument("app", envvar="CONVEYOR_APP")
+@click.argument("task")
+@click.option("--args", "args_json", help="Positional arguments as a JSON array, e.g. '[1, 2]'.")
+@click.option("--kwargs", "kwargs_json", help='Keyword arguments as a JSON object, e.g. \'{"to": "a@b.c"}\'.')
+@click.option("--queue", default=None, help="Queue to send to. [default: the task's]")
+@click.option("--priority", type=click.IntRange(0, 9), default=None, help="0-9, higher runs first.")
+@click.option("--countdown", type=float, default=None, help="Run no sooner than this many seconds from now.")
+@click.option(
+    "--wait", "wait_for", type=float, default=None, help="Wait this many seconds for the result and print it."
+)
+def enqueue(
+    app: str,
+    task: str,
+    args_json: str | None,
+    kwargs_json: str | None,
+    queue: str | None,
+    priority: int | None,
+    countdown: float | None,
+    wait_for: float | None,
+) -> None:
+    """Send TASK (its registered name) to APP's workers; print its id (and result with --wait)."""
+    the_app = load_app(app)
+    args = _json_arg(args_json, "--args", list)
+    kwargs = _json_arg(kwargs_json, "--kwargs", dict)
+    found = the_app.tasks.get(task)
+    if found is None:
+        known = ", ".join(sorted(the_app.tasks)) or "none"
+        raise click.BadParameter(f"no task {task!r} on app {the_app.name!r}; known: {known}", param_hint="TASK")
+    try:
+        result = found.apply_async(args, kwargs, queue=queue, priority=priority, countdown=countdown)
+        click.echo(result.id)
+        if wait_for is not None:
+            click.echo(json.dumps(result.get(timeout=wait_for)))
+    except ConveyorError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.command()
+@click.argument("app", envvar="CONVEYOR_APP")
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(app: str, queue: str, yes: bool) -> None:
+    """Delete QUEUE's ready and scheduled tasks (running ones are left alone)."""
+    the_app = load_app(app)
+    if not yes:
+        click.confirm(f"Delete every waiting task of queue {queue!r}?", abort=True)
+    click.echo(f"purged {the_app.broker.purge(queue)} task(s) from {queue}")

@@ -1,0 +1,145 @@
+"""AsyncResult: the producer's handle on a task it enqueued.
+
+It reads only the result backend: ``get()`` waits on the backend (which wakes as soon as the
+result lands), ``state``/``ready()``/``progress`` read the latest record. The type parameter is
+the task's return type, so ``add.delay(1, 2).get()`` is an ``int`` to the type checker.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from conveyor.errors import ResultMissing, ResultTimeout, TaskFailed
+from conveyor.states import ErrorInfo, ResultRecord, State, decode_record
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+R = TypeVar("R")
+
+#: ``get()`` without a timeout waits this long at most, in seconds: no call blocks forever by accident.
+DEFAULT_GET_TIMEOUT = 3600.0
+
+
+class AsyncResult(Generic[R]):
+    """The state and eventual value of one task.
+
+    Args:
+        task_id: the id ``delay()``/``apply_async()`` returned.
+        app: the app whose result backend holds the result.
+    """
+
+    __slots__ = ("_app", "id")
+
+    def __init__(self, task_id: str, app: App) -> None:
+        self.id = task_id
+        self._app = app
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id} {self.state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _record(self) -> ResultRecord | None:
+        raw = self._app.backend.get(self.id)
+        return None if raw is None else decode_record(raw)
+
+    @property
+    def state(self) -> State:
+        """The latest state; PENDING when nothing is recorded yet."""
+        record = self._record()
+        return State.PENDING if record is None else record.state
+
+    def ready(self) -> bool:
+        """True once the task finished (SUCCESS, FAILURE or REVOKED)."""
+        return self.state.final
+
+    def successful(self) -> bool:
+        """True if the task finished with SUCCESS."""
+        return self.state is State.SUCCESS
+
+    def failed(self) -> bool:
+        """True if the task finished with FAILURE."""
+        return self.state is State.FAILURE
+
+    @property
+    def result(self) -> Any:
+        """The return value once SUCCESS, the error text once FAILURE, else None; never waits."""
+        record = self._record()
+        if record is None:
+            return None
+        if record.state is State.SUCCESS:
+            return record.value
+        return None if record.error is None else f"{record.error.type}: {record.error.message}"
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback of the last failed attempt, if any."""
+        record = self._record()
+        if record is None or record.error is None:
+            return None
+        return record.error.traceback
+
+    @property
+    def errors(self) -> list[ErrorInfo]:
+        """Every failed attempt so far, oldest first, each with its traceback."""
+        record = self._record()
+        return [] if record is None else list(record.errors)
+
+    @property
+    def progress(self) -> float | None:
+        """The fraction (0-1) the task last reported with ``ctx.progress()``; 1.0 once SUCCESS."""
+        record = self._record()
+        if record is None:
+            return None
+        return 1.0 if record.state is State.SUCCESS else record.progress
+
+    @property
+    def info(self) -> ResultRecord | None:
+        """The whole stored record (state, value, errors, worker, times), or None."""
+        return self._record()
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the task to finish and return its value.
+
+        Args:
+            timeout: seconds to wait at most; None waits up to an hour.
+            propagate: raise :class:`TaskFailed` when the task failed (else return None).
+
+        Raises:
+            ResultTimeout: the task did not finish in time.
+            TaskFailed: the task failed and ``propagate`` is true.
+            ResultMissing: the task was revoked, or its result expired.
+        """
+        limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        record: ResultRecord | None = None
+        while True:
+            raw = self._app.backend.wait(self.id, max(0.0, deadline - time.monotonic()))
+            record = None if raw is None else decode_record(raw)
+            if (record is not None and record.state.final) or time.monotonic() >= deadline:
+                break
+        if record is None or not record.state.final:
+            state = State.PENDING if record is None else record.state
+            raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {state})")
+        return self._value_of(record, propagate)
+
+    def _value_of(self, record: ResultRecord, propagate: bool) -> R:
+        if record.state is State.SUCCESS:
+            value: R = record.value
+            return value
+        if record.state is State.REVOKED:
+            raise ResultMissing(f"task {self.id} was revoked: {record.note or 'no reason given'}")
+        if not propagate:
+            return None  # type: ignore[return-value]
+        error = record.error or ErrorInfo("UnknownError", "no error recorded")
+        raise TaskFailed(error.type, error.message, error.traceback)
+
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self._app.backend.forget(self.id)

@@ -1,0 +1,218 @@
+"""Task: a function registered on an app, callable inline and sendable to workers.
+
+``Task[P, R]`` keeps the function's signature: ``delay(*args, **kwargs)`` is checked against it
+by the type checker and returns ``AsyncResult[R]``. Options are validated when the task is
+declared, so ``@app.task(retires=3)`` fails at import time naming the options that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from conveyor.errors import ConfigurationError
+from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
+from conveyor.result import AsyncResult
+from conveyor.retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Options of one task, given as keyword arguments to ``@app.task(...)``.
+
+    Attributes:
+        name: registered name; defaults to ``module.qualname`` of the function.
+        queue: queue the task goes to; defaults to the app's ``default_queue``.
+        priority: 0-9, higher runs first.
+        retries: retries after a failed first attempt.
+        backoff: base retry delay in seconds (exponential, full jitter).
+        backoff_max: cap on the retry delay in seconds.
+        retry_on: exception types that are retried; others fail at once.
+        time_limit: hard limit in seconds: the process running the task is replaced and the task
+            fails with TimeLimitExceeded.
+        soft_time_limit: seconds after which TimeLimitExceeded is raised inside the task.
+        ignore_result: store no result (and no STARTED state) for this task.
+        expires: seconds after enqueue after which the task is not run (recorded REVOKED).
+        dead_letter_on_failure: put the message in the dead-letter queue when it finally fails.
+    """
+
+    name: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    retries: int = 0
+    backoff: float = 1.0
+    backoff_max: float = 600.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    expires: float | None = None
+    dead_letter_on_failure: bool = False
+
+    def __post_init__(self) -> None:
+        check_priority(self.priority)
+        if self.retries < 0:
+            raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
+        for field in ("backoff", "backoff_max", "time_limit", "soft_time_limit", "expires"):
+            value = getattr(self, field)
+            if value is not None and value <= 0:
+                raise ConfigurationError(f"{field} must be positive seconds, got {value}")
+        if isinstance(self.retry_on, type):
+            object.__setattr__(self, "retry_on", (self.retry_on,))
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
+            raise ConfigurationError(f"retry_on must be exception types, got {self.retry_on!r}")
+
+    @classmethod
+    def build(cls, options: Mapping[str, Any]) -> TaskOptions:
+        """Validate keyword options, naming the known ones when one is unknown."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(f"unknown task option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The retry settings as a pure policy object."""
+        return RetryPolicy(self.retries, self.backoff, self.backoff_max, self.retry_on)
+
+
+def check_priority(priority: int) -> None:
+    """Reject priorities outside 0-9 with a clear error."""
+    if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ConfigurationError(f"priority must be an int from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority!r}")
+
+
+def _timestamp(value: float | datetime.datetime | None, what: str) -> float | None:
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
+        return value.timestamp()
+    raise ConfigurationError(f"{what} must be a datetime or a Unix timestamp, got {value!r}")
+
+
+class BaseTask(Generic[P, R]):
+    """What every task can do besides being called: be sent to a worker."""
+
+    def __init__(self, app: App, fn: Callable[..., Any], options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.options = options
+        self.name = options.name or f"{fn.__module__}.{fn.__qualname__}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.retry_policy = options.retry_policy
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task to a worker with these arguments; returns at once with its result handle.
+
+        Raises:
+            EncodeError: an argument does not serialize (the error names it).
+            BrokerUnavailable: the broker did not answer.
+        """
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: float | datetime.datetime | None = None,
+        expires: float | datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        task_id: str | None = None,
+    ) -> AsyncResult[R]:
+        """Send the task with options for this call.
+
+        Args:
+            countdown: run no sooner than this many seconds from now.
+            eta: run no sooner than this time (aware datetime or Unix timestamp).
+            expires: do not run after this time (aware datetime, Unix timestamp); a task picked
+                up later is recorded REVOKED.
+            priority: 0-9 for this call.
+            queue: queue for this call.
+            key: idempotency key: while a task with this key is pending or running, this call
+                enqueues nothing and returns the existing task's result handle.
+            headers: user metadata, visible to the task as ``current_context().headers``.
+            task_id: use this id instead of a fresh one.
+        """
+        message = self.message(
+            args, kwargs, countdown=countdown, eta=eta, expires=expires, priority=priority, queue=queue, key=key
+        )
+        if headers:
+            message.headers.update(headers)
+        if task_id is not None:
+            message.id = task_id
+        [task_id] = self.app.send([message])
+        return AsyncResult(task_id, self.app)
+
+    def message(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: float | datetime.datetime | None = None,
+        expires: float | datetime.datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+    ) -> Message:
+        """Build (without sending) the message a call with these arguments and options would send."""
+        created = now()
+        when = _timestamp(eta, "eta")
+        if countdown is not None:
+            when = created + countdown
+        until = _timestamp(expires, "expires")
+        if until is None and self.options.expires is not None:
+            until = created + self.options.expires
+        if priority is not None:
+            check_priority(priority)
+        return Message(
+            id=new_id(),
+            task=self.name,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            queue=queue or self.options.queue or self.app.settings.default_queue,
+            priority=self.options.priority if priority is None else priority,
+            eta=when,
+            expires=until,
+            max_retries=self.options.retries,
+            key=key,
+            created=created,
+        )
+
+
+class Task(BaseTask[P, R]):
+    """A task whose function is synchronous; calling it runs the function here and now."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.fn(*args, **kwargs)
+        return result
+
+
+class AsyncTask(BaseTask[P, R]):
+    """A task whose function is ``async def``; workers run it on their event loop."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        coro: Coroutine[Any, Any, R] = self.fn(*args, **kwargs)
+        return coro

@@ -1,0 +1,66 @@
+"""The worker: ``Worker(app, ...).run()`` is what ``conveyor worker`` runs.
+
+A supervisor process and N children (see ``supervisor.py`` and ``child.py``); each child runs
+deliveries through the ``Executor`` (``executor.py``) while a ``LeaseKeeper`` heartbeats them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from conveyor.app import App
+from conveyor.errors import ConfigurationError
+from conveyor.worker.supervisor import Supervisor
+
+__all__ = ["POOLS", "Worker", "setup_logging"]
+
+#: Where a worker's slots run: one child process each, or threads of one child process.
+POOLS = ("process", "thread")
+
+
+class Worker:
+    """A worker serving an app's queues.
+
+    Args:
+        app: the app whose tasks run here.
+        concurrency: tasks run at once; defaults to the app's ``concurrency`` setting, else the CPU count.
+        queues: queues to serve, highest priority first; defaults to the app's default queue.
+        pool: ``process`` (default; isolates tasks, survives crashes) or ``thread`` (light, for I/O-bound tasks).
+
+    Raises:
+        ConfigurationError: a bad pool, concurrency, or a broker that cannot be shared between processes.
+    """
+
+    def __init__(
+        self, app: App, *, concurrency: int | None = None, queues: list[str] | None = None, pool: str = "process"
+    ) -> None:
+        if pool not in POOLS:
+            raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        concurrency = concurrency or app.settings.concurrency or os.cpu_count() or 1
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, got {concurrency}")
+        if app.settings.broker_url.startswith("memory:"):
+            raise ConfigurationError(
+                "a memory:// broker lives inside one process, so a worker process cannot reach it; use "
+                "sqlite:///path (no server needed) or, in tests, conveyor.testing.drain(app)"
+            )
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = tuple(queues or [app.settings.default_queue])
+        self.pool = pool
+
+    def run(self) -> int:
+        """Serve until stopped by SIGTERM/SIGINT; return the exit code."""
+        return Supervisor(self.app, concurrency=self.concurrency, queues=self.queues, pool=self.pool).run()
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One line per event on stderr, with time, level and process, for worker and beat."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s [%(processName)s] %(message)s"))
+    root = logging.getLogger("conveyor")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,274 @@
+"""Executor: runs one delivery to its end, as a short sequence of named steps.
+
+decode → look up → check expiry → record STARTED → call → record the outcome → ack / retry / bury.
+
+The result is always written before the message is acknowledged, so a crash in between runs
+the task again (at-least-once) rather than losing its result. Bad input never raises out of
+here: an undecodable message or an unknown task goes to the dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from conveyor.app import App
+from conveyor.brokers import Delivery
+from conveyor.context import TaskContext, reset_context, set_context
+from conveyor.errors import DecodeError, EncodeError, Retry, TimeLimitExceeded
+from conveyor.message import Message, decode, encode, encode_value
+from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
+from conveyor.task import BaseTask
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one delivery ended, reported to the supervisor and counted in the worker's stats."""
+
+    id: str
+    task: str
+    state: str  # SUCCESS | FAILURE | RETRY | REVOKED | DEAD
+    runtime: float
+
+
+class Executor:
+    """Runs deliveries for one worker child. Safe to share between the child's threads.
+
+    Args:
+        app: the app whose tasks, broker and backend are used.
+        worker: this worker's name, recorded with each result.
+        on_start: called with (delivery, message, task) just before the task's function runs.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        worker: str,
+        on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.broker = app.broker
+        self.backend = app.backend
+        self.worker = worker
+        self.ttl = app.settings.result_ttl
+        self.track_started = app.settings.track_started
+        self._on_start = on_start
+        self._loops = threading.local()
+        self._all_loops: list[asyncio.AbstractEventLoop] = []
+
+    def run(self, delivery: Delivery) -> Outcome:
+        """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
+        started = time.perf_counter()
+        try:
+            message = decode(delivery.body)
+        except DecodeError as exc:
+            return self._bury(delivery, f"undecodable message: {exc}", "?", started)
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            known = ", ".join(sorted(self.app.tasks)) or "none"
+            reason = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
+            return self._bury(delivery, reason, message.task, started)
+        if message.expires is not None and time.time() > message.expires:
+            return self._revoke(delivery, message, "expired before a worker picked it up", started)
+        return self._execute(delivery, message, task, started)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _execute(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], started: float) -> Outcome:
+        store = not task.options.ignore_result
+        if store and self.track_started:
+            # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
+            errors = self._previous_errors(message.id) if message.attempt else []
+            record = ResultRecord(
+                state=State.STARTED,
+                task=message.task,
+                attempt=message.attempt,
+                worker=self.worker,
+                started=time.time(),
+                errors=errors,
+            )
+            self._store(message, record)
+        if self._on_start is not None:
+            self._on_start(delivery, message, task)
+        ctx = self._context(delivery, message, task)
+        token = set_context(ctx)
+        try:
+            value = self._call(task, message)
+        except Exception as exc:
+            return self._failed(delivery, message, task, exc, started)
+        finally:
+            reset_context(token)
+        return self._succeeded(delivery, message, task, value, started)
+
+    def _call(self, task: BaseTask[Any, Any], message: Message) -> Any:
+        if task.is_async:
+            return self._loop().run_until_complete(task.fn(*message.args, **message.kwargs))
+        return task.fn(*message.args, **message.kwargs)
+
+    def _succeeded(
+        self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], value: Any, started: float
+    ) -> Outcome:
+        runtime = time.perf_counter() - started
+        if not task.options.ignore_result:
+            try:
+                encode_value(value)
+            except EncodeError as exc:
+                return self._failed(delivery, message, task, exc, started)
+            self._store(
+                message,
+                ResultRecord(
+                    state=State.SUCCESS,
+                    value=value,
+                    task=message.task,
+                    attempt=message.attempt,
+                    worker=self.worker,
+                    finished=time.time(),
+                ),
+            )
+        self.broker.ack([delivery])
+        log.info("task %s[%s] succeeded in %.4fs", message.task, message.id, runtime)
+        return Outcome(message.id, message.task, "SUCCESS", runtime)
+
+    def _failed(
+        self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], exc: Exception, started: float
+    ) -> Outcome:
+        runtime = time.perf_counter() - started
+        error = ErrorInfo(_type_name(exc), str(exc), traceback.format_exc(), message.attempt)
+        errors = [*self._previous_errors(message.id), error]
+        policy = task.retry_policy
+        limit = message.max_retries if message.max_retries is not None else policy.max_retries
+        if message.attempt < limit and policy.should_retry(exc, message.attempt):
+            return self._retry(delivery, message, task, exc, errors, runtime)
+        self._store(
+            message,
+            ResultRecord(
+                state=State.FAILURE,
+                error=error,
+                errors=errors,
+                task=message.task,
+                attempt=message.attempt,
+                worker=self.worker,
+                finished=time.time(),
+            ),
+        )
+        if task.options.dead_letter_on_failure:
+            self.broker.dead_letter(
+                delivery, f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
+            )
+        else:
+            self.broker.ack([delivery])
+        log.error("task %s[%s] failed in %.4fs: %s: %s", message.task, message.id, runtime, error.type, error.message)
+        return Outcome(message.id, message.task, "FAILURE", runtime)
+
+    def _retry(
+        self,
+        delivery: Delivery,
+        message: Message,
+        task: BaseTask[Any, Any],
+        exc: Exception,
+        errors: list[ErrorInfo],
+        runtime: float,
+    ) -> Outcome:
+        delay = task.retry_policy.delay(message.attempt, exc)
+        retried = msgspec.structs.replace(message, attempt=message.attempt + 1, eta=time.time() + delay)
+        self._store(
+            message,
+            ResultRecord(
+                state=State.RETRY,
+                error=errors[-1],
+                errors=errors,
+                task=message.task,
+                attempt=message.attempt,
+                worker=self.worker,
+                eta=retried.eta,
+            ),
+        )
+        self.broker.nack(delivery, delay=delay, body=encode(retried))
+        why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {exc}"
+        log.warning(
+            "task %s[%s] will retry in %.2fs (attempt %d of %d): %s",
+            message.task,
+            message.id,
+            delay,
+            message.attempt + 1,
+            task.options.retries,
+            why,
+        )
+        return Outcome(message.id, message.task, "RETRY", runtime)
+
+    def _revoke(self, delivery: Delivery, message: Message, note: str, started: float) -> Outcome:
+        self._store(message, ResultRecord(state=State.REVOKED, task=message.task, note=note, finished=time.time()))
+        self.broker.ack([delivery])
+        log.info("task %s[%s] not run: %s", message.task, message.id, note)
+        return Outcome(message.id, message.task, "REVOKED", time.perf_counter() - started)
+
+    def _bury(self, delivery: Delivery, reason: str, task: str, started: float) -> Outcome:
+        self.broker.dead_letter(delivery, reason)
+        log.error("message %s dead-lettered: %s", delivery.id, reason)
+        return Outcome(delivery.id, task, "DEAD", time.perf_counter() - started)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _store(self, message: Message, record: ResultRecord) -> None:
+        self.backend.set(message.id, record.state, encode_record(record), self.ttl)
+
+    def _previous_errors(self, task_id: str) -> list[ErrorInfo]:
+        raw = self.backend.get(task_id)
+        return [] if raw is None else list(decode_record(raw).errors)
+
+    def _context(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> TaskContext:
+        def report(fraction: float, note: str) -> None:
+            self._store(
+                message,
+                ResultRecord(
+                    state=State.STARTED,
+                    task=message.task,
+                    attempt=message.attempt,
+                    worker=self.worker,
+                    progress=fraction,
+                    note=note,
+                ),
+            )
+
+        limit = message.max_retries if message.max_retries is not None else task.options.retries
+        return TaskContext(
+            message.id,
+            message.task,
+            message.attempt,
+            limit,
+            delivery.deliveries,
+            delivery.queue,
+            message.headers,
+            report,
+        )
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
+        if loop is None:
+            loop = asyncio.new_event_loop()
+            self._loops.loop = loop
+            self._all_loops.append(loop)
+        return loop
+
+    def close(self) -> None:
+        """Close the event loops async tasks ran on."""
+        for loop in self._all_loops:
+            loop.close()
+        self._all_loops.clear()
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    if isinstance(exc, TimeLimitExceeded) or cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,77 @@
+"""LeaseKeeper: the heartbeat that keeps running tasks leased to this worker process.
+
+Every ``lease / 3`` seconds it extends the lease of every delivery the process is running, so a
+task on a live worker is never handed to another one however long it runs; when the process
+dies the heartbeat dies with it and the leases expire. A lease found lost (the broker already
+redelivered the message, e.g. after a long network cut) is logged: that task may run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from conveyor.brokers import Broker, Delivery
+from conveyor.errors import BrokerError
+
+log = logging.getLogger("conveyor.worker")
+
+
+class LeaseKeeper:
+    """Extends the leases of the deliveries it holds, on a daemon thread.
+
+    Args:
+        broker: the broker the deliveries came from.
+        lease: the lease length in seconds; the heartbeat runs every third of it.
+    """
+
+    def __init__(self, broker: Broker, lease: float) -> None:
+        self.broker = broker
+        self.lease = lease
+        self.interval = lease / 3
+        self._held: dict[str, Delivery] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="conveyor-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Start heartbeating."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop heartbeating (leases then expire unless acked)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 1)
+
+    def hold(self, delivery: Delivery) -> None:
+        """Start keeping ``delivery`` leased."""
+        with self._lock:
+            self._held[delivery.id] = delivery
+
+    def release(self, delivery: Delivery) -> None:
+        """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
+        with self._lock:
+            self._held.pop(delivery.id, None)
+
+    def held(self) -> list[Delivery]:
+        """The deliveries currently kept leased."""
+        with self._lock:
+            return list(self._held.values())
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def beat(self) -> None:
+        """Extend every held lease now."""
+        held = self.held()
+        if not held:
+            return
+        try:
+            lost = self.broker.extend(held, self.lease)
+        except BrokerError as exc:
+            log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
+            return
+        for msg_id in lost:
+            log.warning("lease of message %s was lost (redelivered elsewhere); it may run twice", msg_id)

@@ -1,0 +1,298 @@
+"""Supervisor: starts the worker's children, replaces the ones that die, and stops them.
+
+- A child that dies (crash, OOM kill, ``kill -9``) is replaced, and the messages it held go back
+  to the queue at once (``release_owner``); lease expiry is only for a worker that died whole.
+- A task past its hard ``time_limit`` gets its child killed and replaced; the task is recorded
+  FAILURE with TimeLimitExceeded and acknowledged, and the worker keeps serving.
+- SIGTERM or SIGINT: graceful stop. Children stop reserving, return unstarted tasks and finish
+  running ones within ``shutdown_grace`` seconds. A second SIGTERM/SIGINT, or SIGQUIT, stops
+  hard: children are killed and their tasks returned to the queue to run again.
+- Every few seconds it records a heartbeat in the broker (``conveyor status`` lists live workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from conveyor.app import App
+from conveyor.brokers import Delivery, WorkerInfo
+from conveyor.errors import BrokerError
+from conveyor.states import ErrorInfo, ResultRecord, State, encode_record
+from conveyor.worker.child import ChildConfig, child_main, owner_of
+
+log = logging.getLogger("conveyor.worker")
+
+#: Seconds between worker heartbeats in the broker's registry.
+HEARTBEAT_INTERVAL = 2.0
+#: A worker whose heartbeat is older than this many seconds is not live.
+HEARTBEAT_TTL = 10.0
+#: Seconds the supervisor sleeps at most between looking at its children.
+TICK = 0.25
+
+
+@dataclasses.dataclass(slots=True)
+class _Running:
+    """A task a child reported starting: enough to fail and ack it if its hard limit passes."""
+
+    task: str
+    deadline: float | None
+    delivery: Delivery | None
+    attempt: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Child:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    owner: str
+    running: dict[str, _Running] = dataclasses.field(default_factory=dict)
+    killed_for: str | None = None
+
+
+class Supervisor:
+    """Runs a worker: N children, their replacement, signals and the registry heartbeat.
+
+    Args:
+        app: the app to serve.
+        concurrency: tasks run at once (processes, or threads with ``pool="thread"``).
+        queues: queues to serve, in priority order.
+        pool: ``process`` (one child per slot) or ``thread`` (one child, N threads).
+    """
+
+    def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self.queues = queues
+        self.pool = pool
+        self.worker_id = f"{socket.gethostname()}.{os.getpid()}"
+        self.children: dict[int, _Child] = {}
+        self.started = time.time()
+        self.processed = 0
+        self.failed = 0
+        self.stopping = False
+        self.hard = False
+        self.grace_deadline = 0.0
+        self._next_heartbeat = 0.0
+        self._ctx = multiprocessing.get_context("fork")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until stopped by a signal; return the process exit code."""
+        self._install_signals()
+        slots, count = (self.concurrency, 1) if self.pool == "thread" else (1, self.concurrency)
+        for index in range(count):
+            self._start_child(index, slots)
+        log.info(
+            "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
+            self.worker_id,
+            self.concurrency,
+            self.pool,
+            ",".join(self.queues),
+            _redact(self.app.settings.broker_url),
+        )
+        try:
+            while self.children and not self.hard:
+                self._tick()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _tick(self) -> None:
+        waitables: list[Any] = [c.conn for c in self.children.values()]
+        waitables += [c.process.sentinel for c in self.children.values()]
+        for ready in wait(waitables, timeout=TICK):
+            if isinstance(ready, Connection):
+                self._drain(ready)
+        self._reap()
+        self._enforce_time_limits()
+        if self.stopping and time.time() >= self.grace_deadline and self.children:
+            log.warning("grace period of %.0fs is over; stopping running tasks hard", self.app.settings.shutdown_grace)
+            self.hard = True
+        self._heartbeat()
+
+    def _shutdown(self) -> None:
+        for child in list(self.children.values()):
+            if child.process.is_alive():
+                child.process.kill()
+            child.process.join(timeout=5)
+            self._release(child, "worker stopped hard")
+        self.children.clear()
+        try:
+            self.app.broker.unregister_worker(self.worker_id)
+        except BrokerError as exc:
+            log.warning("could not unregister worker: %s", exc)
+        log.info("worker %s stopped: %d task(s) processed, %d failed", self.worker_id, self.processed, self.failed)
+
+    # -- children ----------------------------------------------------------------------------
+
+    def _start_child(self, index: int, slots: int) -> None:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+        config = ChildConfig(self.worker_id, index, self.queues, slots, self.app.settings.lease)
+        process = self._ctx.Process(
+            target=child_main, args=(self.app, config, child_conn), name=f"conveyor-child-{index}"
+        )
+        process.daemon = False
+        process.start()
+        child_conn.close()
+        self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0))
+        log.debug("started child %d (pid %s)", index, process.pid)
+
+    def _reap(self) -> None:
+        for index, child in list(self.children.items()):
+            if child.process.is_alive():
+                continue
+            child.process.join()
+            self._drain(child.conn)
+            del self.children[index]
+            code = child.process.exitcode
+            if not self.stopping or code not in (0, None):
+                self._report_death(child, code)
+            self._release(child, "its process exited")
+            if not self.stopping:
+                self._start_child(index, self.concurrency if self.pool == "thread" else 1)
+
+    def _report_death(self, child: _Child, code: int | None) -> None:
+        if child.killed_for is not None:
+            return
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        tasks = ", ".join(f"{r.task}[{i}]" for i, r in child.running.items()) or "no task"
+        log.error(
+            "child %d (pid %s) died with %s while running %s; its tasks go back to the queue",
+            child.index,
+            child.process.pid,
+            how,
+            tasks,
+        )
+
+    def _release(self, child: _Child, why: str) -> None:
+        try:
+            released = self.app.broker.release_owner(child.owner)
+        except BrokerError as exc:
+            log.error("could not return child %d's tasks (%s); they return when their lease expires", child.index, exc)
+            return
+        if released:
+            log.warning("returned %d task(s) of child %d to the queue (%s)", released, child.index, why)
+
+    def _drain(self, conn: Connection) -> None:
+        child = next((c for c in self.children.values() if c.conn is conn), None)
+        try:
+            while conn.poll():
+                self._on_event(child, conn.recv())
+        except (EOFError, OSError):
+            pass
+
+    def _on_event(self, child: _Child | None, event: tuple[Any, ...]) -> None:
+        if child is None:
+            return
+        if event[0] == "start":
+            _, msg_id, task, deadline, token, queue, body, priority, deliveries, attempt = event
+            delivery = Delivery(msg_id, queue, body, priority, deliveries, token, child.owner) if body else None
+            child.running[msg_id] = _Running(task, deadline, delivery, attempt)
+        elif event[0] == "done":
+            child.running.pop(event[1], None)
+            self.processed += 1
+            self.failed += event[3] in ("FAILURE", "ERROR")
+
+    # -- hard time limits --------------------------------------------------------------------
+
+    def _enforce_time_limits(self) -> None:
+        now = time.time()
+        for child in self.children.values():
+            for msg_id, running in list(child.running.items()):
+                if running.deadline is not None and now >= running.deadline and running.delivery is not None:
+                    self._kill_for_time_limit(child, msg_id, running)
+
+    def _kill_for_time_limit(self, child: _Child, msg_id: str, running: _Running) -> None:
+        assert running.delivery is not None
+        log.error("task %s[%s] exceeded its hard time limit; replacing child %d", running.task, msg_id, child.index)
+        error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", running.attempt)
+        record = ResultRecord(
+            state=State.FAILURE,
+            error=error,
+            errors=[error],
+            task=running.task,
+            attempt=running.attempt,
+            worker=self.worker_id,
+            finished=time.time(),
+        )
+        try:
+            self.app.backend.set(msg_id, State.FAILURE, encode_record(record), self.app.settings.result_ttl)
+            self.app.broker.ack([running.delivery])
+        except BrokerError as exc:
+            log.error("could not record the time limit of %s: %s", msg_id, exc)
+        child.running.pop(msg_id, None)
+        child.killed_for = msg_id
+        child.process.kill()
+        self.failed += 1
+
+    # -- signals and heartbeat ---------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGQUIT, self._on_hard_signal)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            self._on_hard_signal(signum, frame)
+            return
+        self.stopping = True
+        self.grace_deadline = time.time() + self.app.settings.shutdown_grace
+        log.info(
+            "stopping gracefully (%s): finishing running tasks within %.0fs; signal again to stop now",
+            signal.Signals(signum).name,
+            self.app.settings.shutdown_grace,
+        )
+        for child in self.children.values():
+            if child.process.pid is not None and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGTERM)
+
+    def _on_hard_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.warning("stopping now (%s): running tasks go back to the queue", signal.Signals(signum).name)
+        self.stopping = self.hard = True
+
+    def _heartbeat(self) -> None:
+        now = time.time()
+        if now < self._next_heartbeat or self.stopping:
+            return
+        self._next_heartbeat = now + HEARTBEAT_INTERVAL
+        info = WorkerInfo(
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.queues,
+            self.concurrency,
+            self.pool,
+            self.started,
+            now,
+            self.processed,
+            self.failed,
+        )
+        try:
+            self.app.broker.register_worker(info, HEARTBEAT_TTL)
+            self.app.broker.recover()
+        except BrokerError as exc:
+            log.warning("worker heartbeat failed: %s", exc)
+
+
+def _redact(url: str) -> str:
+    """A URL with its password replaced, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
