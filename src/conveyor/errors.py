@@ -127,7 +127,7 @@ class TaskFailed(ResultError):
         self.traceback = traceback
 
 
-class Retry(Exception):  # noqa: N818 - a control-flow signal, named like Celery's
+class Retry(Exception):
     """Raise inside a task to run it again later (counts as one retry).
 
     Args:
