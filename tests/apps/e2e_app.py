@@ -1,0 +1,49 @@
+"""Tasks the end-to-end tests run in a real worker process.
+
+Each execution appends a line to a file in ``E2E_RECORD_DIR`` (one file per tag), so a test can
+count how many times a task ran, whatever broker carried it. ``CONVEYOR_BROKER_URL`` picks the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conveyor import App
+
+app = App("e2e")
+
+
+def _record_dir() -> Path:
+    return Path(os.environ["E2E_RECORD_DIR"])
+
+
+def runs_of(record_dir: Path, tag: str) -> int:
+    """How many times the task tagged ``tag`` started."""
+    path = record_dir / f"{tag}.runs"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@app.task(name="record")
+def record(tag: str, sleep: float = 0.0) -> str:
+    """Note that this run started (with the pid running it), sleep, return the tag."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    if sleep:
+        time.sleep(sleep)
+    return tag
+
+
+@app.task(name="boom")
+def boom(tag: str) -> None:
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise RuntimeError(f"boom {tag}")
+
+
+@app.task(name="hang", time_limit=1.0)
+def hang(tag: str) -> None:
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(60)

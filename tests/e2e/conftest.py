@@ -1,0 +1,113 @@
+"""A real worker process (``python -m conveyor worker``) per test, on SQLite or Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import App, AsyncResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """One ``conveyor worker`` subprocess, with helpers to wait on it and stop it."""
+
+    def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
+        self.log = log
+        command = [sys.executable, "-m", "conveyor", "worker", "tests.apps.e2e_app:app", *args]
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for_log(self, text: str, timeout: float = 15) -> None:
+        wait_until(lambda: text in self.output(), timeout, f"worker log to contain {text!r}:\n{self.output()}")
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            raise AssertionError(f"worker did not stop within {timeout}s:\n{self.output()}") from None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a worker and for this test's app: broker URL, record dir, short lease."""
+    from tests.conftest import url_for
+
+    records = tmp_path / "records"
+    records.mkdir()
+    env = dict(os.environ)
+    env.update(
+        CONVEYOR_BROKER_URL=url_for(request.param, tmp_path, request),
+        CONVEYOR_LEASE="2",
+        CONVEYOR_SHUTDOWN_GRACE="10",
+        E2E_RECORD_DIR=str(records),
+        PYTHONPATH=str(ROOT),
+    )
+    yield env
+
+
+@pytest.fixture
+def e2e_app(e2e_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    """The test side's app, on the same broker as the worker."""
+    for key in ("CONVEYOR_BROKER_URL", "CONVEYOR_LEASE", "CONVEYOR_SHUTDOWN_GRACE", "E2E_RECORD_DIR"):
+        monkeypatch.setenv(key, e2e_env[key])
+    app = App("e2e")
+    yield app
+    app.close()
+
+
+def enqueue(app: App, task: str, *args: Any, **options: Any) -> AsyncResult[Any]:
+    """Send one of the e2e tasks (by name) through the test's app."""
+    from tests.apps import e2e_app
+
+    message = e2e_app.app.tasks[task].message(args, **options)
+    [task_id] = app.send([message])
+    return app.result(task_id)
+
+
+@pytest.fixture
+def start_worker(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start workers; every one still running at the end is stopped (hard if it must)."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str) -> WorkerProcess:
+        worker = WorkerProcess(e2e_env, list(args), tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        worker.wait_for_log("ready")
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def records(e2e_env: dict[str, str]) -> Path:
+    return Path(e2e_env["E2E_RECORD_DIR"])

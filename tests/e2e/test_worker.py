@@ -1,0 +1,155 @@
+"""A real worker process, end to end: results, crashes, kill -9, graceful stop, bad input.
+
+Each test runs on SQLite and on Redis (the e2e_env fixture), with a 2 s lease.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conveyor import App, State, TaskFailed
+from conveyor.brokers import Envelope
+from tests.apps.e2e_app import runs_of
+from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+
+
+def depth(app: App) -> tuple[int, int, int, int]:
+    total = [0, 0, 0, 0]
+    for s in app.broker.stats():
+        for i, n in enumerate((s.ready, s.scheduled, s.in_flight, s.dead)):
+            total[i] += n
+    return total[0], total[1], total[2], total[3]
+
+
+def test_worker_runs_tasks_and_keeps_serving_after_one_explodes(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker with two processes
+    worker = start_worker("-c", "2")
+    # When a task raises, and others follow it
+    bad = enqueue(e2e_app, "boom", "b1")
+    goods = [enqueue(e2e_app, "record", f"g{i}") for i in range(20)]
+    # Then the failure is recorded with its traceback and the others all succeed
+    with pytest.raises(TaskFailed, match="RuntimeError: boom b1") as info:
+        bad.get(timeout=15)
+    assert "raise RuntimeError" in info.value.traceback
+    assert [g.get(timeout=15) for g in goods] == [f"g{i}" for i in range(20)]
+    assert "succeeded" in worker.output()  # one INFO line per task
+    assert worker.stop() == 0
+
+
+def test_kill_9_of_a_child_mid_task_loses_nothing(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a task that is running in a worker child
+    worker = start_worker("-c", "2")
+    result = enqueue(e2e_app, "record", "victim", 1.5)
+    wait_until(lambda: runs_of(records, "victim") == 1, 15, "the task to start")
+    child_pid = int((records / "victim.runs").read_text().split()[0])
+    # When that child is killed with SIGKILL
+    os.kill(child_pid, signal.SIGKILL)
+    # Then the task goes back to the queue at once, runs again in a new child and succeeds
+    assert result.get(timeout=15) == "victim"
+    assert runs_of(records, "victim") == 2
+    pids = (records / "victim.runs").read_text().split()
+    assert pids[0] != pids[1]
+    assert "died with signal 9" in worker.output()
+    # And the worker keeps serving
+    assert enqueue(e2e_app, "record", "after").get(timeout=15) == "after"
+    assert worker.stop() == 0
+
+
+def test_kill_9_of_the_whole_worker_redelivers_after_the_lease(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a task (lease 2 s)
+    first = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "orphan", 1.0)
+    wait_until(lambda: runs_of(records, "orphan") == 1, 15, "the task to start")
+    # When the whole worker (supervisor) is killed with SIGKILL, its child dies with it
+    first.proc.kill()
+    first.proc.wait(timeout=10)
+    # Then a new worker runs the task again once the lease expires
+    start_worker("-c", "1")
+    assert result.get(timeout=20) == "orphan"
+    assert runs_of(records, "orphan") == 2
+
+
+def test_graceful_stop_finishes_running_tasks_and_loses_nothing(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given 30 tasks of 0.2 s each and a worker with two processes
+    results = [enqueue(e2e_app, "record", f"t{i}", 0.2) for i in range(30)]
+    worker = start_worker("-c", "2")
+    wait_until(lambda: sum(runs_of(records, f"t{i}") for i in range(30)) >= 4, 15, "some tasks to run")
+    # When it gets SIGTERM
+    assert worker.stop() == 0
+    # Then nothing is left in flight: every task either finished or waits in the queue
+    ready, _scheduled, in_flight, dead = depth(e2e_app)
+    done = sum(1 for r in results if r.state is State.SUCCESS)
+    assert in_flight == 0 and dead == 0
+    assert done + ready == 30
+    assert "stopping gracefully" in worker.output()
+    # And a new worker runs the rest, each task exactly once
+    start_worker("-c", "2")
+    assert all(r.get(timeout=30) for r in results)
+    assert [runs_of(records, f"t{i}") for i in range(30)] == [1] * 30
+
+
+def test_second_signal_stops_hard_and_the_task_runs_again(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a long task running
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "long", 30)
+    wait_until(lambda: runs_of(records, "long") == 1, 15, "the task to start")
+    # When the worker gets SIGTERM twice
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_log("stopping gracefully")
+    worker.proc.send_signal(signal.SIGINT)
+    assert worker.proc.wait(timeout=15) == 0
+    # Then the task went back to the queue at once, ready to run again
+    assert "stopping now" in worker.output()
+    assert depth(e2e_app)[0] == 1
+    assert result.state is State.STARTED
+
+
+def test_bad_input_goes_to_dead_letters_and_the_worker_keeps_running(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker, and an undecodable message and a message for an unknown task
+    worker = start_worker("-c", "1")
+    e2e_app.broker.enqueue(
+        [
+            Envelope("garbage-1", "default", b"\x00\x01 not a message"),
+            Envelope("unknown-1", "default", b'{"v":1,"id":"unknown-1","task":"no.such.task"}'),
+        ]
+    )
+    # Then both end up dead-lettered with a reason
+    wait_until(lambda: depth(e2e_app)[3] == 2, 15, "two dead letters")
+    reasons = {d.id: d.reason for d in e2e_app.broker.dead_letters()}
+    assert "undecodable" in reasons["garbage-1"]
+    assert "'no.such.task' is not registered" in reasons["unknown-1"]
+    # And the worker still serves
+    assert enqueue(e2e_app, "record", "still-alive").get(timeout=15) == "still-alive"
+    assert worker.stop() == 0
+
+
+def test_hard_time_limit_replaces_the_child_and_the_worker_keeps_serving(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a task with a 1 s hard limit that sleeps for 60 s
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "hang", "stuck")
+    # Then it fails with TimeLimitExceeded, runs once only, and the worker serves the next task
+    with pytest.raises(TaskFailed, match="TimeLimitExceeded"):
+        result.get(timeout=15)
+    assert runs_of(records, "stuck") == 1
+    assert enqueue(e2e_app, "record", "next").get(timeout=15) == "next"
+    assert "exceeded its hard time limit" in worker.output()
+    assert worker.stop() == 0
