@@ -202,7 +202,9 @@ def test_progress_is_visible_while_running(app: App) -> None:
 def test_unknown_task_and_undecodable_message_go_to_dead_letters(app: App) -> None:
     from conveyor.brokers import Envelope
 
-    app.broker.enqueue([Envelope("bad1", "default", b"not json"), Envelope("bad2", "default", b'{"id":"x","task":"nope"}')])
+    app.broker.enqueue(
+        [Envelope("bad1", "default", b"not json"), Envelope("bad2", "default", b'{"id":"x","task":"nope"}')]
+    )
     outcomes = drain(app)
     assert [o.state for o in outcomes] == ["DEAD", "DEAD"]
     reasons = {d.id: d.reason for d in app.broker.dead_letters()}

@@ -7,6 +7,20 @@ import conveyor
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(conveyor) if not name.startswith("_")}
-    modules = {"app", "backends", "brokers", "context", "errors", "message", "result", "retries", "settings",
-               "states", "task", "testing", "worker", "cli"}
+    modules = {
+        "app",
+        "backends",
+        "brokers",
+        "context",
+        "errors",
+        "message",
+        "result",
+        "retries",
+        "settings",
+        "states",
+        "task",
+        "testing",
+        "worker",
+        "cli",
+    }
     assert public - modules == set(conveyor.__all__)
