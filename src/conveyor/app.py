@@ -24,6 +24,7 @@ from conveyor.errors import ConfigurationError
 from conveyor.message import Message, encode
 from conveyor.result import AsyncResult
 from conveyor.settings import Settings
+from conveyor.signing import sign
 from conveyor.task import AsyncTask, BaseTask, Task, TaskOptions
 
 P = ParamSpec("P")
@@ -122,10 +123,13 @@ class App:
             BrokerUnavailable: the broker did not answer.
         """
         limit = self.settings.max_message_size
-        envelopes = [
-            Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key)
-            for m in messages  # encode everything before sending anything
-        ]
+        secret = self.settings.secret
+        envelopes = []
+        for m in messages:  # encode everything before sending anything
+            body = encode(m, limit)
+            envelopes.append(
+                Envelope(m.id, m.queue, body if secret is None else sign(body, secret), m.priority, m.eta, m.key)
+            )
         return self.broker.enqueue(envelopes)
 
     def result(self, task_id: str) -> AsyncResult[Any]:

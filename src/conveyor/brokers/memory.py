@@ -228,7 +228,7 @@ class MemoryBroker(Broker):
     def _recover_locked(self, now: float) -> int:
         moved = 0
         while self._scheduled and self._scheduled[0][0] <= now:
-            eta, seq, msg_id = heapq.heappop(self._scheduled)
+            eta, _seq, msg_id = heapq.heappop(self._scheduled)
             record = self._records.get(msg_id)
             if record is not None and record.state == "scheduled" and record.eta == eta:
                 self._place(record, None)

@@ -11,6 +11,7 @@ from rich.table import Table
 from conveyor.cli._load import load_app
 from conveyor.errors import DecodeError
 from conveyor.message import decode
+from conveyor.signing import unframe
 
 
 @click.group()
@@ -73,6 +74,6 @@ def purge_(app: str, yes: bool) -> None:
 
 def _task_name(body: bytes) -> str:
     try:
-        return decode(body).task
+        return decode(unframe(body)).task
     except DecodeError:
         return "(undecodable)"

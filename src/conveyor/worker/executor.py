@@ -23,8 +23,9 @@ import msgspec
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.context import TaskContext, reset_context, set_context
-from conveyor.errors import DecodeError, EncodeError, Retry, TimeLimitExceeded
+from conveyor.errors import DecodeError, EncodeError, Retry, SignatureError, TimeLimitExceeded
 from conveyor.message import Message, decode, encode, encode_value
+from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
 
@@ -62,6 +63,7 @@ class Executor:
         self.worker = worker
         self.ttl = app.settings.result_ttl
         self.track_started = app.settings.track_started
+        self.secret = app.settings.secret
         self._on_start = on_start
         self._loops = threading.local()
         self._all_loops: list[asyncio.AbstractEventLoop] = []
@@ -70,7 +72,9 @@ class Executor:
         """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
         started = time.perf_counter()
         try:
-            message = decode(delivery.body)
+            message = decode(self._unwrap(delivery.body))
+        except SignatureError as exc:
+            return self._bury(delivery, f"rejected: {exc}", "?", started)
         except DecodeError as exc:
             return self._bury(delivery, f"undecodable message: {exc}", "?", started)
         task = self.app.tasks.get(message.task)
@@ -193,7 +197,7 @@ class Executor:
                 eta=retried.eta,
             ),
         )
-        self.broker.nack(delivery, delay=delay, body=encode(retried))
+        self.broker.nack(delivery, delay=delay, body=self._wrap(encode(retried)))
         why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {exc}"
         log.warning(
             "task %s[%s] will retry in %.2fs (attempt %d of %d): %s",
@@ -218,6 +222,12 @@ class Executor:
         return Outcome(delivery.id, task, "DEAD", time.perf_counter() - started)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _wrap(self, body: bytes) -> bytes:
+        return body if self.secret is None else sign(body, self.secret)
+
+    def _unwrap(self, body: bytes) -> bytes:
+        return unframe(body) if self.secret is None else verify(body, self.secret)
 
     def _store(self, message: Message, record: ResultRecord) -> None:
         self.backend.set(message.id, record.state, encode_record(record), self.ttl)
