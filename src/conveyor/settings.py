@@ -50,6 +50,10 @@ class Settings:
     concurrency: int | None = None
     #: Seconds a graceful stop waits for running tasks before stopping them hard.
     shutdown_grace: float = 30.0
+    #: Tasks a worker child runs before it is replaced (bounds leaks); None means no limit.
+    max_tasks_per_child: int | None = None
+    #: Resident memory, in MiB, above which a worker child is replaced after its current task; None means no limit.
+    max_memory_per_child: int | None = None
     #: Largest encoded message accepted at enqueue, in bytes.
     max_message_size: int = 1_048_576
     #: Shared secret for HMAC-SHA256 message signing; None disables signing.
@@ -65,6 +69,10 @@ class Settings:
             raise ConfigurationError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {self.concurrency}")
+        for name in ("max_tasks_per_child", "max_memory_per_child"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"{name} must be at least 1, got {value}")
         if self.max_message_size < 1024:
             raise ConfigurationError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

@@ -22,6 +22,8 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
+import psutil
+
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
@@ -77,6 +79,7 @@ class ChildLoop:
         self.executor = Executor(app, config.worker_id, on_start=self._report_start)
         self.keeper = LeaseKeeper(self.broker, config.lease)
         self.stopping = False
+        self.tasks_run = 0
         self._parent = os.getppid()
         self._send_lock = threading.Lock()
         self._free = threading.Semaphore(config.slots)
@@ -140,6 +143,22 @@ class ChildLoop:
         finally:
             self.keeper.release(delivery)
             self._free.release()
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """Retire this child between tasks once it ran too many tasks or grew too large."""
+        self.tasks_run += 1
+        settings = self.app.settings
+        reason = None
+        if settings.max_tasks_per_child is not None and self.tasks_run >= settings.max_tasks_per_child:
+            reason = f"ran {self.tasks_run} tasks (max_tasks_per_child)"
+        elif settings.max_memory_per_child is not None:
+            rss_mib = psutil.Process().memory_info().rss / 1_048_576
+            if rss_mib > settings.max_memory_per_child:
+                reason = f"uses {rss_mib:.0f} MiB (max_memory_per_child {settings.max_memory_per_child} MiB)"
+        if reason is not None and not self.stopping:
+            self.stopping = True
+            self._send(("retire", reason))
 
     def _return_unstarted(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:

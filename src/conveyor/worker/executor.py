@@ -28,6 +28,7 @@ from conveyor.message import Message, decode, encode, encode_value
 from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
+from conveyor.worker.timelimits import soft_time_limit
 
 log = logging.getLogger("conveyor.worker")
 
@@ -115,9 +116,19 @@ class Executor:
         return self._succeeded(delivery, message, task, value, started)
 
     def _call(self, task: BaseTask[Any, Any], message: Message) -> Any:
+        limit = task.options.soft_time_limit
         if task.is_async:
-            return self._loop().run_until_complete(task.fn(*message.args, **message.kwargs))
-        return task.fn(*message.args, **message.kwargs)
+            return self._loop().run_until_complete(self._call_async(task, message, limit))
+        with soft_time_limit(limit):
+            return task.fn(*message.args, **message.kwargs)
+
+    async def _call_async(self, task: BaseTask[Any, Any], message: Message, limit: float | None) -> Any:
+        try:
+            return await asyncio.wait_for(task.fn(*message.args, **message.kwargs), limit)
+        except TimeoutError:
+            if limit is None:
+                raise
+            raise TimeLimitExceeded(f"task exceeded its soft time limit of {limit:g}s") from None
 
     def _succeeded(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], value: Any, started: float

@@ -58,6 +58,7 @@ class _Child:
     owner: str
     running: dict[str, _Running] = dataclasses.field(default_factory=dict)
     killed_for: str | None = None
+    retiring: str | None = None
 
 
 class Supervisor:
@@ -157,7 +158,9 @@ class Supervisor:
             self._drain(child.conn)
             del self.children[index]
             code = child.process.exitcode
-            if not self.stopping or code not in (0, None):
+            if child.retiring is not None and code == 0:
+                log.info("child %d (pid %s) retired: %s; starting a new one", index, child.process.pid, child.retiring)
+            elif not self.stopping or code not in (0, None):
                 self._report_death(child, code)
             self._release(child, "its process exited")
             if not self.stopping:
@@ -200,6 +203,8 @@ class Supervisor:
             _, msg_id, task, deadline, token, queue, body, priority, deliveries, attempt = event
             delivery = Delivery(msg_id, queue, body, priority, deliveries, token, child.owner) if body else None
             child.running[msg_id] = _Running(task, deadline, delivery, attempt)
+        elif event[0] == "retire":
+            child.retiring = event[1]
         elif event[0] == "done":
             child.running.pop(event[1], None)
             self.processed += 1
