@@ -24,7 +24,8 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
         self.log = log
         command = [sys.executable, "-m", "conveyor", "worker", "tests.apps.e2e_app:app", *args]
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        with log.open("w") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log.read_text()
