@@ -1,0 +1,67 @@
+"""The command line as a user runs it: enqueue, status, dlq, help and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from conveyor import App
+from conveyor.brokers import Envelope
+from tests.e2e.conftest import ROOT, WorkerProcess
+
+APP = "tests.apps.e2e_app:app"
+
+
+def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def test_enqueue_and_wait_prints_the_id_and_the_result(
+    e2e_env: dict[str, str], start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    start_worker("-c", "1")
+    out = cli(e2e_env, "enqueue", APP, "record", "--args", '["from-cli"]', "--wait", "15").stdout.splitlines()
+    assert len(out[0]) == 32  # the task id
+    assert json.loads(out[1]) == "from-cli"
+
+
+def test_status_shows_queues_and_live_workers(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    e2e_app.broker.enqueue([Envelope("x1", "reports", b"{}")])
+    worker = start_worker("-c", "1", "-Q", "default")
+    status = json.loads(cli(e2e_env, "status", APP, "--json").stdout)
+    assert {"queue": "reports", "ready": 1, "scheduled": 0, "in_flight": 0, "dead": 0} in status["queues"]
+    [live] = status["workers"]
+    assert (live["pid"], live["queues"], live["concurrency"]) == (worker.proc.pid, ["default"], 1)
+    table = cli(e2e_env, "status", APP).stdout
+    assert "reports" in table and "live workers: 1" in table
+
+
+def test_dlq_list_show_requeue_purge(e2e_env: dict[str, str], e2e_app: App) -> None:
+    e2e_app.broker.enqueue([Envelope("d1", "default", b"junk"), Envelope("d2", "default", b"junk2")])
+    for delivery in e2e_app.broker.reserve(["default"], 2, owner="t", lease=5):
+        e2e_app.broker.dead_letter(delivery, "undecodable message: test")
+    assert "d1" in cli(e2e_env, "dlq", "list", APP).stdout
+    assert "undecodable message: test" in cli(e2e_env, "dlq", "show", APP, "d1").stdout
+    assert "requeued 1" in cli(e2e_env, "dlq", "requeue", APP, "d1").stdout
+    assert "deleted 1" in cli(e2e_env, "dlq", "purge", APP, "--yes").stdout
+    assert [s.ready for s in e2e_app.broker.stats()] == [1]
+
+
+def test_clear_errors_for_bad_input(e2e_env: dict[str, str]) -> None:
+    bad_module = cli(e2e_env, "status", "no_such_module:app", check=False)
+    assert bad_module.returncode == 2 and "cannot import module 'no_such_module'" in bad_module.stderr
+    unknown_task = cli(e2e_env, "enqueue", APP, "nope", check=False)
+    assert unknown_task.returncode == 2 and "no task 'nope'" in unknown_task.stderr
+    bad_json = cli(e2e_env, "enqueue", APP, "record", "--args", "[1,", check=False)
+    assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
+    assert "Run a worker serving APP" in cli(e2e_env, "worker", "--help").stdout
