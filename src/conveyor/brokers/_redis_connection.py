@@ -1,0 +1,226 @@
+"""Connections to Redis for the Redis broker and result backend: URLs, bounded retries, Lua scripts.
+
+Every operation runs through :meth:`RedisConnection.call`, which retries connection errors and
+timeouts with exponential backoff for a bounded time and then raises
+:class:`~conveyor.errors.BrokerUnavailable`: a producer never hangs on a dead server. redis-py's
+own retry is switched off so that this loop alone decides how long a call may take.
+
+Fork safety comes from redis-py: a ``ConnectionPool`` compares ``os.getpid()`` on every checkout and
+opens fresh connections in a forked child, so a client built in the parent is safe to use there.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+from redis.retry import Retry
+
+from conveyor.brokers._redis_keys import DEFAULT_PREFIX
+from conveyor.errors import BrokerUnavailable, ConfigurationError
+
+T = TypeVar("T")
+
+#: One script call: (script name, KEYS, ARGV).
+ScriptCall = tuple[str, Sequence[str], Sequence[str | bytes | int | float]]
+
+#: Scripts that run on one queue's slot; ``_common.lua`` is prepended to each of them.
+QUEUE_SCRIPTS = (
+    "enqueue",
+    "reserve",
+    "ack",
+    "nack",
+    "extend",
+    "dead_letter",
+    "release_owner",
+    "recover",
+    "requeue_dead",
+    "purge_dead",
+    "purge",
+    "dead_list",
+    "alive",
+)
+#: Scripts that run on the global ``{prefix}`` slot, loaded as they are.
+GLOBAL_SCRIPTS = ("claim", "release_keys", "register_worker", "workers")
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """Split a conveyor Redis URL into (URL for redis-py, key prefix, URL safe to print).
+
+    Raises:
+        ConfigurationError: the ``prefix`` parameter is empty.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
+    if not prefix:
+        raise ConfigurationError(f"empty prefix= in Redis URL {safe_url(url)!r}")
+    rest = [(name, value) for name, value in query if name != "prefix"]
+    return _unsplit(parts._replace(query=urlencode(rest))), prefix, safe_url(url)
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password (in the authority or a ``password=`` parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = parts.username or ""
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}:***@{host}"
+    query = [(n, "***" if n == "password" else v) for n, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return _unsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """urlunsplit that keeps ``//`` when the authority is empty (``unix:///path``), as redis-py's docs write it."""
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return url + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def load_script_source(name: str) -> str:
+    """The Lua source of ``name`` from the package data, with the shared helpers for queue scripts."""
+    folder = importlib.resources.files("conveyor.brokers") / "redis_scripts"
+    source = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    if name in QUEUE_SCRIPTS:
+        source = (folder / "_common.lua").read_text(encoding="utf-8") + "\n" + source
+    return source
+
+
+class RedisConnection:
+    """Two redis-py clients (ordinary commands, blocking pops), the retry loop and the scripts.
+
+    Args:
+        url: a redis-py URL (no ``prefix``).
+        printable: the URL without its password, for error messages.
+        retry_for: seconds a call keeps retrying connection errors before BrokerUnavailable.
+        socket_timeout: seconds any one command may take.
+        connect_timeout: seconds to open a connection.
+        max_block: longest blocking pop in seconds; its socket timeout is this plus ``socket_timeout``.
+        scripts: names of the Lua scripts to register.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        printable: str,
+        *,
+        retry_for: float,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_block: float,
+        scripts: Sequence[str] = (),
+    ) -> None:
+        self.printable = printable
+        self.retry_for = retry_for
+        self.max_block = max_block
+        options: dict[str, Any] = {"socket_connect_timeout": connect_timeout, "retry": Retry(NoBackoff(), 0)}
+        self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, **options)
+        self.blocking = redis.Redis.from_url(url, socket_timeout=max_block + socket_timeout, **options)
+        self.scripts: dict[str, Script] = {
+            name: self.client.register_script(load_script_source(name)) for name in scripts
+        }
+
+    def call(self, op: Callable[[], T]) -> T:
+        """Run ``op``, retrying connection errors and timeouts with backoff for ``retry_for`` seconds.
+
+        Raises:
+            BrokerUnavailable: Redis did not answer within ``retry_for`` seconds.
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.0
+        while True:
+            try:
+                return op()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerUnavailable(
+                        f"Redis at {self.printable} did not answer within {self.retry_for:g} s: {exc}"
+                    ) from exc
+                time.sleep(min(delay, remaining))
+                delay = min(max(delay * 2, 0.05), 1.0)
+
+    def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        """Run one script (EVALSHA; redis-py's Script loads it again after NOSCRIPT), with retries."""
+        script = self.scripts[name]
+        return self.call(lambda: script(keys=keys, args=args))
+
+    def run_many(
+        self,
+        calls: Sequence[ScriptCall],
+        *,
+        transaction: bool = False,
+        extra: Callable[[Pipeline], object] | None = None,
+    ) -> list[Any]:
+        """Run several scripts (and ``extra`` commands after them) in one pipeline: one round trip.
+
+        The callers' scripts are idempotent, so after a NOSCRIPT reply (the server restarted or
+        flushed its script cache) the scripts are loaded and the whole pipeline runs again.
+
+        Returns:
+            One result per script, then the results of the ``extra`` commands.
+        """
+        return self.call(lambda: self._run_pipeline(calls, transaction, extra))
+
+    def _run_pipeline(
+        self, calls: Sequence[ScriptCall], transaction: bool, extra: Callable[[Pipeline], object] | None
+    ) -> list[Any]:
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=transaction)
+            for name, keys, args in calls:
+                pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+            if extra is not None:
+                extra(pipe)
+            results: list[Any] = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self.load_scripts()
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def block_then_run(
+        self,
+        lists: Sequence[str],
+        timeout: float,
+        name: str,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
+    ) -> Any:
+        """BLPOP ``lists`` for up to ``timeout`` seconds, then run a script, pipelined on one connection.
+
+        Redis runs the script the moment the pop returns (a token arrived or the time ran out), so a
+        wake-up and the work it triggers cost one round trip. Not a MULTI: inside one, BLPOP would not block.
+        """
+        pipe = self.blocking.pipeline(transaction=False)
+        pipe.blpop(lists, timeout=timeout)
+        pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
+        result = pipe.execute(raise_on_error=False)[1]
+        if isinstance(result, NoScriptError):  # the server lost its scripts: load and run this one again
+            return self.scripts[name](keys=keys, args=args)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def load_scripts(self) -> None:
+        """SCRIPT LOAD every registered script (after the server lost its script cache)."""
+        pipe = self.client.pipeline(transaction=False)
+        for script in self.scripts.values():
+            pipe.script_load(script.script)
+        pipe.execute()
+
+    def close(self) -> None:
+        """Disconnect both pools; the clients reconnect on their next command."""
+        self.client.close()
+        self.blocking.close()

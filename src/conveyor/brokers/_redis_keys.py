@@ -1,0 +1,107 @@
+"""Every Redis key the Redis broker and result backend write, named in one place.
+
+The layout is built for Redis Cluster: all keys of one queue share the hash tag ``{prefix:q:NAME}``
+(one slot, so each Lua script touches one slot), global bookkeeping shares ``{prefix}``, and each
+result has its own tag ``{prefix:r:ID}``. ``docs/redis.md`` describes every key; the script headers in
+``redis_scripts/`` say which keys each one touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+#: Key prefix used when the URL carries no ``prefix=`` query parameter.
+DEFAULT_PREFIX = "conveyor"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one queue, all under the hash tag ``{prefix:q:NAME}``.
+
+    Attributes:
+        ready: ZSET id -> ``seq - priority * 2**48`` (lowest first: priority DESC, then FIFO).
+        scheduled: ZSET id -> eta (Unix seconds).
+        inflight: ZSET id -> lease deadline (server Unix seconds).
+        dead: ZSET id -> time of death (server Unix seconds).
+        seq: STRING counter for enqueue order and lease tokens.
+        signal: LIST of wake-up tokens that blocked reserves BLPOP.
+        message: prefix of the per-message HASH ``message + id``.
+    """
+
+    ready: str
+    scheduled: str
+    inflight: str
+    dead: str
+    seq: str
+    signal: str
+    message: str
+
+    @property
+    def script_keys(self) -> tuple[str, str, str, str, str, str]:
+        """The KEYS every per-queue script takes, in the order ``_common.lua`` names them."""
+        return (self.ready, self.scheduled, self.inflight, self.dead, self.seq, self.signal)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GlobalKeys:
+    """Bookkeeping shared by all queues, under the hash tag ``{prefix}``.
+
+    Attributes:
+        queues: SET of every queue name ever enqueued to (stats, recover, dead-letter listings).
+        keys: HASH idempotency key -> claim ``<claimed_at_ms>|<holder>`` (see :func:`holder`).
+        workers: ZSET worker id -> heartbeat expiry (server Unix seconds).
+        workers_info: HASH worker id -> WorkerInfo JSON.
+    """
+
+    queues: str
+    keys: str
+    workers: str
+    workers_info: str
+
+
+@functools.lru_cache(maxsize=1024)
+def queue_keys(prefix: str, queue: str) -> QueueKeys:
+    """The keys of ``queue`` under ``prefix`` (cached: the hot path asks for them on every call)."""
+    tag = f"{{{prefix}:q:{queue}}}"
+    return QueueKeys(
+        ready=f"{tag}:ready",
+        scheduled=f"{tag}:scheduled",
+        inflight=f"{tag}:inflight",
+        dead=f"{tag}:dead",
+        seq=f"{tag}:seq",
+        signal=f"{tag}:signal",
+        message=f"{tag}:m:",
+    )
+
+
+def global_keys(prefix: str) -> GlobalKeys:
+    """The global bookkeeping keys under ``prefix``."""
+    tag = f"{{{prefix}}}"
+    return GlobalKeys(
+        queues=f"{tag}:queues", keys=f"{tag}:keys", workers=f"{tag}:workers", workers_info=f"{tag}:workers:info"
+    )
+
+
+def result_key(prefix: str, task_id: str) -> str:
+    """STRING ``STATE\\nrecord`` with a PX ttl: the result record of one task."""
+    return f"{{{prefix}:r:{task_id}}}"
+
+
+def notify_key(prefix: str, task_id: str) -> str:
+    """LIST holding one wake-up token once the task's result is final (same slot as its record)."""
+    return f"{{{prefix}:r:{task_id}}}:notify"
+
+
+def holder(queue: str, message_id: str) -> bytes:
+    """Who holds an idempotency key: ``<len(queue)>:<queue><id>``, unambiguous whatever the names hold."""
+    name = queue.encode()
+    return b"%d:%s%s" % (len(name), name, message_id.encode())
+
+
+def parse_claim(claim: bytes) -> tuple[str, str]:
+    """The (queue, message id) of a claim ``<claimed_at_ms>|<len(queue)>:<queue><id>``."""
+    _, _, who = claim.partition(b"|")
+    length, _, rest = who.partition(b":")
+    size = int(length)
+    return rest[:size].decode(), rest[size:].decode()

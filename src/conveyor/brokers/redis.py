@@ -1,0 +1,320 @@
+"""RedisBroker: the broker contract on Redis, for workers on many machines.
+
+Python here is thin: every multi-step operation is one Lua script in ``redis_scripts/`` (one atomic
+step on the server, one round trip), each touching the keys of one queue's hash slot, so the
+layout works on Redis Cluster. ``docs/redis.md`` describes the keys, the scripts, blocking reserve,
+connection faults and which persistence settings make an enqueued task durable.
+
+Times that decide leases and dead letters are the server's clock (``TIME`` inside the scripts), so
+workers with skewed clocks agree; an ``eta`` is the producer's Unix time, compared with the server's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from redis.client import Pipeline
+
+from conveyor.brokers._redis_claims import KeyClaims
+from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
+from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+
+#: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
+MIN_BLOCK = 0.002
+#: Messages each kind of recovery moves per script call (RECOVER_BATCH in _common.lua).
+RECOVER_BATCH = 1000
+INF = float("inf")
+#: Seconds added to a wait for the next eta or lease deadline, so the wake-up finds it due.
+DUE_SLACK = 0.001
+
+
+class RedisBroker(Broker):
+    """A broker on Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+
+    Args:
+        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        retry_for: overrides :attr:`retry_for` for this broker.
+    """
+
+    schemes = ("redis", "rediss", "unix")
+
+    #: Seconds an operation keeps retrying connection errors (backoff 0.05 s doubling to 1 s) before
+    #: it raises BrokerUnavailable.
+    retry_for: float = 5.0
+    #: Seconds one command may take before it counts as a connection fault.
+    socket_timeout: float = 10.0
+    #: Seconds to open a connection.
+    connect_timeout: float = 2.0
+    #: Longest single blocking wait in seconds; a longer reserve timeout waits in several steps.
+    max_block: float = 5.0
+
+    def __init__(
+        self, url: str = "redis://127.0.0.1:6379/0", *, max_deliveries: int = 5, retry_for: float | None = None
+    ) -> None:
+        super().__init__(max_deliveries=max_deliveries)
+        client_url, self.prefix, self.url = split_url(url)
+        self._conn = RedisConnection(
+            client_url,
+            self.url,
+            retry_for=self.retry_for if retry_for is None else retry_for,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+            max_block=self.max_block,
+            scripts=QUEUE_SCRIPTS + GLOBAL_SCRIPTS,
+        )
+        self._global = global_keys(self.prefix)
+        self._claims = KeyClaims(self._conn, self.prefix)
+        self._known_queues: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, max_deliveries: int = 5) -> RedisBroker:
+        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
+        return cls(url, max_deliveries=max_deliveries)
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self.url!r}, prefix={self.prefix!r})"
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        if not envelopes:
+            return []
+        if any(e.key is not None for e in envelopes):
+            answer, fresh = self._claims.claim(envelopes)
+        else:
+            answer, fresh = [e.id for e in envelopes], list(envelopes)
+        if fresh:
+            self._store(fresh)
+        return answer
+
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        if n <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + timeout
+        out, next_due = self._reserve_once(queues, n, owner, lease, [])
+        while not out:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            out, next_due = self._wait_then_reserve(queues, n, owner, lease, min(remaining, next_due + DUE_SLACK))
+        return out
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        groups = _by_queue(deliveries)
+        calls = [self._call("ack", q, *_lease_pairs(ds)) for q, ds in groups.items()]
+        self._release(list(groups), self._run_each(calls))
+
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        keys = self._keys(delivery.queue)
+        args = [keys.message, delivery.id, delivery.token, repr(float(delay)), *_body_args(body)]
+        self._conn.run("nack", keys.script_keys, args)
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        groups = _by_queue(deliveries)
+        calls = [self._call("extend", q, repr(float(lease)), *_lease_pairs(ds)) for q, ds in groups.items()]
+        lost = {message_id.decode() for result in self._run_each(calls) for message_id in result}
+        return [d.id for d in deliveries if d.id in lost]
+
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        keys = self._keys(delivery.queue)
+        args = [keys.message, delivery.id, delivery.token, reason, *_body_args(body)]
+        released = self._conn.run("dead_letter", keys.script_keys, args)
+        self._claims.release(delivery.queue, released)
+
+    def release_owner(self, owner: str) -> int:
+        queues = self._queues()
+        calls = [self._call("release_owner", q, owner, str(self.max_deliveries)) for q in queues]
+        results = self._run_each(calls)
+        self._release(queues, [released for _, released in results])
+        return sum(int(count) for count, _ in results)
+
+    def recover(self) -> int:
+        total, queues = 0, self._queues()
+        while queues:  # a call moves at most RECOVER_BATCH of each kind: go on where one was full
+            results = self._run_each([self._call("recover", q, str(self.max_deliveries)) for q in queues])
+            self._release(queues, [released for _, released in results])
+            total += sum(int(moved) for moved, _ in results)
+            queues = [q for q, (moved, _) in zip(queues, results, strict=True) if int(moved) >= RECOVER_BATCH]
+        return total
+
+    def purge(self, queue: str) -> int:
+        count, released = self._conn.run(*self._call("purge", queue))
+        self._claims.release(queue, released)
+        return int(count)
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        queues = self._queues() if queue is None else [queue]
+        rows: list[tuple[float, int, DeadLetter]] = []
+        lists = self._run_each([self._call("dead_list", q, str(limit)) for q in queues])
+        for name, flat in zip(queues, lists, strict=True):
+            for i in range(0, len(flat), 6):
+                message_id, body, reason, dead_at, deliveries, seq = flat[i : i + 6]
+                letter = DeadLetter(message_id.decode(), name, body, reason.decode(), float(dead_at), int(deliveries))
+                rows.append((letter.dead_at, int(seq), letter))
+        rows.sort(key=lambda row: row[:2])
+        return [letter for _, _, letter in rows[:limit]]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._for_dead("requeue_dead", ids)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._for_dead("purge_dead", ids)
+
+    # -- observability ------------------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        queues = self._queues()
+
+        def count(pipe: Pipeline) -> None:
+            for q in queues:
+                keys = self._keys(q)
+                for key in (keys.ready, keys.scheduled, keys.inflight, keys.dead):
+                    pipe.zcard(key)
+
+        counts = self._conn.run_many([], extra=count)
+        return [QueueStats(q, *counts[i * 4 : i * 4 + 4]) for i, q in enumerate(queues)]
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        keys = [self._global.workers, self._global.workers_info]
+        self._conn.run("register_worker", keys, [info.id, json.dumps(info.to_dict()), repr(float(ttl))])
+
+    def unregister_worker(self, worker_id: str) -> None:
+        def forget(pipe: Pipeline) -> None:
+            pipe.zrem(self._global.workers, worker_id)
+            pipe.hdel(self._global.workers_info, worker_id)
+
+        self._conn.run_many([], transaction=True, extra=forget)
+
+    def workers(self) -> list[WorkerInfo]:
+        found = self._conn.run("workers", [self._global.workers, self._global.workers_info], [])
+        return sorted((WorkerInfo.from_dict(json.loads(raw)) for raw in found), key=lambda w: w.id)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _keys(self, queue: str) -> QueueKeys:
+        return queue_keys(self.prefix, queue)
+
+    def _call(self, script: str, queue: str, *args: str) -> ScriptCall:
+        """A per-queue script call: the queue's KEYS, its message prefix, then ``args``."""
+        keys = self._keys(queue)
+        return (script, keys.script_keys, [keys.message, *args])
+
+    def _run_each(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run per-queue scripts: a single one directly (no pipeline overhead), several pipelined."""
+        if len(calls) == 1:
+            return [self._conn.run(*calls[0])]
+        return self._conn.run_many(calls) if calls else []
+
+    def _store(self, envelopes: Sequence[Envelope]) -> None:
+        """enqueue.lua once per queue; several queues (or a queue new to this process) in one MULTI."""
+        groups: dict[str, list[Envelope]] = {}
+        for env in envelopes:
+            groups.setdefault(env.queue, []).append(env)
+        calls = [("enqueue", self._keys(q).script_keys, _enqueue_args(self._keys(q), es)) for q, es in groups.items()]
+        new = [q for q in groups if q not in self._known_queues]
+        if len(calls) == 1 and not new:
+            self._conn.run(*calls[0])
+            return
+
+        def register(pipe: Pipeline) -> None:
+            if new:
+                pipe.sadd(self._global.queues, *new)
+
+        self._conn.run_many(calls, transaction=True, extra=register)
+        self._known_queues.update(new)
+
+    def _reserve_once(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, out: list[Delivery], next_due: float = INF
+    ) -> tuple[list[Delivery], float]:
+        """Fill ``out`` from ``queues`` in order; returns it and the seconds until the next due event."""
+        for queue in queues:
+            if len(out) >= n:
+                break
+            result = self._conn.run(*self._reserve_call(queue, n - len(out), owner, lease))
+            next_due = min(next_due, self._take(queue, owner, result, out))
+        return out, next_due
+
+    def _wait_then_reserve(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, seconds: float
+    ) -> tuple[list[Delivery], float]:
+        """Block on the queues' signal lists, then reserve; the first queue's reserve rides in the same pipeline.
+
+        An enqueue, nack or requeue pushes a token that ends the BLPOP at once, and Redis then runs the
+        pipelined reserve script straight away: a wake-up costs no extra round trip.
+        """
+        signals = [self._keys(q).signal for q in queues]
+        wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
+        call = self._reserve_call(queues[0], n, owner, lease)
+        result = self._conn.call(lambda: self._conn.block_then_run(signals, wait, *call))
+        out: list[Delivery] = []
+        return self._reserve_once(queues[1:], n, owner, lease, out, self._take(queues[0], owner, result, out))
+
+    def _reserve_call(self, queue: str, n: int, owner: str, lease: float) -> ScriptCall:
+        return self._call("reserve", queue, owner, str(n), repr(float(lease)), str(self.max_deliveries))
+
+    def _take(self, queue: str, owner: str, result: list[Any], out: list[Delivery]) -> float:
+        """Append the deliveries of one reserve.lua result to ``out``; return its seconds to the next due event."""
+        due, released, taken = result
+        self._claims.release(queue, released)
+        for i in range(0, len(taken), 5):
+            message_id, body, priority, deliveries, token = taken[i : i + 5]
+            out.append(Delivery(message_id.decode(), queue, body, int(priority), deliveries, token.decode(), owner))
+        seconds = float(due)
+        return INF if seconds < 0 else seconds
+
+    def _for_dead(self, script: str, ids: Sequence[str] | None) -> int:
+        """Run requeue_dead/purge_dead over every queue, for all dead letters or the given ids."""
+        if ids is not None and not ids:
+            return 0
+        args = ["1"] if ids is None else ["0", *ids]
+        return sum(int(n) for n in self._run_each([self._call(script, q, *args) for q in self._queues()]))
+
+    def _queues(self) -> list[str]:
+        # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
+        members = cast("set[bytes]", self._conn.call(lambda: self._conn.client.smembers(self._global.queues)))
+        return sorted(m.decode() for m in members)
+
+    def _release(self, queues: Sequence[str], released: Sequence[Sequence[bytes]]) -> None:
+        for queue, pairs in zip(queues, released, strict=True):
+            self._claims.release(queue, pairs)
+
+
+def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+    groups: dict[str, list[Delivery]] = {}
+    for delivery in deliveries:
+        groups.setdefault(delivery.queue, []).append(delivery)
+    return groups
+
+
+def _lease_pairs(deliveries: Sequence[Delivery]) -> list[str]:
+    """``id, token`` per delivery, as ack.lua and extend.lua read them."""
+    args: list[str] = []
+    for delivery in deliveries:
+        args += [delivery.id, delivery.token]
+    return args
+
+
+def _body_args(body: bytes | None) -> list[str | bytes]:
+    return ["0", b""] if body is None else ["1", body]
+
+
+def _enqueue_args(keys: QueueKeys, envelopes: Sequence[Envelope]) -> list[str | bytes]:
+    """ARGV of enqueue.lua: ``T:m:`` then id, body, priority, eta ('' = now), key ('' = none, else '=' + key)."""
+    args: list[str | bytes] = [keys.message]
+    for env in envelopes:
+        eta = "" if env.eta is None else repr(float(env.eta))
+        key = "" if env.key is None else "=" + env.key
+        args += [env.id, env.body, str(env.priority), eta, key]
+    return args

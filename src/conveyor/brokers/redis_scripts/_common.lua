@@ -1,0 +1,114 @@
+-- _common.lua: helpers shared by every per-queue script. The loader prepends this file to each
+-- script (it is never run alone), so the helpers are locals of the script that uses them.
+--
+-- Per-queue scripts all take the same KEYS, every one under the queue's hash tag T = {prefix:q:NAME}:
+--   KEYS[1] T:ready      ZSET  id -> seq - priority * 2^48 (lowest first: priority DESC, then FIFO)
+--   KEYS[2] T:scheduled  ZSET  id -> eta (Unix seconds)
+--   KEYS[3] T:inflight   ZSET  id -> lease deadline (server Unix seconds)
+--   KEYS[4] T:dead       ZSET  id -> dead_at (server Unix seconds)
+--   KEYS[5] T:seq        STRING counter: enqueue sequence numbers and lease tokens
+--   KEYS[6] T:signal     LIST  wake-up tokens for blocked reserves (BLPOP)
+--   ARGV[1] T:m:         prefix of the per-message hashes T:m:ID (same hash tag, so same slot):
+--                        body, priority, seq, score, deliveries, key?, token?, owner?, reason?, dead_at?
+-- The global scripts (claim, release_keys, register_worker, workers) are loaded without this file.
+
+local READY, SCHEDULED, INFLIGHT, DEAD, SEQ, SIGNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local MSG = ARGV[1]
+-- At most this many wake-up tokens wait in a signal list; enough to wake that many idle reservers.
+local SIGNAL_CAP = 64
+-- Promotions and lease recoveries done per call, so one call never blocks the server for long.
+local RECOVER_BATCH = 1000
+-- Arguments per variadic command: stays under Lua's unpack() limit (LUAI_MAXCSTACK, 8000).
+local CHUNK = 4000
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function fmt(x)
+  return string.format('%.6f', x)
+end
+
+-- Run CMD KEY ARGS... in chunks; ARGS is a flat list (pairs stay whole since CHUNK is even).
+local function chunked(cmd, key, args)
+  for i = 1, #args, CHUNK do
+    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
+  end
+end
+
+-- Push up to COUNT wake-up tokens, keeping the list short when nobody is waiting.
+local function signal(count)
+  if count <= 0 then return end
+  if count > SIGNAL_CAP then count = SIGNAL_CAP end
+  local tokens = {}
+  for i = 1, count do tokens[i] = '1' end
+  redis.call('LPUSH', SIGNAL, unpack(tokens))
+  redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+end
+
+-- Put a stored message in the ready set at its original place (priority, then enqueue order).
+local function make_ready(id)
+  redis.call('ZADD', READY, redis.call('HGET', MSG .. id, 'score'), id)
+end
+
+-- Move a message (already out of ready/scheduled/inflight) to the dead letters; note its key for release.
+local function bury(id, reason, now, released)
+  local m = MSG .. id
+  redis.call('HSET', m, 'reason', reason, 'dead_at', fmt(now))
+  redis.call('HDEL', m, 'token', 'owner')
+  redis.call('ZADD', DEAD, now, id)
+  local key = redis.call('HGET', m, 'key')
+  if key then
+    released[#released + 1] = key
+    released[#released + 1] = id
+  end
+end
+
+-- A lease ended without an ack (expiry or dead owner): ready again, or dead once delivered max times.
+local function redeliver(id, why, now, max_deliveries, released)
+  local m = MSG .. id
+  local deliveries = tonumber(redis.call('HGET', m, 'deliveries'))
+  if deliveries >= max_deliveries then
+    bury(id, 'delivered ' .. deliveries .. ' times without an acknowledgement (' .. why .. '); poison?', now, released)
+  else
+    redis.call('HDEL', m, 'token', 'owner')
+    make_ready(id)
+  end
+end
+
+-- Promote due scheduled messages to ready; returns how many moved.
+local function promote_due(now)
+  local due = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'LIMIT', 0, RECOVER_BATCH)
+  if #due == 0 then return 0 end
+  for _, id in ipairs(due) do make_ready(id) end
+  chunked('ZREM', SCHEDULED, due)
+  return #due
+end
+
+-- Recover expired leases; returns how many moved (redelivered or dead-lettered).
+local function recover_expired(now, max_deliveries, released)
+  local expired = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, RECOVER_BATCH)
+  if #expired == 0 then return 0 end
+  chunked('ZREM', INFLIGHT, expired)
+  for _, id in ipairs(expired) do
+    redeliver(id, 'its lease expired without a heartbeat', now, max_deliveries, released)
+  end
+  return #expired
+end
+
+-- Seconds until the next scheduled message is due or the next lease expires ('-1': neither).
+local function next_due(now)
+  local soonest = nil
+  local s = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
+  if s[2] then soonest = tonumber(s[2]) end
+  local f = redis.call('ZRANGE', INFLIGHT, 0, 0, 'WITHSCORES')
+  if f[2] and (soonest == nil or tonumber(f[2]) < soonest) then soonest = tonumber(f[2]) end
+  if soonest == nil then return '-1' end
+  return fmt(math.max(soonest - now, 0))
+end
+
+-- True if ID is in flight under the lease TOKEN; false for a stale or unknown delivery.
+local function held(id, token)
+  return redis.call('HGET', MSG .. id, 'token') == token
+end

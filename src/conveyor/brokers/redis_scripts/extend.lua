@@ -1,0 +1,23 @@
+-- extend.lua: heartbeat; push the leases of held messages of one queue LEASE seconds past server now.
+--
+-- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
+-- ARGV:       T:m:, lease (seconds), then pairs: id, token
+--
+-- Touches: T:inflight (ZADD XX new deadline); reads T:m:ID token.
+-- Returns the ids whose lease is no longer held (expired and recovered, acked, or never held).
+
+local deadline = server_now() + tonumber(ARGV[2])
+local lost, leases = {}, {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if held(id, ARGV[i + 1]) and redis.call('ZSCORE', INFLIGHT, id) then
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+  else
+    lost[#lost + 1] = id
+  end
+end
+for i = 1, #leases, CHUNK do
+  redis.call('ZADD', INFLIGHT, 'XX', unpack(leases, i, math.min(i + CHUNK - 1, #leases)))
+end
+return lost

@@ -1,0 +1,48 @@
+-- reserve.lua: lease up to N ready messages of one queue to OWNER, after promoting due scheduled
+-- messages and recovering expired leases of this queue (one atomic step: no message is ever handed
+-- to two owners).
+--
+-- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
+-- ARGV:       T:m:, owner, n, lease (seconds), max_deliveries
+--
+-- Touches: T:scheduled -> T:ready (due), T:inflight -> T:ready or T:dead (expired), T:ready -> T:inflight
+-- (taken: ZADD deadline = server now + lease), T:m:ID (deliveries += 1, token, owner), T:seq (tokens),
+-- T:signal (deleted once ready is empty, so a stale token never wakes a reserve for nothing; one token
+-- left when ready still holds messages, so the next blocked reserve wakes too).
+-- Returns {next_due, released, taken}:
+--   next_due: seconds until the next eta or lease deadline ('-1': none), to bound a blocking wait;
+--   released: flat {key, id, ...} of idempotency keys freed by dead-lettering;
+--   taken:    flat {id, body, priority, deliveries, token, ...}.
+
+local owner, n, lease, max_deliveries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local now = server_now()
+local released, taken = {}, {}
+promote_due(now)
+recover_expired(now, max_deliveries, released)
+local ids = redis.call('ZRANGE', READY, 0, n - 1)
+if #ids > 0 then
+  chunked('ZREM', READY, ids)
+  local base = redis.call('INCRBY', SEQ, #ids) - #ids
+  local deadline, leases = now + lease, {}
+  for i, id in ipairs(ids) do
+    local m = MSG .. id
+    local token = string.format('%d', base + i)
+    local deliveries = redis.call('HINCRBY', m, 'deliveries', 1)
+    redis.call('HSET', m, 'token', token, 'owner', owner)
+    local f = redis.call('HMGET', m, 'body', 'priority')
+    taken[#taken + 1] = id
+    taken[#taken + 1] = f[1]
+    taken[#taken + 1] = f[2]
+    taken[#taken + 1] = deliveries
+    taken[#taken + 1] = token
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
+  end
+  chunked('ZADD', INFLIGHT, leases)
+end
+if redis.call('ZCARD', READY) == 0 then
+  redis.call('DEL', SIGNAL)
+elseif redis.call('LLEN', SIGNAL) == 0 then
+  signal(1)
+end
+return {next_due(now), released, taken}
