@@ -1,0 +1,141 @@
+"""RedisResultBackend: task results in Redis, with a wait() that wakes the moment a result lands.
+
+Each result is one string ``{prefix:r:ID}`` = ``STATE\\n`` + record, written with a PX time to live.
+A final state also pushes a wake-up token onto ``{prefix:r:ID}:notify`` (same slot, short expiry):
+``wait()`` reads the record, then BLPOPs that list for the remaining time, then reads again. A waiter
+that wakes passes the token on, so every waiter on the same id wakes; a non-final write deletes the
+list, so an old token never wakes a waiter for nothing. No polling interval anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import cast
+
+from redis.client import Pipeline
+
+from conveyor.backends.base import ResultBackend
+from conveyor.brokers._redis_connection import RedisConnection, split_url
+from conveyor.brokers._redis_keys import notify_key, result_key
+from conveyor.states import FINAL_STATES, State
+
+#: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
+MIN_BLOCK = 0.002
+_FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
+
+
+class RedisResultBackend(ResultBackend):
+    """Results in Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+
+    Args:
+        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
+        retry_for: overrides :attr:`retry_for` for this backend.
+    """
+
+    schemes = ("redis", "rediss", "unix")
+
+    #: Seconds an operation keeps retrying connection errors before it raises BrokerUnavailable.
+    retry_for: float = 5.0
+    #: Seconds one command may take before it counts as a connection fault.
+    socket_timeout: float = 10.0
+    #: Seconds to open a connection.
+    connect_timeout: float = 2.0
+    #: Longest single blocking wait in seconds; a longer wait() blocks in several steps.
+    max_block: float = 5.0
+    #: Seconds a wake-up token outlives its final write (at most the record's own ttl): any waiter
+    #: between its read and its BLPOP finds it.
+    notify_ttl: float = 60.0
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, retry_for: float | None = None) -> None:
+        client_url, self.prefix, self.url = split_url(url)
+        self._conn = RedisConnection(
+            client_url,
+            self.url,
+            retry_for=self.retry_for if retry_for is None else retry_for,
+            socket_timeout=self.socket_timeout,
+            connect_timeout=self.connect_timeout,
+            max_block=self.max_block,
+        )
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisResultBackend:
+        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
+        return cls(url)
+
+    def __repr__(self) -> str:
+        return f"RedisResultBackend({self.url!r}, prefix={self.prefix!r})"
+
+    def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        self.set_many([(task_id, state, record)], ttl)
+
+    def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
+        if not items:
+            return
+
+        def write(pipe: Pipeline) -> None:
+            for task_id, state, record in items:
+                self._queue_write(pipe, task_id, state, record, ttl)
+
+        self._conn.run_many([], extra=write)
+
+    def get(self, task_id: str) -> bytes | None:
+        return self._read(task_id)[1]
+
+    def wait(self, task_id: str, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        woken = False
+        while True:
+            state, record = self._read(task_id)
+            if state in _FINAL:
+                if woken:
+                    self._pass_on(task_id)
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return record
+            woken = self._block(task_id, remaining)
+
+    def forget(self, task_id: str) -> None:
+        keys = (result_key(self.prefix, task_id), notify_key(self.prefix, task_id))
+        self._conn.call(lambda: self._conn.client.delete(*keys))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _queue_write(self, pipe: Pipeline, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        """SET the record with its ttl; a final state leaves one wake-up token, any other clears old ones."""
+        ttl_ms = max(1, int(ttl * 1000))
+        notify = notify_key(self.prefix, task_id)
+        pipe.set(result_key(self.prefix, task_id), state.value.encode() + b"\n" + record, px=ttl_ms)
+        pipe.delete(notify)
+        if state in FINAL_STATES:
+            pipe.rpush(notify, b"1")
+            pipe.pexpire(notify, min(ttl_ms, int(self.notify_ttl * 1000)))
+
+    def _read(self, task_id: str) -> tuple[bytes | None, bytes | None]:
+        """The stored (state, record), or (None, None)."""
+        key = result_key(self.prefix, task_id)
+        # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
+        raw = cast("bytes | None", self._conn.call(lambda: self._conn.client.get(key)))
+        if raw is None:
+            return None, None
+        state, _, record = raw.partition(b"\n")
+        return state, record
+
+    def _block(self, task_id: str, seconds: float) -> bool:
+        """BLPOP the wake-up list for up to ``seconds``; True when a token was taken."""
+        notify = notify_key(self.prefix, task_id)
+        wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
+        return self._conn.call(lambda: self._conn.blocking.blpop([notify], timeout=wait)) is not None
+
+    def _pass_on(self, task_id: str) -> None:
+        """Put back the token this waiter took, so the next waiter on the same id wakes too."""
+        notify = notify_key(self.prefix, task_id)
+
+        def push(pipe: Pipeline) -> None:
+            pipe.rpush(notify, b"1")
+            pipe.ltrim(notify, 0, 0)
+            pipe.pexpire(notify, int(self.notify_ttl * 1000))
+
+        self._conn.run_many([], extra=push)
