@@ -1,0 +1,282 @@
+"""What only the Redis broker and backend promise, beyond the conformance suite.
+
+Processes that share a broker across ``fork()``, the Cluster-ready key layout, bounded failure on a
+dead server, idempotency keys across queues, and surviving a server restart with AOF on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from conveyor.backends.redis import RedisResultBackend
+from conveyor.brokers import Envelope, WorkerInfo
+from conveyor.brokers.redis import RedisBroker
+from conveyor.errors import BrokerUnavailable
+from conveyor.states import State
+from tests.conftest import REDIS_URL
+
+
+def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(redis_prefix: str) -> Iterator[RedisBroker]:
+    instance = RedisBroker.from_url(f"{REDIS_URL}?prefix={redis_prefix}", max_deliveries=3)
+    yield instance
+    instance.close()
+
+
+def _drain(broker: RedisBroker, owner: str, out: Connection) -> None:
+    """Child process: reserve and ack in small batches until the queue stays empty; send the ids home."""
+    seen: list[str] = []
+    while True:
+        got = broker.reserve(["default"], 7, owner=owner, lease=30, timeout=0.2)
+        if not got:
+            break
+        seen += [d.id for d in got]
+        broker.ack(got)
+    out.send(seen)
+    out.close()
+
+
+def test_two_processes_never_share_a_message(broker: RedisBroker) -> None:
+    # Given 2,000 messages, enqueued through a broker whose connections are already open
+    ids = broker.enqueue([env(body=str(i).encode()) for i in range(2000)])
+    # When two forked processes drain the queue through that same broker object
+    ctx = multiprocessing.get_context("fork")
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    children = [ctx.Process(target=_drain, args=(broker, f"proc-{i}", w)) for i, (_, w) in enumerate(pipes)]
+    for child in children:
+        child.start()
+    results = [r.recv() for r, _ in pipes if r.poll(30)]
+    for child in children:
+        child.join(timeout=10)
+    # Then both took part, and every message was reserved exactly once
+    assert [child.exitcode for child in children] == [0, 0]
+    seen = [i for part in results for i in part]
+    assert all(results) and len(results) == 2
+    assert sorted(seen) == sorted(ids)
+    assert broker.stats()[0].in_flight == 0
+
+
+def test_every_key_lives_under_the_prefix_and_each_queue_in_one_slot(broker: RedisBroker, redis_prefix: str) -> None:
+    # Given every kind of state in two queues: ready, scheduled, in flight, dead, keyed, workers, results
+    for queue in ("alpha", "beta"):
+        broker.enqueue([env(queue), env(queue), env(queue, key=f"k-{queue}"), env(queue, eta=time.time() + 60)])
+        _, second = broker.reserve([queue], 2, owner="w", lease=30)
+        broker.dead_letter(second, "test")
+    now = time.time()
+    broker.register_worker(WorkerInfo("host.1", "host", 1, ("alpha",), 1, "process", now, now), ttl=30)
+    backend = RedisResultBackend.from_url(f"{REDIS_URL}?prefix={redis_prefix}")
+    backend.set("task-1", State.SUCCESS, b"done", ttl=60)
+    # When we list the keys the broker and backend created
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = [k.decode() for k in client.scan_iter(match=f"*{redis_prefix}*", count=1000)]
+    # Then every one starts with the prefix inside a hash tag
+    assert keys and all(k.startswith("{" + redis_prefix) for k in keys)
+    # And the keys of each queue (at least ready, scheduled, inflight, dead, seq, signal, messages) share one slot
+    for queue in ("alpha", "beta"):
+        mine = [k for k in keys if k.startswith(f"{{{redis_prefix}:q:{queue}}}")]
+        assert {k.rsplit(":", 1)[-1] for k in mine} >= {"ready", "scheduled", "inflight", "dead", "seq", "signal"}
+        assert len({key_slot(k.encode()) for k in mine}) == 1
+    # And the global bookkeeping shares one slot, and each result shares one with its wake-up list
+    shared = [k for k in keys if k.startswith(f"{{{redis_prefix}}}")]
+    assert len(shared) == 4 and len({key_slot(k.encode()) for k in shared}) == 1
+    results = [k for k in keys if k.startswith(f"{{{redis_prefix}:r:task-1}}")]
+    assert len(results) == 2 and len({key_slot(k.encode()) for k in results}) == 1
+    client.close()
+    backend.close()
+
+
+def test_unreachable_server_raises_broker_unavailable_in_bounded_time() -> None:
+    # Given a broker and a backend pointed at a port nobody listens on, with a password in the URL
+    url = "redis://:s3cret@127.0.0.1:1/0?prefix=never"
+    broker = RedisBroker.from_url(url)
+    backend = RedisResultBackend(url, retry_for=0.5)
+    # When a producer enqueues, it fails after the bounded retry, never hangs
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as caught:
+        broker.enqueue([env()])
+    elapsed = time.monotonic() - started
+    # Then the error names the server but not the password
+    assert broker.retry_for - 0.1 <= elapsed < broker.retry_for + 3
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1:1"):
+        backend.wait("x", timeout=5)
+
+
+def test_idle_reserve_wakes_as_soon_as_a_message_lands(broker: RedisBroker) -> None:
+    # Given a reserve blocked on an empty queue
+    woke: list[float] = []
+
+    def wait() -> None:
+        got = broker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
+        woke.append(time.monotonic())
+        assert len(got) == 1
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    # When a message is enqueued
+    landed = time.monotonic()
+    broker.enqueue([env()])
+    thread.join(timeout=6)
+    # Then the reserve returns it at once: a blocking pop, not a polling interval
+    assert woke and woke[0] - landed < 0.05
+
+
+def test_idempotency_key_spans_queues_and_survives_a_stale_claim(broker: RedisBroker, redis_prefix: str) -> None:
+    # Given a keyed message on one queue
+    first = env("mail", key="order-1")
+    assert broker.enqueue([first]) == [first.id]
+    # Then the same key on another queue, or twice in one batch, answers the first id
+    assert broker.enqueue([env("default", key="order-1"), env("default", key="order-1")]) == [first.id, first.id]
+    # When a claim is left behind by a producer that died before storing its message
+    client = redis.Redis.from_url(REDIS_URL)
+    client.hset(f"{{{redis_prefix}}}:keys", "order-2", b"1|4:mail" + b"gone-id")
+    # Then the next enqueue with that key takes the claim over and is stored
+    fresh = env("mail", key="order-2")
+    assert broker.enqueue([fresh]) == [fresh.id]
+    assert {d.id for d in broker.reserve(["mail"], 5, owner="w", lease=30)} == {first.id, fresh.id}
+    client.close()
+
+
+# -- a server restart ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """A private redis-server with every write fsynced to its append-only file."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+    command += ["--appendonly", "yes", "--appendfsync", "always"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.02)
+    client.close()
+    return server
+
+
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.kill()
+    server.wait(timeout=5)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_broker_reconnects_by_itself_after_a_restart_and_loses_nothing(tmp_path: Path) -> None:
+    # Given a private server with AOF fsync always, 500 messages on two queues, 100 of them in flight
+    port = _free_port()
+    server = _start_server(port, tmp_path)
+    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=restart")
+    try:
+        ids = set(broker.enqueue([env("a" if i % 2 else "b", str(i).encode()) for i in range(500)]))
+        held = broker.reserve(["a", "b"], 100, owner="w", lease=60)
+        assert len(held) == 100
+        # When the server is killed and comes back on the same port and directory a moment later
+        _stop(server)
+        holder: list[subprocess.Popen[bytes]] = []
+        restart = threading.Timer(0.5, lambda: holder.append(_start_server(port, tmp_path)))
+        restart.start()
+        # Then the broker's next call (a pipelined heartbeat over both queues) waits it out and succeeds
+        started = time.monotonic()
+        assert broker.extend(held, 60) == []
+        restart.join()
+        server = holder[0]
+        assert time.monotonic() - started < broker.retry_for
+        # And every message is still there, ready or in flight
+        assert sum(s.ready for s in broker.stats()) == 400
+        assert sum(s.in_flight for s in broker.stats()) == 100
+        # And scripts load again even after the server loses them (redis-py's Script reloads on NOSCRIPT)
+        redis.Redis(port=port).script_flush()
+        rest = broker.reserve(["a", "b"], 1000, owner="w", lease=60)
+        assert {d.id for d in held} | {d.id for d in rest} == ids
+        broker.ack(held + rest)
+        assert sum(s.ready + s.in_flight for s in broker.stats()) == 0
+    finally:
+        broker.close()
+        _stop(server)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+def test_a_blocked_reserve_survives_a_restart(tmp_path: Path) -> None:
+    # Given a reserve blocked on a private server
+    port = _free_port()
+    server = _start_server(port, tmp_path)
+    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=restart")
+    got: list[int] = []
+    try:
+        broker.reserve(["q"], 1, owner="w", lease=5, timeout=0.01)  # open the connections
+        waiter = threading.Thread(
+            target=lambda: got.append(len(broker.reserve(["q"], 1, owner="w", lease=5, timeout=8)))
+        )
+        waiter.start()
+        time.sleep(0.2)
+        # When the server restarts under it and a message arrives afterwards
+        _stop(server)
+        server = _start_server(port, tmp_path)
+        broker.enqueue([env("q")])
+        waiter.join(timeout=10)
+        # Then the reserve reconnected by itself and got the message
+        assert got == [1]
+    finally:
+        broker.close()
+        _stop(server)
+
+
+@pytest.mark.parametrize(
+    ("url", "client_url", "prefix", "printable"),
+    [
+        ("redis://h:6379/0", "redis://h:6379/0", "conveyor", "redis://h:6379/0"),
+        ("redis://u:pw@h:6379/1?prefix=app", "redis://u:pw@h:6379/1", "app", "redis://u:***@h:6379/1?prefix=app"),
+        (
+            "rediss://:pw@h/0?ssl_cert_reqs=none&prefix=p",
+            "rediss://:pw@h/0?ssl_cert_reqs=none",
+            "p",
+            "rediss://:***@h/0",
+        ),
+        (
+            "unix:///tmp/r.sock?db=2&password=pw&prefix=x",
+            "unix:///tmp/r.sock?db=2&password=pw",
+            "x",
+            "unix:///tmp/r.sock",
+        ),
+    ],
+)
+def test_url_prefix_is_split_off_and_passwords_never_printed(
+    url: str, client_url: str, prefix: str, printable: str
+) -> None:
+    from conveyor.brokers._redis_connection import split_url
+
+    got_url, got_prefix, got_printable = split_url(url)
+    assert (got_url, got_prefix) == (client_url, prefix)
+    assert got_printable.startswith(printable)
+    assert "pw" not in got_printable
