@@ -27,6 +27,7 @@ from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueS
 MIN_BLOCK = 0.002
 #: Messages each kind of recovery moves per script call (RECOVER_BATCH in _common.lua).
 RECOVER_BATCH = 1000
+#: "No eta or lease deadline ahead": the wait is bounded by the caller's timeout and max_block only.
 INF = float("inf")
 #: Seconds added to a wait for the next eta or lease deadline, so the wake-up finds it due.
 DUE_SLACK = 0.001
@@ -292,6 +293,7 @@ class RedisBroker(Broker):
 
 
 def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
+    """Group deliveries by queue (first-seen order): each queue's keys live in their own slot."""
     groups: dict[str, list[Delivery]] = {}
     for delivery in deliveries:
         groups.setdefault(delivery.queue, []).append(delivery)
@@ -307,6 +309,7 @@ def _lease_pairs(deliveries: Sequence[Delivery]) -> list[str]:
 
 
 def _body_args(body: bytes | None) -> list[str | bytes]:
+    """``has_body, body`` as nack.lua and dead_letter.lua read them (an empty body is still a body)."""
     return ["0", b""] if body is None else ["1", body]
 
 
