@@ -1,0 +1,118 @@
+"""One SQLite connection per process and thread, opened lazily, in WAL mode.
+
+Many processes on one machine share the file: the supervisor, every worker child and the
+producers. WAL lets readers run beside the one writer; write transactions start with
+``BEGIN IMMEDIATE`` so two writers queue on the lock (``busy_timeout``) instead of deadlocking.
+A connection is never shared across ``fork()``: each process opens its own on first use.
+
+Durability: ``synchronous=NORMAL`` (the default) makes a committed transaction survive the
+crash of any process, ``kill -9`` included; an operating-system crash or power loss may lose
+the last transactions. ``?synchronous=full`` in the URL fsyncs every commit (about 10x slower
+here: ~2,300 commits/s instead of ~30,000), for power-loss durability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from conveyor.errors import BrokerUnavailable, ConfigurationError
+
+#: Milliseconds a writer waits for the lock before the operation fails as BrokerUnavailable.
+BUSY_TIMEOUT_MS = 30_000
+_SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
+
+
+def parse_url(url: str) -> tuple[Path, str]:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, optional ``?synchronous=normal|full``.
+
+    Raises:
+        ConfigurationError: no path, or an unknown synchronous mode.
+    """
+    parts = urlsplit(url)
+    raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.netloc or not raw:
+        raise ConfigurationError(
+            f"SQLite URLs look like sqlite:///relative/path.db or sqlite:////abs/path.db, got {url!r}"
+        )
+    mode = parse_qs(parts.query).get("synchronous", ["normal"])[0].lower()
+    if mode not in _SYNC_MODES:
+        raise ConfigurationError(f"synchronous must be normal or full, got {mode!r} in {url!r}")
+    return Path(raw), _SYNC_MODES[mode]
+
+
+class SQLiteConnection:
+    """Hands out this process's and thread's connection to one database file."""
+
+    def __init__(self, url: str) -> None:
+        self.path, self.synchronous = parse_url(url)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[tuple[int, sqlite3.Connection]] = []
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema applied) on first use in this process."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        conn = self._open()
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._lock:
+            self._all.append((os.getpid(), conn))
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.path.parent != Path():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.executescript(_schema())
+        except (sqlite3.Error, OSError) as exc:
+            raise BrokerUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on error."""
+        conn = self.get()
+        with self.errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn SQLite's operational errors (locked, I/O) into BrokerUnavailable naming the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            raise BrokerUnavailable(f"SQLite database {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connections this process opened."""
+        with self._lock:
+            mine = [c for pid, c in self._all if pid == os.getpid()]
+            self._all = [(pid, c) for pid, c in self._all if pid != os.getpid()]
+        for conn in mine:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+
+def _schema() -> str:
+    return importlib.resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()

@@ -1,0 +1,252 @@
+"""SQLiteBroker: the embedded default. No server; many processes on one machine share one file.
+
+Every operation is one transaction on the ``messages`` table (``sqlite_schema.sql`` documents
+the states and indexes). ``reserve`` first promotes due scheduled messages and recovers expired
+leases, then takes the next rows with one ``UPDATE ... RETURNING``. An idle ``reserve`` polls
+with a read-only query, sleeping 1 ms growing to 50 ms, so it takes the write lock only when
+there is work. See ``_sqlite_connection.py`` for WAL, locking and durability.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Sequence
+
+from conveyor.brokers._sqlite_connection import SQLiteConnection
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+
+READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3
+#: Idle polling: first and longest sleep between looks at an empty queue, in seconds.
+POLL_MIN, POLL_MAX = 0.001, 0.05
+
+_INSERT = "INSERT INTO messages (id, queue, priority, state, eta, body, key) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_TAKE = (
+    "UPDATE messages SET state = 2, owner = ?, token = ?, lease_until = ?, deliveries = deliveries + 1 "
+    "WHERE seq IN (SELECT seq FROM messages WHERE state = 0 AND queue = ? ORDER BY priority DESC, seq LIMIT ?) "
+    "RETURNING id, body, priority, deliveries, seq"
+)
+_PROMOTE = "UPDATE messages SET state = 0, eta = NULL WHERE state = 1 AND eta <= ?"
+_BURY_EXPIRED = (
+    "UPDATE messages SET state = 3, dead_at = ?1, owner = NULL, token = NULL, key = NULL, reason = 'delivered ' || "
+    "deliveries || ' times without an acknowledgement (its lease expired without a heartbeat); poison?' "
+    "WHERE state = 2 AND lease_until <= ?1 AND deliveries >= ?2"
+)
+_REQUEUE_EXPIRED = "UPDATE messages SET state = 0, owner = NULL, token = NULL WHERE state = 2 AND lease_until <= ?"
+_ANY_WORK = (
+    "SELECT EXISTS (SELECT 1 FROM messages WHERE state = 1 AND eta <= ?1) "
+    "OR EXISTS (SELECT 1 FROM messages WHERE state = 2 AND lease_until <= ?1)"
+)
+_HELD = "id = ? AND token = ? AND state = 2"
+
+
+class SQLiteBroker(Broker):
+    """A broker in a SQLite file; ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+
+    schemes = ("sqlite",)
+
+    def __init__(self, url: str, *, max_deliveries: int = 5) -> None:
+        super().__init__(max_deliveries=max_deliveries)
+        self.url = url
+        self.db = SQLiteConnection(url)
+
+    @classmethod
+    def from_url(cls, url: str, *, max_deliveries: int = 5) -> SQLiteBroker:
+        """Build from a ``sqlite:///path`` URL (``?synchronous=full`` fsyncs every commit)."""
+        return cls(url, max_deliveries=max_deliveries)
+
+    def __repr__(self) -> str:
+        return f"SQLiteBroker({str(self.db.path)!r})"
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        now = time.time()
+        ids: list[str] = []
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in {e.queue for e in envelopes}]
+            )
+            rows = []
+            for env in envelopes:
+                if env.key is not None:
+                    found = conn.execute("SELECT id FROM messages WHERE key = ?", (env.key,)).fetchone()
+                    if found is not None:
+                        ids.append(found[0])
+                        continue
+                scheduled = env.eta is not None and env.eta > now
+                rows.append(
+                    (
+                        env.id,
+                        env.queue,
+                        env.priority,
+                        SCHEDULED if scheduled else READY,
+                        env.eta if scheduled else None,
+                        env.body,
+                        env.key,
+                    )
+                )
+                ids.append(env.id)
+            conn.executemany(_INSERT, rows)
+        return ids
+
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        pause = POLL_MIN
+        while True:
+            if self._work_waiting(queues):
+                taken = self._take(queues, n, owner, lease)
+                if taken:
+                    return taken
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, POLL_MAX)
+
+    def _work_waiting(self, queues: Sequence[str]) -> bool:
+        """A read-only look: is anything ready, due or expired? (No write lock while idle.)"""
+        conn = self.db.get()
+        marks = ",".join("?" * len(queues))
+        with self.db.errors():
+            ready = conn.execute(
+                f"SELECT EXISTS (SELECT 1 FROM messages WHERE state = 0 AND queue IN ({marks}))", tuple(queues)
+            ).fetchone()[0]
+            return bool(ready) or bool(conn.execute(_ANY_WORK, (time.time(),)).fetchone()[0])
+
+    def _take(self, queues: Sequence[str], n: int, owner: str, lease: float) -> list[Delivery]:
+        token = uuid.uuid4().hex
+        out: list[Delivery] = []
+        with self.db.write() as conn:
+            now = time.time()
+            self._recover(conn, now)
+            for queue in queues:
+                if len(out) >= n:
+                    break
+                rows = conn.execute(_TAKE, (owner, token, now + lease, queue, n - len(out))).fetchall()
+                rows.sort(key=lambda r: (-r[2], r[4]))  # RETURNING has no order: priority, then FIFO
+                out += [Delivery(r[0], queue, r[1], r[2], r[3], token, owner) for r in rows]
+        return out
+
+    def _recover(self, conn: sqlite3.Connection, now: float) -> int:
+        moved: int = conn.execute(_PROMOTE, (now,)).rowcount
+        moved += conn.execute(_BURY_EXPIRED, (now, self.max_deliveries)).rowcount
+        moved += conn.execute(_REQUEUE_EXPIRED, (now,)).rowcount
+        return moved
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        with self.db.write() as conn:
+            conn.executemany(f"DELETE FROM messages WHERE {_HELD}", [(d.id, d.token) for d in deliveries])
+
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        state, eta = (SCHEDULED, time.time() + delay) if delay > 0 else (READY, None)
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE messages SET state = ?, eta = ?, body = COALESCE(?, body), deliveries = deliveries - 1, "
+                f"owner = NULL, token = NULL WHERE {_HELD}",
+                (state, eta, body, delivery.id, delivery.token),
+            )
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        until = time.time() + lease
+        lost: list[str] = []
+        with self.db.write() as conn:
+            for d in deliveries:
+                if (
+                    conn.execute(f"UPDATE messages SET lease_until = ? WHERE {_HELD}", (until, d.id, d.token)).rowcount
+                    == 0
+                ):
+                    lost.append(d.id)
+        return lost
+
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "UPDATE messages SET state = 3, reason = ?, dead_at = ?, body = COALESCE(?, body), owner = NULL, "
+                f"token = NULL, key = NULL WHERE {_HELD}",
+                (reason, time.time(), body, delivery.id, delivery.token),
+            )
+
+    def release_owner(self, owner: str) -> int:
+        why = f" times without an acknowledgement (its worker process {owner} died); poison?"
+        with self.db.write() as conn:
+            buried = conn.execute(
+                "UPDATE messages SET state = 3, dead_at = ?, owner = NULL, token = NULL, key = NULL, "
+                "reason = 'delivered ' || deliveries || ? WHERE state = 2 AND owner = ? AND deliveries >= ?",
+                (time.time(), why, owner, self.max_deliveries),
+            ).rowcount
+            returned = conn.execute(
+                "UPDATE messages SET state = 0, owner = NULL, token = NULL WHERE state = 2 AND owner = ?", (owner,)
+            ).rowcount
+        return int(buried + returned)
+
+    def recover(self) -> int:
+        with self.db.write() as conn:
+            return self._recover(conn, time.time())
+
+    # -- inspection and dead letters --------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        conn = self.db.get()
+        with self.db.errors():
+            counts = conn.execute("SELECT queue, state, COUNT(*) FROM messages GROUP BY queue, state").fetchall()
+            names = [row[0] for row in conn.execute("SELECT name FROM queues")]
+        per_queue: dict[str, list[int]] = {name: [0, 0, 0, 0] for name in names}
+        for queue, state, count in counts:
+            per_queue.setdefault(queue, [0, 0, 0, 0])[state] = count
+        return [QueueStats(q, *c) for q, c in sorted(per_queue.items())]
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        sql = "SELECT id, queue, body, reason, dead_at, deliveries FROM messages WHERE state = 3"
+        params: tuple[object, ...] = ()
+        if queue is not None:
+            sql, params = sql + " AND queue = ?", (queue,)
+        with self.db.errors():
+            rows = self.db.get().execute(sql + " ORDER BY dead_at, seq LIMIT ?", (*params, limit)).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        sql = "UPDATE messages SET state = 0, deliveries = 0, reason = NULL, dead_at = NULL WHERE state = 3"
+        return self._for_dead(sql, ids)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._for_dead("DELETE FROM messages WHERE state = 3", ids)
+
+    def _for_dead(self, sql: str, ids: Sequence[str] | None) -> int:
+        with self.db.write() as conn:
+            if ids is None:
+                return int(conn.execute(sql).rowcount)
+            return sum(conn.execute(sql + " AND id = ?", (i,)).rowcount for i in ids)
+
+    def purge(self, queue: str) -> int:
+        with self.db.write() as conn:
+            return int(conn.execute("DELETE FROM messages WHERE queue = ? AND state IN (0, 1)", (queue,)).rowcount)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO workers (id, info, expires_at) VALUES (?, ?, ?)",
+                (info.id, json.dumps(info.to_dict()), time.time() + ttl),
+            )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        with self.db.errors():
+            rows = (
+                self.db.get()
+                .execute("SELECT info FROM workers WHERE expires_at > ? ORDER BY id", (time.time(),))
+                .fetchall()
+            )
+        return [WorkerInfo.from_dict(json.loads(row[0])) for row in rows]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,62 @@
+-- conveyor's SQLite layout: the embedded default broker and result backend share one file.
+-- Applied on every first connection of a process (every statement is IF NOT EXISTS).
+
+-- One row per message, whatever its state:
+--   0 ready      waiting in its queue
+--   1 scheduled  waiting for its eta (countdown, retry delay)
+--   2 in flight  leased to `owner` until `lease_until` under `token`
+--   3 dead       in the dead-letter queue, with `reason`
+-- `seq` orders messages first in, first out; `deliveries` counts hand-outs since the last
+-- enqueue, requeue or retry. Times are Unix seconds.
+CREATE TABLE IF NOT EXISTS messages (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT    NOT NULL UNIQUE,
+    queue       TEXT    NOT NULL,
+    priority    INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    eta         REAL,
+    body        BLOB    NOT NULL,
+    key         TEXT,
+    deliveries  INTEGER NOT NULL DEFAULT 0,
+    owner       TEXT,
+    token       TEXT,
+    lease_until REAL,
+    reason      TEXT,
+    dead_at     REAL
+);
+
+-- reserve: the next ready messages of a queue, highest priority first, then oldest.
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, priority DESC, seq) WHERE state = 0;
+-- reserve/recover: scheduled messages that came due.
+CREATE INDEX IF NOT EXISTS messages_due ON messages (eta) WHERE state = 1;
+-- reserve/recover: leases that expired without a heartbeat.
+CREATE INDEX IF NOT EXISTS messages_leases ON messages (lease_until) WHERE state = 2;
+-- release_owner: everything a dead worker process held.
+CREATE INDEX IF NOT EXISTS messages_owner ON messages (owner) WHERE state = 2;
+-- dead_letters: oldest first.
+CREATE INDEX IF NOT EXISTS messages_dead ON messages (dead_at, seq) WHERE state = 3;
+-- enqueue with key=: at most one pending or running message per idempotency key
+-- (the key is cleared when a message is acked, dead-lettered or purged).
+CREATE UNIQUE INDEX IF NOT EXISTS messages_key ON messages (key) WHERE key IS NOT NULL;
+
+-- stats: every queue that was ever used, so an empty queue is still listed.
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY
+) WITHOUT ROWID;
+
+-- workers: live worker heartbeats (info is JSON); rows past expires_at are not live.
+CREATE TABLE IF NOT EXISTS workers (
+    id         TEXT PRIMARY KEY,
+    info       TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- results: one encoded ResultRecord per task id; rows past expires_at are gone.
+CREATE TABLE IF NOT EXISTS results (
+    id         TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    record     BLOB NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+-- the occasional sweep of expired results.
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
