@@ -32,7 +32,7 @@ def main() -> int:
     from examples import demo_tasks as t
 
     console.print(f"[bold]conveyor demo[/] broker: {t.app.settings.broker_url} (embedded SQLite, no server)")
-    worker = start_worker()
+    worker = start_worker(workdir / "worker.log")
     try:
         results = enqueue_all(t)
         started = time.perf_counter()
@@ -44,10 +44,11 @@ def main() -> int:
     return 0
 
 
-def start_worker() -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "conveyor", "worker", "examples.demo_tasks:app", "-c", "2", "-l", "WARNING"]
-    console.print(f"starting a worker: [cyan]{' '.join(command[2:])}[/]")
-    return subprocess.Popen(command, cwd=ROOT, env=os.environ.copy())
+def start_worker(log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "conveyor", "worker", "examples.demo_tasks:app", "-c", "2"]
+    console.print(f"starting a worker: [cyan]{' '.join(command[2:])}[/] (its log: {log})")
+    with log.open("wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env=os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
 
 
 def enqueue_all(t: Any) -> list[tuple[str, Any]]:
@@ -100,8 +101,8 @@ def show(plan: list[tuple[str, Any]], elapsed: float) -> None:
     console.print(table)
     states: dict[str, int] = {}
     for _, result in plan:
-        states[result.state] = states.get(result.state, 0) + 1
-    console.print(f"states: {states}")
+        states[str(result.state)] = states.get(str(result.state), 0) + 1
+    console.print("states: " + ", ".join(f"{name} {count}" for name, count in sorted(states.items())))
     console.print(f"[bold green]{len(plan)} tasks finished in {elapsed:.2f}s: {len(plan) / elapsed:,.0f} tasks/s[/]")
 
 
