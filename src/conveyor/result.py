@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.errors import ResultMissing, ResultTimeout, TaskFailed
-from conveyor.states import ErrorInfo, ResultRecord, State, decode_record
+from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -139,6 +139,23 @@ class AsyncResult(Generic[R]):
             return None  # type: ignore[return-value]
         error = record.error or ErrorInfo("UnknownError", "no error recorded")
         raise TaskFailed(error.type, error.message, error.traceback)
+
+    def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
+        """Stop the task from running: it is deleted from its queue if it has not started.
+
+        Args:
+            terminate: also stop it if it is running: its worker process is replaced within about a
+                second. Without it, a task that already started runs to the end (and its result
+                replaces the REVOKED state).
+            reason: recorded with the REVOKED state.
+
+        Returns:
+            True if the task was still waiting in its queue (so it will certainly never run).
+        """
+        cancelled = bool(self._app.broker.cancel([self.id]))
+        record = ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())
+        self._app.backend.set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
+        return cancelled
 
     def forget(self) -> None:
         """Delete the stored result."""

@@ -54,6 +54,8 @@ class ResultRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     progress: float | None = None
     note: str = ""
     eta: float | None = None
+    #: On a REVOKED record: stop the task even if it is running.
+    terminate: bool = False
 
 
 _encoder = msgspec.json.Encoder()

@@ -47,3 +47,20 @@ def hang(tag: str) -> None:
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     time.sleep(60)
+
+
+@app.task(name="mark", ignore_result=True)
+def mark(i: int, sleep: float = 0.0) -> None:
+    """Append ``i`` to this process's marks file: one line per execution, for exactly-once counting."""
+    if sleep:
+        time.sleep(sleep)
+    with (_record_dir() / f"marks-{os.getpid()}.txt").open("a") as f:
+        f.write(f"{i}\n")
+
+
+def marks(record_dir: Path) -> list[int]:
+    """Every ``mark`` execution recorded so far, across processes."""
+    found: list[int] = []
+    for path in record_dir.glob("marks-*.txt"):
+        found += [int(line) for line in path.read_text().split()]
+    return found

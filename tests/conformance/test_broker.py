@@ -287,3 +287,19 @@ def test_recover_promotes_due_and_expired(broker: Broker, n: int) -> None:
     time.sleep(0.2)
     assert broker.recover() >= n
     assert stats_of(broker) == (n, 0, 0, 0)
+
+
+def test_cancel_deletes_only_waiting_messages(broker: Broker) -> None:
+    # Given a ready, a scheduled (with a key) and an in-flight message
+    ready, later, running = env(), env(eta=time.time() + 60, key="k"), env()
+    broker.enqueue([running])
+    [held] = broker.reserve(["default"], 1, owner=OWNER, lease=5)
+    broker.enqueue([ready, later])
+    # When all three and an unknown id are cancelled
+    gone = broker.cancel([ready.id, later.id, running.id, "nope"])
+    # Then the waiting two are gone (and the key is free), the running one stays
+    assert sorted(gone) == sorted([ready.id, later.id])
+    assert stats_of(broker) == (0, 0, 1, 0)
+    fresh = env(key="k")
+    assert broker.enqueue([fresh]) == [fresh.id]
+    broker.ack([held])

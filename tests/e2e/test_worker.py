@@ -153,3 +153,23 @@ def test_hard_time_limit_replaces_the_child_and_the_worker_keeps_serving(
     assert enqueue(e2e_app, "record", "next").get(timeout=15) == "next"
     assert "exceeded its hard time limit" in worker.output()
     assert worker.stop() == 0
+
+
+def test_revoke_removes_a_queued_task_and_terminates_a_running_one(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a long task running on a one-slot worker, and a task queued behind it
+    worker = start_worker("-c", "1")
+    running = enqueue(e2e_app, "record", "running", 30)
+    wait_until(lambda: runs_of(records, "running") == 1, 15, "the task to start")
+    queued = enqueue(e2e_app, "record", "queued")
+    # When the queued one is revoked, and the running one revoked with terminate=True
+    assert queued.revoke() is True
+    assert running.revoke(terminate=True) is False
+    # Then the running one is stopped (its child replaced), the queued one never runs
+    wait_until(lambda: "was revoked; terminating it" in worker.output(), 15, "the running task to be terminated")
+    assert enqueue(e2e_app, "record", "next").get(timeout=15) == "next"
+    assert (running.state, queued.state) == (State.REVOKED, State.REVOKED)
+    assert runs_of(records, "queued") == 0 and runs_of(records, "running") == 1
+    assert depth(e2e_app) == (0, 0, 0, 0)
+    assert worker.stop() == 0

@@ -45,6 +45,7 @@ QUEUE_SCRIPTS = (
     "requeue_dead",
     "purge_dead",
     "purge",
+    "cancel",
     "dead_list",
     "alive",
 )

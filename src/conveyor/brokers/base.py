@@ -203,6 +203,13 @@ class Broker(abc.ABC):
         """Delete dead letters (all when ``ids`` is None); return how many."""
 
     @abc.abstractmethod
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        """Delete ready or scheduled messages by id (revoked before they started); return the ids deleted.
+
+        In-flight and dead messages are left alone.
+        """
+
+    @abc.abstractmethod
     def purge(self, queue: str) -> int:
         """Delete the ready and scheduled messages of a queue; in-flight ones are left alone."""
 

@@ -175,6 +175,14 @@ class MemoryBroker(Broker):
                 del self._records[record.id]
             return len(chosen)
 
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        with self._cond:
+            doomed = [self._records[i] for i in ids if i in self._records]
+            doomed = [r for r in doomed if r.state in ("ready", "scheduled")]
+            for record in doomed:
+                self._drop(record)
+            return [r.id for r in doomed]
+
     def purge(self, queue: str) -> int:
         with self._cond:
             doomed = [r for r in self._records.values() if r.queue == queue and r.state in ("ready", "scheduled")]

@@ -145,6 +145,15 @@ class RedisBroker(Broker):
             queues = [q for q, (moved, _) in zip(queues, results, strict=True) if int(moved) >= RECOVER_BATCH]
         return total
 
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        if not ids:
+            return []
+        queues = self._queues()
+        results = self._run_each([self._call("cancel", q, *ids) for q in queues])
+        self._release(queues, [released for _, released in results])
+        gone = {message_id.decode() for cancelled, _ in results for message_id in cancelled}
+        return [i for i in ids if i in gone]
+
     def purge(self, queue: str) -> int:
         count, released = self._conn.run(*self._call("purge", queue))
         self._claims.release(queue, released)

@@ -222,6 +222,12 @@ class SQLiteBroker(Broker):
                 return int(conn.execute(sql).rowcount)
             return sum(conn.execute(sql + " AND id = ?", (i,)).rowcount for i in ids)
 
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        with self.db.write() as conn:
+            return [
+                i for i in ids if conn.execute("DELETE FROM messages WHERE id = ? AND state IN (0, 1)", (i,)).rowcount
+            ]
+
     def purge(self, queue: str) -> int:
         with self.db.write() as conn:
             return int(conn.execute("DELETE FROM messages WHERE queue = ? AND state IN (0, 1)", (queue,)).rowcount)

@@ -10,7 +10,7 @@ import click
 
 from conveyor.cli.dlq import dlq
 from conveyor.cli.status import status
-from conveyor.cli.tasks import enqueue, purge
+from conveyor.cli.tasks import enqueue, purge, revoke
 from conveyor.cli.worker import worker
 
 
@@ -29,4 +29,5 @@ main.add_command(worker)
 main.add_command(status)
 main.add_command(enqueue)
 main.add_command(purge)
+main.add_command(revoke)
 main.add_command(dlq)

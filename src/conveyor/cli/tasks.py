@@ -71,3 +71,16 @@ def purge(app: str, queue: str, yes: bool) -> None:
     if not yes:
         click.confirm(f"Delete every waiting task of queue {queue!r}?", abort=True)
     click.echo(f"purged {the_app.broker.purge(queue)} task(s) from {queue}")
+
+
+@click.command()
+@click.argument("app", envvar="CONVEYOR_APP")
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--terminate", is_flag=True, help="Also stop tasks that are running (their worker process is replaced).")
+def revoke(app: str, task_ids: tuple[str, ...], terminate: bool) -> None:
+    """Revoke tasks by id: a waiting task is deleted from its queue; with --terminate a running one is stopped."""
+    the_app = load_app(app)
+    for task_id in task_ids:
+        waiting = the_app.result(task_id).revoke(terminate=terminate, reason="revoked from the command line")
+        where = "removed from its queue" if waiting else ("terminating if running" if terminate else "not waiting")
+        click.echo(f"{task_id}: revoked ({where})")

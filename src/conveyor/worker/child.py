@@ -170,7 +170,6 @@ class ChildLoop:
     def _report_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
         limit = task.options.time_limit
         deadline = None if limit is None else time.time() + limit
-        body = delivery.body if deadline is not None else b""
         self._send(
             (
                 "start",
@@ -179,7 +178,6 @@ class ChildLoop:
                 deadline,
                 delivery.token,
                 delivery.queue,
-                body,
                 delivery.priority,
                 delivery.deliveries,
                 message.attempt,

@@ -85,6 +85,8 @@ class Executor:
             return self._bury(delivery, reason, message.task, started)
         if message.expires is not None and time.time() > message.expires:
             return self._revoke(delivery, message, "expired before a worker picked it up", started)
+        if delivery.deliveries > 1 and self._was_revoked(message.id):  # redelivered after a crash
+            return self._revoke(delivery, message, "revoked before it could run again", started)
         return self._execute(delivery, message, task, started)
 
     # -- the steps ---------------------------------------------------------------------------
@@ -242,6 +244,10 @@ class Executor:
 
     def _store(self, message: Message, record: ResultRecord) -> None:
         self.backend.set(message.id, record.state, encode_record(record), self.ttl)
+
+    def _was_revoked(self, task_id: str) -> bool:
+        raw = self.backend.get(task_id)
+        return raw is not None and decode_record(raw).state is State.REVOKED
 
     def _previous_errors(self, task_id: str) -> list[ErrorInfo]:
         raw = self.backend.get(task_id)

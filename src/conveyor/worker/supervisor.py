@@ -27,7 +27,7 @@ from typing import Any
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
-from conveyor.states import ErrorInfo, ResultRecord, State, encode_record
+from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import ChildConfig, child_main, owner_of
 
 log = logging.getLogger("conveyor.worker")
@@ -36,6 +36,8 @@ log = logging.getLogger("conveyor.worker")
 HEARTBEAT_INTERVAL = 2.0
 #: A worker whose heartbeat is older than this many seconds is not live.
 HEARTBEAT_TTL = 10.0
+#: Seconds between looks for running tasks revoked with terminate=True.
+REVOCATION_CHECK = 1.0
 #: Seconds the supervisor sleeps at most between looking at its children.
 TICK = 0.25
 
@@ -46,7 +48,7 @@ class _Running:
 
     task: str
     deadline: float | None
-    delivery: Delivery | None
+    delivery: Delivery
     attempt: int
 
 
@@ -85,6 +87,7 @@ class Supervisor:
         self.hard = False
         self.grace_deadline = 0.0
         self._next_heartbeat = 0.0
+        self._next_revocation_check = 0.0
         self._ctx = multiprocessing.get_context("fork")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -95,6 +98,7 @@ class Supervisor:
         slots, count = (self.concurrency, 1) if self.pool == "thread" else (1, self.concurrency)
         for index in range(count):
             self._start_child(index, slots)
+        self._heartbeat()  # listed as live before it says it is ready
         log.info(
             "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
             self.worker_id,
@@ -118,6 +122,7 @@ class Supervisor:
                 self._drain(ready)
         self._reap()
         self._enforce_time_limits()
+        self._terminate_revoked()
         if self.stopping and time.time() >= self.grace_deadline and self.children:
             log.warning("grace period of %.0fs is over; stopping running tasks hard", self.app.settings.shutdown_grace)
             self.hard = True
@@ -200,8 +205,8 @@ class Supervisor:
         if child is None:
             return
         if event[0] == "start":
-            _, msg_id, task, deadline, token, queue, body, priority, deliveries, attempt = event
-            delivery = Delivery(msg_id, queue, body, priority, deliveries, token, child.owner) if body else None
+            _, msg_id, task, deadline, token, queue, priority, deliveries, attempt = event
+            delivery = Delivery(msg_id, queue, b"", priority, deliveries, token, child.owner)
             child.running[msg_id] = _Running(task, deadline, delivery, attempt)
         elif event[0] == "retire":
             child.retiring = event[1]
@@ -214,33 +219,55 @@ class Supervisor:
 
     def _enforce_time_limits(self) -> None:
         now = time.time()
-        for child in self.children.values():
+        for child in list(self.children.values()):
             for msg_id, running in list(child.running.items()):
-                if running.deadline is not None and now >= running.deadline and running.delivery is not None:
-                    self._kill_for_time_limit(child, msg_id, running)
+                if running.deadline is not None and now >= running.deadline:
+                    log.error(
+                        "task %s[%s] exceeded its hard time limit; replacing child %d",
+                        running.task,
+                        msg_id,
+                        child.index,
+                    )
+                    error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", running.attempt)
+                    record = ResultRecord(
+                        state=State.FAILURE,
+                        error=error,
+                        errors=[error],
+                        task=running.task,
+                        attempt=running.attempt,
+                        worker=self.worker_id,
+                        finished=now,
+                    )
+                    self._stop_running_task(child, msg_id, running, record)
+                    self.failed += 1
 
-    def _kill_for_time_limit(self, child: _Child, msg_id: str, running: _Running) -> None:
-        assert running.delivery is not None
-        log.error("task %s[%s] exceeded its hard time limit; replacing child %d", running.task, msg_id, child.index)
-        error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", running.attempt)
-        record = ResultRecord(
-            state=State.FAILURE,
-            error=error,
-            errors=[error],
-            task=running.task,
-            attempt=running.attempt,
-            worker=self.worker_id,
-            finished=time.time(),
-        )
+    def _terminate_revoked(self) -> None:
+        """Every second: replace the child of a running task revoked with terminate=True."""
+        now = time.time()
+        if now < self._next_revocation_check:
+            return
+        self._next_revocation_check = now + REVOCATION_CHECK
+        for child in list(self.children.values()):
+            for msg_id, running in list(child.running.items()):
+                try:
+                    raw = self.app.backend.get(msg_id)
+                except BrokerError:
+                    return
+                record = None if raw is None else decode_record(raw)
+                if record is not None and record.state is State.REVOKED and record.terminate:
+                    log.warning("task %s[%s] was revoked; terminating it (child %d)", running.task, msg_id, child.index)
+                    self._stop_running_task(child, msg_id, running, record)
+
+    def _stop_running_task(self, child: _Child, msg_id: str, running: _Running, record: ResultRecord) -> None:
+        """Record the task's final state, acknowledge it, and kill (then replace) the child running it."""
         try:
-            self.app.backend.set(msg_id, State.FAILURE, encode_record(record), self.app.settings.result_ttl)
+            self.app.backend.set(msg_id, record.state, encode_record(record), self.app.settings.result_ttl)
             self.app.broker.ack([running.delivery])
         except BrokerError as exc:
-            log.error("could not record the time limit of %s: %s", msg_id, exc)
+            log.error("could not record the end of %s: %s", msg_id, exc)
         child.running.pop(msg_id, None)
         child.killed_for = msg_id
         child.process.kill()
-        self.failed += 1
 
     # -- signals and heartbeat ---------------------------------------------------------------
 
