@@ -34,8 +34,8 @@ def test_two_workers_split_10000_tasks_none_lost_none_twice(
 ) -> None:
     # Given 10,000 tasks in Redis and two separate worker processes sharing it
     send_marks(e2e_app, 10_000)
-    a = start_worker("-c", "2", "-l", "WARNING")
-    b = start_worker("-c", "2", "-l", "WARNING")
+    a = start_worker("-c", "2")
+    b = start_worker("-c", "2")
     # When they drain the queue
     wait_until(lambda: len(marks(records)) >= 10_000, 120, "10,000 executions")
     time.sleep(0.5)  # let a duplicate, if any, land
@@ -114,7 +114,7 @@ def test_redis_restart_while_tasks_flow_loses_nothing(tmp_path: Path, monkeypatc
     )
     monkeypatch.setenv("CONVEYOR_BROKER_URL", env["CONVEYOR_BROKER_URL"])
     app = App("e2e")
-    worker = WorkerProcess(env, ["-c", "2", "-l", "WARNING"], tmp_path / "worker.log")
+    worker = WorkerProcess(env, ["-c", "2"], tmp_path / "worker.log")
     try:
         # Given 2,000 tasks of 1 ms flowing through a worker
         worker.wait_for_log("ready")
