@@ -70,12 +70,14 @@ class SQLiteBroker(Broker):
                 "INSERT OR IGNORE INTO queues (name) VALUES (?)", [(q,) for q in {e.queue for e in envelopes}]
             )
             rows = []
+            batch_keys: dict[str, str] = {}  # a key used twice in one batch: the first envelope wins
             for env in envelopes:
                 if env.key is not None:
-                    found = conn.execute("SELECT id FROM messages WHERE key = ?", (env.key,)).fetchone()
+                    found = batch_keys.get(env.key) or self._keyed(conn, env.key)
                     if found is not None:
-                        ids.append(found[0])
+                        ids.append(found)
                         continue
+                    batch_keys[env.key] = env.id
                 scheduled = env.eta is not None and env.eta > now
                 rows.append(
                     (
@@ -91,6 +93,12 @@ class SQLiteBroker(Broker):
                 ids.append(env.id)
             conn.executemany(_INSERT, rows)
         return ids
+
+    @staticmethod
+    def _keyed(conn: sqlite3.Connection, key: str) -> str | None:
+        """The id of the pending or running message holding idempotency ``key``, if any."""
+        row = conn.execute("SELECT id FROM messages WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
