@@ -150,6 +150,9 @@ class Supervisor:
             target=child_main, args=(self.app, config, child_conn), name=f"conveyor-child-{index}"
         )
         process.daemon = False
+        # No connection crosses fork(): SQLite's lock state would be shared with the child (see
+        # tests/unit/test_sqlite_specific.py); the supervisor reconnects lazily on its next call.
+        self.app.close()
         process.start()
         child_conn.close()
         self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0))
