@@ -1,0 +1,292 @@
+"""``python -m bench``: the same workloads on conveyor and its peers, on one Redis, in one run.
+
+The harness creates one venv per peer (``bench/.venvs/<peer>``, on first run), starts its own
+``redis-server`` on a spare loopback port (unless ``--redis-url``), then for each workload runs
+every system ``--runs`` times, interleaved (run 1 of every system, then run 2, ... with the order
+rotated each time). Each run is one subprocess, ``<venv python> -m bench.driver SYSTEM ...``, that
+starts fresh workers, measures, stops them and prints one JSON line. At the end it prints one
+table per workload with conveyor/peer ratios and writes ``bench/results/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+
+from bench import report, venvs
+from bench.redis_server import RedisServer, command, server_version
+from bench.systems import SYSTEMS
+from bench.systems.base import PGID_FILE_ENV, REPO_ROOT
+from bench.workloads import WORKLOADS
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+
+#: Tasks per workload: full run, and --quick.
+FULL = {"throughput": 20_000, "results": 5_000, "latency": 1_000, "batch": 20_000, "mixed": 2_000}
+QUICK = {"throughput": 2_000, "results": 500, "latency": 200, "batch": 2_000, "mixed": 500}
+
+NOTE = (
+    "Figures from a shared or busy machine are only good for checking the harness; compare "
+    "systems from one run on a quiet machine."
+)
+
+EPILOG = f"""
+workloads (issue 6):
+  throughput  N no-op tasks (each INCRs one Redis counter) enqueued one by one with the workers
+              stopped (enqueue/s); then the workers start: start-up s = spawn -> first task,
+              processed/s = first -> last task.                          N={FULL["throughput"]:,}
+  results     warm workers; enqueue N tasks returning a value, collect every result.  N={FULL["results"]:,}
+  latency     warm idle workers; enqueue one task, wait for its result; N times: p50/p90/p99.
+                                                                                       N={FULL["latency"]:,}
+  batch       N no-op tasks through the system's batch API (or its nearest: a loop), in chunks
+              of --batch-size; then drained to check every task ran.       N={FULL["batch"]:,}
+  mixed       N tasks, 1% sleep 1 s, the rest no-ops, enqueued with the workers stopped; drain s
+              = first -> last completion (floor s = sleepers x 1 s / concurrency).  N={FULL["mixed"]:,}
+--quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())}.
+
+systems: {", ".join(SYSTEMS)}. Peers run in their own venvs under bench/.venvs (created on first
+run with pip; --rebuild-venvs recreates them). conveyor runs in this interpreter, which needs
+conveyor with its redis extra (pip install -e '.[redis]').
+
+Every run starts fresh workers (concurrency 2 by default) and checks through the counter that
+every task ran: DROPPED k, TIMEOUT or ERROR replace the figure otherwise (details below each table,
+logs in bench/results/work/). Ratio columns: > 1 means conveyor is better (rates: conveyor ÷ peer;
+times and latencies: peer ÷ conveyor). {NOTE}
+
+examples:
+  python -m bench --quick --runs 1                 check the harness (~5 minutes)
+  python -m bench                                  full run, 3 runs per system
+  python -m bench --systems conveyor-redis,celery --workloads latency
+  python -m bench --redis-url redis://127.0.0.1:6379/15   use a server you run (DB 15 is flushed!)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark conveyor against Celery, Dramatiq, RQ, Huey and arq on the same Redis.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default: all)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated workloads (default: all)")
+    p.add_argument("--runs", type=int, default=3, help="runs per system and workload; figures are medians (default 3)")
+    p.add_argument("--quick", action="store_true", help="smaller N for every workload, to check the harness")
+    p.add_argument("-c", "--concurrency", type=int, default=2, help="tasks run at once by each system (default 2)")
+    for name in WORKLOADS:
+        p.add_argument(f"--{name}-n", type=int, metavar="N", help=f"tasks in the {name} workload")
+    p.add_argument("--batch-size", type=int, default=1000, help="tasks per batch call (default 1000)")
+    p.add_argument(
+        "--redis-url",
+        help="use this Redis database instead of starting a redis-server; it is FLUSHDB'ed before and "
+        "after every run, so give a URL with an explicit database you own, e.g. redis://127.0.0.1:6379/15",
+    )
+    p.add_argument("--timeout", type=float, help="seconds one run of one system may take (default: from N)")
+    p.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
+    p.add_argument("--rebuild-venvs", action="store_true", help="recreate the peers' venvs")
+    p.add_argument("--setup-only", action="store_true", help="create the peers' venvs and exit")
+    return p
+
+
+def _split(value: str, known: Any, what: str, parser: argparse.ArgumentParser) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in known]
+    if unknown:
+        parser.error(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return items
+
+
+def default_timeout(workload: str, n: int) -> float:
+    """Seconds a run gets: start-up, plus n tasks at a pessimistic 40 tasks/s, plus the sleepers."""
+    extra = n / 100 if workload == "mixed" else 0.0
+    return 120.0 + n / 40 + extra
+
+
+def run_driver(
+    system: str, workload: str, n: int, run: int, url: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Run one driver subprocess and return its JSON record (or a record of its failure)."""
+    spec = SYSTEMS[system]
+    python = sys.executable if spec.venv is None else str(venvs.python_of(spec.venv))
+    timeout = args.timeout or default_timeout(workload, n)
+    label = f"{system}-{workload}-{run}"
+    pgid_file = workdir / f"{label}.pgids"
+    pgid_file.unlink(missing_ok=True)
+    cmd = [
+        python,
+        "-m",
+        "bench.driver",
+        system,
+        f"workload={workload}",
+        f"n={n}",
+        f"redis_url={url}",
+        f"concurrency={args.concurrency}",
+        f"timeout={timeout}",
+        f"batch_size={args.batch_size}",
+        f"label={label}",
+        f"workdir={workdir}",
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    env[PGID_FILE_ENV] = str(pgid_file)
+    base: dict[str, Any] = {"system": system, "workload": workload, "n": n, "figures": {}, "version": "", "config": ""}
+    with (workdir / f"{label}-driver.log").open("wb") as stderr:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout + 60)
+        except subprocess.TimeoutExpired:
+            _kill_driver(proc, pgid_file)
+            return {**base, "status": "timeout", "detail": f"TIMEOUT: the run did not end within {timeout + 60:.0f} s"}
+    lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
+    if not lines:
+        tail = (workdir / f"{label}-driver.log").read_text(errors="replace").strip().splitlines()[-1:]
+        return {**base, "status": "error", "detail": f"driver exited {proc.returncode}: {' '.join(tail)}"[:300]}
+    record: dict[str, Any] = json.loads(lines[-1])
+    return record
+
+
+def _kill_driver(proc: subprocess.Popen[bytes], pgid_file: Path) -> None:
+    """SIGTERM the driver (it stops its workers), then SIGKILL it and every worker group it recorded."""
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        pass
+    groups = [proc.pid]
+    if pgid_file.exists():
+        groups += [int(x) for x in pgid_file.read_text().split()]
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _main_figure(record: dict[str, Any]) -> str:
+    if record.get("status") != "ok":
+        return str(record.get("detail") or record.get("status"))
+    main = report.SPECS[record["workload"]].main
+    value = record["figures"].get(main)
+    return f"{report.MAIN_HEADERS[main]} {value:,.2f}" if value is not None else "?"
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _prepare_workdir() -> Path:
+    workdir = RESULTS_DIR / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old in workdir.iterdir():
+        if old.is_file():
+            old.unlink()
+    return workdir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    systems = _split(args.systems, SYSTEMS, "system", parser)
+    workloads = _split(args.workloads, WORKLOADS, "workload", parser)
+    if args.runs < 1 or args.concurrency < 1 or args.batch_size < 1:
+        parser.error("--runs, --concurrency and --batch-size must be at least 1")
+    if args.redis_url and urlsplit(args.redis_url).path.strip("/") == "":
+        parser.error("--redis-url needs an explicit database (e.g. redis://127.0.0.1:6379/15): it gets flushed")
+    sizes = {w: getattr(args, f"{w}_n") or (QUICK if args.quick else FULL)[w] for w in workloads}
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    started = time.monotonic()
+
+    peers = sorted({venv for s in systems if (venv := SYSTEMS[s].venv) is not None})
+    broken = venvs.ensure_all(
+        peers, rebuild=args.rebuild_venvs, log=lambda m: console.print(m, highlight=False, markup=False)
+    )
+    for peer, reason in broken.items():
+        console.print(f"[red]{peer}: venv not usable: {reason}[/red]", highlight=False)
+    if args.setup_only:
+        return 1 if broken else 0
+
+    workdir = _prepare_workdir()
+    server = None if args.redis_url else RedisServer(workdir)
+    url = args.redis_url or (server.url if server else "")
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s: [] for s in systems} for w in workloads}
+    try:
+        if command(url, "PING") != b"PONG":
+            raise SystemExit(f"{url} does not answer PING")
+        redis_version = server_version(url)
+        where = f"own redis-server {redis_version} on {url}" if server else f"{url} (Redis {redis_version})"
+        total = len(workloads) * args.runs * len(systems)
+        console.print(
+            f"[bold]bench[/bold]: {len(systems)} systems x {len(workloads)} workloads x {args.runs} runs "
+            f"on {where}; concurrency {args.concurrency}; sizes {sizes}",
+            highlight=False,
+        )
+        done = 0
+        for workload in workloads:
+            for run in range(args.runs):
+                order = systems[run % len(systems) :] + systems[: run % len(systems)]
+                for system in order:
+                    done += 1
+                    venv = SYSTEMS[system].venv
+                    if venv in broken:
+                        record = {
+                            "system": system,
+                            "workload": workload,
+                            "status": "unavailable",
+                            "figures": {},
+                            "detail": f"venv: {broken[venv]}",
+                            "version": "",
+                            "config": "",
+                        }
+                    else:
+                        record = run_driver(system, workload, sizes[workload], run + 1, url, args, workdir)
+                    records[workload][system].append(record)
+                    console.print(
+                        f"[{done}/{total}] {workload} run {run + 1} {system}: {record.get('status')} "
+                        f"{_main_figure(record)} ({record.get('seconds', '?')} s)",
+                        highlight=False,
+                        markup=False,
+                    )
+    finally:
+        if server is not None:
+            server.stop()
+
+    meta = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "redis": {"url": url if args.redis_url else "own redis-server", "version": redis_version},
+        "runs": args.runs,
+        "concurrency": args.concurrency,
+        "batch_size": args.batch_size,
+        "quick": args.quick,
+        "sizes": sizes,
+        "seconds": round(time.monotonic() - started, 1),
+        "note": NOTE,
+    }
+    result = report.build(meta, sizes, records)
+    report.print_tables(console, result)
+    report.write_json(args.output, result)
+    console.print(f"\n{NOTE}\nwrote {args.output} in {meta['seconds']:.0f} s; logs in {workdir}", highlight=False)
+    return 0

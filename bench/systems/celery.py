@@ -1,0 +1,78 @@
+"""Celery's driver: ``task.delay()``, ``group(...).apply_async()`` for batches, ``AsyncResult.get()``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.systems.base import Driver, Unavailable
+
+
+class CeleryDriver(Driver):
+    """Celery with the Redis broker and Redis result backend."""
+
+    batch_note = "group(task.s(i) ...).apply_async(): one message per task, one producer connection"
+
+    def setup(self) -> None:
+        try:
+            from bench.systems import celery_tasks
+        except ImportError as exc:
+            raise Unavailable(str(exc)) from exc
+        self.tasks = celery_tasks
+
+    def version(self) -> str:
+        import celery
+
+        return str(celery.__version__)
+
+    def describe(self) -> str:
+        return (
+            f"prefork -c {self.config.concurrency}, acks_late=True, prefetch_multiplier={self.tasks.PREFETCH}, "
+            "without gossip/mingle/heartbeat, -l WARNING"
+        )
+
+    def worker_commands(self) -> list[list[str]]:
+        return [
+            [
+                self.bin("celery"),
+                "-A",
+                "bench.systems.celery_tasks:app",
+                "worker",
+                "-c",
+                str(self.config.concurrency),
+                "-P",
+                "prefork",
+                "-l",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"bench-{self.config.label}@%h",
+            ]
+        ]
+
+    def enqueue_one(self, kind: str, arg: int) -> Any:
+        return getattr(self.tasks, kind).delay(arg)
+
+    def enqueue_batch(self, kind: str, args: Sequence[int]) -> list[Any]:
+        from celery import group
+
+        task = getattr(self.tasks, kind)
+        return list(group(task.s(a) for a in args).apply_async().results)
+
+    def wait_result(self, handle: Any, timeout: float) -> Any:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            return handle.get(timeout=timeout)
+        except CeleryTimeout as exc:
+            raise TimeoutError(str(exc)) from exc
+
+    def close(self) -> None:
+        tasks = getattr(self, "tasks", None)
+        if tasks is not None:
+            tasks.app.close()
+
+
+DRIVER = CeleryDriver
