@@ -123,11 +123,6 @@ def test_a_forked_child_opens_its_own_connection_and_works(tmp_path: Path) -> No
     broker.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a connection opened in a fork child reuses SQLite's copied per-process lock state and holds no "
-    "real lock, so the parent's close() deletes the WAL the child still writes to (_sqlite_connection.py)",
-)
 def test_a_forked_childs_writes_survive_the_parent_closing(tmp_path: Path) -> None:
     # Given a broker used in this process, and a forked child that opened its own connection
     url = f"sqlite:///{tmp_path / 'fork.db'}"

@@ -18,6 +18,7 @@ import importlib.resources
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +56,22 @@ class SQLiteConnection:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[tuple[int, sqlite3.Connection]] = []
+        this = weakref.ref(self)  # a weak reference: the fork hook must not keep the object alive
+        os.register_at_fork(after_in_child=lambda: _forget_in_child(this))
+
+    def _forget_inherited(self) -> None:
+        """In a forked child, close the parent's connections so SQLite's copied lock state is dropped.
+
+        SQLite keeps POSIX lock bookkeeping per process; a child that opened a new connection beside
+        the inherited ones would share it without holding real locks, and the parent closing its
+        connection could then delete the WAL the child writes to.
+        """
+        inherited, self._all = self._all, []
+        for _, conn in inherited:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     def get(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema applied) on first use in this process."""
@@ -112,6 +129,12 @@ class SQLiteConnection:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def _forget_in_child(ref: weakref.ref[SQLiteConnection]) -> None:
+    connection = ref()
+    if connection is not None:
+        connection._forget_inherited()
 
 
 def _schema() -> str:
