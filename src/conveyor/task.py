@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
 from conveyor.errors import ConfigurationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
@@ -102,6 +102,32 @@ def _timestamp(value: float | datetime.datetime | None, what: str) -> float | No
     raise ConfigurationError(f"{what} must be a datetime or a Unix timestamp, got {value!r}")
 
 
+class SendOptions(TypedDict, total=False):
+    """Options of one call, for ``apply_async`` and ``message``.
+
+    Attributes:
+        countdown: run no sooner than this many seconds from now.
+        eta: run no sooner than this time (aware datetime or Unix timestamp).
+        expires: do not run after this time (aware datetime or Unix timestamp); a task picked up
+            later is recorded REVOKED.
+        priority: 0-9 for this call.
+        queue: queue for this call.
+        key: idempotency key: while a task with this key is pending or running, the call enqueues
+            nothing and returns the existing task's result handle.
+        headers: user metadata, visible to the task as ``current_context().headers``.
+        task_id: use this id instead of a fresh one.
+    """
+
+    countdown: float | None
+    eta: float | datetime.datetime | None
+    expires: float | datetime.datetime | None
+    priority: int | None
+    queue: str | None
+    key: str | None
+    headers: Mapping[str, str] | None
+    task_id: str | None
+
+
 class BaseTask(Generic[P, R]):
     """What every task can do besides being called: be sent to a worker."""
 
@@ -128,77 +154,48 @@ class BaseTask(Generic[P, R]):
         return self.apply_async(args, kwargs)
 
     def apply_async(
-        self,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: float | datetime.datetime | None = None,
-        expires: float | datetime.datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        task_id: str | None = None,
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
     ) -> AsyncResult[R]:
-        """Send the task with options for this call.
-
-        Args:
-            countdown: run no sooner than this many seconds from now.
-            eta: run no sooner than this time (aware datetime or Unix timestamp).
-            expires: do not run after this time (aware datetime, Unix timestamp); a task picked
-                up later is recorded REVOKED.
-            priority: 0-9 for this call.
-            queue: queue for this call.
-            key: idempotency key: while a task with this key is pending or running, this call
-                enqueues nothing and returns the existing task's result handle.
-            headers: user metadata, visible to the task as ``current_context().headers``.
-            task_id: use this id instead of a fresh one.
-        """
-        message = self.message(
-            args, kwargs, countdown=countdown, eta=eta, expires=expires, priority=priority, queue=queue, key=key
-        )
-        if headers:
-            message.headers.update(headers)
-        if task_id is not None:
-            message.id = task_id
-        [task_id] = self.app.send([message])
+        """Send the task with options for this call (see :class:`SendOptions`)."""
+        [task_id] = self.app.send([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
 
     def message(
-        self,
-        args: Sequence[Any] = (),
-        kwargs: Mapping[str, Any] | None = None,
-        *,
-        countdown: float | None = None,
-        eta: float | datetime.datetime | None = None,
-        expires: float | datetime.datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        key: str | None = None,
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
     ) -> Message:
-        """Build (without sending) the message a call with these arguments and options would send."""
+        """Build (without sending) the message a call with these arguments and options would send.
+
+        Raises:
+            ConfigurationError: an unknown option name, a bad priority or a naive datetime.
+        """
+        unknown = sorted(set(options) - set(SendOptions.__annotations__))
+        if unknown:
+            known = ", ".join(SendOptions.__annotations__)
+            raise ConfigurationError(f"unknown option(s) {', '.join(unknown)} for task {self.name!r}; known: {known}")
         created = now()
-        when = _timestamp(eta, "eta")
+        when = _timestamp(options.get("eta"), "eta")
+        countdown = options.get("countdown")
         if countdown is not None:
             when = created + countdown
-        until = _timestamp(expires, "expires")
+        until = _timestamp(options.get("expires"), "expires")
         if until is None and self.options.expires is not None:
             until = created + self.options.expires
+        priority = options.get("priority")
         if priority is not None:
             check_priority(priority)
         return Message(
-            id=new_id(),
+            id=options.get("task_id") or new_id(),
             task=self.name,
             args=list(args),
             kwargs=dict(kwargs or {}),
-            queue=queue or self.options.queue or self.app.settings.default_queue,
+            queue=options.get("queue") or self.options.queue or self.app.settings.default_queue,
             priority=self.options.priority if priority is None else priority,
             eta=when,
             expires=until,
             max_retries=self.options.retries,
-            key=key,
+            key=options.get("key"),
             created=created,
+            headers=dict(options.get("headers") or {}),
         )
 
 

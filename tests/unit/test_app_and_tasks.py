@@ -229,3 +229,11 @@ def test_environment_overrides_keyword_settings(monkeypatch: pytest.MonkeyPatch)
 def test_missing_extra_or_unknown_scheme_is_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="known schemes"):
         App("x", broker="kafka://localhost").broker  # noqa: B018
+
+
+def test_unknown_call_option_is_an_error(app: App) -> None:
+    @app.task(name="t")
+    def t() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="prioritty"):
+        t.apply_async(prioritty=3)  # type: ignore[call-arg]
