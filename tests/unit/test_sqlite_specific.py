@@ -31,10 +31,13 @@ from conveyor.states import State
 CHILD_TIMEOUT = 20.0
 
 # A reserving process: opens the broker, says "ready", waits for "go" on stdin so that every
-# process starts draining at the same moment, then prints each id it reserved and acked.
+# process starts draining at the same moment, then prints each id it reserved and acked. Each
+# batch "works" for 2 ms before its ack, as a task would: without it one process can drain the
+# whole file before the other has read its "go", and the test would not exercise concurrency.
 DRAIN = textwrap.dedent(
     """
     import sys
+    import time
     from conveyor.brokers.sqlite import SQLiteBroker
 
     broker = SQLiteBroker.from_url(sys.argv[1])
@@ -42,6 +45,7 @@ DRAIN = textwrap.dedent(
     print("ready", flush=True)
     sys.stdin.readline()
     while got := broker.reserve(["default"], 3, owner=sys.argv[2], lease=30):
+        time.sleep(0.002)
         broker.ack(got)
         print("\\n".join(d.id for d in got), flush=True)
     """
