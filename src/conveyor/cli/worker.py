@@ -8,6 +8,7 @@ import click
 
 from conveyor.cli._load import load_app
 from conveyor.errors import ConfigurationError
+from conveyor.scheduler.beat import embedded
 from conveyor.worker import POOLS, Worker, setup_logging
 
 
@@ -23,12 +24,18 @@ from conveyor.worker import POOLS, Worker, setup_logging
     help="process: a child process per slot (isolated, crash-safe); thread: threads in one child.",
 )
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
-def worker(app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None) -> None:
+@click.option(
+    "--beat", "with_beat", is_flag=True, help="Also run a beat (periodic entries) on a thread of the supervisor."
+)
+def worker(
+    app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None, with_beat: bool
+) -> None:
     """Run a worker serving APP (MODULE:ATTR, e.g. shop.tasks:app).
 
     SIGTERM or Ctrl-C stops gracefully: unstarted tasks go back to the queue at once and running
     ones finish within the app's shutdown_grace; a second signal (or SIGQUIT) stops at once, and
-    the tasks it interrupts run again.
+    the tasks it interrupts run again. With --beat, the supervisor also runs a beat, which competes
+    for the leader lease with every other beat, so any number of workers may pass --beat.
     """
     the_app = load_app(app)
     setup_logging(loglevel or the_app.settings.log_level)
@@ -37,4 +44,8 @@ def worker(app: str, concurrency: int | None, queues: str | None, pool: str, log
         runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
-    sys.exit(runner.run())
+    if not with_beat:
+        sys.exit(runner.run())
+    with embedded(the_app):
+        code = runner.run()
+    sys.exit(code)
