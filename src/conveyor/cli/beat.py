@@ -30,7 +30,7 @@ def beat(app: str, list_only: bool, loglevel: str | None) -> None:
     """
     the_app = load_app(app)
     if list_only:
-        print_entries(the_app, overview(the_app, with_state=False))
+        print_entries(the_app, overview(the_app, with_state=False), with_state=False)
         return
     if not the_app.schedule:
         raise click.UsageError(f"app {the_app.name!r} has no periodic entries (declare them with @app.periodic)")
@@ -42,11 +42,13 @@ def beat(app: str, list_only: bool, loglevel: str | None) -> None:
     sys.exit(run_forever(the_app))
 
 
-def print_entries(app: App, rows: list[EntryInfo]) -> None:
-    """The entries as a table (shared with ``conveyor status``)."""
+def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:
+    """The entries as a table (shared with ``conveyor status``, which adds the last slot recorded)."""
     table = Table(title=f"periodic entries of {app.name}: {len(rows)}")
-    for column in ("entry", "task", "schedule", "missed", "next run", "last fired"):
+    columns = ["entry", "task", "schedule", "missed", "next run"] + (["last fired"] if with_state else [])
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(row.name, row.task, row.schedule, row.missed, row.next_run, row.last_fired or "-")
+        cells = [row.name, row.task, row.schedule, row.missed, row.next_run]
+        table.add_row(*cells, *([row.last_fired or "-"] if with_state else []))
     Console().print(table)
