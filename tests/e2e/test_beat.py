@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conveyor import App, State
@@ -86,9 +87,18 @@ def app(env: dict[str, str]) -> Iterator[App]:
 
 
 @pytest.fixture
-def start(env: dict[str, str], tmp_path: Path) -> Iterator[list[Proc]]:
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[int, str], list[Proc]]]:
+    """Start ``count`` copies of ``python -m conveyor <command> tests.apps.beat_app:app``; all killed at the end."""
     procs: list[Proc] = []
-    yield procs
+
+    def launch(count: int, command: str) -> list[Proc]:
+        args = command.split()
+        args.insert(1, "tests.apps.beat_app:app")
+        new = [Proc(args, env, tmp_path / f"{args[0]}-{len(procs) + i}.log") for i in range(count)]
+        procs.extend(new)
+        return new
+
+    yield launch
     for p in procs:
         if p.proc.poll() is None:
             p.proc.kill()
@@ -110,18 +120,17 @@ def assert_contiguous(slots: list[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_three_beats_fire_every_slot_once_across_a_leader_kill(
-    app: App, env: dict[str, str], tmp_path: Path, start: list[Proc]
+    app: App, start: Callable[[int, str], list[Proc]]
 ) -> None:
     # Given three beats on one broker, with a 1-second schedule and a 3-second lease
-    for i in range(3):
-        start.append(Proc(["beat", "tests.apps.beat_app:app"], env, tmp_path / f"beat-{i}.log"))
-    wait_until(lambda: any(p.leads() for p in start), 30, "a beat to lead")
-    [leader] = [p for p in start if p.leads()]
+    beats = start(3, "beat")
+    wait_until(lambda: any(p.leads() for p in beats), 30, "a beat to lead")
+    [leader] = [p for p in beats if p.leads()]
     # When the leader has fired a few slots, it is killed (-9)
     wait_until(lambda: len(leader.fired()) >= 4, 20, f"the leader to fire 4 slots:\n{leader.output()}")
     leader.proc.kill()
     leader.proc.wait(timeout=10)
-    standbys = [p for p in start if p is not leader]
+    standbys = [p for p in beats if p is not leader]
     # Then a standby takes over and goes on firing
     wait_until(lambda: sum(len(p.fired()) for p in standbys) >= 5, LEASE + 20, "a standby to take over and fire")
     for p in standbys:
@@ -130,7 +139,7 @@ def test_three_beats_fire_every_slot_once_across_a_leader_kill(
     slots, created = queued_slots(app)
     assert slots and set(slots.values()) == {1}, slots
     assert_contiguous(list(slots))
-    logged = Counter(s for p in start for s in p.fired())
+    logged = Counter(s for p in beats for s in p.fired())
     assert set(logged.values()) == {1}, f"a slot was fired by two beats: {logged}"
     # And no gap between two enqueues was longer than the lease (plus a tick and scheduling slack)
     gaps = [b - a for a, b in itertools.pairwise(created)]
@@ -140,22 +149,26 @@ def test_three_beats_fire_every_slot_once_across_a_leader_kill(
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
-def test_two_workers_with_embedded_beats_run_each_slot_once(
-    app: App, env: dict[str, str], tmp_path: Path, start: list[Proc]
-) -> None:
+def test_two_workers_with_embedded_beats_run_each_slot_once(app: App, start: Callable[[int, str], list[Proc]]) -> None:
     # Given two workers started with --beat on one broker
-    for i in range(2):
-        start.append(Proc(["worker", "tests.apps.beat_app:app", "-c", "1", "--beat"], env, tmp_path / f"w-{i}.log"))
+    workers = start(2, "worker -c 1 --beat")
     # When their beats have fired 4 slots
-    wait_until(lambda: sum(len(p.fired()) for p in start) >= 4, 40, "the embedded beat to fire 4 slots")
+    wait_until(lambda: sum(len(p.fired()) for p in workers) >= 4, 40, "the embedded beat to fire 4 slots")
     # Then the runs of those slots succeed, each under the task id derived from its slot
-    for slot in {s for p in start for s in p.fired()}:
+    for slot in {s for p in workers for s in p.fired()}:
         result = app.result(slot_task_id("beat-e2e", "beat_tick", datetime.datetime.fromisoformat(slot)))
-        wait_until(lambda r=result: r.state is State.SUCCESS, 20, f"the run of {slot} to succeed")  # type: ignore[misc]
-    for p in start:
-        p.stop()
+        logs = "\n".join(p.output() for p in workers)
+        wait_until(lambda r=result: r.state is State.SUCCESS, 20, f"the run of {slot} to succeed:\n{logs}")  # type: ignore[misc]
+    # When one worker is killed with -9 and the other stops gracefully
+    beats = [c for w in workers for c in psutil.Process(w.proc.pid).children() if "--parent" in c.cmdline()]
+    assert len(beats) == 2
+    workers[0].proc.kill()
+    workers[1].stop()
+    # Then their beat subprocesses are gone too (the killed worker's notices its parent died)
+    _, alive = psutil.wait_procs(beats, timeout=LEASE + 10)
+    assert not alive, alive
     # And each slot was fired by one beat only, none skipped
-    logged = Counter(s for p in start for s in p.fired())
+    logged = Counter(s for p in workers for s in p.fired())
     assert set(logged.values()) == {1}, logged
     assert_contiguous(list(logged))
 

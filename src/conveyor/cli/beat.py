@@ -21,7 +21,8 @@ from conveyor.worker import setup_logging
     "--list", "list_only", is_flag=True, help="Print the periodic entries and their next run times, then exit."
 )
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
-def beat(app: str, list_only: bool, loglevel: str | None) -> None:
+@click.option("--parent", type=int, default=None, hidden=True, help="Stop when this process (worker --beat) exits.")
+def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) -> None:
     """Fire APP's periodic entries (MODULE:ATTR, e.g. shop.tasks:app).
 
     Run as many beats as you like, on any machines: one holds the leader lease and fires, the
@@ -39,7 +40,7 @@ def beat(app: str, list_only: bool, loglevel: str | None) -> None:
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
     setup_logging(loglevel or the_app.settings.log_level)
-    sys.exit(run_forever(the_app))
+    sys.exit(run_forever(the_app, parent=parent))
 
 
 def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 
 import click
 
 from conveyor.cli._load import load_app
 from conveyor.errors import ConfigurationError
-from conveyor.scheduler.beat import embedded
 from conveyor.worker import POOLS, Worker, setup_logging
 
 
@@ -34,8 +37,9 @@ def worker(
 
     SIGTERM or Ctrl-C stops gracefully: unstarted tasks go back to the queue at once and running
     ones finish within the app's shutdown_grace; a second signal (or SIGQUIT) stops at once, and
-    the tasks it interrupts run again. With --beat, the supervisor also runs a beat, which competes
-    for the leader lease with every other beat, so any number of workers may pass --beat.
+    the tasks it interrupts run again. With --beat, the worker also runs `conveyor beat APP` as a
+    subprocess, stopped with it; it competes for the leader lease with every other beat, so any
+    number of workers may pass --beat.
     """
     the_app = load_app(app)
     setup_logging(loglevel or the_app.settings.log_level)
@@ -46,6 +50,31 @@ def worker(
         raise click.UsageError(str(exc)) from exc
     if not with_beat:
         sys.exit(runner.run())
-    with embedded(the_app):
+    if not the_app.schedule:
+        raise click.UsageError(
+            f"--beat: app {the_app.name!r} has no periodic entries (declare them with @app.periodic)"
+        )
+    with _beat_subprocess(app, loglevel or the_app.settings.log_level, the_app.settings.beat_lease):
         code = runner.run()
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _beat_subprocess(spec: str, loglevel: str, lease: float) -> Iterator[None]:
+    """Run ``conveyor beat SPEC`` beside the worker for the ``with`` block.
+
+    A fresh interpreter, not a thread or a fork: the supervisor forks its children at any time, and a
+    fork taken while another thread sits in a lock (the resolver's, a connection pool's) deadlocks
+    the child. The beat watches this process and stops if the worker dies without stopping it.
+    """
+    command = [sys.executable, "-m", "conveyor", "beat", spec, "-l", loglevel, "--parent", str(os.getpid())]
+    proc = subprocess.Popen(command)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=lease)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -232,8 +232,13 @@ def check_shareable(app: App) -> None:
         raise ConfigurationError("beat needs a broker and backend other processes reach (sqlite:///path or redis://)")
 
 
-def run_forever(app: App) -> int:
-    """What ``conveyor beat`` runs: a Beat until SIGTERM or SIGINT; returns the exit code."""
+def run_forever(app: App, *, parent: int | None = None) -> int:
+    """What ``conveyor beat`` runs: a Beat until SIGTERM or SIGINT; returns the exit code.
+
+    Args:
+        parent: stop as well when this process is no longer our parent (``worker --beat`` passes
+            its own pid, so a worker killed with -9 does not leave its beat behind).
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -242,24 +247,14 @@ def run_forever(app: App) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent, stop, app.settings.beat_interval), daemon=True).start()
     Beat(app).run(stop)
     return 0
 
 
-@contextlib.contextmanager
-def embedded(app: App) -> Iterator[Beat]:
-    """Run a Beat on a thread of this process (``conveyor worker --beat``) for the ``with`` block.
-
-    The broker and backend are opened first on the calling thread, so a process forked while the
-    beat runs never inherits the app's lock in a held state.
-    """
-    _ = app.broker, app.backend
-    stop = threading.Event()
-    beat = Beat(app)
-    thread = threading.Thread(target=beat.run, args=(stop,), name="conveyor-beat", daemon=True)
-    thread.start()
-    try:
-        yield beat
-    finally:
-        stop.set()
-        thread.join(timeout=app.settings.beat_lease)
+def _watch_parent(parent: int, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        if os.getppid() != parent:
+            log.warning("beat stopping: its worker (pid %d) is gone", parent)
+            stop.set()
