@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,41 +23,28 @@ from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, slot_task_id
 from conveyor.signing import unframe
 from tests.conftest import url_for
-from tests.e2e.conftest import ROOT, wait_until
+from tests.e2e.conftest import ROOT, WorkerProcess, kill_leftovers, wait_until
 
 LEASE = 3.0
 INTERVAL = 0.25
 FIRED = re.compile(r"fired beat_tick for (\S+) as")
 
 
-class Proc:
-    """One ``python -m conveyor ...`` subprocess logging to a file."""
+class Proc(WorkerProcess):
+    """One ``python -m conveyor ...`` subprocess (beat or worker) logging to a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:  # its own command, not the e2e worker
         self.log = log
         with log.open("w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "conveyor", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
             )
 
-    def output(self) -> str:
-        return self.log.read_text()
-
     def fired(self) -> list[str]:
         return FIRED.findall(self.output())
 
     def leads(self) -> bool:
         return "now leading" in self.output()
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"{self.log.name} did not stop within {timeout}s:\n{self.output()}") from None
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -99,10 +85,7 @@ def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[int, str], 
         return new
 
     yield launch
-    for p in procs:
-        if p.proc.poll() is None:
-            p.proc.kill()
-            p.proc.wait(timeout=10)
+    kill_leftovers(procs)
 
 
 def queued_slots(app: App) -> tuple[Counter[str], list[float]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import App, ConfigurationError, Signature, TaskNotRegistered
+from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
 from conveyor.signing import unframe
@@ -100,6 +100,8 @@ def test_declarations_are_checked_at_import_time() -> None:
         app.add_periodic(report.s("x"), every=60, name="z", missed="twice")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="priority"):
         app.add_periodic(report.s("x"), every=60, name="p", priority=12)
+    with pytest.raises(EncodeError):
+        app.add_periodic(report.s(object()), every=60, name="e")  # type: ignore[arg-type]
     with pytest.raises(TaskNotRegistered):
         app.add_periodic(Signature("nowhere"), every=60)
     with pytest.raises(ConfigurationError, match="unknown option"):
@@ -247,3 +249,19 @@ def test_overview_shows_next_and_last_runs(app: App) -> None:
     next_run = datetime.datetime.fromisoformat(row.next_run).timestamp()
     assert next_run % 10 == 0
     assert 0 < next_run - time.time() <= 10
+
+
+def test_a_failing_entry_spares_the_others(app: App) -> None:
+    # Given a second entry whose task was unregistered after its declaration
+    @app.task(name="gone")
+    def gone() -> None: ...
+
+    app.add_periodic(gone.s(), every=10)
+    del app.tasks["gone"]
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    # When its slot comes, it fails (logged), and the other entry fires all the same
+    clock.now = T0
+    beat.tick()
+    assert fired_slots(app) == Counter({iso(0): 1})

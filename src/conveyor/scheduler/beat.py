@@ -35,7 +35,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from conveyor.errors import BrokerError, ConfigurationError
+from conveyor.errors import BrokerError, ConfigurationError, ConveyorError
 from conveyor.scheduler.entries import Entry, plan
 
 if TYPE_CHECKING:
@@ -117,7 +117,12 @@ class Beat:
             return settings.beat_interval
         now = self.now()
         for entry in self.app.schedule.values():
-            self.run_entry(entry, now, deadline)
+            try:
+                self.run_entry(entry, now, deadline)
+            except BrokerError:
+                raise
+            except ConveyorError as exc:  # one bad entry (e.g. a message over the size limit) spares the others
+                log.error("beat %s: entry %s failed: %s", self.owner, entry.name, exc)
         return max(MIN_SLEEP, min(settings.beat_interval, self._until_next(self.now())))
 
     def now(self) -> datetime.datetime:

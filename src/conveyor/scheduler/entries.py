@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
 from conveyor.errors import ConfigurationError
+from conveyor.message import encode
 from conveyor.scheduler.schedules import Schedule, make_schedule
 from conveyor.workflows.signature import Signature
 
@@ -71,6 +72,7 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
 
     Raises:
         ConfigurationError: an unknown option, a bad value, or arguments the task does not accept.
+        EncodeError: an argument does not serialize.
     """
     unknown = sorted(set(options) - set(PeriodicOptions.__annotations__))
     if unknown:
@@ -93,8 +95,10 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
         priority=options.get("priority"),
         expires=expires,
     )
-    # Build one message now so that a bad queue or priority fails here, not at the first slot.
-    task.message(signature.args, signature.kwargs, queue=entry.queue, priority=entry.priority)
+    # Build and encode one message now, so that a bad priority or an argument that does not
+    # serialize fails here (EncodeError naming it), not at the first slot.
+    sample = task.message(signature.args, signature.kwargs, queue=entry.queue, priority=entry.priority)
+    encode(sample, task.app.settings.max_message_size)
     return entry
 
 
