@@ -7,6 +7,7 @@ count how many times a task ran, whatever broker carried it. ``CONVEYOR_BROKER_U
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -47,6 +48,20 @@ def hang(tag: str) -> None:
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     time.sleep(60)
+
+
+@app.task(name="doomed", dead_letter_on_failure=True)
+def doomed(tag: str) -> None:
+    """Fail for good: the message goes to the dead-letter queue, the traceback to the result."""
+    raise RuntimeError(f"doomed {tag}")
+
+
+@app.task(name="poison")
+def poison(tag: str) -> None:
+    """Kill the process running it (kill -9 of itself): each delivery takes a worker child down."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @app.task(name="mark", ignore_result=True)

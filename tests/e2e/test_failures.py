@@ -1,0 +1,143 @@
+"""Failure handling that needs a real worker process: stopping, hard stops, poison, per-child limits.
+
+Each test runs on every e2e broker kind (the e2e_env fixture). Where a test says "at once", the
+lease is 30 s, so a task left to its lease would still be in flight when the test looks.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conveyor import App, State
+from tests.apps.e2e_app import runs_of
+from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.e2e.test_worker import depth
+
+
+def pids_of(records: Path, tag: str) -> list[str]:
+    """The pid of each run of the task tagged ``tag``, in order."""
+    path = records / f"{tag}.runs"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_sigterm_returns_tasks_reserved_while_stopping_at_once_without_running_them(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given an idle worker with four thread slots and a 30 s lease, told to stop (SIGTERM)
+    e2e_env["CONVEYOR_LEASE"] = "30"
+    worker = start_worker("--pool", "thread", "-c", "4")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_log("stopping gracefully")
+    # When tasks arrive while its last reserve call may still be waiting
+    results = [enqueue(e2e_app, "record", f"late{i}") for i in range(8)]
+    # Then the worker exits, no task ran, and every one is back in the queue at once (not after the lease)
+    assert worker.proc.wait(timeout=15) == 0
+    assert [runs_of(records, f"late{i}") for i in range(8)] == [0] * 8
+    assert depth(e2e_app) == (8, 0, 0, 0)
+    assert all(r.state is State.PENDING for r in results)
+
+
+def test_sigterm_past_the_grace_period_stops_the_task_hard_and_it_runs_again(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker with a 1 s grace period and a 30 s lease, running a 4 s task
+    e2e_env.update(CONVEYOR_LEASE="30", CONVEYOR_SHUTDOWN_GRACE="1")
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "overdue", 4.0)
+    wait_until(lambda: runs_of(records, "overdue") == 1, 15, "the task to start")
+    # When it gets SIGTERM
+    worker.proc.send_signal(signal.SIGTERM)
+    # Then it stops once the grace period is over, and the task is back in the queue at once
+    assert worker.proc.wait(timeout=15) == 0
+    assert "grace period of 1s is over" in worker.output()
+    assert depth(e2e_app) == (1, 0, 0, 0)
+    # And a new worker runs it again to the end
+    start_worker("-c", "1")
+    assert result.get(timeout=30) == "overdue"
+    assert runs_of(records, "overdue") == 2
+
+
+@pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGQUIT",)], ids=["sigint-twice", "sigquit"])
+def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
+    signals: tuple[str, ...],
+    e2e_env: dict[str, str],
+    e2e_app: App,
+    start_worker: Callable[..., WorkerProcess],
+    records: Path,
+) -> None:
+    # Given a worker with a 30 s lease running a 3 s task
+    e2e_env["CONVEYOR_LEASE"] = "30"
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "cut", 3.0)
+    wait_until(lambda: runs_of(records, "cut") == 1, 15, "the task to start")
+    # When it gets SIGINT twice (Ctrl-C, Ctrl-C) or SIGQUIT once
+    for number, name in enumerate(signals):
+        worker.proc.send_signal(signal.Signals[name])
+        if number == 0 and len(signals) > 1:
+            worker.wait_for_log("stopping gracefully")
+    # Then it stops now, before the task could finish, and the task is back in the queue at once
+    assert worker.proc.wait(timeout=15) == 0
+    assert "stopping now" in worker.output()
+    assert depth(e2e_app) == (1, 0, 0, 0)
+    # And it runs again on the next worker
+    start_worker("-c", "1")
+    assert result.get(timeout=20) == "cut"
+    assert runs_of(records, "cut") == 2
+
+
+def test_poison_that_kills_its_child_goes_to_dead_letters_after_max_deliveries(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given max_deliveries=3 and a task that kill -9s the process running it
+    e2e_env["CONVEYOR_MAX_DELIVERIES"] = "3"
+    worker = start_worker("-c", "1")
+    enqueue(e2e_app, "poison", "pill")
+    # Then it takes three children down, and is then dead-lettered as poison instead of running again
+    wait_until(lambda: depth(e2e_app)[3] == 1, 20, "the poison message to be dead-lettered")
+    assert runs_of(records, "pill") == 3
+    [dead] = e2e_app.broker.dead_letters()
+    assert "delivered 3 times without an acknowledgement" in dead.reason and "poison?" in dead.reason
+    # And the worker keeps serving
+    assert enqueue(e2e_app, "record", "after").get(timeout=15) == "after"
+    assert worker.stop() == 0
+
+
+def test_max_tasks_per_child_replaces_the_child_between_tasks_and_loses_nothing(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a one-process worker whose child may run 3 tasks
+    e2e_env["CONVEYOR_MAX_TASKS_PER_CHILD"] = "3"
+    worker = start_worker("-c", "1")
+    # When it runs 9 tasks
+    results = [enqueue(e2e_app, "record", f"m{i}") for i in range(9)]
+    assert [r.get(timeout=30) for r in results] == [f"m{i}" for i in range(9)]
+    # Then each ran once, in three children of three tasks each, retired (not crashed)
+    pids = [pids_of(records, f"m{i}") for i in range(9)]
+    assert all(len(p) == 1 for p in pids)
+    assert [len({p[0] for p in pids[k : k + 3]}) for k in (0, 3, 6)] == [1, 1, 1]
+    assert len({p[0] for p in pids}) == 3
+    assert worker.output().count("retired: ran 3 tasks (max_tasks_per_child)") >= 2
+    assert "died with" not in worker.output()
+    assert worker.stop() == 0
+
+
+def test_max_memory_per_child_replaces_the_child_after_its_task_and_loses_nothing(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a one-process worker whose child may use 1 MiB (every Python process uses more)
+    e2e_env["CONVEYOR_MAX_MEMORY_PER_CHILD"] = "1"
+    worker = start_worker("-c", "1")
+    # When it runs 4 tasks
+    results = [enqueue(e2e_app, "record", f"r{i}") for i in range(4)]
+    assert [r.get(timeout=30) for r in results] == [f"r{i}" for i in range(4)]
+    # Then each ran once, each in a new child: the old one finished its task and was replaced
+    pids = [pids_of(records, f"r{i}") for i in range(4)]
+    assert all(len(p) == 1 for p in pids)
+    assert len({p[0] for p in pids}) == 4
+    assert "max_memory_per_child 1 MiB" in worker.output()
+    assert "died with" not in worker.output()
+    assert worker.stop() == 0
