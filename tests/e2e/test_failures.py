@@ -1,4 +1,4 @@
-"""Failure handling that needs a real worker process: stopping, hard stops, poison, per-child limits.
+"""Failure handling that needs a real worker process: stopping, hard stops, poison, per-child limits, orphans.
 
 Each test runs on every e2e broker kind (the e2e_env fixture). Where a test says "at once", the
 lease is 30 s, so a task left to its lease would still be in flight when the test looks.
@@ -6,7 +6,11 @@ lease is 30 s, so a task left to its lease would still be in flight when the tes
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 
 from conveyor import App, State
 from tests.apps.e2e_app import runs_of
-from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, wait_until
 from tests.e2e.test_worker import depth
 
 
@@ -141,3 +145,42 @@ def test_max_memory_per_child_replaces_the_child_after_its_task_and_loses_nothin
     assert "max_memory_per_child 1 MiB" in worker.output()
     assert "died with" not in worker.output()
     assert worker.stop() == 0
+
+
+ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+from pathlib import Path
+from conveyor import App
+from conveyor.worker.child import ChildConfig, child_main
+
+db, flag = sys.argv[1], Path(sys.argv[2])
+app = App("orphan", broker=f"sqlite:///{db}")
+
+def orphan(conn):
+    born_to = os.getppid()
+    while os.getppid() == born_to:  # wait until the supervisor is gone, before arming PR_SET_PDEATHSIG
+        time.sleep(0.01)
+    child_main(app, ChildConfig("w", 0, ("default",), 1, 5.0), conn)
+    flag.write_text("returned")
+
+_, child_end = multiprocessing.get_context("fork").Pipe(duplex=False)
+process = multiprocessing.get_context("fork").Process(target=orphan, args=(child_end,))
+process.start()
+print(process.pid, flush=True)
+os._exit(0)  # the supervisor dies right after forking
+"""
+
+
+def test_a_child_whose_supervisor_died_before_it_armed_pdeathsig_does_not_serve(tmp_path: Path) -> None:
+    # Given a supervisor that dies (os._exit) right after forking a child, before the child reaches child_main
+    flag, out = tmp_path / "returned", tmp_path / "orphan.pid"
+    with out.open("w") as stdout:  # a file, not a pipe: an orphan that keeps serving would hold a pipe open
+        command = [sys.executable, "-c", ORPHAN_SCRIPT, str(tmp_path / "orphan.db"), str(flag)]
+        assert subprocess.run(command, cwd=ROOT, stdout=stdout, timeout=30).returncode == 0
+    orphan = int(out.read_text())
+    try:
+        # Then the orphaned child returns from child_main at once instead of serving forever
+        wait_until(flag.exists, 15, "the orphaned child to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)

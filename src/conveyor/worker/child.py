@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -80,7 +81,10 @@ class ChildLoop:
         self.keeper = LeaseKeeper(self.broker, config.lease)
         self.stopping = False
         self.tasks_run = 0
-        self._parent = os.getppid()
+        # The supervisor as fork() recorded it, not getppid(): a child whose supervisor died before
+        # PR_SET_PDEATHSIG was armed is already an orphan here, and must not serve.
+        parent = multiprocessing.parent_process()
+        self._parent = parent.pid if parent is not None and parent.pid is not None else os.getppid()
         self._send_lock = threading.Lock()
         self._free = threading.Semaphore(config.slots)
 
