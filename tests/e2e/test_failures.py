@@ -110,39 +110,39 @@ def test_poison_that_kills_its_child_goes_to_dead_letters_after_max_deliveries(
     assert worker.stop() == 0
 
 
-def test_max_tasks_per_child_replaces_the_child_between_tasks_and_loses_nothing(
-    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+@pytest.mark.parametrize(
+    ("setting", "value", "per_child", "why"),
+    [
+        ("CONVEYOR_MAX_TASKS_PER_CHILD", "3", 3, "retired: ran 3 tasks (max_tasks_per_child)"),
+        # 1 MiB: every Python process uses more, so each child is replaced after its first task
+        ("CONVEYOR_MAX_MEMORY_PER_CHILD", "1", 1, "(max_memory_per_child 1 MiB)"),
+    ],
+    ids=["max_tasks_per_child", "max_memory_per_child"],
+)
+def test_a_child_over_its_limit_is_replaced_between_tasks_and_nothing_is_lost(
+    setting: str,
+    value: str,
+    per_child: int,
+    why: str,
+    e2e_env: dict[str, str],
+    e2e_app: App,
+    start_worker: Callable[..., WorkerProcess],
+    records: Path,
 ) -> None:
-    # Given a one-process worker whose child may run 3 tasks
-    e2e_env["CONVEYOR_MAX_TASKS_PER_CHILD"] = "3"
+    # Given a one-process worker with a per-child limit
+    e2e_env[setting] = value
     worker = start_worker("-c", "1")
-    # When it runs 9 tasks
-    results = [enqueue(e2e_app, "record", f"m{i}") for i in range(9)]
-    assert [r.get(timeout=30) for r in results] == [f"m{i}" for i in range(9)]
-    # Then each ran once, in three children of three tasks each, retired (not crashed)
-    pids = [pids_of(records, f"m{i}") for i in range(9)]
+    # When it runs enough tasks for three children
+    n = 3 * per_child
+    results = [enqueue(e2e_app, "record", f"lim{i}") for i in range(n)]
+    assert [r.get(timeout=30) for r in results] == [f"lim{i}" for i in range(n)]
+    # Then each task ran once; each child ran its share in turn, then retired (not crashed) and was replaced
+    pids = [pids_of(records, f"lim{i}") for i in range(n)]
     assert all(len(p) == 1 for p in pids)
-    assert [len({p[0] for p in pids[k : k + 3]}) for k in (0, 3, 6)] == [1, 1, 1]
-    assert len({p[0] for p in pids}) == 3
-    assert worker.output().count("retired: ran 3 tasks (max_tasks_per_child)") >= 2
-    assert "died with" not in worker.output()
-    assert worker.stop() == 0
-
-
-def test_max_memory_per_child_replaces_the_child_after_its_task_and_loses_nothing(
-    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
-) -> None:
-    # Given a one-process worker whose child may use 1 MiB (every Python process uses more)
-    e2e_env["CONVEYOR_MAX_MEMORY_PER_CHILD"] = "1"
-    worker = start_worker("-c", "1")
-    # When it runs 4 tasks
-    results = [enqueue(e2e_app, "record", f"r{i}") for i in range(4)]
-    assert [r.get(timeout=30) for r in results] == [f"r{i}" for i in range(4)]
-    # Then each ran once, each in a new child: the old one finished its task and was replaced
-    pids = [pids_of(records, f"r{i}") for i in range(4)]
-    assert all(len(p) == 1 for p in pids)
-    assert len({p[0] for p in pids}) == 4
-    assert "max_memory_per_child 1 MiB" in worker.output()
+    shares = [{p[0] for p in pids[k : k + per_child]} for k in range(0, n, per_child)]
+    assert [len(share) for share in shares] == [1, 1, 1]
+    assert len(set.union(*shares)) == 3
+    assert worker.output().count(why) >= 2
     assert "died with" not in worker.output()
     assert worker.stop() == 0
 
