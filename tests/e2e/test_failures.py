@@ -156,15 +156,14 @@ from conveyor.worker.child import ChildConfig, child_main
 db, flag = sys.argv[1], Path(sys.argv[2])
 app = App("orphan", broker=f"sqlite:///{db}")
 
-def orphan(conn):
-    born_to = os.getppid()
-    while os.getppid() == born_to:  # wait until the supervisor is gone, before arming PR_SET_PDEATHSIG
+def orphan(conn, supervisor):
+    while os.getppid() == supervisor:  # wait until the supervisor is gone, before arming PR_SET_PDEATHSIG
         time.sleep(0.01)
     child_main(app, ChildConfig("w", 0, ("default",), 1, 5.0), conn)
     flag.write_text("returned")
 
 _, child_end = multiprocessing.get_context("fork").Pipe(duplex=False)
-process = multiprocessing.get_context("fork").Process(target=orphan, args=(child_end,))
+process = multiprocessing.get_context("fork").Process(target=orphan, args=(child_end, os.getpid()))
 process.start()
 print(process.pid, flush=True)
 os._exit(0)  # the supervisor dies right after forking
