@@ -73,10 +73,10 @@ def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
     start_worker: Callable[..., WorkerProcess],
     records: Path,
 ) -> None:
-    # Given a worker with a 30 s lease running a 3 s task
+    # Given a worker with a 30 s lease running a 5 s task
     e2e_env["CONVEYOR_LEASE"] = "30"
     worker = start_worker("-c", "1")
-    result = enqueue(e2e_app, "record", "cut", 3.0)
+    result = enqueue(e2e_app, "record", "cut", 5.0)
     wait_until(lambda: runs_of(records, "cut") == 1, 15, "the task to start")
     # When it gets SIGINT twice (Ctrl-C, Ctrl-C) or SIGQUIT once
     for number, name in enumerate(signals):
