@@ -222,3 +222,24 @@ def test_a_message_over_the_size_limit_fails_at_delay_and_nothing_is_sent(app: A
     # And a message under the limit goes through
     upload.delay("x" * 100)
     assert depths(app) == (1, 0, 0, 0)
+
+
+def test_revoking_a_task_waiting_for_its_retry_stops_the_retries(app: App) -> None:
+    # Given a task whose first attempt failed and which waits 0.3 s for its retry
+    ran: list[int] = []
+
+    @app.task(name="again", retries=3, backoff=0.3)
+    def again() -> None:
+        ran.append(current_context().attempt)
+        raise ConnectionError("down")
+
+    r = again.delay()
+    drain(app, include_scheduled=False)
+    assert r.state is State.RETRY
+    # When it is revoked while it waits
+    assert r.revoke(reason="gave up") is True
+    drain(app, timeout=5)
+    # Then the retry never runs, and the task stays REVOKED
+    assert ran == [0]
+    assert r.state is State.REVOKED
+    assert depths(app) == (0, 0, 0, 0)
