@@ -235,7 +235,7 @@ def test_revoking_a_task_waiting_for_its_retry_stops_the_retries(app: App) -> No
 
     r = again.delay()
     drain(app, include_scheduled=False)
-    assert r.state is State.RETRY
+    assert (r.state, ran) == (State.RETRY, [0])
     # When it is revoked while it waits
     assert r.revoke(reason="gave up") is True
     drain(app, timeout=5)
