@@ -13,10 +13,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from conveyor import App, State
+from conveyor import App, AsyncResult, State
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, wait_until
 from tests.e2e.test_worker import depth
@@ -26,6 +27,26 @@ def pids_of(records: Path, tag: str) -> list[str]:
     """The pid of each run of the task tagged ``tag``, in order."""
     path = records / f"{tag}.runs"
     return path.read_text().split() if path.exists() else []
+
+
+def run_long_task(
+    app: App, start_worker: Callable[..., WorkerProcess], records: Path, tag: str, seconds: float
+) -> tuple[WorkerProcess, AsyncResult[Any]]:
+    """Start a one-process worker and wait until it runs a ``seconds``-long task tagged ``tag``."""
+    worker = start_worker("-c", "1")
+    result = enqueue(app, "record", tag, seconds)
+    wait_until(lambda: runs_of(records, tag) == 1, 15, "the task to start")
+    return worker, result
+
+
+def assert_back_at_once_then_runs_again(
+    app: App, start_worker: Callable[..., WorkerProcess], records: Path, result: AsyncResult[Any], tag: str
+) -> None:
+    """The stopped worker's task is ready again now (not after its lease), and a new worker runs it to the end."""
+    assert depth(app) == (1, 0, 0, 0)
+    start_worker("-c", "1")
+    assert result.get(timeout=30) == tag
+    assert runs_of(records, tag) == 2
 
 
 def test_sigterm_returns_tasks_reserved_while_stopping_at_once_without_running_them(
@@ -50,19 +71,13 @@ def test_sigterm_past_the_grace_period_stops_the_task_hard_and_it_runs_again(
 ) -> None:
     # Given a worker with a 1 s grace period and a 30 s lease, running a 4 s task
     e2e_env.update(CONVEYOR_LEASE="30", CONVEYOR_SHUTDOWN_GRACE="1")
-    worker = start_worker("-c", "1")
-    result = enqueue(e2e_app, "record", "overdue", 4.0)
-    wait_until(lambda: runs_of(records, "overdue") == 1, 15, "the task to start")
+    worker, result = run_long_task(e2e_app, start_worker, records, "overdue", 4.0)
     # When it gets SIGTERM
     worker.proc.send_signal(signal.SIGTERM)
-    # Then it stops once the grace period is over, and the task is back in the queue at once
+    # Then it stops once the grace period is over, the task is back in the queue at once, and runs again
     assert worker.proc.wait(timeout=15) == 0
     assert "grace period of 1s is over" in worker.output()
-    assert depth(e2e_app) == (1, 0, 0, 0)
-    # And a new worker runs it again to the end
-    start_worker("-c", "1")
-    assert result.get(timeout=30) == "overdue"
-    assert runs_of(records, "overdue") == 2
+    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "overdue")
 
 
 @pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGQUIT",)], ids=["sigint-twice", "sigquit"])
@@ -75,22 +90,16 @@ def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
 ) -> None:
     # Given a worker with a 30 s lease running a 5 s task
     e2e_env["CONVEYOR_LEASE"] = "30"
-    worker = start_worker("-c", "1")
-    result = enqueue(e2e_app, "record", "cut", 5.0)
-    wait_until(lambda: runs_of(records, "cut") == 1, 15, "the task to start")
+    worker, result = run_long_task(e2e_app, start_worker, records, "cut", 5.0)
     # When it gets SIGINT twice (Ctrl-C, Ctrl-C) or SIGQUIT once
     for number, name in enumerate(signals):
         worker.proc.send_signal(signal.Signals[name])
         if number == 0 and len(signals) > 1:
             worker.wait_for_log("stopping gracefully")
-    # Then it stops now, before the task could finish, and the task is back in the queue at once
+    # Then it stops now, before the task could finish, the task is back in the queue at once, and runs again
     assert worker.proc.wait(timeout=15) == 0
     assert "stopping now" in worker.output()
-    assert depth(e2e_app) == (1, 0, 0, 0)
-    # And it runs again on the next worker
-    start_worker("-c", "1")
-    assert result.get(timeout=20) == "cut"
-    assert runs_of(records, "cut") == 2
+    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "cut")
 
 
 def test_poison_that_kills_its_child_goes_to_dead_letters_after_max_deliveries(
