@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from conveyor import App, AsyncResult, State
@@ -55,8 +56,13 @@ def test_sigterm_returns_tasks_reserved_while_stopping_at_once_without_running_t
     # Given an idle worker with four thread slots and a 30 s lease, told to stop (SIGTERM)
     e2e_env["CONVEYOR_LEASE"] = "30"
     worker = start_worker("--pool", "thread", "-c", "4")
+    [child] = psutil.Process(worker.proc.pid).children()
     worker.proc.send_signal(signal.SIGTERM)
     worker.wait_for_log("stopping gracefully")
+    # The supervisor forwards SIGTERM to its child; sending it here too makes sure it is pending in the
+    # child before any task exists, however late a busy machine runs the supervisor's forwarding.
+    with contextlib.suppress(psutil.NoSuchProcess):  # it may already have stopped
+        child.send_signal(signal.SIGTERM)
     # When tasks arrive while its last reserve call may still be waiting
     results = [enqueue(e2e_app, "record", f"late{i}") for i in range(8)]
     # Then the worker exits, no task ran, and every one is back in the queue at once (not after the lease)

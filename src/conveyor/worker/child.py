@@ -40,6 +40,9 @@ RESERVE_WAIT = 1.0
 #: Longest pause, in seconds, between reconnection attempts while the broker is down.
 MAX_BACKOFF = 5.0
 _PR_SET_PDEATHSIG = 1
+#: Signals the supervisor blocks across fork() and a child unblocks once its own handlers are installed:
+#: until then the child would run its copy of the supervisor's handlers and lose the signal.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
     loop = ChildLoop(app, config, conn)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     loop.run()
 
 
