@@ -7,6 +7,7 @@ count how many times a task ran, whatever broker carried it. ``CONVEYOR_BROKER_U
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -49,6 +50,20 @@ def hang(tag: str) -> None:
     time.sleep(60)
 
 
+@app.task(name="doomed", dead_letter_on_failure=True)
+def doomed(tag: str) -> None:
+    """Fail for good: the message goes to the dead-letter queue, the traceback to the result."""
+    raise RuntimeError(f"doomed {tag}")
+
+
+@app.task(name="poison")
+def poison(tag: str) -> None:
+    """Kill the process running it (kill -9 of itself): each delivery takes a worker child down."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 @app.task(name="mark", ignore_result=True)
 def mark(i: int, sleep: float = 0.0) -> None:
     """Append ``i`` to this process's marks file: one line per execution, for exactly-once counting."""
@@ -64,3 +79,22 @@ def marks(record_dir: Path) -> list[int]:
     for path in record_dir.glob("marks-*.txt"):
         found += [int(line) for line in path.read_text().split()]
     return found
+
+
+#: The file every ``chaos`` execution appends to (see tests/chaos.py).
+CHAOS_LOG = "chaos.log"
+
+
+@app.task(name="chaos", ignore_result=True)
+def chaos(i: int, sleep_ms: float) -> None:
+    """Log ``i pid`` when this execution starts and ``i pid done`` when it ends, then return.
+
+    Both lines go through one O_APPEND write each, so lines from concurrent processes never interleave.
+    """
+    fd = os.open(_record_dir() / CHAOS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{i} {os.getpid()}\n".encode())
+        time.sleep(sleep_ms / 1000)
+        os.write(fd, f"{i} {os.getpid()} done\n".encode())
+    finally:
+        os.close(fd)

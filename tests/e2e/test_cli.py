@@ -1,4 +1,4 @@
-"""The command line as a user runs it: enqueue, status, dlq, help and clear errors."""
+"""The command line as a user runs it: enqueue, status, revoke, dlq, help and clear errors."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from conveyor import App
+from conveyor import App, State
 from conveyor.brokers import Envelope
-from tests.e2e.conftest import ROOT, WorkerProcess
+from tests.apps.e2e_app import runs_of
+from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, wait_until
 
 APP = "tests.apps.e2e_app:app"
 
@@ -65,3 +66,39 @@ def test_clear_errors_for_bad_input(e2e_env: dict[str, str]) -> None:
     bad_json = cli(e2e_env, "enqueue", APP, "record", "--args", "[1,", check=False)
     assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
     assert "Run a worker serving APP" in cli(e2e_env, "worker", "--help").stdout
+
+
+def test_revoke_from_the_command_line_removes_a_queued_task_and_terminates_a_running_one(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a one-slot worker running a long task, and a task queued behind it
+    worker = start_worker("-c", "1")
+    running = enqueue(e2e_app, "record", "cli-running", 30)
+    wait_until(lambda: runs_of(records, "cli-running") == 1, 15, "the task to start")
+    queued = enqueue(e2e_app, "record", "cli-queued")
+    # When both are revoked with `conveyor revoke`, the running one with --terminate
+    assert f"{queued.id}: revoked (removed from its queue)" in cli(e2e_env, "revoke", APP, queued.id).stdout
+    out = cli(e2e_env, "revoke", APP, running.id, "--terminate").stdout
+    assert f"{running.id}: revoked (terminating if running)" in out
+    # Then the running one is stopped, the queued one never runs, and both read REVOKED
+    wait_until(lambda: "was revoked; terminating it" in worker.output(), 15, "the running task to be terminated")
+    assert enqueue(e2e_app, "record", "cli-next").get(timeout=15) == "cli-next"
+    assert (running.state, queued.state) == (State.REVOKED, State.REVOKED)
+    assert runs_of(records, "cli-queued") == 0 and runs_of(records, "cli-running") == 1
+    assert cli(e2e_env, "revoke", APP, check=False).returncode == 2  # an id is required
+
+
+def test_dlq_show_prints_the_reason_and_each_attempts_traceback(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a task that failed for good into the dead-letter queue
+    start_worker("-c", "1")
+    result = enqueue(e2e_app, "doomed", "d")
+    wait_until(lambda: len(e2e_app.broker.dead_letters()) == 1, 15, "the dead letter")
+    # When `conveyor dlq show` looks at it
+    out = cli(e2e_env, "dlq", "show", APP, result.id).stdout
+    # Then it prints why it died and the failed attempt's traceback
+    assert "failed after 1 attempt(s): RuntimeError: doomed d" in out
+    assert "attempt 0: RuntimeError: doomed d" in out and 'raise RuntimeError(f"doomed {tag}")' in out
+    missing = cli(e2e_env, "dlq", "show", APP, "no-such-id", check=False)
+    assert missing.returncode == 1 and "no dead letter with id no-such-id" in missing.stderr

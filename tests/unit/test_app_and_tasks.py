@@ -1,9 +1,10 @@
-"""App, Task and AsyncResult on the memory broker, run with conveyor.testing.drain."""
+"""App, Task and AsyncResult on every broker (memory, SQLite, Redis), run in-process with conveyor.testing.drain."""
 
 from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -13,8 +14,10 @@ from conveyor.testing import drain
 
 
 @pytest.fixture
-def app() -> App:
-    return App("test", broker="memory://", track_started=True)
+def app(broker_url: str) -> Iterator[App]:
+    instance = App("test", broker=broker_url, track_started=True)
+    yield instance
+    instance.close()
 
 
 def test_task_name_defaults_to_module_and_qualname(app: App) -> None:

@@ -1,6 +1,8 @@
-"""Message signing: a worker with a secret runs only messages signed with it."""
+"""Message signing: a worker with a secret runs only messages signed with it, on every broker."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
@@ -8,6 +10,13 @@ from conveyor import App, SignatureError
 from conveyor.brokers import Envelope
 from conveyor.signing import sign, unframe, verify
 from conveyor.testing import drain
+
+
+@pytest.fixture
+def app(broker_url: str) -> Iterator[App]:
+    instance = App("signed", broker=broker_url, secret="s3cret")
+    yield instance
+    instance.close()
 
 
 def test_sign_then_verify_round_trips_and_detects_tampering() -> None:
@@ -22,9 +31,8 @@ def test_sign_then_verify_round_trips_and_detects_tampering() -> None:
         verify(b'{"id":"1"}', "s3cret")
 
 
-def test_worker_with_a_secret_dead_letters_unsigned_and_missigned_messages() -> None:
+def test_worker_with_a_secret_dead_letters_unsigned_and_missigned_messages(app: App) -> None:
     # Given an app with a secret, a properly signed task, an unsigned one and one signed with another key
-    app = App("signed", broker="memory://", secret="s3cret")
     ran: list[str] = []
 
     @app.task(name="t")
@@ -43,8 +51,7 @@ def test_worker_with_a_secret_dead_letters_unsigned_and_missigned_messages() -> 
     assert "does not match" in reasons["m1"]
 
 
-def test_retried_messages_stay_signed() -> None:
-    app = App("signed", broker="memory://", secret="s3cret")
+def test_retried_messages_stay_signed(app: App) -> None:
     attempts: list[int] = []
 
     @app.task(name="flaky", retries=1, backoff=0.01)

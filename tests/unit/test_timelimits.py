@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,8 +13,10 @@ from conveyor.testing import drain
 
 
 @pytest.fixture
-def app() -> App:
-    return App("limits", broker="memory://")
+def app(broker_url: str) -> Iterator[App]:
+    instance = App("limits", broker=broker_url)
+    yield instance
+    instance.close()
 
 
 def test_soft_limit_interrupts_a_blocking_call_and_is_catchable(app: App) -> None:

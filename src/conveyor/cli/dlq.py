@@ -12,6 +12,7 @@ from conveyor.cli._load import load_app
 from conveyor.errors import DecodeError
 from conveyor.message import decode
 from conveyor.signing import unframe
+from conveyor.states import ErrorInfo
 
 
 @click.group()
@@ -39,12 +40,13 @@ def list_(app: str, queue: str | None, limit: int) -> None:
 @click.argument("app", envvar="CONVEYOR_APP")
 @click.argument("task_id")
 def show(app: str, task_id: str) -> None:
-    """Show one dead letter: its reason and raw message."""
+    """Show one dead letter: its reason, raw message, and the traceback of each failed attempt."""
     the_app = load_app(app)
     for dead in the_app.broker.dead_letters(limit=100_000):
         if dead.id == task_id:
             click.echo(f"id:         {dead.id}\nqueue:      {dead.queue}\nreason:     {dead.reason}")
             click.echo(f"deliveries: {dead.deliveries}\nmessage:    {dead.body.decode('utf-8', 'replace')}")
+            _echo_errors(the_app.result(task_id).errors)
             return
     raise click.ClickException(f"no dead letter with id {task_id}")
 
@@ -70,6 +72,12 @@ def purge_(app: str, yes: bool) -> None:
     if not yes:
         click.confirm("Delete every dead letter?", abort=True)
     click.echo(f"deleted {the_app.broker.purge_dead()} dead letter(s)")
+
+
+def _echo_errors(errors: list[ErrorInfo]) -> None:
+    """Print each failed attempt the result backend kept for a dead letter, with its traceback."""
+    for error in errors:
+        click.echo(f"\nattempt {error.attempt}: {error.type}: {error.message}\n{error.traceback.rstrip()}")
 
 
 def _task_name(body: bytes) -> str:

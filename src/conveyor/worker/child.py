@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -39,6 +40,9 @@ RESERVE_WAIT = 1.0
 #: Longest pause, in seconds, between reconnection attempts while the broker is down.
 MAX_BACKOFF = 5.0
 _PR_SET_PDEATHSIG = 1
+#: Signals the supervisor blocks across fork() and a child unblocks once its own handlers are installed:
+#: until then the child would run its copy of the supervisor's handlers and lose the signal.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
     loop = ChildLoop(app, config, conn)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     loop.run()
 
 
@@ -80,7 +86,10 @@ class ChildLoop:
         self.keeper = LeaseKeeper(self.broker, config.lease)
         self.stopping = False
         self.tasks_run = 0
-        self._parent = os.getppid()
+        # The supervisor as fork() recorded it, not getppid(): a child whose supervisor died before
+        # PR_SET_PDEATHSIG was armed is already an orphan here, and must not serve.
+        parent = multiprocessing.parent_process()
+        self._parent = parent.pid if parent is not None and parent.pid is not None else os.getppid()
         self._send_lock = threading.Lock()
         self._free = threading.Semaphore(config.slots)
 

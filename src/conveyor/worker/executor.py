@@ -146,6 +146,8 @@ class Executor:
                 ResultRecord(
                     state=State.SUCCESS,
                     value=value,
+                    # A retried task keeps its failed attempts with the result (one extra read, retries only).
+                    errors=self._previous_errors(message.id) if message.attempt else [],
                     task=message.task,
                     attempt=message.attempt,
                     worker=self.worker,

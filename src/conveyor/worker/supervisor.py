@@ -28,7 +28,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
-from conveyor.worker.child import ChildConfig, child_main, owner_of
+from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
 
 log = logging.getLogger("conveyor.worker")
 
@@ -153,7 +153,13 @@ class Supervisor:
         # No connection crosses fork(): SQLite's lock state would be shared with the child (see
         # tests/unit/test_sqlite_specific.py); the supervisor reconnects lazily on its next call.
         self.app.close()
-        process.start()
+        # Stop signals stay pending across fork() until the child has its own handlers (see STOP_SIGNALS);
+        # ours run as soon as the mask is restored.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_conn.close()
         self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0))
         log.debug("started child %d (pid %s)", index, process.pid)

@@ -1,0 +1,245 @@
+"""What the executor decides when a task fails, expires or is revoked, on every broker (memory, SQLite, Redis).
+
+Each test runs in this process through ``conveyor.testing.drain``, which uses the worker's executor;
+the behaviours that need a real worker process (hard limits, kill -9, signals) are in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor import App, MessageTooLarge, ResultMissing, State, TaskFailed, current_context
+from conveyor.testing import drain
+
+
+@pytest.fixture
+def app(broker_url: str) -> Iterator[App]:
+    instance = App("failures", broker=broker_url, max_message_size=2048)
+    yield instance
+    instance.close()
+
+
+def depths(app: App) -> tuple[int, int, int, int]:
+    """(ready, scheduled, in flight, dead) over every queue."""
+    stats = app.broker.stats()
+    return (
+        sum(s.ready for s in stats),
+        sum(s.scheduled for s in stats),
+        sum(s.in_flight for s in stats),
+        sum(s.dead for s in stats),
+    )
+
+
+def test_a_failed_attempt_waits_in_state_retry_within_its_backoff_ceiling(app: App) -> None:
+    # Given a task that fails with ConnectionError on its first attempt, with backoff 0.4 s
+    @app.task(name="flaky", retries=2, backoff=0.4, retry_on=(ConnectionError,))
+    def flaky() -> str:
+        if current_context().attempt == 0:
+            raise ConnectionError("first try")
+        return "ok"
+
+    r = flaky.delay()
+    # When one attempt ran
+    before = time.time()
+    assert [o.state for o in drain(app, include_scheduled=False)] == ["RETRY"]
+    # Then the task waits in the schedule in state RETRY, due within the backoff ceiling (full jitter: 0-0.4 s)
+    assert r.state is State.RETRY
+    assert depths(app) == (0, 1, 0, 0)
+    info = r.info
+    assert info is not None and info.eta is not None
+    assert before <= info.eta <= time.time() + 0.4
+    [error] = r.errors
+    assert (error.type, error.attempt) == ("ConnectionError", 0)
+    assert 'raise ConnectionError("first try")' in error.traceback
+    # And once due, the retry runs and succeeds
+    drain(app, timeout=5)
+    assert r.get(timeout=1) == "ok"
+
+
+def test_success_after_retries_keeps_every_failed_attempts_traceback(app: App) -> None:
+    # Given a task that fails twice, each time differently, then succeeds
+    @app.task(name="twice", retries=2, backoff=0.01)
+    def twice() -> int:
+        attempt = current_context().attempt
+        if attempt < 2:
+            raise (KeyError if attempt == 0 else ValueError)(f"attempt {attempt}")
+        return attempt
+
+    r = twice.delay()
+    drain(app, timeout=5)
+    # Then the result is the third attempt's, and both failures are kept with it, tracebacks included
+    assert r.get(timeout=1) == 2
+    assert [(e.type, e.attempt) for e in r.errors] == [("KeyError", 0), ("ValueError", 1)]
+    assert all("raise (KeyError if attempt == 0 else ValueError)" in e.traceback for e in r.errors)
+
+
+def test_ctx_retry_runs_the_task_again_after_its_countdown(app: App) -> None:
+    # Given a task that asks for a retry in 0.2 s from inside, through its context
+    @app.task(name="later", retries=1)
+    def later() -> int:
+        ctx = current_context()
+        if ctx.attempt == 0:
+            ctx.retry(countdown=0.2, reason="the report is not ready")
+        return ctx.attempt
+
+    r = later.delay()
+    drain(app, include_scheduled=False)
+    # Then it waits in RETRY with the countdown as its delay, and its second attempt succeeds
+    info = r.info
+    assert info is not None and info.state is State.RETRY and info.eta is not None
+    assert info.eta - time.time() > 0.1
+    drain(app, timeout=5)
+    assert r.get(timeout=1) == 1
+
+
+def test_exhausted_retries_go_to_dead_letters_and_requeue_runs_them_again(app: App) -> None:
+    # Given a task that dead-letters on final failure, and a dependency that is down
+    down = [True]
+
+    @app.task(name="charge", retries=1, backoff=0.01, dead_letter_on_failure=True)
+    def charge(amount: int) -> int:
+        if down[0]:
+            raise ConnectionError("payment service down")
+        return amount
+
+    r = charge.delay(42)
+    drain(app, timeout=5)
+    # Then after two attempts the task failed, with both tracebacks, and its message is a dead letter saying why
+    assert r.state is State.FAILURE
+    assert len(r.errors) == 2
+    [dead] = app.broker.dead_letters()
+    assert dead.id == r.id
+    assert dead.reason == "failed after 2 attempt(s): ConnectionError: payment service down"
+    # When the dependency is back and the dead letter is requeued
+    down[0] = False
+    assert app.broker.requeue_dead([r.id]) == 1
+    drain(app, timeout=5)
+    # Then it runs again and succeeds, and the dead-letter queue is empty
+    assert r.get(timeout=1) == 42
+    assert depths(app) == (0, 0, 0, 0)
+
+
+def test_dead_letters_can_be_purged(app: App) -> None:
+    # Given two tasks that failed into the dead-letter queue
+    @app.task(name="broken", dead_letter_on_failure=True)
+    def broken() -> None:
+        raise RuntimeError("broken")
+
+    broken.delay(), broken.delay()
+    drain(app)
+    assert depths(app) == (0, 0, 0, 2)
+    # When they are purged, then none is left and nothing runs again
+    assert app.broker.purge_dead() == 2
+    assert depths(app) == (0, 0, 0, 0)
+    assert drain(app) == []
+
+
+def test_expired_task_is_recorded_revoked_with_the_reason(app: App) -> None:
+    # Given a task that expires 0.1 s after it is sent, and no worker for 0.2 s
+    ran: list[int] = []
+
+    @app.task(name="quote", expires=0.1)
+    def quote() -> None:
+        ran.append(1)
+
+    r = quote.delay()
+    time.sleep(0.2)  # the expiry is the point of the test: let it pass
+    # When a worker picks it up
+    [outcome] = drain(app)
+    # Then it is not run, it is REVOKED with the reason, and get() says so
+    assert (outcome.state, ran) == ("REVOKED", [])
+    info = r.info
+    assert info is not None and info.note == "expired before a worker picked it up"
+    with pytest.raises(ResultMissing, match="expired before a worker picked it up"):
+        r.get(timeout=1)
+    assert depths(app) == (0, 0, 0, 0)
+
+
+def test_revoking_a_queued_task_deletes_it_and_it_never_runs(app: App) -> None:
+    # Given two queued tasks
+    ran: list[str] = []
+
+    @app.task(name="send")
+    def send(tag: str) -> None:
+        ran.append(tag)
+
+    keep, drop = send.delay("keep"), send.delay("drop")
+    # When one is revoked
+    assert drop.revoke(reason="customer cancelled") is True
+    drain(app)
+    # Then only the other runs, and the revoked one reads REVOKED with the reason
+    assert ran == ["keep"] and keep.state is State.SUCCESS
+    with pytest.raises(ResultMissing, match="customer cancelled"):
+        drop.get(timeout=1)
+
+
+def test_a_revoked_task_is_not_run_again_after_its_worker_died(app: App) -> None:
+    # Given a task taken by a worker process that then dies, and revoked meanwhile (too late to cancel)
+    ran: list[int] = []
+
+    @app.task(name="t")
+    def t() -> None:
+        ran.append(1)
+
+    r = t.delay()
+    app.broker.reserve([app.settings.default_queue], 1, owner="dead-child", lease=30)
+    assert r.revoke() is False  # in flight: not cancelled
+    app.broker.release_owner("dead-child")
+    # When the message is delivered again
+    [outcome] = drain(app)
+    # Then it is not run: the revocation lives in the result backend, not in the dead worker
+    assert (outcome.state, ran) == ("REVOKED", [])
+    assert depths(app) == (0, 0, 0, 0)
+
+
+def test_soft_time_limit_not_caught_fails_the_task_with_time_limit_exceeded(app: App) -> None:
+    # Given a task that sleeps past its 0.2 s soft limit without catching it
+    @app.task(name="slow", soft_time_limit=0.2)
+    def slow() -> None:
+        time.sleep(5)
+
+    r = slow.delay()
+    drain(app)
+    # Then it failed with TimeLimitExceeded, its traceback kept, and nothing is left in the broker
+    with pytest.raises(TaskFailed, match=r"TimeLimitExceeded: task exceeded its soft time limit of 0\.2s") as info:
+        r.get(timeout=1)
+    assert "time.sleep(5)" in info.value.traceback
+    assert depths(app) == (0, 0, 0, 0)
+
+
+def test_a_message_over_the_size_limit_fails_at_delay_and_nothing_is_sent(app: App) -> None:
+    # Given a 2 KiB message size limit
+    @app.task(name="upload")
+    def upload(data: str) -> None: ...
+
+    # When a task is sent with 4 KiB of data, then delay() raises a clear error and the broker holds nothing
+    with pytest.raises(MessageTooLarge, match=r"over the limit of 2048 bytes \(max_message_size\)"):
+        upload.delay("x" * 4096)
+    assert depths(app) == (0, 0, 0, 0)
+    # And a message under the limit goes through
+    upload.delay("x" * 100)
+    assert depths(app) == (1, 0, 0, 0)
+
+
+def test_revoking_a_task_waiting_for_its_retry_stops_the_retries(app: App) -> None:
+    # Given a task whose first attempt failed and which waits 0.3 s for its retry
+    ran: list[int] = []
+
+    @app.task(name="again", retries=3, backoff=0.3)
+    def again() -> None:
+        ran.append(current_context().attempt)
+        raise ConnectionError("down")
+
+    r = again.delay()
+    drain(app, include_scheduled=False)
+    assert (r.state, ran) == (State.RETRY, [0])
+    # When it is revoked while it waits
+    assert r.revoke(reason="gave up") is True
+    drain(app, timeout=5)
+    # Then the retry never runs, and the task stays REVOKED
+    assert ran == [0]
+    assert r.state is State.REVOKED
+    assert depths(app) == (0, 0, 0, 0)
