@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import os
+import random
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,18 +98,41 @@ class SQLiteConnection:
         return conn
 
     def _open(self) -> sqlite3.Connection:
+        """Open a connection, switch the file to WAL and apply the schema, retrying lock races.
+
+        Several processes opening a fresh file at once (a worker's children, say) race to switch
+        it to WAL and create the tables. SQLite answers some of those races with "database is
+        locked" at once, without calling the busy handler (it would deadlock), so the whole
+        opening is retried with a short jittered pause, bounded by ``BUSY_TIMEOUT_MS``.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.005
+        while True:
+            try:
+                return self._open_once()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_race(exc) or time.monotonic() + pause > deadline:
+                    raise BrokerUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                raise BrokerUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 0.2)
+
+    def _open_once(self) -> sqlite3.Connection:
+        if self.path.parent != Path():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
         try:
-            if self.path.parent != Path():
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL is a property of the file: once one process switched it, the others skip the switch.
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            conn.executescript(_schema())
-        except (sqlite3.Error, OSError) as exc:
-            raise BrokerUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+            # One write transaction: BEGIN IMMEDIATE waits for the lock through the busy handler.
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_schema()}\nCOMMIT;")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @contextlib.contextmanager
@@ -140,6 +165,11 @@ class SQLiteConnection:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
         self._local = threading.local()
+
+
+def _is_lock_race(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _forget_in_child(ref: weakref.ref[SQLiteConnection]) -> None:
