@@ -75,6 +75,12 @@ class Settings:
                 raise ConfigurationError(f"{name} must be at least 1, got {value}")
         if self.max_message_size < 1024:
             raise ConfigurationError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        if _scheme(self.broker_url) in {"amqp", "amqps"} and self.backend_url is None:
+            raise ConfigurationError(
+                "RabbitMQ is no result store: name a result backend with the amqp:// broker, e.g. "
+                "App(..., broker='amqp://...', backend='redis://localhost:6379/0') or backend='sqlite:///results.db' "
+                "(or CONVEYOR_BACKEND_URL)"
+            )
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -143,6 +149,10 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(raw)
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -1,0 +1,560 @@
+"""AMQPBroker: the broker contract on RabbitMQ, through pika, for teams that already run it.
+
+How the contract maps onto AMQP (docs/amqp.md has the full story):
+
+- **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
+  transactional channel; ``enqueue`` returns after ``tx.commit-ok``, when RabbitMQ has the batch.
+- **reserve**: ``basic.get`` (pull), at most ``n`` messages, queues in the order given: nothing is
+  prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
+  while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
+- **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
+  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``).
+- **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
+  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered).
+- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
+  reserving worker promotes due messages and sends the others to the next level: never early.
+- **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from conveyor.brokers._amqp_connection import AMQPConnection, split_url
+from conveyor.brokers._amqp_names import QueueNames, declarations, level_for, level_ms, queue_names, registry_name
+from conveyor.brokers._amqp_scan import (
+    Entry,
+    add_to_registry,
+    dead_letter_of,
+    dead_properties,
+    entry_of,
+    properties,
+    read_registry,
+    scan,
+)
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.errors import ConfigurationError
+from conveyor.states import State
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
+
+#: Idle polling: first and longest sleep between looks at empty queues, in seconds.
+POLL_MIN, POLL_MAX = 0.002, 0.05
+#: "Nothing scheduled that this process knows of."
+INF = float("inf")
+#: State under which a worker's heartbeat is kept in the result backend (not final: wakes no waiter).
+_WORKER_STATE = State.STARTED
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    """A delivery this process holds unacknowledged on its channel."""
+
+    delivery: Delivery
+    entry: Entry
+    tag: int
+    generation: int
+    deadline: float  # time.monotonic()
+
+
+class AMQPBroker(Broker):
+    """A broker on RabbitMQ; ``amqp://`` and ``amqps://`` URLs with an optional ``prefix=``.
+
+    Args:
+        url: a pika URL (``amqp://user:pass@host:5672/vhost``); ``prefix`` (default ``conveyor``)
+            starts every queue name.
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        retry_for: overrides :attr:`retry_for` for this broker.
+    """
+
+    schemes = ("amqp", "amqps")
+
+    #: Seconds an operation keeps retrying connection faults (backoff 0.05 s doubling to 1 s)
+    #: before it raises BrokerUnavailable.
+    retry_for: float = 5.0
+    #: Seconds to open a connection.
+    connect_timeout: float = 2.0
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/%2F",
+        *,
+        max_deliveries: int = 5,
+        retry_for: float | None = None,
+    ) -> None:
+        super().__init__(max_deliveries=max_deliveries)
+        pika_url, self.prefix, self.url = split_url(url)
+        self._conn = AMQPConnection(
+            pika_url,
+            self.url,
+            retry_for=self.retry_for if retry_for is None else retry_for,
+            connect_timeout=self.connect_timeout,
+        )
+        self._registry = registry_name(self.prefix)
+        self._held: dict[str, _Held] = {}
+        self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
+        self._registered: set[str] = set()  # worker ids this process put in the registry
+        self._next_hop = INF  # monotonic time a delay level this process used runs out
+        self._backend: Callable[[], ResultBackend] | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
+        """Build from an ``amqp://`` or ``amqps://`` URL (``?prefix=`` sets the queue prefix)."""
+        return cls(url, max_deliveries=max_deliveries)
+
+    def __repr__(self) -> str:
+        return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
+
+    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:
+        """Keep the worker registry (and idempotency keys) in the app's result backend."""
+        self._backend = backend
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        if not envelopes:
+            return []
+
+        def op(ch: BlockingChannel) -> None:
+            now = time.time()
+            for env in envelopes:
+                self._declare(ch, env.queue)
+                entry = Entry(env.id, env.priority, 0, env.eta, env.key)
+                self._publish(ch, env.queue, entry, env.body, now)
+            ch.tx_commit()
+
+        self._conn.call(op)
+        return [e.id for e in envelopes]
+
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        if n <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + timeout
+        pause = POLL_MIN
+        while True:
+            out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease))
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            hop = max(0.0, self._next_hop - time.monotonic())
+            time.sleep(min(pause, remaining, hop + 0.001))
+            pause = min(pause * 2, POLL_MAX)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        def op(ch: BlockingChannel) -> list[str]:
+            keys = []
+            for held in self._pop_held(deliveries):
+                ch.basic_ack(held.tag)
+                keys.append(held.entry.key)
+            ch.tx_commit()
+            return [k for k in keys if k is not None]
+
+        self._release_keys(self._conn.call(op))
+
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        def op(ch: BlockingChannel) -> None:
+            for held in self._pop_held([delivery]):
+                now = time.time()
+                eta = now + delay if delay > 0 else None
+                entry = dataclasses.replace(held.entry, before=held.delivery.deliveries - 1, eta=eta)
+                self._publish(ch, delivery.queue, entry, held.delivery.body if body is None else body, now)
+                ch.basic_ack(held.tag)
+                ch.tx_commit()
+
+        self._conn.call(op)
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        def op(ch: BlockingChannel) -> list[str]:
+            self._conn.service()  # AMQP heartbeats, and a dead connection shows here
+            until = time.monotonic() + lease
+            lost = []
+            for d in deliveries:
+                held = self._live(d)
+                if held is None:
+                    lost.append(d.id)
+                else:
+                    held.deadline = until
+            return lost
+
+        return self._conn.call(op)
+
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        def op(ch: BlockingChannel) -> list[str]:
+            keys = []
+            for held in self._pop_held([delivery]):
+                self._bury(ch, held, reason, body)
+                keys.append(held.entry.key)
+            ch.tx_commit()
+            return [k for k in keys if k is not None]
+
+        self._release_keys(self._conn.call(op))
+
+    def release_owner(self, owner: str) -> int:
+        """Give back this process's deliveries leased to ``owner``.
+
+        A worker child that died held its deliveries on its own connection, which the kernel closed:
+        RabbitMQ requeued them already, and its redelivery counts them. So from the supervisor this
+        returns 0; it moves messages only for owners inside this process.
+        """
+
+        def op(ch: BlockingChannel) -> int:
+            mine = [h for h in self._live_held() if h.delivery.owner == owner]
+            for held in mine:
+                self._give_back(ch, held, f"its worker process {owner} died")
+            ch.tx_commit()
+            return len(mine)
+
+        return self._conn.call(op)
+
+    def recover(self) -> int:
+        def op(ch: BlockingChannel) -> int:
+            moved = self._expire(ch)
+            for queue in sorted(self._declared):
+                moved += self._promote(ch, queue_names(self.prefix, queue))
+            ch.tx_commit()
+            return moved
+
+        return self._conn.call(op)
+
+    # -- the reserve step --------------------------------------------------------------------
+
+    def _reserve_once(
+        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float
+    ) -> list[Delivery]:
+        """Expire leases, promote due messages, then take up to ``n`` ready ones; one lock hold."""
+        moved = self._expire(ch)
+        for queue in queues:
+            self._declare(ch, queue)
+            moved += self._promote(ch, queue_names(self.prefix, queue))
+        if moved:
+            ch.tx_commit()
+        out: list[Delivery] = []
+        rotated = False
+        for queue in queues:
+            ready = queue_names(self.prefix, queue).ready
+            while len(out) < n:
+                method, props, body = ch.basic_get(ready)
+                if method is None or props is None or body is None:
+                    break
+                delivery = self._take(ch, queue, method, props, body, owner, lease)
+                if delivery is None:
+                    rotated = True
+                else:
+                    out.append(delivery)
+        if rotated:
+            ch.tx_commit()
+        return out
+
+    def _take(
+        self,
+        ch: BlockingChannel,
+        queue: str,
+        method: Basic.GetOk,
+        props: BasicProperties,
+        body: bytes,
+        owner: str,
+        lease: float,
+    ) -> Delivery | None:
+        """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
+        entry = entry_of(props)
+        if method.redelivered:
+            # RabbitMQ requeued this copy when the channel holding it closed: a delivery our header
+            # has not counted. Count it in a new copy (at the queue's tail), or bury a poison message.
+            counted = dataclasses.replace(entry, before=entry.before + 1)
+            held = _Held(Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner), counted, 0, 0, 0)
+            why = "the connection holding it closed (its worker died?)"
+            self._give_back(ch, held, why, copy_of=method.delivery_tag)
+            return None
+        generation = self._conn.generation
+        token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
+        delivery = Delivery(entry.id, queue, body, entry.priority, entry.before + 1, token, owner)
+        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, time.monotonic() + lease)
+        return delivery
+
+    def _expire(self, ch: BlockingChannel) -> int:
+        """Give back the deliveries whose lease ran out without a heartbeat."""
+        now = time.monotonic()
+        expired = [h for h in self._live_held() if h.deadline <= now]
+        for held in expired:
+            self._held.pop(held.delivery.token, None)
+            self._give_back(ch, held, "its lease expired without a heartbeat")
+        return len(expired)
+
+    def _give_back(self, ch: BlockingChannel, held: _Held, why: str, copy_of: int | None = None) -> None:
+        """Return a held message to its ready queue (its deliveries counted), or bury it as poison."""
+        d = held.delivery
+        tag = held.tag if copy_of is None else copy_of
+        if d.deliveries >= self.max_deliveries:
+            self._bury(
+                ch,
+                dataclasses.replace(held, tag=tag),
+                f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?",
+            )
+            self._release_keys([held.entry.key] if held.entry.key else [])
+            return
+        entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
+        ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
+        ch.basic_ack(tag)
+
+    def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
+        """Move due messages of the ``.eta`` queue to ready; send the others to their next delay level."""
+        promoted = 0
+        now = time.time()
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            nonlocal promoted
+            entry = entry_of(props)
+            if entry.eta is None or entry.eta <= now:
+                promoted += 1
+            self._publish_to(ch, names, entry, body, now)
+            return True
+
+        scan(ch, names.eta, decide)
+        return promoted
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _publish(self, ch: BlockingChannel, queue: str, entry: Entry, body: bytes, now: float) -> None:
+        self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
+
+    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Entry, body: bytes, now: float) -> None:
+        """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
+        if entry.eta is None or entry.eta <= now:
+            ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
+            return
+        level = level_for(entry.eta - now)
+        ch.basic_publish("", names.levels[level], body, properties(entry))
+        self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
+
+    def _bury(self, ch: BlockingChannel, held: _Held, reason: str, body: bytes | None = None) -> None:
+        d = held.delivery
+        props = dead_properties(held.entry, d.deliveries, reason)
+        ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
+        ch.basic_ack(held.tag)
+
+    def _declare(self, ch: BlockingChannel, queue: str) -> None:
+        """Declare a conveyor queue's topology and register its name, once per process."""
+        if queue in self._declared:
+            return
+        ch.queue_declare(self._registry, durable=True)
+        for name, arguments in declarations(queue_names(self.prefix, queue)):
+            ch.queue_declare(name, durable=True, arguments=arguments)
+        add_to_registry(ch, self._registry, "queue", queue)
+        ch.tx_commit()
+        self._declared.add(queue)
+
+    # -- held deliveries ---------------------------------------------------------------------
+
+    def _live_held(self) -> list[_Held]:
+        """Held deliveries of the current channel; those of a closed one are dropped (RabbitMQ requeued them)."""
+        generation = self._conn.generation
+        for token in [t for t, h in self._held.items() if h.generation != generation]:
+            del self._held[token]
+        return list(self._held.values())
+
+    def _live(self, delivery: Delivery) -> _Held | None:
+        held = self._held.get(delivery.token)
+        if held is None or held.generation != self._conn.generation:
+            return None
+        return held
+
+    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[_Held]:
+        """Take the still-held ones of ``deliveries`` out of the held set (stale ones are ignored)."""
+        out = []
+        for d in deliveries:
+            held = self._live(d)
+            if held is not None:
+                del self._held[d.token]
+                out.append(held)
+        return out
+
+    def _release_keys(self, keys: Sequence[str | None]) -> None:
+        """Free idempotency keys of finished messages (key deduplication is not wired on AMQP yet)."""
+
+    # -- dead letters, cancel, purge ---------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        found: list[DeadLetter] = []
+        for name in [q for q in self._queues() if queue is None or q == queue]:
+            dead = queue_names(self.prefix, name).dead
+
+            def keep(method: Basic.GetOk, props: BasicProperties, body: bytes, name: str = name) -> bool:
+                found.append(dead_letter_of(name, props, body))
+                return False
+
+            self._scan_all([dead], keep)
+        found.sort(key=lambda letter: letter.dead_at)
+        return found[:limit]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+
+        def op(ch: BlockingChannel, queue: str) -> Callable[[Basic.GetOk, BasicProperties, bytes], bool]:
+            def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+                entry = entry_of(props)
+                if wanted is not None and entry.id not in wanted:
+                    return False
+                fresh = Entry(entry.id, entry.priority, 0)
+                ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(fresh))
+                return True
+
+            return decide
+
+        return self._for_each_queue(lambda q: [queue_names(self.prefix, q).dead], op)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        wanted = None if ids is None else set(ids)
+        return self._for_each_queue(
+            lambda q: [queue_names(self.prefix, q).dead],
+            lambda ch, q: lambda m, props, body: wanted is None or entry_of(props).id in wanted,
+        )
+
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        wanted = set(ids)
+        gone: set[str] = set()
+        keys: list[str | None] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            entry = entry_of(props)
+            if entry.id not in wanted:
+                return False
+            gone.add(entry.id)
+            keys.append(entry.key)
+            return True
+
+        if wanted:
+            self._for_each_queue(self._waiting, lambda ch, q: decide)
+        self._release_keys(keys)
+        return [i for i in ids if i in gone]
+
+    def purge(self, queue: str) -> int:
+        keys: list[str | None] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            keys.append(entry_of(props).key)
+            return True
+
+        count = self._scan_all(self._waiting(queue), decide)
+        self._release_keys(keys)
+        return count
+
+    def _waiting(self, queue: str) -> list[str]:
+        names = queue_names(self.prefix, queue)
+        return [names.ready, *names.scheduled]
+
+    def _for_each_queue(
+        self,
+        rabbit_queues: Callable[[str], list[str]],
+        decider: Callable[[BlockingChannel, str], Callable[[Basic.GetOk, BasicProperties, bytes], bool]],
+    ) -> int:
+        """Scan the given RabbitMQ queues of every known conveyor queue, one transaction per conveyor queue."""
+        total = 0
+        for queue in self._queues():
+
+            def op(ch: BlockingChannel, queue: str = queue) -> int:
+                taken = sum(scan(ch, name, decider(ch, queue)) for name in rabbit_queues(queue))
+                ch.tx_commit()
+                return taken
+
+            total += self._conn.call(op)
+        return total
+
+    def _scan_all(self, names: Sequence[str], decide: Callable[[Basic.GetOk, BasicProperties, bytes], bool]) -> int:
+        def op(ch: BlockingChannel) -> int:
+            taken = sum(scan(ch, name, decide) for name in names)
+            ch.tx_commit()
+            return taken
+
+        return self._conn.call(op)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        def op(ch: BlockingChannel) -> list[QueueStats]:
+            in_flight: dict[str, int] = {}
+            for held in self._live_held():
+                in_flight[held.delivery.queue] = in_flight.get(held.delivery.queue, 0) + 1
+            out = []
+            for queue in self._queues_locked(ch):
+                self._declare(ch, queue)
+                names = queue_names(self.prefix, queue)
+                count = {name: self._count(ch, name, args) for name, args in declarations(names)}
+                scheduled = sum(count[name] for name in names.scheduled)
+                out.append(QueueStats(queue, count[names.ready], scheduled, in_flight.get(queue, 0), count[names.dead]))
+            return out
+
+        return self._conn.call(op)
+
+    @staticmethod
+    def _count(ch: BlockingChannel, name: str, arguments: dict[str, object]) -> int:
+        return int(ch.queue_declare(name, durable=True, arguments=arguments).method.message_count)
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        if info.id not in self._registered:
+            self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
+        self._results().set(self._worker_key(info.id), _WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._results().forget(self._worker_key(worker_id))
+        self._conn.call(lambda ch: self._scan_registry(ch, forget=[("worker", worker_id)]))
+
+    def workers(self) -> list[WorkerInfo]:
+        entries = self._conn.call(lambda ch: self._scan_registry(ch))
+        live, gone = [], []
+        for kind, name in entries:
+            if kind != "worker":
+                continue
+            raw = self._results().get(self._worker_key(name))
+            if raw is None:
+                gone.append(("worker", name))
+            else:
+                live.append(WorkerInfo.from_dict(json.loads(raw)))
+        if gone:
+            self._conn.call(lambda ch: self._scan_registry(ch, forget=gone))
+        return sorted(live, key=lambda w: w.id)
+
+    def close(self) -> None:
+        self._conn.drop()
+
+    # -- registry ----------------------------------------------------------------------------
+
+    def _queues(self) -> list[str]:
+        return self._conn.call(self._queues_locked)
+
+    def _queues_locked(self, ch: BlockingChannel) -> list[str]:
+        names = {name for kind, name in self._scan_registry(ch) if kind == "queue"}
+        return sorted(names | self._declared)
+
+    def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+        ch.queue_declare(self._registry, durable=True)
+        entries = read_registry(ch, self._registry, forget)
+        ch.tx_commit()
+        return entries
+
+    def _register_worker_id(self, ch: BlockingChannel, worker_id: str) -> None:
+        ch.queue_declare(self._registry, durable=True)
+        add_to_registry(ch, self._registry, "worker", worker_id)
+        ch.tx_commit()
+        self._registered.add(worker_id)
+
+    def _worker_key(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def _results(self) -> ResultBackend:
+        if self._backend is None:
+            raise ConfigurationError(
+                "AMQPBroker keeps its worker registry in the result backend; build it through "
+                "App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
+            )
+        return self._backend()
