@@ -308,20 +308,14 @@ class AMQPBroker(Broker):
         ch.basic_ack(tag)
 
     def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
-        """Move due messages of the ``.eta`` queue to ready; send the others to their next delay level."""
-        promoted = 0
+        """Move due messages of the ``.eta`` queue to ready, the others to their next delay level; count both."""
         now = time.time()
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            nonlocal promoted
-            entry = entry_of(props)
-            if entry.eta is None or entry.eta <= now:
-                promoted += 1
-            self._publish_to(ch, names, entry, body, now)
+            self._publish_to(ch, names, entry_of(props), body, now)
             return True
 
-        scan(ch, names.eta, decide)
-        return promoted
+        return scan(ch, names.eta, decide)
 
     # -- publishing --------------------------------------------------------------------------
 
