@@ -1,0 +1,36 @@
+"""A real worker on RabbitMQ when the server drops its connections (this test's vhost only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from conveyor import App
+from tests.apps.e2e_app import runs_of
+from tests.conftest import rabbitmqctl
+from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_worker_survives_dropped_connections_and_loses_nothing(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a task
+    worker = start_worker("-c", "2")
+    running = enqueue(e2e_app, "record", "during", 1.5)
+    wait_until(lambda: runs_of(records, "during") == 1, 15, "the task to start")
+    # When RabbitMQ closes every connection of the vhost (worker children, supervisor, this test)
+    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
+    rabbitmqctl("close_all_connections", "-p", vhost, "conveyor e2e: connection drop")
+    # Then the running task still ends in success (RabbitMQ requeued it: it may run a second time)
+    assert running.get(timeout=30) == "during"
+    assert runs_of(records, "during") in (1, 2)
+    # And the worker reconnects and goes on consuming
+    assert [enqueue(e2e_app, "record", f"after{i}").get(timeout=30) for i in range(5)] == [
+        f"after{i}" for i in range(5)
+    ]
+    assert worker.stop() == 0
