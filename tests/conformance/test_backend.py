@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from conveyor.backends import ResultBackend
 from conveyor.states import State
@@ -56,3 +57,107 @@ def test_forget_and_set_many(backend: ResultBackend) -> None:
     assert (backend.get("a"), backend.get("b")) == (b"1", b"2")
     backend.forget("a")
     assert backend.get("a") is None
+
+
+# -- coordination primitives: leases, claims, values ---------------------------------------------
+
+
+def test_two_owners_compete_for_a_lease(backend: ResultBackend) -> None:
+    # Given owner a holding the lease
+    assert backend.acquire_lease("leader", "a", ttl=30)
+    # Then b cannot take it, and a renewing it keeps it
+    assert not backend.acquire_lease("leader", "b", ttl=30)
+    assert backend.acquire_lease("leader", "a", ttl=30)
+    assert not backend.acquire_lease("leader", "b", ttl=30)
+    # And leases of other names are independent
+    assert backend.acquire_lease("other", "b", ttl=30)
+
+
+def test_a_lapsed_lease_is_taken_over(backend: ResultBackend) -> None:
+    # Given a's lease that a stops renewing
+    assert backend.acquire_lease("leader", "a", ttl=0.3)
+    assert not backend.acquire_lease("leader", "b", ttl=0.3)
+    # When its ttl passes, b takes it over, and a has lost it
+    _eventually(lambda: backend.acquire_lease("leader", "b", ttl=30), timeout=3)
+    assert not backend.acquire_lease("leader", "a", ttl=30)
+
+
+def test_renewal_extends_a_lease(backend: ResultBackend) -> None:
+    # Given a lease of 0.6 s that its owner renews every 0.2 s for 1.2 s
+    assert backend.acquire_lease("leader", "a", ttl=0.6)
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        assert backend.acquire_lease("leader", "a", ttl=0.6)
+        # Then nobody else could take it meanwhile
+        assert not backend.acquire_lease("leader", "b", ttl=0.6)
+
+
+def test_release_only_by_the_holder(backend: ResultBackend) -> None:
+    assert backend.acquire_lease("leader", "a", ttl=30)
+    # When b releases a lease it does not hold, nothing happens
+    backend.release_lease("leader", "b")
+    assert not backend.acquire_lease("leader", "b", ttl=30)
+    # When a releases it, b can take it at once
+    backend.release_lease("leader", "a")
+    assert backend.acquire_lease("leader", "b", ttl=30)
+
+
+def test_concurrent_lease_acquisition_has_one_winner(backend: ResultBackend) -> None:
+    winners = _race(lambda i: backend.acquire_lease("leader", f"owner-{i}", ttl=30), 8)
+    assert sum(winners) == 1
+
+
+def test_claim_is_true_once_then_expires_or_is_unclaimed(backend: ResultBackend) -> None:
+    # Given a claimed key
+    assert backend.claim("slot:1", ttl=0.3)
+    assert not backend.claim("slot:1", ttl=0.3)
+    assert backend.claim("slot:2", ttl=30)
+    # When its ttl passes, it can be claimed again
+    _eventually(lambda: backend.claim("slot:1", ttl=30), timeout=3)
+    # When it is unclaimed, too
+    backend.unclaim("slot:2")
+    assert backend.claim("slot:2", ttl=30)
+    backend.unclaim("never-claimed")
+
+
+def test_concurrent_claims_have_exactly_one_winner(backend: ResultBackend) -> None:
+    for key in ("slot:a", "slot:b", "slot:c", "slot:d", "slot:e"):
+        winners = _race(lambda _, key=key: backend.claim(key, ttl=30), 8)  # type: ignore[misc]
+        assert sum(winners) == 1, f"{key}: {sum(winners)} winners"
+
+
+def test_values_replace_and_expire(backend: ResultBackend) -> None:
+    assert backend.get_value("beat:last") is None
+    backend.set_value("beat:last", b"1")
+    backend.set_value("beat:last", b"2")
+    assert backend.get_value("beat:last") == b"2"
+    backend.set_value("short", b"x", ttl=0.3)
+    assert backend.get_value("short") == b"x"
+    _eventually(lambda: backend.get_value("short") is None, timeout=3)
+    assert backend.get_value("beat:last") == b"2"
+
+
+def _race(attempt: Callable[[int], bool], threads: int) -> list[bool]:
+    """Run ``attempt`` in ``threads`` threads released at the same instant; their results."""
+    barrier = threading.Barrier(threads)
+    results: list[bool] = [False] * threads
+
+    def run(i: int) -> None:
+        barrier.wait(timeout=10)
+        results[i] = attempt(i)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=20)
+    assert not any(t.is_alive() for t in workers)
+    return results
+
+
+def _eventually(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -183,6 +183,20 @@ def test_urls_without_a_path_or_with_a_host_are_refused(url: str) -> None:
         SQLiteBroker.from_url(url)
 
 
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite:///x.db?mode=memory"])
+def test_in_memory_databases_are_refused_with_the_alternatives(url: str) -> None:
+    # An in-memory SQLite database is private to each connection: workers would never see the tasks
+    with pytest.raises(ConfigurationError, match=r"memory://"):
+        SQLiteBroker.from_url(url)
+    with pytest.raises(ConfigurationError, match=r"sqlite:///conveyor.db"):
+        backend_from_url(url)
+
+
+def test_an_unknown_url_option_is_an_error_not_ignored() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown SQLite URL option\(s\) synchronus"):
+        SQLiteBroker.from_url("sqlite:///x.db?synchronus=full")
+
+
 def test_results_share_the_brokers_file(tmp_path: Path) -> None:
     # Given a broker and a result backend built from the same URL
     url = f"sqlite:///{tmp_path / 'one.db'}"

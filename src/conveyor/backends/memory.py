@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -17,6 +18,9 @@ class MemoryResultBackend(ResultBackend):
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._data: dict[str, tuple[State, bytes, float]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires at)
+        self._claims: dict[str, float] = {}  # key -> expires at
+        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
 
     @classmethod
     def from_url(cls, url: str) -> MemoryResultBackend:
@@ -55,3 +59,41 @@ class MemoryResultBackend(ResultBackend):
             del self._data[task_id]
             return None, None
         return entry[0], entry[1]
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        with self._cond:
+            now = time.time()
+            holder = self._leases.get(name)
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return False
+            self._leases[name] = (owner, now + ttl)
+            return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._cond:
+            holder = self._leases.get(name)
+            if holder is not None and holder[0] == owner:
+                del self._leases[name]
+
+    def claim(self, key: str, ttl: float) -> bool:
+        with self._cond:
+            now = time.time()
+            if self._claims.get(key, 0.0) > now:
+                return False
+            self._claims[key] = now + ttl
+            return True
+
+    def unclaim(self, key: str) -> None:
+        with self._cond:
+            self._claims.pop(key, None)
+
+    def get_value(self, key: str) -> bytes | None:
+        with self._cond:
+            entry = self._values.get(key)
+            if entry is None or entry[1] <= time.time():
+                return None
+            return entry[0]
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self._cond:
+            self._values[key] = (value, math.inf if ttl is None else time.time() + ttl)

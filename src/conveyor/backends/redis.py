@@ -5,6 +5,11 @@ A final state also pushes a wake-up token onto ``{prefix:r:ID}:notify`` (same sl
 ``wait()`` reads the record, then BLPOPs that list for the remaining time, then reads again. A waiter
 that wakes passes the token on, so every waiter on the same id wakes; a non-final write deletes the
 list, so an old token never wakes a waiter for nothing. No polling interval anywhere.
+
+Coordination primitives: a lease is ``{prefix:lease:NAME}`` = owner with a PX ttl, taken or renewed by
+``lease_acquire.lua`` and released by ``lease_release.lua`` (compare, then delete); a claim is
+``{prefix:claim:KEY}`` set with ``SET NX PX``; a value is ``{prefix:kv:KEY}``. Expiry runs on the
+server's clock, so clients with skewed clocks agree on it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
 from conveyor.brokers._redis_connection import RedisConnection, split_url
-from conveyor.brokers._redis_keys import notify_key, result_key
+from conveyor.brokers._redis_keys import claim_key, lease_key, notify_key, result_key, value_key
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
+#: Lua scripts of the coordination primitives (``brokers/redis_scripts/``), each on one key.
+SCRIPTS = ("lease_acquire", "lease_release")
 
 
 class RedisResultBackend(ResultBackend):
@@ -56,6 +63,7 @@ class RedisResultBackend(ResultBackend):
             socket_timeout=self.socket_timeout,
             connect_timeout=self.connect_timeout,
             max_block=self.max_block,
+            scripts=SCRIPTS,
         )
 
     @classmethod
@@ -100,12 +108,35 @@ class RedisResultBackend(ResultBackend):
         keys = (result_key(self.prefix, task_id), notify_key(self.prefix, task_id))
         self._conn.call(lambda: self._conn.client.delete(*keys))
 
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return bool(self._conn.run("lease_acquire", [lease_key(self.prefix, name)], [owner, _ms(ttl)]))
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self._conn.run("lease_release", [lease_key(self.prefix, name)], [owner])
+
+    def claim(self, key: str, ttl: float) -> bool:
+        name = claim_key(self.prefix, key)
+        return bool(self._conn.call(lambda: self._conn.client.set(name, b"1", px=_ms(ttl), nx=True)))
+
+    def unclaim(self, key: str) -> None:
+        name = claim_key(self.prefix, key)
+        self._conn.call(lambda: self._conn.client.delete(name))
+
+    def get_value(self, key: str) -> bytes | None:
+        name = value_key(self.prefix, key)
+        return cast("bytes | None", self._conn.call(lambda: self._conn.client.get(name)))
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        name = value_key(self.prefix, key)
+        px = None if ttl is None else _ms(ttl)
+        self._conn.call(lambda: self._conn.client.set(name, value, px=px))
+
     def close(self) -> None:
         self._conn.close()
 
     def _queue_write(self, pipe: Pipeline, task_id: str, state: State, record: bytes, ttl: float) -> None:
         """SET the record with its ttl; a final state leaves one wake-up token, any other clears old ones."""
-        ttl_ms = max(1, int(ttl * 1000))
+        ttl_ms = _ms(ttl)
         notify = notify_key(self.prefix, task_id)
         pipe.set(result_key(self.prefix, task_id), state.value.encode() + b"\n" + record, px=ttl_ms)
         pipe.delete(notify)
@@ -139,3 +170,8 @@ class RedisResultBackend(ResultBackend):
             pipe.pexpire(notify, int(self.notify_ttl * 1000))
 
         self._conn.run_many([], extra=push)
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as a Redis PX argument: whole milliseconds, at least 1 (0 would be an error)."""
+    return max(1, int(seconds * 1000))

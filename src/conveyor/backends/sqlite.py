@@ -3,10 +3,15 @@
 ``wait()`` polls with short adaptive sleeps (1 ms growing to 20 ms): SQLite has no notification
 across processes, and a read in WAL mode costs microseconds and takes no lock. Expired rows are
 invisible at once and deleted by an occasional sweep.
+
+Leases, claims and values (the coordination primitives) are rows of the ``leases``, ``claims`` and
+``kv`` tables, each operation one ``BEGIN IMMEDIATE`` transaction, so processes on the machine
+serialize on the write lock and a check-then-write can never interleave with another.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -45,9 +50,17 @@ class SQLiteResultBackend(ResultBackend):
                 "INSERT OR REPLACE INTO results (id, state, record, expires_at) VALUES (?, ?, ?, ?)",
                 [(task_id, str(state), record, expires) for task_id, state, record in items],
             )
-            if time.monotonic() >= self._next_sweep:
-                self._next_sweep = time.monotonic() + SWEEP_EVERY
-                conn.execute("DELETE FROM results WHERE expires_at <= ?", (time.time(),))
+            self._sweep(conn)
+
+    def _sweep(self, conn: sqlite3.Connection) -> None:
+        """Every SWEEP_EVERY seconds, delete expired results, claims and values (they are invisible already)."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+        now = time.time()
+        conn.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
+        conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
+        conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
 
     def _read(self, task_id: str) -> tuple[str, bytes] | None:
         with self.db.errors():
@@ -76,6 +89,53 @@ class SQLiteResultBackend(ResultBackend):
     def forget(self, task_id: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM results WHERE id = ?", (task_id,))
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        with self.db.write() as conn:
+            # Take a free or expired lease, or renew our own; a live lease of another owner is left alone.
+            conn.execute(
+                "INSERT INTO leases (name, owner, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET owner = excluded.owner, expires_at = excluded.expires_at "
+                "WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+                (name, owner, now + ttl, now),
+            )
+            row = conn.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()
+        return row is not None and row[0] == owner
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    def claim(self, key: str, ttl: float) -> bool:
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM claims WHERE key = ? AND expires_at <= ?", (key, now))
+            created = conn.execute(
+                "INSERT OR IGNORE INTO claims (key, expires_at) VALUES (?, ?)", (key, now + ttl)
+            ).rowcount
+            self._sweep(conn)
+        return created == 1
+
+    def unclaim(self, key: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM claims WHERE key = ?", (key,))
+
+    def get_value(self, key: str) -> bytes | None:
+        with self.db.errors():
+            row = (
+                self.db.get()
+                .execute(
+                    "SELECT value FROM kv WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)", (key, time.time())
+                )
+                .fetchone()
+            )
+        return None if row is None else bytes(row[0])
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        expires = None if ttl is None else time.time() + ttl
+        with self.db.write() as conn:
+            conn.execute("INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?, ?, ?)", (key, value, expires))
 
     def close(self) -> None:
         self.db.close()

@@ -2,7 +2,9 @@
 
 The layout is built for Redis Cluster: all keys of one queue share the hash tag ``{prefix:q:NAME}``
 (one slot, so each Lua script touches one slot), global bookkeeping shares ``{prefix}``, and each
-result has its own tag ``{prefix:r:ID}``. ``docs/redis.md`` describes every key; the script headers in
+result has its own tag ``{prefix:r:ID}``, as has each lease, claim and value of the result backend
+(``{prefix:lease:NAME}``, ``{prefix:claim:KEY}``, ``{prefix:kv:KEY}``: one key per operation).
+``docs/redis.md`` describes every key; the script headers in
 ``redis_scripts/`` say which keys each one touches.
 """
 
@@ -91,6 +93,21 @@ def result_key(prefix: str, task_id: str) -> str:
 def notify_key(prefix: str, task_id: str) -> str:
     """LIST holding one wake-up token once the task's result is final (same slot as its record)."""
     return f"{{{prefix}:r:{task_id}}}:notify"
+
+
+def lease_key(prefix: str, name: str) -> str:
+    """STRING owner with a PX ttl: the coordination lease ``name`` (result backend, e.g. the beat leader)."""
+    return f"{{{prefix}:lease:{name}}}"
+
+
+def claim_key(prefix: str, key: str) -> str:
+    """STRING ``1`` with a PX ttl: the unique claim ``key`` (result backend, e.g. one beat slot)."""
+    return f"{{{prefix}:claim:{key}}}"
+
+
+def value_key(prefix: str, key: str) -> str:
+    """STRING value, with a PX ttl or none: a small value of the result backend (e.g. beat's last fired slot)."""
+    return f"{{{prefix}:kv:{key}}}"
 
 
 def holder(queue: str, message_id: str) -> bytes:

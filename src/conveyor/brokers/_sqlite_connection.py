@@ -34,7 +34,7 @@ def parse_url(url: str) -> tuple[Path, str]:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db``, optional ``?synchronous=normal|full``.
 
     Raises:
-        ConfigurationError: no path, or an unknown synchronous mode.
+        ConfigurationError: no path, an in-memory database, an unknown option or synchronous mode.
     """
     parts = urlsplit(url)
     raw = parts.path[1:] if parts.path.startswith("/") else parts.path
@@ -42,7 +42,18 @@ def parse_url(url: str) -> tuple[Path, str]:
         raise ConfigurationError(
             f"SQLite URLs look like sqlite:///relative/path.db or sqlite:////abs/path.db, got {url!r}"
         )
-    mode = parse_qs(parts.query).get("synchronous", ["normal"])[0].lower()
+    if raw == ":memory:" or "mode=memory" in parts.query:
+        # Every connection (each thread, each worker process) would get a private empty database:
+        # producers and workers would never see each other's tasks. memory:// is the one-process twin.
+        raise ConfigurationError(
+            f"{url!r} is an in-memory SQLite database, private to each connection; use a file "
+            "(sqlite:///conveyor.db) or memory:// for a single-process broker"
+        )
+    options = parse_qs(parts.query)
+    unknown = sorted(set(options) - {"synchronous"})
+    if unknown:
+        raise ConfigurationError(f"unknown SQLite URL option(s) {', '.join(unknown)} in {url!r}; known: synchronous")
+    mode = options.get("synchronous", ["normal"])[0].lower()
     if mode not in _SYNC_MODES:
         raise ConfigurationError(f"synchronous must be normal or full, got {mode!r} in {url!r}")
     return Path(raw), _SYNC_MODES[mode]

@@ -60,3 +60,26 @@ CREATE TABLE IF NOT EXISTS results (
 ) WITHOUT ROWID;
 -- the occasional sweep of expired results.
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+
+-- Coordination primitives of the result backend (backends/base.py); times are Unix seconds.
+-- leases: acquire_lease/release_lease, e.g. the beat leader; a row past expires_at is free to take.
+CREATE TABLE IF NOT EXISTS leases (
+    name       TEXT PRIMARY KEY,
+    owner      TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- claims: claim/unclaim, e.g. one beat slot; a row past expires_at counts as absent.
+CREATE TABLE IF NOT EXISTS claims (
+    key        TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+-- the occasional sweep of expired claims.
+CREATE INDEX IF NOT EXISTS claims_expiry ON claims (expires_at);
+
+-- kv: get_value/set_value, e.g. beat's last fired slot per entry; expires_at NULL never expires.
+CREATE TABLE IF NOT EXISTS kv (
+    key        TEXT PRIMARY KEY,
+    value      BLOB NOT NULL,
+    expires_at REAL
+) WITHOUT ROWID;
