@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -177,3 +178,30 @@ def test_a_forked_process_opens_its_own_connection(broker: AMQPBroker) -> None:
     assert child.exitcode == 0
     assert sorted(mine + theirs) == sorted(ids)
     assert broker.enqueue([env()]) and broker.stats()[0].ready == 1
+
+
+def test_concurrent_producers_with_one_key_store_one_message(amqp_vhost: str, tmp_path: Path) -> None:
+    # Given four producers, each with its own connection, sharing one result backend file
+    results = backend_from_url(f"sqlite:///{tmp_path / 'keys.db'}")
+    producers = [AMQPBroker.from_url(amqp_url(amqp_vhost)) for _ in range(4)]
+    for producer in producers:
+        producer.use_backend(lambda: results)
+    answers: list[str] = []
+    # When they enqueue the same key at the same moment
+    barrier = threading.Barrier(len(producers))
+
+    def send(producer: AMQPBroker) -> None:
+        barrier.wait(timeout=10)
+        answers.extend(producer.enqueue([env(key="receipt-42")]))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in producers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then all four got the one id that was stored, and one message waits
+    assert len(answers) == 4 and len(set(answers)) == 1
+    assert producers[0].stats()[0].ready == 1
+    for producer in producers:
+        producer.close()
+    results.close()

@@ -29,6 +29,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from conveyor.brokers._amqp_connection import AMQPConnection, split_url
+from conveyor.brokers._amqp_keys import KeyClaims
 from conveyor.brokers._amqp_names import QueueNames, declarations, level_for, level_ms, queue_names, registry_name
 from conveyor.brokers._amqp_scan import (
     Entry,
@@ -105,6 +106,7 @@ class AMQPBroker(Broker):
         self._registered: set[str] = set()  # worker ids this process put in the registry
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._backend: Callable[[], ResultBackend] | None = None
+        self._keys = KeyClaims(self._results, self.prefix)
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
@@ -115,7 +117,7 @@ class AMQPBroker(Broker):
         return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
 
     def use_backend(self, backend: Callable[[], ResultBackend]) -> None:
-        """Keep the worker registry (and idempotency keys) in the app's result backend."""
+        """Keep the worker registry and idempotency keys in the app's result backend."""
         self._backend = backend
 
     # -- messages -----------------------------------------------------------------------------
@@ -123,17 +125,25 @@ class AMQPBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
+        if any(e.key is not None for e in envelopes):
+            answer, fresh, claimed = self._keys.claim(envelopes)
+        else:
+            answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
 
         def op(ch: BlockingChannel) -> None:
             now = time.time()
-            for env in envelopes:
+            for env in fresh:
                 self._declare(ch, env.queue)
                 entry = Entry(env.id, env.priority, 0, env.eta, env.key)
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
-        self._conn.call(op)
-        return [e.id for e in envelopes]
+        try:
+            self._conn.call(op)
+        except BaseException:
+            self._keys.undo(claimed)
+            raise
+        return answer
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
@@ -152,13 +162,13 @@ class AMQPBroker(Broker):
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        def op(ch: BlockingChannel) -> list[str]:
-            keys = []
+        def op(ch: BlockingChannel) -> list[Entry]:
+            done = []
             for held in self._pop_held(deliveries):
                 ch.basic_ack(held.tag)
-                keys.append(held.entry.key)
+                done.append(held.entry)
             ch.tx_commit()
-            return [k for k in keys if k is not None]
+            return done
 
         self._release_keys(self._conn.call(op))
 
@@ -190,13 +200,13 @@ class AMQPBroker(Broker):
         return self._conn.call(op)
 
     def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
-        def op(ch: BlockingChannel) -> list[str]:
-            keys = []
+        def op(ch: BlockingChannel) -> list[Entry]:
+            done = []
             for held in self._pop_held([delivery]):
                 self._bury(ch, held, reason, body)
-                keys.append(held.entry.key)
+                done.append(held.entry)
             ch.tx_commit()
-            return [k for k in keys if k is not None]
+            return done
 
         self._release_keys(self._conn.call(op))
 
@@ -301,7 +311,7 @@ class AMQPBroker(Broker):
                 dataclasses.replace(held, tag=tag),
                 f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?",
             )
-            self._release_keys([held.entry.key] if held.entry.key else [])
+            self._release_keys([held.entry])
             return
         entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
         ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
@@ -373,8 +383,9 @@ class AMQPBroker(Broker):
                 out.append(held)
         return out
 
-    def _release_keys(self, keys: Sequence[str | None]) -> None:
-        """Free idempotency keys of finished messages (key deduplication is not wired on AMQP yet)."""
+    def _release_keys(self, entries: Sequence[Entry]) -> None:
+        """Free the idempotency keys of finished messages (no backend call when none has a key)."""
+        self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
 
     # -- dead letters, cancel, purge ---------------------------------------------------------
 
@@ -417,30 +428,30 @@ class AMQPBroker(Broker):
     def cancel(self, ids: Sequence[str]) -> list[str]:
         wanted = set(ids)
         gone: set[str] = set()
-        keys: list[str | None] = []
+        removed: list[Entry] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
             entry = entry_of(props)
             if entry.id not in wanted:
                 return False
             gone.add(entry.id)
-            keys.append(entry.key)
+            removed.append(entry)
             return True
 
         if wanted:
             self._for_each_queue(self._waiting, lambda ch, q: decide)
-        self._release_keys(keys)
+        self._release_keys(removed)
         return [i for i in ids if i in gone]
 
     def purge(self, queue: str) -> int:
-        keys: list[str | None] = []
+        removed: list[Entry] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            keys.append(entry_of(props).key)
+            removed.append(entry_of(props))
             return True
 
         count = self._scan_all(self._waiting(queue), decide)
-        self._release_keys(keys)
+        self._release_keys(removed)
         return count
 
     def _waiting(self, queue: str) -> list[str]:
