@@ -19,7 +19,6 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -28,22 +27,20 @@ from typing import TYPE_CHECKING
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
+from conveyor.brokers._amqp_admin import Admin
 from conveyor.brokers._amqp_connection import AMQPConnection, split_url
 from conveyor.brokers._amqp_keys import KeyClaims
-from conveyor.brokers._amqp_names import QueueNames, declarations, level_for, level_ms, queue_names, registry_name
+from conveyor.brokers._amqp_names import QueueNames, declarations, level_for, level_ms, queue_names
 from conveyor.brokers._amqp_scan import (
     Entry,
     add_to_registry,
-    dead_letter_of,
     dead_properties,
     entry_of,
     properties,
-    read_registry,
     scan,
 )
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import ConfigurationError
-from conveyor.states import State
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -52,8 +49,6 @@ if TYPE_CHECKING:
 POLL_MIN, POLL_MAX = 0.002, 0.05
 #: "Nothing scheduled that this process knows of."
 INF = float("inf")
-#: State under which a worker's heartbeat is kept in the result backend (not final: wakes no waiter).
-_WORKER_STATE = State.STARTED
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,13 +95,12 @@ class AMQPBroker(Broker):
             retry_for=self.retry_for if retry_for is None else retry_for,
             connect_timeout=self.connect_timeout,
         )
-        self._registry = registry_name(self.prefix)
         self._held: dict[str, _Held] = {}
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
-        self._registered: set[str] = set()  # worker ids this process put in the registry
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._backend: Callable[[], ResultBackend] | None = None
         self._keys = KeyClaims(self._results, self.prefix)
+        self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
@@ -351,10 +345,10 @@ class AMQPBroker(Broker):
         """Declare a conveyor queue's topology and register its name, once per process."""
         if queue in self._declared:
             return
-        ch.queue_declare(self._registry, durable=True)
+        ch.queue_declare(self._admin.registry, durable=True)
         for name, arguments in declarations(queue_names(self.prefix, queue)):
             ch.queue_declare(name, durable=True, arguments=arguments)
-        add_to_registry(ch, self._registry, "queue", queue)
+        add_to_registry(ch, self._admin.registry, "queue", queue)
         ch.tx_commit()
         self._declared.add(queue)
 
@@ -387,101 +381,26 @@ class AMQPBroker(Broker):
         """Free the idempotency keys of finished messages (no backend call when none has a key)."""
         self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
 
-    # -- dead letters, cancel, purge ---------------------------------------------------------
+    # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
-        found: list[DeadLetter] = []
-        for name in [q for q in self._queues() if queue is None or q == queue]:
-            dead = queue_names(self.prefix, name).dead
-
-            def keep(method: Basic.GetOk, props: BasicProperties, body: bytes, name: str = name) -> bool:
-                found.append(dead_letter_of(name, props, body))
-                return False
-
-            self._scan_all([dead], keep)
-        found.sort(key=lambda letter: letter.dead_at)
-        return found[:limit]
+        return self._admin.dead_letters(limit, queue)
 
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
-        wanted = None if ids is None else set(ids)
-
-        def op(ch: BlockingChannel, queue: str) -> Callable[[Basic.GetOk, BasicProperties, bytes], bool]:
-            def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-                entry = entry_of(props)
-                if wanted is not None and entry.id not in wanted:
-                    return False
-                fresh = Entry(entry.id, entry.priority, 0)
-                ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(fresh))
-                return True
-
-            return decide
-
-        return self._for_each_queue(lambda q: [queue_names(self.prefix, q).dead], op)
+        return self._admin.requeue_dead(ids)
 
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:
-        wanted = None if ids is None else set(ids)
-        return self._for_each_queue(
-            lambda q: [queue_names(self.prefix, q).dead],
-            lambda ch, q: lambda m, props, body: wanted is None or entry_of(props).id in wanted,
-        )
+        return self._admin.purge_dead(ids)
 
     def cancel(self, ids: Sequence[str]) -> list[str]:
-        wanted = set(ids)
-        gone: set[str] = set()
-        removed: list[Entry] = []
-
-        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            entry = entry_of(props)
-            if entry.id not in wanted:
-                return False
-            gone.add(entry.id)
-            removed.append(entry)
-            return True
-
-        if wanted:
-            self._for_each_queue(self._waiting, lambda ch, q: decide)
+        gone, removed = self._admin.cancel(ids)
         self._release_keys(removed)
-        return [i for i in ids if i in gone]
+        return gone
 
     def purge(self, queue: str) -> int:
-        removed: list[Entry] = []
-
-        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            removed.append(entry_of(props))
-            return True
-
-        count = self._scan_all(self._waiting(queue), decide)
+        removed = self._admin.purge(queue)
         self._release_keys(removed)
-        return count
-
-    def _waiting(self, queue: str) -> list[str]:
-        names = queue_names(self.prefix, queue)
-        return [names.ready, *names.scheduled]
-
-    def _for_each_queue(
-        self,
-        rabbit_queues: Callable[[str], list[str]],
-        decider: Callable[[BlockingChannel, str], Callable[[Basic.GetOk, BasicProperties, bytes], bool]],
-    ) -> int:
-        """Scan the given RabbitMQ queues of every known conveyor queue, one transaction per conveyor queue."""
-        total = 0
-        for queue in self._queues():
-
-            def op(ch: BlockingChannel, queue: str = queue) -> int:
-                taken = sum(scan(ch, name, decider(ch, queue)) for name in rabbit_queues(queue))
-                ch.tx_commit()
-                return taken
-
-            total += self._conn.call(op)
-        return total
-
-    def _scan_all(self, names: Sequence[str], decide: Callable[[Basic.GetOk, BasicProperties, bytes], bool]) -> int:
-        def op(ch: BlockingChannel) -> int:
-            taken = sum(scan(ch, name, decide) for name in names)
-            ch.tx_commit()
-            return taken
-
-        return self._conn.call(op)
+        return len(removed)
 
     # -- observability -----------------------------------------------------------------------
 
@@ -491,75 +410,30 @@ class AMQPBroker(Broker):
             for held in self._live_held():
                 in_flight[held.delivery.queue] = in_flight.get(held.delivery.queue, 0) + 1
             out = []
-            for queue in self._queues_locked(ch):
+            for queue in self._admin.queues_locked(ch):
                 self._declare(ch, queue)
-                names = queue_names(self.prefix, queue)
-                count = {name: self._count(ch, name, args) for name, args in declarations(names)}
-                scheduled = sum(count[name] for name in names.scheduled)
-                out.append(QueueStats(queue, count[names.ready], scheduled, in_flight.get(queue, 0), count[names.dead]))
+                ready, scheduled, dead = self._admin.counts(ch, queue)
+                out.append(QueueStats(queue, ready, scheduled, in_flight.get(queue, 0), dead))
             return out
 
         return self._conn.call(op)
 
-    @staticmethod
-    def _count(ch: BlockingChannel, name: str, arguments: dict[str, object]) -> int:
-        return int(ch.queue_declare(name, durable=True, arguments=arguments).method.message_count)
-
     def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        if info.id not in self._registered:
-            self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
-        self._results().set(self._worker_key(info.id), _WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
+        self._admin.register_worker(info, ttl)
 
     def unregister_worker(self, worker_id: str) -> None:
-        self._results().forget(self._worker_key(worker_id))
-        self._conn.call(lambda ch: self._scan_registry(ch, forget=[("worker", worker_id)]))
+        self._admin.unregister_worker(worker_id)
 
     def workers(self) -> list[WorkerInfo]:
-        entries = self._conn.call(lambda ch: self._scan_registry(ch))
-        live, gone = [], []
-        for kind, name in entries:
-            if kind != "worker":
-                continue
-            raw = self._results().get(self._worker_key(name))
-            if raw is None:
-                gone.append(("worker", name))
-            else:
-                live.append(WorkerInfo.from_dict(json.loads(raw)))
-        if gone:
-            self._conn.call(lambda ch: self._scan_registry(ch, forget=gone))
-        return sorted(live, key=lambda w: w.id)
+        return self._admin.workers()
 
     def close(self) -> None:
         self._conn.drop()
 
-    # -- registry ----------------------------------------------------------------------------
-
-    def _queues(self) -> list[str]:
-        return self._conn.call(self._queues_locked)
-
-    def _queues_locked(self, ch: BlockingChannel) -> list[str]:
-        names = {name for kind, name in self._scan_registry(ch) if kind == "queue"}
-        return sorted(names | self._declared)
-
-    def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        ch.queue_declare(self._registry, durable=True)
-        entries = read_registry(ch, self._registry, forget)
-        ch.tx_commit()
-        return entries
-
-    def _register_worker_id(self, ch: BlockingChannel, worker_id: str) -> None:
-        ch.queue_declare(self._registry, durable=True)
-        add_to_registry(ch, self._registry, "worker", worker_id)
-        ch.tx_commit()
-        self._registered.add(worker_id)
-
-    def _worker_key(self, worker_id: str) -> str:
-        return f"{self.prefix}:worker:{worker_id}"
-
     def _results(self) -> ResultBackend:
         if self._backend is None:
             raise ConfigurationError(
-                "AMQPBroker keeps its worker registry in the result backend; build it through "
-                "App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
+                "AMQPBroker keeps its worker registry and idempotency keys in the result backend; build it "
+                "through App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
             )
         return self._backend()
