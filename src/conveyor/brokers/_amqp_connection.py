@@ -22,14 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from conveyor.brokers._amqp_names import DEFAULT_PREFIX
-from conveyor.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from conveyor.errors import BrokerError, BrokerUnavailable
 
 T = TypeVar("T")
 
@@ -41,31 +39,6 @@ RETRYABLE = (
     ConnectionError,
     OSError,
 )
-
-
-def split_url(url: str) -> tuple[str, str, str]:
-    """Split a conveyor AMQP URL into (URL for pika, queue prefix, URL safe to print).
-
-    Raises:
-        ConfigurationError: the ``prefix`` parameter is empty.
-    """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
-    if not prefix:
-        raise ConfigurationError(f"empty prefix= in AMQP URL {safe_url(url)!r}")
-    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix, safe_url(url)
-
-
-def safe_url(url: str) -> str:
-    """The URL with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class AMQPConnection:
@@ -144,7 +117,9 @@ class AMQPConnection:
             self.generation += 1
 
     def _open(self) -> BlockingChannel:
-        if self._pid != os.getpid():  # forked: the socket belongs to the parent, leave it alone
+        if self._pid != os.getpid():  # forked: the connection belongs to the parent
+            if self._conn is not None:
+                _abandon(self._conn)
             self._conn = self._channel = None
             self._pid = os.getpid()
             self.generation += 1
@@ -155,3 +130,24 @@ class AMQPConnection:
             self._channel.tx_select()
             self.generation += 1
         return self._channel
+
+
+#: Connections inherited across ``fork()``. They stay referenced so their finalizers never run in the
+#: child: the I/O loop's poller is shared with the parent, and tearing it down would unregister the
+#: parent's sockets.
+_INHERITED: list[BlockingConnection] = []
+
+
+def _abandon(conn: BlockingConnection) -> None:
+    """Let go of a connection inherited from the parent without a word on the wire.
+
+    Only the child's copy of the TCP socket is closed (no shutdown, so the parent's connection is
+    untouched), which lets RabbitMQ see the connection close when the parent dies even if this child
+    lives on. pika has no public way to reach the socket; if a future pika moves it, the child simply
+    keeps its copy open.
+    """
+    _INHERITED.append(conn)
+    sock = getattr(getattr(getattr(conn, "_impl", None), "_transport", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

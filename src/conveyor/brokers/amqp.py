@@ -28,9 +28,9 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from conveyor.brokers._amqp_admin import Admin
-from conveyor.brokers._amqp_connection import AMQPConnection, split_url
+from conveyor.brokers._amqp_connection import AMQPConnection
 from conveyor.brokers._amqp_keys import KeyClaims
-from conveyor.brokers._amqp_names import QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
 from conveyor.brokers._amqp_scan import (
     Entry,
     add_to_registry,
@@ -39,6 +39,7 @@ from conveyor.brokers._amqp_scan import (
     properties,
     scan,
 )
+from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import ConfigurationError
 
@@ -88,7 +89,7 @@ class AMQPBroker(Broker):
         retry_for: float | None = None,
     ) -> None:
         super().__init__(max_deliveries=max_deliveries)
-        pika_url, self.prefix, self.url = split_url(url)
+        pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
         self._conn = AMQPConnection(
             pika_url,
             self.url,
