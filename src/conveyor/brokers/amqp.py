@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 POLL_MIN, POLL_MAX = 0.002, 0.05
 #: "Nothing scheduled that this process knows of."
 INF = float("inf")
+#: Seconds a reserve keeps looking every millisecond after a delay level it knows of ran out (the
+#: message moves to ``.eta`` by dead-lettering, a moment after its TTL).
+HOP_SLACK = 0.01
 
 
 @dataclasses.dataclass(slots=True)
@@ -149,11 +152,14 @@ class AMQPBroker(Broker):
         pause = POLL_MIN
         while True:
             out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease))
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if out or remaining <= 0:
                 return out
-            hop = max(0.0, self._next_hop - time.monotonic())
-            time.sleep(min(pause, remaining, hop + 0.001))
+            if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
+                self._next_hop = INF
+            hop = max(0.0, self._next_hop - now) + 0.001
+            time.sleep(min(pause, remaining, hop))
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -172,7 +178,7 @@ class AMQPBroker(Broker):
             for held in self._pop_held([delivery]):
                 now = time.time()
                 eta = now + delay if delay > 0 else None
-                entry = dataclasses.replace(held.entry, before=held.delivery.deliveries - 1, eta=eta)
+                entry = dataclasses.replace(held.entry, eta=eta)  # same count: this delivery does not count
                 self._publish(ch, delivery.queue, entry, held.delivery.body if body is None else body, now)
                 ch.basic_ack(held.tag)
                 ch.tx_commit()
@@ -277,9 +283,9 @@ class AMQPBroker(Broker):
             # RabbitMQ requeued this copy when the channel holding it closed: a delivery our header
             # has not counted. Count it in a new copy (at the queue's tail), or bury a poison message.
             counted = dataclasses.replace(entry, before=entry.before + 1)
-            held = _Held(Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner), counted, 0, 0, 0)
-            why = "the connection holding it closed (its worker died?)"
-            self._give_back(ch, held, why, copy_of=method.delivery_tag)
+            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner)
+            lost = _Held(delivery, counted, method.delivery_tag, self._conn.generation, 0.0)
+            self._give_back(ch, lost, "the connection holding it closed (its worker died?)")
             return None
         generation = self._conn.generation
         token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
@@ -296,21 +302,17 @@ class AMQPBroker(Broker):
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(expired)
 
-    def _give_back(self, ch: BlockingChannel, held: _Held, why: str, copy_of: int | None = None) -> None:
+    def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
         """Return a held message to its ready queue (its deliveries counted), or bury it as poison."""
         d = held.delivery
-        tag = held.tag if copy_of is None else copy_of
         if d.deliveries >= self.max_deliveries:
-            self._bury(
-                ch,
-                dataclasses.replace(held, tag=tag),
-                f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?",
-            )
+            reason = f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?"
+            self._bury(ch, held, reason)
             self._release_keys([held.entry])
             return
         entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
         ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
-        ch.basic_ack(tag)
+        ch.basic_ack(held.tag)
 
     def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
         """Move due messages of the ``.eta`` queue to ready, the others to their next delay level; count both."""
