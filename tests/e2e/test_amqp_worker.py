@@ -34,3 +34,21 @@ def test_worker_survives_dropped_connections_and_loses_nothing(
         f"after{i}" for i in range(5)
     ]
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_thread_pool_shares_one_connection_and_heartbeats_long_tasks(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker with 4 threads in one child (one AMQP connection for all of them), lease 2 s
+    worker = start_worker("-c", "4", "--pool", "thread")
+    # When a task runs three times longer than the lease while 30 short ones run beside it
+    long = enqueue(e2e_app, "record", "long", 6.0)
+    short = [enqueue(e2e_app, "record", f"s{i}", 0.1) for i in range(30)]
+    # Then every task runs exactly once: the heartbeat kept the long one leased
+    assert [r.get(timeout=60) for r in short] == [f"s{i}" for i in range(30)]
+    assert long.get(timeout=60) == "long"
+    assert runs_of(records, "long") == 1
+    assert [runs_of(records, f"s{i}") for i in range(30)] == [1] * 30
+    assert worker.stop() == 0
