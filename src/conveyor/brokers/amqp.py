@@ -53,6 +53,9 @@ INF = float("inf")
 #: Seconds a reserve keeps looking every millisecond after a delay level it knows of ran out (the
 #: message moves to ``.eta`` by dead-lettering, a moment after its TTL).
 HOP_SLACK = 0.01
+#: Seconds between a busy reserve's looks at the ``.eta`` queues (a look is one round trip per queue;
+#: a message may become ready this much after its level ran out, never before its eta).
+PROMOTE_EVERY = 0.01
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,6 +105,7 @@ class AMQPBroker(Broker):
         self._held: dict[str, _Held] = {}
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
         self._next_hop = INF  # monotonic time a delay level this process used runs out
+        self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._backend: Callable[[], ResultBackend] | None = None
         self._keys = KeyClaims(self._results, self.prefix)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
@@ -245,9 +249,14 @@ class AMQPBroker(Broker):
     ) -> list[Delivery]:
         """Expire leases, promote due messages, then take up to ``n`` ready ones; one lock hold."""
         moved = self._expire(ch)
+        now = time.monotonic()
+        promote = now >= self._next_promote or now >= self._next_hop
+        if promote:
+            self._next_promote = now + PROMOTE_EVERY
         for queue in queues:
             self._declare(ch, queue)
-            moved += self._promote(ch, queue_names(self.prefix, queue))
+            if promote:
+                moved += self._promote(ch, queue_names(self.prefix, queue))
         if moved:
             ch.tx_commit()
         out: list[Delivery] = []
