@@ -52,3 +52,23 @@ def test_thread_pool_shares_one_connection_and_heartbeats_long_tasks(
     assert runs_of(records, "long") == 1
     assert [runs_of(records, f"s{i}") for i in range(30)] == [1] * 30
     assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_status_from_another_process_sees_the_tasks_a_worker_runs(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a 4 s task
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "slow", 4.0)
+    wait_until(lambda: runs_of(records, "slow") == 1, 15, "the task to start")
+
+    def in_flight() -> int:
+        return sum(s.in_flight for s in e2e_app.broker.stats())
+
+    # Then this process (not the worker) counts it in flight while it runs, and not once it is done
+    wait_until(lambda: in_flight() == 1, 10, "the running task to show in flight")
+    assert result.get(timeout=30) == "slow"
+    wait_until(lambda: in_flight() == 0, 10, "the finished task to leave in flight")
+    assert worker.stop() == 0

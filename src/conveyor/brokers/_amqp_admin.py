@@ -54,7 +54,7 @@ class Admin:
         self._prefix = prefix
         self._results = results
         self._declared = declared
-        self._registered: set[str] = set()  # worker ids this process put in the registry
+        self._added: set[tuple[str, str]] = set()  # registry entries this process wrote
         self.registry = registry_name(prefix)
 
     # -- dead letters, cancel, purge ---------------------------------------------------------
@@ -173,19 +173,38 @@ class Admin:
 
     def queues_locked(self, ch: BlockingChannel) -> list[str]:
         """:meth:`queues` on a channel the caller holds."""
-        names = {name for kind, name in self._scan_registry(ch) if kind == "queue"}
-        return sorted(names | self._declared)
+        return self.entries_locked(ch)[0]
+
+    def entries_locked(self, ch: BlockingChannel) -> tuple[list[str], list[str]]:
+        """Known queues and lease owners, from one registry read."""
+        entries = self._scan_registry(ch)
+        queues = {name for kind, name in entries if kind == "queue"} | self._declared
+        return sorted(queues), sorted(name for kind, name in entries if kind == "owner")
+
+    def register(self, ch: BlockingChannel, kind: str, name: str) -> bool:
+        """Add a registry entry once per process (in the caller's transaction); True when it did now."""
+        if (kind, name) in self._added:
+            return False
+        ch.queue_declare(self.registry, durable=True)
+        add_to_registry(ch, self.registry, kind, name)
+        self._added.add((kind, name))
+        return True
+
+    def forget(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Delete registry entries (stale workers or owners)."""
+        if entries:
+            self._conn.call(lambda ch: self._scan_registry(ch, forget=entries))
 
     def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         """Put the worker's id in the registry (once per process) and its heartbeat in the backend."""
-        if info.id not in self._registered:
+        if ("worker", info.id) not in self._added:
             self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
         self._results().set(self._worker_key(info.id), WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
 
     def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker's heartbeat and registry entry."""
         self._results().forget(self._worker_key(worker_id))
-        self._conn.call(lambda ch: self._scan_registry(ch, forget=[("worker", worker_id)]))
+        self.forget([("worker", worker_id)])
 
     def workers(self) -> list[WorkerInfo]:
         """Registered workers whose heartbeat is alive; the registry forgets the others."""
@@ -199,8 +218,7 @@ class Admin:
                 gone.append(("worker", name))
             else:
                 live.append(WorkerInfo.from_dict(json.loads(raw)))
-        if gone:
-            self._conn.call(lambda ch: self._scan_registry(ch, forget=gone))
+        self.forget(gone)
         return sorted(live, key=lambda w: w.id)
 
     def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
@@ -210,10 +228,8 @@ class Admin:
         return entries
 
     def _register_worker_id(self, ch: BlockingChannel, worker_id: str) -> None:
-        ch.queue_declare(self.registry, durable=True)
-        add_to_registry(ch, self.registry, "worker", worker_id)
+        self.register(ch, "worker", worker_id)
         ch.tx_commit()
-        self._registered.add(worker_id)
 
     def _worker_key(self, worker_id: str) -> str:
         return f"{self._prefix}:worker:{worker_id}"

@@ -49,9 +49,19 @@ class AMQPConnection:
         printable: the URL without its password, for error messages.
         retry_for: seconds an operation keeps retrying connection faults before BrokerUnavailable.
         connect_timeout: seconds to open the TCP connection and the AMQP handshake.
+        on_fork: called (under the lock) the first time a forked child uses the connection, to drop
+            the state the parent kept about its own deliveries.
     """
 
-    def __init__(self, url: str, printable: str, *, retry_for: float, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        printable: str,
+        *,
+        retry_for: float,
+        connect_timeout: float,
+        on_fork: Callable[[], None] | None = None,
+    ) -> None:
         self.params = pika.URLParameters(url)
         self.params.connection_attempts = 1
         self.params.socket_timeout = connect_timeout
@@ -66,6 +76,7 @@ class AMQPConnection:
         self._conn: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._pid = 0
+        self._on_fork = on_fork
 
     def call(self, op: Callable[[BlockingChannel], T]) -> T:
         """Run ``op`` on the channel under the lock, reopening and retrying after connection faults.
@@ -120,6 +131,8 @@ class AMQPConnection:
         if self._pid != os.getpid():  # forked: the connection belongs to the parent
             if self._conn is not None:
                 _abandon(self._conn)
+            if self._pid and self._on_fork is not None:
+                self._on_fork()
             self._conn = self._channel = None
             self._pid = os.getpid()
             self.generation += 1

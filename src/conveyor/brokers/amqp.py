@@ -29,6 +29,7 @@ from pika.spec import Basic, BasicProperties
 
 from conveyor.brokers._amqp_admin import Admin
 from conveyor.brokers._amqp_connection import AMQPConnection
+from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
 from conveyor.brokers._amqp_keys import KeyClaims
 from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
 from conveyor.brokers._amqp_scan import (
@@ -101,14 +102,17 @@ class AMQPBroker(Broker):
             self.url,
             retry_for=self.retry_for if retry_for is None else retry_for,
             connect_timeout=self.connect_timeout,
+            on_fork=self._forget_parent,
         )
         self._held: dict[str, _Held] = {}
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
+        self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
         self._backend: Callable[[], ResultBackend] | None = None
         self._keys = KeyClaims(self._results, self.prefix)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
+        self._board = InFlightBoard(self._board_backend, self.prefix)
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
@@ -156,6 +160,7 @@ class AMQPBroker(Broker):
         pause = POLL_MIN
         while True:
             out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease))
+            self._publish_counts()
             now = time.monotonic()
             remaining = deadline - now
             if out or remaining <= 0:
@@ -176,6 +181,7 @@ class AMQPBroker(Broker):
             return done
 
         self._release_keys(self._conn.call(op))
+        self._publish_counts()
 
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
         def op(ch: BlockingChannel) -> None:
@@ -188,6 +194,7 @@ class AMQPBroker(Broker):
                 ch.tx_commit()
 
         self._conn.call(op)
+        self._publish_counts()
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
         def op(ch: BlockingChannel) -> list[str]:
@@ -202,7 +209,9 @@ class AMQPBroker(Broker):
                     held.deadline = until
             return lost
 
-        return self._conn.call(op)
+        lost = self._conn.call(op)
+        self._publish_counts()
+        return lost
 
     def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
         def op(ch: BlockingChannel) -> list[Entry]:
@@ -214,6 +223,7 @@ class AMQPBroker(Broker):
             return done
 
         self._release_keys(self._conn.call(op))
+        self._publish_counts()
 
     def release_owner(self, owner: str) -> int:
         """Give back this process's deliveries leased to ``owner``.
@@ -230,7 +240,9 @@ class AMQPBroker(Broker):
             ch.tx_commit()
             return len(mine)
 
-        return self._conn.call(op)
+        released = self._conn.call(op)
+        self._board.clear(owner)
+        return released
 
     def recover(self) -> int:
         def op(ch: BlockingChannel) -> int:
@@ -253,6 +265,10 @@ class AMQPBroker(Broker):
         promote = now >= self._next_promote or now >= self._next_hop
         if promote:
             self._next_promote = now + PROMOTE_EVERY
+        if self._admin.register(ch, "owner", owner):
+            self._owners.add(owner)
+            self._publish_counts()  # its record exists before its registry entry: no one takes it for dead
+            moved += 1  # commit the registry entry with the rest
         for queue in queues:
             self._declare(ch, queue)
             if promote:
@@ -389,6 +405,28 @@ class AMQPBroker(Broker):
                 out.append(held)
         return out
 
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's deliveries, owners and in-flight records are the parent's."""
+        self._held.clear()
+        self._owners.clear()
+        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._next_hop = INF
+
+    def _board_backend(self) -> ResultBackend | None:
+        return None if self._backend is None else self._backend()
+
+    def _owner_counts(self) -> Counts:
+        """In-flight per owner and queue of this process (the caller holds the lock, or takes it here)."""
+        counts: Counts = {}
+        with self._conn.lock:
+            for held in self._live_held():
+                per_queue = counts.setdefault(held.delivery.owner, {})
+                per_queue[held.delivery.queue] = per_queue.get(held.delivery.queue, 0) + 1
+        return counts
+
+    def _publish_counts(self, force: bool = False) -> None:
+        self._board.publish(self._owner_counts(), self._owners, force=force)
+
     def _release_keys(self, entries: Sequence[Entry]) -> None:
         """Free the idempotency keys of finished messages (no backend call when none has a key)."""
         self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
@@ -417,18 +455,22 @@ class AMQPBroker(Broker):
     # -- observability -----------------------------------------------------------------------
 
     def stats(self) -> list[QueueStats]:
-        def op(ch: BlockingChannel) -> list[QueueStats]:
-            in_flight: dict[str, int] = {}
-            for held in self._live_held():
-                in_flight[held.delivery.queue] = in_flight.get(held.delivery.queue, 0) + 1
-            out = []
-            for queue in self._admin.queues_locked(ch):
-                self._declare(ch, queue)
-                ready, scheduled, dead = self._admin.counts(ch, queue)
-                out.append(QueueStats(queue, ready, scheduled, in_flight.get(queue, 0), dead))
-            return out
+        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see _amqp_inflight.py)."""
 
-        return self._conn.call(op)
+        def op(ch: BlockingChannel) -> tuple[list[tuple[str, int, int, int]], list[str], Counts]:
+            queues, owners = self._admin.entries_locked(ch)
+            rows = []
+            for queue in queues:
+                self._declare(ch, queue)
+                rows.append((queue, *self._admin.counts(ch, queue)))
+            return rows, owners, self._owner_counts()
+
+        rows, owners, mine = self._conn.call(op)
+        in_flight, stale = self._board.totals(owners, skip=self._owners)
+        for counts in mine.values():
+            add(in_flight, counts)
+        self._admin.forget([("owner", o) for o in stale])
+        return [QueueStats(q, ready, scheduled, in_flight.get(q, 0), dead) for q, ready, scheduled, dead in rows]
 
     def register_worker(self, info: WorkerInfo, ttl: float) -> None:
         self._admin.register_worker(info, ttl)
@@ -440,6 +482,9 @@ class AMQPBroker(Broker):
         return self._admin.workers()
 
     def close(self) -> None:
+        with self._conn.lock:
+            self._held.clear()  # the channel closes: RabbitMQ requeues them
+        self._publish_counts(force=True)
         self._conn.drop()
 
     def _results(self) -> ResultBackend:
