@@ -38,9 +38,11 @@ from conveyor.errors import (
     WorkerShutdown,
 )
 from conveyor.result import AsyncResult
+from conveyor.scheduler import Cron, Interval
 from conveyor.settings import Settings
 from conveyor.states import State
 from conveyor.task import AsyncTask, Task, TaskOptions
+from conveyor.workflows import Signature
 
 __version__ = "0.1.0"
 
@@ -51,6 +53,10 @@ __all__ = [
     "Task",
     "TaskOptions",
     "Settings",
+    # Periodic tasks and task calls written down
+    "Cron",
+    "Interval",
+    "Signature",
     # Results
     "AsyncResult",
     "State",

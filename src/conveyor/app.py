@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
 from conveyor.brokers import from_url as broker_from_url
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, TaskNotRegistered
 from conveyor.message import Message, encode
 from conveyor.result import AsyncResult
+from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
 from conveyor.settings import Settings
 from conveyor.signing import sign
 from conveyor.task import AsyncTask, BaseTask, Task, TaskOptions
+from conveyor.workflows.signature import Signature
 
 P = ParamSpec("P")
 R = TypeVar("R")
+TaskT = TypeVar("TaskT", bound=BaseTask[Any, Any])
 
 
 class TaskDecorator(Protocol):
@@ -61,6 +64,8 @@ class App:
         self.name = name
         self.settings = Settings.build(settings)
         self.tasks: dict[str, BaseTask[Any, Any]] = {}
+        #: Periodic entries by name, fired by ``conveyor beat`` (or ``worker --beat``).
+        self.schedule: dict[str, Entry] = {}
         self._lock = threading.Lock()
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
@@ -113,6 +118,48 @@ class App:
             return task
 
         return register if fn is None else register(fn)
+
+    def periodic(self, **options: Unpack[PeriodicOptions]) -> Callable[[TaskT], TaskT]:
+        """Run a task on a schedule; stack it above ``@app.task``, which it returns unchanged.
+
+        ::
+
+            @app.periodic(cron="*/5 * * * *", tz="Europe/Paris")
+            @app.task
+            def sweep() -> None: ...
+
+        The task is called without arguments (use :meth:`add_periodic` for arguments). Options:
+        see :class:`~conveyor.scheduler.entries.PeriodicOptions`.
+
+        Raises:
+            ConfigurationError: an unknown option, a bad schedule, a plain function instead of a
+                task, or an entry name already used.
+        """
+
+        def declare(task: TaskT) -> TaskT:
+            if not isinstance(task, BaseTask):
+                raise ConfigurationError(f"@app.periodic goes above @app.task (got {task!r}, not a task)")
+            self.add_periodic(task.s(), **options)
+            return task
+
+        return declare
+
+    def add_periodic(self, signature: Signature[Any], **options: Unpack[PeriodicOptions]) -> Entry:
+        """Send ``signature`` (e.g. ``report.s("daily", lang="fr")``) on a schedule; returns the entry.
+
+        Raises:
+            ConfigurationError: an unknown option, a bad schedule, arguments the task does not
+                accept, or an entry name already used (give ``name=``).
+            TaskNotRegistered: the signature's task is not registered on this app.
+        """
+        task = self.tasks.get(signature.task)
+        if task is None:
+            raise TaskNotRegistered(f"no task {signature.task!r} on app {self.name!r}; register it first")
+        entry = build_entry(task, signature, options)
+        if entry.name in self.schedule:
+            raise ConfigurationError(f"a periodic entry named {entry.name!r} exists already; give name=...")
+        self.schedule[entry.name] = entry
+        return entry
 
     def send(self, messages: Sequence[Message]) -> list[str]:
         """Encode and enqueue messages in one batch; return the id each task lives under.

@@ -60,6 +60,12 @@ class Settings:
     secret: str | None = None
     #: Log level of the worker and beat: DEBUG, INFO, WARNING, ERROR.
     log_level: str = "INFO"
+    #: Seconds the beat leader's lease lasts without renewal: a standby takes over this long after the leader dies.
+    beat_lease: float = 10.0
+    #: Longest sleep of a beat between two ticks, in seconds (lease renewal, standby take-over attempts).
+    beat_interval: float = 1.0
+    #: Seconds a slot may be late and still fire; older slots were missed and follow the entry's missed policy.
+    beat_grace: float = 60.0
 
     def __post_init__(self) -> None:
         _check_positive("lease", self.lease)
@@ -75,14 +81,32 @@ class Settings:
                 raise ConfigurationError(f"{name} must be at least 1, got {value}")
         if self.max_message_size < 1024:
             raise ConfigurationError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
+        self._check_beat()
+        self._check_backend()
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_backend(self) -> None:
         if _scheme(self.broker_url) in {"amqp", "amqps"} and self.backend_url is None:
             raise ConfigurationError(
                 "RabbitMQ is no result store: name a result backend with the amqp:// broker, e.g. "
                 "App(..., broker='amqp://...', backend='redis://localhost:6379/0') or backend='sqlite:///results.db' "
                 "(or CONVEYOR_BACKEND_URL)"
             )
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_beat(self) -> None:
+        for name in ("beat_lease", "beat_interval", "beat_grace"):
+            _check_positive(name, getattr(self, name))
+        if self.beat_interval * 2 > self.beat_lease:
+            raise ConfigurationError(
+                f"beat_interval ({self.beat_interval:g} s) must be at most half of beat_lease ({self.beat_lease:g} s), "
+                "or the leader's lease lapses between two renewals"
+            )
+        if self.beat_grace < self.beat_lease + self.beat_interval:
+            raise ConfigurationError(
+                f"beat_grace ({self.beat_grace:g} s) must be at least beat_lease + beat_interval "
+                f"({self.beat_lease + self.beat_interval:g} s), or the slots of a leader take-over count as missed"
+            )
 
     @property
     def result_url(self) -> str:

@@ -17,6 +17,7 @@ from conveyor.errors import ConfigurationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.result import AsyncResult
 from conveyor.retries import RetryPolicy
+from conveyor.workflows.signature import Signature
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -152,6 +153,10 @@ class BaseTask(Generic[P, R]):
             BrokerUnavailable: the broker did not answer.
         """
         return self.apply_async(args, kwargs)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """This task's call with these arguments, written down to send later (a periodic entry, a chain)."""
+        return Signature(self.name, tuple(args), dict(kwargs))
 
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]

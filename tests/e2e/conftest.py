@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +115,15 @@ def start_worker(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[.
         return worker
 
     yield start
-    for worker in started:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
-            worker.proc.wait(timeout=10)
+    kill_leftovers(started)
+
+
+def kill_leftovers(processes: Sequence[WorkerProcess]) -> None:
+    """Kill (-9) the processes a test left running, so none outlives it."""
+    for process in processes:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: worker, status, enqueue, dead letters.
+"""The ``conveyor`` command line: worker, beat, status, enqueue, dead letters.
 
 Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
 settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from conveyor.cli.beat import beat
 from conveyor.cli.dlq import dlq
 from conveyor.cli.status import status
 from conveyor.cli.tasks import enqueue, purge, revoke
@@ -26,6 +27,7 @@ def main() -> None:
 
 
 main.add_command(worker)
+main.add_command(beat)
 main.add_command(status)
 main.add_command(enqueue)
 main.add_command(purge)

@@ -10,22 +10,26 @@ from rich.console import Console
 from rich.table import Table
 
 from conveyor.cli._load import load_app
+from conveyor.cli.beat import print_entries
+from conveyor.scheduler.beat import overview
 
 
 @click.command()
 @click.argument("app", envvar="CONVEYOR_APP")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(app: str, as_json: bool) -> None:
-    """Show APP's queues (ready, scheduled, in flight, dead) and its live workers."""
+    """Show APP's queues (ready, scheduled, in flight, dead), its live workers and its periodic entries."""
     the_app = load_app(app)
     queues = the_app.broker.stats()
     workers = the_app.broker.workers()
+    entries = overview(the_app)
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "queues": [q.__dict__ if hasattr(q, "__dict__") else _asdict(q) for q in queues],
                     "workers": [w.to_dict() for w in workers],
+                    "periodic": [e.to_dict() for e in entries],
                 },
                 indent=2,
             )
@@ -54,6 +58,8 @@ def status(app: str, as_json: bool) -> None:
             f"{now - w.last_seen:.1f}s ago",
         )
     console.print(wtable)
+    if entries:
+        print_entries(the_app, entries)
 
 
 def _asdict(obj: object) -> dict[str, object]:

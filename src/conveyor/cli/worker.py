@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import sys
+from collections.abc import Iterator
 
 import click
 
@@ -23,12 +27,19 @@ from conveyor.worker import POOLS, Worker, setup_logging
     help="process: a child process per slot (isolated, crash-safe); thread: threads in one child.",
 )
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
-def worker(app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None) -> None:
+@click.option(
+    "--beat", "with_beat", is_flag=True, help="Also run a beat (periodic entries) on a thread of the supervisor."
+)
+def worker(
+    app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None, with_beat: bool
+) -> None:
     """Run a worker serving APP (MODULE:ATTR, e.g. shop.tasks:app).
 
     SIGTERM or Ctrl-C stops gracefully: unstarted tasks go back to the queue at once and running
     ones finish within the app's shutdown_grace; a second signal (or SIGQUIT) stops at once, and
-    the tasks it interrupts run again.
+    the tasks it interrupts run again. With --beat, the worker also runs `conveyor beat APP` as a
+    subprocess, stopped with it; it competes for the leader lease with every other beat, so any
+    number of workers may pass --beat.
     """
     the_app = load_app(app)
     setup_logging(loglevel or the_app.settings.log_level)
@@ -37,4 +48,33 @@ def worker(app: str, concurrency: int | None, queues: str | None, pool: str, log
         runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
-    sys.exit(runner.run())
+    if not with_beat:
+        sys.exit(runner.run())
+    if not the_app.schedule:
+        raise click.UsageError(
+            f"--beat: app {the_app.name!r} has no periodic entries (declare them with @app.periodic)"
+        )
+    with _beat_subprocess(app, loglevel or the_app.settings.log_level, the_app.settings.beat_lease):
+        code = runner.run()
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _beat_subprocess(spec: str, loglevel: str, lease: float) -> Iterator[None]:
+    """Run ``conveyor beat SPEC`` beside the worker for the ``with`` block.
+
+    A fresh interpreter, not a thread or a fork: the supervisor forks its children at any time, and a
+    fork taken while another thread sits in a lock (the resolver's, a connection pool's) deadlocks
+    the child. The beat watches this process and stops if the worker dies without stopping it.
+    """
+    command = [sys.executable, "-m", "conveyor", "beat", spec, "-l", loglevel, "--parent", str(os.getpid())]
+    proc = subprocess.Popen(command)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=lease)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

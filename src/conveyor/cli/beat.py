@@ -1,0 +1,55 @@
+"""``conveyor beat``: fire an app's periodic entries (any number of beats may run; one leads)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from conveyor.app import App
+from conveyor.cli._load import load_app
+from conveyor.errors import ConfigurationError
+from conveyor.scheduler.beat import EntryInfo, check_shareable, overview, run_forever
+from conveyor.worker import setup_logging
+
+
+@click.command()
+@click.argument("app", envvar="CONVEYOR_APP")
+@click.option(
+    "--list", "list_only", is_flag=True, help="Print the periodic entries and their next run times, then exit."
+)
+@click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
+@click.option("--parent", type=int, default=None, hidden=True, help="Stop when this process (worker --beat) exits.")
+def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) -> None:
+    """Fire APP's periodic entries (MODULE:ATTR, e.g. shop.tasks:app).
+
+    Run as many beats as you like, on any machines: one holds the leader lease and fires, the
+    others stand by and one takes over within beat_lease seconds if it dies. No slot fires twice.
+    SIGTERM or Ctrl-C stops, giving the lease up at once.
+    """
+    the_app = load_app(app)
+    if list_only:
+        print_entries(the_app, overview(the_app, with_state=False), with_state=False)
+        return
+    if not the_app.schedule:
+        raise click.UsageError(f"app {the_app.name!r} has no periodic entries (declare them with @app.periodic)")
+    try:
+        check_shareable(the_app)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    setup_logging(loglevel or the_app.settings.log_level)
+    sys.exit(run_forever(the_app, parent=parent))
+
+
+def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:
+    """The entries as a table (shared with ``conveyor status``, which adds the last slot recorded)."""
+    table = Table(title=f"periodic entries of {app.name}: {len(rows)}")
+    columns = ["entry", "task", "schedule", "missed", "next run"] + (["last fired"] if with_state else [])
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        cells = [row.name, row.task, row.schedule, row.missed, row.next_run]
+        table.add_row(*cells, *([row.last_fired or "-"] if with_state else []))
+    Console().print(table)

@@ -1,0 +1,265 @@
+"""Beat: the loop that fires an app's periodic entries, safe to run in any number of processes.
+
+Every beat tries, each tick, to take or renew the leader lease ``beat:<app>`` in the result backend;
+only the holder fires. For each entry the leader reads the last slot recorded in the backend, asks
+:func:`~conveyor.scheduler.entries.plan` which slots are due, and fires each one this way:
+
+1. ``claim("beat:<app>:<entry>:<slot ms>")``: the slot itself is the deduplication key. Of any
+   number of beats that think they lead, exactly one creates it; the others record the slot as
+   fired and move on.
+2. If this beat stalled past its own lease since the tick began (a long pause), it gives the
+   claim back (``unclaim``) and enqueues nothing: the current leader fires the slot.
+3. Enqueue with a task id derived from app, entry and slot, and ``key=`` the slot key, so even a
+   duplicate that got past the claim is the same message while it is pending.
+4. Record the slot as the entry's last fired slot (a slot whose claim was taken is recorded too:
+   its firer may have died before recording it).
+
+``docs/beat.md`` walks through the failure cases (a leader killed after firing, two leaders,
+clock skew) and the one narrow window that remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from conveyor.errors import BrokerError, ConfigurationError, ConveyorError
+from conveyor.scheduler.entries import Entry, plan
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+log = logging.getLogger("conveyor.beat")
+
+UTC = datetime.UTC
+#: Namespace of the task ids derived from (app, entry, slot).
+_ID_NAMESPACE = uuid.UUID("6f1b6c2e-4f7e-4d0a-9a51-2b7c0d1e8f33")
+#: Shortest sleep between two ticks in seconds (a slot due "now" is fired on the next tick).
+MIN_SLEEP = 0.01
+
+
+def slot_ms(slot: datetime.datetime) -> int:
+    """A slot as whole milliseconds since the epoch: the form used in keys, ids and the recorded state."""
+    return round(slot.timestamp() * 1000)
+
+
+def slot_key(app_name: str, entry: str, slot: datetime.datetime) -> str:
+    """The claim (and ``key=``) that makes one slot of one entry fire once."""
+    return f"beat:{app_name}:{entry}:{slot_ms(slot)}"
+
+
+def slot_task_id(app_name: str, entry: str, slot: datetime.datetime) -> str:
+    """The task id of one slot's run: the same in every beat process, 32 hex characters like any id."""
+    return uuid.uuid5(_ID_NAMESPACE, slot_key(app_name, entry, slot)).hex
+
+
+class Beat:
+    """Fires ``app.schedule`` while it holds the leader lease; stands by otherwise.
+
+    Args:
+        app: the app whose periodic entries fire.
+        owner: this beat's name in the lease; defaults to ``host.pid.random``.
+        clock: the wall clock, Unix seconds (tests move it).
+    """
+
+    def __init__(self, app: App, *, owner: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.app = app
+        self.owner = owner or f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+        self.clock = clock
+        self.leading = False
+        self.lease_name = f"beat:{app.name}"
+        settings = app.settings
+        self.grace = datetime.timedelta(seconds=settings.beat_grace)
+        # Longer than any beat may consider the slot due (grace), plus two lease times of hand-over.
+        self.claim_ttl = settings.beat_grace + 2 * settings.beat_lease + 60.0
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set, then give the lease up so a standby takes over at once."""
+        log.info("beat %s started for app %s: %d entr(ies)", self.owner, self.app.name, len(self.app.schedule))
+        try:
+            while not stop.is_set():
+                stop.wait(self._safe_tick())
+        finally:
+            if self.leading:
+                with contextlib.suppress(BrokerError):
+                    self.app.backend.release_lease(self.lease_name, self.owner)
+                log.info("beat %s released the leader lease", self.owner)
+
+    def _safe_tick(self) -> float:
+        try:
+            return self.tick()
+        except BrokerError as exc:  # the broker is down: keep trying; the lease lapses meanwhile
+            log.warning("beat %s: %s", self.owner, exc)
+            self.leading = False
+            return self.app.settings.beat_interval
+
+    def tick(self) -> float:
+        """Take or renew the lease; when leading, fire every due slot. Returns the seconds to sleep."""
+        settings = self.app.settings
+        deadline = time.monotonic() + settings.beat_lease  # the lease taken below lasts at least until then
+        leading = self.app.backend.acquire_lease(self.lease_name, self.owner, settings.beat_lease)
+        if leading != self.leading:
+            log.info("beat %s is %s", self.owner, "now leading" if leading else "standing by")
+            self.leading = leading
+        if not leading:
+            return settings.beat_interval
+        now = self.now()
+        for entry in self.app.schedule.values():
+            try:
+                self.run_entry(entry, now, deadline)
+            except BrokerError:
+                raise
+            except ConveyorError as exc:  # one bad entry (e.g. a message over the size limit) spares the others
+                log.error("beat %s: entry %s failed: %s", self.owner, entry.name, exc)
+        return max(MIN_SLEEP, min(settings.beat_interval, self._until_next(self.now())))
+
+    def now(self) -> datetime.datetime:
+        """The clock as an aware UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.clock(), UTC)
+
+    def run_entry(self, entry: Entry, now: datetime.datetime, deadline: float = math.inf) -> None:
+        """Fire the slots of ``entry`` due at ``now``, recording each one, then how far the plan got."""
+        last = self.last_fired(entry)
+        todo = plan(entry.schedule, last, now, self.grace, entry.missed)
+        for slot in todo.fire:
+            self.fire(entry, slot, deadline)
+            self._record(entry, slot)
+        if todo.last != last and not todo.fire:
+            self._record(entry, todo.last)
+
+    def fire(self, entry: Entry, slot: datetime.datetime, deadline: float = math.inf) -> bool:
+        """Enqueue the run of ``slot`` unless some beat did already; True when this call enqueued it.
+
+        Args:
+            deadline: ``time.monotonic()`` past which this beat's lease may have lapsed; a beat that
+                stalled beyond it gives its claim back instead of enqueueing (see module docstring).
+        """
+        name = self.app.name
+        key = slot_key(name, entry.name, slot)
+        if not self.app.backend.claim(key, self.claim_ttl):
+            return False
+        if time.monotonic() > deadline:
+            self.app.backend.unclaim(key)
+            log.warning("beat %s stalled past its lease; leaves %s of %s to the leader", self.owner, slot, entry.name)
+            return False
+        expires = None if entry.expires is None else slot.timestamp() + entry.expires
+        headers = {
+            **entry.signature.options.get("headers", {}),
+            "beat_entry": entry.name,
+            "beat_slot": slot.isoformat(),
+        }
+        message = entry.signature.message(
+            self.app,
+            task_id=slot_task_id(name, entry.name, slot),
+            key=key,
+            queue=entry.queue,
+            priority=entry.priority,
+            expires=expires,
+            headers=headers,
+        )
+        [task_id] = self.app.send([message])
+        log.info("beat %s fired %s for %s as %s", self.owner, entry.name, slot.isoformat(), task_id)
+        return True
+
+    def last_fired(self, entry: Entry) -> datetime.datetime | None:
+        """The last slot recorded for ``entry`` (fired, or skipped by its policy), None if it never ran."""
+        raw = self.app.backend.get_value(_state_key(self.app.name, entry.name))
+        return None if raw is None else datetime.datetime.fromtimestamp(int(raw) / 1000, UTC)
+
+    def _record(self, entry: Entry, slot: datetime.datetime) -> None:
+        self.app.backend.set_value(_state_key(self.app.name, entry.name), str(slot_ms(slot)).encode())
+
+    def _until_next(self, now: datetime.datetime) -> float:
+        """Seconds until the earliest next slot of any entry (the beat wakes for it)."""
+        upcoming = [entry.schedule.next_fire(now) for entry in self.app.schedule.values()]
+        return min((slot - now).total_seconds() for slot in upcoming) if upcoming else self.app.settings.beat_interval
+
+
+def _state_key(app_name: str, entry: str) -> str:
+    return f"beat:{app_name}:{entry}:last"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """One entry as ``conveyor beat --list`` and ``conveyor status`` show it."""
+
+    name: str
+    task: str
+    schedule: str
+    missed: str
+    next_run: str
+    last_fired: str | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+
+def overview(app: App, *, with_state: bool = True) -> list[EntryInfo]:
+    """Every entry of ``app`` with its next run time (and, ``with_state``, the last slot recorded in the backend)."""
+    beat = Beat(app, owner="overview")
+    now = beat.now()
+    rows = []
+    for entry in app.schedule.values():
+        last = beat.last_fired(entry) if with_state else None
+        rows.append(
+            EntryInfo(
+                name=entry.name,
+                task=repr(entry.signature),
+                schedule=entry.schedule.describe(),
+                missed=entry.missed,
+                next_run=entry.schedule.next_fire(now).isoformat(),
+                last_fired=None if last is None else last.isoformat(),
+            )
+        )
+    return rows
+
+
+def check_shareable(app: App) -> None:
+    """Refuse a ``memory://`` app: a beat in its own process could never reach its workers.
+
+    Raises:
+        ConfigurationError: the broker or result backend lives in one process's memory.
+    """
+    if app.settings.broker_url.startswith("memory:") or app.settings.result_url.startswith("memory:"):
+        raise ConfigurationError("beat needs a broker and backend other processes reach (sqlite:///path or redis://)")
+
+
+def run_forever(app: App, *, parent: int | None = None) -> int:
+    """What ``conveyor beat`` runs: a Beat until SIGTERM or SIGINT; returns the exit code.
+
+    Args:
+        parent: stop as well when this process is no longer our parent (``worker --beat`` passes
+            its own pid, so a worker killed with -9 does not leave its beat behind).
+    """
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("beat stopping (%s)", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent, stop, app.settings.beat_interval), daemon=True).start()
+    Beat(app).run(stop)
+    return 0
+
+
+def _watch_parent(parent: int, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        if os.getppid() != parent:
+            log.warning("beat stopping: its worker (pid %d) is gone", parent)
+            stop.set()

@@ -1,0 +1,184 @@
+"""Several real ``conveyor beat`` (and ``worker --beat``) processes on one broker: one leads, a
+standby takes over when the leader is killed, and every slot of a 1-second schedule fires once."""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conveyor import App, State
+from conveyor.message import decode
+from conveyor.scheduler.beat import Beat, slot_task_id
+from conveyor.signing import unframe
+from tests.conftest import url_for
+from tests.e2e.conftest import ROOT, WorkerProcess, kill_leftovers, wait_until
+
+LEASE = 3.0
+INTERVAL = 0.25
+FIRED = re.compile(r"fired beat_tick for (\S+) as")
+
+
+class Proc(WorkerProcess):
+    """One ``python -m conveyor ...`` subprocess (beat or worker) logging to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:  # its own command, not the e2e worker
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def fired(self) -> list[str]:
+        return FIRED.findall(self.output())
+
+    def leads(self) -> bool:
+        return "now leading" in self.output()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {
+        "CONVEYOR_BROKER_URL": url_for(request.param, tmp_path, request),
+        "CONVEYOR_BEAT_LEASE": str(LEASE),
+        "CONVEYOR_BEAT_INTERVAL": str(INTERVAL),
+        "CONVEYOR_BEAT_GRACE": "30",
+        "CONVEYOR_LEASE": "5",
+        "CONVEYOR_SHUTDOWN_GRACE": "5",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **values, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[App]:
+    """The test's side of the broker, opened first (a fresh SQLite file is created once)."""
+    instance = App("beat-e2e")
+    instance.backend.get_value("warm-up")
+    instance.broker.stats()
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def start(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[int, str], list[Proc]]]:
+    """Start ``count`` copies of ``python -m conveyor <command> tests.apps.beat_app:app``; all killed at the end."""
+    procs: list[Proc] = []
+
+    def launch(count: int, command: str) -> list[Proc]:
+        args = command.split()
+        args.insert(1, "tests.apps.beat_app:app")
+        new = [Proc(args, env, tmp_path / f"{args[0]}-{len(procs) + i}.log") for i in range(count)]
+        procs.extend(new)
+        return new
+
+    yield launch
+    kill_leftovers(procs)
+
+
+def queued_slots(app: App) -> tuple[Counter[str], list[float]]:
+    """The beat slots of every message in the default queue, and their enqueue times, sorted."""
+    deliveries = app.broker.reserve(["default"], 10_000, owner="test", lease=60)
+    messages = [decode(unframe(d.body)) for d in deliveries]
+    return Counter(m.headers["beat_slot"] for m in messages), sorted(m.created for m in messages)
+
+
+def assert_contiguous(slots: list[str]) -> None:
+    times = sorted(datetime.datetime.fromisoformat(s).timestamp() for s in slots)
+    assert [round(b - a, 3) for a, b in itertools.pairwise(times)] == [1.0] * (len(times) - 1), times
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_three_beats_fire_every_slot_once_across_a_leader_kill(
+    app: App, start: Callable[[int, str], list[Proc]]
+) -> None:
+    # Given three beats on one broker, with a 1-second schedule and a 3-second lease
+    beats = start(3, "beat")
+    wait_until(lambda: any(p.leads() for p in beats), 30, "a beat to lead")
+    [leader] = [p for p in beats if p.leads()]
+    # When the leader has fired a few slots, it is killed (-9)
+    wait_until(lambda: len(leader.fired()) >= 4, 20, f"the leader to fire 4 slots:\n{leader.output()}")
+    leader.proc.kill()
+    leader.proc.wait(timeout=10)
+    standbys = [p for p in beats if p is not leader]
+    # Then a standby takes over and goes on firing
+    wait_until(lambda: sum(len(p.fired()) for p in standbys) >= 5, LEASE + 20, "a standby to take over and fire")
+    for p in standbys:
+        p.stop()
+    # And every slot from the first to the last fired exactly once, none skipped
+    slots, created = queued_slots(app)
+    assert slots and set(slots.values()) == {1}, slots
+    assert_contiguous(list(slots))
+    logged = Counter(s for p in beats for s in p.fired())
+    assert set(logged.values()) == {1}, f"a slot was fired by two beats: {logged}"
+    # And no gap between two enqueues was longer than the lease (plus a tick and scheduling slack)
+    gaps = [b - a for a, b in itertools.pairwise(created)]
+    assert max(gaps) <= LEASE + INTERVAL + 1.5, gaps
+    assert max(gaps) >= 1.5, "the take-over should show as one longer gap"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_two_workers_with_embedded_beats_run_each_slot_once(app: App, start: Callable[[int, str], list[Proc]]) -> None:
+    # Given two workers started with --beat on one broker
+    workers = start(2, "worker -c 1 --beat")
+    # When their beats have fired 4 slots
+    wait_until(lambda: sum(len(p.fired()) for p in workers) >= 4, 40, "the embedded beat to fire 4 slots")
+    # Then the runs of those slots succeed, each under the task id derived from its slot
+    for slot in {s for p in workers for s in p.fired()}:
+        result = app.result(slot_task_id("beat-e2e", "beat_tick", datetime.datetime.fromisoformat(slot)))
+        logs = "\n".join(p.output() for p in workers)
+        wait_until(lambda r=result: r.state is State.SUCCESS, 20, f"the run of {slot} to succeed:\n{logs}")  # type: ignore[misc]
+    # When one worker is killed with -9 and the other stops gracefully
+    beats = [c for w in workers for c in psutil.Process(w.proc.pid).children() if "--parent" in c.cmdline()]
+    assert len(beats) == 2
+    workers[0].proc.kill()
+    workers[1].stop()
+    # Then their beat subprocesses are gone too (the killed worker's notices its parent died)
+    _, alive = psutil.wait_procs(beats, timeout=LEASE + 10)
+    assert not alive, alive
+    # And each slot was fired by one beat only, none skipped
+    logged = Counter(s for p in workers for s in p.fired())
+    assert set(logged.values()) == {1}, logged
+    assert_contiguous(list(logged))
+
+
+def test_beat_list_and_status_show_the_entries(app: App, env: dict[str, str]) -> None:
+    def cli(*args: str) -> str:
+        wide = {**env, "COLUMNS": "200"}  # rich wraps tables to 80 columns off a terminal
+        done = subprocess.run(
+            [sys.executable, "-m", "conveyor", *args], cwd=ROOT, env=wide, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+        return done.stdout
+
+    # Given the beat app, whose beat_tick entry fired one slot (through the test's twin declaration)
+    @app.periodic(every=1)
+    @app.task(name="beat_tick")
+    def beat_tick() -> None: ...
+
+    slot = datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
+    Beat(app).run_entry(app.schedule["beat_tick"], slot)  # starts the entry
+    assert Beat(app).fire(app.schedule["beat_tick"], slot)
+    Beat(app).run_entry(app.schedule["beat_tick"], slot + datetime.timedelta(seconds=1))
+    # Then beat --list prints the entry and its schedule
+    listed = cli("beat", "tests.apps.beat_app:app", "--list")
+    assert "beat_tick" in listed and "every 0:00:01" in listed
+    # And status --json lists it with its next run and the last slot recorded
+    [entry] = json.loads(cli("status", "tests.apps.beat_app:app", "--json"))["periodic"]
+    assert entry["name"] == "beat_tick"
+    assert entry["last_fired"] == (slot + datetime.timedelta(seconds=1)).isoformat()
+    assert datetime.datetime.fromisoformat(entry["next_run"]).timestamp() > time.time() - 1

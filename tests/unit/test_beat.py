@@ -1,0 +1,267 @@
+"""Beat over real brokers and backends (memory, SQLite, Redis), with the clock in the test's hands.
+
+Declarations are checked at import time; each slot is enqueued once whatever the restarts, races
+and leader changes; missed slots follow the entry's policy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
+from conveyor.message import decode
+from conveyor.scheduler.beat import Beat, overview, slot_task_id
+from conveyor.signing import unframe
+from tests.conftest import url_for
+
+T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
+
+
+class Clock:
+    """A wall clock the test moves."""
+
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_app(url: str, **settings: Any) -> App:
+    app = App("beat-test", broker=url, beat_lease=2.0, beat_interval=0.5, beat_grace=30.0, **settings)
+
+    @app.periodic(every=datetime.timedelta(seconds=10))
+    @app.task(name="tick")
+    def tick() -> None: ...
+
+    return app
+
+
+@pytest.fixture
+def url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    return url_for(broker_kind, tmp_path, request)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL that several App objects (several connections, as separate processes have) share."""
+    return url_for(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def app(url: str) -> Iterator[App]:
+    instance = make_app(url)
+    yield instance
+    instance.close()
+
+
+def fired_slots(app: App) -> Counter[str]:
+    """Every message waiting in the default queue, counted by the beat slot it was sent for."""
+    deliveries = app.broker.reserve(["default"], 10_000, owner="test", lease=60)
+    for delivery in deliveries:
+        app.broker.nack(delivery)
+    return Counter(decode(unframe(d.body)).headers["beat_slot"] for d in deliveries)
+
+
+def iso(offset: float) -> str:
+    return datetime.datetime.fromtimestamp(T0 + offset, datetime.UTC).isoformat()
+
+
+# -- declarations --------------------------------------------------------------------------------
+
+
+def test_declarations_are_checked_at_import_time() -> None:
+    app = App("decl", broker="memory://")
+
+    @app.task
+    def report(kind: str, lang: str = "en") -> str:
+        return kind + lang
+
+    entry = app.add_periodic(report.s("daily", lang="fr"), cron="0 9 * * *", tz="Europe/Paris", queue="reports")
+    assert entry.signature == Signature(report.name, ("daily",), {"lang": "fr"})
+    assert app.schedule[report.name] is entry
+    with pytest.raises(ConfigurationError, match="exists already; give name="):
+        app.add_periodic(report.s("weekly"), cron="0 9 * * 1")
+    with pytest.raises(ConfigurationError, match="unknown periodic option"):
+        app.add_periodic(report.s("x"), every=60, name="x", retries=3)  # type: ignore[call-arg]
+    with pytest.raises(ConfigurationError, match="missing a required argument"):
+        app.periodic(every=60, name="y")(report)
+    with pytest.raises(ConfigurationError, match="goes above @app"):
+        app.periodic(every=60)(lambda: None)  # type: ignore[type-var]
+    with pytest.raises(ConfigurationError, match="missed must be"):
+        app.add_periodic(report.s("x"), every=60, name="z", missed="twice")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="priority"):
+        app.add_periodic(report.s("x"), every=60, name="p", priority=12)
+    with pytest.raises(EncodeError):
+        app.add_periodic(report.s(object()), every=60, name="e")  # type: ignore[arg-type]
+    with pytest.raises(TaskNotRegistered):
+        app.add_periodic(Signature("nowhere"), every=60)
+    with pytest.raises(ConfigurationError, match="unknown option"):
+        report.s("x").set(colour="red")  # type: ignore[call-arg]
+
+
+def test_periodic_returns_the_task_unchanged() -> None:
+    app = App("decl", broker="memory://")
+
+    @app.periodic(every=30)
+    @app.task
+    def ping() -> str:
+        return "pong"
+
+    assert ping() == "pong"
+    assert app.schedule[ping.name].schedule.describe() == "every 0:00:30"
+
+
+# -- firing --------------------------------------------------------------------------------------
+
+
+def test_each_slot_fires_once_as_time_passes(app: App) -> None:
+    # Given a leading beat whose entry started at T0 - 5
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    # When the clock runs 35 s in steps of 0.5 s, ticking every step
+    while clock.now < T0 + 30:
+        clock.now += 0.5
+        beat.tick()
+    # Then slots T0 .. T0+30 were each enqueued once, with ids derived from the slot
+    assert fired_slots(app) == Counter({iso(s): 1 for s in range(0, 31, 10)})
+    entry = app.schedule["tick"]
+    assert beat.last_fired(entry) == datetime.datetime.fromtimestamp(T0 + 30, datetime.UTC)
+    assert slot_task_id("beat-test", "tick", beat.now()) != slot_task_id("beat-test", "other", beat.now())
+
+
+def test_only_the_lease_holder_fires_and_a_standby_takes_over(shared_url: str) -> None:
+    clock = Clock(T0 - 5)
+    app, other = make_app(shared_url), make_app(shared_url)
+    leader, standby = Beat(app, clock=clock), Beat(other, clock=clock)
+    # Given a leader
+    leader.tick()
+    standby.tick()
+    assert (leader.leading, standby.leading) == (True, False)
+    # When the leader stops (giving its lease up), the standby leads from its next tick
+    stop = threading.Event()
+    stop.set()
+    leader.run(stop)
+    clock.now = T0 + 1
+    standby.tick()
+    assert standby.leading
+    assert fired_slots(app) == Counter({iso(0): 1})
+    app.close()
+    other.close()
+
+
+def test_a_restart_neither_repeats_nor_skips(shared_url: str) -> None:
+    # Given a beat that fired T0 and T0+10, then stopped
+    clock = Clock(T0 - 5)
+    first_app = make_app(shared_url)
+    first = Beat(first_app, clock=clock)
+    for now in (T0 - 5, T0, T0 + 10, T0 + 15):
+        clock.now = now
+        first.tick()
+    first_app.backend.release_lease(first.lease_name, first.owner)
+    first_app.close()
+    # When a new process (new app, new connections) starts 12 s later and runs to T0+40
+    second_app = make_app(shared_url)
+    second = Beat(second_app, clock=clock)
+    for now in (T0 + 27, T0 + 30, T0 + 40):
+        clock.now = now
+        second.tick()
+    # Then every slot from T0 to T0+40 fired exactly once (T0+20 late, within grace)
+    assert fired_slots(second_app) == Counter({iso(s): 1 for s in range(0, 41, 10)})
+    second_app.close()
+
+
+@pytest.mark.parametrize("missed", ["skip", "run_once"])
+def test_missed_slots_after_downtime_follow_the_policy(shared_url: str, missed: str) -> None:
+    # Given an entry with the policy, fired at T0, and every beat down for 2 minutes
+    app = App("beat-test", broker=shared_url, beat_lease=2.0, beat_interval=0.5, beat_grace=30.0)
+
+    @app.periodic(every=10, missed=missed)  # type: ignore[arg-type]
+    @app.task(name="tick")
+    def tick() -> None: ...
+
+    clock = Clock(T0 - 1)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    clock.now = T0
+    beat.tick()
+    # When a beat comes back at T0+125
+    clock.now = T0 + 125
+    beat.tick()
+    # Then the slots of the last 30 s fire; the older ones (T0+10 .. T0+90) are skipped, or
+    # run once as the latest of them (T0+90)
+    expected = {iso(0): 1, iso(100): 1, iso(110): 1, iso(120): 1}
+    if missed == "run_once":
+        expected[iso(90)] = 1
+    assert fired_slots(app) == Counter(expected)
+    # And the schedule goes on
+    clock.now = T0 + 130
+    beat.tick()
+    assert fired_slots(app)[iso(130)] == 1
+    app.close()
+
+
+def test_two_beats_that_both_think_they_lead_fire_each_slot_once(shared_url: str) -> None:
+    # Given two beats in separate apps (connections), both skipping the lease and firing directly
+    apps = [make_app(shared_url), make_app(shared_url)]
+    for a in apps:  # open the connections first: a fresh SQLite file's WAL switch is not for racing
+        a.backend.get_value("warm-up")
+    beats = [Beat(a) for a in apps]
+    entry = apps[0].schedule["tick"]
+    slots = [datetime.datetime.fromtimestamp(T0 + 10 * i, datetime.UTC) for i in range(20)]
+    results: list[list[bool]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def race(i: int) -> None:
+        barrier.wait(timeout=10)
+        results[i] = [beats[i].fire(entry, slot) for slot in slots]
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then for every slot exactly one beat enqueued, and the broker holds one message per slot
+    assert [a + b for a, b in zip(*results, strict=True)] == [1] * len(slots)
+    assert fired_slots(apps[0]) == Counter({slot.isoformat(): 1 for slot in slots})
+    for a in apps:
+        a.close()
+
+
+def test_overview_shows_next_and_last_runs(app: App) -> None:
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    clock.now = T0
+    beat.tick()
+    [row] = overview(app)
+    assert (row.name, row.task, row.schedule, row.missed) == ("tick", "tick.s()", "every 0:00:10", "skip")
+    assert row.last_fired == iso(0)
+    next_run = datetime.datetime.fromisoformat(row.next_run).timestamp()
+    assert next_run % 10 == 0
+    assert 0 < next_run - time.time() <= 10
+
+
+def test_a_failing_entry_spares_the_others(app: App) -> None:
+    # Given a second entry whose task was unregistered after its declaration
+    @app.task(name="gone")
+    def gone() -> None: ...
+
+    app.add_periodic(gone.s(), every=10)
+    del app.tasks["gone"]
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    # When its slot comes, it fails (logged), and the other entry fires all the same
+    clock.now = T0
+    beat.tick()
+    assert fired_slots(app) == Counter({iso(0): 1})
