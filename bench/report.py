@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 #: The conveyor rows the ratio columns compare with, in column order.
-REFERENCES = ("conveyor-redis", "conveyor-sqlite")
+REFERENCES = ("conveyor-redis", "conveyor-sqlite", "conveyor-amqp")
 
 
 def _rate(v: float) -> str:

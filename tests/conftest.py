@@ -8,6 +8,8 @@ Redis tests get a key prefix unique to the test and delete every key under it af
 from __future__ import annotations
 
 import os
+import subprocess
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +22,11 @@ from conveyor.brokers import Broker
 from conveyor.brokers import from_url as broker_from_url
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 #: Every broker kind the conformance suite runs over.
-BROKER_KINDS = ["memory", "sqlite", "redis"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp"]
 BACKEND_KINDS = ["memory", "sqlite", "redis"]
 
 
@@ -69,6 +72,41 @@ def redis_prefix() -> Iterator[str]:
     redis_cleanup(prefix)
 
 
+def rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl`` (the tests create and delete their own vhosts with it)."""
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+def amqp_available() -> None:
+    try:
+        import pika
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        server_missing("pika", str(exc))
+        return
+    try:
+        pika.BlockingConnection(pika.URLParameters(AMQP_URL + "/%2F?socket_timeout=2&connection_attempts=1")).close()
+    except pika.exceptions.AMQPError as exc:
+        server_missing(f"RabbitMQ at {AMQP_URL}", repr(exc))
+    except OSError as exc:
+        server_missing(f"RabbitMQ at {AMQP_URL}", str(exc))
+
+
+@pytest.fixture
+def amqp_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of this test alone (guest may use it); deleted with everything in it afterwards."""
+    amqp_available()
+    vhost = f"cvtest-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield vhost
+    rabbitmqctl("delete_vhost", vhost)
+
+
+def amqp_url(vhost: str) -> str:
+    """The test AMQP URL of ``vhost``."""
+    return f"{AMQP_URL}/{urllib.parse.quote(vhost, safe='')}"
+
+
 def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """A broker/backend URL of ``kind`` isolated to one test."""
     if kind == "memory":
@@ -78,7 +116,15 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "redis":
         prefix: str = request.getfixturevalue("redis_prefix")
         return f"{REDIS_URL}?prefix={prefix}"
+    if kind == "amqp":
+        vhost: str = request.getfixturevalue("amqp_vhost")
+        return amqp_url(vhost)
     raise AssertionError(kind)
+
+
+def backend_url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The result backend paired with a broker of ``kind``: its own engine, or SQLite for RabbitMQ."""
+    return f"sqlite:///{tmp_path / 'results.db'}" if kind == "amqp" else url_for(kind, tmp_path, request)
 
 
 @pytest.fixture(params=BROKER_KINDS)
@@ -93,10 +139,13 @@ def broker_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest)
 
 
 @pytest.fixture
-def broker(broker_url: str) -> Iterator[Broker]:
+def broker(broker_url: str, broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
     instance = broker_from_url(broker_url, max_deliveries=3)
+    results = backend_from_url(backend_url_for(broker_kind, tmp_path, request))
+    instance.use_backend(lambda: results)  # as App does; RabbitMQ keeps its worker registry there
     yield instance
     instance.close()
+    results.close()
 
 
 @pytest.fixture(params=BACKEND_KINDS)

@@ -13,6 +13,8 @@ COUNTER_KEY = "bench:done"
 SLEEP_SECONDS = 1.0
 #: Environment variable naming the Redis URL (with its database) of the counter, for worker processes.
 REDIS_URL_ENV = "BENCH_REDIS_URL"
+#: Environment variable naming the broker URL when it is not the Redis one (the ``amqp`` variants).
+BROKER_URL_ENV = "BENCH_BROKER_URL"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,8 @@ class SystemSpec:
         module: ``bench.systems.<module>`` holds its ``Driver`` class.
         venv: the peer venv under ``bench/.venvs`` its driver runs in; None for conveyor (the
             interpreter running the harness, where conveyor is installed).
-        variant: passed to the driver (conveyor's broker: ``redis`` or ``sqlite``).
+        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite`` or ``amqp``; Celery's:
+            ``amqp`` for RabbitMQ as its broker, results on the run's Redis either way).
     """
 
     name: str
@@ -38,7 +41,9 @@ SYSTEMS: dict[str, SystemSpec] = {
     for spec in (
         SystemSpec("conveyor-redis", "conveyor", None, "redis"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
+        SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
         SystemSpec("celery", "celery", "celery"),
+        SystemSpec("celery-amqp", "celery", "celery", "amqp"),
         SystemSpec("dramatiq", "dramatiq", "dramatiq"),
         SystemSpec("rq", "rq", "rq"),
         SystemSpec("huey", "huey", "huey"),

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems.base import Driver, Unavailable
+from bench.systems import BROKER_URL_ENV
+from bench.systems._rabbit import Vhost
+from bench.systems.base import Driver, DriverConfig, Unavailable
 
 
 class CeleryDriver(Driver):
-    """Celery with the Redis broker and Redis result backend."""
+    """Celery with the Redis result backend, and the Redis broker or (variant ``amqp``) RabbitMQ in a fresh vhost."""
 
     batch_note = "group(task.s(i) ...).apply_async(): one message per task, one producer connection"
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        self.vhost = Vhost(config.label) if config.variant == "amqp" else None
+        if self.vhost is not None:  # read by celery_tasks when it is imported, here and in the workers
+            os.environ[BROKER_URL_ENV] = self.vhost.url
+
+    def worker_env(self) -> dict[str, str]:
+        return {} if self.vhost is None else {BROKER_URL_ENV: self.vhost.url}
 
     def setup(self) -> None:
         try:
@@ -26,7 +38,8 @@ class CeleryDriver(Driver):
         return str(celery.__version__)
 
     def describe(self) -> str:
-        return (
+        broker = "RabbitMQ broker (py-amqp), Redis results; " if self.vhost is not None else ""
+        return broker + (
             f"prefork -c {self.config.concurrency}, acks_late=True, prefetch_multiplier={self.tasks.PREFETCH}, "
             "without gossip/mingle/heartbeat, -l WARNING"
         )
@@ -73,6 +86,8 @@ class CeleryDriver(Driver):
         tasks = getattr(self, "tasks", None)
         if tasks is not None:
             tasks.app.close()
+        if self.vhost is not None:
+            self.vhost.delete()
 
 
 DRIVER = CeleryDriver

@@ -1,4 +1,4 @@
-"""Celery's side of the benchmark, in its fast configuration for short tasks on Redis.
+"""Celery's side of the benchmark, in its fast configuration for short tasks on Redis (or RabbitMQ).
 
 Worker: ``celery -A bench.systems.celery_tasks:app worker -c 2 -P prefork -l WARNING
 --without-gossip --without-mingle --without-heartbeat`` (no per-task log lines at WARNING).
@@ -13,13 +13,14 @@ import time
 
 from celery import Celery
 
-from bench.systems import REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import BROKER_URL_ENV, REDIS_URL_ENV, SLEEP_SECONDS
 from bench.systems._counter import incr
 
 PREFETCH = int(os.environ.get("BENCH_CELERY_PREFETCH", "16"))
 _url = os.environ[REDIS_URL_ENV]
 
-app = Celery("bench", broker=_url, backend=_url)
+# The celery-amqp variant sets BENCH_BROKER_URL to its RabbitMQ vhost; results stay on Redis.
+app = Celery("bench", broker=os.environ.get(BROKER_URL_ENV) or _url, backend=_url)
 app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=PREFETCH,

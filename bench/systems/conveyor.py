@@ -13,25 +13,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.systems._rabbit import Vhost
 from bench.systems.base import Driver, DriverConfig, Unavailable
 
 
 class ConveyorDriver(Driver):
-    """conveyor on Redis or SQLite."""
+    """conveyor on Redis, SQLite, or RabbitMQ (a fresh vhost, results on the run's Redis)."""
 
     batch_note = "app.send([task.message(...) ...]): one broker call per chunk"
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
         self.db_path: Path | None = None
-        if config.variant == "sqlite":
+        self.vhost: Vhost | None = None
+        self.env = {"CONVEYOR_BACKEND_URL": config.redis_url}
+        if config.variant == "amqp":
+            self.vhost = Vhost(config.label)
+            self.broker_url = self.vhost.url
+        elif config.variant == "sqlite":
             self.db_path = config.workdir / f"{config.label}.db"
             self._remove_db()
             self.broker_url = f"sqlite:///{self.db_path}"
         else:
             self.broker_url = config.redis_url
+        self.env["CONVEYOR_BROKER_URL"] = self.broker_url
+        if config.variant != "amqp":  # results on the broker's engine, as a user would run it
+            del self.env["CONVEYOR_BACKEND_URL"]
         # Read by App(...) when the task module is imported, here and in the workers.
-        os.environ["CONVEYOR_BROKER_URL"] = self.broker_url
+        os.environ.update(self.env)
 
     def setup(self) -> None:
         try:
@@ -52,7 +61,7 @@ class ConveyorDriver(Driver):
         return str(getattr(conveyor, "__version__", "dev"))
 
     def describe(self) -> str:
-        broker = "SQLite (WAL)" if self.config.variant == "sqlite" else "Redis"
+        broker = {"sqlite": "SQLite (WAL)", "amqp": "RabbitMQ (pika), Redis results"}.get(self.config.variant, "Redis")
         return (
             f"{broker}; conveyor worker -c {self.config.concurrency} --pool process; "
             "track_started=False, ignore_result on no-result tasks"
@@ -66,7 +75,7 @@ class ConveyorDriver(Driver):
         return [[*cmd, "worker", app, "-c", str(self.config.concurrency), "--pool", "process", "--loglevel", "WARNING"]]
 
     def worker_env(self) -> dict[str, str]:
-        return {"CONVEYOR_BROKER_URL": self.broker_url}
+        return dict(self.env)
 
     def enqueue_one(self, kind: str, arg: int) -> Any:
         return getattr(self.tasks, kind).delay(arg)
@@ -83,6 +92,8 @@ class ConveyorDriver(Driver):
         if tasks is not None:
             tasks.app.close()
         self._remove_db()
+        if self.vhost is not None:
+            self.vhost.delete()
 
     def _remove_db(self) -> None:
         if self.db_path is not None:

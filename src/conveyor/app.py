@@ -79,9 +79,9 @@ class App:
         if self._broker is None:
             with self._lock:
                 if self._broker is None:
-                    self._broker = broker_from_url(
-                        self.settings.broker_url, max_deliveries=self.settings.max_deliveries
-                    )
+                    broker = broker_from_url(self.settings.broker_url, max_deliveries=self.settings.max_deliveries)
+                    broker.use_backend(lambda: self.backend)  # RabbitMQ keeps shared state there
+                    self._broker = broker
         return self._broker
 
     @property

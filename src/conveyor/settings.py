@@ -82,8 +82,17 @@ class Settings:
         if self.max_message_size < 1024:
             raise ConfigurationError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         self._check_beat()
+        self._check_backend()
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_backend(self) -> None:
+        if _scheme(self.broker_url) in {"amqp", "amqps"} and self.backend_url is None:
+            raise ConfigurationError(
+                "RabbitMQ is no result store: name a result backend with the amqp:// broker, e.g. "
+                "App(..., broker='amqp://...', backend='redis://localhost:6379/0') or backend='sqlite:///results.db' "
+                "(or CONVEYOR_BACKEND_URL)"
+            )
 
     def _check_beat(self) -> None:
         for name in ("beat_lease", "beat_interval", "beat_grace"):
@@ -164,6 +173,10 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(raw)
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -54,10 +54,10 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for a worker and for this test's app: broker URL, record dir, short lease."""
-    from tests.conftest import url_for
+    """Environment for a worker and for this test's app: broker URL (and backend), record dir, short lease."""
+    from tests.conftest import backend_url_for, url_for
 
     records = tmp_path / "records"
     records.mkdir()
@@ -69,14 +69,26 @@ def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
         E2E_RECORD_DIR=str(records),
         PYTHONPATH=str(ROOT),
     )
+    env.pop("CONVEYOR_BACKEND_URL", None)
+    if request.param == "amqp":  # RabbitMQ is no result store
+        env["CONVEYOR_BACKEND_URL"] = backend_url_for(request.param, tmp_path, request)
     yield env
 
 
 @pytest.fixture
 def e2e_app(e2e_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
     """The test side's app, on the same broker as the worker."""
-    for key in ("CONVEYOR_BROKER_URL", "CONVEYOR_LEASE", "CONVEYOR_SHUTDOWN_GRACE", "E2E_RECORD_DIR"):
-        monkeypatch.setenv(key, e2e_env[key])
+    for key in (
+        "CONVEYOR_BROKER_URL",
+        "CONVEYOR_BACKEND_URL",
+        "CONVEYOR_LEASE",
+        "CONVEYOR_SHUTDOWN_GRACE",
+        "E2E_RECORD_DIR",
+    ):
+        if key in e2e_env:
+            monkeypatch.setenv(key, e2e_env[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
     app = App("e2e")
     yield app
     app.close()

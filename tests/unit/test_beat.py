@@ -20,7 +20,7 @@ from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotReg
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
 from conveyor.signing import unframe
-from tests.conftest import url_for
+from tests.conftest import backend_url_for, url_for
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
 
@@ -57,8 +57,10 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def app(url: str) -> Iterator[App]:
-    instance = make_app(url)
+def app(url: str, broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[App]:
+    # RabbitMQ is no result store: its app needs a backend (SQLite here), as on every other broker's own engine
+    backend = backend_url_for(broker_kind, tmp_path, request) if broker_kind == "amqp" else None
+    instance = make_app(url, backend=backend)
     yield instance
     instance.close()
 

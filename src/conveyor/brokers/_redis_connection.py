@@ -15,7 +15,6 @@ import importlib.resources
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -25,7 +24,8 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from conveyor.brokers._redis_keys import DEFAULT_PREFIX
-from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.brokers._urls import split_prefix
+from conveyor.errors import BrokerUnavailable
 
 T = TypeVar("T")
 
@@ -59,32 +59,7 @@ def split_url(url: str) -> tuple[str, str, str]:
     Raises:
         ConfigurationError: the ``prefix`` parameter is empty.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    prefix = prefixes[-1] if prefixes else DEFAULT_PREFIX
-    if not prefix:
-        raise ConfigurationError(f"empty prefix= in Redis URL {safe_url(url)!r}")
-    rest = [(name, value) for name, value in query if name != "prefix"]
-    return _unsplit(parts._replace(query=urlencode(rest))), prefix, safe_url(url)
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password (in the authority or a ``password=`` parameter) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = parts.username or ""
-        host = netloc.rpartition("@")[2]
-        netloc = f"{user}:***@{host}"
-    query = [(n, "***" if n == "password" else v) for n, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return _unsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-
-
-def _unsplit(parts: SplitResult) -> str:
-    """urlunsplit that keeps ``//`` when the authority is empty (``unix:///path``), as redis-py's docs write it."""
-    url = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    return url + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return split_prefix(url, DEFAULT_PREFIX, "Redis")
 
 
 def load_script_source(name: str) -> str:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,6 +227,13 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def workers(self) -> list[WorkerInfo]:
         """Live workers (heartbeat younger than its ttl)."""
+
+    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:  # noqa: B027 - optional hook
+        """Hand over the app's result backend (called lazily: ``backend()`` connects on first use).
+
+        Brokers whose engine cannot keep shared state themselves (RabbitMQ: no key-value store) keep
+        it there; the others ignore it.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""

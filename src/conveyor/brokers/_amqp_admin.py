@@ -1,0 +1,235 @@
+"""The AMQP broker's operations that walk queues: dead letters, cancel, purge, counts, the registry.
+
+Each is a :func:`~conveyor.brokers._amqp_scan.scan` in one transaction (AMQP cannot list queues or
+delete one message), so each costs one round trip per message of the queues it walks: fine for
+thousands of messages, slow for millions (docs/amqp.md, "What maps where"). Worker heartbeats live in
+the result backend, their ids in the registry queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from conveyor.brokers._amqp_connection import AMQPConnection
+from conveyor.brokers._amqp_names import declarations, queue_names, registry_name
+from conveyor.brokers._amqp_scan import (
+    Decide,
+    Entry,
+    add_to_registry,
+    dead_letter_of,
+    entry_of,
+    properties,
+    read_registry,
+    scan,
+)
+from conveyor.brokers.base import DeadLetter, WorkerInfo
+from conveyor.states import State
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
+
+#: State under which a worker's heartbeat is kept in the result backend (not final: wakes no waiter).
+WORKER_STATE = State.STARTED
+
+
+class Admin:
+    """Scans and registry of one AMQP broker.
+
+    Args:
+        conn: the broker's connection.
+        prefix: the broker's queue prefix.
+        results: the app's result backend (worker heartbeats).
+        declared: the conveyor queues the broker declared in this process (always listed).
+    """
+
+    def __init__(
+        self, conn: AMQPConnection, prefix: str, results: Callable[[], ResultBackend], declared: set[str]
+    ) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._results = results
+        self._declared = declared
+        self._added: set[tuple[str, str]] = set()  # registry entries this process wrote
+        self.registry = registry_name(prefix)
+
+    # -- dead letters, cancel, purge ---------------------------------------------------------
+
+    def dead_letters(self, limit: int, queue: str | None) -> list[DeadLetter]:
+        """Every dead letter of the known queues (or ``queue``), oldest first, up to ``limit``."""
+        found: list[DeadLetter] = []
+        for name in [q for q in self.queues() if queue is None or q == queue]:
+
+            def keep(method: Basic.GetOk, props: BasicProperties, body: bytes, name: str = name) -> bool:
+                found.append(dead_letter_of(name, props, body))
+                return False
+
+            self.scan_all([queue_names(self._prefix, name).dead], keep)
+        found.sort(key=lambda letter: letter.dead_at)
+        return found[:limit]
+
+    def requeue_dead(self, ids: Sequence[str] | None) -> int:
+        """Publish the chosen dead letters to their ready queue with deliveries reset."""
+        wanted = None if ids is None else set(ids)
+
+        def decider(ch: BlockingChannel, queue: str) -> Decide:
+            def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+                entry = entry_of(props)
+                if wanted is not None and entry.id not in wanted:
+                    return False
+                fresh = Entry(entry.id, entry.priority, 0)
+                ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
+                return True
+
+            return decide
+
+        return self.scan_each(self._dead, decider)
+
+    def purge_dead(self, ids: Sequence[str] | None) -> int:
+        """Delete the chosen dead letters."""
+        wanted = None if ids is None else set(ids)
+        return self.scan_each(
+            self._dead, lambda ch, q: lambda m, props, body: wanted is None or entry_of(props).id in wanted
+        )
+
+    def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Entry]]:
+        """Delete waiting (ready or scheduled) messages by id; return the ids found and their entries."""
+        wanted = set(ids)
+        removed: list[Entry] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            entry = entry_of(props)
+            if entry.id not in wanted:
+                return False
+            removed.append(entry)
+            return True
+
+        if wanted:
+            self.scan_each(self._waiting, lambda ch, q: decide)
+        gone = {e.id for e in removed}
+        return [i for i in ids if i in gone], removed
+
+    def purge(self, queue: str) -> list[Entry]:
+        """Delete every waiting message of ``queue``; return their entries (to release their keys)."""
+        removed: list[Entry] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            removed.append(entry_of(props))
+            return True
+
+        self.scan_all(self._waiting(queue), decide)
+        return removed
+
+    def counts(self, ch: BlockingChannel, queue: str) -> tuple[int, int, int]:
+        """(ready, scheduled, dead) of a declared queue, from ``queue.declare`` answers."""
+        names = queue_names(self._prefix, queue)
+        count = {
+            name: int(ch.queue_declare(name, durable=True, arguments=args).method.message_count)
+            for name, args in declarations(names)
+        }
+        return count[names.ready], sum(count[name] for name in names.scheduled), count[names.dead]
+
+    def scan_each(
+        self, rabbit_queues: Callable[[str], list[str]], decider: Callable[[BlockingChannel, str], Decide]
+    ) -> int:
+        """Scan the given RabbitMQ queues of every known conveyor queue, one transaction per conveyor queue."""
+        total = 0
+        for queue in self.queues():
+
+            def op(ch: BlockingChannel, queue: str = queue) -> int:
+                taken = sum(scan(ch, name, decider(ch, queue)) for name in rabbit_queues(queue))
+                ch.tx_commit()
+                return taken
+
+            total += self._conn.call(op)
+        return total
+
+    def scan_all(self, names: Sequence[str], decide: Decide) -> int:
+        """Scan ``names`` in one transaction."""
+
+        def op(ch: BlockingChannel) -> int:
+            taken = sum(scan(ch, name, decide) for name in names)
+            ch.tx_commit()
+            return taken
+
+        return self._conn.call(op)
+
+    def _waiting(self, queue: str) -> list[str]:
+        names = queue_names(self._prefix, queue)
+        return [names.ready, *names.scheduled]
+
+    def _dead(self, queue: str) -> list[str]:
+        return [queue_names(self._prefix, queue).dead]
+
+    # -- registry and workers ----------------------------------------------------------------
+
+    def queues(self) -> list[str]:
+        """Every known conveyor queue: the registry's and this process's."""
+        return self._conn.call(self.queues_locked)
+
+    def queues_locked(self, ch: BlockingChannel) -> list[str]:
+        """:meth:`queues` on a channel the caller holds."""
+        return self.entries_locked(ch)[0]
+
+    def entries_locked(self, ch: BlockingChannel) -> tuple[list[str], list[str]]:
+        """Known queues and lease owners, from one registry read."""
+        entries = self._scan_registry(ch)
+        queues = {name for kind, name in entries if kind == "queue"} | self._declared
+        return sorted(queues), sorted(name for kind, name in entries if kind == "owner")
+
+    def register(self, ch: BlockingChannel, kind: str, name: str) -> bool:
+        """Add a registry entry once per process (in the caller's transaction); True when it did now."""
+        if (kind, name) in self._added:
+            return False
+        ch.queue_declare(self.registry, durable=True)
+        add_to_registry(ch, self.registry, kind, name)
+        self._added.add((kind, name))
+        return True
+
+    def forget(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Delete registry entries (stale workers or owners)."""
+        if entries:
+            self._conn.call(lambda ch: self._scan_registry(ch, forget=entries))
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        """Put the worker's id in the registry (once per process) and its heartbeat in the backend."""
+        if ("worker", info.id) not in self._added:
+            self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
+        self._results().set(self._worker_key(info.id), WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker's heartbeat and registry entry."""
+        self._results().forget(self._worker_key(worker_id))
+        self.forget([("worker", worker_id)])
+
+    def workers(self) -> list[WorkerInfo]:
+        """Registered workers whose heartbeat is alive; the registry forgets the others."""
+        entries = self._conn.call(lambda ch: self._scan_registry(ch))
+        live, gone = [], []
+        for kind, name in entries:
+            if kind != "worker":
+                continue
+            raw = self._results().get(self._worker_key(name))
+            if raw is None:
+                gone.append(("worker", name))
+            else:
+                live.append(WorkerInfo.from_dict(json.loads(raw)))
+        self.forget(gone)
+        return sorted(live, key=lambda w: w.id)
+
+    def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+        ch.queue_declare(self.registry, durable=True)
+        entries = read_registry(ch, self.registry, forget)
+        ch.tx_commit()
+        return entries
+
+    def _register_worker_id(self, ch: BlockingChannel, worker_id: str) -> None:
+        self.register(ch, "worker", worker_id)
+        ch.tx_commit()
+
+    def _worker_key(self, worker_id: str) -> str:
+        return f"{self._prefix}:worker:{worker_id}"

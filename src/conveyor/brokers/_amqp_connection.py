@@ -1,0 +1,166 @@
+"""One RabbitMQ connection per process for the AMQP broker: a lock, bounded retries, fork safety.
+
+pika's ``BlockingConnection`` is not thread-safe, and an AMQP acknowledgement must go on the
+channel that received the delivery, so every operation of a process goes through one connection
+and one channel under one lock (:meth:`AMQPConnection.call`). The channel is transactional
+(``tx.select``): ``tx.commit-ok`` is RabbitMQ's word that the publishes and acks of the
+transaction took effect and that persistent messages on durable queues are its responsibility
+(see docs/amqp.md on why transactions rather than publisher confirms).
+
+A connection or channel that fails is dropped and reopened with backoff for at most ``retry_for``
+seconds, then :class:`~conveyor.errors.BrokerUnavailable` is raised. Each (re)opening starts a new
+*generation*: RabbitMQ requeued every delivery the old channel held, so deliveries of an older
+generation are lost leases. A process forked from one holding a connection opens its own and never
+touches the inherited socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from conveyor.errors import BrokerError, BrokerUnavailable
+
+T = TypeVar("T")
+
+#: Errors after which the connection is reopened and the operation retried.
+RETRYABLE = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionWrongStateError,
+    pika.exceptions.ChannelWrongStateError,
+    ConnectionError,
+    OSError,
+)
+
+
+class AMQPConnection:
+    """The process's connection and transactional channel, used under :attr:`lock`.
+
+    Args:
+        url: a pika URL (``amqp://user:pass@host:port/vhost?heartbeat=...``), without ``prefix``.
+        printable: the URL without its password, for error messages.
+        retry_for: seconds an operation keeps retrying connection faults before BrokerUnavailable.
+        connect_timeout: seconds to open the TCP connection and the AMQP handshake.
+        on_fork: called (under the lock) the first time a forked child uses the connection, to drop
+            the state the parent kept about its own deliveries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        printable: str,
+        *,
+        retry_for: float,
+        connect_timeout: float,
+        on_fork: Callable[[], None] | None = None,
+    ) -> None:
+        self.params = pika.URLParameters(url)
+        self.params.connection_attempts = 1
+        self.params.socket_timeout = connect_timeout
+        self.params.stack_timeout = connect_timeout * 2
+        if self.params.blocked_connection_timeout is None:  # a broker out of memory or disk blocks publishers
+            self.params.blocked_connection_timeout = retry_for
+        self.printable = printable
+        self.retry_for = retry_for
+        self.lock = threading.RLock()
+        #: Bumped each time a channel is opened; deliveries of an older generation are lost.
+        self.generation = 0
+        self._conn: BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._pid = 0
+        self._on_fork = on_fork
+
+    def call(self, op: Callable[[BlockingChannel], T]) -> T:
+        """Run ``op`` on the channel under the lock, reopening and retrying after connection faults.
+
+        ``op`` must be safe to run again after a fault: it re-reads :attr:`generation`.
+
+        Raises:
+            BrokerUnavailable: RabbitMQ did not answer within ``retry_for`` seconds.
+            BrokerError: RabbitMQ refused the operation (it closed the channel with an error).
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.0
+        with self.lock:
+            while True:
+                try:
+                    return op(self._open())
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    self.drop()
+                    raise BrokerError(
+                        f"RabbitMQ at {self.printable} refused: {exc.reply_code} {exc.reply_text}"
+                    ) from exc
+                except RETRYABLE as exc:
+                    self.drop()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BrokerUnavailable(
+                            f"RabbitMQ at {self.printable} did not answer within {self.retry_for:g} s: "
+                            f"{type(exc).__name__}: {exc}"
+                        ) from exc
+                    time.sleep(min(delay, remaining))
+                    delay = min(max(delay * 2, 0.05), 1.0)
+
+    def service(self) -> None:
+        """Answer RabbitMQ's heartbeats now (the LeaseKeeper calls this through ``extend``)."""
+        with self.lock:
+            if self._conn is not None and self._pid == os.getpid() and self._conn.is_open:
+                try:
+                    self._conn.process_data_events(0)
+                except RETRYABLE:
+                    self.drop()
+
+    def drop(self) -> None:
+        """Forget the connection (closing it if this process opened it); the next call opens a new one."""
+        with self.lock:
+            conn, self._conn, self._channel = self._conn, None, None
+            if conn is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):  # it is being thrown away either way
+                    conn.close()
+            self.generation += 1
+
+    def _open(self) -> BlockingChannel:
+        if self._pid != os.getpid():  # forked: the connection belongs to the parent
+            if self._conn is not None:
+                _abandon(self._conn)
+            if self._pid and self._on_fork is not None:
+                self._on_fork()
+            self._conn = self._channel = None
+            self._pid = os.getpid()
+            self.generation += 1
+        if self._channel is None or not self._channel.is_open:
+            if self._conn is None or not self._conn.is_open:
+                self._conn = BlockingConnection(self.params)
+            self._channel = self._conn.channel()
+            self._channel.tx_select()
+            self.generation += 1
+        return self._channel
+
+
+#: Connections inherited across ``fork()``. They stay referenced so their finalizers never run in the
+#: child: the I/O loop's poller is shared with the parent, and tearing it down would unregister the
+#: parent's sockets.
+_INHERITED: list[BlockingConnection] = []
+
+
+def _abandon(conn: BlockingConnection) -> None:
+    """Let go of a connection inherited from the parent without a word on the wire.
+
+    Only the child's copy of the TCP socket is closed (no shutdown, so the parent's connection is
+    untouched), which lets RabbitMQ see the connection close when the parent dies even if this child
+    lives on. pika has no public way to reach the socket; if a future pika moves it, the child simply
+    keeps its copy open.
+    """
+    _INHERITED.append(conn)
+    sock = getattr(getattr(getattr(conn, "_impl", None), "_transport", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

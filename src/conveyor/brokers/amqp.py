@@ -1,0 +1,496 @@
+"""AMQPBroker: the broker contract on RabbitMQ, through pika, for teams that already run it.
+
+How the contract maps onto AMQP (docs/amqp.md has the full story):
+
+- **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
+  transactional channel; ``enqueue`` returns after ``tx.commit-ok``, when RabbitMQ has the batch.
+- **reserve**: ``basic.get`` (pull), at most ``n`` messages, queues in the order given: nothing is
+  prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
+  while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
+- **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
+  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``).
+- **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
+  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered).
+- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
+  reserving worker promotes due messages and sends the others to the next level: never early.
+- **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from conveyor.brokers._amqp_admin import Admin
+from conveyor.brokers._amqp_connection import AMQPConnection
+from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
+from conveyor.brokers._amqp_keys import KeyClaims
+from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers._amqp_scan import (
+    Entry,
+    add_to_registry,
+    dead_properties,
+    entry_of,
+    properties,
+    scan,
+)
+from conveyor.brokers._urls import split_prefix
+from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
+
+#: Idle polling: first and longest sleep between looks at empty queues, in seconds.
+POLL_MIN, POLL_MAX = 0.002, 0.05
+#: "Nothing scheduled that this process knows of."
+INF = float("inf")
+#: Seconds a reserve keeps looking every millisecond after a delay level it knows of ran out (the
+#: message moves to ``.eta`` by dead-lettering, a moment after its TTL).
+HOP_SLACK = 0.01
+#: Seconds between a busy reserve's looks at the ``.eta`` queues (a look is one round trip per queue;
+#: a message may become ready this much after its level ran out, never before its eta).
+PROMOTE_EVERY = 0.01
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    """A delivery this process holds unacknowledged on its channel."""
+
+    delivery: Delivery
+    entry: Entry
+    tag: int
+    generation: int
+    deadline: float  # time.monotonic()
+
+
+class AMQPBroker(Broker):
+    """A broker on RabbitMQ; ``amqp://`` and ``amqps://`` URLs with an optional ``prefix=``.
+
+    Args:
+        url: a pika URL (``amqp://user:pass@host:5672/vhost``); ``prefix`` (default ``conveyor``)
+            starts every queue name.
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        retry_for: overrides :attr:`retry_for` for this broker.
+    """
+
+    schemes = ("amqp", "amqps")
+
+    #: Seconds an operation keeps retrying connection faults (backoff 0.05 s doubling to 1 s)
+    #: before it raises BrokerUnavailable.
+    retry_for: float = 5.0
+    #: Seconds to open a connection.
+    connect_timeout: float = 2.0
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/%2F",
+        *,
+        max_deliveries: int = 5,
+        retry_for: float | None = None,
+    ) -> None:
+        super().__init__(max_deliveries=max_deliveries)
+        pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
+        self._conn = AMQPConnection(
+            pika_url,
+            self.url,
+            retry_for=self.retry_for if retry_for is None else retry_for,
+            connect_timeout=self.connect_timeout,
+            on_fork=self._forget_parent,
+        )
+        self._held: dict[str, _Held] = {}
+        self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
+        self._next_hop = INF  # monotonic time a delay level this process used runs out
+        self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
+        self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
+        self._backend: Callable[[], ResultBackend] | None = None
+        self._keys = KeyClaims(self._results, self.prefix)
+        self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
+        self._board = InFlightBoard(self._board_backend, self.prefix)
+
+    @classmethod
+    def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
+        """Build from an ``amqp://`` or ``amqps://`` URL (``?prefix=`` sets the queue prefix)."""
+        return cls(url, max_deliveries=max_deliveries)
+
+    def __repr__(self) -> str:
+        return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
+
+    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:
+        """Keep the worker registry and idempotency keys in the app's result backend."""
+        self._backend = backend
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        if not envelopes:
+            return []
+        if any(e.key is not None for e in envelopes):
+            answer, fresh, claimed = self._keys.claim(envelopes)
+        else:
+            answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
+
+        def op(ch: BlockingChannel) -> None:
+            now = time.time()
+            for env in fresh:
+                self._declare(ch, env.queue)
+                entry = Entry(env.id, env.priority, 0, env.eta, env.key)
+                self._publish(ch, env.queue, entry, env.body, now)
+            ch.tx_commit()
+
+        try:
+            self._conn.call(op)
+        except BaseException:
+            self._keys.undo(claimed)
+            raise
+        return answer
+
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        if n <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + timeout
+        pause = POLL_MIN
+        while True:
+            out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease))
+            self._publish_counts()
+            now = time.monotonic()
+            remaining = deadline - now
+            if out or remaining <= 0:
+                return out
+            if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
+                self._next_hop = INF
+            hop = max(0.0, self._next_hop - now) + 0.001
+            time.sleep(min(pause, remaining, hop))
+            pause = min(pause * 2, POLL_MAX)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        def op(ch: BlockingChannel) -> list[Entry]:
+            done = []
+            for held in self._pop_held(deliveries):
+                ch.basic_ack(held.tag)
+                done.append(held.entry)
+            ch.tx_commit()
+            return done
+
+        self._release_keys(self._conn.call(op))
+        self._publish_counts()
+
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        def op(ch: BlockingChannel) -> None:
+            for held in self._pop_held([delivery]):
+                now = time.time()
+                eta = now + delay if delay > 0 else None
+                entry = dataclasses.replace(held.entry, eta=eta)  # same count: this delivery does not count
+                self._publish(ch, delivery.queue, entry, held.delivery.body if body is None else body, now)
+                ch.basic_ack(held.tag)
+                ch.tx_commit()
+
+        self._conn.call(op)
+        self._publish_counts()
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        def op(ch: BlockingChannel) -> list[str]:
+            self._conn.service()  # AMQP heartbeats, and a dead connection shows here
+            until = time.monotonic() + lease
+            lost = []
+            for d in deliveries:
+                held = self._live(d)
+                if held is None:
+                    lost.append(d.id)
+                else:
+                    held.deadline = until
+            return lost
+
+        lost = self._conn.call(op)
+        self._publish_counts()
+        return lost
+
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        def op(ch: BlockingChannel) -> list[Entry]:
+            done = []
+            for held in self._pop_held([delivery]):
+                self._bury(ch, held, reason, body)
+                done.append(held.entry)
+            ch.tx_commit()
+            return done
+
+        self._release_keys(self._conn.call(op))
+        self._publish_counts()
+
+    def release_owner(self, owner: str) -> int:
+        """Give back this process's deliveries leased to ``owner``.
+
+        A worker child that died held its deliveries on its own connection, which the kernel closed:
+        RabbitMQ requeued them already, and its redelivery counts them. So from the supervisor this
+        returns 0; it moves messages only for owners inside this process.
+        """
+
+        def op(ch: BlockingChannel) -> int:
+            mine = [h for h in self._live_held() if h.delivery.owner == owner]
+            for held in mine:
+                self._give_back(ch, held, f"its worker process {owner} died")
+            ch.tx_commit()
+            return len(mine)
+
+        released = self._conn.call(op)
+        self._board.clear(owner)
+        return released
+
+    def recover(self) -> int:
+        def op(ch: BlockingChannel) -> int:
+            moved = self._expire(ch)
+            for queue in sorted(self._declared):
+                moved += self._promote(ch, queue_names(self.prefix, queue))
+            ch.tx_commit()
+            return moved
+
+        return self._conn.call(op)
+
+    # -- the reserve step --------------------------------------------------------------------
+
+    def _reserve_once(
+        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float
+    ) -> list[Delivery]:
+        """Expire leases, promote due messages, then take up to ``n`` ready ones; one lock hold."""
+        moved = self._expire(ch)
+        now = time.monotonic()
+        promote = now >= self._next_promote or now >= self._next_hop
+        if promote:
+            self._next_promote = now + PROMOTE_EVERY
+        if self._admin.register(ch, "owner", owner):
+            self._owners.add(owner)
+            self._publish_counts()  # its record exists before its registry entry: no one takes it for dead
+            moved += 1  # commit the registry entry with the rest
+        for queue in queues:
+            self._declare(ch, queue)
+            if promote:
+                moved += self._promote(ch, queue_names(self.prefix, queue))
+        if moved:
+            ch.tx_commit()
+        out: list[Delivery] = []
+        rotated = False
+        for queue in queues:
+            ready = queue_names(self.prefix, queue).ready
+            while len(out) < n:
+                method, props, body = ch.basic_get(ready)
+                if method is None or props is None or body is None:
+                    break
+                delivery = self._take(ch, queue, method, props, body, owner, lease)
+                if delivery is None:
+                    rotated = True
+                else:
+                    out.append(delivery)
+        if rotated:
+            ch.tx_commit()
+        return out
+
+    def _take(
+        self,
+        ch: BlockingChannel,
+        queue: str,
+        method: Basic.GetOk,
+        props: BasicProperties,
+        body: bytes,
+        owner: str,
+        lease: float,
+    ) -> Delivery | None:
+        """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
+        entry = entry_of(props)
+        if method.redelivered:
+            # RabbitMQ requeued this copy when the channel holding it closed: a delivery our header
+            # has not counted. Count it in a new copy (at the queue's tail), or bury a poison message.
+            counted = dataclasses.replace(entry, before=entry.before + 1)
+            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner)
+            lost = _Held(delivery, counted, method.delivery_tag, self._conn.generation, 0.0)
+            self._give_back(ch, lost, "the connection holding it closed (its worker died?)")
+            return None
+        generation = self._conn.generation
+        token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
+        delivery = Delivery(entry.id, queue, body, entry.priority, entry.before + 1, token, owner)
+        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, time.monotonic() + lease)
+        return delivery
+
+    def _expire(self, ch: BlockingChannel) -> int:
+        """Give back the deliveries whose lease ran out without a heartbeat."""
+        now = time.monotonic()
+        expired = [h for h in self._live_held() if h.deadline <= now]
+        for held in expired:
+            self._held.pop(held.delivery.token, None)
+            self._give_back(ch, held, "its lease expired without a heartbeat")
+        return len(expired)
+
+    def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
+        """Return a held message to its ready queue (its deliveries counted), or bury it as poison."""
+        d = held.delivery
+        if d.deliveries >= self.max_deliveries:
+            reason = f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?"
+            self._bury(ch, held, reason)
+            self._release_keys([held.entry])
+            return
+        entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
+        ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
+        ch.basic_ack(held.tag)
+
+    def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
+        """Move due messages of the ``.eta`` queue to ready, the others to their next delay level; count both."""
+        now = time.time()
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            self._publish_to(ch, names, entry_of(props), body, now)
+            return True
+
+        return scan(ch, names.eta, decide)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _publish(self, ch: BlockingChannel, queue: str, entry: Entry, body: bytes, now: float) -> None:
+        self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
+
+    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Entry, body: bytes, now: float) -> None:
+        """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
+        if entry.eta is None or entry.eta <= now:
+            ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
+            return
+        level = level_for(entry.eta - now)
+        ch.basic_publish("", names.levels[level], body, properties(entry))
+        self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
+
+    def _bury(self, ch: BlockingChannel, held: _Held, reason: str, body: bytes | None = None) -> None:
+        d = held.delivery
+        props = dead_properties(held.entry, d.deliveries, reason)
+        ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
+        ch.basic_ack(held.tag)
+
+    def _declare(self, ch: BlockingChannel, queue: str) -> None:
+        """Declare a conveyor queue's topology and register its name, once per process."""
+        if queue in self._declared:
+            return
+        ch.queue_declare(self._admin.registry, durable=True)
+        for name, arguments in declarations(queue_names(self.prefix, queue)):
+            ch.queue_declare(name, durable=True, arguments=arguments)
+        add_to_registry(ch, self._admin.registry, "queue", queue)
+        ch.tx_commit()
+        self._declared.add(queue)
+
+    # -- held deliveries ---------------------------------------------------------------------
+
+    def _live_held(self) -> list[_Held]:
+        """Held deliveries of the current channel; those of a closed one are dropped (RabbitMQ requeued them)."""
+        generation = self._conn.generation
+        for token in [t for t, h in self._held.items() if h.generation != generation]:
+            del self._held[token]
+        return list(self._held.values())
+
+    def _live(self, delivery: Delivery) -> _Held | None:
+        held = self._held.get(delivery.token)
+        if held is None or held.generation != self._conn.generation:
+            return None
+        return held
+
+    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[_Held]:
+        """Take the still-held ones of ``deliveries`` out of the held set (stale ones are ignored)."""
+        out = []
+        for d in deliveries:
+            held = self._live(d)
+            if held is not None:
+                del self._held[d.token]
+                out.append(held)
+        return out
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's deliveries, owners and in-flight records are the parent's."""
+        self._held.clear()
+        self._owners.clear()
+        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._next_hop = INF
+
+    def _board_backend(self) -> ResultBackend | None:
+        return None if self._backend is None else self._backend()
+
+    def _owner_counts(self) -> Counts:
+        """In-flight per owner and queue of this process (the caller holds the lock, or takes it here)."""
+        counts: Counts = {}
+        with self._conn.lock:
+            for held in self._live_held():
+                per_queue = counts.setdefault(held.delivery.owner, {})
+                per_queue[held.delivery.queue] = per_queue.get(held.delivery.queue, 0) + 1
+        return counts
+
+    def _publish_counts(self, force: bool = False) -> None:
+        self._board.publish(self._owner_counts(), self._owners, force=force)
+
+    def _release_keys(self, entries: Sequence[Entry]) -> None:
+        """Free the idempotency keys of finished messages (no backend call when none has a key)."""
+        self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
+
+    # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        return self._admin.dead_letters(limit, queue)
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._admin.requeue_dead(ids)
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._admin.purge_dead(ids)
+
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        gone, removed = self._admin.cancel(ids)
+        self._release_keys(removed)
+        return gone
+
+    def purge(self, queue: str) -> int:
+        removed = self._admin.purge(queue)
+        self._release_keys(removed)
+        return len(removed)
+
+    # -- observability -----------------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see _amqp_inflight.py)."""
+
+        def op(ch: BlockingChannel) -> tuple[list[tuple[str, int, int, int]], list[str], Counts]:
+            queues, owners = self._admin.entries_locked(ch)
+            rows = []
+            for queue in queues:
+                self._declare(ch, queue)
+                rows.append((queue, *self._admin.counts(ch, queue)))
+            return rows, owners, self._owner_counts()
+
+        rows, owners, mine = self._conn.call(op)
+        in_flight, stale = self._board.totals(owners, skip=self._owners)
+        for counts in mine.values():
+            add(in_flight, counts)
+        self._admin.forget([("owner", o) for o in stale])
+        return [QueueStats(q, ready, scheduled, in_flight.get(q, 0), dead) for q, ready, scheduled, dead in rows]
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        self._admin.register_worker(info, ttl)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self._admin.unregister_worker(worker_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._admin.workers()
+
+    def close(self) -> None:
+        with self._conn.lock:
+            self._held.clear()  # the channel closes: RabbitMQ requeues them
+        self._publish_counts(force=True)
+        self._conn.drop()
+
+    def _results(self) -> ResultBackend:
+        if self._backend is None:
+            raise ConfigurationError(
+                "AMQPBroker keeps its worker registry and idempotency keys in the result backend; build it "
+                "through App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
+            )
+        return self._backend()

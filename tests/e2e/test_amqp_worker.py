@@ -1,0 +1,74 @@
+"""A real worker on RabbitMQ when the server drops its connections (this test's vhost only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from conveyor import App
+from tests.apps.e2e_app import runs_of
+from tests.conftest import rabbitmqctl
+from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_worker_survives_dropped_connections_and_loses_nothing(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a task
+    worker = start_worker("-c", "2")
+    running = enqueue(e2e_app, "record", "during", 1.5)
+    wait_until(lambda: runs_of(records, "during") == 1, 15, "the task to start")
+    # When RabbitMQ closes every connection of the vhost (worker children, supervisor, this test)
+    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
+    rabbitmqctl("close_all_connections", "-p", vhost, "conveyor e2e: connection drop")
+    # Then the running task still ends in success (RabbitMQ requeued it: it may run a second time)
+    assert running.get(timeout=30) == "during"
+    assert runs_of(records, "during") in (1, 2)
+    # And the worker reconnects and goes on consuming
+    assert [enqueue(e2e_app, "record", f"after{i}").get(timeout=30) for i in range(5)] == [
+        f"after{i}" for i in range(5)
+    ]
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_thread_pool_shares_one_connection_and_heartbeats_long_tasks(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker with 4 threads in one child (one AMQP connection for all of them), lease 2 s
+    worker = start_worker("-c", "4", "--pool", "thread")
+    # When a task runs three times longer than the lease while 30 short ones run beside it
+    long = enqueue(e2e_app, "record", "long", 6.0)
+    short = [enqueue(e2e_app, "record", f"s{i}", 0.1) for i in range(30)]
+    # Then every task runs exactly once: the heartbeat kept the long one leased
+    assert [r.get(timeout=60) for r in short] == [f"s{i}" for i in range(30)]
+    assert long.get(timeout=60) == "long"
+    assert runs_of(records, "long") == 1
+    assert [runs_of(records, f"s{i}") for i in range(30)] == [1] * 30
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(120)
+def test_status_from_another_process_sees_the_tasks_a_worker_runs(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a 4 s task
+    worker = start_worker("-c", "1")
+    result = enqueue(e2e_app, "record", "slow", 4.0)
+    wait_until(lambda: runs_of(records, "slow") == 1, 15, "the task to start")
+
+    def in_flight() -> int:
+        return sum(s.in_flight for s in e2e_app.broker.stats())
+
+    # Then this process (not the worker) counts it in flight while it runs, and not once it is done
+    wait_until(lambda: in_flight() == 1, 10, "the running task to show in flight")
+    assert result.get(timeout=30) == "slow"
+    wait_until(lambda: in_flight() == 0, 10, "the finished task to leave in flight")
+    assert worker.stop() == 0

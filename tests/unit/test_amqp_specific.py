@@ -1,0 +1,207 @@
+"""What only the RabbitMQ broker promises, beyond the conformance suite.
+
+Dropped connections (closed by the server with ``rabbitmqctl close_all_connections`` on this test's
+vhost only), bounded failure on a dead server, delays that never run early, the missing result
+backend at start-up, and a broker shared across ``fork()``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from conveyor import App
+from conveyor.backends import from_url as backend_from_url
+from conveyor.brokers import Broker, Delivery, Envelope
+from conveyor.brokers.amqp import AMQPBroker
+from conveyor.errors import BrokerUnavailable, ConfigurationError
+from tests.conftest import amqp_url, rabbitmqctl
+
+
+def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(amqp_vhost: str, tmp_path: Path) -> Iterator[AMQPBroker]:
+    instance = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3)
+    results = backend_from_url(f"sqlite:///{tmp_path / 'results.db'}")
+    instance.use_backend(lambda: results)
+    yield instance
+    instance.close()
+    results.close()
+
+
+def drop_connections(vhost: str) -> None:
+    """The server closes every client connection of ``vhost`` (other helpers' vhosts are left alone)."""
+    rabbitmqctl("close_all_connections", "-p", vhost, "conveyor test: connection drop")
+
+
+def reserve_until(broker: Broker, timeout: float, n: int = 1, queues: tuple[str, ...] = ("default",)) -> list[Delivery]:
+    """Reserve until something comes, for up to ``timeout`` seconds (a redelivery takes one extra look)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = broker.reserve(list(queues), n, owner="w", lease=30, timeout=0.2)
+        if got:
+            return got
+    return []
+
+
+def test_a_dropped_connection_requeues_the_running_message_and_the_broker_reconnects(
+    broker: AMQPBroker, amqp_vhost: str
+) -> None:
+    # Given a message reserved (unacknowledged on this process's connection)
+    broker.enqueue([env(body=b"work")])
+    [held] = broker.reserve(["default"], 1, owner="w", lease=30)
+    # When the server drops the connection
+    drop_connections(amqp_vhost)
+    # Then the heartbeat learns the lease is lost, and a stale ack is ignored
+    assert broker.extend([held], 30) == [held.id]
+    broker.ack([held])
+    # And the message is back, counted as its second delivery, through a new connection
+    [again] = reserve_until(broker, 10)
+    assert (again.id, again.body, again.deliveries) == (held.id, b"work", 2)
+    broker.ack([again])
+    assert broker.stats()[0].ready == 0
+
+
+def test_a_message_whose_worker_keeps_dying_is_dead_lettered(broker: AMQPBroker, amqp_vhost: str) -> None:
+    # Given max_deliveries=3 and a message whose worker connection dies every time it holds it
+    broker.enqueue([env(body=b"poison")])
+    for attempt in (1, 2, 3):
+        [d] = reserve_until(broker, 10)
+        assert d.deliveries == attempt
+        drop_connections(amqp_vhost)
+    # When it would be delivered a fourth time
+    assert reserve_until(broker, 1.5) == []
+    # Then it is dead, with the reason
+    [dead] = broker.dead_letters()
+    assert (dead.body, dead.deliveries) == (b"poison", 3)
+    assert "3 times" in dead.reason and "connection" in dead.reason
+
+
+def test_a_producer_gets_broker_unavailable_after_a_bounded_retry() -> None:
+    # Given a broker URL where nothing listens
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{port}/%2F", retry_for=0.5)
+    # When a producer enqueues, it fails clearly within the bounded retry
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}.* did not answer within 0.5 s"):
+        broker.enqueue([env()])
+    assert time.monotonic() - started < 5
+
+
+def test_countdowns_never_run_early_and_run_once(broker: AMQPBroker) -> None:
+    # Given messages due in 0.2 to 1.5 s, and one due in an hour enqueued first (no head-of-line wait)
+    now = time.time()
+    later = env(body=b"hour", eta=now + 3600)
+    soon = [env(body=f"{delay}".encode(), eta=now + delay) for delay in (1.5, 0.2, 0.9, 0.45)]
+    broker.enqueue([later, *soon])
+    # When a worker reserves for 3 s
+    seen: dict[bytes, float] = {}
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len(seen) < len(soon):
+        for d in broker.reserve(["default"], 10, owner="w", lease=30, timeout=0.3):
+            assert d.body not in seen, "delivered twice"
+            seen[d.body] = time.time()
+            broker.ack([d])
+    # Then each ran once, never before its eta, and not much after it
+    assert sorted(seen) == sorted(e.body for e in soon)
+    for e in soon:
+        assert e.eta is not None
+        assert e.eta <= seen[e.body] < e.eta + 0.6
+    assert broker.stats()[0].scheduled == 1  # the hour-long one still waits
+
+
+def test_a_retry_delay_never_runs_early(broker: AMQPBroker) -> None:
+    # Given a reserved message given back with a 0.6 s delay and a new body (attempt 1)
+    broker.enqueue([env(body=b"attempt-0")])
+    [d] = broker.reserve(["default"], 1, owner="w", lease=30)
+    returned = time.time()
+    broker.nack(d, delay=0.6, body=b"attempt-1")
+    # Then it is not handed out before the delay, then once, with the new body and its delivery uncounted
+    [again] = reserve_until(broker, 5)
+    assert time.time() >= returned + 0.6
+    assert (again.id, again.body, again.deliveries) == (d.id, b"attempt-1", 1)
+
+
+def test_an_app_on_rabbitmq_without_a_result_backend_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no CONVEYOR_BACKEND_URL in the environment
+    monkeypatch.delenv("CONVEYOR_BACKEND_URL", raising=False)
+    # Then building the app names the fix
+    with pytest.raises(ConfigurationError, match=r"backend='redis://.*sqlite:///"):
+        App("shop", broker="amqp://guest:guest@127.0.0.1:5672/%2F")
+    # And the same holds when the broker comes from the environment
+    monkeypatch.setenv("CONVEYOR_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    with pytest.raises(ConfigurationError, match="no result store"):
+        App("shop")
+    # While naming a backend is enough
+    assert App("shop", backend="memory://").settings.backend_url == "memory://"
+
+
+def _drain(broker: AMQPBroker, out: Connection) -> None:
+    """Child process: reserve and ack through the inherited broker until the queue stays empty."""
+    seen: list[str] = []
+    while got := broker.reserve(["default"], 5, owner="child", lease=30, timeout=0.3):
+        seen += [d.id for d in got]
+        broker.ack(got)
+    out.send(seen)
+    out.close()
+
+
+def test_a_forked_process_opens_its_own_connection(broker: AMQPBroker) -> None:
+    # Given 300 messages enqueued through a broker whose connection is open
+    ids = broker.enqueue([env(body=str(i).encode()) for i in range(300)])
+    # When a forked child and the parent drain the queue through that same broker object
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_drain, args=(broker, sender))
+    child.start()
+    sender.close()
+    mine: list[str] = []
+    while got := broker.reserve(["default"], 5, owner="parent", lease=30, timeout=0.3):
+        mine += [d.id for d in got]
+        broker.ack(got)
+    theirs: list[str] = receiver.recv() if receiver.poll(20) else []
+    child.join(timeout=10)
+    # Then every message was taken exactly once, and the parent's connection still works
+    assert child.exitcode == 0
+    assert sorted(mine + theirs) == sorted(ids)
+    assert broker.enqueue([env()]) and broker.stats()[0].ready == 1
+
+
+def test_concurrent_producers_with_one_key_store_one_message(amqp_vhost: str, tmp_path: Path) -> None:
+    # Given four producers, each with its own connection, sharing one result backend file
+    results = backend_from_url(f"sqlite:///{tmp_path / 'keys.db'}")
+    producers = [AMQPBroker.from_url(amqp_url(amqp_vhost)) for _ in range(4)]
+    for producer in producers:
+        producer.use_backend(lambda: results)
+    answers: list[str] = []
+    # When they enqueue the same key at the same moment
+    barrier = threading.Barrier(len(producers))
+
+    def send(producer: AMQPBroker) -> None:
+        barrier.wait(timeout=10)
+        answers.extend(producer.enqueue([env(key="receipt-42")]))
+
+    threads = [threading.Thread(target=send, args=(p,)) for p in producers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then all four got the one id that was stored, and one message waits
+    assert len(answers) == 4 and len(set(answers)) == 1
+    assert producers[0].stats()[0].ready == 1
+    for producer in producers:
+        producer.close()
+    results.close()
