@@ -205,3 +205,21 @@ def test_concurrent_producers_with_one_key_store_one_message(amqp_vhost: str, tm
     for producer in producers:
         producer.close()
     results.close()
+
+
+def test_a_message_released_for_a_dead_owner_is_given_back_once_not_again_at_its_lease_end(broker: AMQPBroker) -> None:
+    # Given a message leased for 0.3 s to an owner in this process, released because that owner died
+    [sent] = broker.enqueue([env()])
+    broker.reserve(["default"], 1, owner="dead-child", lease=0.3, timeout=0.0)
+    assert broker.release_owner("dead-child") == 1
+    # When another owner takes it, and the first lease's end passes
+    [again] = reserve_until(broker, 5)
+    time.sleep(0.5)
+    broker.recover()
+    # Then it was given back once: no second copy, and only the new holder counts it in flight
+    assert again.id == sent
+    assert reserve_until(broker, 1) == []
+    [stats] = broker.stats()
+    assert (stats.ready, stats.in_flight) == (0, 1)
+    broker.ack([again])
+    assert broker.stats()[0].in_flight == 0

@@ -323,12 +323,17 @@ class AMQPBroker(Broker):
         now = time.monotonic()
         expired = [h for h in self._live_held() if h.deadline <= now]
         for held in expired:
-            self._held.pop(held.delivery.token, None)
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(expired)
 
     def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
-        """Return a held message to its ready queue (its deliveries counted), or bury it as poison."""
+        """Return a held message to its ready queue (its deliveries counted), or bury it as poison.
+
+        The delivery is forgotten here, whatever the caller: one left behind would count as in
+        flight, and its lease expiry would give it back a second time (a duplicate copy, and an ack
+        of an already acknowledged tag, which closes the channel).
+        """
+        self._held.pop(held.delivery.token, None)
         d = held.delivery
         if d.deliveries >= self.max_deliveries:
             reason = f"delivered {d.deliveries} times without an acknowledgement ({why}); poison?"
