@@ -226,15 +226,18 @@ class Driver:
                 worker.proc.wait(timeout=10)
 
 
-def run_chaos(url: str, workdir: Path, plan: ChaosPlan) -> ChaosReport:
-    """Enqueue ``plan.tasks`` chaos tasks on ``url``, shake the workers, wait, stop and audit."""
+def run_chaos(url: str, workdir: Path, plan: ChaosPlan, backend: str | None = None) -> ChaosReport:
+    """Enqueue ``plan.tasks`` chaos tasks on ``url``, shake the workers, wait, stop and audit.
+
+    ``backend`` is the result backend URL when it is not the broker's engine (RabbitMQ's).
+    """
     from tests.apps import e2e_app
 
     records = workdir / "records"
     records.mkdir(parents=True, exist_ok=True)
-    env = _worker_env(url, records, plan)
+    env = _worker_env(url, backend, records, plan)
     rng = random.Random(plan.seed)
-    app = App("chaos", broker=url)
+    app = App("chaos", broker=url, backend=backend)
     task = e2e_app.app.tasks["chaos"]
     low, high = plan.task_ms
     for start in range(0, plan.tasks, 1000):
@@ -267,8 +270,10 @@ def _shake(driver: Driver, log: Path, plan: ChaosPlan) -> None:
         number += 1
 
 
-def _worker_env(url: str, records: Path, plan: ChaosPlan) -> dict[str, str]:
+def _worker_env(url: str, backend: str | None, records: Path, plan: ChaosPlan) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
+    if backend is not None:
+        env["CONVEYOR_BACKEND_URL"] = backend
     env.update(
         CONVEYOR_BROKER_URL=url,
         CONVEYOR_LEASE=str(plan.lease),
@@ -298,25 +303,41 @@ def _empty(app: App) -> bool:
 
 
 @contextlib.contextmanager
-def _sqlite_url(workdir: Path) -> Iterator[str]:
-    yield f"sqlite:///{workdir / 'chaos.db'}"
+def _sqlite_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    yield f"sqlite:///{workdir / 'chaos.db'}", None
 
 
 @contextlib.contextmanager
-def _redis_url(workdir: Path) -> Iterator[str]:
+def _redis_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
     from tests.conftest import REDIS_URL, redis_cleanup
 
     prefix = f"cvchaos-{uuid.uuid4().hex[:12]}"
     try:
-        yield f"{REDIS_URL}?prefix={prefix}"
+        yield f"{REDIS_URL}?prefix={prefix}", None
     finally:
         redis_cleanup(prefix)
 
 
-#: Broker kind → a context manager giving an isolated URL under a work directory (and cleaning up).
-BROKERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
+@contextlib.contextmanager
+def _amqp_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """A RabbitMQ vhost of this run (deleted afterwards), results in a SQLite file beside it."""
+    from tests.conftest import amqp_url, rabbitmqctl
+
+    vhost = f"cvchaos-{uuid.uuid4().hex[:12]}"
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield amqp_url(vhost), f"sqlite:///{workdir / 'results.db'}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+#: Broker kind → a context manager giving an isolated broker URL and, where the broker is no result
+#: store, a backend URL, under a work directory (and cleaning up).
+BROKERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[tuple[str, str | None]]]] = {
     "sqlite": _sqlite_url,
     "redis": _redis_url,
+    "amqp": _amqp_url,
 }
 
 
@@ -343,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         task_ms=tuple(args.task_ms),
         seed=seed,
     )
-    with tempfile.TemporaryDirectory(prefix="conveyor-chaos-") as tmp, BROKERS[args.broker](Path(tmp)) as url:
+    with tempfile.TemporaryDirectory(prefix="conveyor-chaos-") as tmp, BROKERS[args.broker](Path(tmp)) as urls:
         print(f"chaos on {args.broker}: {plan}", flush=True)
-        report = run_chaos(url, Path(tmp), plan)
+        report = run_chaos(urls[0], Path(tmp), plan, backend=urls[1])
     print(report.summary())
     return 1 if report.problems else 0
 

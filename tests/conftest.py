@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,16 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: Every broker kind the conformance suite runs over.
 BROKER_KINDS = ["memory", "sqlite", "redis", "amqp"]
 BACKEND_KINDS = ["memory", "sqlite", "redis"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def server_missing(what: str, why: str) -> None:
@@ -136,6 +147,12 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def broker_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     return url_for(broker_kind, tmp_path, request)
+
+
+@pytest.fixture
+def backend_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The result backend paired with ``broker_url`` (the same engine; SQLite beside RabbitMQ)."""
+    return backend_url_for(broker_kind, tmp_path, request)
 
 
 @pytest.fixture

@@ -62,7 +62,10 @@ def _drain_into(
             outcomes.append(executor.run(delivery))
         if deliveries:
             continue
+        # An empty reserve is not proof of an empty queue: on RabbitMQ a message a scan just put
+        # back (revoke, purge) can take a moment to be handed out again. Stop once nothing is
+        # ready (or, by default, scheduled) by the broker's own counts.
         pending = [s for s in app.broker.stats() if (queues is None or s.queue in queues)]
-        if not include_scheduled or not any(s.scheduled for s in pending):
+        if not any(s.ready or (include_scheduled and s.scheduled) for s in pending):
             break
         time.sleep(0.01)

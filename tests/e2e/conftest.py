@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,9 @@ from typing import Any
 import pytest
 
 from conveyor import App, AsyncResult
+from tests.conftest import wait_until
+
+__all__ = ["ROOT", "WorkerProcess", "enqueue", "kill_leftovers", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,16 +44,6 @@ class WorkerProcess:
             self.proc.kill()
             self.proc.wait(timeout=5)
             raise AssertionError(f"worker did not stop within {timeout}s:\n{self.output()}") from None
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 50 ms for up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp"])

@@ -19,7 +19,7 @@ def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(e2e_env: dict[st
     # Given 2,500 tasks of 1-5 ms, two workers of two children each, a 2 s lease
     plan = ChaosPlan(tasks=2500, seconds=40, settle=40, pause=(0.03, 0.15), seed=4)
     # When a driver kill -9s a child every 30-150 ms, and every fifth time a whole worker (restarting it)
-    report = run_chaos(e2e_env["CONVEYOR_BROKER_URL"], tmp_path, plan)
+    report = run_chaos(e2e_env["CONVEYOR_BROKER_URL"], tmp_path, plan, backend=e2e_env.get("CONVEYOR_BACKEND_URL"))
     print(report.summary())
     # Then every task completed, and every extra execution followed a run in a killed process
     assert report.problems == []

@@ -14,8 +14,8 @@ from conveyor.testing import drain
 
 
 @pytest.fixture
-def app(broker_url: str) -> Iterator[App]:
-    instance = App("test", broker=broker_url, track_started=True)
+def app(broker_url: str, backend_url: str) -> Iterator[App]:
+    instance = App("test", broker=broker_url, backend=backend_url, track_started=True)
     yield instance
     instance.close()
 

@@ -13,8 +13,8 @@ from conveyor.testing import drain
 
 
 @pytest.fixture
-def app(broker_url: str) -> Iterator[App]:
-    instance = App("signed", broker=broker_url, secret="s3cret")
+def app(broker_url: str, backend_url: str) -> Iterator[App]:
+    instance = App("signed", broker=broker_url, backend=backend_url, secret="s3cret")
     yield instance
     instance.close()
 

@@ -13,8 +13,8 @@ from conveyor.testing import drain
 
 
 @pytest.fixture
-def app(broker_url: str) -> Iterator[App]:
-    instance = App("limits", broker=broker_url)
+def app(broker_url: str, backend_url: str) -> Iterator[App]:
+    instance = App("limits", broker=broker_url, backend=backend_url)
     yield instance
     instance.close()
 
