@@ -151,9 +151,27 @@ class RedisConnection:
                 delay = min(max(delay * 2, 0.05), 1.0)
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
-        """Run one script (EVALSHA; redis-py's Script loads it again after NOSCRIPT), with retries."""
+        """Run one script (EVALSHA; loaded again after NOSCRIPT), with retries."""
         script = self.scripts[name]
-        return self.call(lambda: script(keys=keys, args=args))
+        return self.call(lambda: self._evalsha(script, keys, args))
+
+    def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        """EVALSHA straight on a pooled connection: one script call is the hot path of enqueue and reserve.
+
+        redis-py's command machinery (retry wrapper, observability hooks, response callbacks, none
+        of which a script reply needs) costs about as much Python as the round trip itself; this
+        keeps only the send and the read. A socket error disconnects the connection (redis-py's
+        ``disconnect_on_error``) and reaches :meth:`call`, which retries.
+        """
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            return conn.read_response()
+        except NoScriptError:  # the server lost its scripts: redis-py's Script loads this one and runs it
+            return script(keys=keys, args=args)
+        finally:
+            pool.release(conn)
 
     def run_many(
         self,
