@@ -104,6 +104,7 @@ class ChildLoop:
         self._report_lock = threading.Lock()
         self._start_event: tuple[Any, ...] | None = None
         self._start_sent = False
+        self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
         self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent per batch)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
@@ -200,6 +201,7 @@ class ChildLoop:
             self.keeper.release(delivery)
         with self._report_lock:
             reported, self._start_event, self._start_sent = self._start_sent, None, False
+            self._task_is_long = False
         if reported:
             self._send(("done", outcome.id, outcome.task, outcome.state, outcome.runtime))
         else:
@@ -210,6 +212,7 @@ class ChildLoop:
     def _on_long_task(self) -> None:
         """The running task passed PREFETCH_HOLD: free its batch-mates, settle, report its start."""
         with self._report_lock:
+            self._task_is_long = True  # if the task has not reached its start yet, it reports it at once
             if self._start_event is not None and not self._start_sent:
                 self._send(self._start_event)
                 self._start_sent = True
@@ -330,14 +333,17 @@ class ChildLoop:
             delivery.deliveries,
             message.attempt,
         )
-        if self.backlog is None or limit is not None:
-            # The supervisor must know the deadline of a hard time limit from the start.
+        if self.backlog is None:
             self._send(event)
-            with self._report_lock:
-                self._start_sent = self.backlog is not None
             return
         with self._report_lock:
-            self._start_event = event
+            # The supervisor must know the deadline of a hard time limit from the start; a task the
+            # watch already found long (slow to decode or to record STARTED) reports at once too.
+            if limit is not None or self._task_is_long:
+                self._send(event)
+                self._start_sent = True
+            else:
+                self._start_event = event
 
     def _send(self, event: tuple[Any, ...]) -> None:
         with self._send_lock, contextlib.suppress(OSError, ValueError):
