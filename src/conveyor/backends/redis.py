@@ -117,7 +117,7 @@ class RedisResultBackend(ResultBackend):
         """The stored (state, record), or (None, None)."""
         key = result_key(self.prefix, task_id)
         # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
-        return _split(cast("bytes | None", self._conn.call(lambda: self._conn.client.get(key))))
+        return _split(cast("bytes | None", self._conn.command("GET", key)))
 
     def _block(self, task_id: str, seconds: float) -> bool:
         """BLPOP the wake-up list for up to ``seconds``; True when a token was taken."""
