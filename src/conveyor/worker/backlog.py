@@ -5,7 +5,9 @@ the time, so a process-pool child reserves up to ``prefetch`` tasks at once and 
 one. Prefetching must not let a long task hold short ones hostage (DESIGN.md: no prefetch
 starvation), so a watch thread looks at the running task: once it has run ``hold`` seconds, the
 child's ``on_long`` callback runs once for it, and gives the unstarted tasks back to the queue at
-once, where idle workers take them. Short tasks pay nothing for the watch but a lock per task.
+once, where idle workers take them. Short tasks pay nothing for the watch but a lock per task:
+while tasks keep coming the watch looks every ``hold`` seconds on its own (so no task start has to
+wake a thread), and after ``IDLE_AFTER`` seconds without a task it sleeps until the next one starts.
 
 Every delivery in the backlog is leased and heartbeated like a running one, so the guarantees of
 a reserved task hold for it: a crash of the child returns it, a graceful stop returns it unrun.
@@ -19,6 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from conveyor.brokers import Delivery
+
+#: Seconds without a task start after which the watch stops looking every ``hold`` and sleeps
+#: until a task starts (an idle worker costs no wake-ups; a busy one no wake-up per task).
+IDLE_AFTER = 1.0
 
 
 class Backlog:
@@ -36,6 +42,7 @@ class Backlog:
         self._lock = threading.Lock()
         self._serial = 0  # counts started tasks, so the watch tells one task from the next
         self._started: float | None = None  # monotonic start of the running task; None between tasks
+        self._last_start = 0.0
         self._watch_idle = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -63,7 +70,7 @@ class Backlog:
             if not self._queue:
                 return None
             self._serial += 1
-            self._started = time.monotonic()
+            self._started = self._last_start = time.monotonic()
             if self._watch_idle:
                 self._wake.set()
             return self._queue.popleft()
@@ -85,17 +92,20 @@ class Backlog:
             return len(self._queue)
 
     def _watch(self) -> None:
-        flagged = 0
+        flagged = 0  # the serial of the last task handed to on_long
         while not self._stop.is_set():
             self._wake.clear()  # before reading the state, so a task starting after the read wakes the wait
             with self._lock:
                 serial, started = self._serial, self._started
-                # Idle between tasks, or this task was already handled: sleep until the next one starts.
-                self._watch_idle = started is None or serial == flagged
+                quiet = time.monotonic() - self._last_start > IDLE_AFTER
+                # Idle for a while, or the running task was already handled: sleep until a task starts.
+                self._watch_idle = (started is None and quiet) or (started is not None and serial == flagged)
             if self._watch_idle:
                 self._wake.wait()
                 continue
-            assert started is not None
+            if started is None:  # between tasks of a busy stretch: look again soon
+                self._stop.wait(self.hold)
+                continue
             left = started + self.hold - time.monotonic()
             if left > 0:
                 self._stop.wait(left)

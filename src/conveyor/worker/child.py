@@ -52,6 +52,8 @@ MAX_BACKOFF = 5.0
 #: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
 #: is reported to the supervisor). Short enough that a long task delays no batch-mate noticeably.
 PREFETCH_HOLD = 0.005
+#: Seconds between the counts of finished tasks sent to the supervisor (its heartbeat reads them).
+COUNTS_EVERY = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -105,7 +107,8 @@ class ChildLoop:
         self._start_event: tuple[Any, ...] | None = None
         self._start_sent = False
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
-        self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent per batch)
+        self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent in bulk)
+        self._counts_due = 0.0
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Stop reserving; finish what runs (the SIGTERM handler)."""
@@ -134,7 +137,7 @@ class ChildLoop:
                 self._settle_now()
             except BrokerError as exc:
                 log.warning("could not settle finished tasks; they will run again: %s", exc)
-            self._send_counts()
+            self._send_counts(force=True)
         self.keeper.stop()
         self.executor.close()
         self.app.close()
@@ -232,10 +235,13 @@ class ChildLoop:
         finally:
             self._release(acks)
 
-    def _send_counts(self) -> None:
+    def _send_counts(self, force: bool = False) -> None:
+        """Send the finished tasks' counts, at most every COUNTS_EVERY seconds: a pipe message wakes the supervisor."""
         processed, failed = self._counts
-        if processed:
+        now = time.monotonic()
+        if processed and (force or now >= self._counts_due):
             self._counts = [0, 0]
+            self._counts_due = now + COUNTS_EVERY
             self._send(("counts", processed, failed))
 
     def _release(self, deliveries: list[Delivery]) -> None:
