@@ -146,7 +146,8 @@ class AsyncResult(Generic[R]):
         Args:
             terminate: also stop it if it is running: its worker process is replaced within about a
                 second. Without it, a task that already started runs to the end (and its result
-                replaces the REVOKED state).
+                replaces the REVOKED state); so does a task a worker child has already reserved
+                to run next (prefetched: it starts within milliseconds, see the ``prefetch`` setting).
             reason: recorded with the REVOKED state.
 
         Returns:

@@ -48,6 +48,10 @@ class Settings:
     track_started: bool = True
     #: Worker processes (or threads); None means the number of CPUs.
     concurrency: int | None = None
+    #: Tasks a process-pool worker child reserves per round trip (1 turns prefetching off). Tasks it
+    #: has not started go back to the queue as soon as the running one passes 5 ms, so long tasks
+    #: never hold short ones.
+    prefetch: int = 16
     #: Seconds a graceful stop waits for running tasks before stopping them hard.
     shutdown_grace: float = 30.0
     #: Tasks a worker child runs before it is replaced (bounds leaks); None means no limit.
@@ -73,6 +77,8 @@ class Settings:
         _check_positive("shutdown_grace", self.shutdown_grace)
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
+        if self.prefetch < 1:
+            raise ConfigurationError(f"prefetch must be at least 1, got {self.prefetch}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, got {self.concurrency}")
         for name in ("max_tasks_per_child", "max_memory_per_child"):

@@ -95,6 +95,24 @@ def test_ack_removes_the_message(broker: Broker) -> None:
     assert broker.reserve(["default"], 2, owner=OWNER, lease=5) == []
 
 
+def test_ack_and_reserve_acks_first_then_reserves(broker: Broker) -> None:
+    # Given two messages reserved, and two more waiting in two queues
+    broker.enqueue([env(body=b"a"), env(body=b"b")])
+    done = broker.reserve(["default"], 2, owner=OWNER, lease=5)
+    broker.enqueue([env(body=b"c"), env("other", b"d")])
+    # When the finished pair is acked and the next batch reserved in one call
+    got = broker.ack_and_reserve(done, ["default", "other"], 5, owner=OWNER, lease=5)
+    # Then the acked messages are gone and the waiting ones are leased, queues in order
+    assert [d.body for d in got] == [b"c", b"d"]
+    assert stats_of(broker) == (0, 0, 1, 0)
+    assert stats_of(broker, "other") == (0, 0, 1, 0)
+    # And with nothing left, it still acks, then waits no longer than its timeout
+    started = time.monotonic()
+    assert broker.ack_and_reserve(got, ["default", "other"], 5, owner=OWNER, lease=5, timeout=0.2) == []
+    assert time.monotonic() - started < 2.0
+    assert stats_of(broker) == stats_of(broker, "other") == (0, 0, 0, 0)
+
+
 def test_nack_returns_it_without_counting_the_delivery(broker: Broker) -> None:
     broker.enqueue([env()])
     [d] = broker.reserve(["default"], 1, owner=OWNER, lease=5)

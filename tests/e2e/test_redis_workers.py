@@ -32,11 +32,12 @@ def send_marks(app: App, n: int, sleep: float = 0.0) -> None:
 def test_two_workers_split_10000_tasks_none_lost_none_twice(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
 ) -> None:
-    # Given 10,000 tasks in Redis and two separate worker processes sharing it
-    send_marks(e2e_app, 10_000)
+    # Given two separate worker processes sharing one Redis (both started first: one worker alone
+    # can drain 10,000 no-op tasks before a second one is up)
     a = start_worker("-c", "2")
     b = start_worker("-c", "2")
-    # When they drain the queue
+    # When 10,000 tasks arrive and they drain the queue
+    send_marks(e2e_app, 10_000)
     wait_until(lambda: len(marks(records)) >= 10_000, 120, "10,000 executions")
     time.sleep(0.5)  # let a duplicate, if any, land
     # Then every task ran exactly once, and both workers took a share

@@ -27,7 +27,12 @@ def test_environment_wins_over_keywords_with_typed_casts() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"lease": 0}, "lease"), ({"max_deliveries": 0}, "max_deliveries"), ({"log_level": "LOUD"}, "log_level")],
+    [
+        ({"lease": 0}, "lease"),
+        ({"max_deliveries": 0}, "max_deliveries"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"prefetch": 0}, "prefetch"),
+    ],
 )
 def test_bad_values_are_rejected(overrides: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):

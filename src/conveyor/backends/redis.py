@@ -92,17 +92,17 @@ class RedisResultBackend(ResultBackend):
 
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
-        woken = False
-        while True:
-            state, record = self._read(task_id)
-            if state in _FINAL:
-                if woken:
-                    self._pass_on(task_id)
-                return record
+        state, record = self._read(task_id)
+        while state not in _FINAL:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return record
-            woken = self._block(task_id, remaining)
+                break
+            if self._block(task_id, remaining):
+                # Woken by a final write: read it and pass the token on to the next waiter in one round trip.
+                state, record = self._read_and_pass_on(task_id)
+            else:
+                state, record = self._read(task_id)
+        return record
 
     def forget(self, task_id: str) -> None:
         keys = (result_key(self.prefix, task_id), notify_key(self.prefix, task_id))
@@ -148,11 +148,7 @@ class RedisResultBackend(ResultBackend):
         """The stored (state, record), or (None, None)."""
         key = result_key(self.prefix, task_id)
         # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
-        raw = cast("bytes | None", self._conn.call(lambda: self._conn.client.get(key)))
-        if raw is None:
-            return None, None
-        state, _, record = raw.partition(b"\n")
-        return state, record
+        return _split(cast("bytes | None", self._conn.command("GET", key)))
 
     def _block(self, task_id: str, seconds: float) -> bool:
         """BLPOP the wake-up list for up to ``seconds``; True when a token was taken."""
@@ -160,16 +156,27 @@ class RedisResultBackend(ResultBackend):
         wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
         return self._conn.call(lambda: self._conn.blocking.blpop([notify], timeout=wait)) is not None
 
-    def _pass_on(self, task_id: str) -> None:
-        """Put back the token this waiter took, so the next waiter on the same id wakes too."""
+    def _read_and_pass_on(self, task_id: str) -> tuple[bytes | None, bytes | None]:
+        """Read the record, and put back the token this waiter took so the next waiter on the id wakes too."""
         notify = notify_key(self.prefix, task_id)
+        key = result_key(self.prefix, task_id)
 
-        def push(pipe: Pipeline) -> None:
+        def read_and_push(pipe: Pipeline) -> None:
+            pipe.get(key)
             pipe.rpush(notify, b"1")
             pipe.ltrim(notify, 0, 0)
             pipe.pexpire(notify, int(self.notify_ttl * 1000))
 
-        self._conn.run_many([], extra=push)
+        raw = self._conn.run_many([], extra=read_and_push)[0]
+        return _split(raw)
+
+
+def _split(raw: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """(state, record) of a stored ``STATE\\nrecord`` string, or (None, None)."""
+    if raw is None:
+        return None, None
+    state, _, record = raw.partition(b"\n")
+    return state, record
 
 
 def _ms(seconds: float) -> int:

@@ -12,6 +12,8 @@ opens fresh connections in a forked child, so a client built in the parent is sa
 from __future__ import annotations
 
 import importlib.resources
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -20,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.commands.core import Script
+from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -104,6 +107,9 @@ class RedisConnection:
         self.scripts: dict[str, Script] = {
             name: self.client.register_script(load_script_source(name)) for name in scripts
         }
+        self._own = threading.local()
+        self._owned: list[tuple[int, AbstractConnection]] = []
+        self._owned_lock = threading.Lock()
 
     def call(self, op: Callable[[], T]) -> T:
         """Run ``op``, retrying connection errors and timeouts with backoff for ``retry_for`` seconds.
@@ -126,9 +132,50 @@ class RedisConnection:
                 delay = min(max(delay * 2, 0.05), 1.0)
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
-        """Run one script (EVALSHA; redis-py's Script loads it again after NOSCRIPT), with retries."""
+        """Run one script (EVALSHA; loaded again after NOSCRIPT), with retries."""
         script = self.scripts[name]
-        return self.call(lambda: script(keys=keys, args=args))
+        return self.call(lambda: self._evalsha(script, keys, args))
+
+    def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
+        try:
+            return self._send_and_read(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:  # the server lost its scripts: redis-py's Script loads this one and runs it
+            return script(keys=keys, args=args)
+
+    def command(self, *args: str | bytes | int | float) -> Any:
+        """Run one plain command (e.g. ``GET key``) with retries; the raw reply (bytes, not decoded)."""
+        return self.call(lambda: self._send_and_read(args))
+
+    def _send_and_read(self, command: Sequence[str | bytes | int | float]) -> Any:
+        """Send one command on this thread's own connection and read its raw reply: the hot path's calls.
+
+        redis-py's command machinery (pool checkout with a readiness poll of the socket, retry
+        wrapper, observability hooks, response callbacks, none of which these replies need)
+        costs about as much as the round trip itself; this keeps only the send and the read. A
+        socket error disconnects the connection and reaches :meth:`call`, which retries; the
+        connection reconnects on its next command.
+        """
+        conn = self._own_connection()
+        try:
+            conn.send_command(*command)  # type: ignore[no-untyped-call]
+            return conn.read_response()
+        except redis.ResponseError:  # an error reply was read whole: the connection is fine
+            raise
+        except BaseException:
+            # A reply may be left unread: never read it as the next call's.
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+
+    def _own_connection(self) -> AbstractConnection:
+        """This thread's connection for single script calls, kept outside the pool; opened anew after a fork."""
+        conn: AbstractConnection | None = getattr(self._own, "conn", None)
+        if conn is None or self._own.pid != os.getpid():
+            pool = self.client.connection_pool
+            conn = pool.connection_class(**pool.connection_kwargs)
+            self._own.conn, self._own.pid = conn, os.getpid()
+            with self._owned_lock:
+                self._owned.append((os.getpid(), conn))
+        return conn
 
     def run_many(
         self,
@@ -197,6 +244,10 @@ class RedisConnection:
         pipe.execute()
 
     def close(self) -> None:
-        """Disconnect both pools; the clients reconnect on their next command."""
+        """Disconnect both pools and this process's own connections; each reconnects on its next command."""
         self.client.close()
         self.blocking.close()
+        with self._owned_lock:
+            mine = [conn for pid, conn in self._owned if pid == os.getpid()]
+        for conn in mine:
+            conn.disconnect()  # type: ignore[no-untyped-call]

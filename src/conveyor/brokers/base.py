@@ -155,6 +155,27 @@ class Broker(abc.ABC):
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove finished messages. A delivery whose lease was lost (older token) is ignored."""
 
+    def ack_and_reserve(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        n: int,
+        *,
+        owner: str,
+        lease: float,
+        timeout: float = 0.0,
+    ) -> list[Delivery]:
+        """:meth:`ack` ``acks``, then :meth:`reserve`: a worker's steady state, in one round trip if possible.
+
+        The acks are applied before the reservation. If the call raises, some acks may not have
+        landed: those messages run again when their lease ends (at-least-once), never lost. The
+        default makes the two calls; brokers override it to pipeline them (Redis) or to share one
+        transaction (SQLite).
+        """
+        if acks:
+            self.ack(acks)
+        return self.reserve(queues, n, owner=owner, lease=lease, timeout=timeout)
+
     @abc.abstractmethod
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
         """Give a message back: ready now, or scheduled ``delay`` seconds from now.

@@ -96,10 +96,24 @@ class RedisBroker(Broker):
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
     ) -> list[Delivery]:
+        return self.ack_and_reserve((), queues, n, owner=owner, lease=lease, timeout=timeout)
+
+    def ack_and_reserve(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        n: int,
+        *,
+        owner: str,
+        lease: float,
+        timeout: float = 0.0,
+    ) -> list[Delivery]:
         if n <= 0 or not queues:
+            if acks:
+                self.ack(acks)
             return []
         deadline = time.monotonic() + timeout
-        out, next_due = self._reserve_once(queues, n, owner, lease, [])
+        out, next_due = self._ack_then_reserve_once(acks, queues, n, owner, lease)
         while not out:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -244,6 +258,25 @@ class RedisBroker(Broker):
 
         self._conn.run_many(calls, transaction=True, extra=register)
         self._known_queues.update(new)
+
+    def _ack_then_reserve_once(
+        self, acks: Sequence[Delivery], queues: Sequence[str], n: int, owner: str, lease: float
+    ) -> tuple[list[Delivery], float]:
+        """ack.lua per queue and the first queue's reserve.lua in one pipeline (one round trip), then the other queues.
+
+        A pipeline runs in order on one connection, so the acks land before the reservation. A retry
+        after a lost reply is safe: an ack checks the lease token, and messages reserved by a lost
+        reply come back when their lease ends.
+        """
+        if not acks:
+            return self._reserve_once(queues, n, owner, lease, [])
+        groups = _by_queue(acks)
+        calls = [self._call("ack", q, *_lease_pairs(ds)) for q, ds in groups.items()]
+        results = self._conn.run_many([*calls, self._reserve_call(queues[0], n, owner, lease)])
+        self._release(list(groups), results[:-1])
+        out: list[Delivery] = []
+        next_due = self._take(queues[0], owner, results[-1], out)
+        return self._reserve_once(queues[1:], n, owner, lease, out, next_due)
 
     def _reserve_once(
         self, queues: Sequence[str], n: int, owner: str, lease: float, out: list[Delivery], next_due: float = INF

@@ -116,6 +116,24 @@ class SQLiteBroker(Broker):
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, POLL_MAX)
 
+    def ack_and_reserve(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        n: int,
+        *,
+        owner: str,
+        lease: float,
+        timeout: float = 0.0,
+    ) -> list[Delivery]:
+        if not acks:
+            return self.reserve(queues, n, owner=owner, lease=lease, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        taken = self._take(queues, n, owner, lease, acks)  # one transaction: the acks, then the reservation
+        if taken or timeout <= 0:
+            return taken
+        return self.reserve(queues, n, owner=owner, lease=lease, timeout=max(0.0, deadline - time.monotonic()))
+
     def _work_waiting(self, queues: Sequence[str]) -> bool:
         """A read-only look: is anything ready, due or expired? (No write lock while idle.)"""
         conn = self.db.get()
@@ -126,10 +144,14 @@ class SQLiteBroker(Broker):
             ).fetchone()[0]
             return bool(ready) or bool(conn.execute(_ANY_WORK, (time.time(),)).fetchone()[0])
 
-    def _take(self, queues: Sequence[str], n: int, owner: str, lease: float) -> list[Delivery]:
+    def _take(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, acks: Sequence[Delivery] = ()
+    ) -> list[Delivery]:
         token = uuid.uuid4().hex
         out: list[Delivery] = []
         with self.db.write() as conn:
+            if acks:
+                self._delete_held(conn, acks)
             now = time.time()
             self._recover(conn, now)
             for queue in queues:
@@ -148,7 +170,12 @@ class SQLiteBroker(Broker):
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         with self.db.write() as conn:
-            conn.executemany(f"DELETE FROM messages WHERE {_HELD}", [(d.id, d.token) for d in deliveries])
+            self._delete_held(conn, deliveries)
+
+    @staticmethod
+    def _delete_held(conn: sqlite3.Connection, deliveries: Sequence[Delivery]) -> None:
+        """Delete acknowledged messages whose lease is still held (an older token is ignored)."""
+        conn.executemany(f"DELETE FROM messages WHERE {_HELD}", [(d.id, d.token) for d in deliveries])
 
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
         state, eta = (SCHEDULED, time.time() + delay) if delay > 0 else (READY, None)

@@ -2,9 +2,19 @@
 
 With the process pool a child has one slot and runs each task in its main thread; with the
 thread pool one child has N slots served by N threads. Either way the child heartbeats the
-leases of what it runs, reports starts and outcomes to the supervisor over a pipe, and stops
-reserving at once on SIGTERM, finishing what it runs. It dies with its supervisor (Linux
-PR_SET_PDEATHSIG), so a ``kill -9`` of the worker leaves no orphan holding leases.
+leases of what it holds, reports to the supervisor over a pipe, and stops reserving at once on
+SIGTERM, finishing what it runs and returning what it has not started. It dies with its
+supervisor (Linux PR_SET_PDEATHSIG), so a ``kill -9`` of the worker leaves no orphan holding leases.
+
+The one-slot child is the fast path (docs/benchmarks.md): one round trip per *batch* of tasks.
+
+    reserve up to ``prefetch`` ─► run them one by one (results and acks kept pending)
+        ▲                                                   │ backlog empty
+        └── write pending results, then ack + reserve in one round trip ◄┘
+
+A task running longer than ``PREFETCH_HOLD`` gets its unstarted batch-mates returned to the
+queue at once (no starvation), its pending results written and acked, and its start reported to
+the supervisor (terminate-revocation); a task with a hard ``time_limit`` reports its start at once.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
-from conveyor.worker.executor import Executor
+from conveyor.worker.backlog import Backlog
+from conveyor.worker.executor import Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 
 log = logging.getLogger("conveyor.worker")
@@ -39,6 +50,11 @@ log = logging.getLogger("conveyor.worker")
 RESERVE_WAIT = 1.0
 #: Longest pause, in seconds, between reconnection attempts while the broker is down.
 MAX_BACKOFF = 5.0
+#: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
+#: is reported to the supervisor). Short enough that a long task delays no batch-mate noticeably.
+PREFETCH_HOLD = 0.005
+#: Seconds between the counts of finished tasks sent to the supervisor (its heartbeat reads them).
+COUNTS_EVERY = 0.5
 _PR_SET_PDEATHSIG = 1
 #: Signals the supervisor blocks across fork() and a child unblocks once its own handlers are installed:
 #: until then the child would run its copy of the supervisor's handlers and lose the signal.
@@ -54,6 +70,7 @@ class ChildConfig:
     queues: tuple[str, ...]
     slots: int
     lease: float
+    prefetch: int = 1
 
 
 def owner_of(worker_id: str, pid: int) -> str:
@@ -82,8 +99,10 @@ class ChildLoop:
         self.conn = conn
         self.owner = owner_of(config.worker_id, os.getpid())
         self.broker = app.broker
-        self.executor = Executor(app, config.worker_id, on_start=self._report_start)
+        one_slot = config.slots == 1
+        self.executor = Executor(app, config.worker_id, on_start=self._report_start, defer=one_slot)
         self.keeper = LeaseKeeper(self.broker, config.lease)
+        self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
         self.tasks_run = 0
         # The supervisor as fork() recorded it, not getppid(): a child whose supervisor died before
@@ -92,6 +111,13 @@ class ChildLoop:
         self._parent = parent.pid if parent is not None and parent.pid is not None else os.getppid()
         self._send_lock = threading.Lock()
         self._free = threading.Semaphore(config.slots)
+        # Start reports of the one-slot path: sent only for tasks that run long (see _on_long_task).
+        self._report_lock = threading.Lock()
+        self._start_event: tuple[Any, ...] | None = None
+        self._start_sent = False
+        self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
+        self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent in bulk)
+        self._counts_due = 0.0
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Stop reserving; finish what runs (the SIGTERM handler)."""
@@ -102,13 +128,136 @@ class ChildLoop:
         self.keeper.start()
         pool = ThreadPoolExecutor(self.config.slots, "conveyor-slot") if self.config.slots > 1 else None
         try:
-            self._serve(pool)
+            if self.backlog is not None:
+                self._serve_one_slot(self.backlog)
+            else:
+                self._serve(pool)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-            self.keeper.stop()
-            self.executor.close()
-            self.app.close()
+            self._wind_down()
+
+    def _wind_down(self) -> None:
+        """Settle what ran, return what did not start, stop the threads and close connections."""
+        if self.backlog is not None:
+            self.backlog.stop()
+            self._return_unstarted(self.backlog.take_unstarted())
+            try:
+                self._settle_now()
+            except BrokerError as exc:
+                log.warning("could not settle finished tasks; they will run again: %s", exc)
+            self._send_counts(force=True)
+        self.keeper.stop()
+        self.executor.close()
+        self.app.close()
+
+    # -- the one-slot path: prefetch, settle per batch ---------------------------------------
+
+    def _serve_one_slot(self, backlog: Backlog) -> None:
+        backlog.start()
+        backoff = 0.1
+        while not self.stopping and os.getppid() == self._parent:
+            delivery = backlog.next()
+            if delivery is not None:
+                self._run_from_backlog(backlog, delivery)
+                continue
+            try:
+                fresh = self._settle_and_reserve()
+                backoff = 0.1
+            except BrokerError as exc:
+                log.warning("broker unavailable, retrying in %.1fs: %s", backoff, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            for reserved in fresh:
+                self.keeper.hold(reserved)
+            backlog.fill(fresh)
+
+    def _settle_and_reserve(self) -> list[Delivery]:
+        """Write the pending results, then ack those tasks and reserve the next batch in one call."""
+        acks = self._settle_results()
+        try:
+            return self.broker.ack_and_reserve(
+                acks,
+                self.config.queues,
+                self.config.prefetch,
+                owner=self.owner,
+                lease=self.config.lease,
+                timeout=RESERVE_WAIT,
+            )
+        finally:
+            self._release(acks)  # acked, or (on error) left to their lease: they run again
+            self._send_counts()
+
+    def _settle_results(self) -> list[Delivery]:
+        """Write the executor's pending results; return the deliveries to ack now that they landed.
+
+        If the write fails the deliveries are not acked and no longer heartbeated: their leases end
+        and they run again (at-least-once), as after a crash.
+        """
+        pending = self.executor.take_pending()
+        if pending.results:
+            try:
+                self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
+            except BrokerError:
+                self._release(pending.acks)
+                raise
+        return pending.acks
+
+    def _run_from_backlog(self, backlog: Backlog, delivery: Delivery) -> None:
+        try:
+            outcome = self._execute(delivery)
+        finally:
+            backlog.finished()
+        if not outcome.deferred:
+            self.keeper.release(delivery)
+        with self._report_lock:
+            reported, self._start_event, self._start_sent = self._start_sent, None, False
+            self._task_is_long = False
+        if reported:
+            self._send(("done", outcome.id, outcome.task, outcome.state, outcome.runtime))
+        else:
+            self._counts[0] += 1
+            self._counts[1] += outcome.state in ("FAILURE", "ERROR")
+        self._check_limits()
+
+    def _on_long_task(self) -> None:
+        """The running task passed PREFETCH_HOLD: free its batch-mates, settle, report its start."""
+        with self._report_lock:
+            self._task_is_long = True  # if the task has not reached its start yet, it reports it at once
+            if self._start_event is not None and not self._start_sent:
+                self._send(self._start_event)
+                self._start_sent = True
+        assert self.backlog is not None
+        self._return_unstarted(self.backlog.take_unstarted())
+        try:
+            self._settle_now()
+        except BrokerError as exc:
+            log.warning("could not settle finished tasks; they will run again: %s", exc)
+
+    def _settle_now(self) -> None:
+        """Write the pending results, then ack their tasks (outside the batch rhythm)."""
+        acks = self._settle_results()
+        try:
+            if acks:
+                self.broker.ack(acks)
+        finally:
+            self._release(acks)
+
+    def _send_counts(self, force: bool = False) -> None:
+        """Send the finished tasks' counts, at most every COUNTS_EVERY seconds: a pipe message wakes the supervisor."""
+        processed, failed = self._counts
+        now = time.monotonic()
+        if processed and (force or now >= self._counts_due):
+            self._counts = [0, 0]
+            self._counts_due = now + COUNTS_EVERY
+            self._send(("counts", processed, failed))
+
+    def _release(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            self.keeper.release(delivery)
+
+    # -- the thread-pool path: one task per free slot ----------------------------------------
 
     def _serve(self, pool: ThreadPoolExecutor | None) -> None:
         backoff = 0.1
@@ -134,6 +283,7 @@ class ChildLoop:
         for position, delivery in enumerate(deliveries):
             if self.stopping:  # reserved but not started: back to the queue at once
                 self._return_unstarted(deliveries[position:])
+                self._give_back_slots(len(deliveries) - position)
                 return
             self.keeper.hold(delivery)
             if pool is None:
@@ -143,16 +293,22 @@ class ChildLoop:
 
     def _run_one(self, delivery: Delivery) -> None:
         try:
-            outcome = self.executor.run(delivery)
+            outcome = self._execute(delivery)
             self._send(("done", outcome.id, outcome.task, outcome.state, outcome.runtime))
-        except Exception:
-            # The broker or backend failed mid-way; the lease expires and the task runs again.
-            log.exception("could not finish message %s; it will be redelivered", delivery.id)
-            self._send(("done", delivery.id, "?", "ERROR", 0.0))
         finally:
             self.keeper.release(delivery)
             self._free.release()
         self._check_limits()
+
+    # -- shared steps ------------------------------------------------------------------------
+
+    def _execute(self, delivery: Delivery) -> Outcome:
+        try:
+            return self.executor.run(delivery)
+        except Exception:
+            # The broker or backend failed mid-way; the lease expires and the task runs again.
+            log.exception("could not finish message %s; it will be redelivered", delivery.id)
+            return Outcome(delivery.id, "?", "ERROR", 0.0)
 
     def _check_limits(self) -> None:
         """Retire this child between tasks once it ran too many tasks or grew too large."""
@@ -170,28 +326,39 @@ class ChildLoop:
             self._send(("retire", reason))
 
     def _return_unstarted(self, deliveries: list[Delivery]) -> None:
+        """Give reserved tasks that did not start back to the queue, at their place, at once."""
         for delivery in deliveries:
             with contextlib.suppress(BrokerError):
                 self.broker.nack(delivery)
-            self._free.release()
-        log.info("returned %d unstarted task(s) to the queue", len(deliveries))
+            self.keeper.release(delivery)
+        if deliveries:
+            log.debug("returned %d unstarted task(s) to the queue", len(deliveries))
 
     def _report_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
         limit = task.options.time_limit
         deadline = None if limit is None else time.time() + limit
-        self._send(
-            (
-                "start",
-                delivery.id,
-                message.task,
-                deadline,
-                delivery.token,
-                delivery.queue,
-                delivery.priority,
-                delivery.deliveries,
-                message.attempt,
-            )
+        event = (
+            "start",
+            delivery.id,
+            message.task,
+            deadline,
+            delivery.token,
+            delivery.queue,
+            delivery.priority,
+            delivery.deliveries,
+            message.attempt,
         )
+        if self.backlog is None:
+            self._send(event)
+            return
+        with self._report_lock:
+            # The supervisor must know the deadline of a hard time limit from the start; a task the
+            # watch already found long (slow to decode or to record STARTED) reports at once too.
+            if limit is not None or self._task_is_long:
+                self._send(event)
+                self._start_sent = True
+            else:
+                self._start_event = event
 
     def _send(self, event: tuple[Any, ...]) -> None:
         with self._send_lock, contextlib.suppress(OSError, ValueError):

@@ -5,6 +5,11 @@ decode → look up → check expiry → record STARTED → call → record the o
 The result is always written before the message is acknowledged, so a crash in between runs
 the task again (at-least-once) rather than losing its result. Bad input never raises out of
 here: an undecodable message or an unknown task goes to the dead-letter queue with the reason.
+
+With ``defer=True`` (a worker child's hot path) the final result and the ack of a task that
+succeeded, or failed for good, are kept *pending* instead of sent at once: the child settles
+many tasks in one round trip (:meth:`Executor.take_pending`: the results first, then the acks
+with its next reservation). Until settled, the delivery stays leased and heartbeated.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ class Outcome:
     task: str
     state: str  # SUCCESS | FAILURE | RETRY | REVOKED | DEAD
     runtime: float
+    #: True when the result and ack wait in the executor's pending lists (``defer=True``).
+    deferred: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """Final results and acks not yet sent: the results must land before the acks."""
+
+    results: list[tuple[str, State, bytes]] = dataclasses.field(default_factory=list)
+    acks: list[Delivery] = dataclasses.field(default_factory=list)
 
 
 class Executor:
@@ -50,6 +65,7 @@ class Executor:
         app: the app whose tasks, broker and backend are used.
         worker: this worker's name, recorded with each result.
         on_start: called with (delivery, message, task) just before the task's function runs.
+        defer: keep final results and acks pending for :meth:`take_pending` instead of sending them.
     """
 
     def __init__(
@@ -57,6 +73,8 @@ class Executor:
         app: App,
         worker: str,
         on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
+        *,
+        defer: bool = False,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -66,6 +84,9 @@ class Executor:
         self.track_started = app.settings.track_started
         self.secret = app.settings.secret
         self._on_start = on_start
+        self._defer = defer
+        self._pending = Pending()
+        self._pending_lock = threading.Lock()
         self._loops = threading.local()
         self._all_loops: list[asyncio.AbstractEventLoop] = []
 
@@ -141,22 +162,18 @@ class Executor:
                 encode_value(value)
             except EncodeError as exc:
                 return self._failed(delivery, message, task, exc, started)
-            self._store(
-                message,
-                ResultRecord(
-                    state=State.SUCCESS,
-                    value=value,
-                    # A retried task keeps its failed attempts with the result (one extra read, retries only).
-                    errors=self._previous_errors(message.id) if message.attempt else [],
-                    task=message.task,
-                    attempt=message.attempt,
-                    worker=self.worker,
-                    finished=time.time(),
-                ),
+            record = ResultRecord(
+                state=State.SUCCESS,
+                value=value,
+                # A retried task keeps its failed attempts with the result (one extra read, retries only).
+                errors=self._previous_errors(message.id) if message.attempt else [],
+                task=message.task,
+                attempt=message.attempt,
+                worker=self.worker,
+                finished=time.time(),
             )
-        self.broker.ack([delivery])
-        log.info("task %s[%s] succeeded in %.4fs", message.task, message.id, runtime)
-        return Outcome(message.id, message.task, "SUCCESS", runtime)
+            return self._finish(delivery, message, record, "SUCCESS", runtime)
+        return self._finish(delivery, message, None, "SUCCESS", runtime)
 
     def _failed(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], exc: Exception, started: float
@@ -168,26 +185,50 @@ class Executor:
         limit = message.max_retries if message.max_retries is not None else policy.max_retries
         if message.attempt < limit and policy.should_retry(exc, message.attempt):
             return self._retry(delivery, message, task, exc, errors, runtime)
-        self._store(
-            message,
-            ResultRecord(
-                state=State.FAILURE,
-                error=error,
-                errors=errors,
-                task=message.task,
-                attempt=message.attempt,
-                worker=self.worker,
-                finished=time.time(),
-            ),
+        record = ResultRecord(
+            state=State.FAILURE,
+            error=error,
+            errors=errors,
+            task=message.task,
+            attempt=message.attempt,
+            worker=self.worker,
+            finished=time.time(),
         )
-        if task.options.dead_letter_on_failure:
-            self.broker.dead_letter(
-                delivery, f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
-            )
-        else:
-            self.broker.ack([delivery])
         log.error("task %s[%s] failed in %.4fs: %s: %s", message.task, message.id, runtime, error.type, error.message)
+        if not task.options.dead_letter_on_failure:
+            return self._finish(delivery, message, record, "FAILURE", runtime)
+        self._store(message, record)
+        self.broker.dead_letter(
+            delivery, f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
+        )
         return Outcome(message.id, message.task, "FAILURE", runtime)
+
+    def _finish(
+        self, delivery: Delivery, message: Message, record: ResultRecord | None, state: str, runtime: float
+    ) -> Outcome:
+        """Store the final record (if any), then ack: now, or pending for the next settlement (``defer``)."""
+        if state == "SUCCESS":
+            log.info("task %s[%s] succeeded in %.4fs", message.task, message.id, runtime)
+        if not self._defer:
+            if record is not None:
+                self._store(message, record)
+            self.broker.ack([delivery])
+            return Outcome(message.id, message.task, state, runtime)
+        with self._pending_lock:
+            if record is not None:
+                self._pending.results.append((message.id, record.state, encode_record(record)))
+            self._pending.acks.append(delivery)
+        return Outcome(message.id, message.task, state, runtime, deferred=True)
+
+    def take_pending(self) -> Pending:
+        """Hand over the pending results and acks (and forget them): write the results, then ack.
+
+        Safe from any thread: results and acks are taken together, so whoever acks a delivery
+        also writes its result first.
+        """
+        with self._pending_lock:
+            pending, self._pending = self._pending, Pending()
+        return pending
 
     def _retry(
         self,

@@ -145,7 +145,9 @@ class Supervisor:
 
     def _start_child(self, index: int, slots: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        config = ChildConfig(self.worker_id, index, self.queues, slots, self.app.settings.lease)
+        config = ChildConfig(
+            self.worker_id, index, self.queues, slots, self.app.settings.lease, self.app.settings.prefetch
+        )
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn), name=f"conveyor-child-{index}"
         )
@@ -223,6 +225,9 @@ class Supervisor:
             child.running.pop(event[1], None)
             self.processed += 1
             self.failed += event[3] in ("FAILURE", "ERROR")
+        elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
+            self.processed += event[1]
+            self.failed += event[2]
 
     # -- hard time limits --------------------------------------------------------------------
 

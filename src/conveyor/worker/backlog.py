@@ -1,0 +1,114 @@
+"""Backlog: the deliveries a one-slot child reserved ahead of its slot, and the watch on the running task.
+
+Reserving one task per round trip leaves a short task's worker waiting on the network most of
+the time, so a process-pool child reserves up to ``prefetch`` tasks at once and runs them one by
+one. Prefetching must not let a long task hold short ones hostage (DESIGN.md: no prefetch
+starvation), so a watch thread looks at the running task: once it has run ``hold`` seconds, the
+child's ``on_long`` callback runs once for it, and gives the unstarted tasks back to the queue at
+once, where idle workers take them. Short tasks pay nothing for the watch but a lock per task:
+while tasks keep coming the watch looks every ``hold`` seconds on its own (so no task start has to
+wake a thread), and after ``IDLE_AFTER`` seconds without a task it sleeps until the next one starts.
+
+Every delivery in the backlog is leased and heartbeated like a running one, so the guarantees of
+a reserved task hold for it: a crash of the child returns it, a graceful stop returns it unrun.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from conveyor.brokers import Delivery
+
+#: Seconds without a task start after which the watch stops looking every ``hold`` and sleeps
+#: until a task starts (an idle worker costs no wake-ups; a busy one no wake-up per task).
+IDLE_AFTER = 1.0
+
+
+class Backlog:
+    """Reserved-but-unstarted deliveries of one slot, in the order the broker handed them out.
+
+    Args:
+        hold: seconds a task may run before ``on_long`` is called for it.
+        on_long: called once per task that runs longer than ``hold``, from the watch thread.
+    """
+
+    def __init__(self, hold: float, on_long: Callable[[], None]) -> None:
+        self.hold = hold
+        self._on_long = on_long
+        self._queue: collections.deque[Delivery] = collections.deque()
+        self._lock = threading.Lock()
+        self._serial = 0  # counts started tasks, so the watch tells one task from the next
+        self._started: float | None = None  # monotonic start of the running task; None between tasks
+        self._last_start = 0.0
+        self._watch_idle = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="conveyor-backlog", daemon=True)
+
+    def start(self) -> None:
+        """Start the watch thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the watch thread (the caller returns what is left with :meth:`take_unstarted`)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def fill(self, deliveries: Sequence[Delivery]) -> None:
+        """Add freshly reserved deliveries behind the ones waiting."""
+        with self._lock:
+            self._queue.extend(deliveries)
+
+    def next(self) -> Delivery | None:
+        """The next delivery to run, now marked running; None when the backlog is empty."""
+        with self._lock:
+            if not self._queue:
+                return None
+            self._serial += 1
+            self._started = self._last_start = time.monotonic()
+            if self._watch_idle:
+                self._wake.set()
+            return self._queue.popleft()
+
+    def finished(self) -> None:
+        """The running task ended (whatever its outcome)."""
+        with self._lock:
+            self._started = None
+
+    def take_unstarted(self) -> list[Delivery]:
+        """Remove and return every delivery not started yet (to give back to the queue)."""
+        with self._lock:
+            taken = list(self._queue)
+            self._queue.clear()
+        return taken
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def _watch(self) -> None:
+        flagged = 0  # the serial of the last task handed to on_long
+        while not self._stop.is_set():
+            self._wake.clear()  # before reading the state, so a task starting after the read wakes the wait
+            with self._lock:
+                serial, started = self._serial, self._started
+                quiet = time.monotonic() - self._last_start > IDLE_AFTER
+                # Idle for a while, or the running task was already handled: sleep until a task starts.
+                self._watch_idle = (started is None and quiet) or (started is not None and serial == flagged)
+            if self._watch_idle:
+                self._wake.wait()
+                continue
+            if started is None:  # between tasks of a busy stretch: look again soon
+                self._stop.wait(self.hold)
+                continue
+            left = started + self.hold - time.monotonic()
+            if left > 0:
+                self._stop.wait(left)
+                continue
+            flagged = serial
+            self._on_long()
