@@ -22,6 +22,9 @@ from conveyor.worker.executor import Executor, Outcome
 
 __all__ = ["drain"]
 
+#: Seconds between the two looks at an idle broker after which :func:`drain` stops.
+SETTLE = 0.05
+
 
 def drain(
     app: App, queues: list[str] | None = None, *, timeout: float = 10.0, include_scheduled: bool = True
@@ -62,10 +65,19 @@ def _drain_into(
             outcomes.append(executor.run(delivery))
         if deliveries:
             continue
-        # An empty reserve is not proof of an empty queue: on RabbitMQ a message a scan just put
-        # back (revoke, purge) can take a moment to be handed out again. Stop once nothing is
-        # ready (or, by default, scheduled) by the broker's own counts.
-        pending = [s for s in app.broker.stats() if (queues is None or s.queue in queues)]
-        if not any(s.ready or (include_scheduled and s.scheduled) for s in pending):
+        # An empty reserve is not proof of an empty queue. On RabbitMQ a message a scan just put
+        # back (revoke, purge), or one moving from a delay level to its queue, is for a moment
+        # neither handed out nor counted. So stop only when the broker's own counts show nothing
+        # ready (or, by default, scheduled) on two looks SETTLE seconds apart.
+        if _busy(app, queues, include_scheduled):
+            time.sleep(0.01)
+            continue
+        time.sleep(SETTLE)
+        if not _busy(app, queues, include_scheduled):
             break
-        time.sleep(0.01)
+
+
+def _busy(app: App, queues: list[str] | None, include_scheduled: bool) -> bool:
+    """Whether the broker counts a ready (or, with ``include_scheduled``, a scheduled) message."""
+    pending = [s for s in app.broker.stats() if (queues is None or s.queue in queues)]
+    return any(s.ready or (include_scheduled and s.scheduled) for s in pending)
