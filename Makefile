@@ -1,11 +1,12 @@
 # The two set-up commands of the README; CI (.ci/run) calls `make test` too.
 #   make demo   create .venv, install conveyor, run a worker on SQLite and ~1,000 real tasks
 #   make test   create .venv, install conveyor with its test tools, run ruff, mypy --strict and pytest
+#   make bench  the side-by-side benchmark against Celery, Dramatiq, RQ, Huey and arq (BENCH_ARGS=--quick ...)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check install clean
+.PHONY: demo test check bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ check: install
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/check
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/test
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
