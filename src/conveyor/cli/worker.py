@@ -28,7 +28,10 @@ from conveyor.worker import POOLS, Worker, setup_logging
 )
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
 @click.option(
-    "--beat", "with_beat", is_flag=True, help="Also run a beat (periodic entries) on a thread of the supervisor."
+    "--beat",
+    "with_beat",
+    is_flag=True,
+    help="Also run a beat (periodic entries) as a subprocess that stops with the worker.",
 )
 def worker(
     app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None, with_beat: bool
