@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from conveyor import App
+from conveyor import App, BrokerUnavailable
 from tests.apps.e2e_app import runs_of
 from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
@@ -71,4 +71,43 @@ def test_status_from_another_process_sees_the_tasks_a_worker_runs(
     wait_until(lambda: in_flight() == 1, 10, "the running task to show in flight")
     assert result.get(timeout=30) == "slow"
     wait_until(lambda: in_flight() == 0, 10, "the finished task to leave in flight")
+    assert worker.stop() == 0
+
+
+def rabbitmq_answers() -> bool:
+    """Whether the RabbitMQ node accepts AMQP connections (guest on the default vhost)."""
+    import pika
+
+    try:
+        pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")).close()
+    except pika.exceptions.AMQPError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.timeout(180)
+def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_meanwhile(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a task, with 20 more waiting (durable queues, persistent messages)
+    worker = start_worker("-c", "1")
+    running = enqueue(e2e_app, "record", "during", 1.0)
+    waiting = [enqueue(e2e_app, "record", f"w{i}") for i in range(20)]
+    wait_until(lambda: runs_of(records, "during") == 1, 15, "the task to start")
+    try:
+        # When the RabbitMQ application stops (the node restarts its broker: every connection drops)
+        rabbitmqctl("stop_app")
+        # Then a producer is told so clearly, after its bounded retry, rather than hanging
+        with pytest.raises(BrokerUnavailable):
+            enqueue(e2e_app, "record", "while-down")
+    finally:
+        rabbitmqctl("start_app")  # always: the tests after this one need the server
+    wait_until(rabbitmq_answers, 60, "RabbitMQ to accept connections again")
+    # And once it is back, the worker reconnects by itself and every task completes; nothing was lost
+    assert running.get(timeout=60) == "during"
+    assert [r.get(timeout=60) for r in waiting] == [f"w{i}" for i in range(20)]
+    assert runs_of(records, "while-down") == 0
+    assert enqueue(e2e_app, "record", "after").get(timeout=30) == "after"
     assert worker.stop() == 0
