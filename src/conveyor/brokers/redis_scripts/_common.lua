@@ -43,8 +43,10 @@ local function signal(count)
   if count > SIGNAL_CAP then count = SIGNAL_CAP end
   local tokens = {}
   for i = 1, count do tokens[i] = '1' end
-  redis.call('LPUSH', SIGNAL, unpack(tokens))
-  redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+  -- LPUSH answers the new length: trim only when over the cap, saving a call on most pushes.
+  if redis.call('LPUSH', SIGNAL, unpack(tokens)) > SIGNAL_CAP then
+    redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+  end
 end
 
 -- Put a stored message in the ready set at its original place (priority, then enqueue order).
