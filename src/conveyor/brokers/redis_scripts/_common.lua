@@ -14,7 +14,9 @@
 
 local READY, SCHEDULED, INFLIGHT, DEAD, SEQ, SIGNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local MSG = ARGV[1]
--- At most this many wake-up tokens wait in a signal list; enough to wake that many idle reservers.
+-- A signal list is trimmed to this many wake-up tokens (enough to wake that many idle reservers)
+-- once it holds twice as many: trimming in bursts keeps the full list of an idle queue from
+-- costing an LTRIM on every push (issue 6).
 local SIGNAL_CAP = 64
 -- Promotions and lease recoveries done per call, so one call never blocks the server for long.
 local RECOVER_BATCH = 1000
@@ -43,8 +45,7 @@ local function signal(count)
   if count > SIGNAL_CAP then count = SIGNAL_CAP end
   local tokens = {}
   for i = 1, count do tokens[i] = '1' end
-  -- LPUSH answers the new length: trim only when over the cap, saving a call on most pushes.
-  if redis.call('LPUSH', SIGNAL, unpack(tokens)) > SIGNAL_CAP then
+  if redis.call('LPUSH', SIGNAL, unpack(tokens)) > 2 * SIGNAL_CAP then
     redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
   end
 end
