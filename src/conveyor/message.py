@@ -7,8 +7,8 @@ or broken producer still reaches a worker, which can dead-letter it with the rea
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -53,8 +53,9 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_f
 
 
 def new_id() -> str:
-    """A fresh message id: 32 hex characters, sortable by nothing in particular."""
-    return uuid.uuid4().hex
+    """A fresh message id: 32 hex characters (128 random bits), sortable by nothing in particular."""
+    # os.urandom directly: a third of uuid.uuid4().hex's cost, on every enqueue (issue 6).
+    return os.urandom(16).hex()
 
 
 def now() -> float:

@@ -129,6 +129,10 @@ class SendOptions(TypedDict, total=False):
     task_id: str | None
 
 
+#: The option names :meth:`BaseTask.message` accepts, computed once rather than per call.
+_SEND_OPTIONS = frozenset(SendOptions.__annotations__)
+
+
 class BaseTask(Generic[P, R]):
     """What every task can do besides being called: be sent to a worker."""
 
@@ -139,6 +143,8 @@ class BaseTask(Generic[P, R]):
         self.name = options.name or f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = options.retry_policy
+        # Resolved once: the app's settings are frozen, so the default queue cannot change under us.
+        self._queue = options.queue or app.settings.default_queue
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -173,11 +179,23 @@ class BaseTask(Generic[P, R]):
         Raises:
             ConfigurationError: an unknown option name, a bad priority or a naive datetime.
         """
-        unknown = sorted(set(options) - set(SendOptions.__annotations__))
+        created = now()
+        if not options:  # delay(): nothing to validate or convert, and it is the hot path (issue 6)
+            return Message(
+                id=new_id(),
+                task=self.name,
+                args=list(args),
+                kwargs=dict(kwargs) if kwargs else {},
+                queue=self._queue,
+                priority=self.options.priority,
+                expires=None if self.options.expires is None else created + self.options.expires,
+                max_retries=self.options.retries,
+                created=created,
+            )
+        unknown = sorted(options.keys() - _SEND_OPTIONS)
         if unknown:
             known = ", ".join(SendOptions.__annotations__)
             raise ConfigurationError(f"unknown option(s) {', '.join(unknown)} for task {self.name!r}; known: {known}")
-        created = now()
         when = _timestamp(options.get("eta"), "eta")
         countdown = options.get("countdown")
         if countdown is not None:
@@ -193,7 +211,7 @@ class BaseTask(Generic[P, R]):
             task=self.name,
             args=list(args),
             kwargs=dict(kwargs or {}),
-            queue=options.get("queue") or self.options.queue or self.app.settings.default_queue,
+            queue=options.get("queue") or self._queue,
             priority=self.options.priority if priority is None else priority,
             eta=when,
             expires=until,

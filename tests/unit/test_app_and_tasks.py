@@ -6,6 +6,7 @@ import datetime
 import time
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 
 from conveyor import App, ConfigurationError, EncodeError, ResultTimeout, Retry, State, TaskFailed, current_context
@@ -240,3 +241,19 @@ def test_unknown_call_option_is_an_error(app: App) -> None:
 
     with pytest.raises(ConfigurationError, match="prioritty"):
         t.apply_async(prioritty=3)  # type: ignore[call-arg]
+
+
+def test_delay_builds_the_same_message_as_a_call_with_options(app: App) -> None:
+    # Given a task with a queue, a priority, retries and an expiry of its own
+    @app.task(name="report", queue="reports", priority=4, retries=2, expires=60)
+    def report(day: str, lang: str = "en") -> None: ...
+
+    # When it is sent by delay() (no call options) and by apply_async() with an explicit no-op option
+    fast = report.message(("mon",), {"lang": "fr"})
+    full = report.message(("mon",), {"lang": "fr"}, priority=None)
+    # Then both messages agree on everything but their fresh id and creation time
+    assert fast.id != full.id and len(fast.id) == 32
+    assert abs(fast.created - full.created) < 5
+    assert fast.expires is not None and abs(fast.expires - fast.created - 60) < 1e-6
+    same = {"id": full.id, "created": full.created, "expires": full.expires}
+    assert msgspec.structs.replace(fast, **same) == full

@@ -280,3 +280,17 @@ def test_url_prefix_is_split_off_and_passwords_never_printed(
     assert (got_url, got_prefix) == (client_url, prefix)
     assert got_printable.startswith(printable)
     assert "pw" not in got_printable
+
+
+def test_wake_up_tokens_stay_bounded_on_a_queue_nobody_reserves_from(broker: RedisBroker) -> None:
+    # Given a queue with no reserver, so that nothing pops its wake-up tokens
+    signal = broker._keys("default").signal
+    client = redis.Redis.from_url(REDIS_URL)
+    # When 300 messages are enqueued one call each
+    for _ in range(300):
+        broker.enqueue([env()])
+    # Then the token list was trimmed back in bursts (64 kept once it reaches 128), not left to grow
+    assert 64 <= client.llen(signal) <= 128
+    # And every message is still there to reserve
+    assert len(broker.reserve(["default"], 500, owner="w", lease=30)) == 300
+    client.close()

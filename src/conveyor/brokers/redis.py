@@ -85,6 +85,9 @@ class RedisBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
+        if len(envelopes) == 1 and envelopes[0].key is None:  # delay(): skip the scan for keys
+            self._store(envelopes)
+            return [envelopes[0].id]
         if any(e.key is not None for e in envelopes):
             answer, fresh = self._claims.claim(envelopes)
         else:
@@ -243,6 +246,10 @@ class RedisBroker(Broker):
 
     def _store(self, envelopes: Sequence[Envelope]) -> None:
         """enqueue.lua once per queue; several queues (or a queue new to this process) in one MULTI."""
+        if len(envelopes) == 1 and envelopes[0].queue in self._known_queues:  # delay(): skip the grouping
+            keys = self._keys(envelopes[0].queue)
+            self._conn.run("enqueue", keys.script_keys, _enqueue_args(keys, envelopes))
+            return
         groups: dict[str, list[Envelope]] = {}
         for env in envelopes:
             groups.setdefault(env.queue, []).append(env)

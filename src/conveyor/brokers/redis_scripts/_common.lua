@@ -14,7 +14,9 @@
 
 local READY, SCHEDULED, INFLIGHT, DEAD, SEQ, SIGNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local MSG = ARGV[1]
--- At most this many wake-up tokens wait in a signal list; enough to wake that many idle reservers.
+-- A signal list is trimmed to this many wake-up tokens (enough to wake that many idle reservers)
+-- once it holds twice as many: trimming in bursts keeps the full list of an idle queue from
+-- costing an LTRIM on every push (issue 6).
 local SIGNAL_CAP = 64
 -- Promotions and lease recoveries done per call, so one call never blocks the server for long.
 local RECOVER_BATCH = 1000
@@ -43,8 +45,9 @@ local function signal(count)
   if count > SIGNAL_CAP then count = SIGNAL_CAP end
   local tokens = {}
   for i = 1, count do tokens[i] = '1' end
-  redis.call('LPUSH', SIGNAL, unpack(tokens))
-  redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+  if redis.call('LPUSH', SIGNAL, unpack(tokens)) > 2 * SIGNAL_CAP then
+    redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+  end
 end
 
 -- Put a stored message in the ready set at its original place (priority, then enqueue order).

@@ -10,7 +10,14 @@
 -- retrying after a lost reply never stores a message twice.
 -- The idempotency key index lives in another slot ({prefix}:keys): the caller claims keys first (claim.lua).
 
-local now = server_now()
+-- The server clock is read (TIME) only for a message with an eta: most enqueues have none (issue 6).
+local now = nil
+local function in_future(eta)
+  if eta == '' then return false end
+  now = now or server_now()
+  return tonumber(eta) > now
+end
+
 local count = (#ARGV - 1) / 5
 local base = redis.call('INCRBY', SEQ, count) - count
 local ready, scheduled, stored = {}, {}, 0
@@ -24,7 +31,7 @@ for i = 0, count - 1 do
     local score = seq - priority * 281474976710656
     redis.call('HSET', m, 'body', body, 'priority', ARGV[a + 2], 'seq', seq, 'score', score, 'deliveries', 0)
     if key ~= '' then redis.call('HSET', m, 'key', string.sub(key, 2)) end
-    if eta ~= '' and tonumber(eta) > now then
+    if in_future(eta) then
       scheduled[#scheduled + 1] = eta
       scheduled[#scheduled + 1] = id
     else
