@@ -6,6 +6,7 @@ lease is 30 s, so a task left to its lease would still be in flight when the tes
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -151,12 +152,14 @@ def test_a_child_over_its_limit_is_replaced_between_tasks_and_nothing_is_lost(
     n = 3 * per_child
     results = [enqueue(e2e_app, "record", f"lim{i}") for i in range(n)]
     assert [r.get(timeout=30) for r in results] == [f"lim{i}" for i in range(n)]
-    # Then each task ran once; each child ran its share in turn, then retired (not crashed) and was replaced
+    # Then each task ran once, no child ran more than its limit, and three children took turns: each
+    # retired (not crashed) and was replaced. (Which tasks a child ran is not fixed: a retiring child
+    # gives its prefetched tasks back, and RabbitMQ puts them behind the ones enqueued meanwhile.)
     pids = [pids_of(records, f"lim{i}") for i in range(n)]
     assert all(len(p) == 1 for p in pids)
-    shares = [{p[0] for p in pids[k : k + per_child]} for k in range(0, n, per_child)]
-    assert [len(share) for share in shares] == [1, 1, 1]
-    assert len(set.union(*shares)) == 3
+    runs_per_child = collections.Counter(p[0] for p in pids)
+    assert len(runs_per_child) == 3
+    assert max(runs_per_child.values()) <= per_child
     assert worker.output().count(why) >= 2
     assert "died with" not in worker.output()
     assert worker.stop() == 0
