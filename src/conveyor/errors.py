@@ -11,7 +11,8 @@
     │   ├── EncodeError             an argument does not serialize (names the argument)
     │   ├── DecodeError             bytes that are not a conveyor message (carries them)
     │   ├── SignatureError          unsigned or mis-signed message for a worker with a secret
-    │   └── MessageTooLarge
+    │   ├── MessageTooLarge
+    │   └── DuplicateTaskId         a task id that is already queued, scheduled or running
     ├── TaskError
     │   ├── TaskNotRegistered
     │   ├── TimeLimitExceeded       raised inside the task at its soft limit; recorded at the hard one
@@ -82,6 +83,21 @@ class SignatureError(MessageError):
 
 class MessageTooLarge(MessageError):
     """The encoded message exceeds ``max_message_size``."""
+
+
+class DuplicateTaskId(MessageError):
+    """``enqueue`` was given a task id that the broker still holds (queued, scheduled, running or dead).
+
+    Raised by every broker for an explicit ``task_id=`` that is reused while its first message is
+    still in the broker; nothing of the batch is stored. (Generated ids never collide.)
+
+    Attributes:
+        task_id: the id that is already taken.
+    """
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task id {task_id!r} is already in the broker (queued, scheduled, running or dead)")
+        self.task_id = task_id
 
 
 class TaskError(ConveyorError):
