@@ -115,3 +115,21 @@ def fan_out(tag: str) -> None:
         mark.delay(-1)
         current_context().progress(i / 1_000_000, "fanning out")
         time.sleep(0.01)
+
+
+class Unprintable(ValueError):
+    """An exception that cannot be rendered: ``str()`` and ``repr()`` both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ is broken")
+
+
+@app.task(name="unprintable", retries=0)
+def unprintable(tag: str) -> None:
+    """Record the run, then raise an exception whose ``__str__`` raises (issue 11, item 11)."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise Unprintable("secret")

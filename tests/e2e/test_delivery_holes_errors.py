@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import App, State
+from conveyor import App, State, TaskFailed
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.e2e.test_worker import depth
 from tests.unit.test_sqlite_transactions import another_process_can_write
 
 #: Seconds the test holds the SQLite write lock while the task's soft limit (0.5 s) fires.
@@ -58,3 +59,24 @@ def test_a_soft_time_limit_while_waiting_for_the_sqlite_lock_leaks_no_lock(
     started = time.monotonic()
     assert enqueue(e2e_app, "record", "later").get(timeout=10) == "later"
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_an_exception_whose_str_raises_fails_the_task_once(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
+) -> None:
+    # Given a worker, and a task (retries=0) that raises an exception whose __str__ and __repr__ raise
+    start_worker("-c", "1", "--pool", pool)
+    result = enqueue(e2e_app, "unprintable", "unprintable")
+    # When it runs, then the caller gets TaskFailed promptly, with a stand-in for the message
+    started = time.monotonic()
+    with pytest.raises(TaskFailed) as failed:
+        result.get(timeout=10)
+    assert time.monotonic() - started < 5
+    fallback = "<unprintable Unprintable: __str__ raised RuntimeError>"
+    assert failed.value.remote_message == fallback
+    assert failed.value.type_name == "tests.apps.e2e_app.Unprintable"
+    # And it is recorded FAILURE, ran once, is acknowledged and not dead-lettered
+    assert result.state is State.FAILURE
+    wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 5, "the message to be acknowledged")
+    assert runs_of(records, "unprintable") == 1
