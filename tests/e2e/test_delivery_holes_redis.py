@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,4 +105,3 @@ def test_revoke_and_stats_see_a_queue_after_the_server_lost_its_registry(
     finally:
         app.close()
         kill_leftovers(workers)
-
