@@ -13,9 +13,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ from redis.crc import key_slot
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers import Envelope, WorkerInfo
 from conveyor.brokers.redis import RedisBroker
-from conveyor.errors import BrokerUnavailable
+from conveyor.errors import BrokerUnavailable, DuplicateTaskId
 from conveyor.states import State
 from tests.conftest import REDIS_URL
 
@@ -91,7 +92,15 @@ def test_every_key_lives_under_the_prefix_and_each_queue_in_one_slot(broker: Red
     # And the keys of each queue (at least ready, scheduled, inflight, dead, seq, signal, messages) share one slot
     for queue in ("alpha", "beta"):
         mine = [k for k in keys if k.startswith(f"{{{redis_prefix}:q:{queue}}}")]
-        assert {k.rsplit(":", 1)[-1] for k in mine} >= {"ready", "scheduled", "inflight", "dead", "seq", "signal"}
+        assert {k.rsplit(":", 1)[-1] for k in mine} >= {
+            "ready",
+            "scheduled",
+            "inflight",
+            "dead",
+            "seq",
+            "signal",
+            "registered",
+        }
         assert len({key_slot(k.encode()) for k in mine}) == 1
     # And the global bookkeeping shares one slot, and each result shares one with its wake-up list
     shared = [k for k in keys if k.startswith(f"{{{redis_prefix}}}")]
@@ -294,3 +303,28 @@ def test_wake_up_tokens_stay_bounded_on_a_queue_nobody_reserves_from(broker: Red
     # And every message is still there to reserve
     assert len(broker.reserve(["default"], 500, owner="w", lease=30)) == 300
     client.close()
+
+
+def test_a_retry_after_a_lost_enqueue_reply_is_no_duplicate(broker: RedisBroker) -> None:
+    # Given a connection whose first enqueue reply is lost after the server ran the script
+    real = broker._conn._send_and_read
+    lost: list[bool] = []
+
+    def lose_first_reply(command: Sequence[str | bytes | int | float]) -> Any:
+        reply = real(command)
+        if not lost:
+            lost.append(True)
+            raise redis.ConnectionError("reply lost")
+        return reply
+
+    broker.enqueue([env()])  # registers the queue (a MULTI, not this path)
+    broker._conn._send_and_read = lose_first_reply  # type: ignore[method-assign]
+    # When delay() sends a message (the retry loop runs the script again with the same attempt)
+    e = env(body=b"once")
+    assert broker.enqueue([e]) == [e.id]
+    # Then the retry is recognised as this very call: no DuplicateTaskId, one message stored
+    assert lost == [True]
+    assert [(s.queue, s.ready) for s in broker.stats()] == [("default", 2)]
+    # But a new call reusing the id is refused
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([Envelope(e.id, "default", b"twice")])
