@@ -328,3 +328,21 @@ def test_a_retry_after_a_lost_enqueue_reply_is_no_duplicate(broker: RedisBroker)
     # But a new call reusing the id is refused
     with pytest.raises(DuplicateTaskId):
         broker.enqueue([Envelope(e.id, "default", b"twice")])
+
+
+def test_a_duplicate_that_lands_after_the_check_of_a_multi_queue_batch_is_undone(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a message held in the default queue, and a batch over two queues that reuses its id,
+    # whose pre-check comes too early (another producer stores the id between check and MULTI)
+    first = env(body=b"first")
+    broker.enqueue([first])
+    monkeypatch.setattr(broker, "_refuse_held", lambda groups: None)
+    other = env("other", b"other", key="k")
+    # When the batch is enqueued
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([other, Envelope(first.id, "default", b"second")])
+    # Then what the other queue's script stored is cancelled again, and its key is free
+    assert {s.queue: (s.ready, s.scheduled) for s in broker.stats()} == {"default": (1, 0), "other": (0, 0)}
+    again = env("other", b"again", key="k")
+    assert broker.enqueue([again]) == [again.id]
