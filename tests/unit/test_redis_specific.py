@@ -337,7 +337,7 @@ def test_a_duplicate_that_lands_after_the_check_of_a_multi_queue_batch_is_undone
     # whose pre-check comes too early (another producer stores the id between check and MULTI)
     first = env(body=b"first")
     broker.enqueue([first])
-    monkeypatch.setattr(broker, "_refuse_held", lambda groups: None)
+    monkeypatch.setattr(broker._store, "_refuse_held", lambda groups: None)
     other = env("other", b"other", key="k")
     # When the batch is enqueued
     with pytest.raises(DuplicateTaskId):

@@ -11,11 +11,9 @@ workers with skewed clocks agree; an ``eta`` is the producer's Unix time, compar
 
 from __future__ import annotations
 
-import collections
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -23,6 +21,7 @@ from redis.client import Pipeline
 from conveyor.brokers._redis_claims import KeyClaims
 from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
 from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
+from conveyor.brokers._redis_store import MessageStore
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
@@ -73,9 +72,7 @@ class RedisBroker(Broker):
         )
         self._global = global_keys(self.prefix)
         self._claims = KeyClaims(self._conn, self.prefix)
-        # Queues this process registered together with its first enqueue to them (one MULTI). Later
-        # enqueues skip that; enqueue.lua reports when the server lost the registry (issue 11 item 7).
-        self._known_queues: set[str] = set()
+        self._store = MessageStore(self._conn, self.prefix, self._claims)
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> RedisBroker:
@@ -91,7 +88,7 @@ class RedisBroker(Broker):
         if not envelopes:
             return []
         if len(envelopes) == 1 and envelopes[0].key is None:  # delay(): skip the scan for keys
-            self._store(envelopes)
+            self._store.store(envelopes)
             return [envelopes[0].id]
         if any(e.key is not None for e in envelopes):
             answer, fresh = self._claims.claim(envelopes)
@@ -99,7 +96,7 @@ class RedisBroker(Broker):
             answer, fresh = [e.id for e in envelopes], list(envelopes)
         if fresh:
             try:
-                self._store(fresh)
+                self._store.store(fresh)
             except DuplicateTaskId:  # nothing was stored: give back the keys this call just claimed
                 for env in fresh:
                     if env.key is not None:
@@ -255,106 +252,6 @@ class RedisBroker(Broker):
             return [self._conn.run(*calls[0])]
         return self._conn.run_many(calls) if calls else []
 
-    def _store(self, envelopes: Sequence[Envelope]) -> None:
-        """enqueue.lua once per queue; several queues (or a queue new to this process) in one MULTI.
-
-        Raises:
-            DuplicateTaskId: an id the broker still holds, or repeated in the batch; nothing is stored.
-        """
-        attempt = os.urandom(8)  # tells enqueue.lua a retry of this call (lost reply) from a reused id
-        queue = envelopes[0].queue
-        if len(envelopes) == 1 and queue in self._known_queues:  # delay(): skip the grouping
-            keys = self._keys(queue)
-            self._check_stored(
-                queue, self._conn.run("enqueue", keys.enqueue_keys, _enqueue_args(keys, attempt, envelopes))
-            )
-            return
-        groups: dict[str, list[Envelope]] = {}
-        for env in envelopes:
-            groups.setdefault(env.queue, []).append(env)
-        if len(groups) == 1 and queue in self._known_queues:
-            keys = self._keys(queue)
-            self._check_stored(
-                queue, self._conn.run("enqueue", keys.enqueue_keys, _enqueue_args(keys, attempt, envelopes))
-            )
-            return
-        self._store_many(groups, attempt)
-
-    def _store_many(self, groups: dict[str, list[Envelope]], attempt: bytes) -> None:
-        """Several queues, or one new to this process: the scripts and the registration in one MULTI.
-
-        A script refuses only its own queue's batch, so ids held in other queues are looked up first
-        (one round trip, only for batches over several queues); an id enqueued by another producer
-        between that look and the MULTI is caught by its script, and what the other scripts stored
-        is then cancelled again (a worker may have reserved it in that instant: see docs/redis.md).
-        """
-        if len(groups) > 1:
-            self._refuse_held(groups)
-        queues = list(groups)
-        calls = [
-            ("enqueue", self._keys(q).enqueue_keys, _enqueue_args(self._keys(q), attempt, es))
-            for q, es in groups.items()
-        ]
-        new = [q for q in queues if q not in self._known_queues]
-        results = self._conn.run_many(calls, transaction=True, extra=self._registration(new))
-        answers = [(duplicate.decode(), int(unregistered)) for duplicate, unregistered in results[: len(calls)]]
-        missing = [q for q, (_, unregistered) in zip(queues, answers, strict=True) if unregistered and q not in new]
-        if missing:
-            self._conn.run_many([], extra=self._registration(missing))
-        refused = [duplicate for duplicate, _ in answers if duplicate]
-        if refused:
-            stored = [q for q, (duplicate, _) in zip(queues, answers, strict=True) if not duplicate]
-            self._unstore({q: groups[q] for q in stored})
-            raise DuplicateTaskId(refused[0])
-        self._known_queues.update(new)
-
-    def _refuse_held(self, groups: dict[str, list[Envelope]]) -> None:
-        """Raise DuplicateTaskId for an id repeated in the batch or still held by its queue (one round trip)."""
-        ids = [e.id for es in groups.values() for e in es]
-        repeated = [i for i, count in collections.Counter(ids).items() if count > 1]
-        if repeated:
-            raise DuplicateTaskId(repeated[0])
-
-        def look(pipe: Pipeline) -> None:
-            for q, es in groups.items():
-                for env in es:
-                    pipe.exists(self._keys(q).message + env.id)
-
-        for message_id, hit in zip(ids, self._conn.run_many([], extra=look), strict=True):
-            if hit:
-                raise DuplicateTaskId(message_id)
-
-    def _unstore(self, groups: dict[str, list[Envelope]]) -> None:
-        """Cancel what a refused multi-queue batch stored in the other queues (all or none)."""
-        if groups:
-            queues = list(groups)
-            results = self._run_each([self._call("cancel", q, *(e.id for e in es)) for q, es in groups.items()])
-            self._release(queues, [released for _, released in results])
-
-    def _check_stored(self, queue: str, result: list[bytes]) -> None:
-        """Act on enqueue.lua's answer: register the queue again if its marker is gone; raise on a held id."""
-        duplicate, unregistered = result
-        if unregistered:
-            self._conn.run_many([], extra=self._registration([queue]))
-        if duplicate:
-            raise DuplicateTaskId(duplicate.decode())
-
-    def _registration(self, queues: Sequence[str]) -> Callable[[Pipeline], None]:
-        """Pipeline commands that register ``queues``: SADD to the registry, then SET each queue's marker.
-
-        The marker is set after the SADD (a pipeline runs in order, and replicas apply it in order),
-        so wherever a marker exists the registry has the queue; a server that lost its data lost the
-        marker too, and the next enqueue to the queue registers it again (enqueue.lua reports it).
-        """
-
-        def register(pipe: Pipeline) -> None:
-            if queues:
-                pipe.sadd(self._global.queues, *queues)
-                for q in queues:
-                    pipe.set(self._keys(q).registered, b"1")
-
-        return register
-
     def _ack_then_reserve_once(
         self, acks: Sequence[Delivery], queues: Sequence[str], n: int, owner: str, lease: float
     ) -> tuple[list[Delivery], float]:
@@ -449,16 +346,3 @@ def _lease_pairs(deliveries: Sequence[Delivery]) -> list[str]:
 def _body_args(body: bytes | None) -> list[str | bytes]:
     """``has_body, body`` as nack.lua and dead_letter.lua read them (an empty body is still a body)."""
     return ["0", b""] if body is None else ["1", body]
-
-
-def _enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope]) -> list[str | bytes]:
-    """ARGV of enqueue.lua: ``T:m:``, the attempt, then per message id, body, priority, eta, key.
-
-    eta is '' for now; key is '' for none, else '=' + key.
-    """
-    args: list[str | bytes] = [keys.message, attempt]
-    for env in envelopes:
-        eta = "" if env.eta is None else repr(float(env.eta))
-        key = "" if env.key is None else "=" + env.key
-        args += [env.id, env.body, str(env.priority), eta, key]
-    return args
