@@ -56,20 +56,21 @@ def workers(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProc
     kill_leftovers(started)
 
 
+@pytest.mark.parametrize("pool", ["process", "thread"])
 def test_a_dead_child_in_one_namespace_does_not_release_the_task_of_another(
-    e2e_env: dict[str, str], e2e_app: App, records: Path, tmp_path: Path, workers: list[WorkerProcess]
+    e2e_env: dict[str, str], e2e_app: App, records: Path, tmp_path: Path, workers: list[WorkerProcess], pool: str
 ) -> None:
     # Given worker B (own PID namespace) running a long task
-    b = NamespacedWorker(e2e_env, ["--concurrency", "1"], tmp_path / "b.log")
+    b = NamespacedWorker(e2e_env, ["--concurrency", "1", "--pool", pool], tmp_path / "b.log")
     workers.append(b)
     b.wait_for_log("ready")
     long = enqueue(e2e_app, "record", "long", 6.0)
     wait_until(lambda: runs_of(records, "long") == 1, 15, "the long task to start in worker B")
     # And worker A (another PID namespace, same hostname, so the same pids) and an idle worker C
-    a = NamespacedWorker(e2e_env, ["--concurrency", "1"], tmp_path / "a.log")
+    a = NamespacedWorker(e2e_env, ["--concurrency", "1", "--pool", pool], tmp_path / "a.log")
     workers.append(a)
     a.wait_for_log("ready")
-    c = WorkerProcess(e2e_env, ["--concurrency", "1"], tmp_path / "c.log")
+    c = WorkerProcess(e2e_env, ["--concurrency", "1", "--pool", pool], tmp_path / "c.log")
     workers.append(c)
     c.wait_for_log("ready")
     # Then workers() lists the three workers separately
