@@ -346,3 +346,29 @@ def test_a_duplicate_that_lands_after_the_check_of_a_multi_queue_batch_is_undone
     assert {s.queue: (s.ready, s.scheduled) for s in broker.stats()} == {"default": (1, 0), "other": (0, 0)}
     again = env("other", b"again", key="k")
     assert broker.enqueue([again]) == [again.id]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+@pytest.mark.parametrize("batch", [["a"], ["a", "a"], ["a", "b"]], ids=["delay", "one-queue-batch", "two-queues"])
+def test_every_enqueue_path_registers_its_queue_again_after_the_server_lost_its_data(
+    tmp_path: Path, batch: list[str]
+) -> None:
+    # Given a long-lived producer that registered queues a and b on a private server
+    port = _free_port()
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    server = _start_server(port, tmp_path / "before")
+    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=heal")
+    try:
+        broker.enqueue([env("a"), env("b")])
+        # When the server comes back empty (another directory: nothing persisted) and the producer enqueues
+        _stop(server)
+        server = _start_server(port, tmp_path / "after")
+        sent = [env(q) for q in batch]
+        broker.enqueue(sent)
+        # Then the registry lists the queues again, and cancel (revoke) finds every message
+        assert sorted(s.queue for s in broker.stats()) == sorted(set(batch))
+        assert sorted(broker.cancel([e.id for e in sent])) == sorted(e.id for e in sent)
+    finally:
+        broker.close()
+        _stop(server)
