@@ -236,3 +236,37 @@ def test_a_sqlite_backend_locked_past_the_lease_delays_the_due_slots_and_drops_n
     # Then every due slot fired once
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1, iso(20): 1})
     app.close()
+
+
+def test_a_slot_whose_enqueue_failed_past_the_lease_is_enqueued_by_its_claimer_once_the_broker_is_back(
+    private_redis: PrivateRedis, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a leader and a standby on one backend, whose broker (a private Redis) retries for 3 s,
+    # longer than the 2-second lease
+    monkeypatch.setattr(RedisBroker, "retry_for", LEASE + 1.0)
+    backend = url_for("redis", tmp_path, request)
+    apps = [make_app(private_redis.url, backend), make_app(private_redis.url, backend)]
+    clock = Clock(T0 - 5)
+    leader, standby = Beat(apps[0], clock=clock), Beat(apps[1], clock=clock)
+    leader.tick()
+    standby.tick()
+    assert (leader.leading, standby.leading) == (True, False)
+    # When the broker is down at slot T0: the leader's enqueue fails after its lease lapsed
+    private_redis.stop()
+    clock.now = T0
+    with pytest.raises(BrokerUnavailable):
+        leader.tick()
+    # And the standby takes over meanwhile and finds slot T0 claimed
+    standby.tick()
+    assert standby.leading
+    # When the broker is back, both tick on
+    private_redis.start()
+    for now in (T0 + 1, T0 + 10):
+        clock.now = now
+        leader.tick()
+        standby.tick()
+    # Then slot T0 was enqueued once (by the beat that claimed it), and T0+10 by the new leader
+    assert fired_slots(apps[0]) == Counter({iso(0): 1, iso(10): 1})
+    assert not leader.owed
+    for app in apps:
+        app.close()
