@@ -267,6 +267,10 @@ def test_a_failing_entry_spares_the_others(app: App) -> None:
     clock.now = T0
     beat.tick()
     assert fired_slots(app) == Counter({iso(0): 1})
+    # And the failed slot is not retried forever (it would fail again): the next tick records it
+    clock.now = T0 + 1
+    beat.tick()
+    assert beat.last_fired(app.schedule["gone"]) == datetime.datetime.fromtimestamp(T0, datetime.UTC)
 
 
 def _raises_duplicate_task_id(app: App) -> bool:

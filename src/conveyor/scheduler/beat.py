@@ -67,7 +67,7 @@ class _Owed:
 
     entry: Entry
     slot: datetime.datetime
-    until: float  # time.monotonic() past which the claim may have lapsed and another beat may fire the slot
+    until: float  # time.monotonic() past which the claim may lapse (less a lease of margin): another beat may fire it
 
 
 def slot_ms(slot: datetime.datetime) -> int:
@@ -194,14 +194,17 @@ class Beat:
 
         Raises:
             BrokerError: the enqueue failed; the slot fires on a later tick (or from :attr:`owed`).
+            ConveyorError: the entry's message cannot be built or sent (e.g. too large); the slot is lost.
         """
         key = slot_key(self.app.name, entry.name, slot)
+        claimed = time.monotonic()  # the claim lives at least claim_ttl from here
         if not self.app.backend.claim(key, self.claim_ttl):
             return False
         try:
             return self._send(entry, slot)
-        except Exception:
-            self._give_back(key, entry, slot, deadline)
+        except BrokerError:  # transient: the slot must still fire. Any other error is the entry's own and
+            # would fail again: the claim stays and the slot is recorded as fired (failed, logged) next tick.
+            self._give_back(key, _Owed(entry, slot, claimed + self.claim_ttl - self.app.settings.beat_lease), deadline)
             raise
 
     def _send(self, entry: Entry, slot: datetime.datetime) -> bool:
@@ -230,7 +233,7 @@ class Beat:
         log.info("beat %s fired %s for %s as %s", self.owner, entry.name, slot.isoformat(), task_id)
         return True
 
-    def _give_back(self, key: str, entry: Entry, slot: datetime.datetime, deadline: float) -> None:
+    def _give_back(self, key: str, owed: _Owed, deadline: float) -> None:
         """After a failed enqueue: unclaim while still leading, so a later tick fires the slot; else owe it.
 
         Past the deadline another beat may lead and may have found the claim and recorded the slot:
@@ -243,11 +246,10 @@ class Beat:
             except ConveyorError as exc:
                 log.warning("beat %s could not give back the claim of %s: %s", self.owner, key, exc)
             else:
-                log.warning("beat %s could not enqueue %s of %s; a later tick fires it", self.owner, slot, entry.name)
+                log.warning("beat %s could not enqueue %s; a later tick fires it", self.owner, key)
                 return
-        until = time.monotonic() + self.claim_ttl - self.app.settings.beat_lease
-        self.owed[key] = _Owed(entry, slot, until)
-        log.warning("beat %s keeps its claim of %s of %s and enqueues it when it can", self.owner, slot, entry.name)
+        self.owed[key] = owed
+        log.warning("beat %s keeps its claim of %s and enqueues it when the broker answers", self.owner, key)
 
     def _pay_owed(self) -> None:
         """Enqueue the slots this beat owes (leading or not: it holds their claims), while they are still on time.
