@@ -8,6 +8,7 @@ connection holds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +26,12 @@ import pytest
 
 from conveyor import App, BrokerUnavailable
 from conveyor.brokers import _sqlite_connection
+from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat
 from conveyor.signing import unframe
-from tests.conftest import server_missing, url_for, wait_until
+from tests.conftest import AMQP_URL, server_missing, url_for, wait_until
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
 LEASE = 2.0
@@ -95,6 +98,65 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+class Cut:
+    """A TCP forwarder to a real server that the test can cut (close every connection, refuse new ones) and mend.
+
+    It stands for the network between the beat and a server the test must not stop (the shared
+    RabbitMQ): while cut, the server is unreachable from the beat exactly as after a network failure.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+
+    def mend(self) -> None:
+        """Listen again (on the same port) and forward every connection to the target."""
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        """Close the listener and every forwarded connection: new ones are refused."""
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        if self._listener is not None:
+            sockets.append(self._listener)
+            self._listener = None
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            upstream = socket.create_connection(self.target, timeout=5)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    for sock in (source, sink):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def make_app(broker: str, backend: str, **settings: Any) -> App:
@@ -183,6 +245,41 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     # Then slot T0 was enqueued once, late, and the schedule went on
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     app.close()
+
+
+def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
+    amqp_vhost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a beat whose broker is RabbitMQ (retrying for 1 s) through a network path the test can
+    # cut, and its backend a SQLite file
+    monkeypatch.setattr(AMQPBroker, "retry_for", 1.0)
+    parts = urllib.parse.urlsplit(AMQP_URL)
+    network = Cut((parts.hostname or "127.0.0.1", parts.port or 5672))
+    network.mend()
+    broker = (
+        f"amqp://{parts.username}:{parts.password}@127.0.0.1:{network.port}/{urllib.parse.quote(amqp_vhost, safe='')}"
+    )
+    app = make_app(broker, f"sqlite:///{tmp_path / 'results.db'}")
+    try:
+        clock = Clock(T0 - 5)
+        beat = Beat(app, clock=clock)
+        beat.tick()
+        app.broker.stats()  # connected
+        # When RabbitMQ is unreachable at the firing instant of slot T0
+        network.cut()
+        clock.now = T0
+        with pytest.raises(BrokerUnavailable):
+            beat.tick()
+        # And reachable again before the next ticks
+        network.mend()
+        for now in (T0 + 1, T0 + 2, T0 + 10):
+            clock.now = now
+            beat.tick()
+        # Then slot T0 was enqueued once, late, and the schedule went on
+        assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
+    finally:
+        app.close()
+        network.cut()
 
 
 # -- item 5: the backend stalls longer than the lease inside one tick --------------------------------
