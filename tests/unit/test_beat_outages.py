@@ -25,11 +25,12 @@ from typing import Any
 import pytest
 
 from conveyor import App, BrokerUnavailable
+from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers import _sqlite_connection
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
 from conveyor.message import decode
-from conveyor.scheduler.beat import Beat
+from conveyor.scheduler.beat import Beat, slot_key
 from conveyor.signing import unframe
 from tests.conftest import AMQP_URL, server_missing, url_for, wait_until
 
@@ -50,8 +51,9 @@ class Clock:
 class PrivateRedis:
     """A redis-server of this test's own on a spare port (no persistence): stop, restart, pause at will."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, durable: bool = False) -> None:
         self.folder = folder
+        self.durable = durable  # append-only file, fsynced on every write: a restart keeps every key
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port: int = sock.getsockname()[1]
@@ -62,8 +64,19 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([*command, "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.folder),
+        ]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         wait_until(self._answers, 10, f"redis-server on port {self.port}")
 
     def _answers(self) -> bool:
@@ -157,6 +170,18 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
     for sock in (source, sink):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        server_missing("redis-server", "not on PATH")
+    folder = tmp_path / "durable-redis"
+    folder.mkdir()
+    server = PrivateRedis(folder, durable=True)
+    server.start()
+    yield server
+    server.stop()
 
 
 def make_app(broker: str, backend: str, **settings: Any) -> App:
@@ -280,6 +305,40 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
     finally:
         app.close()
         network.cut()
+
+
+def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it_is_back(
+    durable_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a beat whose broker and backend are one Redis server (append-only, fsync always),
+    # each retrying for 1 s, and that server killed right after the beat claims slot T0
+    monkeypatch.setattr(RedisBroker, "retry_for", 1.0)
+    monkeypatch.setattr(RedisResultBackend, "retry_for", 1.0)
+    app = make_app(durable_redis.url, durable_redis.url)
+    claim = app.backend.claim
+
+    def claim_then_die(key: str, ttl: float) -> bool:
+        won = claim(key, ttl)
+        if won and key == slot_key(app.name, "tick", datetime.datetime.fromtimestamp(T0, datetime.UTC)):
+            durable_redis.stop()
+        return won
+
+    monkeypatch.setattr(app.backend, "claim", claim_then_die)
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    # When slot T0 comes: claimed, then neither enqueued nor given back (the server is gone)
+    clock.now = T0
+    with pytest.raises(BrokerUnavailable):
+        beat.tick()
+    # And the server comes back (with the claim) before the next ticks
+    durable_redis.start()
+    for now in (T0 + 1, T0 + 2, T0 + 10):
+        clock.now = now
+        beat.tick()
+    # Then slot T0 was enqueued once, late, by the beat that holds its claim, and the schedule went on
+    assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
+    app.close()
 
 
 # -- item 5: the backend stalls longer than the lease inside one tick --------------------------------
