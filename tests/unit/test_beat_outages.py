@@ -307,8 +307,9 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
         network.cut()
 
 
+@pytest.mark.parametrize("then", ["ticks on", "stops"])
 def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it_is_back(
-    durable_redis: PrivateRedis, monkeypatch: pytest.MonkeyPatch
+    durable_redis: PrivateRedis, then: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a beat whose broker and backend are one Redis server (append-only, fsync always),
     # each retrying for 1 s, and that server killed right after the beat claims slot T0
@@ -331,13 +332,21 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
         beat.tick()
-    # And the server comes back (with the claim) before the next ticks
+    # And the server comes back (with the claim)
     durable_redis.start()
-    for now in (T0 + 1, T0 + 2, T0 + 10):
-        clock.now = now
-        beat.tick()
-    # Then slot T0 was enqueued once, late, by the beat that holds its claim, and the schedule went on
-    assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
+    if then == "stops":
+        # Then a beat stopped now enqueues the slot it owes as it stops
+        stop = threading.Event()
+        stop.set()
+        beat.run(stop)
+        assert fired_slots(app) == Counter({iso(0): 1})
+    else:
+        for now in (T0 + 1, T0 + 2, T0 + 10):
+            clock.now = now
+            beat.tick()
+        # Then slot T0 was enqueued once, late, by the beat that holds its claim, and the schedule went on
+        assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
+    assert not beat.owed
     app.close()
 
 

@@ -114,10 +114,20 @@ class Beat:
             while not stop.is_set():
                 stop.wait(self._safe_tick())
         finally:
+            self._settle_owed()
             if self.leading:
                 with contextlib.suppress(BrokerError):
                     self.app.backend.release_lease(self.lease_name, self.owner)
                 log.info("beat %s released the leader lease", self.owner)
+
+    def _settle_owed(self) -> None:
+        """On stop: one last try at the slots this beat owes; no other beat may fire them (it holds their claims)."""
+        if not self.owed:
+            return
+        with contextlib.suppress(BrokerError):
+            self._pay_owed()
+        for key in self.owed:
+            log.error("beat %s stops owing %s: the broker did not answer; that slot is lost", self.owner, key)
 
     def _safe_tick(self) -> float:
         try:
