@@ -174,8 +174,11 @@ def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> 
 class Driver:
     """Starts workers, kills children and whole workers, and remembers every pid it killed."""
 
-    def __init__(self, env: dict[str, str], logs: Path, plan: ChaosPlan, rng: random.Random) -> None:
+    def __init__(
+        self, env: dict[str, str], logs: Path, plan: ChaosPlan, rng: random.Random, spare: Callable[[], set[int]]
+    ) -> None:
         self.env = env
+        self.spare = spare
         self.logs = logs
         self.plan = plan
         self.rng = rng
@@ -209,9 +212,10 @@ class Driver:
     def kill_child(self) -> None:
         """kill -9 a random child of a random worker (the supervisor starts a new one)."""
         worker = self.rng.choice(self.workers)
-        children = worker.supervisor().children()
+        spared = self.spare()
+        children = [c for c in worker.supervisor().children() if c.pid not in spared]
         if not children:
-            return  # the supervisor is between a death and a restart
+            return  # the supervisor is between a death and a restart, or runs only spared tasks
         victim = self.rng.choice(children)
         self.killed.add(victim.pid)
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -221,7 +225,11 @@ class Driver:
 
     def kill_worker(self) -> None:
         """kill -9 a random worker, supervisor and children, and start a new worker in its place."""
-        worker = self.rng.choice(self.workers)
+        spared = self.spare()
+        candidates = [w for w in self.workers if not spared & {c.pid for c in w.supervisor().children()}]
+        if not candidates:
+            return
+        worker = self.rng.choice(candidates)
         supervisor = worker.supervisor()
         supervisor.suspend()  # SIGSTOP: it cannot fork a child we would miss
         children = supervisor.children(recursive=True)
@@ -257,7 +265,7 @@ def run_chaos(servers: Servers, workdir: Path, plan: ChaosPlan) -> ChaosReport:
     app = App("chaos", broker=servers.broker, backend=servers.backend)
     load = _Load.build(plan, rng)
     ids = _enqueue(app, load.messages(plan, rng))
-    driver = Driver(_worker_env(servers, records, plan), workdir, plan, rng)
+    driver = Driver(_worker_env(servers, records, plan), workdir, plan, rng, lambda: _running(log, load.gil))
     injectors = _injectors(servers, plan, log)
     problems: list[str] = []
     began = time.monotonic()
@@ -410,6 +418,18 @@ def _worker_env(servers: Servers, records: Path, plan: ChaosPlan) -> dict[str, s
         PYTHONPATH=str(ROOT),
     )
     return env
+
+
+def _running(log: Path, ids: frozenset[int]) -> set[int]:
+    """The pids running one of ``ids`` now: the kill storm spares them.
+
+    A GIL-holding task runs for seconds; a storm that kills a child every few hundred ms would
+    kill each of its runs, and it would never complete. Spared, it must run exactly once.
+    """
+    if not ids:
+        return set()
+    runs = executions(_lines(log))
+    return {e.pid for i in ids for e in runs.get(i, []) if e.end is None}
 
 
 def _lines(log: Path) -> list[str]:

@@ -157,6 +157,10 @@ def windows(log_lines: list[str]) -> list[Window]:
     return sorted(found, key=lambda w: w.begin)
 
 
+#: A rerun this many log lines after a fault window ended is placed against it; a later one is not.
+NEAR = 100
+
+
 def _context(line: int, faults: list[Window]) -> str:
     """Where a line stands to the last fault window that began before it: `` (during stall 1)``, or ''."""
     before = [w for w in faults if w.begin < line]
@@ -165,7 +169,8 @@ def _context(line: int, faults: list[Window]) -> str:
     last = before[-1]
     if last.end is None or line < last.end:
         return f" (it started during {last.name})"
-    return f" (it started {line - last.end} log line(s) after {last.name} ended)"
+    after = line - last.end
+    return f" (it started {after} log line(s) after {last.name} ended)" if after <= NEAR else ""
 
 
 def _problems_of(
