@@ -179,11 +179,12 @@ class Driver:
     ) -> None:
         self.env = env
         self.spare = spare
+        self.log = logs / "records" / chaos_app.CHAOS_LOG
         self.logs = logs
         self.plan = plan
         self.rng = rng
         self.workers: list[ChaosWorker] = []
-        self.killed: set[int] = set()
+        self.killed: dict[int, int] = {}  # pid → log lines just before it was killed
         self.counts = FaultCounts()
         self._started = 0
 
@@ -197,6 +198,10 @@ class Driver:
         self.counts.namespaced_workers += namespaced
         self.workers.append(worker)
         worker.wait_for_log("ready", timeout=30)
+
+    def lines(self) -> int:
+        """How many lines the chaos log has now: the audit's clock."""
+        return len(_lines(self.log))
 
     def strike(self, number: int) -> None:
         """The ``number``-th kill: one child, or every ``worker_kill_every``-th time a whole worker.
@@ -217,7 +222,7 @@ class Driver:
         if not children:
             return  # the supervisor is between a death and a restart, or runs only spared tasks
         victim = self.rng.choice(children)
-        self.killed.add(victim.pid)
+        self.killed.setdefault(victim.pid, self.lines())
         with contextlib.suppress(psutil.NoSuchProcess):
             victim.kill()
             self.counts.child_kills += 1
@@ -233,7 +238,9 @@ class Driver:
         supervisor = worker.supervisor()
         supervisor.suspend()  # SIGSTOP: it cannot fork a child we would miss
         children = supervisor.children(recursive=True)
-        self.killed.update([supervisor.pid, *(c.pid for c in children)])
+        lines = self.lines()
+        for pid in (supervisor.pid, *(c.pid for c in children)):
+            self.killed.setdefault(pid, lines)
         for process in (supervisor, *children):
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()

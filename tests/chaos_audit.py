@@ -6,7 +6,10 @@ to take its process down). A crash counts as a kill of that pid. The audit check
 
 - every task but the poison completed at least once;
 - an execution that never completed ran in a killed (or crashed) pid;
-- a task ran again only right after an execution in a killed (or crashed) pid;
+- a task ran again only right after an execution in a pid killed (or crashed) before the rerun
+  started: the driver records, with each pid it kills, how many log lines there were just before
+  the kill, so a rerun that began while the first run's process still lived is never excused by a
+  kill that came later;
 - every poison task is in the dead-letter queue, and nothing else is.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from tests.chaos_faults import FaultCounts
 
@@ -80,7 +83,7 @@ class Execution:
 
 def audit(
     log_lines: list[str],
-    killed: Collection[int],
+    killed: Mapping[int, int] | Collection[int],
     tasks: int,
     *,
     poison: Collection[int] = (),
@@ -91,14 +94,17 @@ def audit(
 
     Args:
         log_lines: the chaos log, in the order the lines were appended.
-        killed: every pid the driver killed.
+        killed: every pid the driver killed → the number of log lines just before the kill (a
+            plain collection of pids means killed before line 1 of the log).
         tasks: how many tasks were enqueued (ids 0 to tasks - 1).
         poison: the ids of the poison tasks (crash every time; must end dead-lettered, need not complete).
         gil: the ids of the GIL-holding tasks (only named as such in messages).
         dead: the ids found in the dead-letter queue at the end.
     """
     runs, faults = executions(log_lines), windows(log_lines)
-    lost = set(killed) | {e.pid for runs_of in runs.values() for e in runs_of if e.crashed}
+    lost = dict(killed) if isinstance(killed, Mapping) else dict.fromkeys(killed, 0)
+    for e in (e for runs_of in runs.values() for e in runs_of if e.crashed):
+        lost.setdefault(e.pid, e.end or 0)
     report = ChaosReport(tasks)
     special: list[str] = []  # the problems of poison and GIL tasks come first: usually the cause of the rest
     for i in range(tasks):
@@ -107,7 +113,7 @@ def audit(
         report.executions += len(runs_of)
         report.completed += any(e.done for e in runs_of)
         report.duplicates += max(0, len(runs_of) - 1)
-        report.explained += sum(1 for before in runs_of[:-1] if before.pid in lost)
+        report.explained += sum(1 for before, after in itertools.pairwise(runs_of) if _died_first(before, after, lost))
         found = _problems_of(i, label, runs_of, lost, faults, poison=i in poison)
         found += _dead_letter_problems(i, label, runs_of, poison=i in poison, dead=i in dead)
         (report.problems if label == "task" else special).extend(found)
@@ -174,7 +180,7 @@ def _context(line: int, faults: list[Window]) -> str:
 
 
 def _problems_of(
-    i: int, label: str, runs: list[Execution], lost: set[int], faults: list[Window], *, poison: bool
+    i: int, label: str, runs: list[Execution], lost: dict[int, int], faults: list[Window], *, poison: bool
 ) -> list[str]:
     problems = []
     if not poison and not any(e.done for e in runs):
@@ -183,13 +189,18 @@ def _problems_of(
     for e in runs:
         if e.end is None and e.pid not in lost:
             problems.append(f"{label} {i} was interrupted in {e.describe()}, which was neither killed nor crashed")
-    reruns = [(before, after) for before, after in itertools.pairwise(runs) if before.pid not in lost]
+    reruns = [(before, after) for before, after in itertools.pairwise(runs) if not _died_first(before, after, lost)]
     if reruns:
         before, after = reruns[0]
         more = f" (and {len(reruns) - 1} more such rerun(s), {len(runs)} executions in all)" if len(reruns) > 1 else ""
         context = _context(after.start, faults)
         problems.append(f"{label} {i} ran again in {after.describe()} {_relation(before, after)}{context}{more}")
     return problems
+
+
+def _died_first(before: Execution, after: Execution, lost: dict[int, int]) -> bool:
+    """Whether the first run's process was killed (or crashed) before the rerun started."""
+    return before.pid in lost and lost[before.pid] < after.start
 
 
 def _relation(before: Execution, after: Execution) -> str:

@@ -135,3 +135,15 @@ def test_audit_places_an_unexplained_rerun_against_the_fault_the_driver_marked()
         "task 0 ran again in pid 11 (lines 5-6) after live pid 10 (lines 1-2) had completed it "
         "(expected: acknowledged, never redelivered) (it started 1 log line(s) after broker stall 1 ended)"
     ]
+
+
+def test_audit_does_not_excuse_a_rerun_by_a_kill_that_came_after_it() -> None:
+    # Given task 0 started again in pid 11 (line 2) while pid 10 ran it; pid 10 was killed only at line 3
+    log = ["0 10", "0 11", "0 10 done", "0 11 done"]
+    report = audit(log, killed={10: 3}, tasks=1)
+    # Then the rerun is not explained: pid 10 was alive when it started
+    assert (report.duplicates, report.explained) == (1, 0)
+    assert report.problems == [
+        "task 0 ran again in pid 11 (lines 2-4) while live pid 10 (lines 1-3) was still running it "
+        "(expected: no second run while it lives)"
+    ]
