@@ -53,8 +53,9 @@ from tests.chaos_faults import (
     ChaosWorker,
     FaultCounts,
     Injector,
-    PrivateRedis,
+    Servers,
     SqliteLockHolder,
+    fault_servers,
     parse_faults,
 )
 from tests.e2e.conftest import ROOT
@@ -117,58 +118,6 @@ class ChaosPlan:
         if self.max_deliveries is not None:
             return self.max_deliveries
         return 8 if "poison" in self.faults else 100
-
-
-@dataclasses.dataclass(slots=True)
-class Servers:
-    """Where the run's messages and results live, and the private servers its faults may stop."""
-
-    broker: str
-    backend: str | None = None
-    backend_redis: PrivateRedis | None = None
-    broker_redis: PrivateRedis | None = None
-    sqlite: Path | None = None
-    stall_kind: str = ""
-
-
-@contextlib.contextmanager
-def fault_servers(broker: str, backend: str | None, workdir: Path, plan: ChaosPlan) -> Iterator[Servers]:
-    """The broker and backend of a run, with private servers in place where a fault will stop one.
-
-    ``backend`` replaces the result backend with a private, durable redis-server; ``stall`` on a
-    Redis broker replaces the broker with a private redis-server. Every server started is killed
-    on the way out.
-    """
-    servers = Servers(broker, backend)
-    started: list[PrivateRedis] = []
-    try:
-        if "backend" in plan.faults:
-            servers.backend_redis = PrivateRedis(workdir, "backend-redis", durable=True)
-            started.append(servers.backend_redis)
-            servers.backend_redis.start()
-            servers.backend = servers.backend_redis.url
-        if "stall" in plan.faults:
-            _stallable(servers, workdir, started)
-        yield servers
-    finally:
-        for server in started:
-            server.resume()
-            server.kill()
-
-
-def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> None:
-    scheme = servers.broker.partition("://")[0]
-    if scheme == "sqlite":
-        servers.sqlite = Path(servers.broker.partition("sqlite:///")[2].partition("?")[0])
-        servers.stall_kind = "BEGIN IMMEDIATE held on the SQLite file"
-    elif scheme == "redis":
-        servers.broker_redis = PrivateRedis(workdir, "broker-redis", durable=False)
-        started.append(servers.broker_redis)
-        servers.broker_redis.start()
-        servers.broker = servers.broker_redis.url
-        servers.stall_kind = "SIGSTOP of the broker's private redis-server"
-    else:
-        servers.stall_kind = f"skipped: the {scheme} server is shared, only private servers are stalled"
 
 
 class Driver:
@@ -580,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-chaos-")))
         broker, backend = stack.enter_context(BROKERS[args.broker](workdir))
-        servers = stack.enter_context(fault_servers(broker, backend, workdir, plan))
+        servers = stack.enter_context(fault_servers(broker, backend, workdir, plan.faults))
         print(f"chaos on {args.broker}: {plan}", flush=True)
         report = run_chaos(servers, workdir, plan)
     print(report.summary())

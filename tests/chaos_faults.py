@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -242,3 +242,55 @@ class ChaosWorker(WorkerProcess):
         if self.proc.poll() is None:
             with contextlib.suppress(psutil.NoSuchProcess, IndexError):
                 self.supervisor().terminate()
+
+
+@dataclasses.dataclass(slots=True)
+class Servers:
+    """Where the run's messages and results live, and the private servers its faults may stop."""
+
+    broker: str
+    backend: str | None = None
+    backend_redis: PrivateRedis | None = None
+    broker_redis: PrivateRedis | None = None
+    sqlite: Path | None = None
+    stall_kind: str = ""
+
+
+@contextlib.contextmanager
+def fault_servers(broker: str, backend: str | None, workdir: Path, faults: frozenset[str]) -> Iterator[Servers]:
+    """The broker and backend of a run, with private servers in place where a fault will stop one.
+
+    ``backend`` replaces the result backend with a private, durable redis-server; ``stall`` on a
+    Redis broker replaces the broker with a private redis-server. Every server started is killed
+    on the way out.
+    """
+    servers = Servers(broker, backend)
+    started: list[PrivateRedis] = []
+    try:
+        if "backend" in faults:
+            servers.backend_redis = PrivateRedis(workdir, "backend-redis", durable=True)
+            started.append(servers.backend_redis)
+            servers.backend_redis.start()
+            servers.backend = servers.backend_redis.url
+        if "stall" in faults:
+            _stallable(servers, workdir, started)
+        yield servers
+    finally:
+        for server in started:
+            server.resume()
+            server.kill()
+
+
+def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> None:
+    scheme = servers.broker.partition("://")[0]
+    if scheme == "sqlite":
+        servers.sqlite = Path(servers.broker.partition("sqlite:///")[2].partition("?")[0])
+        servers.stall_kind = "BEGIN IMMEDIATE held on the SQLite file"
+    elif scheme == "redis":
+        servers.broker_redis = PrivateRedis(workdir, "broker-redis", durable=False)
+        started.append(servers.broker_redis)
+        servers.broker_redis.start()
+        servers.broker = servers.broker_redis.url
+        servers.stall_kind = "SIGSTOP of the broker's private redis-server"
+    else:
+        servers.stall_kind = f"skipped: the {scheme} server is shared, only private servers are stalled"

@@ -68,7 +68,8 @@ def test_fault_mix_loses_no_task_buries_only_poison_and_reruns_only_killed_ones(
     )
     # When the driver kill -9s children and workers, kills and restarts the result backend twice,
     # and stalls the broker once for longer than the lease (except the shared RabbitMQ)
-    with fault_servers(e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"), tmp_path, plan) as servers:
+    urls = (e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"))
+    with fault_servers(*urls, tmp_path, plan.faults) as servers:
         report = run_chaos(servers, tmp_path, plan)
     print(report.summary())
     # Then nothing was lost or rerun without a kill or crash, only the poison was dead-lettered,
