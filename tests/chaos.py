@@ -149,6 +149,8 @@ class Driver:
         self.counts.namespaced_workers += namespaced
         self.workers.append(worker)
         worker.wait_for_log("ready", timeout=30)
+        if namespaced:  # the same id for every worker: the collision the fault is about
+            self.counts.namespaced_ids.add(worker.worker_id())
 
     def lines(self) -> int:
         """How many lines the chaos log has now: the audit's clock."""

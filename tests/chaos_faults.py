@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import re
 import socket
 import sqlite3
 import subprocess
@@ -65,6 +66,7 @@ class FaultCounts:
     gil_tasks: int = 0
     gil_executions: int = 0
     namespaced_workers: int = 0
+    namespaced_ids: set[str] = dataclasses.field(default_factory=set)
     collide_kills: int = 0
 
     def lines(self, faults: frozenset[str]) -> list[str]:
@@ -76,7 +78,8 @@ class FaultCounts:
             "poison": f"{self.poison_tasks} poison tasks, {self.poison_crashes} crashes, "
             f"{self.poison_dead} dead-lettered",
             "gil": f"{self.gil_tasks} GIL-holding tasks, {self.gil_executions} executions",
-            "collide": f"{self.namespaced_workers} workers started in pid namespaces, "
+            "collide": f"{self.namespaced_workers} workers started in pid namespaces under "
+            f"{len(self.namespaced_ids)} worker id(s) ({', '.join(sorted(self.namespaced_ids)[:3])}), "
             f"{self.collide_kills} children killed in them",
         }
         return [f"fault {kind + ':':9} {text[kind]}" for kind in FAULTS if kind in faults]
@@ -229,6 +232,11 @@ class ChaosWorker(WorkerProcess):
         with log.open("w") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         self._supervisor: psutil.Process | None = None
+
+    def worker_id(self) -> str:
+        """The id the supervisor announced in its ``worker <id> ready`` line ('' before that)."""
+        found = re.search(r"worker (\S+) ready", self.output())
+        return found.group(1) if found else ""
 
     def supervisor(self) -> psutil.Process:
         """The supervisor process, as the host sees it."""
