@@ -98,3 +98,24 @@ def chaos(i: int, sleep_ms: float) -> None:
         os.write(fd, f"{i} {os.getpid()} done\n".encode())
     finally:
         os.close(fd)
+
+
+@app.task(name="segfault")
+def segfault(tag: str) -> None:
+    """Record the run, then crash the process with a real segmentation fault (a NULL read in C)."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.string_at(0)
+
+
+@app.task(name="gil_hold")
+def gil_hold(tag: str, seconds: int) -> str:
+    """Record the run, then call libc ``sleep`` with the GIL held: every thread of the process stalls."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.PyDLL(None).sleep(seconds)
+    return tag

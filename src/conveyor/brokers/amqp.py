@@ -8,9 +8,11 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
   prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
   while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
 - **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
-  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``).
+  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``), counted
+  in heartbeats of this process, so a stall of the whole process (a task holding the GIL) expires nothing.
 - **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
-  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered).
+  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered) only if
+  its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
 - **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
   reserving worker promotes due messages and sends the others to the next level: never early.
 - **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
@@ -43,6 +45,7 @@ from conveyor.brokers._amqp_scan import (
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import ConfigurationError
+from conveyor.states import State, decode_record
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -57,6 +60,19 @@ HOP_SLACK = 0.01
 #: Seconds between a busy reserve's looks at the ``.eta`` queues (a look is one round trip per queue;
 #: a message may become ready this much after its level ran out, never before its eta).
 PROMOTE_EVERY = 0.01
+#: Heartbeats (``extend`` calls) of this process after which a delivery they did not extend, and whose
+#: lease ran out, has expired. A stall of the whole process stops the heartbeats too: it expires nothing.
+MISSED_BEATS = 2
+#: Seconds a reserve's polling loop may overshoot its sleep before it takes the process for stalled
+#: (a task holding the GIL) and pushes every lease it holds by the stall.
+STALL = 0.25
+#: Uncounted requeues after crashes (see ``_recount``) after which a message is buried anyway, per
+#: ``max_deliveries``: the bound for a task that crashes its worker without ever writing a STARTED record.
+REQUEUES_PER_DELIVERY = 3
+#: The ``started`` header of a copy counted while the result backend could not say whether it ran.
+UNKNOWN_START = -1.0
+#: Tokens of deliveries this process settled, remembered so a late heartbeat does not report them lost.
+SETTLED_KEEP = 4096
 
 
 @dataclasses.dataclass(slots=True)
@@ -68,6 +84,7 @@ class _Held:
     tag: int
     generation: int
     deadline: float  # time.monotonic()
+    beat: int = 0  # the broker's heartbeat count when it was taken or last extended
 
 
 class AMQPBroker(Broker):
@@ -105,6 +122,8 @@ class AMQPBroker(Broker):
             on_fork=self._forget_parent,
         )
         self._held: dict[str, _Held] = {}
+        self._beats = 0  # extend calls of this process: the clock local leases expire by
+        self._settled: dict[str, None] = {}  # tokens acked, nacked or buried here (oldest first)
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
@@ -168,7 +187,9 @@ class AMQPBroker(Broker):
             if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
                 self._next_hop = INF
             hop = max(0.0, self._next_hop - now) + 0.001
-            time.sleep(min(pause, remaining, hop))
+            nap = min(pause, remaining, hop)
+            time.sleep(nap)
+            self._forgive_stall(time.monotonic() - now - nap)
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -197,16 +218,23 @@ class AMQPBroker(Broker):
         self._publish_counts()
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        """Push the leases of ``deliveries``; each call is one heartbeat of this process.
+
+        A delivery this process acked, nacked or dead-lettered is not reported lost: the worker may
+        heartbeat it once more while the ack's key release is still under way.
+        """
+
         def op(ch: BlockingChannel) -> list[str]:
             self._conn.service()  # AMQP heartbeats, and a dead connection shows here
+            self._beats += 1
             until = time.monotonic() + lease
             lost = []
             for d in deliveries:
                 held = self._live(d)
-                if held is None:
+                if held is not None:
+                    held.deadline, held.beat = until, self._beats
+                elif d.token not in self._settled:
                     lost.append(d.id)
-                else:
-                    held.deadline = until
             return lost
 
         lost = self._conn.call(op)
@@ -236,6 +264,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             mine = [h for h in self._live_held() if h.delivery.owner == owner]
             for held in mine:
+                held.entry = dataclasses.replace(held.entry, started=self._counted_start(held.entry))
                 self._give_back(ch, held, f"its worker process {owner} died")
             ch.tx_commit()
             return len(mine)
@@ -305,26 +334,103 @@ class AMQPBroker(Broker):
         """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
         entry = entry_of(props)
         if method.redelivered:
-            # RabbitMQ requeued this copy when the channel holding it closed: a delivery our header
-            # has not counted. Count it in a new copy (at the queue's tail), or bury a poison message.
-            counted = dataclasses.replace(entry, before=entry.before + 1)
-            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner)
-            lost = _Held(delivery, counted, method.delivery_tag, self._conn.generation, 0.0)
-            self._give_back(ch, lost, "the connection holding it closed (its worker died?)")
+            self._recount(ch, queue, entry, method.delivery_tag, body)
             return None
         generation = self._conn.generation
         token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
         delivery = Delivery(entry.id, queue, body, entry.priority, entry.before + 1, token, owner)
-        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, time.monotonic() + lease)
+        deadline = time.monotonic() + lease
+        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
         return delivery
 
+    def _recount(self, ch: BlockingChannel, queue: str, entry: Entry, tag: int, body: bytes) -> None:
+        """Republish a copy RabbitMQ requeued after a channel holding it closed, counting a delivery only if it ran.
+
+        The closed channel may have held it running (a crash: count it, so a message that kills its
+        workers ends dead-lettered) or only prefetched (a batch-mate of the crashing task), or a
+        scanning producer may have dropped mid-scan. The task's STARTED result record tells: a start
+        not counted yet (its time differs from the copy's ``started`` header) counts a delivery. No
+        record (not started, or ``track_started=False``/``ignore_result``) counts an uncharged requeue
+        instead, and ``REQUEUES_PER_DELIVERY * max_deliveries`` of those bury it. The copy goes to the
+        queue's tail, so a message that kills its workers cannot keep the head.
+        """
+        started = self._start_of(entry)
+        if started is not None:
+            counted = dataclasses.replace(entry, before=entry.before + 1, started=started)
+            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", "")
+            lost = _Held(delivery, counted, tag, self._conn.generation, 0.0)
+            self._give_back(ch, lost, "the connection running it closed (its worker died?)")
+            return
+        requeued = dataclasses.replace(entry, requeues=entry.requeues + 1)
+        delivery = Delivery(entry.id, queue, body, entry.priority, entry.before, "", "")
+        held = _Held(delivery, requeued, tag, self._conn.generation, 0.0)
+        if requeued.requeues >= REQUEUES_PER_DELIVERY * self.max_deliveries:
+            why = f"requeued {requeued.requeues} times by closed connections without a recorded start; poison?"
+            self._bury(ch, held, why)
+            self._release_keys([entry])
+            return
+        ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(requeued))
+        ch.basic_ack(tag)
+
+    def _start_of(self, entry: Entry) -> float | None:
+        """The start time of ``entry``'s task if it started and no copy counted that start yet, else None.
+
+        A result backend that cannot answer counts the delivery (the conservative side: a poison
+        message must still end dead-lettered).
+        """
+        try:
+            raw = self._results().get(entry.id)
+        except Exception:  # any backend failure: count, as before this check existed
+            return UNKNOWN_START
+        if raw is None:
+            return None
+        record = decode_record(raw)
+        if record.state is not State.STARTED or record.started is None or record.started == entry.started:
+            return None
+        return record.started
+
     def _expire(self, ch: BlockingChannel) -> int:
-        """Give back the deliveries whose lease ran out without a heartbeat."""
+        """Give back the deliveries whose lease ran out without a heartbeat.
+
+        Once this process heartbeats (calls ``extend``), a delivery expires only if its deadline
+        passed *and* ``MISSED_BEATS`` heartbeats went by without extending it: a process stalled
+        whole (a task holding the GIL starves the heartbeat thread and every other thread alike)
+        gives back nothing when it wakes; its heartbeat extends the leases next. A process that never
+        heartbeats (a script, the conformance tests) expires by the deadline alone.
+        """
         now = time.monotonic()
-        expired = [h for h in self._live_held() if h.deadline <= now]
+        expired = [h for h in self._live_held() if self._expired(h, now)]
         for held in expired:
+            held.entry = dataclasses.replace(held.entry, started=self._counted_start(held.entry))
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(expired)
+
+    def _expired(self, held: _Held, now: float) -> bool:
+        if held.deadline > now:
+            return False
+        return self._beats == 0 or self._beats - held.beat >= MISSED_BEATS
+
+    def _forgive_stall(self, overshoot: float) -> None:
+        """Push every held lease by ``overshoot`` seconds when a reserve's sleep overran that long.
+
+        A thread pool's idle slot polls here while a task runs on another thread; a C call holding the
+        GIL stalls every thread, this one's sleep included, and the overrun measures the stall. Pushing
+        a local deadline never gives a task to anyone else: it only keeps this process's claim.
+        """
+        if overshoot < STALL:
+            return
+        with self._conn.lock:
+            for held in self._held.values():
+                held.deadline += overshoot
+
+    def _counted_start(self, entry: Entry) -> float | None:
+        """The start a give-back counts (so a later crash of a copy that never ran does not count it again)."""
+        try:
+            raw = self._results().get(entry.id)
+        except Exception:  # unknown: a later crash may count this start once more
+            return entry.started
+        record = None if raw is None else decode_record(raw)
+        return entry.started if record is None or record.started is None else record.started
 
     def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
         """Return a held message to its ready queue (its deliveries counted), or bury it as poison.
@@ -401,18 +507,26 @@ class AMQPBroker(Broker):
         return held
 
     def _pop_held(self, deliveries: Sequence[Delivery]) -> list[_Held]:
-        """Take the still-held ones of ``deliveries`` out of the held set (stale ones are ignored)."""
+        """Take the still-held ones of ``deliveries`` out of the held set to settle them (stale ones are ignored).
+
+        Their tokens are remembered as settled, so a heartbeat racing the settlement does not report them lost.
+        """
         out = []
         for d in deliveries:
             held = self._live(d)
             if held is not None:
                 del self._held[d.token]
                 out.append(held)
+                self._settled[d.token] = None
+        while len(self._settled) > SETTLED_KEEP:
+            del self._settled[next(iter(self._settled))]
         return out
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's deliveries, owners and in-flight records are the parent's."""
         self._held.clear()
+        self._settled.clear()
+        self._beats = 0
         self._owners.clear()
         self._board = InFlightBoard(self._board_backend, self.prefix)
         self._next_hop = INF
