@@ -90,12 +90,20 @@ class Admin:
 
         return self.scan_each(self._dead, decider)
 
-    def purge_dead(self, ids: Sequence[str] | None) -> int:
-        """Delete the chosen dead letters."""
+    def purge_dead(self, ids: Sequence[str] | None) -> list[Entry]:
+        """Delete the chosen dead letters; return their entries (to release their explicit ids)."""
         wanted = None if ids is None else set(ids)
-        return self.scan_each(
-            self._dead, lambda ch, q, name: lambda m, props, body: wanted is None or entry_of(props).id in wanted
-        )
+        removed: list[Entry] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            entry = entry_of(props)
+            if wanted is not None and entry.id not in wanted:
+                return False
+            removed.append(entry)
+            return True
+
+        self.scan_each(self._dead, lambda ch, q, name: decide)
+        return removed
 
     def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Entry]]:
         """Delete waiting (ready or scheduled) messages by id; return the ids found and their entries."""

@@ -32,7 +32,7 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._amqp_admin import Admin
 from conveyor.brokers._amqp_connection import AMQPConnection
 from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
-from conveyor.brokers._amqp_keys import KeyClaims
+from conveyor.brokers._amqp_keys import KeyClaims, claims_of, explicit
 from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
 from conveyor.brokers._amqp_scan import (
     Entry,
@@ -95,6 +95,7 @@ class AMQPBroker(Broker):
             starts every queue name.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
         retry_for: overrides :attr:`retry_for` for this broker.
+        claim_land_wait: overrides :attr:`claim_land_wait` for this broker.
     """
 
     schemes = ("amqp", "amqps")
@@ -104,6 +105,9 @@ class AMQPBroker(Broker):
     retry_for: float = 5.0
     #: Seconds to open a connection.
     connect_timeout: float = 2.0
+    #: Seconds after its claim an idempotency key or explicit id whose message never landed is taken
+    #: for the claim of a producer that died before ``tx.commit`` (see _amqp_keys.py).
+    claim_land_wait: float = 30.0
 
     def __init__(
         self,
@@ -111,6 +115,7 @@ class AMQPBroker(Broker):
         *,
         max_deliveries: int = 5,
         retry_for: float | None = None,
+        claim_land_wait: float | None = None,
     ) -> None:
         super().__init__(max_deliveries=max_deliveries)
         pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
@@ -129,7 +134,8 @@ class AMQPBroker(Broker):
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
         self._backend: Callable[[], ResultBackend] | None = None
-        self._keys = KeyClaims(self._results, self.prefix)
+        land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
+        self._keys = KeyClaims(self._results, self.prefix, land_wait)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
         self._board = InFlightBoard(self._board_backend, self.prefix)
 
@@ -150,7 +156,7 @@ class AMQPBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
-        if any(e.key is not None for e in envelopes):
+        if any(e.key is not None or explicit(e.id) for e in envelopes):
             answer, fresh, claimed = self._keys.claim(envelopes)
         else:
             answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
@@ -168,6 +174,7 @@ class AMQPBroker(Broker):
         except BaseException:
             self._keys.undo(claimed)
             raise
+        self._keys.landed(claimed, fresh)
         return answer
 
     def reserve(
@@ -201,7 +208,7 @@ class AMQPBroker(Broker):
             ch.tx_commit()
             return done
 
-        self._release_keys(self._conn.call(op))
+        self._release_keys(self._conn.call(op), ids=True)
         self._publish_counts()
 
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
@@ -546,9 +553,12 @@ class AMQPBroker(Broker):
     def _publish_counts(self, force: bool = False) -> None:
         self._board.publish(self._owner_counts(), self._owners, force=force)
 
-    def _release_keys(self, entries: Sequence[Entry]) -> None:
-        """Free the idempotency keys of finished messages (no backend call when none has a key)."""
-        self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
+    def _release_keys(self, entries: Sequence[Entry], *, ids: bool = False) -> None:
+        """Free the idempotency keys of finished messages, and (``ids``) the explicit ids of those that left.
+
+        No backend call when none has a key or an explicit id.
+        """
+        self._keys.release([c for e in entries for c in claims_of(e.key, e.id, ids=ids)])
 
     # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
 
@@ -559,16 +569,18 @@ class AMQPBroker(Broker):
         return self._admin.requeue_dead(ids)
 
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:
-        return self._admin.purge_dead(ids)
+        removed = self._admin.purge_dead(ids)
+        self._release_keys(removed, ids=True)
+        return len(removed)
 
     def cancel(self, ids: Sequence[str]) -> list[str]:
         gone, removed = self._admin.cancel(ids)
-        self._release_keys(removed)
+        self._release_keys(removed, ids=True)
         return gone
 
     def purge(self, queue: str) -> int:
         removed = self._admin.purge(queue)
-        self._release_keys(removed)
+        self._release_keys(removed, ids=True)
         return len(removed)
 
     # -- observability -----------------------------------------------------------------------
