@@ -21,12 +21,13 @@ amqp_only = pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
 
 
 @amqp_only
+@pytest.mark.parametrize("pool", ["process", "thread"])
 @pytest.mark.timeout(90)
 def test_revoking_another_id_every_half_second_loses_no_waiting_task(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a 1-slot worker with 8 half-second tasks waiting
-    worker = start_worker("-c", "1")
+    worker = start_worker("-c", "1", "--pool", pool)
     results = [enqueue(e2e_app, "record", f"t{i}", 0.5) for i in range(8)]
     # When the producer revokes an unrelated id every 0.25 s until they are done
     deadline = time.monotonic() + 45
@@ -41,15 +42,16 @@ def test_revoking_another_id_every_half_second_loses_no_waiting_task(
 
 
 @amqp_only
+@pytest.mark.parametrize("pool", ["process", "thread"])
 @pytest.mark.timeout(120)
 def test_a_segfaulting_task_does_not_take_its_prefetched_batch_mates_to_the_dead_letters(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given one task that segfaults its child, sent with five trivial ones (default prefetch, max_deliveries)
     poison = enqueue(e2e_app, "segfault", "poison")
     mates = [enqueue(e2e_app, "record", f"m{i}") for i in range(5)]
     # When a worker takes them as one batch, and the poison keeps killing children
-    worker = start_worker("-c", "1")
+    worker = start_worker("-c", "1" if pool == "process" else "4", "--pool", pool)
     wait_until(lambda: len(e2e_app.broker.dead_letters()) >= 1, 60, "the poison to be dead-lettered")
     # Then the five batch-mates succeed, and only the poison is dead, after max_deliveries crashes
     assert [r.get(timeout=30) for r in mates] == [f"m{i}" for i in range(5)]

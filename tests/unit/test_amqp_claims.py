@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from conveyor import App
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Envelope
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def env(key: str | None = None, task_id: str | None = None, body: bytes = b"x") -> Envelope:
-    return Envelope(id=task_id or uuid.uuid4().hex, queue="default", body=body, key=key)
+    return Envelope(task_id or uuid.uuid4().hex, "default", body, key=key, explicit_id=task_id is not None)
 
 
 def producer(vhost: str, results: ResultBackend, land_wait: float = 30.0) -> AMQPBroker:
@@ -202,6 +203,22 @@ def test_the_same_explicit_id_twice_in_one_batch_raises(amqp_vhost: str, results
         broker.enqueue([env(task_id="twice"), env(task_id="twice")])
     assert broker.enqueue([env(task_id="twice")]) == ["twice"]
     broker.close()
+
+
+def test_an_app_refuses_a_reused_task_id_and_sends_generated_ones_unchecked(amqp_vhost: str, tmp_path: Path) -> None:
+    # Given an app on RabbitMQ
+    app = App("claims", broker=amqp_url(amqp_vhost), backend=f"sqlite:///{tmp_path / 'app.db'}")
+
+    @app.task(name="work")
+    def work() -> None: ...
+
+    # Then delay() sends a generated id (no claim) and task_id= an explicit one, refused when reused
+    assert not work.message(()).explicit_id and work.message((), task_id="inv-1").explicit_id
+    work.delay()
+    work.apply_async(task_id="inv-1")
+    with pytest.raises(DuplicateTaskId):
+        work.apply_async(task_id="inv-1")
+    app.close()
 
 
 def test_generated_ids_cost_no_backend_call(amqp_vhost: str) -> None:

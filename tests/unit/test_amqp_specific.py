@@ -28,7 +28,7 @@ from tests.conftest import amqp_url, rabbitmqctl
 
 
 def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
-    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, explicit_id=False, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class Admin:
                 entry = entry_of(props)
                 if wanted is not None and entry.id not in wanted:
                     return False
-                fresh = Entry(entry.id, entry.priority, 0)
+                fresh = Entry(entry.id, entry.priority, 0, explicit=entry.explicit)
                 ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
                 return True
 

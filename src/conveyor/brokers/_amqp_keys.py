@@ -6,9 +6,10 @@ app's result backend:
 - ``enqueue(key=K)`` claims ``PREFIX:key:K`` with the backend's atomic ``claim`` (exactly one of any
   number of concurrent producers wins) and records the winner as holder (``PREFIX:key-holder:K`` =
   ``"ID TIME"``, the claim's Unix time). A loser answers the holder's id and stores nothing.
-- An explicit task id (``task_id=``; a generated id is 32 lowercase hex characters and never
+- An explicit task id (``Envelope.explicit_id``, set for ``task_id=``; a generated id never
   collides, so it costs nothing) claims ``PREFIX:id:ID`` the same way; a loser raises
-  :class:`~conveyor.errors.DuplicateTaskId` and nothing of its batch is stored.
+  :class:`~conveyor.errors.DuplicateTaskId` and nothing of its batch is stored. The message carries
+  a header saying its id is claimed, so only those messages release one.
 
 After ``tx.commit`` the producer writes ``PREFIX:landed:ID``: the message is RabbitMQ's. A claim is
 released (``unclaim``, only while the holder record still names that message) when the message
@@ -30,7 +31,6 @@ killed after ``tx.commit`` but before its landed mark makes a later producer sto
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,22 +49,14 @@ log = logging.getLogger("conveyor.broker")
 KEY_TTL = 7 * 86_400.0
 #: Seconds a losing producer waits for the winner to record its id (between two backend calls).
 HOLDER_WAIT = 1.0
-#: A generated message id (conveyor.message.new_id): never reused, so never claimed.
-GENERATED_ID = re.compile(r"[0-9a-f]{32}")
-
 #: A claim: (kind "key" or "id", its name, the message id holding it).
 Claim = tuple[str, str, str]
 
 
-def explicit(message_id: str) -> bool:
-    """Whether ``message_id`` was chosen by the caller (``task_id=``) rather than generated."""
-    return GENERATED_ID.fullmatch(message_id) is None
-
-
-def claims_of(key: str | None, message_id: str, *, ids: bool = True) -> list[Claim]:
-    """The claims a message holds: its key, and (``ids``) its explicit id."""
+def claims_of(key: str | None, message_id: str, explicit_id: bool, *, ids: bool) -> list[Claim]:
+    """The claims a message holds: its key, and (``ids``) its id if it was explicit."""
     out: list[Claim] = [] if key is None else [("key", key, message_id)]
-    if ids and explicit(message_id):
+    if ids and explicit_id:
         out.append(("id", message_id, message_id))
     return out
 
@@ -102,16 +94,15 @@ class KeyClaims:
         keys: dict[str, str] = {}  # key -> id holding it in this batch
         try:
             for env in envelopes:
-                if explicit(env.id):
+                holder = self._key_holder(backend, env, keys, won)
+                answer.append(holder or env.id)
+                if holder is not None:  # its key folds it into a pending message: nothing stored, no id check
+                    continue
+                if env.explicit_id:
                     if ("id", env.id, env.id) in won or not self._take(backend, "id", env.id, env)[0]:
                         raise DuplicateTaskId(env.id)
                     won.append(("id", env.id, env.id))
-                holder = self._key_holder(backend, env, keys, won)
-                answer.append(holder or env.id)
-                if holder is None:
-                    fresh.append(env)
-                elif won and won[-1] == ("id", env.id, env.id):  # not stored: its id stays free
-                    self.undo([won.pop()])
+                fresh.append(env)
         except BaseException:
             self.undo(won)
             raise

@@ -29,6 +29,7 @@ from conveyor.brokers._amqp_names import (
     H_DEAD_AT,
     H_DELIVERIES,
     H_ETA,
+    H_EXPLICIT,
     H_KEY,
     H_KIND,
     H_REASON,
@@ -55,6 +56,7 @@ class Entry:
     key: str | None = None
     started: float | None = None  # the task start a crash was already counted for (see AMQPBroker._recount)
     requeues: int = 0  # uncounted requeues after crashes (the task had not started)
+    explicit: bool = False  # the id was the sender's (task_id=): it holds an id claim (see _amqp_keys.py)
 
 
 def entry_of(props: BasicProperties) -> Entry:
@@ -71,6 +73,7 @@ def entry_of(props: BasicProperties) -> Entry:
         key=None if key is None else _text(key),
         started=None if started is None else float(_text(started)),
         requeues=int(headers.get(H_REQUEUES, 0)),
+        explicit=bool(headers.get(H_EXPLICIT, 0)),
     )
 
 
@@ -85,6 +88,8 @@ def properties(entry: Entry, extra: dict[str, Any] | None = None) -> BasicProper
         headers[H_STARTED] = repr(float(entry.started))
     if entry.requeues:
         headers[H_REQUEUES] = entry.requeues
+    if entry.explicit:
+        headers[H_EXPLICIT] = 1
     headers.update(extra or {})
     return BasicProperties(message_id=entry.id, priority=entry.priority, delivery_mode=PERSISTENT, headers=headers)
 

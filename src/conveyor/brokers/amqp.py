@@ -32,7 +32,7 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._amqp_admin import Admin
 from conveyor.brokers._amqp_connection import AMQPConnection
 from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
-from conveyor.brokers._amqp_keys import KeyClaims, claims_of, explicit
+from conveyor.brokers._amqp_keys import KeyClaims, claims_of
 from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
 from conveyor.brokers._amqp_scan import (
     Entry,
@@ -156,7 +156,7 @@ class AMQPBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
-        if any(e.key is not None or explicit(e.id) for e in envelopes):
+        if any(e.key is not None or e.explicit_id for e in envelopes):
             answer, fresh, claimed = self._keys.claim(envelopes)
         else:
             answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
@@ -165,7 +165,7 @@ class AMQPBroker(Broker):
             now = time.time()
             for env in fresh:
                 self._declare(ch, env.queue)
-                entry = Entry(env.id, env.priority, 0, env.eta, env.key)
+                entry = Entry(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
@@ -558,7 +558,7 @@ class AMQPBroker(Broker):
 
         No backend call when none has a key or an explicit id.
         """
-        self._keys.release([c for e in entries for c in claims_of(e.key, e.id, ids=ids)])
+        self._keys.release([c for e in entries for c in claims_of(e.key, e.id, e.explicit, ids=ids)])
 
     # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
 
