@@ -34,6 +34,14 @@ from conveyor.brokers._amqp_connection import AMQPConnection
 from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
 from conveyor.brokers._amqp_keys import KeyClaims, claims_of
 from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers._amqp_redelivery import (
+    REQUEUES_PER_DELIVERY,
+    STALL,
+    Held,
+    counted_start,
+    expired,
+    start_to_count,
+)
 from conveyor.brokers._amqp_scan import (
     Entry,
     add_to_registry,
@@ -45,7 +53,6 @@ from conveyor.brokers._amqp_scan import (
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import ConfigurationError
-from conveyor.states import State, decode_record
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -60,31 +67,8 @@ HOP_SLACK = 0.01
 #: Seconds between a busy reserve's looks at the ``.eta`` queues (a look is one round trip per queue;
 #: a message may become ready this much after its level ran out, never before its eta).
 PROMOTE_EVERY = 0.01
-#: Heartbeats (``extend`` calls) of this process after which a delivery they did not extend, and whose
-#: lease ran out, has expired. A stall of the whole process stops the heartbeats too: it expires nothing.
-MISSED_BEATS = 2
-#: Seconds a reserve's polling loop may overshoot its sleep before it takes the process for stalled
-#: (a task holding the GIL) and pushes every lease it holds by the stall.
-STALL = 0.25
-#: Uncounted requeues after crashes (see ``_recount``) after which a message is buried anyway, per
-#: ``max_deliveries``: the bound for a task that crashes its worker without ever writing a STARTED record.
-REQUEUES_PER_DELIVERY = 3
-#: The ``started`` header of a copy counted while the result backend could not say whether it ran.
-UNKNOWN_START = -1.0
 #: Tokens of deliveries this process settled, remembered so a late heartbeat does not report them lost.
 SETTLED_KEEP = 4096
-
-
-@dataclasses.dataclass(slots=True)
-class _Held:
-    """A delivery this process holds unacknowledged on its channel."""
-
-    delivery: Delivery
-    entry: Entry
-    tag: int
-    generation: int
-    deadline: float  # time.monotonic()
-    beat: int = 0  # the broker's heartbeat count when it was taken or last extended
 
 
 class AMQPBroker(Broker):
@@ -126,7 +110,7 @@ class AMQPBroker(Broker):
             connect_timeout=self.connect_timeout,
             on_fork=self._forget_parent,
         )
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
         self._beats = 0  # extend calls of this process: the clock local leases expire by
         self._settled: dict[str, None] = {}  # tokens acked, nacked or buried here (oldest first)
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
@@ -271,7 +255,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             mine = [h for h in self._live_held() if h.delivery.owner == owner]
             for held in mine:
-                held.entry = dataclasses.replace(held.entry, started=self._counted_start(held.entry))
+                held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
                 self._give_back(ch, held, f"its worker process {owner} died")
             ch.tx_commit()
             return len(mine)
@@ -347,7 +331,7 @@ class AMQPBroker(Broker):
         token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
         delivery = Delivery(entry.id, queue, body, entry.priority, entry.before + 1, token, owner)
         deadline = time.monotonic() + lease
-        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
+        self._held[token] = Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
         return delivery
 
     def _recount(self, ch: BlockingChannel, queue: str, entry: Entry, tag: int, body: bytes) -> None:
@@ -361,16 +345,16 @@ class AMQPBroker(Broker):
         instead, and ``REQUEUES_PER_DELIVERY * max_deliveries`` of those bury it. The copy goes to the
         queue's tail, so a message that kills its workers cannot keep the head.
         """
-        started = self._start_of(entry)
+        started = start_to_count(self._results, entry)
         if started is not None:
             counted = dataclasses.replace(entry, before=entry.before + 1, started=started)
             delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", "")
-            lost = _Held(delivery, counted, tag, self._conn.generation, 0.0)
+            lost = Held(delivery, counted, tag, self._conn.generation, 0.0)
             self._give_back(ch, lost, "the connection running it closed (its worker died?)")
             return
         requeued = dataclasses.replace(entry, requeues=entry.requeues + 1)
         delivery = Delivery(entry.id, queue, body, entry.priority, entry.before, "", "")
-        held = _Held(delivery, requeued, tag, self._conn.generation, 0.0)
+        held = Held(delivery, requeued, tag, self._conn.generation, 0.0)
         if requeued.requeues >= REQUEUES_PER_DELIVERY * self.max_deliveries:
             why = f"requeued {requeued.requeues} times by closed connections without a recorded start; poison?"
             self._bury(ch, held, why)
@@ -378,23 +362,6 @@ class AMQPBroker(Broker):
             return
         ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(requeued))
         ch.basic_ack(tag)
-
-    def _start_of(self, entry: Entry) -> float | None:
-        """The start time of ``entry``'s task if it started and no copy counted that start yet, else None.
-
-        A result backend that cannot answer counts the delivery (the conservative side: a poison
-        message must still end dead-lettered).
-        """
-        try:
-            raw = self._results().get(entry.id)
-        except Exception:  # any backend failure: count, as before this check existed
-            return UNKNOWN_START
-        if raw is None:
-            return None
-        record = decode_record(raw)
-        if record.state is not State.STARTED or record.started is None or record.started == entry.started:
-            return None
-        return record.started
 
     def _expire(self, ch: BlockingChannel) -> int:
         """Give back the deliveries whose lease ran out without a heartbeat.
@@ -406,16 +373,11 @@ class AMQPBroker(Broker):
         heartbeats (a script, the conformance tests) expires by the deadline alone.
         """
         now = time.monotonic()
-        expired = [h for h in self._live_held() if self._expired(h, now)]
+        expired = [h for h in self._live_held() if expired(h, now, self._beats)]
         for held in expired:
-            held.entry = dataclasses.replace(held.entry, started=self._counted_start(held.entry))
+            held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(expired)
-
-    def _expired(self, held: _Held, now: float) -> bool:
-        if held.deadline > now:
-            return False
-        return self._beats == 0 or self._beats - held.beat >= MISSED_BEATS
 
     def _forgive_stall(self, overshoot: float) -> None:
         """Push every held lease by ``overshoot`` seconds when a reserve's sleep overran that long.
@@ -430,16 +392,7 @@ class AMQPBroker(Broker):
             for held in self._held.values():
                 held.deadline += overshoot
 
-    def _counted_start(self, entry: Entry) -> float | None:
-        """The start a give-back counts (so a later crash of a copy that never ran does not count it again)."""
-        try:
-            raw = self._results().get(entry.id)
-        except Exception:  # unknown: a later crash may count this start once more
-            return entry.started
-        record = None if raw is None else decode_record(raw)
-        return entry.started if record is None or record.started is None else record.started
-
-    def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
+    def _give_back(self, ch: BlockingChannel, held: Held, why: str) -> None:
         """Return a held message to its ready queue (its deliveries counted), or bury it as poison.
 
         The delivery is forgotten here, whatever the caller: one left behind would count as in
@@ -481,7 +434,7 @@ class AMQPBroker(Broker):
         ch.basic_publish("", names.levels[level], body, properties(entry))
         self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
 
-    def _bury(self, ch: BlockingChannel, held: _Held, reason: str, body: bytes | None = None) -> None:
+    def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery
         props = dead_properties(held.entry, d.deliveries, reason)
         ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
@@ -500,20 +453,20 @@ class AMQPBroker(Broker):
 
     # -- held deliveries ---------------------------------------------------------------------
 
-    def _live_held(self) -> list[_Held]:
+    def _live_held(self) -> list[Held]:
         """Held deliveries of the current channel; those of a closed one are dropped (RabbitMQ requeued them)."""
         generation = self._conn.generation
         for token in [t for t, h in self._held.items() if h.generation != generation]:
             del self._held[token]
         return list(self._held.values())
 
-    def _live(self, delivery: Delivery) -> _Held | None:
+    def _live(self, delivery: Delivery) -> Held | None:
         held = self._held.get(delivery.token)
         if held is None or held.generation != self._conn.generation:
             return None
         return held
 
-    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[_Held]:
+    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[Held]:
         """Take the still-held ones of ``deliveries`` out of the held set to settle them (stale ones are ignored).
 
         Their tokens are remembered as settled, so a heartbeat racing the settlement does not report them lost.
