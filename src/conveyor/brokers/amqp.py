@@ -373,11 +373,11 @@ class AMQPBroker(Broker):
         heartbeats (a script, the conformance tests) expires by the deadline alone.
         """
         now = time.monotonic()
-        expired = [h for h in self._live_held() if expired(h, now, self._beats)]
-        for held in expired:
+        due = [h for h in self._live_held() if expired(h, now, self._beats)]
+        for held in due:
             held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
             self._give_back(ch, held, "its lease expired without a heartbeat")
-        return len(expired)
+        return len(due)
 
     def _forgive_stall(self, overshoot: float) -> None:
         """Push every held lease by ``overshoot`` seconds when a reserve's sleep overran that long.
