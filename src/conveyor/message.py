@@ -55,6 +55,8 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_f
     chord: dict[str, Any] | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     created: float = 0.0
+    #: The sender chose ``id`` (``task_id=``); omitted on the wire for a generated id.
+    explicit_id: bool = False
 
 
 def new_id() -> str:

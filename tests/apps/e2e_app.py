@@ -133,3 +133,24 @@ def unprintable(tag: str) -> None:
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     raise Unprintable("secret")
+
+
+@app.task(name="segfault")
+def segfault(tag: str) -> None:
+    """Record the run, then crash the process with a real segmentation fault (a NULL read in C)."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.string_at(0)
+
+
+@app.task(name="gil_hold")
+def gil_hold(tag: str, seconds: int) -> str:
+    """Record the run, then call libc ``sleep`` with the GIL held: every thread of the process stalls."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.PyDLL(None).sleep(seconds)
+    return tag
