@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import App, ConfigurationError, DuplicateTaskId, EncodeError, Signature, TaskNotRegistered
+from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
 from conveyor.signing import unframe
@@ -273,22 +273,7 @@ def test_a_failing_entry_spares_the_others(app: App) -> None:
     assert beat.last_fired(app.schedule["gone"]) == datetime.datetime.fromtimestamp(T0, datetime.UTC)
 
 
-def _raises_duplicate_task_id(app: App) -> bool:
-    """Whether this broker refuses a reused task id with DuplicateTaskId (issue 11, item 12: per broker)."""
-    probe = app.tasks["tick"].message(task_id="probe-duplicate-id", queue="probe")
-    app.send([probe])
-    try:
-        app.send([probe])
-    except DuplicateTaskId:
-        return True
-    except Exception:  # e.g. a raw sqlite3.IntegrityError before that fix
-        return False
-    return False
-
-
 def test_a_slot_already_in_the_broker_under_its_task_id_counts_as_fired(app: App) -> None:
-    if not _raises_duplicate_task_id(app):
-        pytest.skip("this broker does not raise DuplicateTaskId for a reused task id yet (issue 11, item 12)")
     # Given a slot whose message already sits in the broker under the slot's task id (an earlier
     # send that landed although its reply was lost), without the slot's key
     clock = Clock(T0 - 5)
