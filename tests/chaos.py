@@ -465,7 +465,8 @@ def _redis_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
 @contextlib.contextmanager
 def _amqp_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
     """A RabbitMQ vhost of this run (deleted afterwards), results in a SQLite file beside it."""
-    from tests.conftest import amqp_url, rabbitmqctl
+    from tests.conftest import amqp_url
+    from tests.vhosts import rabbitmqctl
 
     vhost = f"cvchaos-{uuid.uuid4().hex[:12]}"
     rabbitmqctl("add_vhost", vhost)

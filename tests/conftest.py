@@ -8,7 +8,6 @@ Redis tests get a key prefix unique to the test and delete every key under it af
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import urllib.parse
 import uuid
@@ -21,6 +20,7 @@ from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker
 from conveyor.brokers import from_url as broker_from_url
+from tests.vhosts import VhostPool
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -83,11 +83,6 @@ def redis_prefix() -> Iterator[str]:
     redis_cleanup(prefix)
 
 
-def rabbitmqctl(*args: str) -> None:
-    """Run ``rabbitmqctl`` (the tests create and delete their own vhosts with it)."""
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 def amqp_available() -> None:
     try:
         import pika
@@ -102,15 +97,21 @@ def amqp_available() -> None:
         server_missing(f"RabbitMQ at {AMQP_URL}", str(exc))
 
 
+@pytest.fixture(scope="session")
+def vhost_pool() -> Iterator[VhostPool]:
+    """Fresh RabbitMQ vhosts made in batches (see tests/vhosts.py); all deleted at the end of the session."""
+    pool = VhostPool()
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
-def amqp_vhost() -> Iterator[str]:
+def amqp_vhost(vhost_pool: VhostPool) -> Iterator[str]:
     """A RabbitMQ vhost of this test alone (guest may use it); deleted with everything in it afterwards."""
     amqp_available()
-    vhost = f"cvtest-{uuid.uuid4().hex[:12]}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    vhost = vhost_pool.take()
     yield vhost
-    rabbitmqctl("delete_vhost", vhost)
+    vhost_pool.give_back(vhost)
 
 
 def amqp_url(vhost: str) -> str:

@@ -10,8 +10,8 @@ import pytest
 
 from conveyor import App, BrokerUnavailable
 from tests.apps.e2e_app import runs_of
-from tests.conftest import rabbitmqctl
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.vhosts import rabbitmqctl
 
 
 @pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)

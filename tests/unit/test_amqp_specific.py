@@ -24,7 +24,8 @@ from conveyor.brokers import Broker, Delivery, Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.states import ResultRecord, State, encode_record
-from tests.conftest import amqp_url, rabbitmqctl
+from tests.conftest import amqp_url
+from tests.vhosts import rabbitmqctl
 
 
 def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
