@@ -16,9 +16,12 @@ import os
 import resource
 from pathlib import Path
 
-from tests.apps.e2e_app import CHAOS_LOG, _record_dir, app
+from tests.apps.e2e_app import _record_dir, app
 
 __all__ = ["CHAOS_LOG", "app"]
+
+#: The file every chaos execution appends to (see tests/chaos.py).
+CHAOS_LOG = "chaos.log"
 
 
 def host_pid() -> int:

@@ -81,25 +81,6 @@ def marks(record_dir: Path) -> list[int]:
     return found
 
 
-#: The file every ``chaos`` execution appends to (see tests/chaos.py).
-CHAOS_LOG = "chaos.log"
-
-
-@app.task(name="chaos", ignore_result=True)
-def chaos(i: int, sleep_ms: float) -> None:
-    """Log ``i pid`` when this execution starts and ``i pid done`` when it ends, then return.
-
-    Both lines go through one O_APPEND write each, so lines from concurrent processes never interleave.
-    """
-    fd = os.open(_record_dir() / CHAOS_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{i} {os.getpid()}\n".encode())
-        time.sleep(sleep_ms / 1000)
-        os.write(fd, f"{i} {os.getpid()} done\n".encode())
-    finally:
-        os.close(fd)
-
-
 @app.task(name="fan_out", soft_time_limit=0.5)
 def fan_out(tag: str) -> None:
     """Record the start, then send ``mark`` tasks and report progress until the soft time limit stops it.
