@@ -16,8 +16,8 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
