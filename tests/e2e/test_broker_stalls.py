@@ -1,10 +1,10 @@
 """A broker that stalls for longer than the lease never hands a live worker's task to another (issue 11).
 
-Two real workers share a broker: one runs a task that sleeps 5 s, the other is idle. Mid-task the
-broker stops answering for ``lease + 1.5`` seconds: a PRIVATE redis-server is SIGSTOPped (the shared
-server on 6379 is never touched), or the SQLite file's write lock is held by the test. Nobody can
-heartbeat meanwhile, and the lease deadline passes on the broker's clock; the task must still run
-exactly once, and no worker may log that a lease was lost.
+Two real workers (process pool, or thread pool) share a broker: one runs a task that sleeps 5 s,
+the other is idle. Mid-task the broker stops answering for ``lease + 1.5`` seconds: a PRIVATE
+redis-server is SIGSTOPped (the shared server on 6379 is never touched), or the SQLite file's write
+lock is held by the test. Nobody can heartbeat meanwhile, and the lease deadline passes on the
+broker's clock; the task must still run exactly once, and no worker may log that a lease was lost.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def stallable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
         yield f"sqlite:///{path}", lambda: stalled_sqlite(path)
 
 
+@pytest.mark.parametrize("pool", ["process", "thread"])
 def test_a_broker_stall_longer_than_the_lease_reruns_no_live_task(
-    stallable: tuple[str, Callable[[], Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stallable: tuple[str, Callable[[], Any]], pool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, stall = stallable
     records = tmp_path / "records"
@@ -88,7 +89,8 @@ def test_a_broker_stall_longer_than_the_lease_reruns_no_live_task(
     try:
         # Given a busy worker running a 5 s task and an idle worker beside it
         for i in range(2):
-            workers.append(WorkerProcess(env, ["--concurrency", "1"], tmp_path / f"worker-{i}.log"))
+            args = ["--concurrency", "1", "--pool", pool]
+            workers.append(WorkerProcess(env, args, tmp_path / f"worker-{i}.log"))
         for worker in workers:
             worker.wait_for_log("ready")
         result = enqueue(app, "record", "long", TASK_SECONDS)
