@@ -42,6 +42,7 @@ class QueueKeys:
     signal: str
     message: str
     registered: str
+    seen: str
 
     @property
     def script_keys(self) -> tuple[str, str, str, str, str, str]:
@@ -52,6 +53,11 @@ class QueueKeys:
     def enqueue_keys(self) -> tuple[str, str, str, str, str, str, str]:
         """The KEYS of enqueue.lua: the common ones and the registry marker."""
         return (*self.script_keys, self.registered)
+
+    @property
+    def clock_keys(self) -> tuple[str, str, str, str, str, str, str]:
+        """The KEYS of reserve, recover and extend (the scripts that judge or extend leases): common ones + ``seen``."""
+        return (*self.script_keys, self.seen)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         signal=f"{tag}:signal",
         message=f"{tag}:m:",
         registered=f"{tag}:registered",
+        seen=f"{tag}:seen",
     )
 
 

@@ -22,6 +22,7 @@ from conveyor.brokers._redis_claims import KeyClaims
 from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
 from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
 from conveyor.brokers._redis_store import MessageStore
+from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
@@ -129,7 +130,7 @@ class RedisBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            out, next_due = self._wait_then_reserve(queues, n, owner, lease, min(remaining, next_due + DUE_SLACK))
+            out, next_due = self._wait_then_reserve(queues, n, owner, lease, min(remaining, _wake_in(next_due)))
         return out
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -144,7 +145,7 @@ class RedisBroker(Broker):
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
         groups = _by_queue(deliveries)
-        calls = [self._call("extend", q, repr(float(lease)), *_lease_pairs(ds)) for q, ds in groups.items()]
+        calls = [self._clock_call("extend", q, repr(float(lease)), *_lease_pairs(ds)) for q, ds in groups.items()]
         lost = {message_id.decode() for result in self._run_each(calls) for message_id in result}
         return [d.id for d in deliveries if d.id in lost]
 
@@ -164,7 +165,7 @@ class RedisBroker(Broker):
     def recover(self) -> int:
         total, queues = 0, self._queues()
         while queues:  # a call moves at most RECOVER_BATCH of each kind: go on where one was full
-            results = self._run_each([self._call("recover", q, str(self.max_deliveries)) for q in queues])
+            results = self._run_each([self._clock_call("recover", q, str(self.max_deliveries)) for q in queues])
             self._release(queues, [released for _, released in results])
             total += sum(int(moved) for moved, _ in results)
             queues = [q for q, (moved, _) in zip(queues, results, strict=True) if int(moved) >= RECOVER_BATCH]
@@ -246,6 +247,11 @@ class RedisBroker(Broker):
         keys = self._keys(queue)
         return (script, keys.script_keys, [keys.message, *args])
 
+    def _clock_call(self, script: str, queue: str, *args: str) -> ScriptCall:
+        """Like :meth:`_call`, with the queue's ``seen`` key as KEYS[7]: the scripts that judge or extend leases."""
+        keys = self._keys(queue)
+        return (script, keys.clock_keys, [keys.message, *args])
+
     def _run_each(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run per-queue scripts: a single one directly (no pipeline overhead), several pipelined."""
         if len(calls) == 1:
@@ -298,7 +304,7 @@ class RedisBroker(Broker):
         return self._reserve_once(queues[1:], n, owner, lease, out, self._take(queues[0], owner, result, out))
 
     def _reserve_call(self, queue: str, n: int, owner: str, lease: float) -> ScriptCall:
-        return self._call("reserve", queue, owner, str(n), repr(float(lease)), str(self.max_deliveries))
+        return self._clock_call("reserve", queue, owner, str(n), repr(float(lease)), str(self.max_deliveries))
 
     def _take(self, queue: str, owner: str, result: list[Any], out: list[Delivery]) -> float:
         """Append the deliveries of one reserve.lua result to ``out``; return its seconds to the next due event."""
@@ -325,6 +331,15 @@ class RedisBroker(Broker):
     def _release(self, queues: Sequence[str], released: Sequence[Sequence[bytes]]) -> None:
         for queue, pairs in zip(queues, released, strict=True):
             self._claims.release(queue, pairs)
+
+
+def _wake_in(next_due: float) -> float:
+    """Seconds a blocked reserve may wait: until the next eta or lease deadline, and at most IDLE_WAKE while one exists.
+
+    The reserve.lua that follows the wait stamps the queue's ``seen``: an idle reserver that slept
+    through a whole lease would look like a stall and postpone the very lease it waits to recover.
+    """
+    return INF if next_due == INF else min(next_due + DUE_SLACK, IDLE_WAKE)
 
 
 def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:

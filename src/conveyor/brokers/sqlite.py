@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 
 from conveyor.brokers._sqlite_connection import SQLiteConnection
+from conveyor.brokers._stalls import IDLE_STAMP, STALL_GAP, STAMP_EVERY
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
@@ -41,6 +42,11 @@ _ANY_WORK = (
     "OR EXISTS (SELECT 1 FROM messages WHERE state = 2 AND lease_until <= ?1)"
 )
 _HELD = "id = ? AND token = ? AND state = 2"
+# Broker stalls (_stalls.py): the clock row, and the leases a stall gives their term back to.
+_SEEN = "SELECT seen FROM clock WHERE id = 1"
+_IDLE_LOOK = "SELECT (SELECT seen FROM clock WHERE id = 1), EXISTS (SELECT 1 FROM messages WHERE state = 2)"
+_STAMP = "INSERT INTO clock (id, seen) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET seen = ?1"
+_GIVE_BACK = "UPDATE messages SET lease_until = lease_until + ?1 WHERE state = 2 AND lease_until > ?2"
 
 
 class SQLiteBroker(Broker):
@@ -168,7 +174,18 @@ class SQLiteBroker(Broker):
             ready = conn.execute(
                 f"SELECT EXISTS (SELECT 1 FROM messages WHERE state = 0 AND queue IN ({marks}))", tuple(queues)
             ).fetchone()[0]
-            return bool(ready) or bool(conn.execute(_ANY_WORK, (time.time(),)).fetchone()[0])
+            now = time.time()
+            return bool(ready) or bool(conn.execute(_ANY_WORK, (now,)).fetchone()[0]) or self._stamp_due(conn, now)
+
+    @staticmethod
+    def _stamp_due(conn: sqlite3.Connection, now: float) -> bool:
+        """True when leases are in flight and ``seen`` is older than IDLE_STAMP: the poll then writes it.
+
+        Reads leave no trace, so without this a broker served only by idle workers (and the
+        supervisor's recover every 2 s) would look stalled, and a dead worker's lease would never expire.
+        """
+        seen, in_flight = conn.execute(_IDLE_LOOK).fetchone()
+        return bool(in_flight) and (seen is None or not 0 <= now - seen <= IDLE_STAMP)
 
     def _take(
         self, queues: Sequence[str], n: int, owner: str, lease: float, acks: Sequence[Delivery] = ()
@@ -189,10 +206,28 @@ class SQLiteBroker(Broker):
         return out
 
     def _recover(self, conn: sqlite3.Connection, now: float) -> int:
+        self._catch_up(conn, now)
         moved: int = conn.execute(_PROMOTE, (now,)).rowcount
         moved += conn.execute(_BURY_EXPIRED, (now, self.max_deliveries)).rowcount
         moved += conn.execute(_REQUEUE_EXPIRED, (now,)).rowcount
         return moved
+
+    @staticmethod
+    def _catch_up(conn: sqlite3.Connection, now: float) -> None:
+        """Give running leases back the term a broker stall took from them, then note that the broker serves.
+
+        Runs inside the write transaction of a reserve, recover or extend, before any lease deadline
+        is looked at (see ``_stalls.py``). A clock stepped back is stamped at once.
+        """
+        row = conn.execute(_SEEN).fetchone()
+        if row is None:
+            conn.execute(_STAMP, (now,))
+            return
+        gap = now - row[0]
+        if gap > STALL_GAP:
+            conn.execute(_GIVE_BACK, (gap, row[0]))
+        if gap > STAMP_EVERY or gap < 0:
+            conn.execute(_STAMP, (now,))
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         with self.db.write() as conn:
@@ -213,9 +248,11 @@ class SQLiteBroker(Broker):
             )
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
-        until = time.time() + lease
         lost: list[str] = []
         with self.db.write() as conn:
+            now = time.time()  # once the lock is held: a heartbeat that waited out a stall must not land stale
+            self._catch_up(conn, now)
+            until = now + lease
             for d in deliveries:
                 if (
                     conn.execute(f"UPDATE messages SET lease_until = ? WHERE {_HELD}", (until, d.id, d.token)).rowcount

@@ -44,6 +44,16 @@ CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY
 ) WITHOUT ROWID;
 
+-- clock: one row, `seen`: the time of the last reserve, recover or extend (this machine's Unix
+-- seconds, written at most every 0.25 s). A write that finds it older than STALL_GAP (1.5 s,
+-- brokers/_stalls.py) takes the silence for a stall of the database (its write lock held, the
+-- machine suspended, the clock stepped) and adds it to every lease still running at `seen`, so no
+-- lease of a live worker expires because nobody could heartbeat.
+CREATE TABLE IF NOT EXISTS clock (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seen REAL NOT NULL
+);
+
 -- workers: live worker heartbeats (info is JSON); rows past expires_at are not live.
 CREATE TABLE IF NOT EXISTS workers (
     id         TEXT PRIMARY KEY,

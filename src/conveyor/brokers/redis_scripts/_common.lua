@@ -10,6 +10,8 @@
 --   KEYS[6] T:signal     LIST  wake-up tokens for blocked reserves (BLPOP)
 --   ARGV[1] T:m:         prefix of the per-message hashes T:m:ID (same hash tag, so same slot):
 --                        body, priority, seq, score, deliveries, key?, token?, owner?, reason?, dead_at?
+-- The scripts that judge or extend leases (reserve, recover, extend) also take
+--   KEYS[7] T:seen       STRING server time of the last of those calls (see catch_up below)
 -- The global scripts (claim, release_keys, register_worker, workers) are loaded without this file.
 
 local READY, SCHEDULED, INFLIGHT, DEAD, SEQ, SIGNAL = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -114,4 +116,29 @@ end
 -- True if ID is in flight under the lease TOKEN; false for a stale or unknown delivery.
 local function held(id, token)
   return redis.call('HGET', MSG .. id, 'token') == token
+end
+
+-- Broker stalls (issue 11; conveyor/brokers/_stalls.py says why and the safety margin).
+-- A silence of the queue longer than STALL_GAP seconds (server SIGSTOPped, paused or restarted with
+-- persistence, clock stepped forward) is a stall: nobody could heartbeat, so every lease still
+-- running at the last call gets the silence added to its deadline. Keep the values equal to _stalls.py.
+local STALL_GAP = 1.5
+local STAMP_EVERY = 0.25
+
+-- Call before any lease deadline is judged or set; SEEN_KEY is the queue's T:seen.
+local function catch_up(seen_key, now)
+  local seen = tonumber(redis.call('GET', seen_key))
+  local gap = seen and now - seen or 0
+  if gap > STALL_GAP then
+    local running = redis.call('ZRANGEBYSCORE', INFLIGHT, '(' .. fmt(seen), '+inf', 'WITHSCORES')
+    local leases = {}
+    for i = 1, #running, 2 do
+      leases[#leases + 1] = tonumber(running[i + 1]) + gap
+      leases[#leases + 1] = running[i]
+    end
+    chunked('ZADD', INFLIGHT, leases)
+  end
+  if not seen or gap > STAMP_EVERY or gap < 0 then
+    redis.call('SET', seen_key, fmt(now))
+  end
 end

@@ -1,12 +1,15 @@
 -- extend.lua: heartbeat; push the leases of held messages of one queue LEASE seconds past server now.
 --
 -- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
+-- KEYS[7]:    T:seen (catch_up in _common.lua: a stall's length is given back to running leases first)
 -- ARGV:       T:m:, lease (seconds), then pairs: id, token
 --
--- Touches: T:inflight (ZADD XX new deadline); reads T:m:ID token.
+-- Touches: T:inflight (ZADD XX new deadline), T:seen; reads T:m:ID token.
 -- Returns the ids whose lease is no longer held (expired and recovered, acked, or never held).
 
-local deadline = server_now() + tonumber(ARGV[2])
+local now = server_now()
+catch_up(KEYS[7], now)
+local deadline = now + tonumber(ARGV[2])
 local lost, leases = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]

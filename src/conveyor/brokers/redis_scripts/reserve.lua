@@ -3,12 +3,14 @@
 -- to two owners).
 --
 -- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
+-- KEYS[7]:    T:seen (catch_up in _common.lua: a stall's length is given back to running leases first)
 -- ARGV:       T:m:, owner, n, lease (seconds), max_deliveries
 --
--- Touches: T:scheduled -> T:ready (due), T:inflight -> T:ready or T:dead (expired), T:ready -> T:inflight
--- (taken: ZADD deadline = server now + lease), T:m:ID (deliveries += 1, token, owner), T:seq (tokens),
--- T:signal (deleted once ready is empty, so a stale token never wakes a reserve for nothing; one token
--- left when ready still holds messages, so the next blocked reserve wakes too).
+-- Touches: T:seen and T:inflight deadlines (after a stall), T:scheduled -> T:ready (due), T:inflight ->
+-- T:ready or T:dead (expired), T:ready -> T:inflight (taken: ZADD deadline = server now + lease),
+-- T:m:ID (deliveries += 1, token, owner), T:seq (tokens), T:signal (deleted once ready is empty, so a
+-- stale token never wakes a reserve for nothing; one token left when ready still holds messages, so
+-- the next blocked reserve wakes too).
 -- Returns {next_due, released, taken}:
 --   next_due: seconds until the next eta or lease deadline ('-1': none), to bound a blocking wait;
 --   released: flat {key, id, ...} of idempotency keys freed by dead-lettering;
@@ -18,6 +20,7 @@ local owner, n, lease, max_deliveries = ARGV[2], tonumber(ARGV[3]), tonumber(ARG
 local now = server_now()
 local released, taken = {}, {}
 promote_due(now)
+catch_up(KEYS[7], now)
 recover_expired(now, max_deliveries, released)
 local ids = redis.call('ZRANGE', READY, 0, n - 1)
 if #ids > 0 then
