@@ -98,3 +98,34 @@ def chaos(i: int, sleep_ms: float) -> None:
         os.write(fd, f"{i} {os.getpid()} done\n".encode())
     finally:
         os.close(fd)
+
+
+@app.task(name="segfault")
+def segfault(tag: str) -> None:
+    """Crash the process running it with a segmentation fault (a poison message)."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.string_at(0)
+
+
+@app.task(name="gil_sleep")
+def gil_sleep(tag: str, seconds: int) -> str:
+    """Hold the GIL for ``seconds`` (libc sleep called through PyDLL): the process's other threads starve."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()} start {time.time():.3f}\n")
+    ctypes.PyDLL(None).sleep(seconds)
+    with (_record_dir() / f"{tag}.ends").open("a") as f:
+        f.write(f"{os.getpid()} end {time.time():.3f}\n")
+    return tag
+
+
+@app.task(name="async_record")
+async def async_record(tag: str) -> str:
+    """The async twin of ``record``: note the run, return the tag."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return tag

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import os
@@ -43,6 +44,7 @@ from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
 from conveyor.worker.executor import Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
+from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
 
@@ -78,11 +80,11 @@ def owner_of(worker_id: str, pid: int) -> str:
     return f"{worker_id}/{pid}"
 
 
-def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
+def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
     """Entry point of a child process (forked from the supervisor)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
-    loop = ChildLoop(app, config, conn)
+    loop = ChildLoop(app, config, conn, board)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
@@ -93,15 +95,16 @@ def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
 class ChildLoop:
     """The reserve → run → report loop of one child."""
 
-    def __init__(self, app: App, config: ChildConfig, conn: Connection) -> None:
+    def __init__(self, app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
         self.app = app
         self.config = config
         self.conn = conn
+        self.board = board
         self.owner = owner_of(config.worker_id, os.getpid())
         self.broker = app.broker
         one_slot = config.slots == 1
         self.executor = Executor(app, config.worker_id, on_start=self._report_start, defer=one_slot)
-        self.keeper = LeaseKeeper(self.broker, config.lease)
+        self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
         self.tasks_run = 0
@@ -118,6 +121,8 @@ class ChildLoop:
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
         self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent in bulk)
         self._counts_due = 0.0
+        self._slot = threading.local()  # this thread's slot on the board (the thread pool's threads)
+        self._slots_taken = itertools.count()
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Stop reserving; finish what runs (the SIGTERM handler)."""
@@ -303,12 +308,23 @@ class ChildLoop:
     # -- shared steps ------------------------------------------------------------------------
 
     def _execute(self, delivery: Delivery) -> Outcome:
+        slot = self._my_slot()
+        self.board.running(slot, delivery.id)  # if this process dies now, only this task counts a delivery
         try:
             return self.executor.run(delivery)
         except Exception:
             # The broker or backend failed mid-way; the lease expires and the task runs again.
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
             return Outcome(delivery.id, "?", "ERROR", 0.0)
+        finally:
+            self.board.idle(slot)
+
+    def _my_slot(self) -> int:
+        """The board slot of the calling thread (the main thread's is 0 on the one-slot path)."""
+        slot: int | None = getattr(self._slot, "index", None)
+        if slot is None:
+            slot = self._slot.index = next(self._slots_taken) % self.config.slots
+        return slot
 
     def _check_limits(self) -> None:
         """Retire this child between tasks once it ran too many tasks or grew too large."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from conveyor.brokers import Broker, Delivery
 from conveyor.errors import BrokerError
@@ -23,10 +24,13 @@ class LeaseKeeper:
     Args:
         broker: the broker the deliveries came from.
         lease: the lease length in seconds; the heartbeat runs every third of it.
+        on_beat: called after each beat that kept every lease it could reach (the child stamps
+            the time in shared memory: its supervisor takes over the leases when it goes stale).
     """
 
-    def __init__(self, broker: Broker, lease: float) -> None:
+    def __init__(self, broker: Broker, lease: float, on_beat: Callable[[], None] | None = None) -> None:
         self.broker = broker
+        self._on_beat = on_beat
         self.lease = lease
         self.interval = lease / 3
         self._held: dict[str, Delivery] = {}
@@ -60,18 +64,24 @@ class LeaseKeeper:
             return list(self._held.values())
 
     def _beat(self) -> None:
+        if self._on_beat is not None:
+            self._on_beat()
         while not self._stop.wait(self.interval):
             self.beat()
 
     def beat(self) -> None:
         """Extend every held lease now."""
         held = self.held()
-        if not held:
-            return
-        try:
-            lost = self.broker.extend(held, self.lease)
-        except BrokerError as exc:
-            log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
-            return
+        if held:
+            try:
+                lost = self.broker.extend(held, self.lease)
+            except BrokerError as exc:
+                log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
+                return
+            self._report_lost(lost)
+        if self._on_beat is not None:
+            self._on_beat()
+
+    def _report_lost(self, lost: list[str]) -> None:
         for msg_id in lost:
             log.warning("lease of message %s was lost (redelivered elsewhere); it may run twice", msg_id)

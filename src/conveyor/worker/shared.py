@@ -53,8 +53,7 @@ class ChildBoard:
         raw = task_id.encode()
         if len(raw) >= SLOT_WIDTH or b"\0" in raw or raw.startswith(_UNKNOWN):
             raw = _UNKNOWN
-        start = slot * SLOT_WIDTH
-        self._ids[start : start + len(raw) + 1] = raw + b"\0"
+        ctypes.memmove(ctypes.addressof(self._ids) + slot * SLOT_WIDTH, raw + b"\0", len(raw) + 1)
 
     def idle(self, slot: int) -> None:
         """Record that ``slot`` runs nothing now."""
@@ -78,4 +77,3 @@ class ChildBoard:
             if value:
                 found.append(value.decode(errors="replace"))
         return found
-
