@@ -181,6 +181,7 @@ class ChildLoop:
     def _settle_and_reserve(self) -> list[Delivery]:
         """Write the pending results, then ack those tasks and reserve the next batch in one call."""
         acks = self._settle_results()
+        self.keeper.acking(acks)
         try:
             return self.broker.ack_and_reserve(
                 acks,

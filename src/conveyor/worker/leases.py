@@ -34,6 +34,7 @@ class LeaseKeeper:
         self.lease = lease
         self.interval = lease / 3
         self._held: dict[str, Delivery] = {}
+        self._acking: set[str] = set()  # being acked: still extended, but no longer reported lost
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="conveyor-heartbeat", daemon=True)
@@ -57,6 +58,16 @@ class LeaseKeeper:
         """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
         with self._lock:
             self._held.pop(delivery.id, None)
+            self._acking.discard(delivery.id)
+
+    def acking(self, deliveries: list[Delivery]) -> None:
+        """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.
+
+        An ack and reserve in one call waits for new work after the ack; a beat in between would
+        otherwise find the acked deliveries gone and warn that they may run twice.
+        """
+        with self._lock:
+            self._acking.update(d.id for d in deliveries)
 
     def held(self) -> list[Delivery]:
         """The deliveries currently kept leased."""
@@ -83,5 +94,8 @@ class LeaseKeeper:
             self._on_beat()
 
     def _report_lost(self, lost: list[str]) -> None:
+        # A delivery acked while the extend was on its way is not lost.
+        with self._lock:
+            lost = [msg_id for msg_id in lost if msg_id in self._held and msg_id not in self._acking]
         for msg_id in lost:
             log.warning("lease of message %s was lost (redelivered elsewhere); it may run twice", msg_id)
