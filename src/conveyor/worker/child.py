@@ -42,8 +42,9 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
-from conveyor.worker.executor import Executor, Outcome
+from conveyor.worker.executor import BackendDown, Executor, GaveUp, Outcome, Pending
 from conveyor.worker.leases import LeaseKeeper
+from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
@@ -52,6 +53,11 @@ log = logging.getLogger("conveyor.worker")
 RESERVE_WAIT = 1.0
 #: Longest pause, in seconds, between reconnection attempts while the broker is down.
 MAX_BACKOFF = 5.0
+#: The outcome of a delivery given back to the queue without counting (nothing ran, or its outcome
+#: could not be recorded before a stop): not a processed task.
+RETURNED = "RETURNED"
+#: The id the child reads to find out whether the result backend answers again.
+_PROBE_ID = "conveyor-backend-probe"
 #: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
 #: is reported to the supervisor). Short enough that a long task delays no batch-mate noticeably.
 PREFETCH_HOLD = 0.005
@@ -103,7 +109,9 @@ class ChildLoop:
         self.owner = owner_of(config.worker_id, os.getpid())
         self.broker = app.broker
         one_slot = config.slots == 1
-        self.executor = Executor(app, config.worker_id, on_start=self._report_start, defer=one_slot)
+        self.executor = Executor(
+            app, config.worker_id, on_start=self._report_start, defer=one_slot, stopping=lambda: self.stopping
+        )
         self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
@@ -121,6 +129,10 @@ class ChildLoop:
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
         self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent in bulk)
         self._counts_due = 0.0
+        #: Set when the backend failed before a task started: take no work until it answers again.
+        self._backend_down = False
+        self._backend = Outage("result backend")
+        self._settling = Outage("result backend or broker")
         self._slot = threading.local()  # this thread's slot on the board (the thread pool's threads)
         self._slots_taken = itertools.count()
 
@@ -150,29 +162,47 @@ class ChildLoop:
             try:
                 self._settle_now()
             except BrokerError as exc:
-                log.warning("could not settle finished tasks; they will run again: %s", exc)
+                self._give_back_unsettled(exc)
             self._send_counts(force=True)
         self.keeper.stop()
         self.executor.close()
         self.app.close()
 
+    def _give_back_unsettled(self, exc: BrokerError) -> None:
+        """Stopping while finished tasks' results or acks cannot land: return them; they run again later."""
+        pending = self.executor.take_pending()
+        if pending.acks:
+            log.warning(
+                "stopping while the result backend or broker is down (%s): %d finished task(s) go back to the "
+                "queue and will run again",
+                exc,
+                len(pending.acks),
+            )
+            self._return_unstarted(pending.acks)
+
     # -- the one-slot path: prefetch, settle per batch ---------------------------------------
 
     def _serve_one_slot(self, backlog: Backlog) -> None:
         backlog.start()
-        backoff = 0.1
+        backoff = FIRST_BACKOFF
         while not self.stopping and os.getppid() == self._parent:
+            if self._backend_down:  # give back what did not start, take nothing until the backend answers
+                self._return_unstarted(backlog.take_unstarted())
+                self._wait_for_backend()
+                continue
             delivery = backlog.next()
             if delivery is not None:
                 self._run_from_backlog(backlog, delivery)
                 continue
             try:
                 fresh = self._settle_and_reserve()
-                backoff = 0.1
+                backoff = FIRST_BACKOFF
+                self._settling.answered()
             except BrokerError as exc:
-                log.warning("broker unavailable, retrying in %.1fs: %s", backoff, exc)
+                # Finished tasks stay pending and held (heartbeated): retried, never left to their lease.
+                self._settling.failed(exc, "settling finished tasks")
                 time.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = next_backoff(backoff)
                 continue
             for reserved in fresh:
                 self.keeper.hold(reserved)
@@ -183,7 +213,7 @@ class ChildLoop:
         acks = self._settle_results()
         self.keeper.acking(acks)
         try:
-            return self.broker.ack_and_reserve(
+            fresh = self.broker.ack_and_reserve(
                 acks,
                 self.config.queues,
                 self.config.prefetch,
@@ -191,22 +221,27 @@ class ChildLoop:
                 lease=self.config.lease,
                 timeout=RESERVE_WAIT,
             )
+        except BrokerError:
+            self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+            raise
         finally:
-            self._release(acks)  # acked, or (on error) left to their lease: they run again
             self._send_counts()
+        self._release(acks)
+        return fresh
 
     def _settle_results(self) -> list[Delivery]:
         """Write the executor's pending results; return the deliveries to ack now that they landed.
 
-        If the write fails the deliveries are not acked and no longer heartbeated: their leases end
-        and they run again (at-least-once), as after a crash.
+        If the write fails, everything goes back to the executor's pending lists and stays held
+        (heartbeated): the caller retries later. The tasks ran; leaving them to their lease would
+        count a delivery and run them again.
         """
         pending = self.executor.take_pending()
         if pending.results:
             try:
                 self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
             except BrokerError:
-                self._release(pending.acks)
+                self.executor.restore(pending)
                 raise
         return pending.acks
 
@@ -222,6 +257,8 @@ class ChildLoop:
             self._task_is_long = False
         if reported:
             self._send(("done", outcome.id, outcome.task, outcome.state, outcome.runtime))
+        elif outcome.state == RETURNED:
+            return
         else:
             self._counts[0] += 1
             self._counts[1] += outcome.state in ("FAILURE", "ERROR")
@@ -238,17 +275,19 @@ class ChildLoop:
         self._return_unstarted(self.backlog.take_unstarted())
         try:
             self._settle_now()
-        except BrokerError as exc:
-            log.warning("could not settle finished tasks; they will run again: %s", exc)
+        except BrokerError as exc:  # they stay pending and held; the main loop retries
+            self._settling.failed(exc, "settling finished tasks")
 
     def _settle_now(self) -> None:
         """Write the pending results, then ack their tasks (outside the batch rhythm)."""
         acks = self._settle_results()
-        try:
-            if acks:
+        if acks:
+            try:
                 self.broker.ack(acks)
-        finally:
-            self._release(acks)
+            except BrokerError:
+                self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+                raise
+        self._release(acks)
 
     def _send_counts(self, force: bool = False) -> None:
         """Send the finished tasks' counts, at most every COUNTS_EVERY seconds: a pipe message wakes the supervisor."""
@@ -268,6 +307,9 @@ class ChildLoop:
     def _serve(self, pool: ThreadPoolExecutor | None) -> None:
         backoff = 0.1
         while not self.stopping and os.getppid() == self._parent:
+            if self._backend_down:
+                self._wait_for_backend()
+                continue
             if not self._free.acquire(timeout=RESERVE_WAIT):
                 continue
             free = 1 + self._take_free_slots()
@@ -304,7 +346,8 @@ class ChildLoop:
         finally:
             self.keeper.release(delivery)
             self._free.release()
-        self._check_limits()
+        if outcome.state != RETURNED:
+            self._check_limits()
 
     # -- shared steps ------------------------------------------------------------------------
 
@@ -313,6 +356,17 @@ class ChildLoop:
         self.board.running(slot, delivery.id)  # if this process dies now, only this task counts a delivery
         try:
             return self.executor.run(delivery)
+        except BackendDown as exc:  # nothing ran: back to the queue uncounted, and pause
+            self._backend.failed(exc, "before a task started")
+            self._backend_down = True
+            self._nack(delivery)
+            return Outcome(delivery.id, "?", RETURNED, 0.0)
+        except GaveUp as exc:  # it ran, its outcome could not be recorded before the stop
+            log.warning(
+                "task %s ran but its outcome was not recorded (%s); it goes back to run again", delivery.id, exc
+            )
+            self._nack(delivery)
+            return Outcome(delivery.id, "?", RETURNED, 0.0)
         except Exception:
             # The broker or backend failed mid-way; the lease expires and the task runs again.
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
@@ -341,6 +395,25 @@ class ChildLoop:
         if reason is not None and not self.stopping:
             self.stopping = True
             self._send(("retire", reason))
+
+    def _wait_for_backend(self) -> None:
+        """Probe the result backend with capped backoff until it answers (or the child stops)."""
+        backoff = FIRST_BACKOFF
+        while not self.stopping and os.getppid() == self._parent:
+            try:
+                self.app.backend.get(_PROBE_ID)
+            except BrokerError as exc:
+                self._backend.failed(exc, "probing")
+                time.sleep(backoff)
+                backoff = next_backoff(backoff)
+                continue
+            self._backend.answered()
+            self._backend_down = False
+            return
+
+    def _nack(self, delivery: Delivery) -> None:
+        with contextlib.suppress(BrokerError):
+            self.broker.nack(delivery)
 
     def _return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""

@@ -230,6 +230,8 @@ class Supervisor:
             child.retiring = event[1]
         elif event[0] == "done":
             child.running.pop(event[1], None)
+            if event[3] == "RETURNED":  # given back to the queue (an outage), not processed
+                return
             self.processed += 1
             self.failed += event[3] in ("FAILURE", "ERROR")
         elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
