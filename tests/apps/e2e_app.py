@@ -15,6 +15,11 @@ from conveyor import App
 
 app = App("e2e")
 
+if "E2E_BACKEND_RETRY_FOR" in os.environ:  # a backend outage test: fail fast instead of retrying 5 s per call
+    from conveyor.backends.redis import RedisResultBackend
+
+    RedisResultBackend.retry_for = float(os.environ["E2E_BACKEND_RETRY_FOR"])
+
 
 def _record_dir() -> Path:
     return Path(os.environ["E2E_RECORD_DIR"])

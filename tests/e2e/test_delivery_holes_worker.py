@@ -121,7 +121,7 @@ def private_backend(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.kill()
 
 
-#: Lease, deliveries and outage: the outage lasts several times max_deliveries x lease.
+#: Lease, deliveries and outage: the outage lasts several times max_deliveries x (lease + retry_for).
 OUTAGE_LEASE, OUTAGE_MAX_DELIVERIES, OUTAGE_SECONDS = 1, 3, 9.0
 
 
@@ -143,6 +143,7 @@ def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(
         CONVEYOR_LEASE=str(OUTAGE_LEASE),
         CONVEYOR_MAX_DELIVERIES=str(OUTAGE_MAX_DELIVERIES),
         CONVEYOR_TRACK_STARTED="1" if track_started else "0",
+        E2E_BACKEND_RETRY_FOR="0.5",  # each backend call gives up after 0.5 s (default 5 s)
     )
     for key, value in e2e_env.items():
         if key.startswith("CONVEYOR_") or key == "E2E_RECORD_DIR":
