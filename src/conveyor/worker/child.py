@@ -86,10 +86,12 @@ def owner_of(worker_id: str, pid: int) -> str:
     return f"{worker_id}/{pid}"
 
 
-def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
-    """Entry point of a child process (forked from the supervisor)."""
+def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoard | None = None) -> None:
+    """Entry point of a child process (forked from the supervisor, which reads ``board``)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
+    if board is None:  # nobody watches this child: a board of its own
+        board = ChildBoard(multiprocessing.get_context("fork"), config.slots)
     loop = ChildLoop(app, config, conn, board)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
