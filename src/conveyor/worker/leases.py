@@ -4,6 +4,10 @@ Every ``lease / 3`` seconds it extends the lease of every delivery the process i
 task on a live worker is never handed to another one however long it runs; when the process
 dies the heartbeat dies with it and the leases expire. A lease found lost (the broker already
 redelivered the message, e.g. after a long network cut) is logged: that task may run twice.
+
+A task that holds the GIL (a long C call) starves this thread; each beat therefore stamps the
+child's shared board, and the supervisor extends the child's leases itself while the stamp is
+stale (``Broker.extend_owner``; see worker/shared.py).
 """
 
 from __future__ import annotations
