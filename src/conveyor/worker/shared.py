@@ -51,7 +51,7 @@ class ChildBoard:
     def running(self, slot: int, task_id: str) -> None:
         """Record that ``slot`` started the delivery ``task_id``."""
         raw = task_id.encode()
-        if len(raw) >= SLOT_WIDTH or b"\0" in raw or raw.startswith(_UNKNOWN):
+        if not raw or len(raw) >= SLOT_WIDTH or b"\0" in raw or raw.startswith(_UNKNOWN):
             raw = _UNKNOWN
         ctypes.memmove(ctypes.addressof(self._ids) + slot * SLOT_WIDTH, raw + b"\0", len(raw) + 1)
 
