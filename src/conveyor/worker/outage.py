@@ -41,7 +41,7 @@ class Outage:
             if self._since is not None:
                 return
             self._since = time.monotonic()
-        log.warning("%s unavailable (%s): %s; waiting for it, retrying with backoff", self.what, doing, exc)
+        log.warning("%s unavailable (%s): %s; retrying until it answers", self.what, doing, exc)
 
     def answered(self) -> None:
         """An attempt succeeded: log the end of the outage, if there was one."""

@@ -29,6 +29,7 @@ from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.outage import Outage
 from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
@@ -93,6 +94,7 @@ class Supervisor:
         self._next_heartbeat = 0.0
         self._next_revocation_check = 0.0
         self._ctx = multiprocessing.get_context("fork")
+        self._registry = Outage("worker registry")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -366,7 +368,9 @@ class Supervisor:
             self.app.broker.register_worker(info, HEARTBEAT_TTL)
             self.app.broker.recover()
         except BrokerError as exc:
-            log.warning("worker heartbeat failed: %s", exc)
+            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
+        else:
+            self._registry.answered()
 
 
 def _redact(url: str) -> str:
