@@ -39,6 +39,7 @@ class LeaseKeeper:
         self.interval = lease / 3
         self._held: dict[str, Delivery] = {}
         self._acking: set[str] = set()  # being acked: still extended, but no longer reported lost
+        self._suspect: set[str] = set()  # found lost by the last beat, still held: reported if found again
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="conveyor-heartbeat", daemon=True)
@@ -98,8 +99,11 @@ class LeaseKeeper:
             self._on_beat()
 
     def _report_lost(self, lost: list[str]) -> None:
-        # A delivery acked while the extend was on its way is not lost.
+        # A delivery acked while the extend was on its way is not lost: it is released right after its
+        # ack, so one found lost is reported only if the next beat still holds it and finds it lost.
         with self._lock:
-            lost = [msg_id for msg_id in lost if msg_id in self._held and msg_id not in self._acking]
-        for msg_id in lost:
+            held = [msg_id for msg_id in lost if msg_id in self._held and msg_id not in self._acking]
+            confirmed = [msg_id for msg_id in held if msg_id in self._suspect]
+            self._suspect = set(held) - set(confirmed)
+        for msg_id in confirmed:
             log.warning("lease of message %s was lost (redelivered elsewhere); it may run twice", msg_id)
