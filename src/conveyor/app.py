@@ -175,7 +175,15 @@ class App:
         for m in messages:  # encode everything before sending anything
             body = encode(m, limit)
             envelopes.append(
-                Envelope(m.id, m.queue, body if secret is None else sign(body, secret), m.priority, m.eta, m.key)
+                Envelope(
+                    m.id,
+                    m.queue,
+                    body if secret is None else sign(body, secret),
+                    m.priority,
+                    m.eta,
+                    m.key,
+                    m.explicit_id,
+                )
             )
         return self.broker.enqueue(envelopes)
 

@@ -3,10 +3,15 @@
 A message is a msgspec struct encoded as JSON. Brokers never look inside the body: they store
 the bytes beside the few fields they route by (queue, priority, eta), so a message from a newer
 or broken producer still reaches a worker, which can dead-letter it with the reason. Never pickle.
+
+JSON has no ``inf`` or ``nan``, and msgspec writes them as ``null``: an argument or a result
+holding one would arrive as None. Both are refused with an EncodeError naming where the value
+sits (issue 11, item 13); the wire format stays plain JSON that any parser reads.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
@@ -50,6 +55,8 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_f
     chord: dict[str, Any] | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     created: float = 0.0
+    #: The sender chose ``id`` (``task_id=``); omitted on the wire for a generated id.
+    explicit_id: bool = False
 
 
 def new_id() -> str:
@@ -78,6 +85,8 @@ def encode(message: Message, max_size: int | None = None) -> bytes:
         body = _encoder.encode(message)
     except (TypeError, ValueError, OverflowError) as exc:
         raise _explain_encode_failure(message, exc) from exc
+    if _NULL in body:  # only then can a non-finite float hide in it: the common path pays one bytes search
+        _refuse_non_finite_fields(message)
     if max_size is not None and len(body) > max_size:
         raise MessageTooLarge(
             f"message for task {message.task!r} is {len(body)} bytes, over the limit of {max_size} bytes "
@@ -117,16 +126,65 @@ def _explain_encode_failure(message: Message, exc: Exception) -> EncodeError:
     return EncodeError(f"task {message.task!r}: message does not encode: {exc}")
 
 
+#: msgspec writes inf and nan as this; a body without it holds neither.
+_NULL = b"null"
+_NO_NON_FINITE = "which JSON cannot carry (it would arrive as null); send it as a string (e.g. 'inf') or None"
+
+
+#: The message fields that can hold a float: user data (arguments, workflow links) and the times.
+_FLOAT_FIELDS = ("args", "kwargs", "links", "link_errors", "chord", "eta", "expires")
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _refuse_non_finite_fields(message: Message) -> None:
+    """Raise EncodeError naming the first inf or nan in the message (an argument, say ``args[1]['x']``)."""
+    for field in _FLOAT_FIELDS:
+        found = _first_non_finite(getattr(message, field))
+        if found is not None:
+            where, bad = field + found[0], found[1]
+            kind = "argument" if field in ("args", "kwargs") else "field"
+            raise EncodeError(f"task {message.task!r}: {kind} {where} is {bad!r}, {_NO_NON_FINITE}", argument=where)
+
+
+def _first_non_finite(value: Any, plain: bool = False) -> tuple[str, float] | None:
+    """The first inf or nan in ``value``, depth first, with its path below it (``"[1]['x']"``); or None.
+
+    Containers are walked as they are; any other object msgspec encodes (a dataclass, a Struct)
+    is walked in its plain form (``plain``: already converted, nothing left to convert).
+    """
+    if type(value) in _SCALARS:
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", value)
+    pairs: Any
+    if isinstance(value, dict):
+        pairs, show = value.items(), repr
+    elif isinstance(value, list | tuple | set | frozenset):
+        pairs, show = enumerate(value), str
+    else:
+        return None if plain else _first_non_finite(msgspec.to_builtins(value), plain=True)
+    for key, item in pairs:
+        found = _first_non_finite(item, plain)
+        if found is not None:
+            return f"[{show(key)}]{found[0]}", found[1]
+    return None
+
+
 def encode_value(value: Any) -> bytes:
     """Encode a task's return value (or any JSON-able data) for the result backend.
 
     Raises:
-        EncodeError: the value is not JSON-serializable.
+        EncodeError: the value is not JSON-serializable, or holds an inf or a nan (the error says where).
     """
     try:
-        return _encoder.encode(value)
+        body = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(f"value of type {type(value).__name__} cannot be stored as JSON: {exc}") from exc
+    found = _first_non_finite(value) if _NULL in body else None
+    if found is not None:
+        where = "value" + found[0]
+        raise EncodeError(f"result {where} is {found[1]!r}, {_NO_NON_FINITE}", argument=where)
+    return body
 
 
 def decode_value(data: bytes) -> Any:

@@ -208,6 +208,7 @@ class BaseTask(Generic[P, R]):
             check_priority(priority)
         return Message(
             id=options.get("task_id") or new_id(),
+            explicit_id=bool(options.get("task_id")),
             task=self.name,
             args=list(args),
             kwargs=dict(kwargs or {}),

@@ -105,14 +105,60 @@ def chaos(i: int, sleep_ms: float) -> None:
         os.close(fd)
 
 
+@app.task(name="fan_out", soft_time_limit=0.5)
+def fan_out(tag: str) -> None:
+    """Record the start, then send ``mark`` tasks and report progress until the soft time limit stops it.
+
+    Each send and each progress report is a write; when another process holds the SQLite write lock,
+    the soft limit fires while one of them waits for it (issue 11, item 1).
+    """
+    from conveyor.context import current_context
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    for i in range(1_000_000):
+        mark.delay(-1)
+        current_context().progress(i / 1_000_000, "fanning out")
+        time.sleep(0.01)
+
+
+class Unprintable(ValueError):
+    """An exception that cannot be rendered: ``str()`` and ``repr()`` both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("__repr__ is broken")
+
+
+@app.task(name="unprintable", retries=0)
+def unprintable(tag: str) -> None:
+    """Record the run, then raise an exception whose ``__str__`` raises (issue 11, item 11)."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    raise Unprintable("secret")
+
+
 @app.task(name="segfault")
 def segfault(tag: str) -> None:
-    """Crash the process running it with a segmentation fault (a poison message)."""
+    """Record the run, then crash the process with a real segmentation fault (a NULL read in C)."""
     import ctypes
 
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     ctypes.string_at(0)
+
+
+@app.task(name="gil_hold")
+def gil_hold(tag: str, seconds: int) -> str:
+    """Record the run, then call libc ``sleep`` with the GIL held: every thread of the process stalls."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    ctypes.PyDLL(None).sleep(seconds)
+    return tag
 
 
 @app.task(name="gil_sleep")

@@ -367,3 +367,98 @@ def test_cancel_deletes_only_waiting_messages(broker: Broker) -> None:
     fresh = env(key="k")
     assert broker.enqueue([fresh]) == [fresh.id]
     broker.ack([held])
+
+
+# -- a reused explicit task id (issue 11, item 12) ------------------------------------------------
+
+
+def _hold(broker: Broker, state: str) -> Envelope:
+    """Enqueue a message and bring it to ``state`` (ready, scheduled, in_flight or dead)."""
+    first = env(body=b"first", eta=time.time() + 60 if state == "scheduled" else None)
+    broker.enqueue([first])
+    if state in ("in_flight", "dead"):
+        [held] = broker.reserve(["default"], 1, owner=OWNER, lease=30)
+        if state == "dead":
+            broker.dead_letter(held, "test")
+    return first
+
+
+@pytest.mark.parametrize("state", ["ready", "scheduled", "in_flight", "dead"])
+def test_reused_task_id_is_refused_while_the_broker_holds_it(broker: Broker, state: str) -> None:
+    from conveyor.errors import ConveyorError, DuplicateTaskId
+
+    # Given a message in each state the broker holds
+    first = _hold(broker, state)
+    before = stats_of(broker)
+    # When another message is enqueued with the same id, in a batch with a fresh one
+    fresh = env(body=b"fresh")
+    with pytest.raises(DuplicateTaskId) as caught:
+        broker.enqueue([fresh, Envelope(first.id, "default", b"second")])
+    # Then one clear ConveyorError names the id, and nothing of the batch is stored
+    assert caught.value.task_id == first.id
+    assert isinstance(caught.value, ConveyorError)
+    assert stats_of(broker) == before
+    assert broker.cancel([fresh.id]) == []
+    if state == "ready":  # and the first message is intact
+        [got] = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+        assert (got.id, got.body) == (first.id, b"first")
+
+
+def test_reused_task_id_within_one_batch_stores_nothing(broker: Broker) -> None:
+    from conveyor.errors import DuplicateTaskId
+
+    # Given a batch that repeats an id (in the same queue, and across two queues)
+    a, b = env(body=b"a"), env(body=b"b")
+    for batch in ([a, b, Envelope(a.id, "default", b"again")], [a, Envelope(a.id, "other", b"again")]):
+        # When it is enqueued, Then it is refused whole
+        with pytest.raises(DuplicateTaskId):
+            broker.enqueue(batch)
+        assert stats_of(broker) == (0, 0, 0, 0)
+        assert stats_of(broker, "other") == (0, 0, 0, 0)
+
+
+def test_reused_task_id_over_two_queues_stores_nothing(broker: Broker) -> None:
+    from conveyor.errors import DuplicateTaskId
+
+    # Given a message held in the default queue
+    first = _hold(broker, "ready")
+    # When a batch over two queues reuses its id in the default queue
+    other = env("other", b"other")
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([other, Envelope(first.id, "default", b"second")])
+    # Then the other queue's message is not stored either
+    assert stats_of(broker, "other") == (0, 0, 0, 0)
+    assert stats_of(broker) == (1, 0, 0, 0)
+
+
+def test_reused_task_id_is_accepted_once_its_message_left_the_broker(broker: Broker) -> None:
+    # Given a message that was acked and another that was cancelled
+    done, gone = env(body=b"done"), env(body=b"gone")
+    broker.enqueue([done])
+    broker.ack(broker.reserve(["default"], 1, owner=OWNER, lease=30))
+    broker.enqueue([gone])
+    assert broker.cancel([gone.id]) == [gone.id]
+    # When both ids are enqueued again
+    again = [Envelope(done.id, "default", b"again 1"), Envelope(gone.id, "default", b"again 2")]
+    assert broker.enqueue(again) == [done.id, gone.id]
+    # Then the new messages are stored and delivered
+    got = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert [(d.id, d.body) for d in got] == [(done.id, b"again 1"), (gone.id, b"again 2")]
+
+
+def test_reused_task_id_with_a_key(broker: Broker) -> None:
+    from conveyor.errors import DuplicateTaskId
+
+    # Given a pending message with key k
+    first = env(body=b"first", key="k")
+    broker.enqueue([first])
+    # When the same id is enqueued with the same key (a beat re-firing its slot): it folds, no error
+    assert broker.enqueue([Envelope(first.id, "default", b"again", key="k")]) == [first.id]
+    # When the same id comes with a free key: DuplicateTaskId, and that key is not taken by it
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([Envelope(first.id, "default", b"again", key="free")])
+    fresh = env(body=b"fresh", key="free")
+    assert broker.enqueue([fresh]) == [fresh.id]
+    # Then exactly the two messages are stored
+    got = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert [(d.id, d.body) for d in got] == [(first.id, b"first"), (fresh.id, b"fresh")]

@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from conveyor import App, State
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, slot_task_id
 from conveyor.signing import unframe
-from tests.conftest import url_for
+from tests.conftest import backend_url_for, url_for
 from tests.e2e.conftest import ROOT, WorkerProcess, kill_leftovers, wait_until
 
 LEASE = 3.0
@@ -47,10 +48,12 @@ class Proc(WorkerProcess):
         return "now leading" in self.output()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
 def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     values = {
         "CONVEYOR_BROKER_URL": url_for(request.param, tmp_path, request),
+        # RabbitMQ is no store: the beat's lease, claims and state live in a SQLite backend beside it
+        "CONVEYOR_BACKEND_URL": backend_url_for(request.param, tmp_path, request),
         "CONVEYOR_BEAT_LEASE": str(LEASE),
         "CONVEYOR_BEAT_INTERVAL": str(INTERVAL),
         "CONVEYOR_BEAT_GRACE": "30",
@@ -182,3 +185,43 @@ def test_beat_list_and_status_show_the_entries(app: App, env: dict[str, str]) ->
     assert entry["name"] == "beat_tick"
     assert entry["last_fired"] == (slot + datetime.timedelta(seconds=1)).isoformat()
     assert datetime.datetime.fromisoformat(entry["next_run"]).timestamp() > time.time() - 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_leader_paused_after_its_claim_for_longer_than_its_lease_still_fires_that_slot_once(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given two beats with a 2-second lease, one of which stops itself (SIGSTOP) right after its
+    # third successful slot claim, before it enqueues that slot (the tests.apps.beat_app hook)
+    marker = tmp_path / "paused"
+    paused_env = {**env, "CONVEYOR_BEAT_LEASE": "2", "BEAT_APP_STOP_AFTER_CLAIM": str(marker)}
+    beats = [Proc(["beat", "tests.apps.beat_app:app"], paused_env, tmp_path / f"beat-{i}.log") for i in range(2)]
+    try:
+        wait_until(lambda: marker.exists() and " " in marker.read_text(), 30, "a beat to pause after a claim")
+        paused_at = time.monotonic()
+        pid_text, key = marker.read_text().split()
+        [paused] = [p for p in beats if p.proc.pid == int(pid_text)]
+        [other] = [p for p in beats if p is not paused]
+        # When it stays stopped for 4 s, twice its lease, while the other beat takes over
+        wait_until(other.leads, 10, f"the other beat to take over:\n{other.output()}")
+        time.sleep(max(0.0, paused_at + 4.0 - time.monotonic()))
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        # And both go on for a few slots
+        wait_until(lambda: len(other.fired()) >= 4, 20, f"the new leader to fire 4 slots:\n{other.output()}")
+    finally:
+        for p in beats:
+            if p.proc.poll() is None:
+                os.kill(p.proc.pid, signal.SIGCONT)
+        for p in beats:
+            p.stop()
+    # Then the slot it had claimed was enqueued once (by the paused beat, late), and no slot was
+    # skipped or fired twice from the first to the last
+    slot = datetime.datetime.fromtimestamp(int(key.rsplit(":", 1)[1]) / 1000, datetime.UTC).isoformat()
+    slots, _ = queued_slots(app)
+    logs = "\n".join(p.output() for p in beats)
+    assert slots[slot] == 1, f"the claimed slot {slot} was not enqueued:\n{logs}"
+    assert set(slots.values()) == {1}, slots
+    assert_contiguous(list(slots))
+    logged = Counter(s for p in beats for s in p.fired())
+    assert logged[slot] == 1 and set(logged.values()) == {1}, logged

@@ -1,16 +1,20 @@
-"""The chaos test: kill -9 children and whole workers while 2,500 tasks run; nothing lost, no unexplained rerun.
+"""The chaos test: kill -9 and other faults while thousands of tasks run; nothing lost, no unexplained rerun.
 
-The driver and the audit live in ``tests/chaos.py``, which also runs as a script with bigger numbers
-(``python -m tests.chaos --broker redis --tasks 20000 --seconds 120``).
+The driver lives in ``tests/chaos.py`` (faults in ``tests/chaos_faults.py``, the audit in
+``tests/chaos_audit.py``), which also runs as a script with bigger numbers and one fault kind at
+a time (``python -m tests.chaos --broker redis --tasks 20000 --seconds 120 --faults gil``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.chaos import ChaosPlan, audit, run_chaos
+from tests.chaos import ChaosPlan, Servers, audit, fault_servers, run_chaos
+from tests.conftest import server_missing
 
 
 @pytest.mark.slow
@@ -19,7 +23,8 @@ def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(e2e_env: dict[st
     # Given 2,500 tasks of 1-5 ms, two workers of two children each, a 2 s lease
     plan = ChaosPlan(tasks=2500, seconds=40, settle=40, pause=(0.03, 0.15), seed=4)
     # When a driver kill -9s a child every 30-150 ms, and every fifth time a whole worker (restarting it)
-    report = run_chaos(e2e_env["CONVEYOR_BROKER_URL"], tmp_path, plan, backend=e2e_env.get("CONVEYOR_BACKEND_URL"))
+    servers = Servers(e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"))
+    report = run_chaos(servers, tmp_path, plan)
     print(report.summary())
     # Then every task completed, and every extra execution followed a run in a killed process
     assert report.problems == []
@@ -27,7 +32,58 @@ def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(e2e_env: dict[st
     assert report.duplicates == report.explained
     assert report.executions == 2500 + report.duplicates
     # And the storm did hit: children and whole workers died mid-run
-    assert report.child_kills >= 5 and report.worker_kills >= 1
+    assert report.counts.child_kills >= 5 and report.counts.worker_kills >= 1
+
+
+def _mixed_faults() -> frozenset[str]:
+    """Every fault kind this machine can inject (``collide`` needs root and unshare)."""
+    if shutil.which("redis-server") is None:
+        server_missing("redis-server", "not on PATH (the backend and stall faults start private ones)")
+    can_unshare = os.geteuid() == 0 and shutil.which("unshare") is not None
+    return frozenset({"kill", "backend", "stall", "poison", "gil"} | ({"collide"} if can_unshare else set()))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_fault_mix_loses_no_task_buries_only_poison_and_reruns_only_killed_ones(
+    e2e_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given 1,200 short tasks with 2 poison tasks and 1 GIL-holding task (3 s, lease 2 s) among them,
+    # on workers in pid namespaces of their own (colliding pids, one host name)
+    faults = _mixed_faults()
+    plan = ChaosPlan(
+        tasks=1200,
+        seconds=25,
+        settle=20,
+        pause=(0.05, 0.2),
+        seed=11,
+        faults=faults,
+        poison=2,
+        gil=1,
+        outages=2,
+        outage_seconds=(1.0, 2.0),
+        stalls=1,
+        stall_seconds=(2.5, 3.0),
+        fault_gap=(0.2, 0.8),
+    )
+    # When the driver kill -9s children and workers, kills and restarts the result backend twice,
+    # and stalls the broker once for longer than the lease (except the shared RabbitMQ)
+    urls = (e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"))
+    with fault_servers(*urls, tmp_path, plan.faults) as servers:
+        report = run_chaos(servers, tmp_path, plan)
+    print(report.summary())
+    # Then nothing was lost or rerun without a kill or crash, only the poison was dead-lettered,
+    # and every stored result is SUCCESS despite the outages
+    assert report.problems == []
+    assert report.completed == 1200 - 2
+    assert report.duplicates == report.explained
+    # And every fault did hit
+    counts = report.counts
+    assert counts.child_kills >= 3 and counts.outages == 2
+    assert counts.stalls == (0 if e2e_env["CONVEYOR_BROKER_URL"].startswith("amqp") else 1)
+    assert counts.poison_dead == 2 and counts.poison_crashes >= 2
+    assert counts.gil_executions >= 1
+    assert "collide" not in faults or counts.namespaced_workers >= 2
 
 
 def test_audit_accepts_reruns_after_kills_only() -> None:
@@ -40,14 +96,55 @@ def test_audit_accepts_reruns_after_kills_only() -> None:
 
 
 def test_audit_flags_lost_tasks_unexplained_reruns_and_unexplained_interruptions() -> None:
-    # Given task 0 run twice by live pids, task 1 interrupted in a live pid, task 2 never run
-    log = ["0 10", "0 10 done", "0 11", "0 11 done", "1 12"]
-    # Then the audit names each breach of the promise
-    report = audit(log, killed=set(), tasks=3)
-    assert report.duplicates == 1 and report.explained == 0
-    assert sorted(report.problems) == [
-        "task 0 ran again in pid 11 after a run in live pid 10",
-        "task 1 never completed (1 execution(s))",
-        "task 1 was interrupted in pid 12, which the driver did not kill",
-        "task 2 never completed (0 execution(s))",
+    # Given task 0 run twice by live pids, task 1 interrupted in a live pid, task 2 never run,
+    # task 3 started again while its first run in a live pid was still going
+    log = ["0 10", "0 10 done", "0 11", "0 11 done", "1 12", "3 13", "3 14", "3 13 done", "3 14 done"]
+    # Then the audit names each breach of the promise, with the pids and log lines
+    report = audit(log, killed=set(), tasks=4, gil={3})
+    assert report.duplicates == 2 and report.explained == 0
+    assert report.problems == [
+        "GIL task 3 ran again in pid 14 (lines 7-9) while live pid 13 (lines 6-8) was still running it "
+        "(expected: no second run while it lives)",
+        "task 0 ran again in pid 11 (lines 3-4) after live pid 10 (lines 1-2) had completed it "
+        "(expected: acknowledged, never redelivered)",
+        "task 1 never completed (1 execution(s): pid 12 (line 5, never ended))",
+        "task 1 was interrupted in pid 12 (line 5, never ended), which was neither killed nor crashed",
+        "task 2 never completed (0 execution(s): never started)",
+    ]
+
+
+def test_audit_counts_a_crash_as_a_kill_and_checks_the_dead_letters() -> None:
+    # Given poison task 0 crashing pids 10 and 11, task 1 rerun after finishing in crashed pid 10,
+    # task 2 dead-lettered unrun, poison task 3 never dead-lettered
+    log = ["1 10", "1 10 done", "0 10", "0 10 crash", "1 11", "1 11 done", "0 11", "0 11 crash"]
+    report = audit(log, killed=set(), tasks=4, poison={0, 3}, dead={0, 2})
+    # Then the rerun is explained by the crash; the innocent dead letter and the missing poison are named
+    assert (report.duplicates, report.explained, report.completed) == (2, 2, 1)
+    assert report.problems == [
+        "poison task 3 is not in the dead-letter queue (0 crash(es), expected: dead after max_deliveries)",
+        "task 2 never completed (0 execution(s): never started)",
+        "task 2 was dead-lettered but is no poison (0 execution(s): never started)",
+    ]
+
+
+def test_audit_places_an_unexplained_rerun_against_the_fault_the_driver_marked() -> None:
+    # Given a broker stall marked in the log, and task 0 rerun after its live run, just after the stall
+    log = ["0 10", "0 10 done", "# broker stall 1 begin", "# broker stall 1 end", "0 11", "0 11 done"]
+    report = audit(log, killed=set(), tasks=1)
+    # Then the problem says the rerun started right after that stall
+    assert report.problems == [
+        "task 0 ran again in pid 11 (lines 5-6) after live pid 10 (lines 1-2) had completed it "
+        "(expected: acknowledged, never redelivered) (it started 1 log line(s) after broker stall 1 ended)"
+    ]
+
+
+def test_audit_does_not_excuse_a_rerun_by_a_kill_that_came_after_it() -> None:
+    # Given task 0 started again in pid 11 (line 2) while pid 10 ran it; pid 10 was killed only at line 3
+    log = ["0 10", "0 11", "0 10 done", "0 11 done"]
+    report = audit(log, killed={10: 3}, tasks=1)
+    # Then the rerun is not explained: pid 10 was alive when it started
+    assert (report.duplicates, report.explained) == (1, 0)
+    assert report.problems == [
+        "task 0 ran again in pid 11 (lines 2-4) while live pid 10 (lines 1-3) was still running it "
+        "(expected: no second run while it lives)"
     ]

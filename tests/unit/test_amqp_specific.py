@@ -23,11 +23,12 @@ from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Delivery, Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, ConfigurationError
+from conveyor.states import ResultRecord, State, encode_record
 from tests.conftest import amqp_url, rabbitmqctl
 
 
 def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
-    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
+    return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, explicit_id=False, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -38,6 +39,12 @@ def broker(amqp_vhost: str, tmp_path: Path) -> Iterator[AMQPBroker]:
     yield instance
     instance.close()
     results.close()
+
+
+def mark_started(broker: AMQPBroker, task_id: str) -> None:
+    """Write the STARTED record a worker writes before it runs a task (what a redelivery is counted by)."""
+    record = ResultRecord(state=State.STARTED, task="t", started=time.time())
+    broker._results().set(task_id, State.STARTED, encode_record(record), 60)
 
 
 def drop_connections(vhost: str) -> None:
@@ -58,9 +65,10 @@ def reserve_until(broker: Broker, timeout: float, n: int = 1, queues: tuple[str,
 def test_a_dropped_connection_requeues_the_running_message_and_the_broker_reconnects(
     broker: AMQPBroker, amqp_vhost: str
 ) -> None:
-    # Given a message reserved (unacknowledged on this process's connection)
+    # Given a message reserved (unacknowledged on this process's connection) and started
     broker.enqueue([env(body=b"work")])
     [held] = broker.reserve(["default"], 1, owner="w", lease=30)
+    mark_started(broker, held.id)
     # When the server drops the connection
     drop_connections(amqp_vhost)
     # Then the heartbeat learns the lease is lost, and a stale ack is ignored
@@ -79,6 +87,7 @@ def test_a_message_whose_worker_keeps_dying_is_dead_lettered(broker: AMQPBroker,
     for attempt in (1, 2, 3):
         [d] = reserve_until(broker, 10)
         assert d.deliveries == attempt
+        mark_started(broker, d.id)
         drop_connections(amqp_vhost)
     # When it would be delivered a fourth time
     assert reserve_until(broker, 1.5) == []

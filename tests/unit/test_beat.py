@@ -267,3 +267,27 @@ def test_a_failing_entry_spares_the_others(app: App) -> None:
     clock.now = T0
     beat.tick()
     assert fired_slots(app) == Counter({iso(0): 1})
+    # And the failed slot is not retried forever (it would fail again): the next tick records it
+    clock.now = T0 + 1
+    beat.tick()
+    assert beat.last_fired(app.schedule["gone"]) == datetime.datetime.fromtimestamp(T0, datetime.UTC)
+
+
+def test_a_slot_already_in_the_broker_under_its_task_id_counts_as_fired(app: App) -> None:
+    # Given a slot whose message already sits in the broker under the slot's task id (an earlier
+    # send that landed although its reply was lost), without the slot's key
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    slot = datetime.datetime.fromtimestamp(T0, datetime.UTC)
+    earlier = app.tasks["tick"].message(task_id=slot_task_id("beat-test", "tick", slot), headers={"beat_slot": iso(0)})
+    app.send([earlier])
+    # When the beat fires that slot
+    clock.now = T0
+    beat.tick()
+    # Then the broker's refusal counts as "already enqueued": the slot is recorded as fired at once
+    assert beat.last_fired(app.schedule["tick"]) == slot
+    # And the schedule goes on, with one message per slot
+    clock.now = T0 + 10
+    beat.tick()
+    assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})

@@ -13,9 +13,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -24,7 +25,7 @@ from redis.crc import key_slot
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers import Envelope, WorkerInfo
 from conveyor.brokers.redis import RedisBroker
-from conveyor.errors import BrokerUnavailable
+from conveyor.errors import BrokerUnavailable, DuplicateTaskId
 from conveyor.states import State
 from tests.conftest import REDIS_URL
 
@@ -91,7 +92,15 @@ def test_every_key_lives_under_the_prefix_and_each_queue_in_one_slot(broker: Red
     # And the keys of each queue (at least ready, scheduled, inflight, dead, seq, signal, messages) share one slot
     for queue in ("alpha", "beta"):
         mine = [k for k in keys if k.startswith(f"{{{redis_prefix}:q:{queue}}}")]
-        assert {k.rsplit(":", 1)[-1] for k in mine} >= {"ready", "scheduled", "inflight", "dead", "seq", "signal"}
+        assert {k.rsplit(":", 1)[-1] for k in mine} >= {
+            "ready",
+            "scheduled",
+            "inflight",
+            "dead",
+            "seq",
+            "signal",
+            "registered",
+        }
         assert len({key_slot(k.encode()) for k in mine}) == 1
     # And the global bookkeeping shares one slot, and each result shares one with its wake-up list
     shared = [k for k in keys if k.startswith(f"{{{redis_prefix}}}")]
@@ -294,3 +303,72 @@ def test_wake_up_tokens_stay_bounded_on_a_queue_nobody_reserves_from(broker: Red
     # And every message is still there to reserve
     assert len(broker.reserve(["default"], 500, owner="w", lease=30)) == 300
     client.close()
+
+
+def test_a_retry_after_a_lost_enqueue_reply_is_no_duplicate(broker: RedisBroker) -> None:
+    # Given a connection whose first enqueue reply is lost after the server ran the script
+    real = broker._conn._send_and_read
+    lost: list[bool] = []
+
+    def lose_first_reply(command: Sequence[str | bytes | int | float]) -> Any:
+        reply = real(command)
+        if not lost:
+            lost.append(True)
+            raise redis.ConnectionError("reply lost")
+        return reply
+
+    broker.enqueue([env()])  # registers the queue (a MULTI, not this path)
+    broker._conn._send_and_read = lose_first_reply  # type: ignore[method-assign]
+    # When delay() sends a message (the retry loop runs the script again with the same attempt)
+    e = env(body=b"once")
+    assert broker.enqueue([e]) == [e.id]
+    # Then the retry is recognised as this very call: no DuplicateTaskId, one message stored
+    assert lost == [True]
+    assert [(s.queue, s.ready) for s in broker.stats()] == [("default", 2)]
+    # But a new call reusing the id is refused
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([Envelope(e.id, "default", b"twice")])
+
+
+def test_a_duplicate_that_lands_after_the_check_of_a_multi_queue_batch_is_undone(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a message held in the default queue, and a batch over two queues that reuses its id,
+    # whose pre-check comes too early (another producer stores the id between check and MULTI)
+    first = env(body=b"first")
+    broker.enqueue([first])
+    monkeypatch.setattr(broker._store, "_refuse_held", lambda groups: None)
+    other = env("other", b"other", key="k")
+    # When the batch is enqueued
+    with pytest.raises(DuplicateTaskId):
+        broker.enqueue([other, Envelope(first.id, "default", b"second")])
+    # Then what the other queue's script stored is cancelled again, and its key is free
+    assert {s.queue: (s.ready, s.scheduled) for s in broker.stats()} == {"default": (1, 0), "other": (0, 0)}
+    again = env("other", b"again", key="k")
+    assert broker.enqueue([again]) == [again.id]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+@pytest.mark.parametrize("batch", [["a"], ["a", "a"], ["a", "b"]], ids=["delay", "one-queue-batch", "two-queues"])
+def test_every_enqueue_path_registers_its_queue_again_after_the_server_lost_its_data(
+    tmp_path: Path, batch: list[str]
+) -> None:
+    # Given a long-lived producer that registered queues a and b on a private server
+    port = _free_port()
+    (tmp_path / "before").mkdir()
+    (tmp_path / "after").mkdir()
+    server = _start_server(port, tmp_path / "before")
+    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=heal")
+    try:
+        broker.enqueue([env("a"), env("b")])
+        # When the server comes back empty (another directory: nothing persisted) and the producer enqueues
+        _stop(server)
+        server = _start_server(port, tmp_path / "after")
+        sent = [env(q) for q in batch]
+        broker.enqueue(sent)
+        # Then the registry lists the queues again, and cancel (revoke) finds every message
+        assert sorted(s.queue for s in broker.stats()) == sorted(set(batch))
+        assert sorted(broker.cancel([e.id for e in sent])) == sorted(e.id for e in sent)
+    finally:
+        broker.close()
+        _stop(server)

@@ -23,6 +23,7 @@ from conveyor.brokers._amqp_scan import (
     add_to_registry,
     dead_letter_of,
     entry_of,
+    keep_unmarked,
     properties,
     read_registry,
     scan,
@@ -76,12 +77,12 @@ class Admin:
         """Publish the chosen dead letters to their ready queue with deliveries reset."""
         wanted = None if ids is None else set(ids)
 
-        def decider(ch: BlockingChannel, queue: str) -> Decide:
+        def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
                 entry = entry_of(props)
                 if wanted is not None and entry.id not in wanted:
                     return False
-                fresh = Entry(entry.id, entry.priority, 0)
+                fresh = Entry(entry.id, entry.priority, 0, explicit=entry.explicit)
                 ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
                 return True
 
@@ -89,27 +90,43 @@ class Admin:
 
         return self.scan_each(self._dead, decider)
 
-    def purge_dead(self, ids: Sequence[str] | None) -> int:
-        """Delete the chosen dead letters."""
+    def purge_dead(self, ids: Sequence[str] | None) -> list[Entry]:
+        """Delete the chosen dead letters; return their entries (to release their explicit ids)."""
         wanted = None if ids is None else set(ids)
-        return self.scan_each(
-            self._dead, lambda ch, q: lambda m, props, body: wanted is None or entry_of(props).id in wanted
-        )
+        removed: list[Entry] = []
+
+        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+            entry = entry_of(props)
+            if wanted is not None and entry.id not in wanted:
+                return False
+            removed.append(entry)
+            return True
+
+        self.scan_each(self._dead, lambda ch, q, name: decide)
+        return removed
 
     def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Entry]]:
         """Delete waiting (ready or scheduled) messages by id; return the ids found and their entries."""
         wanted = set(ids)
         removed: list[Entry] = []
 
-        def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            entry = entry_of(props)
-            if entry.id not in wanted:
-                return False
-            removed.append(entry)
-            return True
+        def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
+            ready = queue_names(self._prefix, queue).ready
+
+            def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
+                entry = entry_of(props)
+                if entry.id in wanted:
+                    removed.append(entry)
+                elif name == ready:
+                    keep_unmarked(ch, ready, props, body)
+                else:
+                    return False  # scheduled: a requeue keeps its TTL, and no one reads its redelivered flag
+                return True
+
+            return decide
 
         if wanted:
-            self.scan_each(self._waiting, lambda ch, q: decide)
+            self.scan_each(self._waiting, decider)
         gone = {e.id for e in removed}
         return [i for i in ids if i in gone], removed
 
@@ -134,14 +151,17 @@ class Admin:
         return count[names.ready], sum(count[name] for name in names.scheduled), count[names.dead]
 
     def scan_each(
-        self, rabbit_queues: Callable[[str], list[str]], decider: Callable[[BlockingChannel, str], Decide]
+        self, rabbit_queues: Callable[[str], list[str]], decider: Callable[[BlockingChannel, str, str], Decide]
     ) -> int:
-        """Scan the given RabbitMQ queues of every known conveyor queue, one transaction per conveyor queue."""
+        """Scan the given RabbitMQ queues of every known conveyor queue, one transaction per conveyor queue.
+
+        ``decider(channel, conveyor queue, RabbitMQ queue)`` gives the callback for each RabbitMQ queue.
+        """
         total = 0
         for queue in self.queues():
 
             def op(ch: BlockingChannel, queue: str = queue) -> int:
-                taken = sum(scan(ch, name, decider(ch, queue)) for name in rabbit_queues(queue))
+                taken = sum(scan(ch, name, decider(ch, queue, name)) for name in rabbit_queues(queue))
                 ch.tx_commit()
                 return taken
 

@@ -32,6 +32,12 @@ MAX_LEVEL = 17
 
 #: Header: deliveries this message had before this copy was published (a copy counts on).
 H_DELIVERIES = "x-conveyor-deliveries"
+#: Header: the ``started`` time of the STARTED result record whose crash this copy already counted.
+H_STARTED = "x-conveyor-started"
+#: Header: times RabbitMQ requeued this message after a crash without its task having started.
+H_REQUEUES = "x-conveyor-requeues"
+#: Header: 1 when the message's id was the sender's (``task_id=``) and holds an id claim.
+H_EXPLICIT = "x-conveyor-explicit-id"
 #: Header: Unix time (a decimal string) before which the message must not run.
 H_ETA = "x-conveyor-eta"
 #: Header: the idempotency key, released when the message is acked, dead-lettered or removed.

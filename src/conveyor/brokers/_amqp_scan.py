@@ -25,7 +25,17 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_names import H_DEAD_AT, H_DELIVERIES, H_ETA, H_KEY, H_KIND, H_REASON
+from conveyor.brokers._amqp_names import (
+    H_DEAD_AT,
+    H_DELIVERIES,
+    H_ETA,
+    H_EXPLICIT,
+    H_KEY,
+    H_KIND,
+    H_REASON,
+    H_REQUEUES,
+    H_STARTED,
+)
 from conveyor.brokers.base import DeadLetter
 
 #: delivery_mode of a persistent message.
@@ -44,6 +54,9 @@ class Entry:
     before: int  # deliveries before this copy
     eta: float | None = None
     key: str | None = None
+    started: float | None = None  # the task start a crash was already counted for (see AMQPBroker._recount)
+    requeues: int = 0  # uncounted requeues after crashes (the task had not started)
+    explicit: bool = False  # the id was the sender's (task_id=): it holds an id claim (see _amqp_keys.py)
 
 
 def entry_of(props: BasicProperties) -> Entry:
@@ -51,12 +64,16 @@ def entry_of(props: BasicProperties) -> Entry:
     headers: dict[str, Any] = props.headers or {}
     eta = headers.get(H_ETA)
     key = headers.get(H_KEY)
+    started = headers.get(H_STARTED)
     return Entry(
         id=str(props.message_id or ""),
         priority=int(props.priority or 0),
         before=int(headers.get(H_DELIVERIES, 0)),
-        eta=None if eta is None else float(eta),
+        eta=None if eta is None else float(_text(eta)),
         key=None if key is None else _text(key),
+        started=None if started is None else float(_text(started)),
+        requeues=int(headers.get(H_REQUEUES, 0)),
+        explicit=bool(headers.get(H_EXPLICIT, 0)),
     )
 
 
@@ -67,6 +84,12 @@ def properties(entry: Entry, extra: dict[str, Any] | None = None) -> BasicProper
         headers[H_ETA] = repr(float(entry.eta))
     if entry.key is not None:
         headers[H_KEY] = entry.key
+    if entry.started is not None:
+        headers[H_STARTED] = repr(float(entry.started))
+    if entry.requeues:
+        headers[H_REQUEUES] = entry.requeues
+    if entry.explicit:
+        headers[H_EXPLICIT] = 1
     headers.update(extra or {})
     return BasicProperties(message_id=entry.id, priority=entry.priority, delivery_mode=PERSISTENT, headers=headers)
 
@@ -89,6 +112,17 @@ def scan(ch: BlockingChannel, queue: str, decide: Decide) -> int:
         else:
             ch.basic_reject(method.delivery_tag, requeue=True)
     return taken
+
+
+def keep_unmarked(ch: BlockingChannel, queue: str, props: BasicProperties, body: bytes) -> None:
+    """Keep a scanned ready message by publishing an identical copy (the caller then acks the original).
+
+    A ``basic.reject`` with requeue would keep its place but mark it ``redelivered``, which the
+    reserving worker cannot tell from a copy requeued because the connection running it closed. The
+    copy carries the same id, priority and delivery count, and lands at commit, behind messages
+    published while the scan ran (the kept messages keep their order among themselves).
+    """
+    ch.basic_publish("", queue, body, props)
 
 
 def dead_letter_of(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:

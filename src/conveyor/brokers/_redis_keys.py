@@ -29,6 +29,9 @@ class QueueKeys:
         seq: STRING counter for enqueue order and lease tokens.
         signal: LIST of wake-up tokens that blocked reserves BLPOP.
         message: prefix of the per-message HASH ``message + id``.
+        registered: STRING marker, set once the queue is in the registry ``{prefix}:queues``. It
+            lives in the queue's slot, so enqueue.lua sees at no cost when the server lost its data
+            (the marker with it) and the caller must register the queue again.
     """
 
     ready: str
@@ -38,11 +41,17 @@ class QueueKeys:
     seq: str
     signal: str
     message: str
+    registered: str
 
     @property
     def script_keys(self) -> tuple[str, str, str, str, str, str]:
         """The KEYS every per-queue script takes, in the order ``_common.lua`` names them."""
         return (self.ready, self.scheduled, self.inflight, self.dead, self.seq, self.signal)
+
+    @property
+    def enqueue_keys(self) -> tuple[str, str, str, str, str, str, str]:
+        """The KEYS of enqueue.lua: the common ones and the registry marker."""
+        return (*self.script_keys, self.registered)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,7 +59,8 @@ class GlobalKeys:
     """Bookkeeping shared by all queues, under the hash tag ``{prefix}``.
 
     Attributes:
-        queues: SET of every queue name ever enqueued to (stats, recover, dead-letter listings).
+        queues: SET of every queue name ever enqueued to (stats, cancel, recover, release_owner,
+            dead letters). Registered again whenever a queue's ``registered`` marker is missing.
         keys: HASH idempotency key -> claim ``<claimed_at_ms>|<holder>`` (see :func:`holder`).
         workers: ZSET worker id -> heartbeat expiry (server Unix seconds).
         workers_info: HASH worker id -> WorkerInfo JSON.
@@ -74,6 +84,7 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
         seq=f"{tag}:seq",
         signal=f"{tag}:signal",
         message=f"{tag}:m:",
+        registered=f"{tag}:registered",
     )
 
 

@@ -137,16 +137,65 @@ class SQLiteConnection:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE ... COMMIT), rolled back on error."""
-        conn = self.get()
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT) that always ends, committed or rolled back.
+
+        Whatever stops it, ``BaseException`` included, the transaction is over before the exception
+        goes on: an open transaction keeps this process's write lock, and every other producer and
+        worker would get "database is locked" until this process exits (issue 11, item 1). A soft
+        time limit's SIGALRM, the thread pool's asynchronous exception or Ctrl-C that arrives while
+        BEGIN waits for the lock lands when BEGIN returns, holding the lock; a COMMIT can fail
+        (a deferred constraint, an I/O error) and leave the transaction open.
+        """
+        conn = self._idle()
         with self.errors():
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                self._local.writing = True  # inside the try: whatever lands after it, the finally resets it
+                conn.execute("BEGIN IMMEDIATE")
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("COMMIT")
+            finally:
+                self._local.writing = False
+                if conn.in_transaction:
+                    self._end(conn)
+
+    def _idle(self) -> sqlite3.Connection:
+        """This thread's connection, outside any transaction.
+
+        A transaction still open here was left by an interruption that landed where no handler
+        could end it (inside the handler itself): end it now rather than fail this write too.
+
+        Raises:
+            RuntimeError: this thread is inside a write already (transactions do not nest).
+        """
+        if getattr(self._local, "writing", False):
+            raise RuntimeError("SQLite write transactions do not nest: this thread is inside one already")
+        conn = self.get()
+        if conn.in_transaction:
+            self._end(conn)
+            conn = self.get()
+        return conn
+
+    def _end(self, conn: sqlite3.Connection) -> None:
+        """Roll back; a connection that cannot roll back is closed (which releases its locks) and replaced.
+
+        Errors of the rollback are not raised: the exception that ended the transaction is the one to report.
+        """
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the check below closes the connection
+        finally:
+            if conn.in_transaction:
+                self._discard(conn)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Close one connection of this process and forget it; the thread's next ``get()`` opens a new one."""
+        with self._lock:
+            self._all = [(pid, c) for pid, c in self._all if c is not conn]
+        if getattr(self._local, "conn", None) is conn:
+            del self._local.conn
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:

@@ -8,9 +8,11 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
   prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
   while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
 - **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
-  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``).
+  stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``), counted
+  in heartbeats of this process, so a stall of the whole process (a task holding the GIL) expires nothing.
 - **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
-  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered).
+  RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered) only if
+  its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
 - **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
   reserving worker promotes due messages and sends the others to the next level: never early.
 - **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
@@ -30,8 +32,16 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._amqp_admin import Admin
 from conveyor.brokers._amqp_connection import AMQPConnection
 from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
-from conveyor.brokers._amqp_keys import KeyClaims
+from conveyor.brokers._amqp_keys import KeyClaims, claims_of
 from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers._amqp_redelivery import (
+    REQUEUES_PER_DELIVERY,
+    STALL,
+    Held,
+    counted_start,
+    expired,
+    start_to_count,
+)
 from conveyor.brokers._amqp_scan import (
     Entry,
     add_to_registry,
@@ -57,17 +67,8 @@ HOP_SLACK = 0.01
 #: Seconds between a busy reserve's looks at the ``.eta`` queues (a look is one round trip per queue;
 #: a message may become ready this much after its level ran out, never before its eta).
 PROMOTE_EVERY = 0.01
-
-
-@dataclasses.dataclass(slots=True)
-class _Held:
-    """A delivery this process holds unacknowledged on its channel."""
-
-    delivery: Delivery
-    entry: Entry
-    tag: int
-    generation: int
-    deadline: float  # time.monotonic()
+#: Tokens of deliveries this process settled, remembered so a late heartbeat does not report them lost.
+SETTLED_KEEP = 4096
 
 
 class AMQPBroker(Broker):
@@ -78,6 +79,7 @@ class AMQPBroker(Broker):
             starts every queue name.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
         retry_for: overrides :attr:`retry_for` for this broker.
+        claim_land_wait: overrides :attr:`claim_land_wait` for this broker.
     """
 
     schemes = ("amqp", "amqps")
@@ -87,6 +89,9 @@ class AMQPBroker(Broker):
     retry_for: float = 5.0
     #: Seconds to open a connection.
     connect_timeout: float = 2.0
+    #: Seconds after its claim an idempotency key or explicit id whose message never landed is taken
+    #: for the claim of a producer that died before ``tx.commit`` (see _amqp_keys.py).
+    claim_land_wait: float = 30.0
 
     def __init__(
         self,
@@ -94,6 +99,7 @@ class AMQPBroker(Broker):
         *,
         max_deliveries: int = 5,
         retry_for: float | None = None,
+        claim_land_wait: float | None = None,
     ) -> None:
         super().__init__(max_deliveries=max_deliveries)
         pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
@@ -104,13 +110,16 @@ class AMQPBroker(Broker):
             connect_timeout=self.connect_timeout,
             on_fork=self._forget_parent,
         )
-        self._held: dict[str, _Held] = {}
+        self._held: dict[str, Held] = {}
+        self._beats = 0  # extend calls of this process: the clock local leases expire by
+        self._settled: dict[str, None] = {}  # tokens acked, nacked or buried here (oldest first)
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
         self._backend: Callable[[], ResultBackend] | None = None
-        self._keys = KeyClaims(self._results, self.prefix)
+        land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
+        self._keys = KeyClaims(self._results, self.prefix, land_wait)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
         self._board = InFlightBoard(self._board_backend, self.prefix)
 
@@ -131,7 +140,7 @@ class AMQPBroker(Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
-        if any(e.key is not None for e in envelopes):
+        if any(e.key is not None or e.explicit_id for e in envelopes):
             answer, fresh, claimed = self._keys.claim(envelopes)
         else:
             answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
@@ -140,7 +149,7 @@ class AMQPBroker(Broker):
             now = time.time()
             for env in fresh:
                 self._declare(ch, env.queue)
-                entry = Entry(env.id, env.priority, 0, env.eta, env.key)
+                entry = Entry(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
@@ -149,6 +158,7 @@ class AMQPBroker(Broker):
         except BaseException:
             self._keys.undo(claimed)
             raise
+        self._keys.landed(claimed, fresh)
         return answer
 
     def reserve(
@@ -168,7 +178,9 @@ class AMQPBroker(Broker):
             if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
                 self._next_hop = INF
             hop = max(0.0, self._next_hop - now) + 0.001
-            time.sleep(min(pause, remaining, hop))
+            nap = min(pause, remaining, hop)
+            time.sleep(nap)
+            self._forgive_stall(time.monotonic() - now - nap)
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
@@ -180,7 +192,7 @@ class AMQPBroker(Broker):
             ch.tx_commit()
             return done
 
-        self._release_keys(self._conn.call(op))
+        self._release_keys(self._conn.call(op), ids=True)
         self._publish_counts()
 
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
@@ -197,16 +209,23 @@ class AMQPBroker(Broker):
         self._publish_counts()
 
     def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+        """Push the leases of ``deliveries``; each call is one heartbeat of this process.
+
+        A delivery this process acked, nacked or dead-lettered is not reported lost: the worker may
+        heartbeat it once more while the ack's key release is still under way.
+        """
+
         def op(ch: BlockingChannel) -> list[str]:
             self._conn.service()  # AMQP heartbeats, and a dead connection shows here
+            self._beats += 1
             until = time.monotonic() + lease
             lost = []
             for d in deliveries:
                 held = self._live(d)
-                if held is None:
+                if held is not None:
+                    held.deadline, held.beat = until, self._beats
+                elif d.token not in self._settled:
                     lost.append(d.id)
-                else:
-                    held.deadline = until
             return lost
 
         lost = self._conn.call(op)
@@ -237,6 +256,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             mine = [h for h in self._live_held() if h.delivery.owner == owner]
             for held in mine:
+                held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
                 self._give_back(ch, held, f"its worker process {owner} died")
             ch.tx_commit()
             return len(mine)
@@ -313,28 +333,74 @@ class AMQPBroker(Broker):
         """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
         entry = entry_of(props)
         if method.redelivered:
-            # RabbitMQ requeued this copy when the channel holding it closed: a delivery our header
-            # has not counted. Count it in a new copy (at the queue's tail), or bury a poison message.
-            counted = dataclasses.replace(entry, before=entry.before + 1)
-            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", owner)
-            lost = _Held(delivery, counted, method.delivery_tag, self._conn.generation, 0.0)
-            self._give_back(ch, lost, "the connection holding it closed (its worker died?)")
+            self._recount(ch, queue, entry, method.delivery_tag, body)
             return None
         generation = self._conn.generation
         token = f"{os.getpid()}.{generation}.{method.delivery_tag}"
         delivery = Delivery(entry.id, queue, body, entry.priority, entry.before + 1, token, owner)
-        self._held[token] = _Held(delivery, entry, method.delivery_tag, generation, time.monotonic() + lease)
+        deadline = time.monotonic() + lease
+        self._held[token] = Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
         return delivery
 
-    def _expire(self, ch: BlockingChannel) -> int:
-        """Give back the deliveries whose lease ran out without a heartbeat."""
-        now = time.monotonic()
-        expired = [h for h in self._live_held() if h.deadline <= now]
-        for held in expired:
-            self._give_back(ch, held, "its lease expired without a heartbeat")
-        return len(expired)
+    def _recount(self, ch: BlockingChannel, queue: str, entry: Entry, tag: int, body: bytes) -> None:
+        """Republish a copy RabbitMQ requeued after a channel holding it closed, counting a delivery only if it ran.
 
-    def _give_back(self, ch: BlockingChannel, held: _Held, why: str) -> None:
+        The closed channel may have held it running (a crash: count it, so a message that kills its
+        workers ends dead-lettered) or only prefetched (a batch-mate of the crashing task), or a
+        scanning producer may have dropped mid-scan. The task's STARTED result record tells: a start
+        not counted yet (its time differs from the copy's ``started`` header) counts a delivery. No
+        record (not started, or ``track_started=False``/``ignore_result``) counts an uncharged requeue
+        instead, and ``REQUEUES_PER_DELIVERY * max_deliveries`` of those bury it. The copy goes to the
+        queue's tail, so a message that kills its workers cannot keep the head.
+        """
+        started = start_to_count(self._results, entry)
+        if started is not None:
+            counted = dataclasses.replace(entry, before=entry.before + 1, started=started)
+            delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", "")
+            lost = Held(delivery, counted, tag, self._conn.generation, 0.0)
+            self._give_back(ch, lost, "the connection running it closed (its worker died?)")
+            return
+        requeued = dataclasses.replace(entry, requeues=entry.requeues + 1)
+        delivery = Delivery(entry.id, queue, body, entry.priority, entry.before, "", "")
+        held = Held(delivery, requeued, tag, self._conn.generation, 0.0)
+        if requeued.requeues >= REQUEUES_PER_DELIVERY * self.max_deliveries:
+            why = f"requeued {requeued.requeues} times by closed connections without a recorded start; poison?"
+            self._bury(ch, held, why)
+            self._release_keys([entry])
+            return
+        ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(requeued))
+        ch.basic_ack(tag)
+
+    def _expire(self, ch: BlockingChannel) -> int:
+        """Give back the deliveries whose lease ran out without a heartbeat.
+
+        Once this process heartbeats (calls ``extend``), a delivery expires only if its deadline
+        passed *and* ``MISSED_BEATS`` heartbeats went by without extending it: a process stalled
+        whole (a task holding the GIL starves the heartbeat thread and every other thread alike)
+        gives back nothing when it wakes; its heartbeat extends the leases next. A process that never
+        heartbeats (a script, the conformance tests) expires by the deadline alone.
+        """
+        now = time.monotonic()
+        due = [h for h in self._live_held() if expired(h, now, self._beats)]
+        for held in due:
+            held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
+            self._give_back(ch, held, "its lease expired without a heartbeat")
+        return len(due)
+
+    def _forgive_stall(self, overshoot: float) -> None:
+        """Push every held lease by ``overshoot`` seconds when a reserve's sleep overran that long.
+
+        A thread pool's idle slot polls here while a task runs on another thread; a C call holding the
+        GIL stalls every thread, this one's sleep included, and the overrun measures the stall. Pushing
+        a local deadline never gives a task to anyone else: it only keeps this process's claim.
+        """
+        if overshoot < STALL:
+            return
+        with self._conn.lock:
+            for held in self._held.values():
+                held.deadline += overshoot
+
+    def _give_back(self, ch: BlockingChannel, held: Held, why: str) -> None:
         """Return a held message to its ready queue (its deliveries counted), or bury it as poison.
 
         The delivery is forgotten here, whatever the caller: one left behind would count as in
@@ -376,7 +442,7 @@ class AMQPBroker(Broker):
         ch.basic_publish("", names.levels[level], body, properties(entry))
         self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
 
-    def _bury(self, ch: BlockingChannel, held: _Held, reason: str, body: bytes | None = None) -> None:
+    def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery
         props = dead_properties(held.entry, d.deliveries, reason)
         ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
@@ -395,32 +461,40 @@ class AMQPBroker(Broker):
 
     # -- held deliveries ---------------------------------------------------------------------
 
-    def _live_held(self) -> list[_Held]:
+    def _live_held(self) -> list[Held]:
         """Held deliveries of the current channel; those of a closed one are dropped (RabbitMQ requeued them)."""
         generation = self._conn.generation
         for token in [t for t, h in self._held.items() if h.generation != generation]:
             del self._held[token]
         return list(self._held.values())
 
-    def _live(self, delivery: Delivery) -> _Held | None:
+    def _live(self, delivery: Delivery) -> Held | None:
         held = self._held.get(delivery.token)
         if held is None or held.generation != self._conn.generation:
             return None
         return held
 
-    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[_Held]:
-        """Take the still-held ones of ``deliveries`` out of the held set (stale ones are ignored)."""
+    def _pop_held(self, deliveries: Sequence[Delivery]) -> list[Held]:
+        """Take the still-held ones of ``deliveries`` out of the held set to settle them (stale ones are ignored).
+
+        Their tokens are remembered as settled, so a heartbeat racing the settlement does not report them lost.
+        """
         out = []
         for d in deliveries:
             held = self._live(d)
             if held is not None:
                 del self._held[d.token]
                 out.append(held)
+                self._settled[d.token] = None
+        while len(self._settled) > SETTLED_KEEP:
+            del self._settled[next(iter(self._settled))]
         return out
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's deliveries, owners and in-flight records are the parent's."""
         self._held.clear()
+        self._settled.clear()
+        self._beats = 0
         self._owners.clear()
         self._board = InFlightBoard(self._board_backend, self.prefix)
         self._next_hop = INF
@@ -440,9 +514,12 @@ class AMQPBroker(Broker):
     def _publish_counts(self, force: bool = False) -> None:
         self._board.publish(self._owner_counts(), self._owners, force=force)
 
-    def _release_keys(self, entries: Sequence[Entry]) -> None:
-        """Free the idempotency keys of finished messages (no backend call when none has a key)."""
-        self._keys.release([(e.key, e.id) for e in entries if e.key is not None])
+    def _release_keys(self, entries: Sequence[Entry], *, ids: bool = False) -> None:
+        """Free the idempotency keys of finished messages, and (``ids``) the explicit ids of those that left.
+
+        No backend call when none has a key or an explicit id.
+        """
+        self._keys.release([c for e in entries for c in claims_of(e.key, e.id, e.explicit, ids=ids)])
 
     # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
 
@@ -453,16 +530,18 @@ class AMQPBroker(Broker):
         return self._admin.requeue_dead(ids)
 
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:
-        return self._admin.purge_dead(ids)
+        removed = self._admin.purge_dead(ids)
+        self._release_keys(removed, ids=True)
+        return len(removed)
 
     def cancel(self, ids: Sequence[str]) -> list[str]:
         gone, removed = self._admin.cancel(ids)
-        self._release_keys(removed)
+        self._release_keys(removed, ids=True)
         return gone
 
     def purge(self, queue: str) -> int:
         removed = self._admin.purge(queue)
-        self._release_keys(removed)
+        self._release_keys(removed, ids=True)
         return len(removed)
 
     # -- observability -----------------------------------------------------------------------

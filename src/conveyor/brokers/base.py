@@ -36,6 +36,9 @@ class Envelope:
         eta: Unix time before which the message must not be reserved; None for now.
         key: idempotency key; while a message with the same key is pending or running, a new
             one is not enqueued and its id is answered instead.
+        explicit_id: the caller chose ``id`` (``task_id=``); False only for an id generated for this
+            message, which cannot be in the broker yet (a broker with no index by id, AMQP, checks
+            only explicit ids for :class:`~conveyor.errors.DuplicateTaskId`).
     """
 
     id: str
@@ -44,6 +47,7 @@ class Envelope:
     priority: int = 0
     eta: float | None = None
     key: str | None = None
+    explicit_id: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

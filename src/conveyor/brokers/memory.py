@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Collection, Sequence
 
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.errors import DuplicateTaskId
 
 
 @dataclasses.dataclass(slots=True)
@@ -60,6 +61,7 @@ class MemoryBroker(Broker):
         ids: list[str] = []
         now = time.time()
         with self._cond:
+            self._refuse_held(envelopes)
             for env in envelopes:
                 if env.key is not None and env.key in self._keys:
                     ids.append(self._keys[env.key])
@@ -73,6 +75,23 @@ class MemoryBroker(Broker):
                 ids.append(env.id)
             self._cond.notify_all()
         return ids
+
+    def _refuse_held(self, envelopes: Sequence[Envelope]) -> None:
+        """Raise DuplicateTaskId before anything is stored if a stored envelope's id is held or repeated.
+
+        An envelope whose key folds onto a pending message is not stored, so its id is not checked
+        (a keyed enqueue sent again with its own id answers that id, as a beat re-firing a slot does).
+        """
+        keys: set[str] = set()
+        ids: set[str] = set()
+        for env in envelopes:
+            if env.key is not None:
+                if env.key in self._keys or env.key in keys:
+                    continue
+                keys.add(env.key)
+            if env.id in self._records or env.id in ids:
+                raise DuplicateTaskId(env.id)
+            ids.add(env.id)
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0

@@ -21,7 +21,9 @@ from redis.client import Pipeline
 from conveyor.brokers._redis_claims import KeyClaims
 from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
 from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
+from conveyor.brokers._redis_store import MessageStore
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.errors import DuplicateTaskId
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
@@ -70,7 +72,7 @@ class RedisBroker(Broker):
         )
         self._global = global_keys(self.prefix)
         self._claims = KeyClaims(self._conn, self.prefix)
-        self._known_queues: set[str] = set()
+        self._store = MessageStore(self._conn, self.prefix, self._claims)
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> RedisBroker:
@@ -86,14 +88,20 @@ class RedisBroker(Broker):
         if not envelopes:
             return []
         if len(envelopes) == 1 and envelopes[0].key is None:  # delay(): skip the scan for keys
-            self._store(envelopes)
+            self._store.store(envelopes)
             return [envelopes[0].id]
         if any(e.key is not None for e in envelopes):
             answer, fresh = self._claims.claim(envelopes)
         else:
             answer, fresh = [e.id for e in envelopes], list(envelopes)
         if fresh:
-            self._store(fresh)
+            try:
+                self._store.store(fresh)
+            except DuplicateTaskId:  # nothing was stored: give back the keys this call just claimed
+                for env in fresh:
+                    if env.key is not None:
+                        self._claims.release(env.queue, [env.key.encode(), env.id.encode()])
+                raise
         return answer
 
     def reserve(
@@ -249,28 +257,6 @@ class RedisBroker(Broker):
             return [self._conn.run(*calls[0])]
         return self._conn.run_many(calls) if calls else []
 
-    def _store(self, envelopes: Sequence[Envelope]) -> None:
-        """enqueue.lua once per queue; several queues (or a queue new to this process) in one MULTI."""
-        if len(envelopes) == 1 and envelopes[0].queue in self._known_queues:  # delay(): skip the grouping
-            keys = self._keys(envelopes[0].queue)
-            self._conn.run("enqueue", keys.script_keys, _enqueue_args(keys, envelopes))
-            return
-        groups: dict[str, list[Envelope]] = {}
-        for env in envelopes:
-            groups.setdefault(env.queue, []).append(env)
-        calls = [("enqueue", self._keys(q).script_keys, _enqueue_args(self._keys(q), es)) for q, es in groups.items()]
-        new = [q for q in groups if q not in self._known_queues]
-        if len(calls) == 1 and not new:
-            self._conn.run(*calls[0])
-            return
-
-        def register(pipe: Pipeline) -> None:
-            if new:
-                pipe.sadd(self._global.queues, *new)
-
-        self._conn.run_many(calls, transaction=True, extra=register)
-        self._known_queues.update(new)
-
     def _ack_then_reserve_once(
         self, acks: Sequence[Delivery], queues: Sequence[str], n: int, owner: str, lease: float
     ) -> tuple[list[Delivery], float]:
@@ -365,13 +351,3 @@ def _lease_pairs(deliveries: Sequence[Delivery]) -> list[str]:
 def _body_args(body: bytes | None) -> list[str | bytes]:
     """``has_body, body`` as nack.lua and dead_letter.lua read them (an empty body is still a body)."""
     return ["0", b""] if body is None else ["1", body]
-
-
-def _enqueue_args(keys: QueueKeys, envelopes: Sequence[Envelope]) -> list[str | bytes]:
-    """ARGV of enqueue.lua: ``T:m:`` then id, body, priority, eta ('' = now), key ('' = none, else '=' + key)."""
-    args: list[str | bytes] = [keys.message]
-    for env in envelopes:
-        eta = "" if env.eta is None else repr(float(env.eta))
-        key = "" if env.key is None else "=" + env.key
-        args += [env.id, env.body, str(env.priority), eta, key]
-    return args

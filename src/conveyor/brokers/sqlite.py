@@ -17,6 +17,7 @@ from collections.abc import Collection, Sequence
 
 from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.errors import DuplicateTaskId
 
 READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3
 #: Idle polling: first and longest sleep between looks at an empty queue, in seconds.
@@ -63,6 +64,16 @@ class SQLiteBroker(Broker):
     # -- messages ---------------------------------------------------------------------------
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        stored: list[str] = []
+        try:
+            return self._insert(envelopes, stored)
+        except sqlite3.IntegrityError as exc:  # write() rolled the whole batch back
+            if "messages.id" not in str(exc):
+                raise
+            raise DuplicateTaskId(self._first_held(stored)) from None
+
+    def _insert(self, envelopes: Sequence[Envelope], stored: list[str]) -> list[str]:
+        """Insert the batch in one transaction; ``stored`` gets the ids of the rows it inserts (not folded by key)."""
         now = time.time()
         ids: list[str] = []
         with self.db.write() as conn:
@@ -91,8 +102,23 @@ class SQLiteBroker(Broker):
                     )
                 )
                 ids.append(env.id)
-            conn.executemany(_INSERT, rows)
+                stored.append(env.id)
+            conn.executemany(_INSERT, rows)  # the UNIQUE id refuses a held or repeated id: see enqueue
         return ids
+
+    def _first_held(self, ids: Sequence[str]) -> str:
+        """The first of ``ids`` that the broker holds or the batch repeats (for the DuplicateTaskId message).
+
+        Looked up after the rollback, on the error path only, so the hot path pays nothing for it.
+        """
+        query = "SELECT id FROM messages WHERE id IN (SELECT value FROM json_each(?))"
+        held = {row[0] for row in self.db.get().execute(query, (json.dumps(list(ids)),))}
+        seen: set[str] = set()
+        for message_id in ids:
+            if message_id in held or message_id in seen:
+                return message_id
+            seen.add(message_id)
+        return ids[0]  # gone since the rollback; still the batch that was refused
 
     @staticmethod
     def _keyed(conn: sqlite3.Connection, key: str) -> str | None:

@@ -82,7 +82,11 @@ class ChildConfig:
 
 
 def owner_of(worker_id: str, pid: int) -> str:
-    """The lease owner name of a child process; the supervisor releases it when the child dies."""
+    """The lease owner name of a child process; the supervisor releases it when the child dies.
+
+    ``worker_id`` is ``hostname.pid.nonce``: the random nonce keeps owners apart for workers in
+    separate PID namespaces with one hostname (containers), whose pids repeat.
+    """
     return f"{worker_id}/{pid}"
 
 

@@ -203,7 +203,7 @@ class Executor:
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], exc: Exception, started: float
     ) -> Outcome:
         runtime = time.perf_counter() - started
-        error = ErrorInfo(_type_name(exc), str(exc), traceback.format_exc(), message.attempt)
+        error = ErrorInfo(_type_name(exc), _describe(exc), _format_traceback(), message.attempt)
         errors = [*self._previous_errors(message.id), error]
         policy = task.retry_policy
         limit = message.max_retries if message.max_retries is not None else policy.max_retries
@@ -284,7 +284,7 @@ class Executor:
         )
         body = self._wrap(encode(retried))
         self._durably("retry", lambda: self.broker.nack(delivery, delay=delay, body=body))
-        why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {exc}"
+        why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {_describe(exc)}"
         log.warning(
             "task %s[%s] will retry in %.2fs (attempt %d of %d): %s",
             message.task,
@@ -410,3 +410,23 @@ def _type_name(exc: BaseException) -> str:
     if isinstance(exc, TimeLimitExceeded) or cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the user's exception cannot be rendered (issue 11, item 11).
+
+    A ``__str__`` that raises must not make the failure itself fail: the task would be redelivered
+    until it was dead-lettered as poison, its result left STARTED.
+    """
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<unprintable {type(exc).__qualname__}: __str__ raised {type(broken).__qualname__}>"
+
+
+def _format_traceback() -> str:
+    """The traceback being handled; never raises (the standard library already guards ``str()``)."""
+    try:
+        return traceback.format_exc()
+    except Exception as broken:
+        return f"<traceback unavailable: formatting it raised {type(broken).__qualname__}>"

@@ -83,7 +83,7 @@ class Supervisor:
         self.concurrency = concurrency
         self.queues = queues
         self.pool = pool
-        self.worker_id = f"{socket.gethostname()}.{os.getpid()}"
+        self.worker_id = f"{socket.gethostname()}.{os.getpid()}.{os.urandom(4).hex()}"  # nonce: PID namespaces
         self.children: dict[int, _Child] = {}
         self.started = time.time()
         self.processed = 0

@@ -1,0 +1,153 @@
+"""Storing messages on Redis: enqueue.lua per queue, refused task ids, and the queue registry.
+
+Two things here reach beyond one queue's slot, so they cannot live in ``enqueue.lua`` alone:
+
+- The registry ``{prefix}:queues`` (what ``stats``, ``cancel``/``revoke``, dead letters, ``recover``
+  and ``release_owner`` look at) is in the global slot. A process registers a queue in the same
+  MULTI as its first enqueue to it; after that, enqueue.lua reports when the queue's marker
+  ``{prefix:q:NAME}:registered`` is gone (the server lost its data: restart without persistence,
+  failover, FLUSHDB) and the queue is registered again before ``enqueue`` returns (issue 11, item 7).
+- A batch over several queues is one script per queue, so a reused task id is looked up in every
+  queue of the batch first, and a refusal that comes later undoes the other queues' part (item 12).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.client import Pipeline
+
+from conveyor.brokers._redis_claims import KeyClaims
+from conveyor.brokers._redis_connection import RedisConnection
+from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
+from conveyor.brokers.base import Envelope
+from conveyor.errors import DuplicateTaskId
+
+
+class MessageStore:
+    """Runs enqueue.lua, raises DuplicateTaskId for a held id and keeps the queue registry whole."""
+
+    def __init__(self, conn: RedisConnection, prefix: str, claims: KeyClaims) -> None:
+        self._conn = conn
+        self._prefix = prefix
+        self._registry = global_keys(prefix).queues
+        self._claims = claims
+        #: Queues this process registered with its first enqueue to them (one MULTI); later enqueues
+        #: skip that, and enqueue.lua tells when the server lost the registry.
+        self._known: set[str] = set()
+
+    def store(self, envelopes: Sequence[Envelope]) -> None:
+        """Store ``envelopes``: all or none.
+
+        Raises:
+            DuplicateTaskId: an id its queue still holds, or repeated in the batch; nothing is stored.
+        """
+        attempt = os.urandom(8)  # tells enqueue.lua a retry of this call (a lost reply) from a reused id
+        queue = envelopes[0].queue
+        if queue in self._known and (len(envelopes) == 1 or all(e.queue == queue for e in envelopes)):
+            keys = queue_keys(self._prefix, queue)  # delay(): one EVALSHA, nothing else
+            self._check(queue, self._conn.run("enqueue", keys.enqueue_keys, enqueue_args(keys, attempt, envelopes)))
+            return
+        groups: dict[str, list[Envelope]] = {}
+        for env in envelopes:
+            groups.setdefault(env.queue, []).append(env)
+        self._store_many(groups, attempt)
+
+    def _check(self, queue: str, result: list[bytes]) -> None:
+        """Act on enqueue.lua's answer: register the queue again if its marker is gone; raise on a held id."""
+        duplicate, unregistered = result
+        if unregistered:
+            self._conn.run_many([], extra=self._registration([queue]))
+        if duplicate:
+            raise DuplicateTaskId(duplicate.decode())
+
+    def _store_many(self, groups: dict[str, list[Envelope]], attempt: bytes) -> None:
+        """Several queues, or one new to this process: the scripts and the registration in one MULTI.
+
+        A script refuses only its own queue's part, so the ids of a batch over several queues are
+        looked up first (one round trip, only for such batches). An id stored by another producer
+        between that look and the MULTI is caught by its queue's script, and what the other scripts
+        stored is cancelled again (an idle worker may reserve it in that instant: docs/redis.md).
+        """
+        if len(groups) > 1:
+            self._refuse_held(groups)
+        queues = list(groups)
+        calls = [
+            (
+                "enqueue",
+                queue_keys(self._prefix, q).enqueue_keys,
+                enqueue_args(queue_keys(self._prefix, q), attempt, es),
+            )
+            for q, es in groups.items()
+        ]
+        new = [q for q in queues if q not in self._known]
+        results = self._conn.run_many(calls, transaction=True, extra=self._registration(new))
+        answers = [(duplicate.decode(), int(unregistered)) for duplicate, unregistered in results[: len(calls)]]
+        missing = [q for q, (_, unregistered) in zip(queues, answers, strict=True) if unregistered and q not in new]
+        if missing:
+            self._conn.run_many([], extra=self._registration(missing))
+        refused = [duplicate for duplicate, _ in answers if duplicate]
+        if refused:
+            self._unstore({q: groups[q] for q, (duplicate, _) in zip(queues, answers, strict=True) if not duplicate})
+            raise DuplicateTaskId(refused[0])
+        self._known.update(new)
+
+    def _refuse_held(self, groups: dict[str, list[Envelope]]) -> None:
+        """Raise DuplicateTaskId for an id repeated in the batch or still held by its queue (one round trip)."""
+        ids = [e.id for es in groups.values() for e in es]
+        repeated = [i for i, count in collections.Counter(ids).items() if count > 1]
+        if repeated:
+            raise DuplicateTaskId(repeated[0])
+
+        def look(pipe: Pipeline) -> None:
+            for q, es in groups.items():
+                for env in es:
+                    pipe.exists(queue_keys(self._prefix, q).message + env.id)
+
+        for message_id, hit in zip(ids, self._conn.run_many([], extra=look), strict=True):
+            if hit:
+                raise DuplicateTaskId(message_id)
+
+    def _unstore(self, groups: dict[str, list[Envelope]]) -> None:
+        """Cancel what a refused batch stored in its other queues, and free their keys (all or none)."""
+        if not groups:
+            return
+        calls = []
+        for q, es in groups.items():
+            keys = queue_keys(self._prefix, q)
+            calls.append(("cancel", keys.script_keys, [keys.message, *(e.id for e in es)]))
+        results: list[Any] = self._conn.run_many(calls)
+        for q, (_, released) in zip(groups, results, strict=True):
+            self._claims.release(q, released)
+
+    def _registration(self, queues: Sequence[str]) -> Callable[[Pipeline], None]:
+        """Pipeline commands that register ``queues``: SADD to the registry, then SET each queue's marker.
+
+        The marker is set after the SADD (a pipeline runs in order, and replicas apply it in order),
+        so wherever a marker exists the registry has the queue; a server that lost its data lost the
+        marker too, and the next enqueue to the queue registers it again (enqueue.lua reports it).
+        """
+
+        def register(pipe: Pipeline) -> None:
+            if queues:
+                pipe.sadd(self._registry, *queues)
+                for q in queues:
+                    pipe.set(queue_keys(self._prefix, q).registered, b"1")
+
+        return register
+
+
+def enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope]) -> list[str | bytes]:
+    """ARGV of enqueue.lua: ``T:m:``, the attempt, then per message id, body, priority, eta, key.
+
+    eta is '' for now; key is '' for none, else '=' + key.
+    """
+    args: list[str | bytes] = [keys.message, attempt]
+    for env in envelopes:
+        eta = "" if env.eta is None else repr(float(env.eta))
+        key = "" if env.key is None else "=" + env.key
+        args += [env.id, env.body, str(env.priority), eta, key]
+    return args
