@@ -47,13 +47,6 @@ def test_a_segfaulting_task_does_not_bury_its_never_started_batch_mates(
 # -- item 8: a task holding the GIL keeps its lease ---------------------------------------------
 
 
-#: RabbitMQ holds a delivery on the child's own channel: the supervisor cannot extend it
-#: (extend_owner returns 0), and the child's local lease is still a thread the GIL starves. The AMQP
-#: helper (branch fix-amqp) makes it GIL-proof; until that merges this case may run the task twice.
-AMQP_LOCAL_LEASE = pytest.mark.xfail(reason="AMQP local lease starved by the GIL: fixed on fix-amqp", strict=False)
-
-
-@pytest.mark.parametrize("e2e_env", ["sqlite", "redis", pytest.param("amqp", marks=AMQP_LOCAL_LEASE)], indirect=True)
 @pytest.mark.parametrize("pool", [("-c", "1"), ("--pool", "thread", "-c", "2")], ids=["process", "thread"])
 def test_a_task_holding_the_gil_longer_than_its_lease_runs_once(
     e2e_env: dict[str, str],
