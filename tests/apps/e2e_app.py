@@ -15,6 +15,11 @@ from conveyor import App
 
 app = App("e2e")
 
+if "E2E_BACKEND_RETRY_FOR" in os.environ:  # a backend outage test: fail fast instead of retrying 5 s per call
+    from conveyor.backends.redis import RedisResultBackend
+
+    RedisResultBackend.retry_for = float(os.environ["E2E_BACKEND_RETRY_FOR"])
+
 
 def _record_dir() -> Path:
     return Path(os.environ["E2E_RECORD_DIR"])
@@ -134,4 +139,25 @@ def gil_hold(tag: str, seconds: int) -> str:
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     ctypes.PyDLL(None).sleep(seconds)
+    return tag
+
+
+@app.task(name="gil_sleep")
+def gil_sleep(tag: str, seconds: int) -> str:
+    """Hold the GIL for ``seconds`` (libc sleep called through PyDLL): the process's other threads starve."""
+    import ctypes
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()} start {time.time():.3f}\n")
+    ctypes.PyDLL(None).sleep(seconds)
+    with (_record_dir() / f"{tag}.ends").open("a") as f:
+        f.write(f"{os.getpid()} end {time.time():.3f}\n")
+    return tag
+
+
+@app.task(name="async_record")
+async def async_record(tag: str) -> str:
+    """The async twin of ``record``: note the run, return the tag."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
     return tag

@@ -201,6 +201,52 @@ def test_release_owner_returns_its_messages_at_once(broker: Broker) -> None:
     assert all(d.deliveries == 2 for d in again)
 
 
+def test_release_owner_counts_a_delivery_only_against_what_was_running(broker: Broker, broker_kind: str) -> None:
+    if broker_kind == "amqp":
+        pytest.skip("RabbitMQ counts a dead child's deliveries on redelivery (its connection closed)")
+    # Given a child that reserved three messages (max_deliveries is 3) and was running the first
+    broker.enqueue([env(body=b"poison"), env(body=b"a"), env(body=b"b")])
+    for _ in range(3):
+        held = broker.reserve(["default"], 3, owner="child-1", lease=60)
+        assert [d.body for d in held] == [b"poison", b"a", b"b"]
+        # When it dies three times running the first one
+        assert broker.release_owner("child-1", running=[held[0].id]) == 3
+    # Then only the one that ran is dead; its batch-mates were never counted, and wait at their place
+    [dead] = broker.dead_letters()
+    assert dead.body == b"poison"
+    again = broker.reserve(["default"], 5, owner="child-2", lease=60)
+    assert [(d.body, d.deliveries) for d in again] == [(b"a", 1), (b"b", 1)]
+
+
+def test_release_owner_with_unknown_running_counts_every_message(broker: Broker, broker_kind: str) -> None:
+    if broker_kind == "amqp":
+        pytest.skip("RabbitMQ counts a dead child's deliveries on redelivery (its connection closed)")
+    broker.enqueue([env(), env()])
+    broker.reserve(["default"], 2, owner="child-1", lease=60)
+    assert broker.release_owner("child-1", running=None) == 2
+    again = broker.reserve(["default"], 5, owner="child-2", lease=60)
+    assert [d.deliveries for d in again] == [2, 2]
+
+
+def test_extend_owner_keeps_every_lease_of_that_owner(broker: Broker, broker_kind: str) -> None:
+    if broker_kind == "amqp":
+        assert broker.extend_owner("child-1", 60) == 0  # held on the child's own channel: only it extends
+        return
+    # Given two messages leased for 1 s to child-1 and one to child-2
+    broker.enqueue([env(), env(), env()])
+    mine = broker.reserve(["default"], 2, owner="child-1", lease=1)
+    broker.reserve(["default"], 1, owner="child-2", lease=1)
+    # When child-1's leases are extended on its behalf, and the original lease passes
+    assert broker.extend_owner("child-1", 60) == 2
+    assert broker.extend_owner("nobody", 60) == 0
+    time.sleep(1.2)
+    broker.recover()
+    # Then child-1 still holds both (its tokens are valid), and only child-2's message came back
+    assert broker.extend(mine, 60) == []
+    [back] = broker.reserve(["default"], 5, owner="child-3", lease=60)
+    assert back.id not in {d.id for d in mine}
+
+
 def test_dead_letter_list_requeue_and_purge(broker: Broker) -> None:
     # Given two messages dead-lettered explicitly
     broker.enqueue([env(body=b"a"), env(body=b"b")])

@@ -45,6 +45,7 @@ QUEUE_SCRIPTS = (
     "extend",
     "dead_letter",
     "release_owner",
+    "extend_owner",
     "recover",
     "requeue_dead",
     "purge_dead",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -244,12 +244,13 @@ class AMQPBroker(Broker):
         self._release_keys(self._conn.call(op))
         self._publish_counts()
 
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
         """Give back this process's deliveries leased to ``owner``.
 
         A worker child that died held its deliveries on its own connection, which the kernel closed:
         RabbitMQ requeued them already, and its redelivery counts them. So from the supervisor this
-        returns 0; it moves messages only for owners inside this process.
+        returns 0; it moves messages only for owners inside this process. ``running`` is not used:
+        RabbitMQ decides what a redelivery counts.
         """
 
         def op(ch: BlockingChannel) -> int:
@@ -263,6 +264,13 @@ class AMQPBroker(Broker):
         released = self._conn.call(op)
         self._board.clear(owner)
         return released
+
+    def extend_owner(self, owner: str, lease: float) -> int:
+        """Always 0: a delivery is held on the channel of the process that reserved it.
+
+        Another process (the supervisor) cannot extend those leases; the child keeps them itself.
+        """
+        return 0
 
     def recover(self) -> int:
         def op(ch: BlockingChannel) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -201,13 +201,35 @@ class Broker(abc.ABC):
         """Move a reserved message to the dead-letter queue with the reason (and optional new body)."""
 
     @abc.abstractmethod
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
         """Return every message leased to ``owner`` to the ready queue at once (its process died).
 
-        Deliveries still count, so a message that keeps killing its worker ends up dead-lettered.
+        A message the dead process was *running* keeps its delivery counted, so a message that
+        keeps killing its worker ends up dead-lettered after ``max_deliveries``. The others (a
+        prefetched batch-mate that never started, a finished task whose ack was still pending)
+        did not kill anything: they go back to their place without counting, like a nack.
+
+        Args:
+            owner: the lease owner name of the dead process.
+            running: ids of the messages it was running; None when unknown, and then every
+                message of ``owner`` counts a delivery.
 
         Returns:
-            How many messages were released.
+            How many messages were released (returned or dead-lettered).
+        """
+
+    @abc.abstractmethod
+    def extend_owner(self, owner: str, lease: float) -> int:
+        """Heartbeat on behalf of ``owner``: push every lease it holds ``lease`` seconds into the future.
+
+        The supervisor calls this for a child whose own heartbeat went stale (a task holding the
+        GIL in a long C call starves the child's heartbeat thread), so a live task is never
+        handed to another worker. Unlike :meth:`extend` it needs no token: it is called by the
+        process that owns the child, never by another worker. A broker whose leases live on
+        the holding process's own connection (AMQP) cannot do this and returns 0.
+
+        Returns:
+            How many leases were extended.
         """
 
     @abc.abstractmethod

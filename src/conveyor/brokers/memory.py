@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
@@ -144,12 +144,24 @@ class MemoryBroker(Broker):
                     record.body = body
                 self._bury(record, reason)
 
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
         with self._cond:
             held = [r for r in self._records.values() if r.state == "in_flight" and r.owner == owner]
             for record in held:
-                self._redeliver(record, f"its worker process {owner} died")
+                if running is None or record.id in running:
+                    self._redeliver(record, f"its worker process {owner} died")
+                else:  # never started (or finished, ack pending): back without counting a delivery
+                    record.deliveries -= 1
+                    self._place(record, None)
             self._cond.notify_all()
+            return len(held)
+
+    def extend_owner(self, owner: str, lease: float) -> int:
+        until = time.time() + lease
+        with self._cond:
+            held = [r for r in self._records.values() if r.state == "in_flight" and r.owner == owner]
+            for record in held:
+                record.lease_until = until
             return len(held)
 
     def recover(self) -> int:

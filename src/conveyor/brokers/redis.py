@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -155,12 +155,17 @@ class RedisBroker(Broker):
         released = self._conn.run("dead_letter", keys.script_keys, args)
         self._claims.release(delivery.queue, released)
 
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
         queues = self._queues()
-        calls = [self._call("release_owner", q, owner, str(self.max_deliveries)) for q in queues]
+        known = ["0"] if running is None else ["1", *running]
+        calls = [self._call("release_owner", q, owner, str(self.max_deliveries), *known) for q in queues]
         results = self._run_each(calls)
         self._release(queues, [released for _, released in results])
         return sum(int(count) for count, _ in results)
+
+    def extend_owner(self, owner: str, lease: float) -> int:
+        calls = [self._call("extend_owner", q, owner, repr(float(lease))) for q in self._queues()]
+        return sum(int(count) for count in self._run_each(calls))
 
     def recover(self) -> int:
         total, queues = 0, self._queues()

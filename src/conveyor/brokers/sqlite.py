@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers._stalls import IDLE_STAMP, STALL_GAP, STAMP_EVERY
@@ -269,18 +269,35 @@ class SQLiteBroker(Broker):
                 (reason, time.time(), body, delivery.id, delivery.token),
             )
 
-    def release_owner(self, owner: str) -> int:
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
         why = f" times without an acknowledgement (its worker process {owner} died); poison?"
+        # Only what was running counts a delivery; the rest goes back uncounted (like a nack).
+        ids = None if running is None else list(running)
+        only = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
         with self.db.write() as conn:
+            uncounted = 0
+            if ids is not None:
+                uncounted = conn.execute(
+                    "UPDATE messages SET state = 0, owner = NULL, token = NULL, deliveries = deliveries - 1 "
+                    f"WHERE state = 2 AND owner = ? AND id NOT IN ({', '.join('?' * len(ids))})",
+                    (owner, *ids),
+                ).rowcount
             buried = conn.execute(
                 "UPDATE messages SET state = 3, dead_at = ?, owner = NULL, token = NULL, key = NULL, "
-                "reason = 'delivered ' || deliveries || ? WHERE state = 2 AND owner = ? AND deliveries >= ?",
-                (time.time(), why, owner, self.max_deliveries),
+                f"reason = 'delivered ' || deliveries || ? WHERE state = 2 AND owner = ? AND deliveries >= ?{only}",
+                (time.time(), why, owner, self.max_deliveries, *(ids or ())),
             ).rowcount
             returned = conn.execute(
                 "UPDATE messages SET state = 0, owner = NULL, token = NULL WHERE state = 2 AND owner = ?", (owner,)
             ).rowcount
-        return int(buried + returned)
+        return int(uncounted + buried + returned)
+
+    def extend_owner(self, owner: str, lease: float) -> int:
+        with self.db.write() as conn:
+            extended = conn.execute(
+                "UPDATE messages SET lease_until = ? WHERE state = 2 AND owner = ?", (time.time() + lease, owner)
+            ).rowcount
+        return int(extended)
 
     def recover(self) -> int:
         with self.db.write() as conn:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import itertools
 import logging
 import multiprocessing
 import os
@@ -41,8 +42,10 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
-from conveyor.worker.executor import Executor, Outcome
+from conveyor.worker.executor import BackendDown, Executor, GaveUp, Outcome, Pending
 from conveyor.worker.leases import LeaseKeeper
+from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
 
@@ -50,6 +53,11 @@ log = logging.getLogger("conveyor.worker")
 RESERVE_WAIT = 1.0
 #: Longest pause, in seconds, between reconnection attempts while the broker is down.
 MAX_BACKOFF = 5.0
+#: The outcome of a delivery given back to the queue without counting (nothing ran, or its outcome
+#: could not be recorded before a stop): not a processed task.
+RETURNED = "RETURNED"
+#: The id the child reads to find out whether the result backend answers again.
+_PROBE_ID = "conveyor-backend-probe"
 #: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
 #: is reported to the supervisor). Short enough that a long task delays no batch-mate noticeably.
 PREFETCH_HOLD = 0.005
@@ -82,11 +90,13 @@ def owner_of(worker_id: str, pid: int) -> str:
     return f"{worker_id}/{pid}"
 
 
-def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
-    """Entry point of a child process (forked from the supervisor)."""
+def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoard | None = None) -> None:
+    """Entry point of a child process (forked from the supervisor, which reads ``board``)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
-    loop = ChildLoop(app, config, conn)
+    if board is None:  # nobody watches this child: a board of its own
+        board = ChildBoard(multiprocessing.get_context("fork"), config.slots)
+    loop = ChildLoop(app, config, conn, board)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
@@ -97,15 +107,18 @@ def child_main(app: App, config: ChildConfig, conn: Connection) -> None:
 class ChildLoop:
     """The reserve → run → report loop of one child."""
 
-    def __init__(self, app: App, config: ChildConfig, conn: Connection) -> None:
+    def __init__(self, app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
         self.app = app
         self.config = config
         self.conn = conn
+        self.board = board
         self.owner = owner_of(config.worker_id, os.getpid())
         self.broker = app.broker
         one_slot = config.slots == 1
-        self.executor = Executor(app, config.worker_id, on_start=self._report_start, defer=one_slot)
-        self.keeper = LeaseKeeper(self.broker, config.lease)
+        self.executor = Executor(
+            app, config.worker_id, on_start=self._report_start, defer=one_slot, stopping=lambda: self.stopping
+        )
+        self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
         self.tasks_run = 0
@@ -122,6 +135,12 @@ class ChildLoop:
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
         self._counts = [0, 0]  # tasks ended without a start report: processed, failed (sent in bulk)
         self._counts_due = 0.0
+        #: Set when the backend failed before a task started: take no work until it answers again.
+        self._backend_down = False
+        self._backend = Outage("result backend")
+        self._settling = Outage("result backend or broker")
+        self._slot = threading.local()  # this thread's slot on the board (the thread pool's threads)
+        self._slots_taken = itertools.count()
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Stop reserving; finish what runs (the SIGTERM handler)."""
@@ -149,29 +168,47 @@ class ChildLoop:
             try:
                 self._settle_now()
             except BrokerError as exc:
-                log.warning("could not settle finished tasks; they will run again: %s", exc)
+                self._give_back_unsettled(exc)
             self._send_counts(force=True)
         self.keeper.stop()
         self.executor.close()
         self.app.close()
 
+    def _give_back_unsettled(self, exc: BrokerError) -> None:
+        """Stopping while finished tasks' results or acks cannot land: return them; they run again later."""
+        pending = self.executor.take_pending()
+        if pending.acks:
+            log.warning(
+                "stopping while the result backend or broker is down (%s): %d finished task(s) go back to the "
+                "queue and will run again",
+                exc,
+                len(pending.acks),
+            )
+            self._return_unstarted(pending.acks)
+
     # -- the one-slot path: prefetch, settle per batch ---------------------------------------
 
     def _serve_one_slot(self, backlog: Backlog) -> None:
         backlog.start()
-        backoff = 0.1
+        backoff = FIRST_BACKOFF
         while not self.stopping and os.getppid() == self._parent:
+            if self._backend_down:  # give back what did not start, take nothing until the backend answers
+                self._return_unstarted(backlog.take_unstarted())
+                self._wait_for_backend()
+                continue
             delivery = backlog.next()
             if delivery is not None:
                 self._run_from_backlog(backlog, delivery)
                 continue
             try:
                 fresh = self._settle_and_reserve()
-                backoff = 0.1
+                backoff = FIRST_BACKOFF
+                self._settling.answered()
             except BrokerError as exc:
-                log.warning("broker unavailable, retrying in %.1fs: %s", backoff, exc)
+                # Finished tasks stay pending and held (heartbeated): retried, never left to their lease.
+                self._settling.failed(exc, "settling finished tasks")
                 time.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = next_backoff(backoff)
                 continue
             for reserved in fresh:
                 self.keeper.hold(reserved)
@@ -180,8 +217,9 @@ class ChildLoop:
     def _settle_and_reserve(self) -> list[Delivery]:
         """Write the pending results, then ack those tasks and reserve the next batch in one call."""
         acks = self._settle_results()
+        self.keeper.acking(acks)
         try:
-            return self.broker.ack_and_reserve(
+            fresh = self.broker.ack_and_reserve(
                 acks,
                 self.config.queues,
                 self.config.prefetch,
@@ -189,22 +227,27 @@ class ChildLoop:
                 lease=self.config.lease,
                 timeout=RESERVE_WAIT,
             )
+        except BrokerError:
+            self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+            raise
         finally:
-            self._release(acks)  # acked, or (on error) left to their lease: they run again
             self._send_counts()
+        self._release(acks)
+        return fresh
 
     def _settle_results(self) -> list[Delivery]:
         """Write the executor's pending results; return the deliveries to ack now that they landed.
 
-        If the write fails the deliveries are not acked and no longer heartbeated: their leases end
-        and they run again (at-least-once), as after a crash.
+        If the write fails, everything goes back to the executor's pending lists and stays held
+        (heartbeated): the caller retries later. The tasks ran; leaving them to their lease would
+        count a delivery and run them again.
         """
         pending = self.executor.take_pending()
         if pending.results:
             try:
                 self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
             except BrokerError:
-                self._release(pending.acks)
+                self.executor.restore(pending)
                 raise
         return pending.acks
 
@@ -220,6 +263,8 @@ class ChildLoop:
             self._task_is_long = False
         if reported:
             self._send(("done", outcome.id, outcome.task, outcome.state, outcome.runtime))
+        elif outcome.state == RETURNED:
+            return
         else:
             self._counts[0] += 1
             self._counts[1] += outcome.state in ("FAILURE", "ERROR")
@@ -236,17 +281,19 @@ class ChildLoop:
         self._return_unstarted(self.backlog.take_unstarted())
         try:
             self._settle_now()
-        except BrokerError as exc:
-            log.warning("could not settle finished tasks; they will run again: %s", exc)
+        except BrokerError as exc:  # they stay pending and held; the main loop retries
+            self._settling.failed(exc, "settling finished tasks")
 
     def _settle_now(self) -> None:
         """Write the pending results, then ack their tasks (outside the batch rhythm)."""
         acks = self._settle_results()
-        try:
-            if acks:
+        if acks:
+            try:
                 self.broker.ack(acks)
-        finally:
-            self._release(acks)
+            except BrokerError:
+                self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+                raise
+        self._release(acks)
 
     def _send_counts(self, force: bool = False) -> None:
         """Send the finished tasks' counts, at most every COUNTS_EVERY seconds: a pipe message wakes the supervisor."""
@@ -266,6 +313,9 @@ class ChildLoop:
     def _serve(self, pool: ThreadPoolExecutor | None) -> None:
         backoff = 0.1
         while not self.stopping and os.getppid() == self._parent:
+            if self._backend_down:
+                self._wait_for_backend()
+                continue
             if not self._free.acquire(timeout=RESERVE_WAIT):
                 continue
             free = 1 + self._take_free_slots()
@@ -302,17 +352,40 @@ class ChildLoop:
         finally:
             self.keeper.release(delivery)
             self._free.release()
-        self._check_limits()
+        if outcome.state != RETURNED:
+            self._check_limits()
 
     # -- shared steps ------------------------------------------------------------------------
 
     def _execute(self, delivery: Delivery) -> Outcome:
+        slot = self._my_slot()
+        self.board.running(slot, delivery.id)  # if this process dies now, only this task counts a delivery
         try:
             return self.executor.run(delivery)
+        except BackendDown as exc:  # nothing ran: back to the queue uncounted, and pause
+            self._backend.failed(exc, "before a task started")
+            self._backend_down = True
+            self._nack(delivery)
+            return Outcome(delivery.id, "?", RETURNED, 0.0)
+        except GaveUp as exc:  # it ran, its outcome could not be recorded before the stop
+            log.warning(
+                "task %s ran but its outcome was not recorded (%s); it goes back to run again", delivery.id, exc
+            )
+            self._nack(delivery)
+            return Outcome(delivery.id, "?", RETURNED, 0.0)
         except Exception:
             # The broker or backend failed mid-way; the lease expires and the task runs again.
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
             return Outcome(delivery.id, "?", "ERROR", 0.0)
+        finally:
+            self.board.idle(slot)
+
+    def _my_slot(self) -> int:
+        """The board slot of the calling thread (the main thread's is 0 on the one-slot path)."""
+        slot: int | None = getattr(self._slot, "index", None)
+        if slot is None:
+            slot = self._slot.index = next(self._slots_taken) % self.config.slots
+        return slot
 
     def _check_limits(self) -> None:
         """Retire this child between tasks once it ran too many tasks or grew too large."""
@@ -328,6 +401,25 @@ class ChildLoop:
         if reason is not None and not self.stopping:
             self.stopping = True
             self._send(("retire", reason))
+
+    def _wait_for_backend(self) -> None:
+        """Probe the result backend with capped backoff until it answers (or the child stops)."""
+        backoff = FIRST_BACKOFF
+        while not self.stopping and os.getppid() == self._parent:
+            try:
+                self.app.backend.get(_PROBE_ID)
+            except BrokerError as exc:
+                self._backend.failed(exc, "probing")
+                time.sleep(backoff)
+                backoff = next_backoff(backoff)
+                continue
+            self._backend.answered()
+            self._backend_down = False
+            return
+
+    def _nack(self, delivery: Delivery) -> None:
+        with contextlib.suppress(BrokerError):
+            self.broker.nack(delivery)
 
     def _return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""

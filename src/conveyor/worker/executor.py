@@ -21,21 +21,39 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.context import TaskContext, reset_context, set_context
-from conveyor.errors import DecodeError, EncodeError, Retry, SignatureError, TimeLimitExceeded
+from conveyor.errors import BrokerError, DecodeError, EncodeError, Retry, SignatureError, TimeLimitExceeded
 from conveyor.message import Message, decode, encode, encode_value
 from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
+from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.timelimits import soft_time_limit
 
 log = logging.getLogger("conveyor.worker")
+
+T = TypeVar("T")
+
+
+class BackendDown(Exception):
+    """The result backend failed *before* the task's function ran: give the delivery back uncounted.
+
+    The caller nacks the delivery (no delivery counted, nothing ran) and stops taking work until
+    the backend answers again, instead of leaving the delivery to its lease.
+    """
+
+
+class GaveUp(Exception):
+    """The task ran, but its outcome could not be recorded before the worker was told to stop.
+
+    The caller gives the delivery back (it runs again later: at-least-once).
+    """
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +84,8 @@ class Executor:
         worker: this worker's name, recorded with each result.
         on_start: called with (delivery, message, task) just before the task's function runs.
         defer: keep final results and acks pending for :meth:`take_pending` instead of sending them.
+        stopping: tells whether the worker is stopping; a task's outcome that cannot be recorded
+            (backend or broker down) is retried until it lands, or until this turns true.
     """
 
     def __init__(
@@ -75,6 +95,7 @@ class Executor:
         on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
         *,
         defer: bool = False,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -89,6 +110,9 @@ class Executor:
         self._pending_lock = threading.Lock()
         self._loops = threading.local()
         self._all_loops: list[asyncio.AbstractEventLoop] = []
+        self._stopping = stopping
+        #: The backend or the broker is down while an outcome waits to be recorded.
+        self.outage = Outage("result backend or broker")
 
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
@@ -106,7 +130,7 @@ class Executor:
             return self._bury(delivery, reason, message.task, started)
         if message.expires is not None and time.time() > message.expires:
             return self._revoke(delivery, message, "expired before a worker picked it up", started)
-        if delivery.deliveries > 1 and self._was_revoked(message.id):  # redelivered after a crash
+        if delivery.deliveries > 1 and _before(self._was_revoked, message.id):  # redelivered after a crash
             return self._revoke(delivery, message, "revoked before it could run again", started)
         return self._execute(delivery, message, task, started)
 
@@ -116,7 +140,7 @@ class Executor:
         store = not task.options.ignore_result
         if store and self.track_started:
             # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
-            errors = self._previous_errors(message.id) if message.attempt else []
+            errors = _before(self._read_errors, message.id) if message.attempt else []
             record = ResultRecord(
                 state=State.STARTED,
                 task=message.task,
@@ -125,7 +149,7 @@ class Executor:
                 started=time.time(),
                 errors=errors,
             )
-            self._store(message, record)
+            _before(self._write, message, record)
         if self._on_start is not None:
             self._on_start(delivery, message, task)
         ctx = self._context(delivery, message, task)
@@ -198,9 +222,8 @@ class Executor:
         if not task.options.dead_letter_on_failure:
             return self._finish(delivery, message, record, "FAILURE", runtime)
         self._store(message, record)
-        self.broker.dead_letter(
-            delivery, f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
-        )
+        reason = f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
+        self._durably("dead-letter", lambda: self.broker.dead_letter(delivery, reason))
         return Outcome(message.id, message.task, "FAILURE", runtime)
 
     def _finish(
@@ -212,7 +235,7 @@ class Executor:
         if not self._defer:
             if record is not None:
                 self._store(message, record)
-            self.broker.ack([delivery])
+            self._durably("ack", lambda: self.broker.ack([delivery]))
             return Outcome(message.id, message.task, state, runtime)
         with self._pending_lock:
             if record is not None:
@@ -229,6 +252,12 @@ class Executor:
         with self._pending_lock:
             pending, self._pending = self._pending, Pending()
         return pending
+
+    def restore(self, pending: Pending) -> None:
+        """Put back what :meth:`take_pending` handed over and could not be settled (ahead of newer ones)."""
+        with self._pending_lock:
+            self._pending.results[:0] = pending.results
+            self._pending.acks[:0] = pending.acks
 
     def _retry(
         self,
@@ -253,7 +282,8 @@ class Executor:
                 eta=retried.eta,
             ),
         )
-        self.broker.nack(delivery, delay=delay, body=self._wrap(encode(retried)))
+        body = self._wrap(encode(retried))
+        self._durably("retry", lambda: self.broker.nack(delivery, delay=delay, body=body))
         why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {_describe(exc)}"
         log.warning(
             "task %s[%s] will retry in %.2fs (attempt %d of %d): %s",
@@ -267,7 +297,8 @@ class Executor:
         return Outcome(message.id, message.task, "RETRY", runtime)
 
     def _revoke(self, delivery: Delivery, message: Message, note: str, started: float) -> Outcome:
-        self._store(message, ResultRecord(state=State.REVOKED, task=message.task, note=note, finished=time.time()))
+        record = ResultRecord(state=State.REVOKED, task=message.task, note=note, finished=time.time())
+        _before(self._write, message, record)  # nothing ran: a backend outage gives the delivery back
         self.broker.ack([delivery])
         log.info("task %s[%s] not run: %s", message.task, message.id, note)
         return Outcome(message.id, message.task, "REVOKED", time.perf_counter() - started)
@@ -286,6 +317,10 @@ class Executor:
         return unframe(body) if self.secret is None else verify(body, self.secret)
 
     def _store(self, message: Message, record: ResultRecord) -> None:
+        """Write a record of a task that ran: retried until it lands (see :meth:`_durably`)."""
+        self._durably("result write", lambda: self._write(message, record))
+
+    def _write(self, message: Message, record: ResultRecord) -> None:
         self.backend.set(message.id, record.state, encode_record(record), self.ttl)
 
     def _was_revoked(self, task_id: str) -> bool:
@@ -293,12 +328,37 @@ class Executor:
         return raw is not None and decode_record(raw).state is State.REVOKED
 
     def _previous_errors(self, task_id: str) -> list[ErrorInfo]:
+        """The earlier attempts' errors, read after the task ran: retried until the backend answers."""
+        return self._durably("result read", lambda: self._read_errors(task_id))
+
+    def _read_errors(self, task_id: str) -> list[ErrorInfo]:
         raw = self.backend.get(task_id)
         return [] if raw is None else list(decode_record(raw).errors)
 
+    def _durably(self, doing: str, step: Callable[[], T]) -> T:
+        """Run a step that records the outcome of a task that ran, until the backend or broker answers.
+
+        The task's side effect happened: leaving the delivery to its lease would count a delivery
+        and run it again. Meanwhile the delivery stays held (and heartbeated) by the caller, which
+        takes no new work. Raises GaveUp once the worker is stopping and the step still fails.
+        """
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                result = step()
+            except BrokerError as exc:
+                self.outage.failed(exc, doing)
+                if self._stopping():
+                    raise GaveUp(f"{doing} failed while stopping: {exc}") from exc
+                time.sleep(backoff)
+                backoff = next_backoff(backoff)
+                continue
+            self.outage.answered()
+            return result
+
     def _context(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> TaskContext:
-        def report(fraction: float, note: str) -> None:
-            self._store(
+        def report(fraction: float, note: str) -> None:  # the task's own call: an outage raises to it
+            self._write(
                 message,
                 ResultRecord(
                     state=State.STARTED,
@@ -335,6 +395,14 @@ class Executor:
         for loop in self._all_loops:
             loop.close()
         self._all_loops.clear()
+
+
+def _before(step: Callable[..., T], *args: Any) -> T:
+    """Run a backend step that comes before the task's function: a failure raises BackendDown."""
+    try:
+        return step(*args)
+    except BrokerError as exc:
+        raise BackendDown(str(exc)) from exc
 
 
 def _type_name(exc: BaseException) -> str:

@@ -4,12 +4,17 @@ Every ``lease / 3`` seconds it extends the lease of every delivery the process i
 task on a live worker is never handed to another one however long it runs; when the process
 dies the heartbeat dies with it and the leases expire. A lease found lost (the broker already
 redelivered the message, e.g. after a long network cut) is logged: that task may run twice.
+
+A task that holds the GIL (a long C call) starves this thread; each beat therefore stamps the
+child's shared board, and the supervisor extends the child's leases itself while the stamp is
+stale (``Broker.extend_owner``; see worker/shared.py).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from conveyor.brokers import Broker, Delivery
 from conveyor.errors import BrokerError
@@ -23,13 +28,18 @@ class LeaseKeeper:
     Args:
         broker: the broker the deliveries came from.
         lease: the lease length in seconds; the heartbeat runs every third of it.
+        on_beat: called after each beat that kept every lease it could reach (the child stamps
+            the time in shared memory: its supervisor takes over the leases when it goes stale).
     """
 
-    def __init__(self, broker: Broker, lease: float) -> None:
+    def __init__(self, broker: Broker, lease: float, on_beat: Callable[[], None] | None = None) -> None:
         self.broker = broker
+        self._on_beat = on_beat
         self.lease = lease
         self.interval = lease / 3
         self._held: dict[str, Delivery] = {}
+        self._acking: set[str] = set()  # being acked: still extended, but no longer reported lost
+        self._suspect: set[str] = set()  # found lost by the last beat, still held: reported if found again
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="conveyor-heartbeat", daemon=True)
@@ -53,6 +63,16 @@ class LeaseKeeper:
         """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
         with self._lock:
             self._held.pop(delivery.id, None)
+            self._acking.discard(delivery.id)
+
+    def acking(self, deliveries: list[Delivery]) -> None:
+        """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.
+
+        An ack and reserve in one call waits for new work after the ack; a beat in between would
+        otherwise find the acked deliveries gone and warn that they may run twice.
+        """
+        with self._lock:
+            self._acking.update(d.id for d in deliveries)
 
     def held(self) -> list[Delivery]:
         """The deliveries currently kept leased."""
@@ -60,18 +80,30 @@ class LeaseKeeper:
             return list(self._held.values())
 
     def _beat(self) -> None:
+        if self._on_beat is not None:
+            self._on_beat()
         while not self._stop.wait(self.interval):
             self.beat()
 
     def beat(self) -> None:
         """Extend every held lease now."""
         held = self.held()
-        if not held:
-            return
-        try:
-            lost = self.broker.extend(held, self.lease)
-        except BrokerError as exc:
-            log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
-            return
-        for msg_id in lost:
+        if held:
+            try:
+                lost = self.broker.extend(held, self.lease)
+            except BrokerError as exc:
+                log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
+                return
+            self._report_lost(lost)
+        if self._on_beat is not None:
+            self._on_beat()
+
+    def _report_lost(self, lost: list[str]) -> None:
+        # A delivery acked while the extend was on its way is not lost: it is released right after its
+        # ack, so one found lost is reported only if the next beat still holds it and finds it lost.
+        with self._lock:
+            held = [msg_id for msg_id in lost if msg_id in self._held and msg_id not in self._acking]
+            confirmed = [msg_id for msg_id in held if msg_id in self._suspect]
+            self._suspect = set(held) - set(confirmed)
+        for msg_id in confirmed:
             log.warning("lease of message %s was lost (redelivered elsewhere); it may run twice", msg_id)

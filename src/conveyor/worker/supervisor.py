@@ -29,6 +29,8 @@ from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.outage import Outage
+from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
 
@@ -58,7 +60,10 @@ class _Child:
     process: BaseProcess
     conn: Connection
     owner: str
+    board: ChildBoard
     running: dict[str, _Running] = dataclasses.field(default_factory=dict)
+    #: Monotonic time before which the supervisor does not extend this child's leases again.
+    next_extend: float = 0.0
     killed_for: str | None = None
     retiring: str | None = None
 
@@ -89,6 +94,7 @@ class Supervisor:
         self._next_heartbeat = 0.0
         self._next_revocation_check = 0.0
         self._ctx = multiprocessing.get_context("fork")
+        self._registry = Outage("worker registry")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,6 +127,7 @@ class Supervisor:
             if isinstance(ready, Connection):
                 self._drain(ready)
         self._reap()
+        self._keep_starved_leases()
         self._enforce_time_limits()
         self._terminate_revoked()
         if self.stopping and time.time() >= self.grace_deadline and self.children:
@@ -145,11 +152,12 @@ class Supervisor:
 
     def _start_child(self, index: int, slots: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+        board = ChildBoard(self._ctx, slots)
         config = ChildConfig(
             self.worker_id, index, self.queues, slots, self.app.settings.lease, self.app.settings.prefetch
         )
         process = self._ctx.Process(
-            target=child_main, args=(self.app, config, child_conn), name=f"conveyor-child-{index}"
+            target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
         )
         process.daemon = False
         # No connection crosses fork(): SQLite's lock state would be shared with the child (see
@@ -163,7 +171,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_conn.close()
-        self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0))
+        self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0), board)
         log.debug("started child %d (pid %s)", index, process.pid)
 
     def _reap(self) -> None:
@@ -196,8 +204,9 @@ class Supervisor:
         )
 
     def _release(self, child: _Child, why: str) -> None:
+        """Return a dead child's messages: only what it was running counts a delivery (see ChildBoard)."""
         try:
-            released = self.app.broker.release_owner(child.owner)
+            released = self.app.broker.release_owner(child.owner, child.board.running_ids())
         except BrokerError as exc:
             log.error("could not return child %d's tasks (%s); they return when their lease expires", child.index, exc)
             return
@@ -223,11 +232,40 @@ class Supervisor:
             child.retiring = event[1]
         elif event[0] == "done":
             child.running.pop(event[1], None)
+            if event[3] == "RETURNED":  # given back to the queue (an outage), not processed
+                return
             self.processed += 1
             self.failed += event[3] in ("FAILURE", "ERROR")
         elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
             self.processed += event[1]
             self.failed += event[2]
+
+    # -- leases of a child whose heartbeat is starved -----------------------------------------
+
+    def _keep_starved_leases(self) -> None:
+        """Extend the leases of each child whose own heartbeat went stale (a task holding the GIL).
+
+        A child's keeper stamps its board every ``lease / 3``; a stamp older than ``lease / 2``
+        means its heartbeat thread cannot run, so the supervisor extends every lease that child
+        holds, every ``lease / 3`` while the stamp stays stale. Costs nothing while children beat.
+        """
+        lease = self.app.settings.lease
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.board.beat_age() <= lease / 2 or now < child.next_extend or not child.process.is_alive():
+                continue
+            if child.next_extend == 0.0:
+                log.warning(
+                    "child %d's heartbeat is starved (a task holding the GIL?); keeping its leases", child.index
+                )
+            child.next_extend = now + lease / 3
+            try:
+                self.app.broker.extend_owner(child.owner, lease)
+            except BrokerError as exc:
+                log.warning("could not extend child %d's leases: %s", child.index, exc)
+        for child in self.children.values():
+            if child.next_extend and child.board.beat_age() <= lease / 2:
+                child.next_extend = 0.0  # its heartbeat is back
 
     # -- hard time limits --------------------------------------------------------------------
 
@@ -330,7 +368,9 @@ class Supervisor:
             self.app.broker.register_worker(info, HEARTBEAT_TTL)
             self.app.broker.recover()
         except BrokerError as exc:
-            log.warning("worker heartbeat failed: %s", exc)
+            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
+        else:
+            self._registry.answered()
 
 
 def _redact(url: str) -> str:
