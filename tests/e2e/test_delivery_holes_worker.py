@@ -118,17 +118,7 @@ def private_backend(tmp_path: Path) -> Iterator[PrivateRedis]:
 OUTAGE_LEASE, OUTAGE_MAX_DELIVERIES, OUTAGE_SECONDS = 1, 3, 9.0
 
 
-#: RabbitMQ's broker writes per-owner counts to the result backend after it reserved (amqp.py
-#: ``reserve`` -> ``_publish_counts``); when that write fails, reserve raises and the messages it took
-#: stay held in the child unseen, expire and count. That is the AMQP broker's to fix (branch fix-amqp).
-AMQP_COUNTS_ON_BACKEND = pytest.mark.xfail(
-    reason="AMQP reserve() loses what it reserved when its backend count write fails: fix-amqp", strict=False
-)
-
-
-@pytest.mark.parametrize(
-    "e2e_env", ["sqlite", "redis", pytest.param("amqp", marks=AMQP_COUNTS_ON_BACKEND)], indirect=True
-)
+@pytest.mark.parametrize("e2e_env", ["sqlite", "redis", "amqp"], indirect=True)
 @pytest.mark.parametrize("track_started", [False, True], ids=["untracked", "tracked"])
 @pytest.mark.parametrize("pool", [("-c", "2"), ("--pool", "thread", "-c", "2")], ids=["process", "thread"])
 def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(

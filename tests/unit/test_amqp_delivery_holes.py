@@ -204,3 +204,33 @@ def test_a_process_stalled_whole_gives_back_nothing_its_heartbeat_then_keeps(bro
     worker.extend([other], 30)
     [again] = worker.reserve(["default"], 1, owner="w3", lease=30, timeout=2)
     assert (again.id, again.deliveries) == (running.id, 2)
+
+
+def test_a_reserve_whose_in_flight_count_fails_to_land_still_hands_out_what_it_took(
+    amqp_vhost: str, tmp_path: Path
+) -> None:
+    # Given a worker process whose result backend (a private Redis) dies while messages wait
+    from conveyor.backends.redis import RedisResultBackend
+    from tests.servers import private_redis
+
+    with private_redis(tmp_path) as server:
+        results = RedisResultBackend(server.url, retry_for=0.3)
+        producer = AMQPBroker.from_url(amqp_url(amqp_vhost))
+        worker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3)
+        worker.use_backend(lambda: results)
+        try:
+            ids = producer.enqueue([env(body=f"m{i}".encode()) for i in range(3)])
+            server.kill()
+            # When it reserves (the in-flight counts it keeps in the backend cannot be written)
+            taken = worker.reserve(["default"], 3, owner="w/1", lease=30, timeout=5)
+            # Then it holds what it took, and can give it back uncounted (nothing is left stuck)
+            assert sorted(d.id for d in taken) == sorted(ids)
+            for delivery in taken:
+                worker.nack(delivery)
+            again = worker.reserve(["default"], 3, owner="w/1", lease=30, timeout=5)
+            assert sorted((d.id, d.deliveries) for d in again) == sorted((i, 1) for i in ids)
+            worker.ack(again)
+        finally:
+            worker.close()
+            producer.close()
+            results.close()

@@ -21,6 +21,7 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -52,13 +53,17 @@ from conveyor.brokers._amqp_scan import (
 )
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
-from conveyor.errors import ConfigurationError
+from conveyor.errors import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
 
+log = logging.getLogger("conveyor.broker")
+
 #: Idle polling: first and longest sleep between looks at empty queues, in seconds.
 POLL_MIN, POLL_MAX = 0.002, 0.05
+#: Seconds before in-flight counts that failed to reach the result backend are written again.
+COUNTS_RETRY = 2.0
 #: "Nothing scheduled that this process knows of."
 INF = float("inf")
 #: Seconds a reserve keeps looking every millisecond after a delay level it knows of ran out (the
@@ -122,6 +127,7 @@ class AMQPBroker(Broker):
         self._keys = KeyClaims(self._results, self.prefix, land_wait)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
         self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
 
     @classmethod
     def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
@@ -512,7 +518,25 @@ class AMQPBroker(Broker):
         return counts
 
     def _publish_counts(self, force: bool = False) -> None:
-        self._board.publish(self._owner_counts(), self._owners, force=force)
+        """Write the in-flight counts ``stats()`` reads; best effort, never at the cost of a delivery.
+
+        The counts live in the result backend. When it does not answer, the messages a ``reserve``
+        already took must still reach the caller (raising would leave them held here, unknown to the
+        worker, until their lease counted a delivery: issue 11, item 3), so the failure is logged and
+        the counts are written again once the backend answers, after :data:`COUNTS_RETRY` seconds.
+        Meanwhile ``stats()`` may show this process's in-flight figures late.
+        """
+        now = time.monotonic()
+        if now < self._counts_paused_until and not force:
+            return
+        try:
+            self._board.publish(self._owner_counts(), self._owners, force=force)
+        except BrokerError as exc:
+            if not self._counts_paused_until:
+                log.warning("could not record in-flight counts in the result backend (stats lag): %s", exc)
+            self._counts_paused_until = now + COUNTS_RETRY
+            return
+        self._counts_paused_until = 0.0
 
     def _release_keys(self, entries: Sequence[Entry], *, ids: bool = False) -> None:
         """Free the idempotency keys of finished messages, and (``ids``) the explicit ids of those that left.

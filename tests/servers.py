@@ -1,0 +1,100 @@
+"""Private redis-server processes for tests that stop, kill or freeze a server.
+
+The shared Redis on 6379 serves every test at once, so a test that needs an outage starts a server
+of its own on a free port, in its own folder, and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from tests.conftest import server_missing, wait_until
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class PrivateRedis:
+    """One redis-server of this test; ``durable`` keeps every acknowledged write across a restart.
+
+    Args:
+        folder: where the server keeps its files.
+        durable: append-only with fsync on every write (else nothing is kept).
+    """
+
+    def __init__(self, folder: Path, *, durable: bool = False) -> None:
+        if shutil.which("redis-server") is None:
+            server_missing("redis-server", "the binary is not installed")
+        self.folder = folder
+        self.port = free_port()
+        self.durable = durable
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers (5 s at most)."""
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
+        command += ["--save", "", "--appendonly", "yes" if self.durable else "no"]
+        if self.durable:
+            command += ["--appendfsync", "always"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+        try:
+            wait_until(lambda: _pings(client), 5, f"the private redis-server on port {self.port} to answer")
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL, as a crash would) and wait for it to be gone."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: connections stay open, nothing is answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@contextlib.contextmanager
+def private_redis(folder: Path, *, durable: bool = False) -> Iterator[PrivateRedis]:
+    """A started :class:`PrivateRedis`, killed (and thawed first, if frozen) when the block ends."""
+    server = PrivateRedis(folder, durable=durable)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.thaw()
+        server.kill()
+
+
+__all__ = ["PrivateRedis", "free_port", "private_redis"]
