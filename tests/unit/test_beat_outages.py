@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import urllib.parse
 from collections import Counter
@@ -32,7 +29,9 @@ from conveyor.brokers.redis import RedisBroker
 from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, slot_key
 from conveyor.signing import unframe
-from tests.conftest import AMQP_URL, server_missing, url_for, wait_until
+from tests.conftest import AMQP_URL, url_for
+from tests.servers import PrivateRedis, free_port
+from tests.servers import private_redis as running_redis
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
 LEASE = 2.0
@@ -48,69 +47,25 @@ class Clock:
         return self.now
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a spare port (no persistence): stop, restart, pause at will."""
+def pause_for(server: PrivateRedis, seconds: float) -> threading.Timer:
+    """SIGSTOP the server now and SIGCONT it ``seconds`` later (from a timer thread)."""
+    server.freeze()
+    timer = threading.Timer(seconds, server.thaw)
+    timer.start()
+    return timer
 
-    def __init__(self, folder: Path, *, durable: bool = False) -> None:
-        self.folder = folder
-        self.durable = durable  # append-only file, fsynced on every write: a restart keeps every key
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(self.folder),
-        ]
-        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_until(self._answers, 10, f"redis-server on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL ends a SIGSTOPped server as well
-            self.proc.wait(timeout=10)
-
-    def pause_for(self, seconds: float) -> threading.Timer:
-        """SIGSTOP the server now and SIGCONT it ``seconds`` later (from a timer thread)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        timer = threading.Timer(seconds, self.proc.send_signal, args=(signal.SIGCONT,))
-        timer.start()
-        return timer
+def _running(folder: Path, *, durable: bool) -> Iterator[PrivateRedis]:
+    """A private server (10 s to answer or exit) in a new ``folder``, killed when the test ends."""
+    folder.mkdir()
+    with running_redis(folder, durable=durable, timeout=10) as server:
+        yield server
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        server_missing("redis-server", "not on PATH")
-    folder = tmp_path / "private-redis"
-    folder.mkdir()
-    server = PrivateRedis(folder)
-    server.start()
-    yield server
-    server.stop()
+    """A server without persistence: stop, restart, pause at will."""
+    yield from _running(tmp_path / "private-redis", durable=False)
 
 
 class Cut:
@@ -122,9 +77,7 @@ class Cut:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
+        self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -174,14 +127,8 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        server_missing("redis-server", "not on PATH")
-    folder = tmp_path / "durable-redis"
-    folder.mkdir()
-    server = PrivateRedis(folder, durable=True)
-    server.start()
-    yield server
-    server.stop()
+    """A server with an append-only file fsynced on every write: a restart keeps every key."""
+    yield from _running(tmp_path / "durable-redis", durable=True)
 
 
 def make_app(broker: str, backend: str, **settings: Any) -> App:
@@ -231,7 +178,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_redis_broker_is_back(
     beat = Beat(app, clock=clock)
     beat.tick()
     # When the broker server is down at the firing instant of slot T0
-    private_redis.stop()
+    private_redis.kill()
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
         beat.tick()
@@ -321,7 +268,7 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
     def claim_then_die(key: str, ttl: float) -> bool:
         won = claim(key, ttl)
         if won and key == slot_key(app.name, "tick", datetime.datetime.fromtimestamp(T0, datetime.UTC)):
-            durable_redis.stop()
+            durable_redis.kill()
         return won
 
     monkeypatch.setattr(app.backend, "claim", claim_then_die)
@@ -364,7 +311,7 @@ def test_a_redis_backend_stalled_past_the_lease_delays_the_due_slots_and_drops_n
     beat.tick()
     clock.now = T0 + 15
     # When the backend server is SIGSTOPped for longer than the lease during the next tick
-    timer = private_redis.pause_for(LEASE + 1.0)
+    timer = pause_for(private_redis, LEASE + 1.0)
     beat.tick()
     timer.join(timeout=10)
     # And the beat goes on ticking
@@ -417,7 +364,7 @@ def test_a_slot_whose_enqueue_failed_past_the_lease_is_enqueued_by_its_claimer_o
     standby.tick()
     assert (leader.leading, standby.leading) == (True, False)
     # When the broker is down at slot T0: the leader's enqueue fails after its lease lapsed
-    private_redis.stop()
+    private_redis.kill()
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
         leader.tick()
