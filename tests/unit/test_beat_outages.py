@@ -26,25 +26,13 @@ from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers import _sqlite_connection
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
-from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, slot_key
-from conveyor.signing import unframe
 from tests.conftest import AMQP_URL, url_for
 from tests.servers import PrivateRedis, free_port
 from tests.servers import private_redis as running_redis
+from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
-T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
 LEASE = 2.0
-
-
-class Clock:
-    """A wall clock the test moves."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def pause_for(server: PrivateRedis, seconds: float) -> threading.Timer:
@@ -141,18 +129,6 @@ def make_app(broker: str, backend: str, **settings: Any) -> App:
     return app
 
 
-def fired_slots(app: App) -> Counter[str]:
-    """Every message waiting in the default queue, counted by the beat slot it was sent for."""
-    deliveries = app.broker.reserve(["default"], 10_000, owner="test", lease=60)
-    for delivery in deliveries:
-        app.broker.nack(delivery)
-    return Counter(decode(unframe(d.body)).headers["beat_slot"] for d in deliveries)
-
-
-def iso(offset: float) -> str:
-    return datetime.datetime.fromtimestamp(T0 + offset, datetime.UTC).isoformat()
-
-
 def hold_write_lock(path: Path) -> sqlite3.Connection:
     """Another connection that takes the file's write lock (BEGIN IMMEDIATE) and keeps it until rolled back."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -184,9 +160,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_redis_broker_is_back(
         beat.tick()
     # And it comes back (empty: no persistence) before the next ticks
     private_redis.start()
-    for now in (T0 + 1, T0 + 2, T0 + 10):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
     # Then slot T0 was enqueued once, late, and the schedule went on
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     app.close()
@@ -211,9 +185,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     # And lets it go before the next ticks
     holder.execute("ROLLBACK")
     holder.close()
-    for now in (T0 + 1, T0 + 2, T0 + 10):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
     # Then slot T0 was enqueued once, late, and the schedule went on
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     app.close()
@@ -244,9 +216,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
             beat.tick()
         # And reachable again before the next ticks
         network.mend()
-        for now in (T0 + 1, T0 + 2, T0 + 10):
-            clock.now = now
-            beat.tick()
+        tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
         # Then slot T0 was enqueued once, late, and the schedule went on
         assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     finally:
@@ -288,9 +258,7 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
         beat.run(stop)
         assert fired_slots(app) == Counter({iso(0): 1})
     else:
-        for now in (T0 + 1, T0 + 2, T0 + 10):
-            clock.now = now
-            beat.tick()
+        tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
         # Then slot T0 was enqueued once, late, by the beat that holds its claim, and the schedule went on
         assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     assert not beat.owed
@@ -315,9 +283,7 @@ def test_a_redis_backend_stalled_past_the_lease_delays_the_due_slots_and_drops_n
     beat.tick()
     timer.join(timeout=10)
     # And the beat goes on ticking
-    for now in (T0 + 16, T0 + 17, T0 + 20):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 16, T0 + 17, T0 + 20), beat)
     # Then every due slot fired once
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1, iso(20): 1})
     app.close()
@@ -342,9 +308,7 @@ def test_a_sqlite_backend_locked_past_the_lease_delays_the_due_slots_and_drops_n
     timer.join(timeout=10)
     holder.close()
     # And the beat goes on ticking
-    for now in (T0 + 16, T0 + 17, T0 + 20):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 16, T0 + 17, T0 + 20), beat)
     # Then every due slot fired once
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1, iso(20): 1})
     app.close()
@@ -373,10 +337,7 @@ def test_a_slot_whose_enqueue_failed_past_the_lease_is_enqueued_by_its_claimer_o
     assert standby.leading
     # When the broker is back, both tick on
     private_redis.start()
-    for now in (T0 + 1, T0 + 10):
-        clock.now = now
-        leader.tick()
-        standby.tick()
+    tick_at(clock, (T0 + 1, T0 + 10), leader, standby)
     # Then slot T0 was enqueued once (by the beat that claimed it), and T0+10 by the new leader
     assert fired_slots(apps[0]) == Counter({iso(0): 1, iso(10): 1})
     assert not leader.owed
