@@ -129,6 +129,14 @@ def make_app(broker: str, backend: str, **settings: Any) -> App:
     return app
 
 
+def ticked_once(app: App) -> tuple[Beat, Clock]:
+    """A beat of ``app`` that ticked once at T0 - 5 (it leads, nothing is due yet), and the clock it reads."""
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    return beat, clock
+
+
 def hold_write_lock(path: Path) -> sqlite3.Connection:
     """Another connection that takes the file's write lock (BEGIN IMMEDIATE) and keeps it until rolled back."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -150,9 +158,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_redis_broker_is_back(
     # Given a beat whose broker is a private Redis (retrying for 1 s) and its backend another store
     monkeypatch.setattr(RedisBroker, "retry_for", 1.0)
     app = make_app(private_redis.url, url_for(backend_kind, tmp_path, request))
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     # When the broker server is down at the firing instant of slot T0
     private_redis.kill()
     clock.now = T0
@@ -173,9 +179,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     monkeypatch.setattr(_sqlite_connection, "BUSY_TIMEOUT_MS", 500)
     broker_path = tmp_path / "broker.db"
     app = make_app(f"sqlite:///{broker_path}", f"sqlite:///{tmp_path / 'results.db'}")
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     app.broker.stats()  # the broker file exists (and is in WAL mode) before another connection locks it
     # When another connection holds the broker's write lock longer than that at the firing instant of T0
     holder = hold_write_lock(broker_path)
@@ -205,9 +209,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
     )
     app = make_app(broker, f"sqlite:///{tmp_path / 'results.db'}")
     try:
-        clock = Clock(T0 - 5)
-        beat = Beat(app, clock=clock)
-        beat.tick()
+        beat, clock = ticked_once(app)
         app.broker.stats()  # connected
         # When RabbitMQ is unreachable at the firing instant of slot T0
         network.cut()
@@ -242,9 +244,7 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
         return won
 
     monkeypatch.setattr(app.backend, "claim", claim_then_die)
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     # When slot T0 comes: claimed, then neither enqueued nor given back (the server is gone)
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
@@ -274,9 +274,7 @@ def test_a_redis_backend_stalled_past_the_lease_delays_the_due_slots_and_drops_n
 ) -> None:
     # Given one beat whose backend is a private Redis, with slots T0 and T0+10 due at T0+15
     app = make_app(url_for(broker_kind, tmp_path, request), private_redis.url)
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     clock.now = T0 + 15
     # When the backend server is SIGSTOPped for longer than the lease during the next tick
     timer = pause_for(private_redis, LEASE + 1.0)
@@ -296,9 +294,7 @@ def test_a_sqlite_backend_locked_past_the_lease_delays_the_due_slots_and_drops_n
     # Given one beat whose backend is a SQLite file, with slots T0 and T0+10 due at T0+15
     results = tmp_path / "results.db"
     app = make_app(url_for(broker_kind, tmp_path, request), f"sqlite:///{results}")
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     clock.now = T0 + 15
     # When another connection holds the backend's write lock for longer than the lease during the next tick
     holder = hold_write_lock(results)
