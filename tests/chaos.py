@@ -315,7 +315,7 @@ def _injectors(servers: Servers, plan: ChaosPlan, log: Path) -> list[Injector]:
         injectors.append(Injector("backend outage", *outages, actions, seed, note))
     stall: tuple[Callable[[], None], Callable[[], None]] | None = None
     if servers.broker_redis is not None:
-        stall = (servers.broker_redis.suspend, servers.broker_redis.resume)
+        stall = (servers.broker_redis.freeze, servers.broker_redis.thaw)
     elif servers.sqlite is not None:
         holder = SqliteLockHolder(servers.sqlite)
         stall = (holder.take, holder.release)

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import random
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,7 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.e2e.conftest import ROOT, WorkerProcess, wait_until
+from tests.e2e.conftest import ROOT, WorkerProcess
+from tests.servers import PrivateRedis
 
 #: Every fault kind ``--faults`` accepts, in the order the summary prints them.
 FAULTS = ("kill", "backend", "stall", "poison", "gil", "collide")
@@ -83,58 +83,6 @@ class FaultCounts:
             f"{self.collide_kills} children killed in them",
         }
         return [f"fault {kind + ':':9} {text[kind]}" for kind in FAULTS if kind in faults]
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this run's own, on a spare port: the only kind of server a fault may stop."""
-
-    def __init__(self, workdir: Path, name: str, *, durable: bool) -> None:
-        self.port = free_port()
-        self.dir = workdir / name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.durable = durable
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start (or restart, on the same port and files) and wait until it answers PING."""
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += [*persistence, "--dir", str(self.dir)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 10, f"redis-server on port {self.port} to answer")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """kill -9 (a crash: whatever was not yet fsynced is gone)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def suspend(self) -> None:
-        assert self.proc is not None
-        psutil.Process(self.proc.pid).suspend()
-
-    def resume(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            psutil.Process(self.proc.pid).resume()
 
 
 class Injector(threading.Thread):
@@ -276,7 +224,7 @@ def fault_servers(broker: str, backend: str | None, workdir: Path, faults: froze
     started: list[PrivateRedis] = []
     try:
         if "backend" in faults:
-            servers.backend_redis = PrivateRedis(workdir, "backend-redis", durable=True)
+            servers.backend_redis = _private_redis(workdir / "backend-redis", durable=True)
             started.append(servers.backend_redis)
             servers.backend_redis.start()
             servers.backend = servers.backend_redis.url
@@ -285,8 +233,14 @@ def fault_servers(broker: str, backend: str | None, workdir: Path, faults: froze
         yield servers
     finally:
         for server in started:
-            server.resume()
+            server.thaw()
             server.kill()
+
+
+def _private_redis(folder: Path, *, durable: bool) -> PrivateRedis:
+    """A private server of the run in its own folder, given 10 s to answer or exit on a machine the run keeps busy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return PrivateRedis(folder, durable=durable, timeout=10)
 
 
 def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> None:
@@ -295,7 +249,7 @@ def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> 
         servers.sqlite = Path(servers.broker.partition("sqlite:///")[2].partition("?")[0])
         servers.stall_kind = "BEGIN IMMEDIATE held on the SQLite file"
     elif scheme == "redis":
-        servers.broker_redis = PrivateRedis(workdir, "broker-redis", durable=False)
+        servers.broker_redis = _private_redis(workdir / "broker-redis", durable=False)
         started.append(servers.broker_redis)
         servers.broker_redis.start()
         servers.broker = servers.broker_redis.url

@@ -30,17 +30,22 @@ def free_port() -> int:
 class PrivateRedis:
     """One redis-server of this test; ``durable`` keeps every acknowledged write across a restart.
 
+    The port is chosen once: every :meth:`start` (also after :meth:`kill`) listens on it again, so
+    clients holding the URL reconnect to the new process as they would to a restarted server.
+
     Args:
-        folder: where the server keeps its files.
+        folder: where the server keeps its files (its append-only file, when durable).
         durable: append-only with fsync on every write (else nothing is kept).
+        timeout: seconds :meth:`start` waits for the first answer and :meth:`kill` for the exit.
     """
 
-    def __init__(self, folder: Path, *, durable: bool = False) -> None:
+    def __init__(self, folder: Path, *, durable: bool = False, timeout: float = 5.0) -> None:
         if shutil.which("redis-server") is None:
             server_missing("redis-server", "the binary is not installed")
         self.folder = folder
         self.port = free_port()
         self.durable = durable
+        self.timeout = timeout
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +53,7 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        """Start the server and wait until it answers (5 s at most)."""
+        """Start the server (again) and wait until it answers; one that never answers is killed."""
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
         command += ["--save", "", "--appendonly", "yes" if self.durable else "no"]
         if self.durable:
@@ -56,15 +61,29 @@ class PrivateRedis:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:
-            wait_until(lambda: _pings(client), 5, f"the private redis-server on port {self.port} to answer")
+            wait_until(lambda: _pings(client), self.timeout, f"the private redis-server on port {self.port} to answer")
+        except AssertionError:
+            self.kill()
+            raise
         finally:
             client.close()
 
+    def restart(self, folder: Path | None = None) -> None:
+        """Kill the server and start it again on the same port, in ``folder`` if given (else the same one).
+
+        A durable server comes back with every acknowledged write; a new, empty ``folder`` stands
+        for a server that lost its data.
+        """
+        self.kill()
+        if folder is not None:
+            self.folder = folder
+        self.start()
+
     def kill(self) -> None:
-        """Kill the server (SIGKILL, as a crash would) and wait for it to be gone."""
+        """Kill the server (SIGKILL, as a crash would; it also ends a frozen one) and wait for it to be gone."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=self.timeout)
 
     def freeze(self) -> None:
         """SIGSTOP the server: connections stay open, nothing is answered."""
@@ -72,9 +91,9 @@ class PrivateRedis:
         self.process.send_signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        """SIGCONT a frozen server."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
+        """SIGCONT a frozen server (nothing happens to one that is running, gone or never started)."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -85,15 +104,14 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @contextlib.contextmanager
-def private_redis(folder: Path, *, durable: bool = False) -> Iterator[PrivateRedis]:
+def private_redis(folder: Path, *, durable: bool = False, timeout: float = 5.0) -> Iterator[PrivateRedis]:
     """A started :class:`PrivateRedis`, killed (and thawed first, if frozen) when the block ends."""
-    server = PrivateRedis(folder, durable=durable)
+    server = PrivateRedis(folder, durable=durable, timeout=timeout)
     server.start()
     try:
         yield server
     finally:
-        if server.process is not None and server.process.poll() is None:
-            server.thaw()
+        server.thaw()
         server.kill()
 
 

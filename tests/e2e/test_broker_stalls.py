@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ import pytest
 from conveyor import App
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, kill_leftovers, wait_until
-from tests.e2e.test_delivery_holes_redis import PrivateRedis
+from tests.servers import PrivateRedis, private_redis
 
 LEASE = 2.0
 #: Longer than the lease by more than STALL_GAP's margin: the lease deadline passes during the stall.
@@ -35,11 +34,11 @@ TASK_SECONDS = 5.0
 @contextlib.contextmanager
 def stalled_redis(server: PrivateRedis) -> Iterator[None]:
     """SIGSTOP the private redis-server; SIGCONT it on the way out, whatever happens."""
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    server.freeze()
     try:
         yield
     finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
+        server.thaw()
 
 
 @contextlib.contextmanager
@@ -60,12 +59,8 @@ def stallable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     if request.param == "redis":
         if shutil.which("redis-server") is None:
             pytest.skip("needs the redis-server binary")
-        server = PrivateRedis(tmp_path)
-        try:
+        with private_redis(tmp_path) as server:
             yield f"{server.url}?prefix=stall", lambda: stalled_redis(server)
-        finally:
-            os.kill(server.proc.pid, signal.SIGCONT)
-            server.stop()
     else:
         path = tmp_path / "conveyor.db"
         yield f"sqlite:///{path}", lambda: stalled_sqlite(path)

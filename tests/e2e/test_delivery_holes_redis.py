@@ -8,69 +8,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from conveyor import App
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, kill_leftovers, wait_until
+from tests.servers import PrivateRedis
+from tests.servers import private_redis as running_redis
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 
 
-class PrivateRedis:
-    """A redis-server of this test alone, without persistence: a restart loses every key."""
-
-    def __init__(self, folder: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.folder = folder
-        self.proc = self._start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _start(self) -> subprocess.Popen[bytes]:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder)]
-        command += ["--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        try:
-            wait_until(up, 5, "the private redis-server to answer")
-        finally:
-            client.close()
-        return proc
-
-    def restart(self) -> None:
-        """Kill the server and start an empty one on the same port (no persistence: everything is gone)."""
-        self.stop()
-        self.proc = self._start()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=5)
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    yield server
-    server.stop()
+    """A redis-server of this test alone, without persistence: a restart loses every key."""
+    with running_redis(tmp_path) as server:
+        yield server
 
 
 def test_revoke_and_stats_see_a_queue_after_the_server_lost_its_registry(
@@ -92,7 +48,7 @@ def test_revoke_and_stats_see_a_queue_after_the_server_lost_its_registry(
         enqueue(app, "record", "before")
         # When the server restarts without persistence (the registry set is gone) and the producer,
         # still alive, enqueues a task and revokes it before any worker takes it
-        private_redis.restart()
+        private_redis.restart()  # same port, same folder: nothing was persisted
         doomed = enqueue(app, "record", "revoked")
         # Then stats lists the queue and revoke finds the queued task
         assert [s.queue for s in app.broker.stats()] == ["default"]

@@ -7,18 +7,16 @@ scenario applies to.
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from conveyor import App, State
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.servers import PrivateRedis, private_redis
 
 # -- item 9: a poison task takes only itself down ----------------------------------------------
 
@@ -73,45 +71,13 @@ def test_a_task_holding_the_gil_longer_than_its_lease_runs_once(
 # -- item 3: the result backend goes down while the broker stays up ---------------------------
 
 
-class PrivateRedis:
-    """A redis-server of this test alone (own port, own directory): the test may kill and restart it."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        command += ["--appendonly", "no", "--dir", str(self.directory)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
 def private_backend(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test alone (own port, own directory, 10 s to answer): it may kill and restart it."""
     directory = tmp_path / "backend-redis"
     directory.mkdir()
-    server = PrivateRedis(directory)
-    server.start()
-    yield server
-    server.kill()
+    with private_redis(directory, timeout=10) as server:
+        yield server
 
 
 #: Lease, deliveries and outage: the outage lasts several times max_deliveries x (lease + retry_for).

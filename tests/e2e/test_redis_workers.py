@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from conveyor import App
 from tests.apps.e2e_app import marks
 from tests.conftest import redis_available
 from tests.e2e.conftest import WorkerProcess, wait_until
+from tests.servers import PrivateRedis
 
 
 def send_marks(app: App, n: int, sleep: float = 0.0) -> None:
@@ -48,53 +47,6 @@ def test_two_workers_split_10000_tasks_none_lost_none_twice(
     assert a.stop() == 0 and b.stop() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OwnRedis:
-    """A redis-server of this test's own on a spare port, with append-only persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-            "--dir",
-            str(self.workdir),
-        ]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, 10, f"redis-server on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_redis_restart_while_tasks_flow_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     redis_available()
@@ -102,7 +54,7 @@ def test_redis_restart_while_tasks_flow_loses_nothing(tmp_path: Path, monkeypatc
         pytest.skip("redis-server is not on PATH")
     from tests.e2e.conftest import ROOT, WorkerProcess
 
-    server = OwnRedis(tmp_path)
+    server = PrivateRedis(tmp_path, durable=True, timeout=10)  # append-only, fsync always
     server.start()
     records = tmp_path / "records"
     records.mkdir()

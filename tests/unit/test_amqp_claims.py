@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from conveyor import App
 from conveyor.backends import ResultBackend
@@ -29,6 +27,7 @@ from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, DuplicateTaskId
 from conveyor.states import ResultRecord, State, encode_record
 from tests.conftest import amqp_url
+from tests.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,40 +104,12 @@ def test_a_fresh_claim_whose_producer_is_still_committing_is_honoured(amqp_vhost
     second.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _redis_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """A private redis-server with every write fsynced, so a restart keeps the claims."""
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
-    command += ["--appendonly", "yes", "--appendfsync", "always"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.02)
-    client.close()
-    return server
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(amqp_vhost: str, tmp_path: Path) -> None:
     # Given a keyed task run by a worker whose private Redis result backend dies right before its ack
-    port = _free_port()
-    server = _redis_server(port, tmp_path)
-    backend_url = f"redis://127.0.0.1:{port}/0"
-    worker_results = backend_from_url(backend_url)
+    server = PrivateRedis(tmp_path, durable=True)  # every write fsynced, so a restart keeps the claims
+    server.start()
+    worker_results = backend_from_url(server.url)
     worker = producer(amqp_vhost, worker_results)
     try:
         [first] = worker.enqueue([env(key="receipt-7")])
@@ -146,12 +117,11 @@ def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(am
         record = ResultRecord(state=State.SUCCESS, value=1, task="t", finished=time.time())
         worker_results.set(first, State.SUCCESS, encode_record(record), 3600)
         server.kill()
-        server.wait(timeout=5)
         with contextlib.suppress(BrokerUnavailable):  # the ack commits; the key's release fails
             worker.ack([d])
-        server = _redis_server(port, tmp_path)
+        server.start()
         # When another process sends the same key after the task finished
-        other_results = backend_from_url(backend_url)
+        other_results = backend_from_url(server.url)
         other = producer(amqp_vhost, other_results)
         [again] = other.enqueue([env(key="receipt-7")])
         # Then a new task is stored and runs
@@ -165,7 +135,6 @@ def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(am
         worker.close()
         worker_results.close()
         server.kill()
-        server.wait(timeout=5)
 
 
 def test_a_reused_explicit_task_id_raises_until_its_task_left_the_broker(

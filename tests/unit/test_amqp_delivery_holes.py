@@ -9,9 +9,6 @@ racing an ack must not report the acked task as lost.
 from __future__ import annotations
 
 import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -19,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
@@ -27,6 +23,7 @@ from conveyor.brokers import Delivery, Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.states import ResultRecord, State, encode_record
 from tests.conftest import amqp_url, wait_until
+from tests.servers import PrivateRedis, private_redis
 
 
 def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
@@ -132,39 +129,21 @@ def test_a_heartbeat_racing_an_ack_does_not_report_the_acked_task_lost(brokers: 
     assert worker.extend([d], 30) == []
 
 
-def _private_redis(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
-    server = subprocess.Popen([*command, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    wait_until(lambda: _pings(client), 5, "the private redis-server to answer")
-    client.close()
-    return server, port
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_heartbeat_during_a_slow_key_release_does_not_report_the_acked_task_lost(
     amqp_vhost: str, tmp_path: Path
 ) -> None:
     # Given a keyed task whose worker keeps its results on a private Redis
-    server, port = _private_redis(tmp_path)
-    backend = backend_from_url(f"redis://127.0.0.1:{port}/0")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    backend = backend_from_url(server.url)
     worker = AMQPBroker.from_url(amqp_url(amqp_vhost))
     worker.use_backend(lambda: backend)
     try:
         worker.enqueue([env(key="receipt-7")])
         [d] = worker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
         # When the ack commits but its key release hangs (the Redis server is stopped for a moment)
-        server.send_signal(signal.SIGSTOP)
+        server.freeze()
         acking = threading.Thread(target=worker.ack, args=([d],))
         acking.start()
         wait_until(lambda: not worker._held, 5, "the ack to commit")
@@ -173,17 +152,16 @@ def test_a_heartbeat_during_a_slow_key_release_does_not_report_the_acked_task_lo
         beat = threading.Thread(target=lambda: lost.append(worker.extend([d], 30)))
         beat.start()
         time.sleep(0.3)
-        server.send_signal(signal.SIGCONT)
+        server.thaw()
         acking.join(timeout=15)
         beat.join(timeout=15)
         # Then the acked task is not reported lost
         assert lost == [[]]
     finally:
-        server.send_signal(signal.SIGCONT)
+        server.thaw()
         worker.close()
         backend.close()
         server.kill()
-        server.wait(timeout=5)
 
 
 def test_a_process_stalled_whole_gives_back_nothing_its_heartbeat_then_keeps(brokers: list[AMQPBroker]) -> None:
@@ -211,7 +189,6 @@ def test_a_reserve_whose_in_flight_count_fails_to_land_still_hands_out_what_it_t
 ) -> None:
     # Given a worker process whose result backend (a private Redis) dies while messages wait
     from conveyor.backends.redis import RedisResultBackend
-    from tests.servers import private_redis
 
     with private_redis(tmp_path) as server:
         results = RedisResultBackend(server.url, retry_for=0.3)

@@ -8,7 +8,6 @@ backend at start-up, and a broker shared across ``fork()``.
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.states import ResultRecord, State, encode_record
 from tests.conftest import amqp_url
+from tests.servers import free_port
 from tests.vhosts import rabbitmqctl
 
 
@@ -100,9 +100,7 @@ def test_a_message_whose_worker_keeps_dying_is_dead_lettered(broker: AMQPBroker,
 
 def test_a_producer_gets_broker_unavailable_after_a_bounded_retry() -> None:
     # Given a broker URL where nothing listens
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     broker = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{port}/%2F", retry_for=0.5)
     # When a producer enqueues, it fails clearly within the bounded retry
     started = time.monotonic()

@@ -17,22 +17,9 @@ from typing import Any
 import pytest
 
 from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
-from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
-from conveyor.signing import unframe
 from tests.conftest import backend_url_for, url_for
-
-T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
-
-
-class Clock:
-    """A wall clock the test moves."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.beat_clock import T0, Clock, fired_slots, iso
 
 
 def make_app(url: str, **settings: Any) -> App:
@@ -63,18 +50,6 @@ def app(url: str, broker_kind: str, tmp_path: Path, request: pytest.FixtureReque
     instance = make_app(url, backend=backend)
     yield instance
     instance.close()
-
-
-def fired_slots(app: App) -> Counter[str]:
-    """Every message waiting in the default queue, counted by the beat slot it was sent for."""
-    deliveries = app.broker.reserve(["default"], 10_000, owner="test", lease=60)
-    for delivery in deliveries:
-        app.broker.nack(delivery)
-    return Counter(decode(unframe(d.body)).headers["beat_slot"] for d in deliveries)
-
-
-def iso(offset: float) -> str:
-    return datetime.datetime.fromtimestamp(T0 + offset, datetime.UTC).isoformat()
 
 
 # -- declarations --------------------------------------------------------------------------------

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import shutil
-import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import urllib.parse
 from collections import Counter
@@ -29,88 +26,34 @@ from conveyor.backends.redis import RedisResultBackend
 from conveyor.brokers import _sqlite_connection
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
-from conveyor.message import decode
 from conveyor.scheduler.beat import Beat, slot_key
-from conveyor.signing import unframe
-from tests.conftest import AMQP_URL, server_missing, url_for, wait_until
+from tests.conftest import AMQP_URL, url_for
+from tests.servers import PrivateRedis, free_port
+from tests.servers import private_redis as running_redis
+from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
-T0 = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, a multiple of 10 s
 LEASE = 2.0
 
 
-class Clock:
-    """A wall clock the test moves."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+def pause_for(server: PrivateRedis, seconds: float) -> threading.Timer:
+    """SIGSTOP the server now and SIGCONT it ``seconds`` later (from a timer thread)."""
+    server.freeze()
+    timer = threading.Timer(seconds, server.thaw)
+    timer.start()
+    return timer
 
 
-class PrivateRedis:
-    """A redis-server of this test's own on a spare port (no persistence): stop, restart, pause at will."""
-
-    def __init__(self, folder: Path, *, durable: bool = False) -> None:
-        self.folder = folder
-        self.durable = durable  # append-only file, fsynced on every write: a restart keeps every key
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(self.folder),
-        ]
-        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_until(self._answers, 10, f"redis-server on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # SIGKILL ends a SIGSTOPped server as well
-            self.proc.wait(timeout=10)
-
-    def pause_for(self, seconds: float) -> threading.Timer:
-        """SIGSTOP the server now and SIGCONT it ``seconds`` later (from a timer thread)."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-        timer = threading.Timer(seconds, self.proc.send_signal, args=(signal.SIGCONT,))
-        timer.start()
-        return timer
+def _running(folder: Path, *, durable: bool) -> Iterator[PrivateRedis]:
+    """A private server (10 s to answer or exit) in a new ``folder``, killed when the test ends."""
+    folder.mkdir()
+    with running_redis(folder, durable=durable, timeout=10) as server:
+        yield server
 
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        server_missing("redis-server", "not on PATH")
-    folder = tmp_path / "private-redis"
-    folder.mkdir()
-    server = PrivateRedis(folder)
-    server.start()
-    yield server
-    server.stop()
+    """A server without persistence: stop, restart, pause at will."""
+    yield from _running(tmp_path / "private-redis", durable=False)
 
 
 class Cut:
@@ -122,9 +65,7 @@ class Cut:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port: int = sock.getsockname()[1]
+        self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -174,14 +115,8 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 @pytest.fixture
 def durable_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if shutil.which("redis-server") is None:
-        server_missing("redis-server", "not on PATH")
-    folder = tmp_path / "durable-redis"
-    folder.mkdir()
-    server = PrivateRedis(folder, durable=True)
-    server.start()
-    yield server
-    server.stop()
+    """A server with an append-only file fsynced on every write: a restart keeps every key."""
+    yield from _running(tmp_path / "durable-redis", durable=True)
 
 
 def make_app(broker: str, backend: str, **settings: Any) -> App:
@@ -194,16 +129,12 @@ def make_app(broker: str, backend: str, **settings: Any) -> App:
     return app
 
 
-def fired_slots(app: App) -> Counter[str]:
-    """Every message waiting in the default queue, counted by the beat slot it was sent for."""
-    deliveries = app.broker.reserve(["default"], 10_000, owner="test", lease=60)
-    for delivery in deliveries:
-        app.broker.nack(delivery)
-    return Counter(decode(unframe(d.body)).headers["beat_slot"] for d in deliveries)
-
-
-def iso(offset: float) -> str:
-    return datetime.datetime.fromtimestamp(T0 + offset, datetime.UTC).isoformat()
+def ticked_once(app: App) -> tuple[Beat, Clock]:
+    """A beat of ``app`` that ticked once at T0 - 5 (it leads, nothing is due yet), and the clock it reads."""
+    clock = Clock(T0 - 5)
+    beat = Beat(app, clock=clock)
+    beat.tick()
+    return beat, clock
 
 
 def hold_write_lock(path: Path) -> sqlite3.Connection:
@@ -227,19 +158,15 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_redis_broker_is_back(
     # Given a beat whose broker is a private Redis (retrying for 1 s) and its backend another store
     monkeypatch.setattr(RedisBroker, "retry_for", 1.0)
     app = make_app(private_redis.url, url_for(backend_kind, tmp_path, request))
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     # When the broker server is down at the firing instant of slot T0
-    private_redis.stop()
+    private_redis.kill()
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
         beat.tick()
     # And it comes back (empty: no persistence) before the next ticks
     private_redis.start()
-    for now in (T0 + 1, T0 + 2, T0 + 10):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
     # Then slot T0 was enqueued once, late, and the schedule went on
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     app.close()
@@ -252,9 +179,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     monkeypatch.setattr(_sqlite_connection, "BUSY_TIMEOUT_MS", 500)
     broker_path = tmp_path / "broker.db"
     app = make_app(f"sqlite:///{broker_path}", f"sqlite:///{tmp_path / 'results.db'}")
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     app.broker.stats()  # the broker file exists (and is in WAL mode) before another connection locks it
     # When another connection holds the broker's write lock longer than that at the firing instant of T0
     holder = hold_write_lock(broker_path)
@@ -264,9 +189,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     # And lets it go before the next ticks
     holder.execute("ROLLBACK")
     holder.close()
-    for now in (T0 + 1, T0 + 2, T0 + 10):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
     # Then slot T0 was enqueued once, late, and the schedule went on
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     app.close()
@@ -286,9 +209,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
     )
     app = make_app(broker, f"sqlite:///{tmp_path / 'results.db'}")
     try:
-        clock = Clock(T0 - 5)
-        beat = Beat(app, clock=clock)
-        beat.tick()
+        beat, clock = ticked_once(app)
         app.broker.stats()  # connected
         # When RabbitMQ is unreachable at the firing instant of slot T0
         network.cut()
@@ -297,9 +218,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_rabbitmq_is_reachable_again(
             beat.tick()
         # And reachable again before the next ticks
         network.mend()
-        for now in (T0 + 1, T0 + 2, T0 + 10):
-            clock.now = now
-            beat.tick()
+        tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
         # Then slot T0 was enqueued once, late, and the schedule went on
         assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     finally:
@@ -321,13 +240,11 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
     def claim_then_die(key: str, ttl: float) -> bool:
         won = claim(key, ttl)
         if won and key == slot_key(app.name, "tick", datetime.datetime.fromtimestamp(T0, datetime.UTC)):
-            durable_redis.stop()
+            durable_redis.kill()
         return won
 
     monkeypatch.setattr(app.backend, "claim", claim_then_die)
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     # When slot T0 comes: claimed, then neither enqueued nor given back (the server is gone)
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
@@ -341,9 +258,7 @@ def test_a_slot_claimed_just_before_its_one_redis_server_dies_fires_once_when_it
         beat.run(stop)
         assert fired_slots(app) == Counter({iso(0): 1})
     else:
-        for now in (T0 + 1, T0 + 2, T0 + 10):
-            clock.now = now
-            beat.tick()
+        tick_at(clock, (T0 + 1, T0 + 2, T0 + 10), beat)
         # Then slot T0 was enqueued once, late, by the beat that holds its claim, and the schedule went on
         assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1})
     assert not beat.owed
@@ -359,18 +274,14 @@ def test_a_redis_backend_stalled_past_the_lease_delays_the_due_slots_and_drops_n
 ) -> None:
     # Given one beat whose backend is a private Redis, with slots T0 and T0+10 due at T0+15
     app = make_app(url_for(broker_kind, tmp_path, request), private_redis.url)
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     clock.now = T0 + 15
     # When the backend server is SIGSTOPped for longer than the lease during the next tick
-    timer = private_redis.pause_for(LEASE + 1.0)
+    timer = pause_for(private_redis, LEASE + 1.0)
     beat.tick()
     timer.join(timeout=10)
     # And the beat goes on ticking
-    for now in (T0 + 16, T0 + 17, T0 + 20):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 16, T0 + 17, T0 + 20), beat)
     # Then every due slot fired once
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1, iso(20): 1})
     app.close()
@@ -383,9 +294,7 @@ def test_a_sqlite_backend_locked_past_the_lease_delays_the_due_slots_and_drops_n
     # Given one beat whose backend is a SQLite file, with slots T0 and T0+10 due at T0+15
     results = tmp_path / "results.db"
     app = make_app(url_for(broker_kind, tmp_path, request), f"sqlite:///{results}")
-    clock = Clock(T0 - 5)
-    beat = Beat(app, clock=clock)
-    beat.tick()
+    beat, clock = ticked_once(app)
     clock.now = T0 + 15
     # When another connection holds the backend's write lock for longer than the lease during the next tick
     holder = hold_write_lock(results)
@@ -395,9 +304,7 @@ def test_a_sqlite_backend_locked_past_the_lease_delays_the_due_slots_and_drops_n
     timer.join(timeout=10)
     holder.close()
     # And the beat goes on ticking
-    for now in (T0 + 16, T0 + 17, T0 + 20):
-        clock.now = now
-        beat.tick()
+    tick_at(clock, (T0 + 16, T0 + 17, T0 + 20), beat)
     # Then every due slot fired once
     assert fired_slots(app) == Counter({iso(0): 1, iso(10): 1, iso(20): 1})
     app.close()
@@ -417,7 +324,7 @@ def test_a_slot_whose_enqueue_failed_past_the_lease_is_enqueued_by_its_claimer_o
     standby.tick()
     assert (leader.leading, standby.leading) == (True, False)
     # When the broker is down at slot T0: the leader's enqueue fails after its lease lapsed
-    private_redis.stop()
+    private_redis.kill()
     clock.now = T0
     with pytest.raises(BrokerUnavailable):
         leader.tick()
@@ -426,10 +333,7 @@ def test_a_slot_whose_enqueue_failed_past_the_lease_is_enqueued_by_its_claimer_o
     assert standby.leading
     # When the broker is back, both tick on
     private_redis.start()
-    for now in (T0 + 1, T0 + 10):
-        clock.now = now
-        leader.tick()
-        standby.tick()
+    tick_at(clock, (T0 + 1, T0 + 10), leader, standby)
     # Then slot T0 was enqueued once (by the beat that claimed it), and T0+10 by the new leader
     assert fired_slots(apps[0]) == Counter({iso(0): 1, iso(10): 1})
     assert not leader.owed

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -28,6 +26,7 @@ from conveyor.brokers.redis import RedisBroker
 from conveyor.errors import BrokerUnavailable, DuplicateTaskId
 from conveyor.states import State
 from tests.conftest import REDIS_URL
+from tests.servers import PrivateRedis
 
 
 def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
@@ -168,79 +167,45 @@ def test_idempotency_key_spans_queues_and_survives_a_stale_claim(broker: RedisBr
 # -- a server restart ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _start_server(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """A private redis-server with every write fsynced to its append-only file."""
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
-    command += ["--appendonly", "yes", "--appendfsync", "always"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise
-            time.sleep(0.02)
-    client.close()
-    return server
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.kill()
-    server.wait(timeout=5)
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_broker_reconnects_by_itself_after_a_restart_and_loses_nothing(tmp_path: Path) -> None:
     # Given a private server with AOF fsync always, 500 messages on two queues, 100 of them in flight
-    port = _free_port()
-    server = _start_server(port, tmp_path)
-    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=restart")
+    server = PrivateRedis(tmp_path, durable=True)
+    server.start()
+    broker = RedisBroker.from_url(f"{server.url}?prefix=restart")
     try:
         ids = set(broker.enqueue([env("a" if i % 2 else "b", str(i).encode()) for i in range(500)]))
         held = broker.reserve(["a", "b"], 100, owner="w", lease=60)
         assert len(held) == 100
         # When the server is killed and comes back on the same port and directory a moment later
-        _stop(server)
-        holder: list[subprocess.Popen[bytes]] = []
-        restart = threading.Timer(0.5, lambda: holder.append(_start_server(port, tmp_path)))
+        server.kill()
+        restart = threading.Timer(0.5, server.start)
         restart.start()
         # Then the broker's next call (a pipelined heartbeat over both queues) waits it out and succeeds
         started = time.monotonic()
         assert broker.extend(held, 60) == []
         restart.join()
-        server = holder[0]
         assert time.monotonic() - started < broker.retry_for
         # And every message is still there, ready or in flight
         assert sum(s.ready for s in broker.stats()) == 400
         assert sum(s.in_flight for s in broker.stats()) == 100
         # And scripts load again even after the server loses them (redis-py's Script reloads on NOSCRIPT)
-        redis.Redis(port=port).script_flush()
+        redis.Redis(port=server.port).script_flush()
         rest = broker.reserve(["a", "b"], 1000, owner="w", lease=60)
         assert {d.id for d in held} | {d.id for d in rest} == ids
         broker.ack(held + rest)
         assert sum(s.ready + s.in_flight for s in broker.stats()) == 0
     finally:
         broker.close()
-        _stop(server)
+        server.kill()
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_blocked_reserve_survives_a_restart(tmp_path: Path) -> None:
     # Given a reserve blocked on a private server
-    port = _free_port()
-    server = _start_server(port, tmp_path)
-    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=restart")
+    server = PrivateRedis(tmp_path, durable=True)
+    server.start()
+    broker = RedisBroker.from_url(f"{server.url}?prefix=restart")
     got: list[int] = []
     try:
         broker.reserve(["q"], 1, owner="w", lease=5, timeout=0.01)  # open the connections
@@ -250,15 +215,14 @@ def test_a_blocked_reserve_survives_a_restart(tmp_path: Path) -> None:
         waiter.start()
         time.sleep(0.2)
         # When the server restarts under it and a message arrives afterwards
-        _stop(server)
-        server = _start_server(port, tmp_path)
+        server.restart()
         broker.enqueue([env("q")])
         waiter.join(timeout=10)
         # Then the reserve reconnected by itself and got the message
         assert got == [1]
     finally:
         broker.close()
-        _stop(server)
+        server.kill()
 
 
 @pytest.mark.parametrize(
@@ -354,16 +318,15 @@ def test_every_enqueue_path_registers_its_queue_again_after_the_server_lost_its_
     tmp_path: Path, batch: list[str]
 ) -> None:
     # Given a long-lived producer that registered queues a and b on a private server
-    port = _free_port()
     (tmp_path / "before").mkdir()
     (tmp_path / "after").mkdir()
-    server = _start_server(port, tmp_path / "before")
-    broker = RedisBroker.from_url(f"redis://127.0.0.1:{port}/0?prefix=heal")
+    server = PrivateRedis(tmp_path / "before", durable=True)
+    server.start()
+    broker = RedisBroker.from_url(f"{server.url}?prefix=heal")
     try:
         broker.enqueue([env("a"), env("b")])
         # When the server comes back empty (another directory: nothing persisted) and the producer enqueues
-        _stop(server)
-        server = _start_server(port, tmp_path / "after")
+        server.restart(tmp_path / "after")
         sent = [env(q) for q in batch]
         broker.enqueue(sent)
         # Then the registry lists the queues again, and cancel (revoke) finds every message
@@ -371,4 +334,4 @@ def test_every_enqueue_path_registers_its_queue_again_after_the_server_lost_its_
         assert sorted(broker.cancel([e.id for e in sent])) == sorted(e.id for e in sent)
     finally:
         broker.close()
-        _stop(server)
+        server.kill()
