@@ -71,6 +71,10 @@ def start_to_count(results: Callable[[], ResultBackend], entry: Entry) -> float 
     if raw is None:
         return None
     record = decode_record(raw)
+    if record.state is State.REVOKED:
+        # Revoked while a worker held it (a terminated run, or a prefetched copy): count it, so the
+        # worker that takes it sees a redelivery and checks the revocation instead of running it.
+        return record.finished if record.finished is not None else UNKNOWN_START
     if record.state is not State.STARTED or record.started is None or record.started == entry.started:
         return None
     return record.started
