@@ -86,6 +86,7 @@ def rabbitmq_answers() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # it restarts the shared RabbitMQ: nothing else may run meanwhile
 @pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
 @pytest.mark.timeout(180)
 def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_meanwhile(

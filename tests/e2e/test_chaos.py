@@ -16,6 +16,9 @@ import pytest
 from tests.chaos import ChaosPlan, Servers, audit, fault_servers, run_chaos
 from tests.conftest import server_missing
 
+#: The storms load both cores and time leases to the second: they run alone (scripts/test).
+pytestmark = pytest.mark.exclusive
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
