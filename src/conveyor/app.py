@@ -168,6 +168,7 @@ class App:
             EncodeError: an argument does not serialize (nothing of the batch is sent).
             MessageTooLarge: a message is over ``max_message_size``.
             BrokerUnavailable: the broker did not answer.
+            DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
         limit = self.settings.max_message_size
         secret = self.settings.secret

@@ -141,6 +141,8 @@ class Broker(abc.ABC):
 
         Raises:
             BrokerUnavailable: the broker did not answer within the bounded retry.
+            DuplicateTaskId: an id the broker still holds (queued, scheduled, in flight or dead), or one
+                repeated within the batch; nothing of the batch is stored.
         """
 
     @abc.abstractmethod
