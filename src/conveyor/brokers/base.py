@@ -61,7 +61,8 @@ class Delivery:
     """A reserved message, leased to one owner until acked, nacked or its lease expires.
 
     Attributes:
-        deliveries: how many times the message has been handed out, this time included.
+        deliveries: how many times the message has been handed out, this time included, less the
+            hand-outs given back uncounted (nacks, and leases that ended before it was seen running).
         token: identifies this lease; an ack or extend with an older token is ignored.
     """
 
