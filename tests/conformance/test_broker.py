@@ -12,7 +12,8 @@ import uuid
 
 import pytest
 
-from conveyor.brokers import Broker, Envelope
+from conveyor.brokers import Broker, Delivery, Envelope
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY
 
 OWNER = "worker-a"
 
@@ -134,10 +135,21 @@ def test_nack_with_delay_schedules_it_with_the_new_body(broker: Broker) -> None:
     assert again.body == b"attempt-1"
 
 
-def test_expired_lease_is_redelivered_and_counted(broker: Broker) -> None:
-    # Given a message leased for 0.3 s whose owner never heartbeats
+def seen_running(broker: Broker, broker_kind: str, delivery: Delivery, lease: float) -> None:
+    """One heartbeat reporting ``delivery`` running (then its owner dies: no more heartbeats).
+
+    Not on AMQP: it ignores ``running`` and, once a process heartbeats, expires a lease only after
+    heartbeats that skip it (a process stalled whole expires nothing); the held copy counts there anyway.
+    """
+    if broker_kind != "amqp":
+        assert broker.extend([delivery], lease, running=[delivery.id]) == []
+
+
+def test_expired_lease_is_redelivered_and_counted(broker: Broker, broker_kind: str) -> None:
+    # Given a message leased for 0.3 s whose owner heartbeats it running once, then never again
     broker.enqueue([env()])
     [d] = broker.reserve(["default"], 1, owner=OWNER, lease=0.3)
+    seen_running(broker, broker_kind, d, 0.3)
     assert broker.reserve(["default"], 1, owner="worker-b", lease=5) == []
     # When the lease expires
     time.sleep(0.4)
@@ -175,12 +187,13 @@ def test_heartbeat_keeps_a_long_task_leased(broker: Broker) -> None:
     broker.ack([d])
 
 
-def test_poison_message_goes_to_dead_letters(broker: Broker) -> None:
-    # Given max_deliveries=3 (the fixture) and an owner that dies with it three times
+def test_poison_message_goes_to_dead_letters(broker: Broker, broker_kind: str) -> None:
+    # Given max_deliveries=3 (the fixture) and an owner that dies with it running three times
     broker.enqueue([env(body=b"poison")])
     for attempt in range(1, 4):
         [d] = broker.reserve(["default"], 1, owner=f"w{attempt}", lease=0.1)
         assert d.deliveries == attempt
+        seen_running(broker, broker_kind, d, 0.1)
         time.sleep(0.15)
     # When it would be delivered a fourth time
     assert broker.reserve(["default"], 1, owner="w4", lease=5) == []
@@ -189,6 +202,75 @@ def test_poison_message_goes_to_dead_letters(broker: Broker) -> None:
     assert dead.body == b"poison"
     assert "3 times" in dead.reason
     assert stats_of(broker) == (0, 0, 0, 1)
+
+
+def expire_all(broker: Broker, lease: float) -> None:
+    """Let leases of ``lease`` seconds run out, then recover them (as a reserve would)."""
+    time.sleep(lease + 0.05)
+    broker.recover()
+
+
+def test_expired_lease_of_a_message_never_seen_running_goes_back_uncounted(broker: Broker, broker_kind: str) -> None:
+    if broker_kind == "amqp":
+        pytest.skip("RabbitMQ counts a requeued copy by its STARTED result record, not by extend's running")
+    # Given max_deliveries=3 and a message ahead of another, whose owners all die (a whole worker
+    # killed) before any heartbeat saw it running
+    first, second = env(body=b"innocent"), env(body=b"next")
+    broker.enqueue([first, second])
+    bound = REQUEUES_PER_DELIVERY * 3
+    for _ in range(bound - 1):
+        [d] = broker.reserve(["default"], 1, owner="whole-worker", lease=0.05)
+        # Then every delivery is its first (the expired ones were not counted), and it keeps its place
+        assert (d.id, d.deliveries) == (first.id, 1)
+        expire_all(broker, 0.05)
+    # ... and it is not dead, long after max_deliveries expiries
+    assert stats_of(broker) == (2, 0, 0, 0)
+    # When its lease expires unseen the REQUEUES_PER_DELIVERY x max_deliveries-th time
+    [d] = broker.reserve(["default"], 1, owner="whole-worker", lease=0.05)
+    expire_all(broker, 0.05)
+    # Then it is buried (a task that kills its worker before the first heartbeat ends dead, bounded)
+    [dead] = broker.dead_letters()
+    assert dead.id == first.id and f"expired {bound} times" in dead.reason and "poison?" in dead.reason
+    [after] = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert (after.id, after.deliveries) == (second.id, 1)
+
+
+def test_expired_lease_counts_a_delivery_only_against_what_a_heartbeat_saw_running(
+    broker: Broker, broker_kind: str
+) -> None:
+    if broker_kind == "amqp":
+        pytest.skip("RabbitMQ counts a requeued copy by its STARTED result record, not by extend's running")
+    # Given max_deliveries=3 and a worker holding a poison task (running) and its prefetched batch-mate
+    broker.enqueue([env(body=b"poison"), env(body=b"mate")])
+    for attempt in range(1, 4):
+        held = broker.reserve(["default"], 2, owner=f"w{attempt}", lease=0.1)
+        assert [(d.body, d.deliveries) for d in held] == [(b"poison", attempt), (b"mate", 1)]
+        # When its heartbeat reports the poison running, then the whole worker dies, three times
+        assert broker.extend(held, 0.1, running=[held[0].id]) == []
+        expire_all(broker, 0.1)
+    # Then only the poison is dead, after max_deliveries; the batch-mate waits uncounted
+    [dead] = broker.dead_letters()
+    assert dead.body == b"poison" and "3 times" in dead.reason
+    [mate] = broker.reserve(["default"], 5, owner=OWNER, lease=5)
+    assert (mate.body, mate.deliveries) == (b"mate", 1)
+
+
+def test_started_mark_lasts_one_delivery(broker: Broker, broker_kind: str) -> None:
+    if broker_kind == "amqp":
+        pytest.skip("RabbitMQ counts a requeued copy by its STARTED result record, not by extend's running")
+    # Given a message seen running in its first delivery, whose lease expired (counted)
+    broker.enqueue([env()])
+    [d] = broker.reserve(["default"], 1, owner="w1", lease=0.1)
+    broker.extend([d], 0.1, running=[d.id])
+    expire_all(broker, 0.1)
+    # When its second delivery expires without being seen running
+    [d] = broker.reserve(["default"], 1, owner="w2", lease=0.1)
+    assert d.deliveries == 2
+    broker.extend([d], 0.1)
+    expire_all(broker, 0.1)
+    # Then that one is not counted: the mark belonged to the first delivery
+    [d] = broker.reserve(["default"], 1, owner="w3", lease=5)
+    assert d.deliveries == 2
 
 
 def test_release_owner_returns_its_messages_at_once(broker: Broker) -> None:

@@ -1,5 +1,6 @@
-"""Delivery holes of the worker itself (issue 11): a poison task's batch-mates, a GIL-holding task's
-lease, and a result backend that goes down while the broker stays up.
+"""Delivery holes of the worker itself (issue 11): a poison task's batch-mates, a whole worker's
+never-started batch-mates, a GIL-holding task's lease, and a result backend that goes down while the
+broker stays up.
 
 Each test starts real ``conveyor worker`` processes (tests/e2e/conftest.py) on the brokers the
 scenario applies to.
@@ -7,10 +8,13 @@ scenario applies to.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conveyor import App, State
@@ -40,6 +44,52 @@ def test_a_segfaulting_task_does_not_bury_its_never_started_batch_mates(
     assert runs_of(records, "poison") == e2e_app.settings.max_deliveries
     assert [runs_of(records, f"innocent{i}") for i in range(5)] == [1] * 5
     assert all(r.state is State.SUCCESS for r in innocents)
+
+
+# -- a whole worker killed: its never-started batch-mates are not counted --------------------------
+
+
+def kill_whole_worker(worker: WorkerProcess) -> None:
+    """kill -9 the supervisor and every child (as a lost machine would): nobody can say what was running."""
+    children = psutil.Process(worker.proc.pid).children(recursive=True)
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    for child in children:
+        child.kill()
+    worker.proc.wait(timeout=10)
+    psutil.wait_procs(children, timeout=10)
+
+
+@pytest.mark.parametrize("e2e_env", ["sqlite", "redis"], indirect=True)
+def test_a_killed_whole_worker_does_not_bury_its_never_started_batch_mates(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given max_deliveries=2, a 1 s lease, and a task that holds the GIL (its child can neither heartbeat
+    # nor hand back its prefetched batch) ahead of three trivial tasks: one prefetch batch
+    e2e_env["CONVEYOR_MAX_DELIVERIES"] = "2"
+    e2e_env["CONVEYOR_LEASE"] = "1"
+    e2e_app.broker.max_deliveries = 2  # the test side recovers the expired leases too
+    hog = enqueue(e2e_app, "gil_hold", "hog", 60)
+    innocents = [enqueue(e2e_app, "record", f"innocent{i}") for i in range(3)]
+    # When a whole one-process worker is killed while it runs the hog, twice (max_deliveries)
+    for kill in range(1, 3):
+        worker = start_worker("-c", "1")
+        wait_until(lambda k=kill: runs_of(records, "hog") == k, 15, "the hog to start")  # type: ignore[misc]
+        kill_whole_worker(worker)
+        # ... and their leases expire
+        wait_until(lambda: e2e_app.broker.recover() >= 0 and in_flight(e2e_app) == 0, 10, "the leases to expire")
+    # Then none of the batch-mates, which never started, is dead-lettered
+    dead = {d.id for d in e2e_app.broker.dead_letters()}
+    assert not dead & {r.id for r in innocents}, [d.reason for d in e2e_app.broker.dead_letters()]
+    # And once the hog is gone, each runs once, to SUCCESS
+    assert e2e_app.broker.cancel([hog.id]) == [hog.id] or hog.id in dead
+    start_worker("-c", "1")
+    for i, result in enumerate(innocents):
+        assert result.get(timeout=20) == f"innocent{i}"
+    assert [runs_of(records, f"innocent{i}") for i in range(3)] == [1, 1, 1]
+
+
+def in_flight(app: App) -> int:
+    return sum(s.in_flight for s in app.broker.stats())
 
 
 # -- item 8: a task holding the GIL keeps its lease ---------------------------------------------

@@ -74,9 +74,10 @@ def test_a_lease_that_runs_out_under_traffic_is_still_redelivered(broker: Broker
 
 
 def test_one_idle_reserve_call_sees_a_dead_owners_lease_expire(broker: Broker) -> None:
-    # Given a message leased for 2 s whose owner dies
+    # Given a message leased for 2 s whose owner dies running it (its heartbeat had reported it running)
     broker.enqueue([env()])
     [held] = broker.reserve(["default"], 1, owner=OWNER, lease=2.0)
+    assert broker.extend([held], 2.0, running=[held.id]) == []
     # When another worker waits in ONE reserve call longer than the lease (its idle looks are the
     # only traffic: they must not read as a stall, or the lease would be postponed forever)
     began = time.monotonic()

@@ -328,3 +328,29 @@ def test_the_schema_ships_as_package_data() -> None:
     ddl = importlib.resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
     for table in ("messages", "queues", "workers", "results"):
         assert f"CREATE TABLE IF NOT EXISTS {table}" in ddl
+
+
+def test_a_file_made_before_the_started_column_gets_it_and_keeps_its_messages(tmp_path: Path) -> None:
+    # Given a broker file whose messages table predates the started/requeues columns, holding a message
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+            "queue TEXT NOT NULL, priority INTEGER NOT NULL, state INTEGER NOT NULL, eta REAL, body BLOB NOT NULL, "
+            "key TEXT, deliveries INTEGER NOT NULL DEFAULT 0, owner TEXT, token TEXT, lease_until REAL, reason TEXT, "
+            "dead_at REAL)"
+        )
+        old.execute("INSERT INTO messages (id, queue, priority, state, body) VALUES ('old', 'default', 0, 0, x'00')")
+    old.close()
+    # When two brokers of this version open it
+    first, second = SQLiteBroker(f"sqlite:///{path}"), SQLiteBroker(f"sqlite:///{path}")
+    # Then the columns are added once, and the old message is served and heartbeated like a new one
+    [d] = first.reserve(["default"], 1, owner="w", lease=5)
+    assert (d.id, d.deliveries) == ("old", 1)
+    assert second.extend([d], 5, running=[d.id]) == []
+    probe = sqlite3.connect(path)
+    columns = [row[1] for row in probe.execute("PRAGMA table_info(messages)")]
+    probe.close()
+    assert columns[-2:] == ["started", "requeues"]
+    first.close()
+    second.close()

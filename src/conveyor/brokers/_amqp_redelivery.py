@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.brokers._amqp_scan import Entry
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY as REQUEUES_PER_DELIVERY  # re-exported: amqp.py
 from conveyor.brokers.base import Delivery
 from conveyor.states import State, decode_record
 
@@ -31,9 +32,6 @@ MISSED_BEATS = 2
 #: Seconds a reserve's polling loop may overshoot its sleep before it takes the process for stalled
 #: (a task holding the GIL) and pushes every lease it holds by the stall.
 STALL = 0.25
-#: Uncounted requeues after crashes (see ``AMQPBroker._recount``) after which a message is buried anyway,
-#: per ``max_deliveries``: the bound for a task that crashes its worker without ever writing STARTED.
-REQUEUES_PER_DELIVERY = 3
 #: The ``started`` header of a copy counted while the result backend could not say whether it ran.
 UNKNOWN_START = -1.0
 

@@ -130,6 +130,7 @@ class SQLiteConnection:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             # One write transaction: BEGIN IMMEDIATE waits for the lock through the busy handler.
             conn.executescript(f"BEGIN IMMEDIATE;\n{_schema()}\nCOMMIT;")
+            _add_columns(conn)
         except BaseException:
             conn.close()
             raise
@@ -225,6 +226,33 @@ def _forget_in_child(ref: weakref.ref[SQLiteConnection]) -> None:
     connection = ref()
     if connection is not None:
         connection._forget_inherited()
+
+
+#: Columns of ``messages`` added after the first release, with their definition (see sqlite_schema.sql).
+_ADDED_COLUMNS = {"started": "INTEGER NOT NULL DEFAULT 0", "requeues": "INTEGER NOT NULL DEFAULT 0"}
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Add the columns an older file's ``messages`` table lacks (CREATE TABLE IF NOT EXISTS keeps the old one).
+
+    Looked at outside a transaction first, so an up-to-date file costs one read; the look is repeated
+    under the write lock, since another process may be adding them at the same moment.
+    """
+    if not _missing_columns(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name in _missing_columns(conn):
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _missing_columns(conn: sqlite3.Connection) -> list[str]:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    return [name for name in _ADDED_COLUMNS if name not in have]
 
 
 def _schema() -> str:

@@ -214,8 +214,11 @@ class AMQPBroker(Broker):
         self._conn.call(op)
         self._publish_counts()
 
-    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
         """Push the leases of ``deliveries``; each call is one heartbeat of this process.
+
+        ``running`` is ignored: a redelivered copy counts a delivery here only if its STARTED result
+        record shows a start (``_amqp_redelivery.py``).
 
         A delivery this process acked, nacked or dead-lettered is not reported lost: the worker may
         heartbeat it once more while the ack's key release is still under way.

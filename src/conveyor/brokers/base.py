@@ -23,6 +23,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
 
+#: Uncounted returns of a message that was never seen running (a lease expired before any heartbeat
+#: marked it started; on AMQP, a requeue by a closed connection without a recorded start) after which it
+#: is buried anyway, per ``max_deliveries``: the bound for a task that kills its whole worker before
+#: anything could record that it started.
+REQUEUES_PER_DELIVERY = 3
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Envelope:
@@ -55,7 +61,8 @@ class Delivery:
     """A reserved message, leased to one owner until acked, nacked or its lease expires.
 
     Attributes:
-        deliveries: how many times the message has been handed out, this time included.
+        deliveries: how many times the message has been handed out, this time included, less the
+            hand-outs given back uncounted (nacks, and leases that ended before it was seen running).
         token: identifies this lease; an ack or extend with an older token is ignored.
     """
 
@@ -153,8 +160,9 @@ class Broker(abc.ABC):
 
         Queues are served in the order given; within a queue, highest priority first, then
         first in, first out. Before reserving, due scheduled messages are promoted and expired
-        leases are recovered (redelivered, or dead-lettered once delivered ``max_deliveries``
-        times). When nothing is ready, waits up to ``timeout`` seconds for a message.
+        leases are recovered (see :meth:`recover`). When nothing is ready, waits up to ``timeout``
+        seconds for a message. Each message taken starts a new delivery: its *started* mark (see
+        :meth:`extend`) is cleared.
         """
 
     @abc.abstractmethod
@@ -191,8 +199,21 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
-        """Heartbeat: push each lease ``lease`` seconds into the future.
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
+        """Heartbeat: push each lease ``lease`` seconds into the future, and mark the running ones *started*.
+
+        When a whole worker dies (kill -9 of its supervisor), nobody is left to say which of its
+        messages were running, and their leases simply expire. The *started* mark tells them apart
+        at no per-task cost (it rides on the heartbeat, every ``lease / 3``): an expired lease
+        counts a delivery only against a message marked started in this delivery; an unstarted one
+        (a prefetched batch-mate) goes back to its place uncounted (see :meth:`recover`).
+
+        Args:
+            deliveries: the deliveries whose leases to push.
+            lease: seconds from now.
+            running: ids among ``deliveries`` that are running now; their message is marked
+                started until its next reserve. AMQP ignores it (a redelivered copy counts there
+                only if its STARTED result record shows a start).
 
         Returns:
             The ids of deliveries whose lease is no longer held (expired and redelivered).
@@ -236,7 +257,15 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def recover(self) -> int:
-        """Promote due scheduled messages and recover expired leases now; return how many moved."""
+        """Promote due scheduled messages and recover expired leases now; return how many moved.
+
+        An expired lease of a message marked started (:meth:`extend` with ``running``) counts its
+        delivery: back to its place, or dead-lettered once delivered ``max_deliveries`` times, so a
+        task that keeps killing its whole worker ends dead. One never marked started (it had not
+        run for a heartbeat yet, or never started at all) goes back uncounted, like a nack, and
+        counts an uncounted requeue instead; ``REQUEUES_PER_DELIVERY * max_deliveries`` of those
+        bury it (a task that kills its worker before the first heartbeat still ends dead).
+        """
 
     @abc.abstractmethod
     def stats(self) -> list[QueueStats]:
@@ -248,7 +277,7 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
-        """Move dead letters (all when ``ids`` is None) back to their ready queue with deliveries reset."""
+        """Move dead letters (all when ``ids`` is None) back to their ready queue, deliveries and requeues reset."""
 
     @abc.abstractmethod
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:

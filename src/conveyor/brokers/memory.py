@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
 
@@ -28,6 +28,8 @@ class _Record:
     seq: int
     key: str | None
     deliveries: int = 0
+    started: bool = False  # marked by a heartbeat's ``running`` in this delivery (see Broker.extend)
+    requeues: int = 0  # expired leases returned uncounted (never marked started)
     eta: float | None = None
     owner: str = ""
     token: str = ""
@@ -124,7 +126,7 @@ class MemoryBroker(Broker):
             self._place(record, time.time() + delay if delay > 0 else None)
             self._cond.notify_all()
 
-    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
         lost: list[str] = []
         until = time.time() + lease
         with self._cond:
@@ -134,6 +136,7 @@ class MemoryBroker(Broker):
                     lost.append(delivery.id)
                 else:
                     record.lease_until = until
+                    record.started = record.started or delivery.id in running
         return lost
 
     def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
@@ -193,7 +196,7 @@ class MemoryBroker(Broker):
         with self._cond:
             chosen = self._dead_records(ids)
             for record in chosen:
-                record.deliveries = 0
+                record.deliveries = record.requeues = 0
                 record.reason = ""
                 self._place(record, None)
             self._cond.notify_all()
@@ -259,6 +262,7 @@ class MemoryBroker(Broker):
                 record.state, record.owner, record.token = "in_flight", owner, uuid.uuid4().hex
                 record.lease_until = until
                 record.deliveries += 1
+                record.started = False
                 out.append(
                     Delivery(record.id, queue, record.body, record.priority, record.deliveries, record.token, owner)
                 )
@@ -273,9 +277,21 @@ class MemoryBroker(Broker):
                 self._place(record, None)
                 moved += 1
         for record in [r for r in self._records.values() if r.state == "in_flight" and r.lease_until <= now]:
-            self._redeliver(record, "its lease expired without a heartbeat")
+            self._expire(record)
             moved += 1
         return moved
+
+    def _expire(self, record: _Record) -> None:
+        """A lease ran out: count the delivery only if a heartbeat saw the message running."""
+        if record.started:
+            self._redeliver(record, "its lease expired without a heartbeat")
+            return
+        record.deliveries -= 1
+        record.requeues += 1
+        if record.requeues >= REQUEUES_PER_DELIVERY * self.max_deliveries:
+            self._bury(record, f"its lease expired {record.requeues} times before it was seen running; poison?")
+        else:
+            self._place(record, None)
 
     def _redeliver(self, record: _Record, why: str) -> None:
         if record.deliveries >= self.max_deliveries:

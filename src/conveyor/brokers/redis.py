@@ -23,7 +23,7 @@ from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, Re
 from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
 from conveyor.brokers._redis_store import MessageStore
 from conveyor.brokers._stalls import IDLE_WAKE
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
@@ -143,9 +143,11 @@ class RedisBroker(Broker):
         args = [keys.message, delivery.id, delivery.token, repr(float(delay)), *_body_args(body)]
         self._conn.run("nack", keys.script_keys, args)
 
-    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
         groups = _by_queue(deliveries)
-        calls = [self._clock_call("extend", q, repr(float(lease)), *_lease_pairs(ds)) for q, ds in groups.items()]
+        calls = [
+            self._clock_call("extend", q, repr(float(lease)), *_lease_triples(ds, running)) for q, ds in groups.items()
+        ]
         lost = {message_id.decode() for result in self._run_each(calls) for message_id in result}
         return [d.id for d in deliveries if d.id in lost]
 
@@ -170,7 +172,7 @@ class RedisBroker(Broker):
     def recover(self) -> int:
         total, queues = 0, self._queues()
         while queues:  # a call moves at most RECOVER_BATCH of each kind: go on where one was full
-            results = self._run_each([self._clock_call("recover", q, str(self.max_deliveries)) for q in queues])
+            results = self._run_each([self._clock_call("recover", q, *self._bounds()) for q in queues])
             self._release(queues, [released for _, released in results])
             total += sum(int(moved) for moved, _ in results)
             queues = [q for q, (moved, _) in zip(queues, results, strict=True) if int(moved) >= RECOVER_BATCH]
@@ -257,6 +259,10 @@ class RedisBroker(Broker):
         keys = self._keys(queue)
         return (script, keys.clock_keys, [keys.message, *args])
 
+    def _bounds(self) -> tuple[str, str]:
+        """``max_deliveries`` and the uncounted requeues that bury a message, for reserve.lua and recover.lua."""
+        return str(self.max_deliveries), str(REQUEUES_PER_DELIVERY * self.max_deliveries)
+
     def _run_each(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Run per-queue scripts: a single one directly (no pipeline overhead), several pipelined."""
         if len(calls) == 1:
@@ -309,7 +315,7 @@ class RedisBroker(Broker):
         return self._reserve_once(queues[1:], n, owner, lease, out, self._take(queues[0], owner, result, out))
 
     def _reserve_call(self, queue: str, n: int, owner: str, lease: float) -> ScriptCall:
-        return self._clock_call("reserve", queue, owner, str(n), repr(float(lease)), str(self.max_deliveries))
+        return self._clock_call("reserve", queue, owner, str(n), repr(float(lease)), *self._bounds())
 
     def _take(self, queue: str, owner: str, result: list[Any], out: list[Delivery]) -> float:
         """Append the deliveries of one reserve.lua result to ``out``; return its seconds to the next due event."""
@@ -355,8 +361,16 @@ def _by_queue(deliveries: Sequence[Delivery]) -> dict[str, list[Delivery]]:
     return groups
 
 
+def _lease_triples(deliveries: Sequence[Delivery], running: Collection[str]) -> list[str]:
+    """``id, token, running ('1' or '0')`` per delivery, as extend.lua reads them."""
+    args: list[str] = []
+    for delivery in deliveries:
+        args += [delivery.id, delivery.token, "1" if delivery.id in running else "0"]
+    return args
+
+
 def _lease_pairs(deliveries: Sequence[Delivery]) -> list[str]:
-    """``id, token`` per delivery, as ack.lua and extend.lua read them."""
+    """``id, token`` per delivery, as ack.lua reads them."""
     args: list[str] = []
     for delivery in deliveries:
         args += [delivery.id, delivery.token]

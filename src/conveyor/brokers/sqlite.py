@@ -17,7 +17,7 @@ from collections.abc import Collection, Sequence
 
 from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers._stalls import IDLE_STAMP, STALL_GAP, STAMP_EVERY
-from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
 
 READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3
@@ -26,15 +26,26 @@ POLL_MIN, POLL_MAX = 0.001, 0.05
 
 _INSERT = "INSERT INTO messages (id, queue, priority, state, eta, body, key) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _TAKE = (
-    "UPDATE messages SET state = 2, owner = ?, token = ?, lease_until = ?, deliveries = deliveries + 1 "
+    "UPDATE messages SET state = 2, owner = ?, token = ?, lease_until = ?, deliveries = deliveries + 1, started = 0 "
     "WHERE seq IN (SELECT seq FROM messages WHERE state = 0 AND queue = ? ORDER BY priority DESC, seq LIMIT ?) "
     "RETURNING id, body, priority, deliveries, seq"
 )
 _PROMOTE = "UPDATE messages SET state = 0, eta = NULL WHERE state = 1 AND eta <= ?"
+# Expired leases (Broker.recover): a message a heartbeat marked started counts its delivery; the others
+# go back uncounted (deliveries - 1 undoes the reserve's count) and count an uncounted requeue instead.
 _BURY_EXPIRED = (
     "UPDATE messages SET state = 3, dead_at = ?1, owner = NULL, token = NULL, key = NULL, reason = 'delivered ' || "
     "deliveries || ' times without an acknowledgement (its lease expired without a heartbeat); poison?' "
-    "WHERE state = 2 AND lease_until <= ?1 AND deliveries >= ?2"
+    "WHERE state = 2 AND lease_until <= ?1 AND started = 1 AND deliveries >= ?2"
+)
+_BURY_UNSTARTED = (
+    "UPDATE messages SET state = 3, dead_at = ?1, owner = NULL, token = NULL, key = NULL, deliveries = deliveries - 1, "
+    "requeues = requeues + 1, reason = 'its lease expired ' || (requeues + 1) || ' times before it was seen running; "
+    "poison?' WHERE state = 2 AND lease_until <= ?1 AND started = 0 AND requeues + 1 >= ?2"
+)
+_RETURN_UNSTARTED = (
+    "UPDATE messages SET state = 0, owner = NULL, token = NULL, deliveries = deliveries - 1, requeues = requeues + 1 "
+    "WHERE state = 2 AND lease_until <= ? AND started = 0"
 )
 _REQUEUE_EXPIRED = "UPDATE messages SET state = 0, owner = NULL, token = NULL WHERE state = 2 AND lease_until <= ?"
 _ANY_WORK = (
@@ -209,6 +220,8 @@ class SQLiteBroker(Broker):
         self._catch_up(conn, now)
         moved: int = conn.execute(_PROMOTE, (now,)).rowcount
         moved += conn.execute(_BURY_EXPIRED, (now, self.max_deliveries)).rowcount
+        moved += conn.execute(_BURY_UNSTARTED, (now, REQUEUES_PER_DELIVERY * self.max_deliveries)).rowcount
+        moved += conn.execute(_RETURN_UNSTARTED, (now,)).rowcount
         moved += conn.execute(_REQUEUE_EXPIRED, (now,)).rowcount
         return moved
 
@@ -247,17 +260,15 @@ class SQLiteBroker(Broker):
                 (state, eta, body, delivery.id, delivery.token),
             )
 
-    def extend(self, deliveries: Sequence[Delivery], lease: float) -> list[str]:
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
         lost: list[str] = []
+        sql = f"UPDATE messages SET lease_until = ?, started = MAX(started, ?) WHERE {_HELD}"
         with self.db.write() as conn:
             now = time.time()  # once the lock is held: a heartbeat that waited out a stall must not land stale
             self._catch_up(conn, now)
             until = now + lease
             for d in deliveries:
-                if (
-                    conn.execute(f"UPDATE messages SET lease_until = ? WHERE {_HELD}", (until, d.id, d.token)).rowcount
-                    == 0
-                ):
+                if conn.execute(sql, (until, int(d.id in running), d.id, d.token)).rowcount == 0:
                     lost.append(d.id)
         return lost
 
@@ -325,7 +336,9 @@ class SQLiteBroker(Broker):
         return [DeadLetter(*row) for row in rows]
 
     def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
-        sql = "UPDATE messages SET state = 0, deliveries = 0, reason = NULL, dead_at = NULL WHERE state = 3"
+        sql = (
+            "UPDATE messages SET state = 0, deliveries = 0, requeues = 0, reason = NULL, dead_at = NULL WHERE state = 3"
+        )
         return self._for_dead(sql, ids)
 
     def purge_dead(self, ids: Sequence[str] | None = None) -> int:

@@ -7,7 +7,11 @@
 --   2 in flight  leased to `owner` until `lease_until` under `token`
 --   3 dead       in the dead-letter queue, with `reason`
 -- `seq` orders messages first in, first out; `deliveries` counts hand-outs since the last
--- enqueue, requeue or retry. Times are Unix seconds.
+-- enqueue, requeue or retry. `started` (0/1) is set by a heartbeat (extend with running=) that saw
+-- the message running in this delivery, and cleared by reserve: an expired lease counts its delivery
+-- only when it is 1; otherwise the message goes back uncounted and `requeues` counts one more
+-- uncounted return (REQUEUES_PER_DELIVERY x max_deliveries of them bury it). Both columns were added
+-- after the first release: _sqlite_connection.py adds them to an older file. Times are Unix seconds.
 CREATE TABLE IF NOT EXISTS messages (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT    NOT NULL UNIQUE,
@@ -22,7 +26,9 @@ CREATE TABLE IF NOT EXISTS messages (
     token       TEXT,
     lease_until REAL,
     reason      TEXT,
-    dead_at     REAL
+    dead_at     REAL,
+    started     INTEGER NOT NULL DEFAULT 0,
+    requeues    INTEGER NOT NULL DEFAULT 0
 );
 
 -- reserve: the next ready messages of a queue, highest priority first, then oldest.

@@ -118,7 +118,7 @@ class ChildLoop:
         self.executor = Executor(
             app, config.worker_id, on_start=self._report_start, defer=one_slot, stopping=lambda: self.stopping
         )
-        self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp)
+        self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp, running=board.running_now)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
         self.tasks_run = 0

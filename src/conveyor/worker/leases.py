@@ -5,6 +5,12 @@ task on a live worker is never handed to another one however long it runs; when 
 dies the heartbeat dies with it and the leases expire. A lease found lost (the broker already
 redelivered the message, e.g. after a long network cut) is logged: that task may run twice.
 
+Each beat also tells the broker which of the held deliveries are running now (read from the child's
+shared board, no per-task cost): an expired lease counts a delivery only against a message a beat saw
+running, so when a whole worker is killed its prefetched, never-started deliveries go back uncounted
+(``Broker.extend``'s ``running``). A task that kills its worker before its first beat is not marked;
+the broker's bound on uncounted returns (``REQUEUES_PER_DELIVERY``) still buries it.
+
 A task that holds the GIL (a long C call) starves this thread; each beat therefore stamps the
 child's shared board, and the supervisor extends the child's leases itself while the stamp is
 stale (``Broker.extend_owner``; see worker/shared.py).
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from conveyor.brokers import Broker, Delivery
 from conveyor.errors import BrokerError
@@ -30,11 +36,20 @@ class LeaseKeeper:
         lease: the lease length in seconds; the heartbeat runs every third of it.
         on_beat: called after each beat that kept every lease it could reach (the child stamps
             the time in shared memory: its supervisor takes over the leases when it goes stale).
+        running: answers the ids of the deliveries running now (the child's board), read once per
+            beat; the broker marks those started. None: nothing is marked.
     """
 
-    def __init__(self, broker: Broker, lease: float, on_beat: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        lease: float,
+        on_beat: Callable[[], None] | None = None,
+        running: Callable[[], Collection[str]] | None = None,
+    ) -> None:
         self.broker = broker
         self._on_beat = on_beat
+        self._running = running
         self.lease = lease
         self.interval = lease / 3
         self._held: dict[str, Delivery] = {}
@@ -90,7 +105,7 @@ class LeaseKeeper:
         held = self.held()
         if held:
             try:
-                lost = self.broker.extend(held, self.lease)
+                lost = self.broker.extend(held, self.lease, self._running() if self._running else ())
             except BrokerError as exc:
                 log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
                 return

@@ -14,7 +14,8 @@ message, no system call per write), so the hot path pays one memory write per ta
   and then every message of the child counts, as before.
 
 Readers look at a dead child's areas (no writer left) or at the stamp (one aligned double), so
-no lock is needed.
+no lock is needed. The child's own heartbeat reads the areas too (the running ids are marked
+*started* at the broker, see ``Broker.extend``); a torn read there only misses one beat's mark.
 """
 
 from __future__ import annotations
@@ -59,7 +60,15 @@ class ChildBoard:
         """Record that ``slot`` runs nothing now."""
         self._ids[slot * SLOT_WIDTH] = b"\0"
 
-    # -- read by the supervisor ----------------------------------------------------------------
+    # -- read by the child's heartbeat and by the supervisor ---------------------------------------
+
+    def running_now(self) -> list[str]:
+        """The ids the slots are running, an unknown one left out: the child's heartbeat marks them started.
+
+        Read by the child itself while its slots write, so a slot may be caught mid-write: a torn
+        id matches no held delivery and marks nothing (the next beat reads it whole).
+        """
+        return [value.decode(errors="replace") for value in self._values() if value != _UNKNOWN]
 
     def beat_age(self) -> float:
         """Seconds since the child's last heartbeat stamp."""
@@ -67,13 +76,13 @@ class ChildBoard:
 
     def running_ids(self) -> list[str] | None:
         """The ids the slots were running; None when one of them is unknown (count everything)."""
+        values = self._values()
+        if _UNKNOWN in values:
+            return None
+        return [value.decode(errors="replace") for value in values]
+
+    def _values(self) -> list[bytes]:
+        """The non-empty slot areas, raw."""
         raw = bytes(self._ids.raw)
-        found: list[str] = []
-        for slot in range(self.slots):
-            area = raw[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH]
-            value = area.split(b"\0", 1)[0]
-            if value == _UNKNOWN:
-                return None
-            if value:
-                found.append(value.decode(errors="replace"))
-        return found
+        areas = (raw[slot * SLOT_WIDTH : (slot + 1) * SLOT_WIDTH].split(b"\0", 1)[0] for slot in range(self.slots))
+        return [area for area in areas if area]

@@ -9,7 +9,9 @@
 --   KEYS[5] T:seq        STRING counter: enqueue sequence numbers and lease tokens
 --   KEYS[6] T:signal     LIST  wake-up tokens for blocked reserves (BLPOP)
 --   ARGV[1] T:m:         prefix of the per-message hashes T:m:ID (same hash tag, so same slot):
---                        body, priority, seq, score, deliveries, key?, token?, owner?, reason?, dead_at?
+--                        body, priority, seq, score, deliveries, key?, token?, owner?, reason?, dead_at?,
+--                        started? ('1': a heartbeat saw it running in this delivery; extend sets it,
+--                        reserve clears it), requeues? (expired leases returned uncounted, never started)
 -- The scripts that judge or extend leases (reserve, recover, extend) also take
 --   KEYS[7] T:seen       STRING server time of the last of those calls (see catch_up below)
 -- The global scripts (claim, release_keys, register_worker, workers) are loaded without this file.
@@ -91,13 +93,33 @@ local function promote_due(now)
   return #due
 end
 
+-- A lease expired. Nobody may be left to say whether the message ran (a whole worker was killed), so
+-- the delivery counts only if a heartbeat marked it started; an unstarted one (a prefetched batch-mate)
+-- goes back to its place uncounted (deliveries - 1 undoes reserve's count) and counts an uncounted
+-- requeue instead, MAX_REQUEUES of which bury it (a task that kills its worker before any heartbeat).
+local function expire(id, now, max_deliveries, max_requeues, released)
+  local m = MSG .. id
+  if redis.call('HGET', m, 'started') == '1' then
+    redeliver(id, 'its lease expired without a heartbeat', now, max_deliveries, released)
+    return
+  end
+  redis.call('HINCRBY', m, 'deliveries', -1)
+  local requeues = redis.call('HINCRBY', m, 'requeues', 1)
+  if requeues >= max_requeues then
+    bury(id, 'its lease expired ' .. requeues .. ' times before it was seen running; poison?', now, released)
+  else
+    redis.call('HDEL', m, 'token', 'owner')
+    make_ready(id)
+  end
+end
+
 -- Recover expired leases; returns how many moved (redelivered or dead-lettered).
-local function recover_expired(now, max_deliveries, released)
+local function recover_expired(now, max_deliveries, max_requeues, released)
   local expired = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, RECOVER_BATCH)
   if #expired == 0 then return 0 end
   chunked('ZREM', INFLIGHT, expired)
   for _, id in ipairs(expired) do
-    redeliver(id, 'its lease expired without a heartbeat', now, max_deliveries, released)
+    expire(id, now, max_deliveries, max_requeues, released)
   end
   return #expired
 end

@@ -3,7 +3,7 @@
 -- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
 -- ARGV:       T:m:, all ('1': every dead letter of the queue; '0': only the ids that follow), ids...
 --
--- Touches: T:dead (ZREM), T:m:ID (deliveries = 0, reason/dead_at removed), T:ready, T:signal.
+-- Touches: T:dead (ZREM), T:m:ID (deliveries = 0, requeues/reason/dead_at removed), T:ready, T:signal.
 -- The idempotency key (released when the message died) is not claimed again.
 -- Returns how many messages were requeued.
 
@@ -20,7 +20,7 @@ chunked('ZREM', DEAD, ids)
 for _, id in ipairs(ids) do
   local m = MSG .. id
   redis.call('HSET', m, 'deliveries', 0)
-  redis.call('HDEL', m, 'reason', 'dead_at')
+  redis.call('HDEL', m, 'requeues', 'reason', 'dead_at')
   make_ready(id)
 end
 signal(#ids)

@@ -4,11 +4,12 @@
 --
 -- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
 -- KEYS[7]:    T:seen (catch_up in _common.lua: a stall's length is given back to running leases first)
--- ARGV:       T:m:, owner, n, lease (seconds), max_deliveries
+-- ARGV:       T:m:, owner, n, lease (seconds), max_deliveries, max_requeues (uncounted returns of expired
+--             leases never marked started that bury a message: REQUEUES_PER_DELIVERY x max_deliveries)
 --
 -- Touches: T:seen and T:inflight deadlines (after a stall), T:scheduled -> T:ready (due), T:inflight ->
 -- T:ready or T:dead (expired), T:ready -> T:inflight (taken: ZADD deadline = server now + lease),
--- T:m:ID (deliveries += 1, token, owner), T:seq (tokens), T:signal (deleted once ready is empty, so a
+-- T:m:ID (deliveries += 1, token, owner, started removed: a new delivery; expired: see expire in _common.lua), T:seq (tokens), T:signal (deleted once ready is empty, so a
 -- stale token never wakes a reserve for nothing; one token left when ready still holds messages, so
 -- the next blocked reserve wakes too).
 -- Returns {next_due, released, taken}:
@@ -17,11 +18,12 @@
 --   taken:    flat {id, body, priority, deliveries, token, ...}.
 
 local owner, n, lease, max_deliveries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_requeues = tonumber(ARGV[6])
 local now = server_now()
 local released, taken = {}, {}
 promote_due(now)
 catch_up(KEYS[7], now)
-recover_expired(now, max_deliveries, released)
+recover_expired(now, max_deliveries, max_requeues, released)
 local ids = redis.call('ZRANGE', READY, 0, n - 1)
 if #ids > 0 then
   chunked('ZREM', READY, ids)
@@ -32,6 +34,7 @@ if #ids > 0 then
     local token = string.format('%d', base + i)
     local deliveries = redis.call('HINCRBY', m, 'deliveries', 1)
     redis.call('HSET', m, 'token', token, 'owner', owner)
+    redis.call('HDEL', m, 'started')
     local f = redis.call('HMGET', m, 'body', 'priority')
     taken[#taken + 1] = id
     taken[#taken + 1] = f[1]
