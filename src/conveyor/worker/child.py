@@ -42,9 +42,10 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
-from conveyor.worker.executor import BackendDown, Executor, GaveUp, Outcome, Pending
+from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+from conveyor.worker.settle import BatchSettler, GaveUp, ImmediateSettler, Pending
 from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
@@ -115,9 +116,9 @@ class ChildLoop:
         self.owner = owner_of(config.worker_id, os.getpid())
         self.broker = app.broker
         one_slot = config.slots == 1
-        self.executor = Executor(
-            app, config.worker_id, on_start=self._report_start, defer=one_slot, stopping=lambda: self.stopping
-        )
+        self.settler = BatchSettler(app, lambda: self.stopping)
+        settler = self.settler if one_slot else ImmediateSettler(app, lambda: self.stopping)
+        self.executor = Executor(app, config.worker_id, settler, on_start=self._report_start)
         self.keeper = LeaseKeeper(self.broker, config.lease, on_beat=board.stamp, running=board.running_now)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task) if one_slot else None
         self.stopping = False
@@ -176,7 +177,7 @@ class ChildLoop:
 
     def _give_back_unsettled(self, exc: BrokerError) -> None:
         """Stopping while finished tasks' results or acks cannot land: return them; they run again later."""
-        pending = self.executor.take_pending()
+        pending = self.settler.take()
         if pending.acks:
             log.warning(
                 "stopping while the result backend or broker is down (%s): %d finished task(s) go back to the "
@@ -228,7 +229,7 @@ class ChildLoop:
                 timeout=RESERVE_WAIT,
             )
         except BrokerError:
-            self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+            self.settler.restore(Pending(acks=acks))  # their results landed; the acks are retried
             raise
         finally:
             self._send_counts()
@@ -242,12 +243,12 @@ class ChildLoop:
         (heartbeated): the caller retries later. The tasks ran; leaving them to their lease would
         count a delivery and run them again.
         """
-        pending = self.executor.take_pending()
+        pending = self.settler.take()
         if pending.results:
             try:
                 self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
             except BrokerError:
-                self.executor.restore(pending)
+                self.settler.restore(pending)
                 raise
         return pending.acks
 
@@ -291,7 +292,7 @@ class ChildLoop:
             try:
                 self.broker.ack(acks)
             except BrokerError:
-                self.executor.restore(Pending(acks=acks))  # their results landed; the acks are retried
+                self.settler.restore(Pending(acks=acks))  # their results landed; the acks are retried
                 raise
         self._release(acks)
 

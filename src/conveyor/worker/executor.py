@@ -6,10 +6,8 @@ The result is always written before the message is acknowledged, so a crash in b
 the task again (at-least-once) rather than losing its result. Bad input never raises out of
 here: an undecodable message or an unknown task goes to the dead-letter queue with the reason.
 
-With ``defer=True`` (a worker child's hot path) the final result and the ack of a task that
-succeeded, or failed for good, are kept *pending* instead of sent at once: the child settles
-many tasks in one round trip (:meth:`Executor.take_pending`: the results first, then the acks
-with its next reservation). Until settled, the delivery stays leased and heartbeated.
+The final result and the ack of a task that succeeded, or failed for good, go to the pool's
+settler (worker/settle.py): written at once, or kept pending and settled per batch.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from conveyor.message import Message, decode, encode, encode_value
 from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
-from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+from conveyor.worker.settle import ImmediateSettler, Settler
 from conveyor.worker.timelimits import soft_time_limit
 
 log = logging.getLogger("conveyor.worker")
@@ -49,13 +47,6 @@ class BackendDown(Exception):
     """
 
 
-class GaveUp(Exception):
-    """The task ran, but its outcome could not be recorded before the worker was told to stop.
-
-    The caller gives the delivery back (it runs again later: at-least-once).
-    """
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Outcome:
     """How one delivery ended, reported to the supervisor and counted in the worker's stats."""
@@ -64,16 +55,8 @@ class Outcome:
     task: str
     state: str  # SUCCESS | FAILURE | RETRY | REVOKED | DEAD
     runtime: float
-    #: True when the result and ack wait in the executor's pending lists (``defer=True``).
+    #: True when the result and ack wait in the settler's pending lists (a BatchSettler).
     deferred: bool = False
-
-
-@dataclasses.dataclass(slots=True)
-class Pending:
-    """Final results and acks not yet sent: the results must land before the acks."""
-
-    results: list[tuple[str, State, bytes]] = dataclasses.field(default_factory=list)
-    acks: list[Delivery] = dataclasses.field(default_factory=list)
 
 
 class Executor:
@@ -82,20 +65,16 @@ class Executor:
     Args:
         app: the app whose tasks, broker and backend are used.
         worker: this worker's name, recorded with each result.
+        settler: records final results and acks (at once, or pending for the pool's next batch).
         on_start: called with (delivery, message, task) just before the task's function runs.
-        defer: keep final results and acks pending for :meth:`take_pending` instead of sending them.
-        stopping: tells whether the worker is stopping; a task's outcome that cannot be recorded
-            (backend or broker down) is retried until it lands, or until this turns true.
     """
 
     def __init__(
         self,
         app: App,
         worker: str,
+        settler: Settler | None = None,
         on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
-        *,
-        defer: bool = False,
-        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.app = app
         self.broker = app.broker
@@ -105,14 +84,9 @@ class Executor:
         self.track_started = app.settings.track_started
         self.secret = app.settings.secret
         self._on_start = on_start
-        self._defer = defer
-        self._pending = Pending()
-        self._pending_lock = threading.Lock()
+        self.settler = settler if settler is not None else ImmediateSettler(app)
         self._loops = threading.local()
         self._all_loops: list[asyncio.AbstractEventLoop] = []
-        self._stopping = stopping
-        #: The backend or the broker is down while an outcome waits to be recorded.
-        self.outage = Outage("result backend or broker")
 
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
@@ -229,35 +203,12 @@ class Executor:
     def _finish(
         self, delivery: Delivery, message: Message, record: ResultRecord | None, state: str, runtime: float
     ) -> Outcome:
-        """Store the final record (if any), then ack: now, or pending for the next settlement (``defer``)."""
+        """Hand the final record (if any) and the ack to the settler: written now, or pending for the batch."""
         if state == "SUCCESS":
             log.info("task %s[%s] succeeded in %.4fs", message.task, message.id, runtime)
-        if not self._defer:
-            if record is not None:
-                self._store(message, record)
-            self._durably("ack", lambda: self.broker.ack([delivery]))
-            return Outcome(message.id, message.task, state, runtime)
-        with self._pending_lock:
-            if record is not None:
-                self._pending.results.append((message.id, record.state, encode_record(record)))
-            self._pending.acks.append(delivery)
-        return Outcome(message.id, message.task, state, runtime, deferred=True)
-
-    def take_pending(self) -> Pending:
-        """Hand over the pending results and acks (and forget them): write the results, then ack.
-
-        Safe from any thread: results and acks are taken together, so whoever acks a delivery
-        also writes its result first.
-        """
-        with self._pending_lock:
-            pending, self._pending = self._pending, Pending()
-        return pending
-
-    def restore(self, pending: Pending) -> None:
-        """Put back what :meth:`take_pending` handed over and could not be settled (ahead of newer ones)."""
-        with self._pending_lock:
-            self._pending.results[:0] = pending.results
-            self._pending.acks[:0] = pending.acks
+        result = None if record is None else (message.id, record.state, encode_record(record))
+        deferred = self.settler.finish(delivery, result)
+        return Outcome(message.id, message.task, state, runtime, deferred=deferred)
 
     def _retry(
         self,
@@ -317,8 +268,8 @@ class Executor:
         return unframe(body) if self.secret is None else verify(body, self.secret)
 
     def _store(self, message: Message, record: ResultRecord) -> None:
-        """Write a record of a task that ran: retried until it lands (see :meth:`_durably`)."""
-        self._durably("result write", lambda: self._write(message, record))
+        """Write a record of a task that ran: retried until it lands (see :meth:`Settler.durably`)."""
+        self.settler.store((message.id, record.state, encode_record(record)))
 
     def _write(self, message: Message, record: ResultRecord) -> None:
         self.backend.set(message.id, record.state, encode_record(record), self.ttl)
@@ -336,25 +287,7 @@ class Executor:
         return [] if raw is None else list(decode_record(raw).errors)
 
     def _durably(self, doing: str, step: Callable[[], T]) -> T:
-        """Run a step that records the outcome of a task that ran, until the backend or broker answers.
-
-        The task's side effect happened: leaving the delivery to its lease would count a delivery
-        and run it again. Meanwhile the delivery stays held (and heartbeated) by the caller, which
-        takes no new work. Raises GaveUp once the worker is stopping and the step still fails.
-        """
-        backoff = FIRST_BACKOFF
-        while True:
-            try:
-                result = step()
-            except BrokerError as exc:
-                self.outage.failed(exc, doing)
-                if self._stopping():
-                    raise GaveUp(f"{doing} failed while stopping: {exc}") from exc
-                time.sleep(backoff)
-                backoff = next_backoff(backoff)
-                continue
-            self.outage.answered()
-            return result
+        return self.settler.durably(doing, step)
 
     def _context(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> TaskContext:
         def report(fraction: float, note: str) -> None:  # the task's own call: an outage raises to it

@@ -1,0 +1,137 @@
+"""Settling: recording a finished task's result, then acknowledging its message.
+
+The result always lands before the ack, so a crash in between runs the task again rather than
+losing its result (at-least-once). How and when is one component, chosen by the pool:
+
+- :class:`ImmediateSettler` writes the result and acks at once (one task per round trip);
+- :class:`BatchSettler` keeps them pending; the pool takes them (:meth:`BatchSettler.take`), writes
+  every result in one call and acks the batch with its next reservation. Until then the delivery
+  stays leased and heartbeated.
+
+Writes that record the outcome of a task that *ran* go through :meth:`Settler.durably`: retried
+until the backend or broker answers, because leaving the delivery to its lease would count a
+delivery and run the task again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from conveyor.app import App
+from conveyor.brokers import Delivery
+from conveyor.errors import BrokerError
+from conveyor.states import State
+from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+
+T = TypeVar("T")
+
+#: A final result ready for the backend: (task id, state, encoded record).
+FinalResult = tuple[str, State, bytes]
+
+
+class GaveUp(Exception):
+    """The task ran, but its outcome could not be recorded before the worker was told to stop.
+
+    The caller gives the delivery back (it runs again later: at-least-once).
+    """
+
+
+@dataclasses.dataclass(slots=True)
+class Pending:
+    """Final results and acks not yet sent: the results must land before the acks."""
+
+    results: list[FinalResult] = dataclasses.field(default_factory=list)
+    acks: list[Delivery] = dataclasses.field(default_factory=list)
+
+
+class Settler:
+    """Records outcomes of tasks that ran. Safe to share between a child's threads.
+
+    Args:
+        app: the app whose broker and backend are written.
+        stopping: tells whether the worker is stopping; an outcome that cannot be recorded
+            (backend or broker down) is retried until it lands, or until this turns true.
+    """
+
+    def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
+        self.app = app
+        self._stopping = stopping
+        #: The backend or the broker is down while an outcome waits to be recorded.
+        self.outage = Outage("result backend or broker")
+
+    def finish(self, delivery: Delivery, result: FinalResult | None) -> bool:
+        """Store ``result`` (if any), then ack ``delivery``; True when both are kept pending."""
+        raise NotImplementedError
+
+    def store(self, result: FinalResult) -> None:
+        """Write one record of a task that ran, until it lands (see :meth:`durably`)."""
+        task_id, state, data = result
+        ttl = self.app.settings.result_ttl
+        self.durably("result write", lambda: self.app.backend.set(task_id, state, data, ttl))
+
+    def durably(self, doing: str, step: Callable[[], T]) -> T:
+        """Run a step that records the outcome of a task that ran, until the backend or broker answers.
+
+        The task's side effect happened: leaving the delivery to its lease would count a delivery
+        and run it again. Meanwhile the delivery stays held (and heartbeated) by the caller, which
+        takes no new work. Raises GaveUp once the worker is stopping and the step still fails.
+        """
+        backoff = FIRST_BACKOFF
+        while True:
+            try:
+                result = step()
+            except BrokerError as exc:
+                self.outage.failed(exc, doing)
+                if self._stopping():
+                    raise GaveUp(f"{doing} failed while stopping: {exc}") from exc
+                time.sleep(backoff)
+                backoff = next_backoff(backoff)
+                continue
+            self.outage.answered()
+            return result
+
+
+class ImmediateSettler(Settler):
+    """Writes the result and acks the message as soon as the task ends."""
+
+    def finish(self, delivery: Delivery, result: FinalResult | None) -> bool:
+        if result is not None:
+            self.store(result)
+        self.durably("ack", lambda: self.app.broker.ack([delivery]))
+        return False
+
+
+class BatchSettler(Settler):
+    """Keeps results and acks pending until the pool settles them in one round trip each."""
+
+    def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
+        super().__init__(app, stopping)
+        self._pending = Pending()
+        self._lock = threading.Lock()
+
+    def finish(self, delivery: Delivery, result: FinalResult | None) -> bool:
+        with self._lock:
+            if result is not None:
+                self._pending.results.append(result)
+            self._pending.acks.append(delivery)
+        return True
+
+    def take(self) -> Pending:
+        """Hand over the pending results and acks (and forget them): write the results, then ack.
+
+        Safe from any thread: results and acks are taken together, so whoever acks a delivery
+        also writes its result first.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, Pending()
+        return pending
+
+    def restore(self, pending: Pending) -> None:
+        """Put back what :meth:`take` handed over and could not be settled (ahead of newer ones)."""
+        with self._lock:
+            self._pending.results[:0] = pending.results
+            self._pending.acks[:0] = pending.acks
