@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from conveyor._registry import Registry, load_class
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers import load_class
 
 __all__ = ["ResultBackend", "from_url"]
 
-_BACKENDS: dict[str, tuple[str, str, str | None]] = {
+_BACKENDS: Registry = {
     "memory": ("conveyor.backends.memory", "MemoryResultBackend", None),
     "sqlite": ("conveyor.backends.sqlite", "SQLiteResultBackend", None),
     "redis": ("conveyor.backends.redis", "RedisResultBackend", "redis"),

@@ -21,14 +21,14 @@ from typing import cast
 from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers._redis_connection import RedisConnection, split_url
-from conveyor.brokers._redis_keys import claim_key, lease_key, notify_key, result_key, value_key
+from conveyor.brokers.redis.connection import RedisConnection, split_url
+from conveyor.brokers.redis.keys import claim_key, lease_key, notify_key, result_key, value_key
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
-#: Lua scripts of the coordination primitives (``brokers/redis_scripts/``), each on one key.
+#: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
 SCRIPTS = ("lease_acquire", "lease_release")
 
 

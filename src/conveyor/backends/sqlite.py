@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers._sqlite_connection import SQLiteConnection
+from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.states import FINAL_STATES, State
 
 #: Seconds between sweeps of expired results (per process).

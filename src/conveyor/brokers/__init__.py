@@ -5,16 +5,13 @@ Each broker module exposes a class with a ``from_url(url, max_deliveries=...)`` 
 
 from __future__ import annotations
 
-import importlib
-from urllib.parse import urlsplit
-
+from conveyor._registry import Registry, load_class
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
-from conveyor.errors import ConfigurationError
 
 __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "WorkerInfo", "from_url"]
 
 #: scheme -> (module, class, extra that provides its client library or None)
-_BROKERS: dict[str, tuple[str, str, str | None]] = {
+_BROKERS: Registry = {
     "memory": ("conveyor.brokers.memory", "MemoryBroker", None),
     "sqlite": ("conveyor.brokers.sqlite", "SQLiteBroker", None),
     "redis": ("conveyor.brokers.redis", "RedisBroker", "redis"),
@@ -23,28 +20,6 @@ _BROKERS: dict[str, tuple[str, str, str | None]] = {
     "amqp": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
     "amqps": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
 }
-
-
-def load_class(registry: dict[str, tuple[str, str, str | None]], url: str, what: str) -> type:
-    """Import the class serving ``url``'s scheme, naming the extra to install when it is missing.
-
-    Raises:
-        ConfigurationError: unknown scheme, or the client library is not installed.
-    """
-    scheme = urlsplit(url).scheme
-    if scheme not in registry:
-        raise ConfigurationError(f"no {what} for URL {url!r}; known schemes: {', '.join(sorted(registry))}")
-    module_name, class_name, extra = registry[scheme]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if extra is None or (exc.name or "").startswith("conveyor"):
-            raise
-        raise ConfigurationError(
-            f"{class_name} needs the {extra!r} extra: pip install 'conveyor[{extra}]' ({exc})"
-        ) from exc
-    cls: type = getattr(module, class_name)
-    return cls
 
 
 def from_url(url: str, *, max_deliveries: int = 5) -> Broker:

@@ -61,7 +61,7 @@ def claims_of(key: str | None, message_id: str, explicit_id: bool, *, ids: bool)
     return out
 
 
-class KeyClaims:
+class StoreClaims:
     """Claims, answers and releases idempotency keys and explicit ids through a result backend.
 
     Args:

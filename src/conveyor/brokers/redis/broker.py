@@ -1,6 +1,6 @@
 """RedisBroker: the broker contract on Redis, for workers on many machines.
 
-Python here is thin: every multi-step operation is one Lua script in ``redis_scripts/`` (one atomic
+Python here is thin: every multi-step operation is one Lua script in ``scripts/`` (one atomic
 step on the server, one round trip), each touching the keys of one queue's hash slot, so the
 layout works on Redis Cluster. ``docs/redis.md`` describes the keys, the scripts, blocking reserve,
 connection faults and which persistence settings make an enqueued task durable.
@@ -18,12 +18,12 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
-from conveyor.brokers._redis_claims import KeyClaims
-from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
-from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
-from conveyor.brokers._redis_store import MessageStore
 from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.redis.claims import KeyIndex
+from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.enqueue import MessageStore
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
 from conveyor.errors import DuplicateTaskId
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
@@ -72,7 +72,7 @@ class RedisBroker(Broker):
             scripts=QUEUE_SCRIPTS + GLOBAL_SCRIPTS,
         )
         self._global = global_keys(self.prefix)
-        self._claims = KeyClaims(self._conn, self.prefix)
+        self._claims = KeyIndex(self._conn, self.prefix)
         self._store = MessageStore(self._conn, self.prefix, self._claims)
 
     @classmethod

@@ -1,6 +1,6 @@
 """The AMQP broker's operations that walk queues: dead letters, cancel, purge, counts, the registry.
 
-Each is a :func:`~conveyor.brokers._amqp_scan.scan` in one transaction (AMQP cannot list queues or
+Each is a :func:`~conveyor.brokers.amqp.scan.scan` in one transaction (AMQP cannot list queues or
 delete one message), so each costs one round trip per message of the queues it walks: fine for
 thousands of messages, slow for millions (docs/amqp.md, "What maps where"). Worker heartbeats live in
 the result backend, their ids in the registry queue.
@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_connection import AMQPConnection
-from conveyor.brokers._amqp_names import declarations, queue_names, registry_name
-from conveyor.brokers._amqp_scan import (
+from conveyor.brokers.amqp.connection import AMQPConnection
+from conveyor.brokers.amqp.names import declarations, queue_names, registry_name
+from conveyor.brokers.amqp.scan import (
     Decide,
-    Entry,
+    Meta,
     add_to_registry,
     dead_letter_of,
-    entry_of,
     keep_unmarked,
+    meta_of,
     properties,
     read_registry,
     scan,
@@ -79,10 +79,10 @@ class Admin:
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-                entry = entry_of(props)
+                entry = meta_of(props)
                 if wanted is not None and entry.id not in wanted:
                     return False
-                fresh = Entry(entry.id, entry.priority, 0, explicit=entry.explicit)
+                fresh = Meta(entry.id, entry.priority, 0, explicit=entry.explicit)
                 ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
                 return True
 
@@ -90,13 +90,13 @@ class Admin:
 
         return self.scan_each(self._dead, decider)
 
-    def purge_dead(self, ids: Sequence[str] | None) -> list[Entry]:
+    def purge_dead(self, ids: Sequence[str] | None) -> list[Meta]:
         """Delete the chosen dead letters; return their entries (to release their explicit ids)."""
         wanted = None if ids is None else set(ids)
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            entry = entry_of(props)
+            entry = meta_of(props)
             if wanted is not None and entry.id not in wanted:
                 return False
             removed.append(entry)
@@ -105,16 +105,16 @@ class Admin:
         self.scan_each(self._dead, lambda ch, q, name: decide)
         return removed
 
-    def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Entry]]:
+    def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Meta]]:
         """Delete waiting (ready or scheduled) messages by id; return the ids found and their entries."""
         wanted = set(ids)
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
             ready = queue_names(self._prefix, queue).ready
 
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-                entry = entry_of(props)
+                entry = meta_of(props)
                 if entry.id in wanted:
                     removed.append(entry)
                 elif name == ready:
@@ -130,12 +130,12 @@ class Admin:
         gone = {e.id for e in removed}
         return [i for i in ids if i in gone], removed
 
-    def purge(self, queue: str) -> list[Entry]:
+    def purge(self, queue: str) -> list[Meta]:
         """Delete every waiting message of ``queue``; return their entries (to release their keys)."""
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            removed.append(entry_of(props))
+            removed.append(meta_of(props))
             return True
 
         self.scan_all(self._waiting(queue), decide)

@@ -1,10 +1,10 @@
 """SQLiteBroker: the embedded default. No server; many processes on one machine share one file.
 
-Every operation is one transaction on the ``messages`` table (``sqlite_schema.sql`` documents
+Every operation is one transaction on the ``messages`` table (``schema.sql`` documents
 the states and indexes). ``reserve`` first promotes due scheduled messages and recovers expired
 leases, then takes the next rows with one ``UPDATE ... RETURNING``. An idle ``reserve`` polls
 with a read-only query, sleeping 1 ms growing to 50 ms, so it takes the write lock only when
-there is work. See ``_sqlite_connection.py`` for WAL, locking and durability.
+there is work. See ``connection.py`` for WAL, locking and durability.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 
-from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers._stalls import IDLE_STAMP, STALL_GAP, STAMP_EVERY
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.errors import DuplicateTaskId
 
 READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3

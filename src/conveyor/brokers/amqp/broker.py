@@ -15,7 +15,7 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
   its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
 - **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
   reserving worker promotes due messages and sends the others to the next level: never early.
-- **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
+- **dead letters, cancel, purge, stats, registry**: see ``admin.py`` and ``scan.py``.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_admin import Admin
-from conveyor.brokers._amqp_connection import AMQPConnection
-from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
-from conveyor.brokers._amqp_keys import KeyClaims, claims_of
-from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
-from conveyor.brokers._amqp_redelivery import (
+from conveyor.brokers._urls import split_prefix
+from conveyor.brokers.amqp.admin import Admin
+from conveyor.brokers.amqp.claims import StoreClaims, claims_of
+from conveyor.brokers.amqp.connection import AMQPConnection
+from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
+from conveyor.brokers.amqp.names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers.amqp.redelivery import (
     REQUEUES_PER_DELIVERY,
     STALL,
     Held,
@@ -43,15 +44,14 @@ from conveyor.brokers._amqp_redelivery import (
     expired,
     start_to_count,
 )
-from conveyor.brokers._amqp_scan import (
-    Entry,
+from conveyor.brokers.amqp.scan import (
+    Meta,
     add_to_registry,
     dead_properties,
-    entry_of,
+    meta_of,
     properties,
     scan,
 )
-from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import BrokerError, ConfigurationError
 
@@ -95,7 +95,7 @@ class AMQPBroker(Broker):
     #: Seconds to open a connection.
     connect_timeout: float = 2.0
     #: Seconds after its claim an idempotency key or explicit id whose message never landed is taken
-    #: for the claim of a producer that died before ``tx.commit`` (see _amqp_keys.py).
+    #: for the claim of a producer that died before ``tx.commit`` (see claims.py).
     claim_land_wait: float = 30.0
 
     def __init__(
@@ -124,7 +124,7 @@ class AMQPBroker(Broker):
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
         self._backend: Callable[[], ResultBackend] | None = None
         land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
-        self._keys = KeyClaims(self._results, self.prefix, land_wait)
+        self._keys = StoreClaims(self._results, self.prefix, land_wait)
         self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
         self._board = InFlightBoard(self._board_backend, self.prefix)
         self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
@@ -155,7 +155,7 @@ class AMQPBroker(Broker):
             now = time.time()
             for env in fresh:
                 self._declare(ch, env.queue)
-                entry = Entry(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
+                entry = Meta(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
@@ -190,7 +190,7 @@ class AMQPBroker(Broker):
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        def op(ch: BlockingChannel) -> list[Entry]:
+        def op(ch: BlockingChannel) -> list[Meta]:
             done = []
             for held in self._pop_held(deliveries):
                 ch.basic_ack(held.tag)
@@ -218,7 +218,7 @@ class AMQPBroker(Broker):
         """Push the leases of ``deliveries``; each call is one heartbeat of this process.
 
         ``running`` is ignored: a redelivered copy counts a delivery here only if its STARTED result
-        record shows a start (``_amqp_redelivery.py``).
+        record shows a start (``redelivery.py``).
 
         A delivery this process acked, nacked or dead-lettered is not reported lost: the worker may
         heartbeat it once more while the ack's key release is still under way.
@@ -242,7 +242,7 @@ class AMQPBroker(Broker):
         return lost
 
     def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
-        def op(ch: BlockingChannel) -> list[Entry]:
+        def op(ch: BlockingChannel) -> list[Meta]:
             done = []
             for held in self._pop_held([delivery]):
                 self._bury(ch, held, reason, body)
@@ -340,7 +340,7 @@ class AMQPBroker(Broker):
         lease: float,
     ) -> Delivery | None:
         """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
-        entry = entry_of(props)
+        entry = meta_of(props)
         if method.redelivered:
             self._recount(ch, queue, entry, method.delivery_tag, body)
             return None
@@ -351,7 +351,7 @@ class AMQPBroker(Broker):
         self._held[token] = Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
         return delivery
 
-    def _recount(self, ch: BlockingChannel, queue: str, entry: Entry, tag: int, body: bytes) -> None:
+    def _recount(self, ch: BlockingChannel, queue: str, entry: Meta, tag: int, body: bytes) -> None:
         """Republish a copy RabbitMQ requeued after a channel holding it closed, counting a delivery only if it ran.
 
         The closed channel may have held it running (a crash: count it, so a message that kills its
@@ -432,17 +432,17 @@ class AMQPBroker(Broker):
         now = time.time()
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            self._publish_to(ch, names, entry_of(props), body, now)
+            self._publish_to(ch, names, meta_of(props), body, now)
             return True
 
         return scan(ch, names.eta, decide)
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _publish(self, ch: BlockingChannel, queue: str, entry: Entry, body: bytes, now: float) -> None:
+    def _publish(self, ch: BlockingChannel, queue: str, entry: Meta, body: bytes, now: float) -> None:
         self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
 
-    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Entry, body: bytes, now: float) -> None:
+    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
         if entry.eta is None or entry.eta <= now:
             ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
@@ -541,14 +541,14 @@ class AMQPBroker(Broker):
             return
         self._counts_paused_until = 0.0
 
-    def _release_keys(self, entries: Sequence[Entry], *, ids: bool = False) -> None:
+    def _release_keys(self, entries: Sequence[Meta], *, ids: bool = False) -> None:
         """Free the idempotency keys of finished messages, and (``ids``) the explicit ids of those that left.
 
         No backend call when none has a key or an explicit id.
         """
         self._keys.release([c for e in entries for c in claims_of(e.key, e.id, e.explicit, ids=ids)])
 
-    # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
+    # -- dead letters, cancel, purge (scans: see admin.py) --------------------------
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         return self._admin.dead_letters(limit, queue)
@@ -574,7 +574,7 @@ class AMQPBroker(Broker):
     # -- observability -----------------------------------------------------------------------
 
     def stats(self) -> list[QueueStats]:
-        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see _amqp_inflight.py)."""
+        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see inflight.py)."""
 
         def op(ch: BlockingChannel) -> tuple[list[tuple[str, int, int, int]], list[str], Counts]:
             queues, owners = self._admin.entries_locked(ch)
