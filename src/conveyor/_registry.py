@@ -16,16 +16,25 @@ from conveyor.errors import ConfigurationError
 Registry = dict[str, tuple[str, str, str | None]]
 
 
+def check_scheme(registry: Registry, url: str, what: str) -> str:
+    """The scheme of ``url``, checked against ``registry`` without importing anything.
+
+    Raises:
+        ConfigurationError: no class of ``registry`` serves that scheme.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in registry:
+        raise ConfigurationError(f"no {what} for URL {url!r}; known schemes: {', '.join(sorted(registry))}")
+    return scheme
+
+
 def load_class(registry: Registry, url: str, what: str) -> type:
     """Import the class serving ``url``'s scheme, naming the extra to install when it is missing.
 
     Raises:
         ConfigurationError: unknown scheme, or the client library is not installed.
     """
-    scheme = urlsplit(url).scheme
-    if scheme not in registry:
-        raise ConfigurationError(f"no {what} for URL {url!r}; known schemes: {', '.join(sorted(registry))}")
-    module_name, class_name, extra = registry[scheme]
+    module_name, class_name, extra = registry[check_scheme(registry, url, what)]
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -40,8 +40,6 @@ class RedisResultBackend(ResultBackend):
         retry_for: overrides :attr:`retry_for` for this backend.
     """
 
-    schemes = ("redis", "rediss", "unix")
-
     #: Seconds an operation keeps retrying connection errors before it raises BrokerUnavailable.
     retry_for: float = 5.0
     #: Seconds one command may take before it counts as a connection fault.
@@ -65,11 +63,6 @@ class RedisResultBackend(ResultBackend):
             max_block=self.max_block,
             scripts=SCRIPTS,
         )
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisResultBackend:
-        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
-        return cls(url)
 
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.url!r}, prefix={self.prefix!r})"
@@ -130,6 +123,10 @@ class RedisResultBackend(ResultBackend):
         name = value_key(self.prefix, key)
         px = None if ttl is None else _ms(ttl)
         self._conn.call(lambda: self._conn.client.set(name, value, px=px))
+
+    def delete_value(self, key: str) -> None:
+        name = value_key(self.prefix, key)
+        self._conn.call(lambda: self._conn.client.delete(name))
 
     def close(self) -> None:
         self._conn.close()

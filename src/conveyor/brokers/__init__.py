@@ -1,12 +1,18 @@
 """Brokers by URL scheme. Optional engines are imported only when their URL is used.
 
-Each broker module exposes a class with a ``from_url(url, max_deliveries=...)`` classmethod.
+Each engine is a subpackage (``sqlite/``, ``redis/``, ``amqp/``) or module (``memory.py``) whose broker
+class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from conveyor._registry import Registry, load_class
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "WorkerInfo", "from_url"]
 
@@ -22,8 +28,18 @@ _BROKERS: Registry = {
 }
 
 
-def from_url(url: str, *, max_deliveries: int = 5) -> Broker:
-    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``)."""
+def from_url(url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> Broker:
+    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``).
+
+    Args:
+        url: the broker's URL; its scheme picks the engine.
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: the app's result backend, for a broker that keeps shared state in it (RabbitMQ).
+
+    Raises:
+        ConfigurationError: an unknown scheme, a missing client library, a URL the engine cannot use,
+            or no ``store`` for a broker that needs one.
+    """
     cls = load_class(_BROKERS, url, "broker")
-    broker: Broker = cls.from_url(url, max_deliveries=max_deliveries)  # type: ignore[attr-defined]
-    return broker
+    assert issubclass(cls, Broker), cls  # the registry names broker classes only
+    return cls.from_url(url, max_deliveries=max_deliveries, store=store)

@@ -3,7 +3,7 @@
 Each is a :func:`~conveyor.brokers.amqp.scan.scan` in one transaction (AMQP cannot list queues or
 delete one message), so each costs one round trip per message of the queues it walks: fine for
 thousands of messages, slow for millions (docs/amqp.md, "What maps where"). Worker heartbeats live in
-the result backend, their ids in the registry queue.
+the store (``set_value`` with a time to live), their ids in the registry queue.
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ from conveyor.brokers.amqp.scan import (
     scan,
 )
 from conveyor.brokers.base import DeadLetter, WorkerInfo
-from conveyor.states import State
 
 if TYPE_CHECKING:
-    from conveyor.backends.base import ResultBackend
-
-#: State under which a worker's heartbeat is kept in the result backend (not final: wakes no waiter).
-WORKER_STATE = State.STARTED
+    from conveyor.backends.base import Store
 
 
 class Admin:
@@ -44,16 +40,14 @@ class Admin:
     Args:
         conn: the broker's connection.
         prefix: the broker's queue prefix.
-        results: the app's result backend (worker heartbeats).
+        store: where worker heartbeats live (the app's result backend).
         declared: the conveyor queues the broker declared in this process (always listed).
     """
 
-    def __init__(
-        self, conn: AMQPConnection, prefix: str, results: Callable[[], ResultBackend], declared: set[str]
-    ) -> None:
+    def __init__(self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str]) -> None:
         self._conn = conn
         self._prefix = prefix
-        self._results = results
+        self._store = store
         self._declared = declared
         self._added: set[tuple[str, str]] = set()  # registry entries this process wrote
         self.registry = registry_name(prefix)
@@ -216,14 +210,14 @@ class Admin:
             self._conn.call(lambda ch: self._scan_registry(ch, forget=entries))
 
     def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        """Put the worker's id in the registry (once per process) and its heartbeat in the backend."""
+        """Put the worker's id in the registry (once per process) and its heartbeat in the store."""
         if ("worker", info.id) not in self._added:
             self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
-        self._results().set(self._worker_key(info.id), WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
+        self._store.set_value(self._worker_key(info.id), json.dumps(info.to_dict()).encode(), ttl)
 
     def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker's heartbeat and registry entry."""
-        self._results().forget(self._worker_key(worker_id))
+        self._store.delete_value(self._worker_key(worker_id))
         self.forget([("worker", worker_id)])
 
     def workers(self) -> list[WorkerInfo]:
@@ -233,7 +227,7 @@ class Admin:
         for kind, name in entries:
             if kind != "worker":
                 continue
-            raw = self._results().get(self._worker_key(name))
+            raw = self._store.get_value(self._worker_key(name))
             if raw is None:
                 gone.append(("worker", name))
             else:

@@ -16,6 +16,9 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 - **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
   reserving worker promotes due messages and sends the others to the next level: never early.
 - **dead letters, cancel, purge, stats, registry**: see ``admin.py`` and ``scan.py``.
+- **shared state**: RabbitMQ keeps messages only, so the broker is built with a store (the app's result
+  backend) that holds its idempotency claims (``claims.py``), worker heartbeats (``admin.py``) and
+  in-flight counts (``inflight.py``), and whose task records say which redelivered copies ran.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -83,11 +86,13 @@ class AMQPBroker(Broker):
         url: a pika URL (``amqp://user:pass@host:5672/vhost``); ``prefix`` (default ``conveyor``)
             starts every queue name.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: the app's result backend; required (see the module docstring).
         retry_for: overrides :attr:`retry_for` for this broker.
         claim_land_wait: overrides :attr:`claim_land_wait` for this broker.
-    """
 
-    schemes = ("amqp", "amqps")
+    Raises:
+        ConfigurationError: no ``store``.
+    """
 
     #: Seconds an operation keeps retrying connection faults (backoff 0.05 s doubling to 1 s)
     #: before it raises BrokerUnavailable.
@@ -103,10 +108,18 @@ class AMQPBroker(Broker):
         url: str = "amqp://guest:guest@127.0.0.1:5672/%2F",
         *,
         max_deliveries: int = 5,
+        store: ResultBackend | None = None,
         retry_for: float | None = None,
         claim_land_wait: float | None = None,
     ) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+        super().__init__(url, max_deliveries=max_deliveries)
+        if store is None:
+            raise ConfigurationError(
+                "AMQPBroker keeps its idempotency claims, worker registry and in-flight counts in a store (RabbitMQ "
+                "keeps messages only): build it with store=<a result backend>, as App(broker='amqp://...', "
+                "backend='redis://...' or 'sqlite:///...') does"
+            )
+        self._store = store
         pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
         self._conn = AMQPConnection(
             pika_url,
@@ -122,24 +135,14 @@ class AMQPBroker(Broker):
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
-        self._backend: Callable[[], ResultBackend] | None = None
         land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
-        self._keys = StoreClaims(self._results, self.prefix, land_wait)
-        self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
-        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._keys = StoreClaims(store, self.prefix, land_wait)
+        self._admin = Admin(self._conn, self.prefix, store, self._declared)
+        self._board = InFlightBoard(store, self.prefix)
         self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
-        """Build from an ``amqp://`` or ``amqps://`` URL (``?prefix=`` sets the queue prefix)."""
-        return cls(url, max_deliveries=max_deliveries)
 
     def __repr__(self) -> str:
         return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
-
-    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:
-        """Keep the worker registry and idempotency keys in the app's result backend."""
-        self._backend = backend
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -265,7 +268,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             mine = [h for h in self._live_held() if h.delivery.owner == owner]
             for held in mine:
-                held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
+                held.entry = dataclasses.replace(held.entry, started=counted_start(self._store, held.entry))
                 self._give_back(ch, held, f"its worker process {owner} died")
             ch.tx_commit()
             return len(mine)
@@ -362,7 +365,7 @@ class AMQPBroker(Broker):
         instead, and ``REQUEUES_PER_DELIVERY * max_deliveries`` of those bury it. The copy goes to the
         queue's tail, so a message that kills its workers cannot keep the head.
         """
-        started = start_to_count(self._results, entry)
+        started = start_to_count(self._store, entry)
         if started is not None:
             counted = dataclasses.replace(entry, before=entry.before + 1, started=started)
             delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", "")
@@ -392,7 +395,7 @@ class AMQPBroker(Broker):
         now = time.monotonic()
         due = [h for h in self._live_held() if expired(h, now, self._beats)]
         for held in due:
-            held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
+            held.entry = dataclasses.replace(held.entry, started=counted_start(self._store, held.entry))
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(due)
 
@@ -505,11 +508,8 @@ class AMQPBroker(Broker):
         self._settled.clear()
         self._beats = 0
         self._owners.clear()
-        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._board = InFlightBoard(self._store, self.prefix)
         self._next_hop = INF
-
-    def _board_backend(self) -> ResultBackend | None:
-        return None if self._backend is None else self._backend()
 
     def _owner_counts(self) -> Counts:
         """In-flight per owner and queue of this process (the caller holds the lock, or takes it here)."""
@@ -605,11 +605,3 @@ class AMQPBroker(Broker):
             self._held.clear()  # the channel closes: RabbitMQ requeues them
         self._publish_counts(force=True)
         self._conn.drop()
-
-    def _results(self) -> ResultBackend:
-        if self._backend is None:
-            raise ConfigurationError(
-                "AMQPBroker keeps its worker registry and idempotency keys in the result backend; build it "
-                "through App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
-            )
-        return self._backend()

@@ -15,7 +15,6 @@ heartbeat too) expires nothing when it wakes. docs/amqp.md, "Leases, heartbeats 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from conveyor.brokers.amqp.scan import Meta
@@ -56,14 +55,14 @@ def expired(held: Held, now: float, beats: int) -> bool:
     return beats == 0 or beats - held.beat >= MISSED_BEATS
 
 
-def start_to_count(results: Callable[[], ResultBackend], entry: Meta) -> float | None:
+def start_to_count(results: ResultBackend, entry: Meta) -> float | None:
     """The start time of ``entry``'s task if it started and no copy counted that start yet, else None.
 
     A result backend that cannot answer counts the delivery (the conservative side: a poison
     message must still end dead-lettered).
     """
     try:
-        raw = results().get(entry.id)
+        raw = results.get(entry.id)
     except Exception:  # any backend failure: count, as before this check existed
         return UNKNOWN_START
     if raw is None:
@@ -78,10 +77,10 @@ def start_to_count(results: Callable[[], ResultBackend], entry: Meta) -> float |
     return record.started
 
 
-def counted_start(results: Callable[[], ResultBackend], entry: Meta) -> float | None:
+def counted_start(results: ResultBackend, entry: Meta) -> float | None:
     """The start a give-back counts (so a later crash of a copy that never ran does not count it again)."""
     try:
-        raw = results().get(entry.id)
+        raw = results.get(entry.id)
     except Exception:  # unknown: a later crash may count this start once more
         return entry.started
     record = None if raw is None else decode_record(raw)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.client import Pipeline
 
@@ -25,6 +25,9 @@ from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, Red
 from conveyor.brokers.redis.enqueue import MessageStore
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
 from conveyor.errors import DuplicateTaskId
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
@@ -42,10 +45,9 @@ class RedisBroker(Broker):
     Args:
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: not used: Redis keeps every state the broker needs.
         retry_for: overrides :attr:`retry_for` for this broker.
     """
-
-    schemes = ("redis", "rediss", "unix")
 
     #: Seconds an operation keeps retrying connection errors (backoff 0.05 s doubling to 1 s) before
     #: it raises BrokerUnavailable.
@@ -58,9 +60,14 @@ class RedisBroker(Broker):
     max_block: float = 5.0
 
     def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", *, max_deliveries: int = 5, retry_for: float | None = None
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        max_deliveries: int = 5,
+        store: ResultBackend | None = None,
+        retry_for: float | None = None,
     ) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+        super().__init__(url, max_deliveries=max_deliveries)
         client_url, self.prefix, self.url = split_url(url)
         self._conn = RedisConnection(
             client_url,
@@ -74,11 +81,6 @@ class RedisBroker(Broker):
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
         self._store = MessageStore(self._conn, self.prefix, self._claims)
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> RedisBroker:
-        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
-        return cls(url, max_deliveries=max_deliveries)
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, prefix={self.prefix!r})"
