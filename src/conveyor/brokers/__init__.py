@@ -1,7 +1,9 @@
 """Brokers by URL scheme. Optional engines are imported only when their URL is used.
 
 Each engine is a subpackage (``sqlite/``, ``redis/``, ``amqp/``) or module (``memory.py``) whose broker
-class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`.
+class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`. A new engine (PostgreSQL
+next) is a new subpackage of the same shape (``broker.py``, ``connection.py``, ``keys.py`` or ``schema.sql``
+as it needs; its result backend, if any, in ``conveyor/backends/``) and one line in ``_BROKERS`` below.
 """
 
 from __future__ import annotations
