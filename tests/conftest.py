@@ -158,9 +158,8 @@ def backend_url(broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest
 
 @pytest.fixture
 def broker(broker_url: str, broker_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Broker]:
-    instance = broker_from_url(broker_url, max_deliveries=3)
     results = backend_from_url(backend_url_for(broker_kind, tmp_path, request))
-    instance.use_backend(lambda: results)  # as App does; RabbitMQ keeps its worker registry there
+    instance = broker_from_url(broker_url, max_deliveries=3, store=results)  # as App does; RabbitMQ keeps state there
     yield instance
     instance.close()
     results.close()

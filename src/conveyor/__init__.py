@@ -25,7 +25,6 @@ from conveyor.errors import (
     EncodeError,
     MessageError,
     MessageTooLarge,
-    QueueNotFound,
     ResultError,
     ResultMissing,
     ResultTimeout,
@@ -36,7 +35,6 @@ from conveyor.errors import (
     TaskNotRegistered,
     TaskRevoked,
     TimeLimitExceeded,
-    WorkerShutdown,
 )
 from conveyor.result import AsyncResult
 from conveyor.scheduler import Cron, Interval
@@ -75,7 +73,6 @@ __all__ = [
     "MessageError",
     "MessageTooLarge",
     "DuplicateTaskId",
-    "QueueNotFound",
     "ResultError",
     "ResultMissing",
     "ResultTimeout",
@@ -85,5 +82,4 @@ __all__ = [
     "TaskNotRegistered",
     "TaskRevoked",
     "TimeLimitExceeded",
-    "WorkerShutdown",
 ]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
+from conveyor.backends import check_url as check_backend_url
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
 from conveyor.brokers import from_url as broker_from_url
@@ -63,6 +64,7 @@ class App:
             settings["backend_url"] = backend
         self.name = name
         self.settings = Settings.build(settings)
+        check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         self.tasks: dict[str, BaseTask[Any, Any]] = {}
         #: Periodic entries by name, fired by ``conveyor beat`` (or ``worker --beat``).
         self.schedule: dict[str, Entry] = {}
@@ -75,13 +77,13 @@ class App:
 
     @property
     def broker(self) -> Broker:
-        """The broker, connected on first use."""
+        """The broker, connected on first use; built with the backend as its store (RabbitMQ keeps state there)."""
         if self._broker is None:
+            store = self.backend  # outside the lock, which building the backend takes
             with self._lock:
                 if self._broker is None:
-                    broker = broker_from_url(self.settings.broker_url, max_deliveries=self.settings.max_deliveries)
-                    broker.use_backend(lambda: self.backend)  # RabbitMQ keeps shared state there
-                    self._broker = broker
+                    url, max_deliveries = self.settings.broker_url, self.settings.max_deliveries
+                    self._broker = broker_from_url(url, max_deliveries=max_deliveries, store=store)
         return self._broker
 
     @property

@@ -5,8 +5,7 @@
     ConveyorError
     ├── ConfigurationError          bad App(...) keyword, CONVEYOR_* variable or task option
     ├── BrokerError
-    │   ├── BrokerUnavailable       the broker did not answer within the bounded retry
-    │   └── QueueNotFound
+    │   └── BrokerUnavailable       the broker did not answer within the bounded retry
     ├── MessageError
     │   ├── EncodeError             an argument does not serialize (names the argument)
     │   ├── DecodeError             bytes that are not a conveyor message (carries them)
@@ -16,14 +15,16 @@
     ├── TaskError
     │   ├── TaskNotRegistered
     │   ├── TimeLimitExceeded       raised inside the task at its soft limit; recorded at the hard one
-    │   └── TaskRevoked
+    │   └── TaskRevoked             AsyncResult.get() of a revoked or expired task (also a ResultMissing)
     └── ResultError
         ├── ResultTimeout           AsyncResult.get() waited longer than its timeout
         ├── ResultMissing           no result stored (expired, ignored, or never run)
         └── TaskFailed              the task raised; carries the remote type, message and traceback
 
     Retry (Exception)               control flow: raise it inside a task to run it again later
-    WorkerShutdown (BaseException)  the worker stopping a task; user code cannot swallow it
+
+Every class here is raised somewhere (tests/unit/test_errors.py checks it), except the bases
+(ConveyorError, BrokerError, MessageError, TaskError, ResultError), which exist to be caught.
 """
 
 from __future__ import annotations
@@ -43,10 +44,6 @@ class BrokerError(ConveyorError):
 
 class BrokerUnavailable(BrokerError):
     """The broker did not answer within the bounded retry."""
-
-
-class QueueNotFound(BrokerError):
-    """A named queue does not exist where the broker needs it to."""
 
 
 class MessageError(ConveyorError):
@@ -112,10 +109,6 @@ class TimeLimitExceeded(TaskError):
     """The task ran past its time limit."""
 
 
-class TaskRevoked(TaskError):
-    """The task was revoked (or expired) before it ran."""
-
-
 class ResultError(ConveyorError):
     """A result could not be obtained."""
 
@@ -126,6 +119,23 @@ class ResultTimeout(ResultError, TimeoutError):
 
 class ResultMissing(ResultError):
     """No result is stored for that id (expired, ignored, or never run)."""
+
+
+class TaskRevoked(TaskError, ResultMissing):
+    """``AsyncResult.get()`` of a task that was revoked, or expired before a worker ran it.
+
+    It is also a :class:`ResultMissing` (a revoked task has no result), which ``get()`` raised for
+    revoked tasks before this class was.
+
+    Attributes:
+        task_id: the revoked task.
+        reason: the reason recorded with the revocation.
+    """
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"task {task_id} was revoked: {reason}")
+        self.task_id = task_id
+        self.reason = reason
 
 
 class TaskFailed(ResultError):
@@ -155,7 +165,3 @@ class Retry(Exception):
         super().__init__(reason or "retry requested")
         self.countdown = countdown
         self.reason = reason
-
-
-class WorkerShutdown(BaseException):
-    """Raised by the worker into a task it is stopping; a BaseException so user code cannot swallow it."""

@@ -1,4 +1,4 @@
-"""The message: conveyor's one wire format, versioned, and its JSON codec.
+"""The message: conveyor's one wire format, versioned, its JSON codec, and the per-call options that fill it.
 
 A message is a msgspec struct encoded as JSON. Brokers never look inside the body: they store
 the bytes beside the few fields they route by (queue, priority, eta), so a message from a newer
@@ -11,10 +11,12 @@ sits (issue 11, item 13); the wire format stays plain JSON that any parser reads
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -57,6 +59,32 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_f
     created: float = 0.0
     #: The sender chose ``id`` (``task_id=``); omitted on the wire for a generated id.
     explicit_id: bool = False
+
+
+class SendOptions(TypedDict, total=False):
+    """Options of one call, for ``apply_async`` and ``message``.
+
+    Attributes:
+        countdown: run no sooner than this many seconds from now.
+        eta: run no sooner than this time (aware datetime or Unix timestamp).
+        expires: do not run after this time (aware datetime or Unix timestamp); a task picked up
+            later is recorded REVOKED.
+        priority: 0-9 for this call.
+        queue: queue for this call.
+        key: idempotency key: while a task with this key is pending or running, the call enqueues
+            nothing and returns the existing task's result handle.
+        headers: user metadata, visible to the task as ``current_context().headers``.
+        task_id: use this id instead of a fresh one.
+    """
+
+    countdown: float | None
+    eta: float | datetime.datetime | None
+    expires: float | datetime.datetime | None
+    priority: int | None
+    queue: str | None
+    key: str | None
+    headers: Mapping[str, str] | None
+    task_id: str | None
 
 
 def new_id() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conveyor.errors import ResultMissing, ResultTimeout, TaskFailed
+from conveyor.errors import ResultTimeout, TaskFailed, TaskRevoked
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class AsyncResult(Generic[R]):
         Raises:
             ResultTimeout: the task did not finish in time.
             TaskFailed: the task failed and ``propagate`` is true.
-            ResultMissing: the task was revoked, or its result expired.
+            TaskRevoked: the task was revoked, or expired before a worker ran it (a ResultMissing too).
         """
         limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -134,7 +134,7 @@ class AsyncResult(Generic[R]):
             value: R = record.value
             return value
         if record.state is State.REVOKED:
-            raise ResultMissing(f"task {self.id} was revoked: {record.note or 'no reason given'}")
+            raise TaskRevoked(self.id, record.note or "no reason given")
         if not propagate:
             return None  # type: ignore[return-value]
         error = record.error or ErrorInfo("UnknownError", "no error recorded")

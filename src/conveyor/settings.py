@@ -34,7 +34,8 @@ class Settings:
 
     #: Where messages live: ``sqlite:///path``, ``memory://``, ``redis://host:port/db``, ``amqp://...``.
     broker_url: str = DEFAULT_URL
-    #: Where results live; None means the broker's URL (the same engine).
+    #: Where results live; None means the broker's URL (the same engine). Required with ``amqp://``:
+    #: RabbitMQ is no result store (the app checks when it is built).
     backend_url: str | None = None
     #: Queue a task goes to when neither the task nor the call names one.
     default_queue: str = "default"
@@ -88,17 +89,8 @@ class Settings:
         if self.max_message_size < 1024:
             raise ConfigurationError(f"max_message_size must be at least 1024 bytes, got {self.max_message_size}")
         self._check_beat()
-        self._check_backend()
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
-
-    def _check_backend(self) -> None:
-        if _scheme(self.broker_url) in {"amqp", "amqps"} and self.backend_url is None:
-            raise ConfigurationError(
-                "RabbitMQ is no result store: name a result backend with the amqp:// broker, e.g. "
-                "App(..., broker='amqp://...', backend='redis://localhost:6379/0') or backend='sqlite:///results.db' "
-                "(or CONVEYOR_BACKEND_URL)"
-            )
 
     def _check_beat(self) -> None:
         for name in ("beat_lease", "beat_interval", "beat_grace"):
@@ -179,10 +171,6 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ValueError(raw)
-
-
-def _scheme(url: str) -> str:
-    return url.partition("://")[0].lower()
 
 
 def _check_positive(name: str, value: float) -> None:

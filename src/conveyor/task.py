@@ -11,10 +11,11 @@ import dataclasses
 import datetime
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from conveyor.errors import ConfigurationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
+from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
 from conveyor.result import AsyncResult
 from conveyor.retries import RetryPolicy
 from conveyor.workflows.signature import Signature
@@ -101,32 +102,6 @@ def _timestamp(value: float | datetime.datetime | None, what: str) -> float | No
             raise ConfigurationError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
         return value.timestamp()
     raise ConfigurationError(f"{what} must be a datetime or a Unix timestamp, got {value!r}")
-
-
-class SendOptions(TypedDict, total=False):
-    """Options of one call, for ``apply_async`` and ``message``.
-
-    Attributes:
-        countdown: run no sooner than this many seconds from now.
-        eta: run no sooner than this time (aware datetime or Unix timestamp).
-        expires: do not run after this time (aware datetime or Unix timestamp); a task picked up
-            later is recorded REVOKED.
-        priority: 0-9 for this call.
-        queue: queue for this call.
-        key: idempotency key: while a task with this key is pending or running, the call enqueues
-            nothing and returns the existing task's result handle.
-        headers: user metadata, visible to the task as ``current_context().headers``.
-        task_id: use this id instead of a fresh one.
-    """
-
-    countdown: float | None
-    eta: float | datetime.datetime | None
-    expires: float | datetime.datetime | None
-    priority: int | None
-    queue: str | None
-    key: str | None
-    headers: Mapping[str, str] | None
-    task_id: str | None
 
 
 #: The option names :meth:`BaseTask.message` accepts, computed once rather than per call.

@@ -16,7 +16,7 @@ import signal
 from pathlib import Path
 
 from conveyor import App
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import ResultBackend, Store
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SQLiteResultBackend
 
@@ -40,7 +40,7 @@ def _stop_after_claim(marker: Path) -> None:
     def wrap(cls: type[ResultBackend]) -> None:
         original = cls.claim
 
-        def claim(self: ResultBackend, key: str, ttl: float) -> bool:
+        def claim(self: Store, key: str, ttl: float) -> bool:
             nonlocal claims
             won = original(self, key, ttl)
             if won and key.startswith("beat:") and not key.endswith(":last"):

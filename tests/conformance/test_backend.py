@@ -138,6 +138,22 @@ def test_values_replace_and_expire(backend: ResultBackend) -> None:
     assert backend.get_value("beat:last") == b"2"
 
 
+def test_delete_value_removes_only_that_value(backend: ResultBackend) -> None:
+    # Given two values, a claim and a record under the same name
+    backend.set_value("worker:1", b"alive", ttl=30)
+    backend.set_value("worker:2", b"alive")
+    assert backend.claim("worker:1", ttl=30)
+    backend.set("worker:1", State.SUCCESS, b"record", ttl=30)
+    # When one value is deleted (and a missing one, which is no error)
+    backend.delete_value("worker:1")
+    backend.delete_value("never-set")
+    # Then it reads as never set, and nothing else moved
+    assert backend.get_value("worker:1") is None
+    assert backend.get_value("worker:2") == b"alive"
+    assert not backend.claim("worker:1", ttl=30)
+    assert backend.get("worker:1") == b"record"
+
+
 def _race(attempt: Callable[[int], bool], threads: int) -> list[bool]:
     """Run ``attempt`` in ``threads`` threads released at the same instant; their results."""
     barrier = threading.Barrier(threads)

@@ -58,7 +58,7 @@ def test_fault_mix_loses_no_task_buries_only_poison_and_reruns_only_killed_ones(
         tasks=1200,
         seconds=25,
         # RabbitMQ's in-flight figures come from per-process records that a process killed whole keeps
-        # for up to 30 s (brokers/_amqp_inflight.py TTL): the idle check must outwait them there.
+        # for up to 30 s (brokers/amqp/inflight.py TTL): the idle check must outwait them there.
         settle=40 if "amqp" in e2e_env["CONVEYOR_BROKER_URL"] else 20,
         pause=(0.05, 0.2),
         seed=11,

@@ -16,12 +16,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conveyor import App
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
+from conveyor.backends.memory import MemoryResultBackend
 from conveyor.brokers import Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, DuplicateTaskId
@@ -37,8 +39,7 @@ def env(key: str | None = None, task_id: str | None = None, body: bytes = b"x") 
 
 
 def producer(vhost: str, results: ResultBackend, land_wait: float = 30.0) -> AMQPBroker:
-    broker = AMQPBroker(amqp_url(vhost), max_deliveries=3, claim_land_wait=land_wait)
-    broker.use_backend(lambda: results)
+    broker = AMQPBroker(amqp_url(vhost), max_deliveries=3, store=results, claim_land_wait=land_wait)
     return broker
 
 
@@ -66,8 +67,7 @@ def set_value(key, value, ttl=None):
         os.kill(os.getpid(), signal.SIGKILL)
 
 results.set_value = set_value
-broker = AMQPBroker(url)
-broker.use_backend(lambda: results)
+broker = AMQPBroker(url, store=results)
 broker.enqueue([Envelope(id=uuid.uuid4().hex, queue="default", body=b"lost", key="receipt-7")])
 """
 
@@ -190,9 +190,18 @@ def test_an_app_refuses_a_reused_task_id_and_sends_generated_ones_unchecked(amqp
     app.close()
 
 
+class _Untouchable(MemoryResultBackend):
+    """A store that fails any test touching it."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in {"claim", "unclaim", "get_value", "set_value", "delete_value", "get", "set"}:
+            raise AssertionError(f"the store was used: {name}")
+        return super().__getattribute__(name)
+
+
 def test_generated_ids_cost_no_backend_call(amqp_vhost: str) -> None:
-    # Given a broker with no result backend at all
-    broker = AMQPBroker(amqp_url(amqp_vhost))
+    # Given a broker whose store fails any call
+    broker = AMQPBroker(amqp_url(amqp_vhost), store=_Untouchable())
     # Then plain enqueues (generated ids, no key) work: they never touch the backend
     assert len(broker.enqueue([env(), env()])) == 2
     broker.close()

@@ -19,6 +19,7 @@ import pytest
 
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
+from conveyor.backends.memory import MemoryResultBackend
 from conveyor.brokers import Delivery, Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.states import ResultRecord, State, encode_record
@@ -42,8 +43,7 @@ def brokers(amqp_vhost: str, results: ResultBackend) -> Iterator[list[AMQPBroker
     """Three brokers on one vhost, each with its own connection (a producer and two workers)."""
     made = []
     for _ in range(3):
-        broker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3)
-        broker.use_backend(lambda: results)
+        broker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
         made.append(broker)
     yield made
     for broker in made:
@@ -137,8 +137,7 @@ def test_a_heartbeat_during_a_slow_key_release_does_not_report_the_acked_task_lo
     server = PrivateRedis(tmp_path)
     server.start()
     backend = backend_from_url(server.url)
-    worker = AMQPBroker.from_url(amqp_url(amqp_vhost))
-    worker.use_backend(lambda: backend)
+    worker = AMQPBroker.from_url(amqp_url(amqp_vhost), store=backend)
     try:
         worker.enqueue([env(key="receipt-7")])
         [d] = worker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
@@ -192,9 +191,8 @@ def test_a_reserve_whose_in_flight_count_fails_to_land_still_hands_out_what_it_t
 
     with private_redis(tmp_path) as server:
         results = RedisResultBackend(server.url, retry_for=0.3)
-        producer = AMQPBroker.from_url(amqp_url(amqp_vhost))
-        worker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3)
-        worker.use_backend(lambda: results)
+        producer = AMQPBroker.from_url(amqp_url(amqp_vhost), store=MemoryResultBackend())  # it stores nothing
+        worker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
         try:
             ids = producer.enqueue([env(body=f"m{i}".encode()) for i in range(3)])
             server.kill()

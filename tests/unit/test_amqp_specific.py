@@ -7,6 +7,7 @@ backend at start-up, and a broker shared across ``fork()``.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
 import time
@@ -19,7 +20,9 @@ import pytest
 
 from conveyor import App
 from conveyor.backends import from_url as backend_from_url
-from conveyor.brokers import Broker, Delivery, Envelope
+from conveyor.backends.memory import MemoryResultBackend
+from conveyor.brokers import Broker, Delivery, Envelope, WorkerInfo
+from conveyor.brokers import from_url as broker_from_url
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.states import ResultRecord, State, encode_record
@@ -34,9 +37,8 @@ def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
 
 @pytest.fixture
 def broker(amqp_vhost: str, tmp_path: Path) -> Iterator[AMQPBroker]:
-    instance = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3)
     results = backend_from_url(f"sqlite:///{tmp_path / 'results.db'}")
-    instance.use_backend(lambda: results)
+    instance = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
     yield instance
     instance.close()
     results.close()
@@ -45,7 +47,7 @@ def broker(amqp_vhost: str, tmp_path: Path) -> Iterator[AMQPBroker]:
 def mark_started(broker: AMQPBroker, task_id: str) -> None:
     """Write the STARTED record a worker writes before it runs a task (what a redelivery is counted by)."""
     record = ResultRecord(state=State.STARTED, task="t", started=time.time())
-    broker._results().set(task_id, State.STARTED, encode_record(record), 60)
+    broker._store.set(task_id, State.STARTED, encode_record(record), 60)
 
 
 def drop_connections(vhost: str) -> None:
@@ -101,7 +103,7 @@ def test_a_message_whose_worker_keeps_dying_is_dead_lettered(broker: AMQPBroker,
 def test_a_producer_gets_broker_unavailable_after_a_bounded_retry() -> None:
     # Given a broker URL where nothing listens
     port = free_port()
-    broker = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{port}/%2F", retry_for=0.5)
+    broker = AMQPBroker(f"amqp://guest:guest@127.0.0.1:{port}/%2F", store=MemoryResultBackend(), retry_for=0.5)
     # When a producer enqueues, it fails clearly within the bounded retry
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}.* did not answer within 0.5 s"):
@@ -141,6 +143,33 @@ def test_a_retry_delay_never_runs_early(broker: AMQPBroker) -> None:
     [again] = reserve_until(broker, 5)
     assert time.time() >= returned + 0.6
     assert (again.id, again.body, again.deliveries) == (d.id, b"attempt-1", 1)
+
+
+def test_a_broker_built_without_a_store_fails_at_construction_naming_the_fix() -> None:
+    # Given no server at all: the check comes before any connection
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"
+    # Then building the broker without a store fails at once, directly or through the registry
+    with pytest.raises(ConfigurationError, match=r"store=.*App\(broker='amqp://"):
+        AMQPBroker(url)
+    with pytest.raises(ConfigurationError, match="keeps messages only"):
+        broker_from_url(url)
+    # While a store is enough to build it (it connects on first use)
+    assert isinstance(broker_from_url(url, store=MemoryResultBackend()), AMQPBroker)
+
+
+def test_worker_heartbeats_are_values_in_the_store_not_result_records(broker: AMQPBroker) -> None:
+    # Given a registered worker
+    now = time.time()
+    broker.register_worker(WorkerInfo("host.1", "host", 1, ("default",), 2, "process", now, now), ttl=30)
+    key = f"{broker.prefix}:worker:host.1"
+    # Then its heartbeat is a value with a time to live, and no task record (no fake STARTED state) exists
+    raw = broker._store.get_value(key)
+    assert raw is not None and json.loads(raw)["id"] == "host.1"
+    assert broker._store.get(key) is None
+    assert [w.id for w in broker.workers()] == ["host.1"]
+    # And unregistering deletes the value
+    broker.unregister_worker("host.1")
+    assert broker._store.get_value(key) is None and broker.workers() == []
 
 
 def test_an_app_on_rabbitmq_without_a_result_backend_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,9 +220,7 @@ def test_a_forked_process_opens_its_own_connection(broker: AMQPBroker) -> None:
 def test_concurrent_producers_with_one_key_store_one_message(amqp_vhost: str, tmp_path: Path) -> None:
     # Given four producers, each with its own connection, sharing one result backend file
     results = backend_from_url(f"sqlite:///{tmp_path / 'keys.db'}")
-    producers = [AMQPBroker.from_url(amqp_url(amqp_vhost)) for _ in range(4)]
-    for producer in producers:
-        producer.use_backend(lambda: results)
+    producers = [AMQPBroker.from_url(amqp_url(amqp_vhost), store=results) for _ in range(4)]
     answers: list[str] = []
     # When they enqueue the same key at the same moment
     barrier = threading.Barrier(len(producers))

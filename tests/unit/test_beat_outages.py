@@ -23,9 +23,9 @@ import pytest
 
 from conveyor import App, BrokerUnavailable
 from conveyor.backends.redis import RedisResultBackend
-from conveyor.brokers import _sqlite_connection
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.sqlite import connection as sqlite_connection
 from conveyor.scheduler.beat import Beat, slot_key
 from tests.conftest import AMQP_URL, url_for
 from tests.servers import PrivateRedis, free_port
@@ -176,7 +176,7 @@ def test_a_slot_whose_enqueue_fails_fires_once_when_the_sqlite_broker_is_unlocke
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a beat on a SQLite broker whose writers wait 0.5 s for the lock, and a backend in another file
-    monkeypatch.setattr(_sqlite_connection, "BUSY_TIMEOUT_MS", 500)
+    monkeypatch.setattr(sqlite_connection, "BUSY_TIMEOUT_MS", 500)
     broker_path = tmp_path / "broker.db"
     app = make_app(f"sqlite:///{broker_path}", f"sqlite:///{tmp_path / 'results.db'}")
     beat, clock = ticked_once(app)

@@ -88,6 +88,6 @@ def test_one_idle_reserve_call_sees_a_dead_owners_lease_expire(broker: Broker) -
 
 
 def test_the_redis_scripts_use_the_same_stall_constants() -> None:
-    source = (Path(__file__).parents[2] / "src/conveyor/brokers/redis_scripts/_common.lua").read_text()
+    source = (Path(__file__).parents[2] / "src/conveyor/brokers/redis/scripts/_common.lua").read_text()
     assert float(re.search(r"local STALL_GAP = ([\d.]+)", source)[1]) == STALL_GAP  # type: ignore[index]
     assert float(re.search(r"local STAMP_EVERY = ([\d.]+)", source)[1]) == STAMP_EVERY  # type: ignore[index]

@@ -247,7 +247,7 @@ def test_a_blocked_reserve_survives_a_restart(tmp_path: Path) -> None:
 def test_url_prefix_is_split_off_and_passwords_never_printed(
     url: str, client_url: str, prefix: str, printable: str
 ) -> None:
-    from conveyor.brokers._redis_connection import split_url
+    from conveyor.brokers.redis.connection import split_url
 
     got_url, got_prefix, got_printable = split_url(url)
     assert (got_url, got_prefix) == (client_url, prefix)

@@ -295,7 +295,7 @@ def test_a_database_locked_too_long_is_broker_unavailable_naming_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given another connection holding the write lock, and a short busy timeout
-    monkeypatch.setattr("conveyor.brokers._sqlite_connection.BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr("conveyor.brokers.sqlite.connection.BUSY_TIMEOUT_MS", 100)
     path = tmp_path / "locked.db"
     broker = SQLiteBroker.from_url(f"sqlite:///{path}")
     broker.stats()
@@ -325,7 +325,7 @@ def test_the_schema_ships_as_package_data() -> None:
     # The DDL is read with importlib.resources, so a wheel without it could not open a database.
     import importlib.resources
 
-    ddl = importlib.resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
+    ddl = importlib.resources.files("conveyor.brokers.sqlite").joinpath("schema.sql").read_text()
     for table in ("messages", "queues", "workers", "results"):
         assert f"CREATE TABLE IF NOT EXISTS {table}" in ddl
 

@@ -25,8 +25,8 @@ import pytest
 
 from conveyor.backends.sqlite import SQLiteResultBackend
 from conveyor.brokers import Envelope
-from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.errors import BrokerUnavailable, TimeLimitExceeded
 from conveyor.states import State
 from conveyor.worker.timelimits import soft_time_limit

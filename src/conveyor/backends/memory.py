@@ -13,19 +13,12 @@ from conveyor.states import FINAL_STATES, State
 class MemoryResultBackend(ResultBackend):
     """Results in a dict guarded by a condition variable; ``memory://`` URLs."""
 
-    schemes = ("memory",)
-
-    def __init__(self) -> None:
+    def __init__(self, url: str = "memory://") -> None:
         self._cond = threading.Condition()
         self._data: dict[str, tuple[State, bytes, float]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires at)
         self._claims: dict[str, float] = {}  # key -> expires at
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
-
-    @classmethod
-    def from_url(cls, url: str) -> MemoryResultBackend:
-        """Build from a ``memory://`` URL (nothing in it is read)."""
-        return cls()
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         with self._cond:
@@ -97,3 +90,7 @@ class MemoryResultBackend(ResultBackend):
     def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._cond:
             self._values[key] = (value, math.inf if ttl is None else time.time() + ttl)
+
+    def delete_value(self, key: str) -> None:
+        with self._cond:
+            self._values.pop(key, None)

@@ -21,14 +21,14 @@ from typing import cast
 from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers._redis_connection import RedisConnection, split_url
-from conveyor.brokers._redis_keys import claim_key, lease_key, notify_key, result_key, value_key
+from conveyor.brokers.redis.connection import RedisConnection, split_url
+from conveyor.brokers.redis.keys import claim_key, lease_key, notify_key, result_key, value_key
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
-#: Lua scripts of the coordination primitives (``brokers/redis_scripts/``), each on one key.
+#: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
 SCRIPTS = ("lease_acquire", "lease_release")
 
 
@@ -39,8 +39,6 @@ class RedisResultBackend(ResultBackend):
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
         retry_for: overrides :attr:`retry_for` for this backend.
     """
-
-    schemes = ("redis", "rediss", "unix")
 
     #: Seconds an operation keeps retrying connection errors before it raises BrokerUnavailable.
     retry_for: float = 5.0
@@ -65,11 +63,6 @@ class RedisResultBackend(ResultBackend):
             max_block=self.max_block,
             scripts=SCRIPTS,
         )
-
-    @classmethod
-    def from_url(cls, url: str) -> RedisResultBackend:
-        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
-        return cls(url)
 
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.url!r}, prefix={self.prefix!r})"
@@ -130,6 +123,10 @@ class RedisResultBackend(ResultBackend):
         name = value_key(self.prefix, key)
         px = None if ttl is None else _ms(ttl)
         self._conn.call(lambda: self._conn.client.set(name, value, px=px))
+
+    def delete_value(self, key: str) -> None:
+        name = value_key(self.prefix, key)
+        self._conn.call(lambda: self._conn.client.delete(name))
 
     def close(self) -> None:
         self._conn.close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers._sqlite_connection import SQLiteConnection
+from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.states import FINAL_STATES, State
 
 #: Seconds between sweeps of expired results (per process).
@@ -29,16 +29,9 @@ _FINAL = tuple(str(s) for s in FINAL_STATES)
 class SQLiteResultBackend(ResultBackend):
     """Results in a SQLite file; ``sqlite:///path`` URLs (the broker's file by default)."""
 
-    schemes = ("sqlite",)
-
     def __init__(self, url: str) -> None:
         self.db = SQLiteConnection(url)
         self._next_sweep = time.monotonic() + SWEEP_EVERY
-
-    @classmethod
-    def from_url(cls, url: str) -> SQLiteResultBackend:
-        """Build from a ``sqlite:///path`` URL."""
-        return cls(url)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
@@ -136,6 +129,10 @@ class SQLiteResultBackend(ResultBackend):
         expires = None if ttl is None else time.time() + ttl
         with self.db.write() as conn:
             conn.execute("INSERT OR REPLACE INTO kv (key, value, expires_at) VALUES (?, ?, ?)", (key, value, expires))
+
+    def delete_value(self, key: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     def close(self) -> None:
         self.db.close()

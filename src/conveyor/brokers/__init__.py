@@ -1,20 +1,25 @@
 """Brokers by URL scheme. Optional engines are imported only when their URL is used.
 
-Each broker module exposes a class with a ``from_url(url, max_deliveries=...)`` classmethod.
+Each engine is a subpackage (``sqlite/``, ``redis/``, ``amqp/``) or module (``memory.py``) whose broker
+class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`. A new engine (PostgreSQL
+next) is a new subpackage of the same shape (``broker.py``, ``connection.py``, ``keys.py`` or ``schema.sql``
+as it needs; its result backend, if any, in ``conveyor/backends/``) and one line in ``_BROKERS`` below.
 """
 
 from __future__ import annotations
 
-import importlib
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
+from conveyor._registry import Registry, load_class
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
-from conveyor.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 __all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "WorkerInfo", "from_url"]
 
 #: scheme -> (module, class, extra that provides its client library or None)
-_BROKERS: dict[str, tuple[str, str, str | None]] = {
+_BROKERS: Registry = {
     "memory": ("conveyor.brokers.memory", "MemoryBroker", None),
     "sqlite": ("conveyor.brokers.sqlite", "SQLiteBroker", None),
     "redis": ("conveyor.brokers.redis", "RedisBroker", "redis"),
@@ -25,30 +30,18 @@ _BROKERS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
-def load_class(registry: dict[str, tuple[str, str, str | None]], url: str, what: str) -> type:
-    """Import the class serving ``url``'s scheme, naming the extra to install when it is missing.
+def from_url(url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> Broker:
+    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``).
+
+    Args:
+        url: the broker's URL; its scheme picks the engine.
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: the app's result backend, for a broker that keeps shared state in it (RabbitMQ).
 
     Raises:
-        ConfigurationError: unknown scheme, or the client library is not installed.
+        ConfigurationError: an unknown scheme, a missing client library, a URL the engine cannot use,
+            or no ``store`` for a broker that needs one.
     """
-    scheme = urlsplit(url).scheme
-    if scheme not in registry:
-        raise ConfigurationError(f"no {what} for URL {url!r}; known schemes: {', '.join(sorted(registry))}")
-    module_name, class_name, extra = registry[scheme]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        if extra is None or (exc.name or "").startswith("conveyor"):
-            raise
-        raise ConfigurationError(
-            f"{class_name} needs the {extra!r} extra: pip install 'conveyor[{extra}]' ({exc})"
-        ) from exc
-    cls: type = getattr(module, class_name)
-    return cls
-
-
-def from_url(url: str, *, max_deliveries: int = 5) -> Broker:
-    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``)."""
     cls = load_class(_BROKERS, url, "broker")
-    broker: Broker = cls.from_url(url, max_deliveries=max_deliveries)  # type: ignore[attr-defined]
-    return broker
+    assert issubclass(cls, Broker), cls  # the registry names broker classes only
+    return cls.from_url(url, max_deliveries=max_deliveries, store=store)

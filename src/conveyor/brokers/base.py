@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -130,13 +130,30 @@ class Broker(abc.ABC):
 
     Brokers are safe to share between threads of one process. A broker object created before
     ``os.fork()`` opens fresh connections in the child on first use.
+
+    Every broker is built the same way, ``Cls(url, max_deliveries=..., store=...)``, which is what
+    :meth:`from_url` relies on.
+
+    Args:
+        url: the broker's URL; each engine reads what it needs from it (``memory://`` nothing).
+        max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: the app's result backend. A broker whose engine keeps nothing but messages (RabbitMQ)
+            keeps its idempotency claims, worker registry and in-flight counts in it, and raises
+            ConfigurationError when built without one; the engines that keep their own state
+            (memory, SQLite, Redis) do not use it.
     """
 
-    #: URL scheme(s) this broker serves, e.g. ``("sqlite",)``.
-    schemes: tuple[str, ...] = ()
-
-    def __init__(self, *, max_deliveries: int = 5) -> None:
+    def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
         self.max_deliveries = max_deliveries
+
+    @classmethod
+    def from_url(cls, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> Self:
+        """Build the broker ``url`` names (the registry ``conveyor.brokers.from_url`` picks the class by scheme).
+
+        Raises:
+            ConfigurationError: a URL the engine cannot use, or no ``store`` for a broker that needs one.
+        """
+        return cls(url, max_deliveries=max_deliveries, store=store)
 
     @abc.abstractmethod
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
@@ -305,13 +322,6 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def workers(self) -> list[WorkerInfo]:
         """Live workers (heartbeat younger than its ttl)."""
-
-    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:  # noqa: B027 - optional hook
-        """Hand over the app's result backend (called lazily: ``backend()`` connects on first use).
-
-        Brokers whose engine cannot keep shared state themselves (RabbitMQ: no key-value store) keep
-        it there; the others ignore it.
-        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""

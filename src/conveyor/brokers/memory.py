@@ -14,9 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import DuplicateTaskId
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 
 @dataclasses.dataclass(slots=True)
@@ -40,12 +44,10 @@ class _Record:
 
 
 class MemoryBroker(Broker):
-    """A broker in this process's memory; ``memory://`` URLs."""
+    """A broker in this process's memory; ``memory://`` URLs (nothing in them is read; ``store`` is not used)."""
 
-    schemes = ("memory",)
-
-    def __init__(self, *, max_deliveries: int = 5) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+    def __init__(self, url: str = "memory://", *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._records: dict[str, _Record] = {}
@@ -53,11 +55,6 @@ class MemoryBroker(Broker):
         self._scheduled: list[tuple[float, int, str]] = []  # heap of (eta, seq, id)
         self._keys: dict[str, str] = {}
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> MemoryBroker:
-        """Build from a ``memory://`` URL (nothing in it is read)."""
-        return cls(max_deliveries=max_deliveries)
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         ids: list[str] = []

@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from conveyor.errors import ConfigurationError, TaskNotRegistered
+from conveyor.message import SendOptions
 
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
-    from conveyor.task import SendOptions
 
 R = TypeVar("R")
 
@@ -34,8 +34,6 @@ class Signature(Generic[R]):
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from conveyor.task import SendOptions
-
         unknown = sorted(set(self.options) - set(SendOptions.__annotations__))
         if unknown:
             known = ", ".join(SendOptions.__annotations__)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from conveyor.brokers.base import Envelope
@@ -61,7 +61,7 @@ def claims_of(key: str | None, message_id: str, explicit_id: bool, *, ids: bool)
     return out
 
 
-class KeyClaims:
+class StoreClaims:
     """Claims, answers and releases idempotency keys and explicit ids through a result backend.
 
     Args:
@@ -70,7 +70,7 @@ class KeyClaims:
         land_wait: seconds after its claim a holder that never landed is taken for dead.
     """
 
-    def __init__(self, backend: Callable[[], ResultBackend], prefix: str, land_wait: float) -> None:
+    def __init__(self, backend: ResultBackend, prefix: str, land_wait: float) -> None:
         self._backend = backend
         self._prefix = prefix
         self.land_wait = land_wait
@@ -87,7 +87,7 @@ class KeyClaims:
         Raises:
             DuplicateTaskId: an explicit id is still held; the claims of this call are undone.
         """
-        backend = self._backend()
+        backend = self._backend
         answer: list[str] = []
         fresh: list[Envelope] = []
         won: list[Claim] = []
@@ -115,7 +115,7 @@ class KeyClaims:
         now = time.time()
         stored = {e.id: e for e in envelopes}
         try:
-            backend = self._backend()
+            backend = self._backend
             for message_id in dict.fromkeys(c[2] for c in claimed if c[2] in stored):
                 backend.set_value(self._landed(message_id), b"1", _ttl(stored[message_id], now))
         except Exception as exc:  # the messages are stored: a failure here must not fail the enqueue
@@ -128,7 +128,7 @@ class KeyClaims:
         done = 0
         try:
             if todo:
-                backend = self._backend()
+                backend = self._backend
                 for kind, name, message_id in todo:
                     if _holder_id(backend.get_value(self._holder(kind, name))) == message_id:
                         backend.unclaim(self._claim(kind, name))

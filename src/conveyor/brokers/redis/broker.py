@@ -1,6 +1,6 @@
 """RedisBroker: the broker contract on Redis, for workers on many machines.
 
-Python here is thin: every multi-step operation is one Lua script in ``redis_scripts/`` (one atomic
+Python here is thin: every multi-step operation is one Lua script in ``scripts/`` (one atomic
 step on the server, one round trip), each touching the keys of one queue's hash slot, so the
 layout works on Redis Cluster. ``docs/redis.md`` describes the keys, the scripts, blocking reserve,
 connection faults and which persistence settings make an enqueued task durable.
@@ -14,17 +14,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Collection, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.client import Pipeline
 
-from conveyor.brokers._redis_claims import KeyClaims
-from conveyor.brokers._redis_connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
-from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
-from conveyor.brokers._redis_store import MessageStore
 from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.redis.claims import KeyIndex
+from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.enqueue import MessageStore
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
 from conveyor.errors import DuplicateTaskId
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
@@ -42,10 +45,9 @@ class RedisBroker(Broker):
     Args:
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: not used: Redis keeps every state the broker needs.
         retry_for: overrides :attr:`retry_for` for this broker.
     """
-
-    schemes = ("redis", "rediss", "unix")
 
     #: Seconds an operation keeps retrying connection errors (backoff 0.05 s doubling to 1 s) before
     #: it raises BrokerUnavailable.
@@ -58,9 +60,14 @@ class RedisBroker(Broker):
     max_block: float = 5.0
 
     def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", *, max_deliveries: int = 5, retry_for: float | None = None
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        max_deliveries: int = 5,
+        store: ResultBackend | None = None,
+        retry_for: float | None = None,
     ) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+        super().__init__(url, max_deliveries=max_deliveries)
         client_url, self.prefix, self.url = split_url(url)
         self._conn = RedisConnection(
             client_url,
@@ -72,13 +79,8 @@ class RedisBroker(Broker):
             scripts=QUEUE_SCRIPTS + GLOBAL_SCRIPTS,
         )
         self._global = global_keys(self.prefix)
-        self._claims = KeyClaims(self._conn, self.prefix)
+        self._claims = KeyIndex(self._conn, self.prefix)
         self._store = MessageStore(self._conn, self.prefix, self._claims)
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> RedisBroker:
-        """Build from a ``redis://``, ``rediss://`` or ``unix://`` URL (``?prefix=`` sets the key prefix)."""
-        return cls(url, max_deliveries=max_deliveries)
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, prefix={self.prefix!r})"

@@ -20,17 +20,17 @@ from typing import Any
 
 from redis.client import Pipeline
 
-from conveyor.brokers._redis_claims import KeyClaims
-from conveyor.brokers._redis_connection import RedisConnection
-from conveyor.brokers._redis_keys import QueueKeys, global_keys, queue_keys
 from conveyor.brokers.base import Envelope
+from conveyor.brokers.redis.claims import KeyIndex
+from conveyor.brokers.redis.connection import RedisConnection
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
 from conveyor.errors import DuplicateTaskId
 
 
 class MessageStore:
     """Runs enqueue.lua, raises DuplicateTaskId for a held id and keeps the queue registry whole."""
 
-    def __init__(self, conn: RedisConnection, prefix: str, claims: KeyClaims) -> None:
+    def __init__(self, conn: RedisConnection, prefix: str, claims: KeyIndex) -> None:
         self._conn = conn
         self._prefix = prefix
         self._registry = global_keys(prefix).queues

@@ -1,10 +1,10 @@
 """SQLiteBroker: the embedded default. No server; many processes on one machine share one file.
 
-Every operation is one transaction on the ``messages`` table (``sqlite_schema.sql`` documents
+Every operation is one transaction on the ``messages`` table (``schema.sql`` documents
 the states and indexes). ``reserve`` first promotes due scheduled messages and recovers expired
 leases, then takes the next rows with one ``UPDATE ... RETURNING``. An idle ``reserve`` polls
 with a read-only query, sleeping 1 ms growing to 50 ms, so it takes the write lock only when
-there is work. See ``_sqlite_connection.py`` for WAL, locking and durability.
+there is work. See ``connection.py`` for WAL, locking and durability.
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
 
-from conveyor.brokers._sqlite_connection import SQLiteConnection
 from conveyor.brokers._stalls import IDLE_STAMP, STALL_GAP, STAMP_EVERY
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.errors import DuplicateTaskId
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
 
 READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3
 #: Idle polling: first and longest sleep between looks at an empty queue, in seconds.
@@ -61,19 +65,13 @@ _GIVE_BACK = "UPDATE messages SET lease_until = lease_until + ?1 WHERE state = 2
 
 
 class SQLiteBroker(Broker):
-    """A broker in a SQLite file; ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+    """A broker in a SQLite file; ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (``?synchronous=full`` fsyncs
+    every commit). ``store`` is not used: the file keeps every state the broker needs."""
 
-    schemes = ("sqlite",)
-
-    def __init__(self, url: str, *, max_deliveries: int = 5) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+    def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
         self.url = url
         self.db = SQLiteConnection(url)
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> SQLiteBroker:
-        """Build from a ``sqlite:///path`` URL (``?synchronous=full`` fsyncs every commit)."""
-        return cls(url, max_deliveries=max_deliveries)
 
     def __repr__(self) -> str:
         return f"SQLiteBroker({str(self.db.path)!r})"

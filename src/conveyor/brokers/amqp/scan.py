@@ -25,7 +25,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_names import (
+from conveyor.brokers.amqp.names import (
     H_DEAD_AT,
     H_DELIVERIES,
     H_ETA,
@@ -46,8 +46,11 @@ Decide = Callable[[Basic.GetOk, BasicProperties, bytes], bool]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Entry:
-    """A message's identity as the broker stores it in the AMQP properties and headers."""
+class Meta:
+    """What the broker tracks of one message copy (id, priority, counts, eta, key), in its AMQP properties and headers.
+
+    Called ``entry`` where it is used; named ``Meta`` so it is not mistaken for the scheduler's ``Entry``.
+    """
 
     id: str
     priority: int
@@ -56,16 +59,16 @@ class Entry:
     key: str | None = None
     started: float | None = None  # the task start a crash was already counted for (see AMQPBroker._recount)
     requeues: int = 0  # uncounted requeues after crashes (the task had not started)
-    explicit: bool = False  # the id was the sender's (task_id=): it holds an id claim (see _amqp_keys.py)
+    explicit: bool = False  # the id was the sender's (task_id=): it holds an id claim (see claims.py)
 
 
-def entry_of(props: BasicProperties) -> Entry:
+def meta_of(props: BasicProperties) -> Meta:
     """Read a message's identity from its properties (tolerant of foreign publishers)."""
     headers: dict[str, Any] = props.headers or {}
     eta = headers.get(H_ETA)
     key = headers.get(H_KEY)
     started = headers.get(H_STARTED)
-    return Entry(
+    return Meta(
         id=str(props.message_id or ""),
         priority=int(props.priority or 0),
         before=int(headers.get(H_DELIVERIES, 0)),
@@ -77,7 +80,7 @@ def entry_of(props: BasicProperties) -> Entry:
     )
 
 
-def properties(entry: Entry, extra: dict[str, Any] | None = None) -> BasicProperties:
+def properties(entry: Meta, extra: dict[str, Any] | None = None) -> BasicProperties:
     """Persistent properties carrying ``entry`` (plus ``extra`` headers)."""
     headers: dict[str, Any] = {H_DELIVERIES: entry.before}
     if entry.eta is not None:
@@ -127,7 +130,7 @@ def keep_unmarked(ch: BlockingChannel, queue: str, props: BasicProperties, body:
 
 def dead_letter_of(queue: str, props: BasicProperties, body: bytes) -> DeadLetter:
     """A dead letter as the contract describes it, from a message of a ``.dead`` queue."""
-    entry = entry_of(props)
+    entry = meta_of(props)
     headers: dict[str, Any] = props.headers or {}
     return DeadLetter(
         id=entry.id,
@@ -139,7 +142,7 @@ def dead_letter_of(queue: str, props: BasicProperties, body: bytes) -> DeadLette
     )
 
 
-def dead_properties(entry: Entry, deliveries: int, reason: str) -> BasicProperties:
+def dead_properties(entry: Meta, deliveries: int, reason: str) -> BasicProperties:
     """Properties of a dead letter: the entry (its key dropped) plus why, when and after how many deliveries."""
     dead = dataclasses.replace(entry, before=deliveries, eta=None, key=None)
     return properties(dead, {H_REASON: reason, H_DEAD_AT: repr(time.time())})

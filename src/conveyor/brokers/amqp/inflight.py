@@ -1,4 +1,4 @@
-"""In-flight counts of every lease owner, kept in the result backend for ``stats()``.
+"""In-flight counts of every lease owner, kept in the store (the app's result backend) for ``stats()``.
 
 RabbitMQ answers ``queue.declare`` with the ready count only; which deliveries are unacknowledged,
 and where, is known to the process holding them. So each process writes, per lease owner it serves,
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conveyor.backends.base import ResultBackend
+    from conveyor.backends.base import Store
 
 #: Seconds a record lives without being rewritten.
 TTL = 30.0
@@ -35,12 +35,12 @@ class InFlightBoard:
     """Writes this process's per-owner in-flight counts; reads everyone's.
 
     Args:
-        results: the app's result backend, or None (then nothing is written and others read as 0).
+        store: where the records live (the app's result backend).
         prefix: the broker's queue prefix.
     """
 
-    def __init__(self, results: Callable[[], ResultBackend | None], prefix: str) -> None:
-        self._results = results
+    def __init__(self, store: Store, prefix: str) -> None:
+        self._store = store
         self._prefix = prefix
         self._written: Counts = {}
         self._last = 0.0
@@ -51,9 +51,6 @@ class InFlightBoard:
         Every owner keeps a record while its process lives, empty when it holds nothing, so a missing
         record means a dead process. A new owner is written at once; changes at most every :data:`EVERY` s.
         """
-        backend = self._results()
-        if backend is None:
-            return
         now = time.monotonic()
         everyone = set(owners) | set(counts) | set(self._written)
         new = everyone - set(self._written)
@@ -63,27 +60,22 @@ class InFlightBoard:
         for owner in everyone:
             current = counts.get(owner, {})
             if refresh or current != self._written.get(owner):
-                backend.set_value(self._key(owner), json.dumps(current).encode(), TTL)
+                self._store.set_value(self._key(owner), json.dumps(current).encode(), TTL)
         self._written = {owner: dict(counts.get(owner, {})) for owner in everyone}
         self._last = now
 
     def clear(self, owner: str) -> None:
         """Write ``owner`` as holding nothing (its process died and RabbitMQ requeued its deliveries)."""
-        backend = self._results()
-        if backend is not None:
-            backend.set_value(self._key(owner), b"{}", TTL)
+        self._store.set_value(self._key(owner), b"{}", TTL)
 
     def totals(self, owners: Collection[str], skip: Collection[str]) -> tuple[dict[str, int], list[str]]:
         """In-flight per queue over ``owners`` (except ``skip``), and the owners with no live record."""
-        backend = self._results()
         total: dict[str, int] = {}
         stale: list[str] = []
-        if backend is None:
-            return total, stale
         for owner in owners:
             if owner in skip:
                 continue
-            raw = backend.get_value(self._key(owner))
+            raw = self._store.get_value(self._key(owner))
             if raw is None:
                 stale.append(owner)
                 continue

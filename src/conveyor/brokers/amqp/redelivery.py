@@ -15,10 +15,9 @@ heartbeat too) expires nothing when it wakes. docs/amqp.md, "Leases, heartbeats 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from conveyor.brokers._amqp_scan import Entry
+from conveyor.brokers.amqp.scan import Meta
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY as REQUEUES_PER_DELIVERY  # re-exported: amqp.py
 from conveyor.brokers.base import Delivery
 from conveyor.states import State, decode_record
@@ -41,7 +40,7 @@ class Held:
     """A delivery this process holds unacknowledged on its channel."""
 
     delivery: Delivery
-    entry: Entry
+    entry: Meta
     tag: int
     generation: int
     deadline: float  # time.monotonic()
@@ -56,14 +55,14 @@ def expired(held: Held, now: float, beats: int) -> bool:
     return beats == 0 or beats - held.beat >= MISSED_BEATS
 
 
-def start_to_count(results: Callable[[], ResultBackend], entry: Entry) -> float | None:
+def start_to_count(results: ResultBackend, entry: Meta) -> float | None:
     """The start time of ``entry``'s task if it started and no copy counted that start yet, else None.
 
     A result backend that cannot answer counts the delivery (the conservative side: a poison
     message must still end dead-lettered).
     """
     try:
-        raw = results().get(entry.id)
+        raw = results.get(entry.id)
     except Exception:  # any backend failure: count, as before this check existed
         return UNKNOWN_START
     if raw is None:
@@ -78,10 +77,10 @@ def start_to_count(results: Callable[[], ResultBackend], entry: Entry) -> float 
     return record.started
 
 
-def counted_start(results: Callable[[], ResultBackend], entry: Entry) -> float | None:
+def counted_start(results: ResultBackend, entry: Meta) -> float | None:
     """The start a give-back counts (so a later crash of a copy that never ran does not count it again)."""
     try:
-        raw = results().get(entry.id)
+        raw = results.get(entry.id)
     except Exception:  # unknown: a later crash may count this start once more
         return entry.started
     record = None if raw is None else decode_record(raw)

@@ -11,7 +11,7 @@
 -- the message running in this delivery, and cleared by reserve: an expired lease counts its delivery
 -- only when it is 1; otherwise the message goes back uncounted and `requeues` counts one more
 -- uncounted return (REQUEUES_PER_DELIVERY x max_deliveries of them bury it). Both columns were added
--- after the first release: _sqlite_connection.py adds them to an older file. Times are Unix seconds.
+-- after the first release: connection.py adds them to an older file. Times are Unix seconds.
 CREATE TABLE IF NOT EXISTS messages (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     id          TEXT    NOT NULL UNIQUE,

@@ -27,8 +27,8 @@ from redis.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
-from conveyor.brokers._redis_keys import DEFAULT_PREFIX
 from conveyor.brokers._urls import split_prefix
+from conveyor.brokers.redis.keys import DEFAULT_PREFIX
 from conveyor.errors import BrokerUnavailable
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ def split_url(url: str) -> tuple[str, str, str]:
 
 def load_script_source(name: str) -> str:
     """The Lua source of ``name`` from the package data, with the shared helpers for queue scripts."""
-    folder = importlib.resources.files("conveyor.brokers") / "redis_scripts"
+    folder = importlib.resources.files("conveyor.brokers.redis") / "scripts"
     source = (folder / f"{name}.lua").read_text(encoding="utf-8")
     if name in QUEUE_SCRIPTS:
         source = (folder / "_common.lua").read_text(encoding="utf-8") + "\n" + source

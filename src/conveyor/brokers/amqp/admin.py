@@ -1,9 +1,9 @@
 """The AMQP broker's operations that walk queues: dead letters, cancel, purge, counts, the registry.
 
-Each is a :func:`~conveyor.brokers._amqp_scan.scan` in one transaction (AMQP cannot list queues or
+Each is a :func:`~conveyor.brokers.amqp.scan.scan` in one transaction (AMQP cannot list queues or
 delete one message), so each costs one round trip per message of the queues it walks: fine for
 thousands of messages, slow for millions (docs/amqp.md, "What maps where"). Worker heartbeats live in
-the result backend, their ids in the registry queue.
+the store (``set_value`` with a time to live), their ids in the registry queue.
 """
 
 from __future__ import annotations
@@ -15,27 +15,23 @@ from typing import TYPE_CHECKING
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_connection import AMQPConnection
-from conveyor.brokers._amqp_names import declarations, queue_names, registry_name
-from conveyor.brokers._amqp_scan import (
+from conveyor.brokers.amqp.connection import AMQPConnection
+from conveyor.brokers.amqp.names import declarations, queue_names, registry_name
+from conveyor.brokers.amqp.scan import (
     Decide,
-    Entry,
+    Meta,
     add_to_registry,
     dead_letter_of,
-    entry_of,
     keep_unmarked,
+    meta_of,
     properties,
     read_registry,
     scan,
 )
 from conveyor.brokers.base import DeadLetter, WorkerInfo
-from conveyor.states import State
 
 if TYPE_CHECKING:
-    from conveyor.backends.base import ResultBackend
-
-#: State under which a worker's heartbeat is kept in the result backend (not final: wakes no waiter).
-WORKER_STATE = State.STARTED
+    from conveyor.backends.base import Store
 
 
 class Admin:
@@ -44,16 +40,14 @@ class Admin:
     Args:
         conn: the broker's connection.
         prefix: the broker's queue prefix.
-        results: the app's result backend (worker heartbeats).
+        store: where worker heartbeats live (the app's result backend).
         declared: the conveyor queues the broker declared in this process (always listed).
     """
 
-    def __init__(
-        self, conn: AMQPConnection, prefix: str, results: Callable[[], ResultBackend], declared: set[str]
-    ) -> None:
+    def __init__(self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str]) -> None:
         self._conn = conn
         self._prefix = prefix
-        self._results = results
+        self._store = store
         self._declared = declared
         self._added: set[tuple[str, str]] = set()  # registry entries this process wrote
         self.registry = registry_name(prefix)
@@ -79,10 +73,10 @@ class Admin:
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-                entry = entry_of(props)
+                entry = meta_of(props)
                 if wanted is not None and entry.id not in wanted:
                     return False
-                fresh = Entry(entry.id, entry.priority, 0, explicit=entry.explicit)
+                fresh = Meta(entry.id, entry.priority, 0, explicit=entry.explicit)
                 ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
                 return True
 
@@ -90,13 +84,13 @@ class Admin:
 
         return self.scan_each(self._dead, decider)
 
-    def purge_dead(self, ids: Sequence[str] | None) -> list[Entry]:
+    def purge_dead(self, ids: Sequence[str] | None) -> list[Meta]:
         """Delete the chosen dead letters; return their entries (to release their explicit ids)."""
         wanted = None if ids is None else set(ids)
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            entry = entry_of(props)
+            entry = meta_of(props)
             if wanted is not None and entry.id not in wanted:
                 return False
             removed.append(entry)
@@ -105,16 +99,16 @@ class Admin:
         self.scan_each(self._dead, lambda ch, q, name: decide)
         return removed
 
-    def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Entry]]:
+    def cancel(self, ids: Sequence[str]) -> tuple[list[str], list[Meta]]:
         """Delete waiting (ready or scheduled) messages by id; return the ids found and their entries."""
         wanted = set(ids)
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
             ready = queue_names(self._prefix, queue).ready
 
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-                entry = entry_of(props)
+                entry = meta_of(props)
                 if entry.id in wanted:
                     removed.append(entry)
                 elif name == ready:
@@ -130,12 +124,12 @@ class Admin:
         gone = {e.id for e in removed}
         return [i for i in ids if i in gone], removed
 
-    def purge(self, queue: str) -> list[Entry]:
+    def purge(self, queue: str) -> list[Meta]:
         """Delete every waiting message of ``queue``; return their entries (to release their keys)."""
-        removed: list[Entry] = []
+        removed: list[Meta] = []
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            removed.append(entry_of(props))
+            removed.append(meta_of(props))
             return True
 
         self.scan_all(self._waiting(queue), decide)
@@ -216,14 +210,14 @@ class Admin:
             self._conn.call(lambda ch: self._scan_registry(ch, forget=entries))
 
     def register_worker(self, info: WorkerInfo, ttl: float) -> None:
-        """Put the worker's id in the registry (once per process) and its heartbeat in the backend."""
+        """Put the worker's id in the registry (once per process) and its heartbeat in the store."""
         if ("worker", info.id) not in self._added:
             self._conn.call(lambda ch: self._register_worker_id(ch, info.id))
-        self._results().set(self._worker_key(info.id), WORKER_STATE, json.dumps(info.to_dict()).encode(), ttl)
+        self._store.set_value(self._worker_key(info.id), json.dumps(info.to_dict()).encode(), ttl)
 
     def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker's heartbeat and registry entry."""
-        self._results().forget(self._worker_key(worker_id))
+        self._store.delete_value(self._worker_key(worker_id))
         self.forget([("worker", worker_id)])
 
     def workers(self) -> list[WorkerInfo]:
@@ -233,7 +227,7 @@ class Admin:
         for kind, name in entries:
             if kind != "worker":
                 continue
-            raw = self._results().get(self._worker_key(name))
+            raw = self._store.get_value(self._worker_key(name))
             if raw is None:
                 gone.append(("worker", name))
             else:

@@ -9,7 +9,7 @@ Everything here is pure. Per conveyor queue ``NAME`` under the URL's ``prefix`` 
     PREFIX.q.NAME.delay.K      delay level K (K = 0..MAX_LEVEL): x-message-ttl 4**K ms, dead-lettered
                                into PREFIX.q.NAME.eta when it expires
     PREFIX.q.NAME.dead         dead letters, with the reason in their headers
-    PREFIX.registry            one message per known queue name and worker id (see _amqp_registry.py)
+    PREFIX.registry            one message per known queue name and worker id (see scan.py)
 
 Every message of a level queue has the same TTL, so they expire in arrival order: RabbitMQ's
 per-message-TTL head-of-line problem cannot hold a short delay behind a long one.

@@ -15,7 +15,10 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
   its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
 - **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
   reserving worker promotes due messages and sends the others to the next level: never early.
-- **dead letters, cancel, purge, stats, registry**: see ``_amqp_scan.py``.
+- **dead letters, cancel, purge, stats, registry**: see ``admin.py`` and ``scan.py``.
+- **shared state**: RabbitMQ keeps messages only, so the broker is built with a store (the app's result
+  backend) that holds its idempotency claims (``claims.py``), worker heartbeats (``admin.py``) and
+  in-flight counts (``inflight.py``), and whose task records say which redelivered copies ran.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from conveyor.brokers._amqp_admin import Admin
-from conveyor.brokers._amqp_connection import AMQPConnection
-from conveyor.brokers._amqp_inflight import Counts, InFlightBoard, add
-from conveyor.brokers._amqp_keys import KeyClaims, claims_of
-from conveyor.brokers._amqp_names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
-from conveyor.brokers._amqp_redelivery import (
+from conveyor.brokers._urls import split_prefix
+from conveyor.brokers.amqp.admin import Admin
+from conveyor.brokers.amqp.claims import StoreClaims, claims_of
+from conveyor.brokers.amqp.connection import AMQPConnection
+from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
+from conveyor.brokers.amqp.names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers.amqp.redelivery import (
     REQUEUES_PER_DELIVERY,
     STALL,
     Held,
@@ -43,15 +47,14 @@ from conveyor.brokers._amqp_redelivery import (
     expired,
     start_to_count,
 )
-from conveyor.brokers._amqp_scan import (
-    Entry,
+from conveyor.brokers.amqp.scan import (
+    Meta,
     add_to_registry,
     dead_properties,
-    entry_of,
+    meta_of,
     properties,
     scan,
 )
-from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.errors import BrokerError, ConfigurationError
 
@@ -83,11 +86,13 @@ class AMQPBroker(Broker):
         url: a pika URL (``amqp://user:pass@host:5672/vhost``); ``prefix`` (default ``conveyor``)
             starts every queue name.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
+        store: the app's result backend; required (see the module docstring).
         retry_for: overrides :attr:`retry_for` for this broker.
         claim_land_wait: overrides :attr:`claim_land_wait` for this broker.
-    """
 
-    schemes = ("amqp", "amqps")
+    Raises:
+        ConfigurationError: no ``store``.
+    """
 
     #: Seconds an operation keeps retrying connection faults (backoff 0.05 s doubling to 1 s)
     #: before it raises BrokerUnavailable.
@@ -95,7 +100,7 @@ class AMQPBroker(Broker):
     #: Seconds to open a connection.
     connect_timeout: float = 2.0
     #: Seconds after its claim an idempotency key or explicit id whose message never landed is taken
-    #: for the claim of a producer that died before ``tx.commit`` (see _amqp_keys.py).
+    #: for the claim of a producer that died before ``tx.commit`` (see claims.py).
     claim_land_wait: float = 30.0
 
     def __init__(
@@ -103,10 +108,18 @@ class AMQPBroker(Broker):
         url: str = "amqp://guest:guest@127.0.0.1:5672/%2F",
         *,
         max_deliveries: int = 5,
+        store: ResultBackend | None = None,
         retry_for: float | None = None,
         claim_land_wait: float | None = None,
     ) -> None:
-        super().__init__(max_deliveries=max_deliveries)
+        super().__init__(url, max_deliveries=max_deliveries)
+        if store is None:
+            raise ConfigurationError(
+                "AMQPBroker keeps its idempotency claims, worker registry and in-flight counts in a store (RabbitMQ "
+                "keeps messages only): build it with store=<a result backend>, as App(broker='amqp://...', "
+                "backend='redis://...' or 'sqlite:///...') does"
+            )
+        self._store = store
         pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
         self._conn = AMQPConnection(
             pika_url,
@@ -122,24 +135,14 @@ class AMQPBroker(Broker):
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
-        self._backend: Callable[[], ResultBackend] | None = None
         land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
-        self._keys = KeyClaims(self._results, self.prefix, land_wait)
-        self._admin = Admin(self._conn, self.prefix, self._results, self._declared)
-        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._keys = StoreClaims(store, self.prefix, land_wait)
+        self._admin = Admin(self._conn, self.prefix, store, self._declared)
+        self._board = InFlightBoard(store, self.prefix)
         self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
-
-    @classmethod
-    def from_url(cls, url: str, *, max_deliveries: int = 5) -> AMQPBroker:
-        """Build from an ``amqp://`` or ``amqps://`` URL (``?prefix=`` sets the queue prefix)."""
-        return cls(url, max_deliveries=max_deliveries)
 
     def __repr__(self) -> str:
         return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
-
-    def use_backend(self, backend: Callable[[], ResultBackend]) -> None:
-        """Keep the worker registry and idempotency keys in the app's result backend."""
-        self._backend = backend
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -155,7 +158,7 @@ class AMQPBroker(Broker):
             now = time.time()
             for env in fresh:
                 self._declare(ch, env.queue)
-                entry = Entry(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
+                entry = Meta(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
@@ -190,7 +193,7 @@ class AMQPBroker(Broker):
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        def op(ch: BlockingChannel) -> list[Entry]:
+        def op(ch: BlockingChannel) -> list[Meta]:
             done = []
             for held in self._pop_held(deliveries):
                 ch.basic_ack(held.tag)
@@ -218,7 +221,7 @@ class AMQPBroker(Broker):
         """Push the leases of ``deliveries``; each call is one heartbeat of this process.
 
         ``running`` is ignored: a redelivered copy counts a delivery here only if its STARTED result
-        record shows a start (``_amqp_redelivery.py``).
+        record shows a start (``redelivery.py``).
 
         A delivery this process acked, nacked or dead-lettered is not reported lost: the worker may
         heartbeat it once more while the ack's key release is still under way.
@@ -242,7 +245,7 @@ class AMQPBroker(Broker):
         return lost
 
     def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
-        def op(ch: BlockingChannel) -> list[Entry]:
+        def op(ch: BlockingChannel) -> list[Meta]:
             done = []
             for held in self._pop_held([delivery]):
                 self._bury(ch, held, reason, body)
@@ -265,7 +268,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             mine = [h for h in self._live_held() if h.delivery.owner == owner]
             for held in mine:
-                held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
+                held.entry = dataclasses.replace(held.entry, started=counted_start(self._store, held.entry))
                 self._give_back(ch, held, f"its worker process {owner} died")
             ch.tx_commit()
             return len(mine)
@@ -340,7 +343,7 @@ class AMQPBroker(Broker):
         lease: float,
     ) -> Delivery | None:
         """Lease one fetched message, or count a redelivery RabbitMQ made and republish it (None)."""
-        entry = entry_of(props)
+        entry = meta_of(props)
         if method.redelivered:
             self._recount(ch, queue, entry, method.delivery_tag, body)
             return None
@@ -351,7 +354,7 @@ class AMQPBroker(Broker):
         self._held[token] = Held(delivery, entry, method.delivery_tag, generation, deadline, self._beats)
         return delivery
 
-    def _recount(self, ch: BlockingChannel, queue: str, entry: Entry, tag: int, body: bytes) -> None:
+    def _recount(self, ch: BlockingChannel, queue: str, entry: Meta, tag: int, body: bytes) -> None:
         """Republish a copy RabbitMQ requeued after a channel holding it closed, counting a delivery only if it ran.
 
         The closed channel may have held it running (a crash: count it, so a message that kills its
@@ -362,7 +365,7 @@ class AMQPBroker(Broker):
         instead, and ``REQUEUES_PER_DELIVERY * max_deliveries`` of those bury it. The copy goes to the
         queue's tail, so a message that kills its workers cannot keep the head.
         """
-        started = start_to_count(self._results, entry)
+        started = start_to_count(self._store, entry)
         if started is not None:
             counted = dataclasses.replace(entry, before=entry.before + 1, started=started)
             delivery = Delivery(entry.id, queue, body, entry.priority, counted.before, "", "")
@@ -392,7 +395,7 @@ class AMQPBroker(Broker):
         now = time.monotonic()
         due = [h for h in self._live_held() if expired(h, now, self._beats)]
         for held in due:
-            held.entry = dataclasses.replace(held.entry, started=counted_start(self._results, held.entry))
+            held.entry = dataclasses.replace(held.entry, started=counted_start(self._store, held.entry))
             self._give_back(ch, held, "its lease expired without a heartbeat")
         return len(due)
 
@@ -432,17 +435,17 @@ class AMQPBroker(Broker):
         now = time.time()
 
         def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
-            self._publish_to(ch, names, entry_of(props), body, now)
+            self._publish_to(ch, names, meta_of(props), body, now)
             return True
 
         return scan(ch, names.eta, decide)
 
     # -- publishing --------------------------------------------------------------------------
 
-    def _publish(self, ch: BlockingChannel, queue: str, entry: Entry, body: bytes, now: float) -> None:
+    def _publish(self, ch: BlockingChannel, queue: str, entry: Meta, body: bytes, now: float) -> None:
         self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
 
-    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Entry, body: bytes, now: float) -> None:
+    def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
         if entry.eta is None or entry.eta <= now:
             ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
@@ -505,11 +508,8 @@ class AMQPBroker(Broker):
         self._settled.clear()
         self._beats = 0
         self._owners.clear()
-        self._board = InFlightBoard(self._board_backend, self.prefix)
+        self._board = InFlightBoard(self._store, self.prefix)
         self._next_hop = INF
-
-    def _board_backend(self) -> ResultBackend | None:
-        return None if self._backend is None else self._backend()
 
     def _owner_counts(self) -> Counts:
         """In-flight per owner and queue of this process (the caller holds the lock, or takes it here)."""
@@ -541,14 +541,14 @@ class AMQPBroker(Broker):
             return
         self._counts_paused_until = 0.0
 
-    def _release_keys(self, entries: Sequence[Entry], *, ids: bool = False) -> None:
+    def _release_keys(self, entries: Sequence[Meta], *, ids: bool = False) -> None:
         """Free the idempotency keys of finished messages, and (``ids``) the explicit ids of those that left.
 
         No backend call when none has a key or an explicit id.
         """
         self._keys.release([c for e in entries for c in claims_of(e.key, e.id, e.explicit, ids=ids)])
 
-    # -- dead letters, cancel, purge (scans: see _amqp_admin.py) --------------------------
+    # -- dead letters, cancel, purge (scans: see admin.py) --------------------------
 
     def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         return self._admin.dead_letters(limit, queue)
@@ -574,7 +574,7 @@ class AMQPBroker(Broker):
     # -- observability -----------------------------------------------------------------------
 
     def stats(self) -> list[QueueStats]:
-        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see _amqp_inflight.py)."""
+        """Ready, scheduled and dead from RabbitMQ; in flight from every owner's record (see inflight.py)."""
 
         def op(ch: BlockingChannel) -> tuple[list[tuple[str, int, int, int]], list[str], Counts]:
             queues, owners = self._admin.entries_locked(ch)
@@ -605,11 +605,3 @@ class AMQPBroker(Broker):
             self._held.clear()  # the channel closes: RabbitMQ requeues them
         self._publish_counts(force=True)
         self._conn.drop()
-
-    def _results(self) -> ResultBackend:
-        if self._backend is None:
-            raise ConfigurationError(
-                "AMQPBroker keeps its worker registry and idempotency keys in the result backend; build it "
-                "through App(broker='amqp://...', backend='redis://...' or 'sqlite:///...'), or call use_backend()"
-            )
-        return self._backend()

@@ -24,13 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conveyor.brokers._redis_connection import RedisConnection, ScriptCall
-from conveyor.brokers._redis_keys import global_keys, holder, parse_claim, queue_keys
 from conveyor.brokers.base import Envelope
+from conveyor.brokers.redis.connection import RedisConnection, ScriptCall
+from conveyor.brokers.redis.keys import global_keys, holder, parse_claim, queue_keys
 
 
-class KeyClaims:
-    """Claims and releases idempotency keys in ``{prefix}:keys``."""
+class KeyIndex:
+    """The index ``{prefix}:keys`` of idempotency keys: claims keys for new messages, frees finished ones."""
 
     def __init__(self, conn: RedisConnection, prefix: str) -> None:
         self._conn = conn

@@ -228,7 +228,7 @@ def _forget_in_child(ref: weakref.ref[SQLiteConnection]) -> None:
         connection._forget_inherited()
 
 
-#: Columns of ``messages`` added after the first release, with their definition (see sqlite_schema.sql).
+#: Columns of ``messages`` added after the first release, with their definition (see schema.sql).
 _ADDED_COLUMNS = {"started": "INTEGER NOT NULL DEFAULT 0", "requeues": "INTEGER NOT NULL DEFAULT 0"}
 
 
@@ -256,4 +256,4 @@ def _missing_columns(conn: sqlite3.Connection) -> list[str]:
 
 
 def _schema() -> str:
-    return importlib.resources.files("conveyor.brokers").joinpath("sqlite_schema.sql").read_text()
+    return importlib.resources.files("conveyor.brokers.sqlite").joinpath("schema.sql").read_text()

@@ -5,7 +5,7 @@ The layout is built for Redis Cluster: all keys of one queue share the hash tag 
 result has its own tag ``{prefix:r:ID}``, as has each lease, claim and value of the result backend
 (``{prefix:lease:NAME}``, ``{prefix:claim:KEY}``, ``{prefix:kv:KEY}``: one key per operation).
 ``docs/redis.md`` describes every key; the script headers in
-``redis_scripts/`` say which keys each one touches.
+``scripts/`` say which keys each one touches.
 """
 
 from __future__ import annotations
