@@ -46,10 +46,10 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
 def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:
     """The entries as a table (shared with ``conveyor status``, which adds the last slot recorded)."""
     table = Table(title=f"periodic entries of {app.name}: {len(rows)}")
-    columns = ["entry", "task", "schedule", "missed", "next run"] + (["last fired"] if with_state else [])
+    columns = ["entry", "task", "schedule", "missed", "catch up", "next run"] + (["last fired"] if with_state else [])
     for column in columns:
         table.add_column(column)
     for row in rows:
-        cells = [row.name, row.task, row.schedule, row.missed, row.next_run]
+        cells = [row.name, row.task, row.schedule, row.missed, "yes" if row.catch_up else "no", row.next_run]
         table.add_row(*cells, *([row.last_fired or "-"] if with_state else []))
     Console().print(table)
