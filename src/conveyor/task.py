@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
+from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.result import AsyncResult
@@ -155,6 +156,7 @@ class BaseTask(Generic[P, R]):
         """Send the task to a worker with these arguments; returns at once with its result handle.
 
         Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
             EncodeError: an argument does not serialize (the error names it).
             BrokerUnavailable: the broker did not answer.
         """
@@ -177,8 +179,10 @@ class BaseTask(Generic[P, R]):
         """Build (without sending) the message a call with these arguments and options would send.
 
         Raises:
+            TypeError: the arguments do not fit the function's signature (a missing or unexpected one).
             ConfigurationError: an unknown option name, a bad priority or a naive datetime.
         """
+        check_arguments(self.name, self.fn, args, kwargs)  # a missing argument fails here, not in the worker
         created = now()
         if not options:  # delay(): nothing to validate or convert, and it is the hot path (issue 6)
             return Message(

@@ -6,6 +6,8 @@ the tests set them, then (re)import this module, as a user's producer imports it
 
 from __future__ import annotations
 
+import time
+
 from conveyor import App, current_context
 
 app = App("newcomer")
@@ -50,7 +52,8 @@ def needs_retry() -> str:
 
 
 @app.task
-def resize(image: str) -> str:
-    """Report progress half-way, then finish."""
+def resize(image: str, seconds: float = 0.0) -> str:
+    """Report progress half-way, take ``seconds`` for the other half, then finish."""
     current_context().progress(0.5, note="half done")
+    time.sleep(seconds)
     return f"resized {image}"

@@ -79,3 +79,21 @@ def test_retry_on_a_task_without_retries_says_what_to_set(shop_worker: ShopWorke
         result.get(timeout=20)
     assert "allows 0 retries" in str(info.value)
     assert "@app.task(retries=N)" in str(info.value)
+
+
+@pytest.mark.timeout(60)
+def test_delay_with_a_missing_argument_fails_at_the_call_and_sends_nothing(shop: App) -> None:
+    # Given the shop's charge(order_id, amount, currency="EUR") task, on a real broker
+    # When the user forgets an argument, or misspells one
+    with pytest.raises(
+        TypeError,
+        match=r"newcomer_app.charge\(order_id, amount, currency='EUR'\): missing a required argument: 'amount'",
+    ):
+        newcomer_app.charge.delay(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'curency'"):
+        newcomer_app.charge.apply_async((1, 2), {"curency": "USD"})
+    # Then nothing was enqueued
+    assert sum(q.ready + q.scheduled for q in shop.broker.stats()) == 0
+    # And a right call still goes through
+    newcomer_app.charge.apply_async((1,), {"amount": 2})
+    assert sum(q.ready for q in shop.broker.stats()) == 1
