@@ -169,7 +169,12 @@ class BaseTask(Generic[P, R]):
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
     ) -> AsyncResult[R]:
-        """Send the task with options for this call (see :class:`SendOptions`)."""
+        """Send the task with options for this call (see :class:`SendOptions`).
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+        """
+        check_arguments(self.name, self.fn, args, kwargs)  # fails here, not in the worker (not on the batch path)
         [task_id] = self.app.send([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
 
@@ -179,10 +184,8 @@ class BaseTask(Generic[P, R]):
         """Build (without sending) the message a call with these arguments and options would send.
 
         Raises:
-            TypeError: the arguments do not fit the function's signature (a missing or unexpected one).
             ConfigurationError: an unknown option name, a bad priority or a naive datetime.
         """
-        check_arguments(self.name, self.fn, args, kwargs)  # a missing argument fails here, not in the worker
         created = now()
         if not options:  # delay(): nothing to validate or convert, and it is the hot path (issue 6)
             return Message(

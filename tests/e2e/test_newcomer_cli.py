@@ -204,3 +204,13 @@ def test_purging_an_unknown_queue_warns(shop: App, shop_env: dict[str, str]) -> 
     # And the right name purges it, without a warning
     right = cli(shop_env, "purge", APP, "default", "--yes")
     assert (right.returncode, right.stderr, right.stdout.strip()) == (0, "", "purged 1 task(s) from default")
+
+
+@pytest.mark.timeout(60)
+def test_enqueue_with_a_missing_argument_is_a_usage_error_and_sends_nothing(
+    shop: App, shop_env: dict[str, str]
+) -> None:
+    done = cli(shop_env, "enqueue", APP, "tests.apps.newcomer_app.charge", "--args", "[1]")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("missing a required argument: 'amount' (nothing was sent)")
+    assert sum(q.ready for q in shop.broker.stats()) == 0

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from conveyor.app import App
+from conveyor.arguments import check_arguments
 from conveyor.cli._load import load_app
 from conveyor.errors import ConveyorError
 
@@ -53,6 +54,10 @@ def enqueue(
     if found is None:
         known = ", ".join(sorted(the_app.tasks)) or "none"
         raise click.BadParameter(f"no task {task!r} on app {the_app.name!r}; known: {known}", param_hint="TASK")
+    try:
+        check_arguments(found.name, found.fn, args, kwargs)
+    except TypeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--args/--kwargs") from None
     try:
         result = found.apply_async(args, kwargs, queue=queue, priority=priority, countdown=countdown)
         click.echo(result.id)
