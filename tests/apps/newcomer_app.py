@@ -57,3 +57,9 @@ def resize(image: str, seconds: float = 0.0) -> str:
     current_context().progress(0.5, note="half done")
     time.sleep(seconds)
     return f"resized {image}"
+
+
+@app.periodic(every=2)
+@app.task
+def tick() -> None:
+    """The shop's 2-second periodic task (no test here runs a beat on it for long)."""

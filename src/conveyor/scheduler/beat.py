@@ -340,13 +340,15 @@ def overview(app: App, *, with_state: bool = True) -> list[EntryInfo]:
 
 
 def check_shareable(app: App) -> None:
-    """Refuse a ``memory://`` app: a beat in its own process could never reach its workers.
+    """Refuse a ``memory://`` app (a beat in its own process could never reach its workers), and URLs
+    the broker or backend refuse: an error at start, rather than a logged traceback on every tick.
 
     Raises:
-        ConfigurationError: the broker or result backend lives in one process's memory.
+        ConfigurationError: the broker or result backend lives in one process's memory, or its URL is wrong.
     """
     if app.settings.broker_url.startswith("memory:") or app.settings.result_url.startswith("memory:"):
         raise ConfigurationError("beat needs a broker and backend other processes reach (sqlite:///path or redis://)")
+    _ = (app.broker, app.backend)  # built from their URLs (they connect on first use)
 
 
 def run_forever(app: App, *, parent: int | None = None) -> int:
