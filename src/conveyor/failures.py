@@ -79,6 +79,18 @@ def _as_original(error: ErrorInfo) -> TaskFailed | None:
     return exc
 
 
+def _reduce(exc: TaskFailed) -> tuple[Any, ...]:
+    """Pickle a rebuilt exception as the record it came from (with its notes), rebuilt again on load."""
+    return _unpickle, (exc.type_name, exc.remote_message, exc.traceback, getattr(exc, "__notes__", []))
+
+
+def _unpickle(type_name: str, message: str, traceback: str, notes: list[str]) -> TaskFailed:
+    exc = _as_original(ErrorInfo(type_name, message, traceback)) or TaskFailed(type_name, message, traceback)
+    for note in notes:
+        exc.add_note(note)
+    return exc
+
+
 def find_exception_type(name: str) -> type[Exception] | None:
     """The ``Exception`` subclass a worker recorded as ``name``, if this process has it, else None.
 
@@ -114,7 +126,12 @@ def _combined(cls: type[Exception]) -> type[TaskFailed] | None:
         return None  # already a TaskFailed, or one of its bases (Exception, ConveyorError): TaskFailed is one
     combined = _COMBINED.get(cls)
     if combined is None:
-        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+            "__reduce__": _reduce,  # pickle can find the type's name, but it names the task's type, not this one
+        }
         try:
             combined = type(cls.__name__, (cls, TaskFailed), namespace)
         except TypeError:  # a layout or metaclass conflict, a final class

@@ -5,6 +5,7 @@ The end-to-end side (a real worker, ``except ValueError``) is tests/e2e/test_new
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import pytest
@@ -81,3 +82,11 @@ def test_the_combined_type_is_made_once_per_exception_type() -> None:
     first, second = (rebuild(ErrorInfo("ValueError", str(i)), "t5") for i in range(2))
     assert type(first) is type(second)
     assert issubclass(type(first), ValueError) and type(first).__mro__[1] is ValueError
+
+
+def test_a_rebuilt_exception_pickles_as_itself() -> None:
+    # (a caller may hand it on: a process pool, a queue of log records)
+    exc = rebuild(ErrorInfo("ValueError", "bad", "tb"), "t6")
+    loaded = pickle.loads(pickle.dumps(exc))
+    assert type(loaded) is type(exc) and str(loaded) == "bad"
+    assert (loaded.type_name, loaded.traceback, loaded.__notes__) == ("ValueError", "tb", exc.__notes__)
