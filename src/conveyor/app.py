@@ -25,7 +25,7 @@ from conveyor.errors import ConfigurationError, TaskNotRegistered
 from conveyor.message import Message, encode
 from conveyor.result import AsyncResult
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
-from conveyor.settings import Settings
+from conveyor.settings import Settings, redact_url
 from conveyor.signing import sign
 from conveyor.task import AsyncTask, BaseTask, Task, TaskOptions
 from conveyor.workflows.signature import Signature
@@ -73,7 +73,7 @@ class App:
         self._backend: ResultBackend | None = None
 
     def __repr__(self) -> str:
-        return f"<App {self.name} broker={self.settings.broker_url}>"
+        return f"<App {self.name} broker={redact_url(self.settings.broker_url)}>"
 
     @property
     def broker(self) -> Broker:

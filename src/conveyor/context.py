@@ -44,8 +44,31 @@ class TaskContext:
         self._report_progress(fraction, note)
 
     def retry(self, countdown: float | None = None, reason: str = "") -> NoReturn:
-        """Stop this attempt and run the task again later (counts as one retry)."""
-        raise Retry(countdown=countdown, reason=reason)
+        """Stop this attempt and run the task again later (counts as one retry).
+
+        A task may be retried at most ``max_retries`` times (``@app.task(retries=N)``, 0 by default,
+        as for any failure). Past that the task fails, and the error says so and what to set,
+        rather than a bare "retry requested".
+
+        Raises:
+            Retry: always; the worker schedules the next attempt, or fails the task when it has
+                no retries left.
+        """
+        if self.attempt < self.max_retries:
+            raise Retry(countdown=countdown, reason=reason)
+        raise Retry(countdown=countdown, reason=no_retries_left(self.task, self.attempt, self.max_retries, reason))
+
+
+def no_retries_left(task: str, attempt: int, max_retries: int, reason: str = "") -> str:
+    """Why a retry asked for by a task that has no retries left fails it, and what to set."""
+    if max_retries == 0:
+        why = f"task {task!r} allows 0 retries (the default): declare @app.task(retries=N) to let it retry"
+    else:
+        why = (
+            f"task {task!r} used all of its {max_retries} retries (this was attempt {attempt + 1}): "
+            "declare a higher @app.task(retries=N) to allow more"
+        )
+    return f"retry requested{f' ({reason})' if reason else ''}, but {why}"
 
 
 _current: contextvars.ContextVar[TaskContext] = contextvars.ContextVar("conveyor_task_context")

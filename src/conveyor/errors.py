@@ -141,6 +141,10 @@ class TaskRevoked(TaskError, ResultMissing):
 class TaskFailed(ResultError):
     """The task raised; ``get(propagate=True)`` raises this in the caller.
 
+    When the caller has the task exception's type and can rebuild it from its message, the
+    exception raised is of a subclass of both that type and this one (``except ValueError`` and
+    ``except TaskFailed`` both match); see :mod:`conveyor.failures`.
+
     Attributes:
         type_name: the qualified name of the exception type raised in the worker.
         traceback: the formatted traceback of the failed attempt.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from conveyor.errors import ResultTimeout, TaskFailed, TaskRevoked
+from conveyor.errors import ResultTimeout, TaskRevoked
+from conveyor.failures import rebuild
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -109,11 +110,15 @@ class AsyncResult(Generic[R]):
 
         Args:
             timeout: seconds to wait at most; None waits up to an hour.
-            propagate: raise :class:`TaskFailed` when the task failed (else return None).
+            propagate: raise the task's exception when it failed (else return None).
 
         Raises:
+            TaskFailed: the task failed and ``propagate`` is true. When this process has the task
+                exception's type (a builtin, or defined in a module it imported) and it is built
+                from its message, the exception is of that type too: ``except ValueError`` matches
+                a task's ``ValueError``, and so does ``except TaskFailed``. The worker's traceback
+                is in ``.traceback`` and in the notes Python prints. See :mod:`conveyor.failures`.
             ResultTimeout: the task did not finish in time.
-            TaskFailed: the task failed and ``propagate`` is true.
             TaskRevoked: the task was revoked, or expired before a worker ran it (a ResultMissing too).
         """
         limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
@@ -137,8 +142,7 @@ class AsyncResult(Generic[R]):
             raise TaskRevoked(self.id, record.note or "no reason given")
         if not propagate:
             return None  # type: ignore[return-value]
-        error = record.error or ErrorInfo("UnknownError", "no error recorded")
-        raise TaskFailed(error.type, error.message, error.traceback)
+        raise rebuild(record.error or ErrorInfo("UnknownError", "no error recorded"), self.id)
 
     def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
         """Stop the task from running: it is deleted from its queue if it has not started.

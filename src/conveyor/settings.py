@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -135,6 +136,39 @@ class Settings:
                 )
             values[name] = _cast(name, raw, known[name].type)
         return cls(**values)
+
+    def __repr__(self) -> str:
+        """Every field, with the URLs' passwords and the signing secret masked (``repr(app.settings)`` gets logged)."""
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("_url") and isinstance(value, str):
+                value = redact_url(value)
+            elif field.name == "secret" and value is not None:
+                value = MASK
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+#: What a password or secret is replaced with wherever conveyor prints a URL or a setting.
+MASK = "***"
+_URL_WITH_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][\w+.-]*://[^\s:/?#@]*:)(?P<password>[^\s/]*)(?P<at>@)")
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s#]*)")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (in the authority or a ``password=`` parameter) replaced by ``***``.
+
+    The one place conveyor masks a URL: ``repr(app)``, ``repr(settings)``, ``conveyor status``, the
+    worker banner, broker error messages and the CLI's error lines all go through it.
+    """
+    return redact_text(url)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message, a log line) with the password of every URL in it replaced by ``***``."""
+    masked = _URL_WITH_PASSWORD.sub(rf"\g<head>{MASK}\g<at>", text)
+    return _PASSWORD_PARAMETER.sub(rf"\g<head>{MASK}", masked)
 
 
 def _conveyor_variables(environ: Mapping[str, str]) -> dict[str, str]:

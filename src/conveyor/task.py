@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
@@ -130,6 +131,7 @@ class BaseTask(Generic[P, R]):
         """Send the task to a worker with these arguments; returns at once with its result handle.
 
         Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
             EncodeError: an argument does not serialize (the error names it).
             BrokerUnavailable: the broker did not answer.
         """
@@ -142,7 +144,12 @@ class BaseTask(Generic[P, R]):
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
     ) -> AsyncResult[R]:
-        """Send the task with options for this call (see :class:`SendOptions`)."""
+        """Send the task with options for this call (see :class:`SendOptions`).
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+        """
+        check_arguments(self.name, self.fn, args, kwargs)  # fails here, not in the worker (not on the batch path)
         [task_id] = self.app.send([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
 

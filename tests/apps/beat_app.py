@@ -1,6 +1,7 @@
 """A periodic task for the beat end-to-end tests: one run every second.
 
-``CONVEYOR_BROKER_URL`` picks the broker; ``CONVEYOR_BEAT_*`` shorten the lease for the test.
+``CONVEYOR_BROKER_URL`` picks the broker; ``CONVEYOR_BEAT_*`` shorten the lease for the test;
+``BEAT_APP_CATCH_UP=1`` declares the entry with ``catch_up=True`` (every late slot fires).
 
 ``BEAT_APP_STOP_AFTER_CLAIM=<path>`` is a test hook: the first beat process to create ``<path>``
 (the third slot it claims) writes its pid and the slot key there and SIGSTOPs itself right after
@@ -26,7 +27,7 @@ app = App("beat-e2e")
 PAUSE_AT_CLAIM = 3
 
 
-@app.periodic(every=datetime.timedelta(seconds=1))
+@app.periodic(every=datetime.timedelta(seconds=1), catch_up=os.environ.get("BEAT_APP_CATCH_UP") == "1")
 @app.task(name="beat_tick")
 def beat_tick() -> str:
     """Does nothing: the tests count the messages and results of its runs."""

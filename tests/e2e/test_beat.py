@@ -1,5 +1,9 @@
 """Several real ``conveyor beat`` (and ``worker --beat``) processes on one broker: one leads, a
-standby takes over when the leader is killed, and every slot of a 1-second schedule fires once."""
+standby takes over when the leader is killed, and every slot of a 1-second schedule fires once.
+
+Most tests here declare the entry with ``catch_up=True`` (``BEAT_APP_CATCH_UP=1``) so that every slot
+fires and a skipped one shows; the default (late slots coalesce into one run) has its own tests: a
+beat restarted after a stop and a take-over after a kill each run the entry once, not in a burst."""
 
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
         "CONVEYOR_BEAT_GRACE": "30",
         "CONVEYOR_LEASE": "5",
         "CONVEYOR_SHUTDOWN_GRACE": "5",
+        "BEAT_APP_CATCH_UP": "1",
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -225,3 +230,74 @@ def test_a_leader_paused_after_its_claim_for_longer_than_its_lease_still_fires_t
     assert_contiguous(list(slots))
     logged = Counter(s for p in beats for s in p.fired())
     assert logged[slot] == 1 and set(logged.values()) == {1}, logged
+
+
+def assert_no_burst(created: list[float]) -> None:
+    """No three runs of the 1-second entry were enqueued within a second (a burst).
+
+    Two may be: the one late run standing for the slots a beat missed, then the next slot on time.
+    """
+    spans = [round(c - a, 3) for a, _, c in zip(created, created[1:], created[2:], strict=False)]
+    assert min(spans) >= 0.9, f"a burst of runs: {[round(b - a, 3) for a, b in itertools.pairwise(created)]}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_beat_restarted_after_a_stop_runs_the_late_slots_once_or_each_with_catch_up(
+    app: App, env: dict[str, str], tmp_path: Path, catch_up: bool
+) -> None:
+    # Given a beat on the 1-second entry, declared with or without catch_up, that fired a few slots
+    run_env = {**env, "BEAT_APP_CATCH_UP": "1" if catch_up else "0"}
+    first = Proc(["beat", "tests.apps.beat_app:app"], run_env, tmp_path / "beat-first.log")
+    try:
+        wait_until(lambda: len(first.fired()) >= 2, 30, f"the beat to fire 2 slots:\n{first.output()}")
+        # When it is stopped (a deploy) for 4 s and started again
+        assert first.stop() == 0, first.output()
+        time.sleep(4)
+        second = Proc(["beat", "tests.apps.beat_app:app"], run_env, tmp_path / "beat-second.log")
+        wait_until(lambda: len(second.fired()) >= 3, 30, f"the new beat to fire 3 runs:\n{second.output()}")
+        assert second.stop() == 0, second.output()
+    finally:
+        kill_leftovers([first, *([second] if "second" in locals() else [])])
+    # Then each slot was enqueued once
+    slots, created = queued_slots(app)
+    assert set(slots.values()) == {1}, slots
+    before, after = sorted(first.fired()), sorted(second.fired())
+    gap = datetime.datetime.fromisoformat(after[0]) - datetime.datetime.fromisoformat(before[-1])
+    if catch_up:
+        # And, with catch_up, every slot of the stop fired at the restart: none is missing
+        assert_contiguous(list(slots))
+    else:
+        # And the slots of the 4-second stop made one run (the latest), not a burst at the restart
+        assert gap >= datetime.timedelta(seconds=4), (before, after)
+        assert_no_burst(created)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_standby_taking_over_from_a_killed_leader_runs_the_late_slots_once(
+    app: App, env: dict[str, str], tmp_path: Path
+) -> None:
+    # Given two beats on the 1-second entry (without catch_up), one leading and firing
+    run_env = {**env, "BEAT_APP_CATCH_UP": "0"}
+    beats = [Proc(["beat", "tests.apps.beat_app:app"], run_env, tmp_path / f"beat-{i}.log") for i in range(2)]
+    try:
+        wait_until(lambda: any(p.leads() for p in beats), 30, "a beat to lead")
+        [leader] = [p for p in beats if p.leads()]
+        [standby] = [p for p in beats if p is not leader]
+        wait_until(lambda: len(leader.fired()) >= 2, 20, f"the leader to fire 2 slots:\n{leader.output()}")
+        # When the leader is killed (-9): its 3-second lease must lapse before the standby leads
+        leader.proc.kill()
+        leader.proc.wait(timeout=10)
+        wait_until(lambda: len(standby.fired()) >= 3, LEASE + 20, f"the standby to fire 3 runs:\n{standby.output()}")
+        standby.stop()
+    finally:
+        kill_leftovers(beats)
+    # Then each slot was enqueued once, the take-over's late slots as one run (no burst), and the
+    # take-over shows as one longer gap between two slots
+    slots, created = queued_slots(app)
+    assert set(slots.values()) == {1}, slots
+    assert_no_burst(created)
+    times = sorted(datetime.datetime.fromisoformat(s).timestamp() for s in slots)
+    assert max(b - a for a, b in itertools.pairwise(times)) >= 2.0, times

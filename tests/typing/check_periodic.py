@@ -32,3 +32,5 @@ def check() -> None:
     report.s("daily", colour="red")  # type: ignore[call-arg]
     app.add_periodic(report.s("x"), every=30, missed="sometimes")  # type: ignore[arg-type]
     app.add_periodic(report.s("x"), every=30, colour="red")  # type: ignore[call-arg]
+    app.add_periodic(report.s("x"), every=30, name="each", catch_up=True)
+    app.add_periodic(report.s("x"), every=30, catch_up="yes")  # type: ignore[arg-type]

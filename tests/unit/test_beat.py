@@ -19,13 +19,13 @@ import pytest
 from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
 from tests.conftest import backend_url_for, url_for
-from tests.unit.beat_clock import T0, Clock, fired_slots, iso
+from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
 
-def make_app(url: str, **settings: Any) -> App:
+def make_app(url: str, *, catch_up: bool = False, **settings: Any) -> App:
     app = App("beat-test", broker=url, beat_lease=2.0, beat_interval=0.5, beat_grace=30.0, **settings)
 
-    @app.periodic(every=datetime.timedelta(seconds=10))
+    @app.periodic(every=datetime.timedelta(seconds=10), catch_up=catch_up)
     @app.task(name="tick")
     def tick() -> None: ...
 
@@ -75,6 +75,8 @@ def test_declarations_are_checked_at_import_time() -> None:
         app.periodic(every=60)(lambda: None)  # type: ignore[type-var]
     with pytest.raises(ConfigurationError, match="missed must be"):
         app.add_periodic(report.s("x"), every=60, name="z", missed="twice")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="catch_up must be True or False"):
+        app.add_periodic(report.s("x"), every=60, name="c", catch_up="no")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="priority"):
         app.add_periodic(report.s("x"), every=60, name="p", priority=12)
     with pytest.raises(EncodeError):
@@ -157,12 +159,56 @@ def test_a_restart_neither_repeats_nor_skips(shared_url: str) -> None:
     second_app.close()
 
 
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_restart_after_a_short_downtime_runs_the_entry_once_unless_it_catches_up(
+    shared_url: str, catch_up: bool
+) -> None:
+    # Given a beat that fired T0, then stopped (a deploy) for 25 s, under the slots' grace
+    clock = Clock(T0 - 5)
+    first_app = make_app(shared_url, catch_up=catch_up)
+    first = Beat(first_app, clock=clock)
+    tick_at(clock, (T0 - 5, T0, T0 + 1), first)
+    first.run(_stopped())
+    first_app.close()
+    # When a new beat process starts at T0+26 and runs on to T0+30
+    second_app = make_app(shared_url, catch_up=catch_up)
+    second = Beat(second_app, clock=clock)
+    tick_at(clock, (T0 + 26, T0 + 27, T0 + 30), second)
+    # Then the two slots it came back late for (T0+10, T0+20) run once, as the latest of them,
+    # or each with catch_up; and the schedule goes on with T0+30
+    late = {iso(20): 1} if not catch_up else {iso(10): 1, iso(20): 1}
+    assert fired_slots(second_app) == Counter({iso(0): 1, **late, iso(30): 1})
+    second_app.close()
+
+
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_standby_taking_over_from_a_dead_leader_runs_the_late_slots_once(shared_url: str, catch_up: bool) -> None:
+    # Given a leader and a standby, the leader firing T0 and then dying (its lease is not given up)
+    clock = Clock(T0 - 5)
+    apps = [make_app(shared_url, catch_up=catch_up) for _ in range(2)]
+    leader, standby = Beat(apps[0], clock=clock), Beat(apps[1], clock=clock)
+    tick_at(clock, (T0 - 5, T0), leader, standby)
+    assert (leader.leading, standby.leading) == (True, False)
+    # When the standby ticks on until the leader's lease (2 s, on the backend's real clock) has lapsed
+    clock.now = T0 + 35
+    deadline = time.monotonic() + 10
+    while not standby.leading and time.monotonic() < deadline:
+        standby.tick()
+        time.sleep(0.1)
+    # Then it runs the three late slots once, as the latest (T0+30), or each with catch_up
+    late = {iso(30): 1} if not catch_up else {iso(10): 1, iso(20): 1, iso(30): 1}
+    assert fired_slots(apps[1]) == Counter({iso(0): 1, **late})
+    for app in apps:
+        app.close()
+
+
 @pytest.mark.parametrize("missed", ["skip", "run_once"])
-def test_missed_slots_after_downtime_follow_the_policy(shared_url: str, missed: str) -> None:
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_missed_slots_after_downtime_follow_the_policy(shared_url: str, missed: str, catch_up: bool) -> None:
     # Given an entry with the policy, fired at T0, and every beat down for 2 minutes
     app = App("beat-test", broker=shared_url, beat_lease=2.0, beat_interval=0.5, beat_grace=30.0)
 
-    @app.periodic(every=10, missed=missed)  # type: ignore[arg-type]
+    @app.periodic(every=10, missed=missed, catch_up=catch_up)  # type: ignore[arg-type]
     @app.task(name="tick")
     def tick() -> None: ...
 
@@ -174,17 +220,54 @@ def test_missed_slots_after_downtime_follow_the_policy(shared_url: str, missed: 
     # When a beat comes back at T0+125
     clock.now = T0 + 125
     beat.tick()
-    # Then the slots of the last 30 s fire; the older ones (T0+10 .. T0+90) are skipped, or
-    # run once as the latest of them (T0+90)
-    expected = {iso(0): 1, iso(100): 1, iso(110): 1, iso(120): 1}
-    if missed == "run_once":
-        expected[iso(90)] = 1
+    # Then the run due now (T0+120) fires once. With catch_up, so do the other slots of the last
+    # 30 s, and the older ones (T0+10 .. T0+90) are skipped, or run once as the latest of them (T0+90)
+    expected = {iso(0): 1, iso(120): 1}
+    if catch_up:
+        expected |= {iso(100): 1, iso(110): 1}
+        if missed == "run_once":
+            expected[iso(90)] = 1
     assert fired_slots(app) == Counter(expected)
     # And the schedule goes on
     clock.now = T0 + 130
     beat.tick()
     assert fired_slots(app)[iso(130)] == 1
     app.close()
+
+
+def test_two_beats_that_both_think_they_lead_run_each_coalesced_slot_once(shared_url: str) -> None:
+    # Given two beats in separate apps (connections), both skipping the lease and running the entry
+    # directly, at instants where two or three slots are due at once (only the latest fires)
+    apps = [make_app(shared_url), make_app(shared_url)]
+    for a in apps:
+        a.backend.get_value("warm-up")
+    beats = [Beat(a) for a in apps]
+    entry = apps[0].schedule["tick"]
+    beats[0].run_entry(entry, datetime.datetime.fromtimestamp(T0 - 5, datetime.UTC))  # starts the entry
+    instants = [datetime.datetime.fromtimestamp(T0 + 25 * i, datetime.UTC) for i in range(12)]
+    barrier = threading.Barrier(2)
+
+    def race(i: int) -> None:
+        for now in instants:
+            barrier.wait(timeout=10)
+            beats[i].run_entry(entry, now)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # Then each instant's latest slot was enqueued exactly once, and nothing else
+    assert fired_slots(apps[0]) == Counter({iso(25 * i - (25 * i) % 10): 1 for i in range(12)})
+    for a in apps:
+        a.close()
+
+
+def _stopped() -> threading.Event:
+    """An event already set: ``Beat.run`` with it gives its lease up and returns at once."""
+    stop = threading.Event()
+    stop.set()
+    return stop
 
 
 def test_two_beats_that_both_think_they_lead_fire_each_slot_once(shared_url: str) -> None:

@@ -113,9 +113,22 @@ def test_a_new_entry_starts_with_the_first_slot_after_now() -> None:
     assert todo.last == at(2026, 1, 1, 12, 0, 5)
 
 
-def test_due_slots_within_grace_fire_each_even_late() -> None:
-    # Given the last slot fired at 12:00:00 and a take-over 25 s later
+def test_late_slots_coalesce_into_one_run_of_the_latest() -> None:
+    # Given the last slot fired at 12:00:00 and a take-over (or a restart) 25 s later
     todo = plan(EVERY_10S, at(2026, 1, 1, 12), at(2026, 1, 1, 12, 0, 25), GRACE, "skip")
+    # Then the two slots since then make one run: the latest (12:00:20), recorded as the last slot
+    assert todo.fire == (at(2026, 1, 1, 12, 0, 20),)
+    assert todo.last == at(2026, 1, 1, 12, 0, 20)
+
+
+def test_a_slot_due_exactly_now_is_the_latest() -> None:
+    todo = plan(EVERY_10S, at(2026, 1, 1, 12), at(2026, 1, 1, 12, 0, 30), GRACE, "skip")
+    assert todo.fire == (at(2026, 1, 1, 12, 0, 30),)
+
+
+def test_with_catch_up_due_slots_within_grace_fire_each_even_late() -> None:
+    # Given the last slot fired at 12:00:00 and a take-over 25 s later, on an entry with catch_up
+    todo = plan(EVERY_10S, at(2026, 1, 1, 12), at(2026, 1, 1, 12, 0, 25), GRACE, "skip", catch_up=True)
     # Then the two slots since then fire, oldest first
     assert todo.fire == (at(2026, 1, 1, 12, 0, 10), at(2026, 1, 1, 12, 0, 20))
     assert todo.last == at(2026, 1, 1, 12, 0, 20)
@@ -128,14 +141,16 @@ def test_nothing_is_due_before_the_next_slot() -> None:
 
 
 @pytest.mark.parametrize("missed", ["skip", "run_once"])
-def test_missed_slots_after_downtime_follow_the_policy(missed: str) -> None:
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_missed_slots_after_downtime_follow_the_policy(missed: str, catch_up: bool) -> None:
     # Given an entry last fired at 12:00:00 and every beat down until 13:00:05
     now = at(2026, 1, 1, 13, 0, 5)
-    todo = plan(EVERY_10S, at(2026, 1, 1, 12), now, GRACE, missed)  # type: ignore[arg-type]
-    # Then the slots of the last minute (within grace) fire; the older ones were missed
+    todo = plan(EVERY_10S, at(2026, 1, 1, 12), now, GRACE, missed, catch_up=catch_up)  # type: ignore[arg-type]
     on_time = (*tuple(at(2026, 1, 1, 12, 59, s) for s in range(10, 60, 10)), at(2026, 1, 1, 13))
     latest_missed = at(2026, 1, 1, 12, 59, 0)
-    if missed == "skip":
+    if not catch_up:  # Then one run, the latest slot (on time: the policy for missed slots has nothing to add)
+        assert todo.fire == (at(2026, 1, 1, 13),)
+    elif missed == "skip":  # Then the slots of the last minute (within grace) fire; the older ones were missed
         assert todo.fire == on_time
     else:  # run_once: the latest missed slot runs once, first
         assert todo.fire == (latest_missed, *on_time)
@@ -143,10 +158,12 @@ def test_missed_slots_after_downtime_follow_the_policy(missed: str) -> None:
 
 
 @pytest.mark.parametrize("missed", ["skip", "run_once"])
-def test_a_missed_daily_run(missed: str) -> None:
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_missed_daily_run(missed: str, catch_up: bool) -> None:
     # Given a daily 09:00 entry last fired yesterday and beat down from 08:50 to 09:30
     daily = Cron("0 9 * * *")
-    todo = plan(daily, at(2026, 1, 9, 9), at(2026, 1, 10, 9, 30), datetime.timedelta(minutes=5), missed)  # type: ignore[arg-type]
+    grace = datetime.timedelta(minutes=5)
+    todo = plan(daily, at(2026, 1, 9, 9), at(2026, 1, 10, 9, 30), grace, missed, catch_up=catch_up)  # type: ignore[arg-type]
     # Then skip drops today's run (and records it as handled); run_once runs it now
     assert todo.fire == (() if missed == "skip" else (at(2026, 1, 10, 9),))
     assert todo.last == at(2026, 1, 10, 9)
@@ -155,6 +172,23 @@ def test_a_missed_daily_run(missed: str) -> None:
 def test_a_huge_catch_up_is_spread_over_ticks() -> None:
     every_second = Interval(datetime.timedelta(seconds=1))
     now = at(2026, 1, 1, 12)
-    todo = plan(every_second, now - datetime.timedelta(hours=1), now, datetime.timedelta(hours=2), "skip")
+    an_hour_ago = now - datetime.timedelta(hours=1)
+    todo = plan(every_second, an_hour_ago, now, datetime.timedelta(hours=2), "skip", catch_up=True)
     assert len(todo.fire) == MAX_SLOTS_PER_PLAN
     assert todo.last == todo.fire[-1]
+
+
+def test_without_catch_up_an_hour_of_missed_seconds_is_one_run() -> None:
+    every_second = Interval(datetime.timedelta(seconds=1))
+    now = at(2026, 1, 1, 12) + datetime.timedelta(milliseconds=500)
+    todo = plan(every_second, now - datetime.timedelta(hours=1), now, datetime.timedelta(hours=2), "skip")
+    assert todo.fire == (at(2026, 1, 1, 12),)
+    assert todo.last == at(2026, 1, 1, 12)
+
+
+def test_cron_slots_coalesce_too() -> None:
+    # Given a 5-minute cron in Paris last fired at 10:00 UTC, and a beat back at 10:12
+    every_5_min = Cron("*/5 * * * *", "Europe/Paris")
+    todo = plan(every_5_min, at(2026, 1, 1, 10), at(2026, 1, 1, 10, 12), datetime.timedelta(minutes=15), "skip")
+    # Then 10:05 and 10:10 make one run, at 10:10
+    assert todo.fire == (at(2026, 1, 1, 10, 10),)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from conveyor.app import App
 from conveyor.cli._load import load_app
+from conveyor.cli._options import loglevel
 from conveyor.errors import ConfigurationError
 from conveyor.scheduler.beat import EntryInfo, check_shareable, overview, run_forever
 from conveyor.worker import setup_logging
@@ -20,7 +21,7 @@ from conveyor.worker import setup_logging
 @click.option(
     "--list", "list_only", is_flag=True, help="Print the periodic entries and their next run times, then exit."
 )
-@click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
+@loglevel
 @click.option("--parent", type=int, default=None, hidden=True, help="Stop when this process (worker --beat) exits.")
 def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) -> None:
     """Fire APP's periodic entries (MODULE:ATTR, e.g. shop.tasks:app).
@@ -46,10 +47,10 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
 def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:
     """The entries as a table (shared with ``conveyor status``, which adds the last slot recorded)."""
     table = Table(title=f"periodic entries of {app.name}: {len(rows)}")
-    columns = ["entry", "task", "schedule", "missed", "next run"] + (["last fired"] if with_state else [])
+    columns = ["entry", "task", "schedule", "missed", "catch up", "next run"] + (["last fired"] if with_state else [])
     for column in columns:
         table.add_column(column)
     for row in rows:
-        cells = [row.name, row.task, row.schedule, row.missed, row.next_run]
+        cells = [row.name, row.task, row.schedule, row.missed, "yes" if row.catch_up else "no", row.next_run]
         table.add_row(*cells, *([row.last_fired or "-"] if with_state else []))
     Console().print(table)

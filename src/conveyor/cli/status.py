@@ -12,6 +12,7 @@ from rich.table import Table
 from conveyor.cli._load import load_app
 from conveyor.cli.beat import print_entries
 from conveyor.scheduler.beat import overview
+from conveyor.settings import redact_url
 
 
 @click.command()
@@ -36,7 +37,7 @@ def status(app: str, as_json: bool) -> None:
         )
         return
     console = Console()
-    table = Table(title=f"queues of {the_app.name} ({the_app.settings.broker_url})")
+    table = Table(title=f"queues of {the_app.name} ({redact_url(the_app.settings.broker_url)})")
     for column in ("queue", "ready", "scheduled", "in flight", "dead"):
         table.add_column(column, justify="left" if column == "queue" else "right")
     for q in queues:

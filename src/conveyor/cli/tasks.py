@@ -1,4 +1,4 @@
-"""``conveyor enqueue`` and ``conveyor purge``: send a task, or empty a queue, from the shell."""
+"""``conveyor enqueue``, ``purge`` and ``revoke``: send a task, empty a queue, or revoke tasks, from the shell."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from conveyor.app import App
+from conveyor.arguments import check_arguments
 from conveyor.cli._load import load_app
 from conveyor.errors import ConveyorError
 
@@ -53,6 +55,10 @@ def enqueue(
         known = ", ".join(sorted(the_app.tasks)) or "none"
         raise click.BadParameter(f"no task {task!r} on app {the_app.name!r}; known: {known}", param_hint="TASK")
     try:
+        check_arguments(found.name, found.fn, args, kwargs)
+    except TypeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--args/--kwargs") from None
+    try:
         result = found.apply_async(args, kwargs, queue=queue, priority=priority, countdown=countdown)
         click.echo(result.id)
         if wait_for is not None:
@@ -66,11 +72,28 @@ def enqueue(
 @click.argument("queue")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(app: str, queue: str, yes: bool) -> None:
-    """Delete QUEUE's ready and scheduled tasks (running ones are left alone)."""
+    """Delete QUEUE's ready and scheduled tasks (running ones are left alone).
+
+    A queue that neither the broker nor the app's tasks know (a typo, most likely) gets a warning.
+    """
     the_app = load_app(app)
+    known = _known_queues(the_app)
+    if queue not in known:
+        click.echo(
+            f"Warning: no queue {queue!r} is known to app {the_app.name!r} or its broker "
+            f"(known: {', '.join(sorted(known)) or 'none'}); nothing to purge there",
+            err=True,
+        )
     if not yes:
         click.confirm(f"Delete every waiting task of queue {queue!r}?", abort=True)
     click.echo(f"purged {the_app.broker.purge(queue)} task(s) from {queue}")
+
+
+def _known_queues(app: App) -> set[str]:
+    """Queues the broker counts, plus those the app's tasks and periodic entries send to."""
+    known = {stats.queue for stats in app.broker.stats()} | {app.settings.default_queue}
+    known |= {task.options.queue for task in app.tasks.values() if task.options.queue}
+    return known | {entry.queue for entry in app.schedule.values() if entry.queue}
 
 
 @click.command()

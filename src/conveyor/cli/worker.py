@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import click
 
 from conveyor.cli._load import load_app
+from conveyor.cli._options import loglevel
 from conveyor.errors import ConfigurationError
 from conveyor.worker import POOLS, Worker, setup_logging
 
@@ -26,7 +27,7 @@ from conveyor.worker import POOLS, Worker, setup_logging
     show_default=True,
     help="process: a child process per slot (isolated, crash-safe); thread: threads in one child.",
 )
-@click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
+@loglevel
 @click.option(
     "--beat",
     "with_beat",

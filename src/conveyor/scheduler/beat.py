@@ -2,11 +2,13 @@
 
 Every beat tries, each tick, to take or renew the leader lease ``beat:<app>`` in the result backend;
 only the holder fires. For each entry the leader reads the last slot recorded in the backend, asks
-:func:`~conveyor.scheduler.entries.plan` which slots are due, and fires each one this way:
+:func:`~conveyor.scheduler.entries.plan` which slots are due (when several are, after a restart, a
+take-over or a stall: only the latest, unless the entry has ``catch_up=True``), and fires each one
+this way:
 
 1. If this beat stalled past the lease it took at the start of the tick (a long pause, a slow
    backend), it stops the tick here, claiming and recording nothing more: the slots wait for its
-   next tick, or for the current leader. A stall delays a slot; it never skips one.
+   next tick, or for the current leader. A stall delays the run that is due; it never drops it.
 2. ``claim("beat:<app>:<entry>:<slot ms>")``: the slot itself is the deduplication key. Of any
    number of beats that think they lead, exactly one creates it; the others record the slot as
    fired and move on. The claim makes its creator responsible for the slot.
@@ -15,9 +17,9 @@ only the holder fires. For each entry the leader reads the last slot recorded in
    entry and slot and ``key=`` is the slot key, so a duplicate that got past the claim is folded
    into the same pending message; :class:`~conveyor.errors.DuplicateTaskId` means "already queued".
    If the enqueue fails (broker down), the claim is given back while this beat still holds its
-   lease, and a later tick fires the slot (late, or as its ``missed`` policy says); after the lease,
-   another beat may have recorded the slot already, so this beat keeps the claim and enqueues the
-   slot itself once the broker answers.
+   lease, and a later tick fires it (late, coalesced into a later slot's run, or as its ``missed``
+   policy says); after the lease, another beat may have recorded the slot already, so this beat
+   keeps the claim and enqueues the slot itself once the broker answers.
 4. Record the slot as the entry's last fired slot, unless this beat stalled past its lease (step 1
    again): a slot whose claim was taken is recorded too, its claimer enqueues it.
 
@@ -183,7 +185,7 @@ class Beat:
             _LeaseLapsed: this beat passed ``deadline``; what it did not record waits for a later tick.
         """
         last = self.last_fired(entry)
-        todo = plan(entry.schedule, last, now, self.grace, entry.missed)
+        todo = plan(entry.schedule, last, now, self.grace, entry.missed, catch_up=entry.catch_up)
         for slot in todo.fire:
             _check_lease(deadline)  # a stalled beat claims nothing more...
             self.fire(entry, slot, deadline)
@@ -307,6 +309,7 @@ class EntryInfo:
     task: str
     schedule: str
     missed: str
+    catch_up: bool
     next_run: str
     last_fired: str | None
 
@@ -328,6 +331,7 @@ def overview(app: App, *, with_state: bool = True) -> list[EntryInfo]:
                 task=repr(entry.signature),
                 schedule=entry.schedule.describe(),
                 missed=entry.missed,
+                catch_up=entry.catch_up,
                 next_run=entry.schedule.next_fire(now).isoformat(),
                 last_fired=None if last is None else last.isoformat(),
             )
@@ -336,13 +340,15 @@ def overview(app: App, *, with_state: bool = True) -> list[EntryInfo]:
 
 
 def check_shareable(app: App) -> None:
-    """Refuse a ``memory://`` app: a beat in its own process could never reach its workers.
+    """Refuse a ``memory://`` app (a beat in its own process could never reach its workers), and URLs
+    the broker or backend refuse: an error at start, rather than a logged traceback on every tick.
 
     Raises:
-        ConfigurationError: the broker or result backend lives in one process's memory.
+        ConfigurationError: the broker or result backend lives in one process's memory, or its URL is wrong.
     """
     if app.settings.broker_url.startswith("memory:") or app.settings.result_url.startswith("memory:"):
         raise ConfigurationError("beat needs a broker and backend other processes reach (sqlite:///path or redis://)")
+    _ = (app.broker, app.backend)  # built from their URLs (they connect on first use)
 
 
 def run_forever(app: App, *, parent: int | None = None) -> int:

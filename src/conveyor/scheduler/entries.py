@@ -42,6 +42,8 @@ class PeriodicOptions(TypedDict, total=False):
         expires: seconds after its slot after which a run is not started (recorded REVOKED).
         missed: ``"skip"`` (default) drops slots missed by more than ``beat_grace``; ``"run_once"``
             runs the latest of them once, then goes on with the schedule.
+        catch_up: False (default) coalesces the slots that are due at once (after a restart, a
+            take-over or a stall) into one run, the latest; True fires each of them, oldest first.
     """
 
     cron: str
@@ -52,6 +54,7 @@ class PeriodicOptions(TypedDict, total=False):
     priority: int
     expires: float
     missed: MissedPolicy
+    catch_up: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +68,7 @@ class Entry:
     queue: str | None = None
     priority: int | None = None
     expires: float | None = None
+    catch_up: bool = False
 
 
 def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Mapping[str, Any]) -> Entry:
@@ -85,6 +89,9 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
     expires = options.get("expires")
     if expires is not None and (not isinstance(expires, int | float) or expires <= 0):
         raise ConfigurationError(f"expires must be positive seconds, got {expires!r}")
+    catch_up = options.get("catch_up", False)
+    if not isinstance(catch_up, bool):
+        raise ConfigurationError(f"catch_up must be True or False, got {catch_up!r}")
     _check_call(task, signature)
     entry = Entry(
         name=options.get("name") or task.name,
@@ -94,6 +101,7 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
         queue=options.get("queue"),
         priority=options.get("priority"),
         expires=expires,
+        catch_up=catch_up,
     )
     # Build and encode one message now, so that a bad priority or an argument that does not
     # serialize fails here (EncodeError naming it), not at the first slot.
@@ -126,14 +134,37 @@ def plan(
     now: datetime.datetime,
     grace: datetime.timedelta,
     missed: MissedPolicy,
+    *,
+    catch_up: bool = False,
 ) -> Plan:
     """The slots to fire now, given the last slot recorded (None: the entry never ran).
 
-    A new entry starts with the first slot after ``now``. A slot at most ``grace`` old fires, late;
-    slots older than that were missed: ``skip`` drops them, ``run_once`` fires the latest of them.
+    A new entry starts with the first slot after ``now``. Slots at most ``grace`` old are late, and
+    fire: only the latest of them by default (a beat back from a restart, a take-over or a stall
+    runs the entry once, as if it had been there), each of them with ``catch_up``. Older slots were
+    missed: ``skip`` drops them, ``run_once`` fires the latest of them.
     """
     if last is None:
         return Plan((), now)
+    if catch_up:
+        return _plan_each(schedule, last, now, grace, missed)
+    if schedule.next_fire(last) > now:
+        return Plan((), last)
+    latest = schedule.next_fire(schedule.previous_fire(now))  # ``now`` itself when it is a slot
+    if latest > now:
+        latest = schedule.previous_fire(now)
+    on_time = now - latest <= grace
+    return Plan((latest,) if on_time or missed == "run_once" else (), latest)
+
+
+def _plan_each(
+    schedule: Schedule,
+    last: datetime.datetime,
+    now: datetime.datetime,
+    grace: datetime.timedelta,
+    missed: MissedPolicy,
+) -> Plan:
+    """:func:`plan` with ``catch_up``: every late slot fires, at most :data:`MAX_SLOTS_PER_PLAN` per call."""
     fire: list[datetime.datetime] = []
     start = last
     cutoff = now - grace

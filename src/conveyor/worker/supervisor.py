@@ -374,11 +374,7 @@ class Supervisor:
 
 
 def _redact(url: str) -> str:
-    """A URL with its password replaced, for logs."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A URL with its password replaced, for logs (see :func:`conveyor.settings.redact_url`)."""
+    from conveyor.settings import redact_url
 
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    return redact_url(url)
