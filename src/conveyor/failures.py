@@ -26,7 +26,8 @@ How, and the rules that keep it sound:
 - Otherwise (unknown type, a constructor that wants other arguments, a type that cannot be combined
   with ``TaskFailed``) a plain :class:`~conveyor.errors.TaskFailed` is raised, as before.
 - Either way the remote traceback travels with the exception: as ``exc.traceback`` and as a note
-  (PEP 678 ``__notes__``), which Python prints under the caller's own traceback.
+  (PEP 678 ``__notes__``), which Python prints under the caller's own traceback. Without a
+  traceback (a hard time limit kills the process), the note names the task and its error.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def rebuild(error: ErrorInfo, task_id: str) -> TaskFailed:
     exc = _as_original(error) or TaskFailed(error.type, error.message, error.traceback)
     if error.traceback:
         exc.add_note(f"Traceback of task {task_id} in its worker:\n{error.traceback.rstrip()}")
+    else:  # e.g. a hard time limit: the process was killed, no traceback; still say where it came from
+        exc.add_note(f"Task {task_id} failed in its worker with {error.type}: {error.message} (no traceback recorded)")
     return exc
 
 
