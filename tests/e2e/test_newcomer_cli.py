@@ -88,7 +88,9 @@ def test_a_configuration_mistake_is_one_line_and_status_2(
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "command", [COMMANDS[1], COMMANDS[2], COMMANDS[6], COMMANDS[7]], ids=["beat", "status", "result", "dlq list"]
+    "command",
+    [COMMANDS[0], COMMANDS[1], COMMANDS[2], COMMANDS[6], COMMANDS[7]],
+    ids=["worker", "beat", "status", "result", "dlq list"],
 )
 def test_an_unknown_scheme_is_one_line_and_status_2_without_the_password(command: list[str], tmp_path: Path) -> None:
     env = clean_env(tmp_path, CONVEYOR_BROKER_URL="kafka://shop:s3cret@127.0.0.1:9092/")
