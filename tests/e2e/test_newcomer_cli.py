@@ -218,3 +218,12 @@ def test_enqueue_with_a_missing_argument_is_a_usage_error_and_sends_nothing(
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith("missing a required argument: 'amount' (nothing was sent)")
     assert sum(q.ready for q in shop.broker.stats()) == 0
+
+
+@pytest.mark.timeout(60)
+def test_enqueue_and_wait_for_a_task_that_fails_is_one_line_naming_its_error(
+    shop_worker: ShopWorker, shop_env: dict[str, str]
+) -> None:
+    done = cli(shop_env, "enqueue", APP, "tests.apps.newcomer_app.charge", "--args", "[4, -2]", "--wait", "20")
+    assert_one_line(done, 1, "the task failed: ValueError: negative amount -2 for order 4")
+    assert len(done.stdout.split()) == 1  # its id, printed before waiting
