@@ -15,8 +15,9 @@ How, and the rules that keep it sound:
 - It must be an ``Exception`` subclass that takes the message as its one argument (``cls(message)``)
   and prints it back unchanged (``str(exc) == message``): a constructor that wants other arguments or
   reshapes its message, or a ``__str__`` of its own, would give an exception that is not the task's.
-  ``BaseException``-only types (``SystemExit``, ``KeyboardInterrupt``) and conveyor's ``Retry`` are
-  never rebuilt: raised in a caller, they would stop it or make its own task retry.
+  ``BaseException``-only types (``SystemExit``, ``KeyboardInterrupt``), conveyor's ``Retry`` and
+  ``BrokerError`` types are never rebuilt: raised in a caller (maybe itself a task), they would stop
+  it, make its own task retry, or read as an outage of its own broker.
 - The exception raised is an instance of a subclass of **both** the task's type and
   :class:`~conveyor.errors.TaskFailed`, made once per type: ``except ValueError`` and the
   ``except TaskFailed`` written before this change both match, and ``type_name``, ``remote_message``
@@ -38,8 +39,12 @@ import sys
 from typing import Any
 
 from conveyor import errors
-from conveyor.errors import Retry, TaskFailed
+from conveyor.errors import BrokerError, Retry, TaskFailed
 from conveyor.states import ErrorInfo
+
+#: Types raised in a caller that would mean something else there: ``Retry`` would retry the caller's
+#: own task, a ``BrokerError`` would read as an outage of the caller's broker.
+_NEVER_REBUILT = (Retry, BrokerError)
 
 #: The combined class made for each task exception type, so one type is built once per process.
 _COMBINED: dict[type[Exception], type[TaskFailed]] = {}
@@ -105,7 +110,7 @@ def find_exception_type(name: str) -> type[Exception] | None:
         found = getattr(builtins, name, None) or getattr(errors, name, None)
     else:
         found = _from_loaded_module(name)
-    if not isinstance(found, type) or not issubclass(found, Exception) or issubclass(found, Retry):
+    if not isinstance(found, type) or not issubclass(found, Exception) or issubclass(found, _NEVER_REBUILT):
         return None
     return found
 

@@ -59,6 +59,7 @@ def test_a_module_that_is_not_imported_is_never_imported_for_a_record() -> None:
         "KeyboardInterrupt",
         "conveyor.errors.Retry",  # would retry the caller's own task
         "Retry",
+        "conveyor.errors.BrokerUnavailable",  # would read as the caller's own broker outage
         "len",  # not a type
         "NoSuchError",
         f"{__name__}.Prefixed",  # reshapes its message: not faithful
