@@ -162,7 +162,7 @@ def test_result_shows_progress_then_the_result_or_the_error(
     shop_worker: ShopWorker, shop: App, shop_env: dict[str, str]
 ) -> None:
     # Given a task that reports 50 % and then works for a while
-    running = newcomer_app.resize.delay("cat.png", 3.0)
+    running = newcomer_app.resize.delay("cat.png", 10.0)  # long enough for a CLI start on a loaded machine
     wait_until(lambda: running.progress == 0.5, 20, "the task to report its progress")
     # When the user asks for it by id
     shown = cli(shop_env, "result", APP, running.id)
@@ -174,7 +174,7 @@ def test_result_shows_progress_then_the_result_or_the_error(
         and "note:     half done" in shown.stdout
     )
     # And, waiting for it, its result
-    done = cli(shop_env, "result", APP, running.id, "--wait", "20")
+    done = cli(shop_env, "result", APP, running.id, "--wait", "30")
     assert done.returncode == 0, done.stderr
     assert 'result:   "resized cat.png"' in done.stdout and "state:    SUCCESS" in done.stdout
     # And for a failed task, the error, and with -t the worker's traceback
