@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class _Checker:
     max_positional: int  # positional parameters; unbounded with *args
     filled: tuple[frozenset[str], ...]  # [n]: names the first n positional arguments fill
     still_required: tuple[frozenset[str], ...]  # [n]: required names left after n positional arguments
-    keywords: frozenset[str]  # names a keyword may give (no positional-only ones)
+    keywords: frozenset[str]  # names a keyword may give (not positional-only ones, nor *args' or **kwargs')
     any_keyword: bool  # **kwargs
 
     def check(self, name: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> None:
@@ -97,7 +98,7 @@ def _build(fn: Callable[..., Any]) -> _Checker | None:
         max_positional=1 << 30 if inspect.Parameter.VAR_POSITIONAL in kinds else len(positional),
         filled=filled,
         still_required=still_required,
-        keywords=frozenset(p.name for p in params if p.kind not in (inspect.Parameter.POSITIONAL_ONLY,)),
+        keywords=frozenset(p.name for p in params if p.kind in _BY_KEYWORD),
         any_keyword=inspect.Parameter.VAR_KEYWORD in kinds,
     )
 

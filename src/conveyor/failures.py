@@ -15,8 +15,9 @@ How, and the rules that keep it sound:
 - It must be an ``Exception`` subclass that takes the message as its one argument (``cls(message)``)
   and prints it back unchanged (``str(exc) == message``): a constructor that wants other arguments or
   reshapes its message, or a ``__str__`` of its own, would give an exception that is not the task's.
-  ``BaseException``-only types (``SystemExit``, ``KeyboardInterrupt``) and conveyor's ``Retry`` are
-  never rebuilt: raised in a caller, they would stop it or make its own task retry.
+  ``BaseException``-only types (``SystemExit``, ``KeyboardInterrupt``), conveyor's ``Retry`` and
+  ``BrokerError`` types are never rebuilt: raised in a caller (maybe itself a task), they would stop
+  it, make its own task retry, or read as an outage of its own broker.
 - The exception raised is an instance of a subclass of **both** the task's type and
   :class:`~conveyor.errors.TaskFailed`, made once per type: ``except ValueError`` and the
   ``except TaskFailed`` written before this change both match, and ``type_name``, ``remote_message``
@@ -26,7 +27,8 @@ How, and the rules that keep it sound:
 - Otherwise (unknown type, a constructor that wants other arguments, a type that cannot be combined
   with ``TaskFailed``) a plain :class:`~conveyor.errors.TaskFailed` is raised, as before.
 - Either way the remote traceback travels with the exception: as ``exc.traceback`` and as a note
-  (PEP 678 ``__notes__``), which Python prints under the caller's own traceback.
+  (PEP 678 ``__notes__``), which Python prints under the caller's own traceback. Without a
+  traceback (a hard time limit kills the process), the note names the task and its error.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ import sys
 from typing import Any
 
 from conveyor import errors
-from conveyor.errors import Retry, TaskFailed
+from conveyor.errors import BrokerError, Retry, TaskFailed
 from conveyor.states import ErrorInfo
+
+#: Types raised in a caller that would mean something else there: ``Retry`` would retry the caller's
+#: own task, a ``BrokerError`` would read as an outage of the caller's broker.
+_NEVER_REBUILT = (Retry, BrokerError)
 
 #: The combined class made for each task exception type, so one type is built once per process.
 _COMBINED: dict[type[Exception], type[TaskFailed]] = {}
@@ -55,6 +61,8 @@ def rebuild(error: ErrorInfo, task_id: str) -> TaskFailed:
     exc = _as_original(error) or TaskFailed(error.type, error.message, error.traceback)
     if error.traceback:
         exc.add_note(f"Traceback of task {task_id} in its worker:\n{error.traceback.rstrip()}")
+    else:  # e.g. a hard time limit: the process was killed, no traceback; still say where it came from
+        exc.add_note(f"Task {task_id} failed in its worker with {error.type}: {error.message} (no traceback recorded)")
     return exc
 
 
@@ -102,7 +110,7 @@ def find_exception_type(name: str) -> type[Exception] | None:
         found = getattr(builtins, name, None) or getattr(errors, name, None)
     else:
         found = _from_loaded_module(name)
-    if not isinstance(found, type) or not issubclass(found, Exception) or issubclass(found, Retry):
+    if not isinstance(found, type) or not issubclass(found, Exception) or issubclass(found, _NEVER_REBUILT):
         return None
     return found
 

@@ -70,13 +70,14 @@ class AsyncResult(Generic[R]):
 
     @property
     def result(self) -> Any:
-        """The return value once SUCCESS, the error text once FAILURE, else None; never waits."""
+        """The return value once SUCCESS; the exception ``get()`` would raise once FAILURE (the last
+        attempt's while in RETRY), as in Celery; else None. Never waits."""
         record = self._record()
         if record is None:
             return None
         if record.state is State.SUCCESS:
             return record.value
-        return None if record.error is None else f"{record.error.type}: {record.error.message}"
+        return None if record.error is None else rebuild(record.error, self.id)
 
     @property
     def traceback(self) -> str | None:

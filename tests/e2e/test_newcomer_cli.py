@@ -88,7 +88,9 @@ def test_a_configuration_mistake_is_one_line_and_status_2(
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "command", [COMMANDS[1], COMMANDS[2], COMMANDS[6], COMMANDS[7]], ids=["beat", "status", "result", "dlq list"]
+    "command",
+    [COMMANDS[0], COMMANDS[1], COMMANDS[2], COMMANDS[6], COMMANDS[7]],
+    ids=["worker", "beat", "status", "result", "dlq list"],
 )
 def test_an_unknown_scheme_is_one_line_and_status_2_without_the_password(command: list[str], tmp_path: Path) -> None:
     env = clean_env(tmp_path, CONVEYOR_BROKER_URL="kafka://shop:s3cret@127.0.0.1:9092/")
@@ -160,7 +162,7 @@ def test_result_shows_progress_then_the_result_or_the_error(
     shop_worker: ShopWorker, shop: App, shop_env: dict[str, str]
 ) -> None:
     # Given a task that reports 50 % and then works for a while
-    running = newcomer_app.resize.delay("cat.png", 3.0)
+    running = newcomer_app.resize.delay("cat.png", 10.0)  # long enough for a CLI start on a loaded machine
     wait_until(lambda: running.progress == 0.5, 20, "the task to report its progress")
     # When the user asks for it by id
     shown = cli(shop_env, "result", APP, running.id)
@@ -172,7 +174,7 @@ def test_result_shows_progress_then_the_result_or_the_error(
         and "note:     half done" in shown.stdout
     )
     # And, waiting for it, its result
-    done = cli(shop_env, "result", APP, running.id, "--wait", "20")
+    done = cli(shop_env, "result", APP, running.id, "--wait", "30")
     assert done.returncode == 0, done.stderr
     assert 'result:   "resized cat.png"' in done.stdout and "state:    SUCCESS" in done.stdout
     # And for a failed task, the error, and with -t the worker's traceback
@@ -216,3 +218,12 @@ def test_enqueue_with_a_missing_argument_is_a_usage_error_and_sends_nothing(
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith("missing a required argument: 'amount' (nothing was sent)")
     assert sum(q.ready for q in shop.broker.stats()) == 0
+
+
+@pytest.mark.timeout(60)
+def test_enqueue_and_wait_for_a_task_that_fails_is_one_line_naming_its_error(
+    shop_worker: ShopWorker, shop_env: dict[str, str]
+) -> None:
+    done = cli(shop_env, "enqueue", APP, "tests.apps.newcomer_app.charge", "--args", "[4, -2]", "--wait", "20")
+    assert_one_line(done, 1, "the task failed: ValueError: negative amount -2 for order 4")
+    assert len(done.stdout.split()) == 1  # its id, printed before waiting

@@ -39,6 +39,8 @@ def test_except_value_error_matches_a_task_s_value_error(shop_worker: ShopWorker
     assert f"Traceback of task {result.id} in its worker:" in printed
     assert 'raise ValueError(f"negative amount {amount} for order {order_id}")' in printed
     assert caught.traceback == result.traceback
+    # And .result, as in Celery, is that exception too (not its text)
+    assert isinstance(result.result, ValueError) and str(result.result) == str(caught)
 
 
 @pytest.mark.timeout(60)

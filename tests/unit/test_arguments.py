@@ -21,6 +21,9 @@ def positional_only(a: int, /, b: int) -> None: ...
 def variadic(a: int, *rest: int, **extra: Any) -> None: ...
 
 
+def star_args(a: int, *rest: int) -> None: ...
+
+
 GOOD = [
     (plain, (1, 2), {}),
     (plain, (1, 2, 3), {}),
@@ -32,6 +35,8 @@ GOOD = [
     (positional_only, (1,), {"b": 2}),
     (variadic, (1, 2, 3, 4), {"anything": 5}),
     (variadic, (), {"a": 1}),
+    (variadic, (1,), {"rest": 2}),  # **extra takes it
+    (star_args, (1, 2, 3), {}),
 ]
 BAD = [
     (plain, (1,), {}, "missing a required argument: 'b'"),
@@ -42,6 +47,7 @@ BAD = [
     (keyword_only, (1, "k"), {}, "too many positional arguments"),
     (positional_only, (), {"a": 1, "b": 2}, "'a' parameter is positional only"),
     (variadic, (), {}, "missing a required argument: 'a'"),
+    (star_args, (1,), {"rest": 2}, "unexpected keyword argument 'rest'"),
 ]
 
 

@@ -43,7 +43,7 @@ def test_a_type_of_an_imported_module_is_found_by_its_qualified_name() -> None:
     assert find_exception_type(name) is Nested.Inner
     exc = rebuild(ErrorInfo(name, "deep"), "t2")
     assert isinstance(exc, Nested.Inner) and str(exc) == "deep"
-    assert not hasattr(exc, "__notes__")  # no traceback recorded, no note
+    assert exc.__notes__ == [f"Task t2 failed in its worker with {name}: deep (no traceback recorded)"]
 
 
 def test_a_module_that_is_not_imported_is_never_imported_for_a_record() -> None:
@@ -59,6 +59,7 @@ def test_a_module_that_is_not_imported_is_never_imported_for_a_record() -> None:
         "KeyboardInterrupt",
         "conveyor.errors.Retry",  # would retry the caller's own task
         "Retry",
+        "conveyor.errors.BrokerUnavailable",  # would read as the caller's own broker outage
         "len",  # not a type
         "NoSuchError",
         f"{__name__}.Prefixed",  # reshapes its message: not faithful

@@ -10,7 +10,8 @@ only hides it. The group class below wraps every subcommand (``worker``, ``beat`
   usage errors (a bad option value such as ``--loglevel bogus``) keep click's format (usage line,
   hint, ``Error:`` line).
 - exit status **1** (runtime): the command was right but something failed while it ran: the broker
-  did not answer (:class:`~conveyor.errors.BrokerUnavailable`), a result was not ready, any other
+  did not answer (:class:`~conveyor.errors.BrokerUnavailable`), a result was not ready, a task
+  waited for failed (``the task failed: ValueError: ...``), any other
   :class:`~conveyor.errors.ConveyorError`.
 
 Passwords in URLs are masked in the line (:func:`conveyor.settings.redact_text`). Exceptions that are
@@ -24,7 +25,7 @@ from typing import IO, Any
 
 import click
 
-from conveyor.errors import ConfigurationError, ConveyorError
+from conveyor.errors import ConfigurationError, ConveyorError, TaskFailed
 from conveyor.settings import redact_text
 
 #: Exit status of a command whose command line or configuration is wrong (click's usage status).
@@ -55,6 +56,8 @@ def as_command_error(exc: BaseException) -> CommandError | None:
     """The one-line form of ``exc`` if it is conveyor's (or a usage error raised from one), else None."""
     if isinstance(exc, ConfigurationError):
         return ConfigurationProblem(str(exc))
+    if isinstance(exc, TaskFailed):  # also the task's own type, whose str() is its bare message
+        return CommandError(f"the task failed: {exc.type_name}: {exc.remote_message}")
     if isinstance(exc, ConveyorError):
         return CommandError(str(exc))
     if isinstance(exc, click.UsageError) and isinstance(exc.__cause__, ConfigurationError):

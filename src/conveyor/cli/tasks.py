@@ -10,7 +10,6 @@ import click
 from conveyor.app import App
 from conveyor.arguments import check_arguments
 from conveyor.cli._load import load_app
-from conveyor.errors import ConveyorError
 
 
 def _json_arg(value: str | None, what: str, kind: type) -> Any:
@@ -58,13 +57,10 @@ def enqueue(
         check_arguments(found.name, found.fn, args, kwargs)
     except TypeError as exc:
         raise click.BadParameter(str(exc), param_hint="--args/--kwargs") from None
-    try:
-        result = found.apply_async(args, kwargs, queue=queue, priority=priority, countdown=countdown)
-        click.echo(result.id)
-        if wait_for is not None:
-            click.echo(json.dumps(result.get(timeout=wait_for)))
-    except ConveyorError as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = found.apply_async(args, kwargs, queue=queue, priority=priority, countdown=countdown)
+    click.echo(result.id)
+    if wait_for is not None:  # a failure or a timeout is one line and status 1 (cli/_errors.py)
+        click.echo(json.dumps(result.get(timeout=wait_for)))
 
 
 @click.command()

@@ -49,6 +49,7 @@ def worker(
     setup_logging(loglevel or the_app.settings.log_level)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
+        _ = (the_app.broker, the_app.backend)  # a URL they refuse is one line here, not a traceback per child
         runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
