@@ -38,6 +38,7 @@ from conveyor.errors import (
     TimeLimitExceeded,
     WorkerShutdown,
 )
+from conveyor.middleware import Bury, Fail, Job, Middleware, Requeue, Skip, Verdict
 from conveyor.result import AsyncResult
 from conveyor.scheduler import Cron, Interval
 from conveyor.settings import Settings
@@ -61,6 +62,14 @@ __all__ = [
     # Results
     "AsyncResult",
     "State",
+    # Middleware: plug into the worker's path of each task (see docs/worker.md)
+    "Middleware",
+    "Job",
+    "Skip",
+    "Verdict",
+    "Requeue",
+    "Bury",
+    "Fail",
     # Inside a task
     "TaskContext",
     "current_context",

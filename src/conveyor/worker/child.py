@@ -42,6 +42,7 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
+from conveyor.worker.events import Ended
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
@@ -56,7 +57,7 @@ RESERVE_WAIT = 1.0
 MAX_BACKOFF = 5.0
 #: The outcome of a delivery given back to the queue without counting (nothing ran, or its outcome
 #: could not be recorded before a stop): not a processed task.
-RETURNED = "RETURNED"
+RETURNED = Ended.RETURNED
 #: The id the child reads to find out whether the result backend answers again.
 _PROBE_ID = "conveyor-backend-probe"
 #: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
@@ -150,6 +151,7 @@ class ChildLoop:
     def run(self) -> None:
         """Serve until asked to stop or orphaned."""
         self.keeper.start()
+        self.executor.start()  # the middleware's on_child_start hooks (executor.close() runs on_child_stop)
         pool = ThreadPoolExecutor(self.config.slots, "conveyor-slot") if self.config.slots > 1 else None
         try:
             if self.backlog is not None:
@@ -268,7 +270,7 @@ class ChildLoop:
             return
         else:
             self._counts[0] += 1
-            self._counts[1] += outcome.state in ("FAILURE", "ERROR")
+            self._counts[1] += outcome.ended.failed
         self._check_limits()
 
     def _on_long_task(self) -> None:
@@ -377,7 +379,7 @@ class ChildLoop:
         except Exception:
             # The broker or backend failed mid-way; the lease expires and the task runs again.
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
-            return Outcome(delivery.id, "?", "ERROR", 0.0)
+            return Outcome(delivery.id, "?", Ended.ABANDONED, 0.0)
         finally:
             self.board.idle(slot)
 

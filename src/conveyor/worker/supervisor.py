@@ -27,8 +27,10 @@ from typing import Any
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
-from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
+from conveyor.results import past_hard_limit
+from conveyor.states import ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.events import Ended
 from conveyor.worker.outage import Outage
 from conveyor.worker.shared import ChildBoard
 
@@ -101,6 +103,8 @@ class Supervisor:
     def run(self) -> int:
         """Serve until stopped by a signal; return the process exit code."""
         self._install_signals()
+        chain = self.app.finalize()  # built once, before the children fork
+        chain.lifecycle(chain.on_worker_start, self.app)
         slots, count = (self.concurrency, 1) if self.pool == "thread" else (1, self.concurrency)
         for index in range(count):
             self._start_child(index, slots)
@@ -146,6 +150,8 @@ class Supervisor:
             self.app.broker.unregister_worker(self.worker_id)
         except BrokerError as exc:
             log.warning("could not unregister worker: %s", exc)
+        chain = self.app.finalize()
+        chain.lifecycle(chain.on_worker_stop, self.app)
         log.info("worker %s stopped: %d task(s) processed, %d failed", self.worker_id, self.processed, self.failed)
 
     # -- children ----------------------------------------------------------------------------
@@ -232,10 +238,11 @@ class Supervisor:
             child.retiring = event[1]
         elif event[0] == "done":
             child.running.pop(event[1], None)
-            if event[3] == "RETURNED":  # given back to the queue (an outage), not processed
+            ended = Ended(event[3])
+            if not ended.processed:  # given back to the queue (an outage), not processed
                 return
             self.processed += 1
-            self.failed += event[3] in ("FAILURE", "ERROR")
+            self.failed += ended.failed
         elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
             self.processed += event[1]
             self.failed += event[2]
@@ -280,16 +287,7 @@ class Supervisor:
                         msg_id,
                         child.index,
                     )
-                    error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", running.attempt)
-                    record = ResultRecord(
-                        state=State.FAILURE,
-                        error=error,
-                        errors=[error],
-                        task=running.task,
-                        attempt=running.attempt,
-                        worker=self.worker_id,
-                        finished=now,
-                    )
+                    record = past_hard_limit(running.task, running.attempt, self.worker_id)
                     self._stop_running_task(child, msg_id, running, record)
                     self.failed += 1
 

@@ -1,6 +1,12 @@
-"""Soft time limits: raise TimeLimitExceeded inside a task that runs too long.
+"""Time limits: the :class:`TimeLimits` middleware raises TimeLimitExceeded inside a task past its
+``soft_time_limit``; it owns ``soft_time_limit`` and ``time_limit``.
 
-In a process-pool child the task runs in the main thread, so a SIGALRM timer interrupts it even
+The hard ``time_limit`` is the supervisor's matter: a task cannot be trusted to stop itself, so
+the child reports the task's start with its deadline and the supervisor replaces the process
+(``supervisor.py``). The soft limit is raised in the task itself:
+
+- an async task: ``asyncio.timeout`` on the loop running it cancels the awaited coroutine;
+- in a process-pool child the task runs in the main thread, so a SIGALRM timer interrupts it even
 in a blocking call such as ``time.sleep``. In a thread-pool slot the exception is set
 asynchronously on the thread (CPython's ``PyThreadState_SetAsyncExc``), which takes effect at the
 next Python bytecode: a thread blocked in C code sees it when the call returns. Hard limits are
@@ -9,14 +15,47 @@ the supervisor's job (it replaces the process).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import FrameType
+from typing import ClassVar
 
 from conveyor.errors import TimeLimitExceeded
+from conveyor.middleware import Job, Middleware
+
+_NO_LIMIT = contextlib.nullcontext()
+
+
+class TimeLimits(Middleware):
+    """Applies a task's soft time limit around its call (the hard limit is enforced by the supervisor)."""
+
+    options: ClassVar[frozenset[str]] = frozenset({"time_limit", "soft_time_limit"})
+
+    def around_call(self, job: Job) -> AbstractContextManager[None]:
+        limit = job.task.options.soft_time_limit
+        return _NO_LIMIT if limit is None else soft_time_limit(limit)
+
+    def around_acall(self, job: Job) -> AbstractAsyncContextManager[None]:
+        limit = job.task.options.soft_time_limit
+        return _NO_LIMIT if limit is None else async_soft_time_limit(limit)
+
+
+@contextlib.asynccontextmanager
+async def async_soft_time_limit(seconds: float) -> AsyncIterator[None]:
+    """Cancel the awaited block after ``seconds`` and raise :class:`TimeLimitExceeded` in its place."""
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise TimeLimitExceeded(f"task exceeded its soft time limit of {seconds:g}s") from None
 
 
 @contextlib.contextmanager
