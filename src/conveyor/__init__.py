@@ -38,7 +38,7 @@ from conveyor.errors import (
     TimeLimitExceeded,
     WorkerShutdown,
 )
-from conveyor.middleware import Bury, Fail, Job, Middleware, Requeue, Skip, Verdict
+from conveyor.middleware import Bury, Fail, Job, Middleware, Outcome, Requeue, Skip, Verdict
 from conveyor.result import AsyncResult
 from conveyor.scheduler import Cron, Interval
 from conveyor.settings import Settings
@@ -70,6 +70,7 @@ __all__ = [
     "Requeue",
     "Bury",
     "Fail",
+    "Outcome",
     # Inside a task
     "TaskContext",
     "current_context",
