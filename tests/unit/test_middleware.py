@@ -29,8 +29,8 @@ from conveyor import (
 )
 from conveyor.middleware import HookChain
 from conveyor.testing import drain
-from conveyor.worker.executor import BackendDown, Executor
 from conveyor.worker.events import Ended
+from conveyor.worker.executor import BackendDown, Executor
 from conveyor.worker.settle import BatchSettler
 
 
