@@ -13,6 +13,8 @@ settler (worker/settle.py): written at once, or kept pending and settled per bat
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -31,7 +33,7 @@ from conveyor.message import Message, decode, encode, encode_value
 from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
-from conveyor.worker.settle import ImmediateSettler, Settler
+from conveyor.worker.settle import BatchSettler, ImmediateSettler, Settler
 from conveyor.worker.timelimits import soft_time_limit
 
 log = logging.getLogger("conveyor.worker")
@@ -57,6 +59,14 @@ class Outcome:
     runtime: float
     #: True when the result and ack wait in the settler's pending lists (a BatchSettler).
     deferred: bool = False
+
+
+class _Cancelled(Exception):
+    """The task's call was cancelled: past its hard time limit (``hard_limit`` says so) or terminated."""
+
+    def __init__(self, hard_limit: str | None) -> None:
+        super().__init__(hard_limit)
+        self.hard_limit = hard_limit
 
 
 class Executor:
@@ -91,6 +101,51 @@ class Executor:
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
         started = time.perf_counter()
+        admitted = self._admit(delivery, started)
+        if isinstance(admitted, Outcome):
+            return admitted
+        message, task = admitted
+        return self._execute(delivery, message, task, started)
+
+    async def arun(
+        self,
+        delivery: Delivery,
+        calls: dict[str, asyncio.Future[Any]] | None = None,
+        threads: concurrent.futures.Executor | None = None,
+    ) -> Outcome:
+        """The asyncio pool's :meth:`run`: the same steps, the task's coroutine awaited on the running loop.
+
+        The blocking steps (decode and checks with STARTED, in one hop; the outcome of a failure, a retry
+        or anything an :class:`ImmediateSettler` writes) run on the loop's default executor; a first
+        attempt's success handed to a :class:`BatchSettler` costs no hop. The call runs as its own
+        asyncio task, kept in ``calls`` under the delivery's id while it runs: cancelling it there ends
+        the delivery REVOKED and acked (``revoke(terminate=True)``). A hard ``time_limit`` cancels it and
+        records FAILURE (no retry). A sync task runs on ``threads`` (the default executor when None).
+        """
+        started = time.perf_counter()
+        admitted = await asyncio.to_thread(self._admit, delivery, started)
+        if isinstance(admitted, Outcome):
+            return admitted
+        message, task = admitted
+        if self._on_start is not None:
+            self._on_start(delivery, message, task)
+        token = set_context(self._context(delivery, message, task))
+        try:
+            value = await self._acall(delivery.id, message, task, calls, threads)
+        except _Cancelled as ended:
+            return await asyncio.to_thread(self._cancelled, delivery, message, task, ended, started)
+        except Exception as exc:
+            return await asyncio.to_thread(self._failed, delivery, message, task, exc, started)
+        finally:
+            reset_context(token)
+        if message.attempt == 0 and isinstance(self.settler, BatchSettler):
+            return self._succeeded(delivery, message, task, value, started)
+        return await asyncio.to_thread(self._succeeded, delivery, message, task, value, started)
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _admit(self, delivery: Delivery, started: float) -> tuple[Message, BaseTask[Any, Any]] | Outcome:
+        """Decode, look up, check expiry and revocation, record STARTED: what to run, or how it ended unrun."""
         try:
             message = decode(self._unwrap(delivery.body))
         except SignatureError as exc:
@@ -106,24 +161,25 @@ class Executor:
             return self._revoke(delivery, message, "expired before a worker picked it up", started)
         if delivery.deliveries > 1 and _before(self._was_revoked, message.id):  # redelivered after a crash
             return self._revoke(delivery, message, "revoked before it could run again", started)
-        return self._execute(delivery, message, task, started)
+        self._record_started(message, task)
+        return message, task
 
-    # -- the steps ---------------------------------------------------------------------------
+    def _record_started(self, message: Message, task: BaseTask[Any, Any]) -> None:
+        if task.options.ignore_result or not self.track_started:
+            return
+        # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
+        errors = _before(self._read_errors, message.id) if message.attempt else []
+        record = ResultRecord(
+            state=State.STARTED,
+            task=message.task,
+            attempt=message.attempt,
+            worker=self.worker,
+            started=time.time(),
+            errors=errors,
+        )
+        _before(self._write, message, record)
 
     def _execute(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], started: float) -> Outcome:
-        store = not task.options.ignore_result
-        if store and self.track_started:
-            # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
-            errors = _before(self._read_errors, message.id) if message.attempt else []
-            record = ResultRecord(
-                state=State.STARTED,
-                task=message.task,
-                attempt=message.attempt,
-                worker=self.worker,
-                started=time.time(),
-                errors=errors,
-            )
-            _before(self._write, message, record)
         if self._on_start is not None:
             self._on_start(delivery, message, task)
         ctx = self._context(delivery, message, task)
@@ -151,6 +207,57 @@ class Executor:
                 raise
             raise TimeLimitExceeded(f"task exceeded its soft time limit of {limit:g}s") from None
 
+    async def _acall(
+        self,
+        delivery_id: str,
+        message: Message,
+        task: BaseTask[Any, Any],
+        calls: dict[str, asyncio.Future[Any]] | None,
+        threads: concurrent.futures.Executor | None,
+    ) -> Any:
+        """Await the task's call (its own asyncio task, or a thread for a sync task) under its hard limit."""
+        loop = asyncio.get_running_loop()
+        call: asyncio.Future[Any]
+        if task.is_async:
+            call = loop.create_task(self._call_async(task, message, task.options.soft_time_limit))
+        else:  # the thread sees this task's context (current_context()) and its soft limit
+            call = loop.run_in_executor(threads, contextvars.copy_context().run, self._call, task, message)
+        if calls is not None:
+            calls[delivery_id] = call
+        try:
+            done, _ = await asyncio.wait((call,), timeout=task.options.time_limit)
+        finally:
+            if calls is not None:
+                calls.pop(delivery_id, None)
+        if not done:
+            call.cancel()  # a sync task's thread runs on until its function returns (docs/worker.md)
+            raise _Cancelled(f"task exceeded its hard time limit of {task.options.time_limit:g}s")
+        if call.cancelled():
+            raise _Cancelled(None)
+        return call.result()
+
+    def _cancelled(
+        self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], ended: _Cancelled, started: float
+    ) -> Outcome:
+        """The call was cancelled: past its hard time limit (FAILURE, not retried) or terminated (REVOKED)."""
+        runtime = time.perf_counter() - started
+        if ended.hard_limit is None:  # revoke(terminate=True): the REVOKED record is the revoker's
+            log.warning("task %s[%s] was revoked and terminated after %.4fs", message.task, message.id, runtime)
+            deferred = self.settler.finish(delivery, None)
+            return Outcome(message.id, message.task, "REVOKED", runtime, deferred=deferred)
+        log.error("task %s[%s] failed in %.4fs: %s", message.task, message.id, runtime, ended.hard_limit)
+        error = ErrorInfo("TimeLimitExceeded", ended.hard_limit, "", message.attempt)
+        record = ResultRecord(
+            state=State.FAILURE,
+            error=error,
+            errors=[*self._previous_errors(message.id), error],
+            task=message.task,
+            attempt=message.attempt,
+            worker=self.worker,
+            finished=time.time(),
+        )
+        return self._finish(delivery, message, record, "FAILURE", runtime)
+
     def _succeeded(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], value: Any, started: float
     ) -> Outcome:
@@ -177,7 +284,7 @@ class Executor:
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], exc: Exception, started: float
     ) -> Outcome:
         runtime = time.perf_counter() - started
-        error = ErrorInfo(_type_name(exc), _describe(exc), _format_traceback(), message.attempt)
+        error = ErrorInfo(_type_name(exc), _describe(exc), _format_traceback(exc), message.attempt)
         errors = [*self._previous_errors(message.id), error]
         policy = task.retry_policy
         limit = message.max_retries if message.max_retries is not None else policy.max_retries
@@ -357,9 +464,9 @@ def _describe(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__qualname__}: __str__ raised {type(broken).__qualname__}>"
 
 
-def _format_traceback() -> str:
-    """The traceback being handled; never raises (the standard library already guards ``str()``)."""
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` (formatted on any thread); never raises (the standard library guards ``str()``)."""
     try:
-        return traceback.format_exc()
+        return "".join(traceback.format_exception(exc))
     except Exception as broken:
         return f"<traceback unavailable: formatting it raised {type(broken).__qualname__}>"
