@@ -58,7 +58,7 @@ log = logging.getLogger("conveyor.worker")
 T = TypeVar("T")
 
 #: Threads for the blocking broker and backend calls (reserve, STARTED, results, acks): the loop never blocks on them.
-IO_THREADS = 8
+IO_THREADS = 4
 #: Seconds a reserve call waits for work before the child checks whether it should stop.
 RESERVE_WAIT = 1.0
 #: Most deliveries reserved in one round trip (a Redis script runs atomically: keep each one short).
