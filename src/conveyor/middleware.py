@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from conveyor.context import TaskContext
+from conveyor.context import TaskContext, reset_context, set_context
 from conveyor.states import State
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 __all__ = ["Bury", "Fail", "HookChain", "Job", "Middleware", "Outcome", "Requeue", "Skip", "Verdict"]
+
+
+#: ``Executor(on_start=...)``: called with (delivery, message, task) just before a task's call.
+OnStart = Callable[["Delivery", "Message", "BaseTask[Any, Any]"], None]
 
 
 def _no_progress(fraction: float, note: str) -> None:
@@ -292,6 +296,24 @@ class HookChain:
         self.around_acall = tuple(m.around_acall if _overrides(m, "around_acall") else m.around_call for m in wraps)
         #: Enter every ``around_call`` context around a synchronous call, the first middleware's outermost.
         self.call_context = self._call_context()
+
+    def call(self, job: Job) -> Any:
+        """Call a sync task with its arguments, in its context (``current_context()``) and every ``around_call``."""
+        token = set_context(job.context())
+        try:
+            with self.call_context(job):
+                return job.task.fn(*job.message.args, **job.message.kwargs)
+        finally:
+            reset_context(token)
+
+    async def acall(self, job: Job) -> Any:
+        """Await an async task, in its context and every ``around_acall`` (or ``around_call``)."""
+        token = set_context(job.context())
+        try:
+            async with self.acall_context(job):
+                return await job.task.fn(*job.message.args, **job.message.kwargs)
+        finally:
+            reset_context(token)
 
     def verdict(self, job: Job, exc: Exception) -> Verdict:
         """Ask the ``after_failure`` hooks, innermost first; the first verdict wins, else :class:`Fail`."""

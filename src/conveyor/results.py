@@ -89,9 +89,10 @@ def revoked(reason: str, terminate: bool) -> ResultRecord:
     return ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())
 
 
-def past_hard_limit(task: str, attempt: int, worker: str) -> ResultRecord:
-    """The supervisor killed the task's process at its hard time limit."""
-    error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", attempt)
+def past_hard_limit(task: str, attempt: int, worker: str, limit: float | None = None) -> ResultRecord:
+    """The task was stopped at its hard time limit (``limit`` seconds, named when known) by killing its process."""
+    text = "task exceeded its hard time limit" + ("" if limit is None else f" of {limit:g}s")
+    error = ErrorInfo("TimeLimitExceeded", text, "", attempt)
     return ResultRecord(
         state=State.FAILURE,
         error=error,
@@ -104,14 +105,16 @@ def past_hard_limit(task: str, attempt: int, worker: str) -> ResultRecord:
 
 
 def error_info(exc: BaseException, attempt: int) -> ErrorInfo:
-    """The exception being handled, with its traceback; never raises, whatever the exception does."""
-    return ErrorInfo(type_name(exc), describe(exc), _format_traceback(), attempt)
+    """``exc`` with its traceback (formatted on any thread); never raises, whatever the exception does."""
+    return ErrorInfo(type_name(exc), describe(exc), _format_traceback(exc), attempt)
 
 
 def type_name(exc: BaseException) -> str:
-    """``module.QualName`` of an exception type (builtins and TimeLimitExceeded by their bare name)."""
+    """``module.QualName`` of an exception type (builtins by their bare name, every time limit as TimeLimitExceeded)."""
     cls = type(exc)
-    if isinstance(exc, TimeLimitExceeded) or cls.__module__ == "builtins":
+    if isinstance(exc, TimeLimitExceeded):
+        return "TimeLimitExceeded"
+    if cls.__module__ == "builtins":
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -128,10 +131,10 @@ def describe(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__qualname__}: __str__ raised {type(broken).__qualname__}>"
 
 
-def _format_traceback() -> str:
-    """The traceback being handled; never raises (the standard library already guards ``str()``)."""
+def _format_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc``; never raises (the standard library already guards ``str()``)."""
     try:
-        return traceback.format_exc()
+        return "".join(traceback.format_exception(exc))
     except Exception as broken:
         return f"<traceback unavailable: formatting it raised {type(broken).__qualname__}>"
 

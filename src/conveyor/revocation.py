@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from conveyor.app import App
 
 
+class Terminated(Exception):
+    """A running task's call was cancelled by ``revoke(terminate=True)`` (the asyncio pool cancels its coroutine).
+
+    It ends REVOKED and acked; the REVOKED record is the revoker's. Process and thread pools stop such
+    a task by replacing the child that runs it (the supervisor).
+    """
+
+
 class Revocation(Middleware):
     """Skips an expired task, and a redelivered one that was revoked.
 

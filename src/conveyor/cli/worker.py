@@ -24,7 +24,8 @@ from conveyor.worker import POOLS, Worker, setup_logging
     type=click.Choice(POOLS),
     default="process",
     show_default=True,
-    help="process: a child process per slot (isolated, crash-safe); thread: threads in one child.",
+    help="process: a child process per slot (isolated, crash-safe); thread: threads in one child; "
+    "asyncio: one child's event loop running up to -c async tasks at once.",
 )
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING or ERROR. [default: the app's log_level]")
 @click.option(

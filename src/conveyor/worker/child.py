@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -48,6 +48,9 @@ from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.settle import BatchSettler, GaveUp, ImmediateSettler, Pending
 from conveyor.worker.shared import ChildBoard
+
+if TYPE_CHECKING:
+    from conveyor.worker.aio_pool import AsyncioChild
 
 log = logging.getLogger("conveyor.worker")
 
@@ -81,6 +84,7 @@ class ChildConfig:
     slots: int
     lease: float
     prefetch: int = 1
+    pool: str = "process"
 
 
 def owner_of(worker_id: str, pid: int) -> str:
@@ -98,7 +102,13 @@ def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoar
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
     if board is None:  # nobody watches this child: a board of its own
         board = ChildBoard(multiprocessing.get_context("fork"), config.slots)
-    loop = ChildLoop(app, config, conn, board)
+    loop: ChildLoop | AsyncioChild
+    if config.pool == "asyncio":
+        from conveyor.worker.aio_pool import AsyncioChild
+
+        loop = AsyncioChild(app, config, conn, board)
+    else:
+        loop = ChildLoop(app, config, conn, board)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.

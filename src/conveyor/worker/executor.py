@@ -9,21 +9,20 @@ and ``GaveUp`` (it ran; its outcome could not be recorded before a stop).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
-from conveyor.context import reset_context, set_context
 from conveyor.errors import BrokerError, DecodeError, SignatureError
-from conveyor.message import Message
-from conveyor.middleware import Job, Outcome, Skip
+from conveyor.middleware import Job, OnStart, Outcome, Skip
 from conveyor.results import error_info
-from conveyor.task import BaseTask
+from conveyor.revocation import Terminated
 from conveyor.worker.eventloops import ThreadLoops
 from conveyor.worker.events import Ended
 from conveyor.worker.settle import BackendDown, GaveUp, ImmediateSettler, Settler
+from conveyor.worker.timelimits import Calls, Threads, within_hard_limit
 
 __all__ = ["BackendDown", "Executor", "GaveUp", "Outcome"]
 
@@ -37,13 +36,7 @@ class Executor:
     the pool's batch); ``on_start(delivery, message, task)`` is called after before_run, just before the call.
     """
 
-    def __init__(
-        self,
-        app: App,
-        worker: str,
-        settler: Settler | None = None,
-        on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
-    ) -> None:
+    def __init__(self, app: App, worker: str, settler: Settler | None = None, on_start: OnStart | None = None) -> None:
         self.app = app
         self.chain = app.finalize()
         self.worker = worker
@@ -59,35 +52,46 @@ class Executor:
 
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to settled (acked, retried or dead-lettered)."""
-        job = self._open(delivery)
+        job = self._admit(delivery)
         if isinstance(job, Outcome):
             return job
+        if self._on_start is not None:
+            self._on_start(job.delivery, job.message, job.task)
         try:
-            self._before(job)
-            value = self._loops.get().run_until_complete(self._acall(job)) if job.task.is_async else self._call(job)
-            for hook in self.chain.after_success:
-                hook(job, value)
+            value = (
+                self._loops.get().run_until_complete(self.chain.acall(job))
+                if job.task.is_async
+                else self.chain.call(job)
+            )
         except Exception as exc:
-            return self.chain.settled(job, self._failed(job, exc))
-        return self.chain.settled(job, self._succeeded(job))
+            return self._failed(job, exc)
+        return self._completed(job, value)
 
-    async def arun(self, delivery: Delivery) -> Outcome:
-        """:meth:`run` on a running event loop: an async task is awaited here, a sync one runs in a thread."""
-        job = self._open(delivery)
+    async def arun(self, delivery: Delivery, calls: Calls | None = None, threads: Threads | None = None) -> Outcome:
+        """:meth:`run` on the asyncio pool's loop; blocking steps hop to the loop's default executor (none for a
+        first attempt's success into a batching settler). The call is its own asyncio task (a sync task runs on
+        ``threads``) under its hard time limit, in ``calls`` while it runs: cancel it there to terminate it."""
+        job = await asyncio.to_thread(self._admit, delivery)
         if isinstance(job, Outcome):
             return job
+        if self._on_start is not None:
+            self._on_start(job.delivery, job.message, job.task)
+        loop = asyncio.get_running_loop()
+        call: asyncio.Future[Any]
+        if job.task.is_async:
+            call = loop.create_task(self.chain.acall(job))
+        else:  # a thread of ``threads``, in a copy of this context
+            call = loop.run_in_executor(threads, contextvars.copy_context().run, self.chain.call, job)
         try:
-            self._before(job)
-            value = await (self._acall(job) if job.task.is_async else asyncio.to_thread(self._call, job))
-            for hook in self.chain.after_success:
-                hook(job, value)
+            value = await within_hard_limit(job, call, calls)
         except Exception as exc:
-            return self.chain.settled(job, self._failed(job, exc))
-        return self.chain.settled(job, self._succeeded(job))
+            return await asyncio.to_thread(self._failed, job, exc)
+        if job.message.attempt == 0 and self.settler.batched:  # nothing to read or write now: no hop
+            return self._completed(job, value)
+        return await asyncio.to_thread(self._completed, job, value)
 
-    # -- the steps ---------------------------------------------------------------------------
-
-    def _open(self, delivery: Delivery) -> Job | Outcome:
+    def _admit(self, delivery: Delivery) -> Job | Outcome:
+        """Decode, look up and run the before_run hooks: the job to call, or how the delivery ended unrun."""
         try:
             message = self.app.codec.decode(delivery.body)
         except (SignatureError, DecodeError) as exc:
@@ -98,49 +102,41 @@ class Executor:
             known = ", ".join(sorted(self.app.tasks)) or "none"
             why = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
             return Outcome(delivery.id, message.task, self.settler.reject(delivery, why), 0.0)
-        return Job(delivery, message, task, self.worker, self.settler)
-
-    def _before(self, job: Job) -> None:
+        job = Job(delivery, message, task, self.worker, self.settler)
         try:
             for hook in self.chain.before_run:
                 hook(job)
         except BrokerError as exc:  # nothing ran: given back uncounted
             raise BackendDown(str(exc)) from exc
-        if self._on_start is not None:
-            self._on_start(job.delivery, job.message, job.task)
+        except Exception as exc:
+            return self._failed(job, exc)
+        return job
 
-    def _call(self, job: Job) -> Any:
-        token = set_context(job.context())
+    def _completed(self, job: Job, value: Any) -> Outcome:
+        """Run the after_success hooks, then hand the result (if any) and the ack to the settler."""
         try:
-            with self.chain.call_context(job):
-                return job.task.fn(*job.message.args, **job.message.kwargs)
-        finally:
-            reset_context(token)
-
-    async def _acall(self, job: Job) -> Any:
-        token = set_context(job.context())
-        try:
-            async with self.chain.acall_context(job):
-                return await job.task.fn(*job.message.args, **job.message.kwargs)
-        finally:
-            reset_context(token)
-
-    def _succeeded(self, job: Job) -> Outcome:
-        """Hand the result (if any) and the ack to the settler: written now, or pending for the batch."""
+            for hook in self.chain.after_success:
+                hook(job, value)
+        except Exception as exc:
+            return self._failed(job, exc)
         runtime = job.elapsed()
         log.info("task %s[%s] succeeded in %.4fs", job.message.task, job.id, runtime)
-        return Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, self.settler.finish(job.delivery, job.result))
+        deferred = self.settler.finish(job.delivery, job.result)
+        return self.chain.settled(job, Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, deferred))
 
     def _failed(self, job: Job, exc: Exception) -> Outcome:
+        """Settle a job that raised: not run (Skip), terminated, or as the after_failure verdict says."""
         if isinstance(exc, BackendDown | GaveUp):
             raise exc
         deferred, runtime = False, job.elapsed()
         if isinstance(exc, Skip):
             ended = self.settler.skip(job, exc.note)
+        elif isinstance(exc, Terminated):
+            ended, deferred = self.settler.terminated(job)
         else:
             error = error_info(exc, job.message.attempt)
             ended, deferred = self.settler.failure(job, error, self.chain.verdict(job, exc))
-        return Outcome(job.id, job.message.task, ended, runtime, deferred)
+        return self.chain.settled(job, Outcome(job.id, job.message.task, ended, runtime, deferred))
 
     def close(self) -> None:
         """Run the ``on_child_stop`` hooks (after :meth:`start`) and close the event loops async tasks ran on."""

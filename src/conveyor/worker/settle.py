@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import msgspec
 
@@ -77,6 +77,9 @@ class Settler:
             (backend or broker down) is retried until it lands, or until this turns true.
     """
 
+    #: True when :meth:`finish` only keeps the result and ack pending (no I/O until the pool settles).
+    batched: ClassVar[bool] = False
+
     def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self._stopping = stopping
@@ -117,6 +120,11 @@ class Settler:
             self.durably("dead-letter", lambda: self.app.broker.dead_letter(job.delivery, verdict.reason))
             return Ended.FAILURE, False
         return Ended.FAILURE, self.finish(job.delivery, record)
+
+    def terminated(self, job: Job) -> tuple[Ended, bool]:
+        """A running task was stopped by ``revoke(terminate=True)``: ack it (the REVOKED record is the revoker's)."""
+        log.warning("task %s[%s] was revoked and terminated after %.4fs", job.message.task, job.id, job.elapsed())
+        return Ended.REVOKED, self.finish(job.delivery, None)
 
     def reject(self, delivery: Delivery, reason: str) -> Ended:
         """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``."""
@@ -173,6 +181,8 @@ class ImmediateSettler(Settler):
 
 class BatchSettler(Settler):
     """Keeps results and acks pending until the pool settles them in one round trip each."""
+
+    batched: ClassVar[bool] = True
 
     def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
         super().__init__(app, stopping)

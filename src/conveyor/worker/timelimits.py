@@ -16,6 +16,7 @@ the supervisor's job (it replaces the process).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import signal
@@ -23,18 +24,36 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import FrameType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from conveyor.errors import TimeLimitExceeded
-from conveyor.middleware import Job, Middleware
+from conveyor.middleware import Fail, Job, Middleware
+from conveyor.revocation import Terminated
+
+#: The running calls of an asyncio pool by delivery id: cancelling one terminates that task.
+Calls = dict[str, "asyncio.Future[Any]"]
+#: Where the asyncio pool runs a sync task (the loop's default executor when None).
+Threads = concurrent.futures.Executor
 
 _NO_LIMIT = contextlib.nullcontext()
+_FAIL = Fail()
+
+
+class HardTimeLimit(TimeLimitExceeded):
+    """The hard limit, enforced in the asyncio pool's own process by cancelling the call; never retried."""
 
 
 class TimeLimits(Middleware):
-    """Applies a task's soft time limit around its call (the hard limit is enforced by the supervisor)."""
+    """Applies a task's soft time limit around its call; a hard limit is never retried.
+
+    The hard limit itself is the supervisor's (it replaces the process), or, on the asyncio pool,
+    :func:`within_hard_limit`'s.
+    """
 
     options: ClassVar[frozenset[str]] = frozenset({"time_limit", "soft_time_limit"})
+
+    def after_failure(self, job: Job, exc: Exception) -> Fail | None:
+        return _FAIL if isinstance(exc, HardTimeLimit) else None
 
     def around_call(self, job: Job) -> AbstractContextManager[None]:
         limit = job.task.options.soft_time_limit
@@ -43,6 +62,29 @@ class TimeLimits(Middleware):
     def around_acall(self, job: Job) -> AbstractAsyncContextManager[None]:
         limit = job.task.options.soft_time_limit
         return _NO_LIMIT if limit is None else async_soft_time_limit(limit)
+
+
+async def within_hard_limit(job: Job, call: asyncio.Future[Any], calls: Calls | None) -> Any:
+    """Await ``call`` (the task's asyncio task, or its thread's future) under the task's hard ``time_limit``.
+
+    While it runs, ``call`` is kept in ``calls`` under the delivery id: cancelling it there raises
+    :class:`Terminated`. Past the limit it is cancelled and :class:`HardTimeLimit` raised (a sync
+    task's thread runs on until its function returns: a thread cannot be stopped).
+    """
+    limit = job.task.options.time_limit
+    if calls is not None:
+        calls[job.delivery.id] = call
+    try:
+        done, _ = await asyncio.wait((call,), timeout=limit)
+    finally:
+        if calls is not None:
+            calls.pop(job.delivery.id, None)
+    if not done:
+        call.cancel()
+        raise HardTimeLimit(f"task exceeded its hard time limit of {limit:g}s")
+    if call.cancelled():
+        raise Terminated("revoked and terminated while running")
+    return call.result()
 
 
 @contextlib.asynccontextmanager
