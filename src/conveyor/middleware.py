@@ -69,25 +69,29 @@ class Job:
         state: a free dict for middleware to keep per-task data between hooks (a timer, a session).
     """
 
-    __slots__ = ("delivery", "message", "progress", "result", "settler", "started", "state", "task", "worker")
+    __slots__ = ("_state", "delivery", "id", "message", "progress", "result", "settler", "started", "task", "worker")
 
     def __init__(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], worker: str, settler: Settler
     ) -> None:
         self.delivery = delivery
         self.message = message
+        #: The task id (the message id, the same as ``AsyncResult.id``).
+        self.id = message.id
         self.task = task
         self.worker = worker
         self.settler = settler
         self.started = time.perf_counter()
         self.result: tuple[str, State, bytes] | None = None
         self.progress: Callable[[float, str], None] = _no_progress
-        self.state: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
 
     @property
-    def id(self) -> str:
-        """The task id (the message id, the same as ``AsyncResult.id``)."""
-        return self.message.id
+    def state(self) -> dict[str, Any]:
+        """A dict for middleware to keep per-task data between hooks (made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     @property
     def options(self) -> TaskOptions:
@@ -211,6 +215,14 @@ class Middleware:
         the worker pauses until the result backend answers. Any other exception fails the task.
         """
 
+    def wraps(self, task: BaseTask[Any, Any]) -> bool:
+        """Whether ``around_call``/``around_acall`` wrap ``task``'s calls; asked once per task for sync calls.
+
+        Say no for tasks that need nothing (TimeLimits: a task without a soft limit): they then pay
+        nothing for this middleware's context.
+        """
+        return True
+
     def around_call(self, job: Job) -> AbstractContextManager[None]:
         """A context manager entered around the call of a synchronous task (and, unless
         :meth:`around_acall` is overridden too, around the await of an async one)."""
@@ -294,15 +306,21 @@ class HookChain:
         wraps = [m for m in self.middleware if _overrides(m, "around_call") or _overrides(m, "around_acall")]
         self.around_acall: tuple[Callable[[Job], AbstractContextManager[None] | AbstractAsyncContextManager[None]], ...]
         self.around_acall = tuple(m.around_acall if _overrides(m, "around_acall") else m.around_call for m in wraps)
-        #: Enter every ``around_call`` context around a synchronous call, the first middleware's outermost.
-        self.call_context = self._call_context()
+        self._wrapping = tuple(ordered["around_call"])
+        self._async_wrapping = tuple(zip(wraps, self.around_acall, strict=True))
+        #: Per task: the context to enter around its sync call (None: no middleware wraps it), resolved once.
+        self._contexts: dict[BaseTask[Any, Any], Callable[[Job], AbstractContextManager[None]] | None] = {}
 
     def call(self, job: Job) -> Any:
         """Call a sync task with its arguments, in its context (``current_context()``) and every ``around_call``."""
         token = set_context(job.context())
+        message, task = job.message, job.task
         try:
-            with self.call_context(job):
-                return job.task.fn(*job.message.args, **job.message.kwargs)
+            context = self._contexts[task] if task in self._contexts else self._resolve(task)
+            if context is None:
+                return task.fn(*message.args, **message.kwargs)
+            with context(job):
+                return task.fn(*message.args, **message.kwargs)
         finally:
             reset_context(token)
 
@@ -323,28 +341,20 @@ class HookChain:
                 return verdict
         return _FAIL
 
-    def _call_context(self) -> Callable[[Job], AbstractContextManager[None]]:
-        """The one context to enter around a synchronous call, chosen once (no ExitStack for 0 or 1 hook)."""
-        hooks = self.around_call
-        if not hooks:
-            return lambda job: _NO_CONTEXT
-        if len(hooks) == 1:
-            return hooks[0]
-
-        @contextlib.contextmanager
-        def nested(job: Job) -> Iterator[None]:
-            with contextlib.ExitStack() as stack:
-                for hook in hooks:
-                    stack.enter_context(hook(job))
-                yield
-
-        return nested
+    def _resolve(self, task: BaseTask[Any, Any]) -> Callable[[Job], AbstractContextManager[None]] | None:
+        """The one context to enter around ``task``'s sync calls: none, one hook's, or every hook's nested."""
+        hooks = tuple(m.around_call for m in self._wrapping if m.wraps(task))
+        context = None if not hooks else hooks[0] if len(hooks) == 1 else _nested(hooks)
+        self._contexts[task] = context
+        return context
 
     @contextlib.asynccontextmanager
     async def acall_context(self, job: Job) -> Any:
         """Enter every ``around_acall`` (or ``around_call``) context on the running loop."""
         async with contextlib.AsyncExitStack() as stack:
-            for hook in self.around_acall:
+            for middleware, hook in self._async_wrapping:
+                if not middleware.wraps(job.task):
+                    continue
                 manager = hook(job)
                 if isinstance(manager, AbstractAsyncContextManager):
                     await stack.enter_async_context(manager)
@@ -360,6 +370,8 @@ class HookChain:
 
     def settled(self, job: Job, outcome: Outcome) -> Outcome:
         """Run the ``after_settle`` hooks, innermost first; one that raises is logged, and the rest still run."""
+        if not self.after_settle:
+            return outcome
         for hook in self.after_settle:
             try:
                 hook(job, outcome)
@@ -373,4 +385,16 @@ class HookChain:
 
 
 _FAIL = Fail()
-_NO_CONTEXT: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def _nested(hooks: tuple[Callable[[Job], AbstractContextManager[None]], ...]) -> Callable[[Job], Any]:
+    """Enter each hook's context in order (the first outermost)."""
+
+    @contextlib.contextmanager
+    def nested(job: Job) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook(job))
+            yield
+
+    return nested

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 from conveyor.errors import TimeLimitExceeded
 from conveyor.middleware import Fail, Job, Middleware
 from conveyor.revocation import Terminated
+from conveyor.task import BaseTask
 
 #: The running calls of an asyncio pool by delivery id: cancelling one terminates that task.
 Calls = dict[str, "asyncio.Future[Any]"]
@@ -51,6 +52,9 @@ class TimeLimits(Middleware):
     """
 
     options: ClassVar[frozenset[str]] = frozenset({"time_limit", "soft_time_limit"})
+
+    def wraps(self, task: BaseTask[Any, Any]) -> bool:
+        return task.options.soft_time_limit is not None
 
     def after_failure(self, job: Job, exc: Exception) -> Fail | None:
         return _FAIL if isinstance(exc, HardTimeLimit) else None
