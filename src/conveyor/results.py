@@ -24,6 +24,7 @@ from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encod
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.message import Message
 
 #: A record ready for the backend: (task id, state, encoded record).
 Entry = tuple[str, State, bytes]
@@ -45,11 +46,10 @@ def started(job: Job, errors: list[ErrorInfo]) -> ResultRecord:
     )
 
 
-def progress(job: Job, fraction: float, note: str) -> ResultRecord:
+def progress(message: Message, worker: str, fraction: float, note: str) -> ResultRecord:
     """How far the running task is, as it reported with ``ctx.progress()``."""
-    m = job.message
     return ResultRecord(
-        state=State.STARTED, task=m.task, attempt=m.attempt, worker=job.worker, progress=fraction, note=note
+        state=State.STARTED, task=message.task, attempt=message.attempt, worker=worker, progress=fraction, note=note
     )
 
 
@@ -164,7 +164,9 @@ class Results(Middleware):
 
     def before_run(self, job: Job) -> None:
         # ctx.progress() is the task's own call: a backend outage raises to the task.
-        job.progress = lambda fraction, note: self._write(job.id, progress(job, fraction, note))
+        # Not a closure over the job: a job -> writer -> job cycle would leave every job to the cyclic GC.
+        task_id, message, worker = job.id, job.message, job.worker
+        job.progress = lambda fraction, note: self._write(task_id, progress(message, worker, fraction, note))
         if self.track_started and not job.task.options.ignore_result:
             # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
             errors = read_errors(self.app, job.id) if job.message.attempt else []
