@@ -336,3 +336,28 @@ def test_a_verdict_from_retries_is_a_requeue() -> None:
     assert isinstance(verdict, Requeue) and 0 <= verdict.delay <= 4.0
     assert verdict.reason == "(attempt 1 of 2): RuntimeError: boom"
     app.close()
+
+
+def test_a_finished_job_is_freed_at_once_not_left_to_the_cyclic_gc() -> None:
+    # Given tasks that report progress (the Results middleware gives each job a progress writer)
+    import gc
+
+    app = App("gc", broker="memory://")
+
+    @app.task
+    def report() -> int:
+        current_context().progress(0.5)
+        return 1
+
+    for _ in range(20):
+        report.delay()
+    gc.collect()
+    gc.disable()
+    try:
+        # When they run
+        drain(app)
+        # Then no Job is left waiting for the cyclic GC (a reference cycle per task costs CPU on the hot path)
+        assert [o for o in gc.get_objects() if isinstance(o, Job)] == []
+    finally:
+        gc.enable()
+        app.close()
