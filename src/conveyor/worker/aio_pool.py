@@ -103,8 +103,9 @@ class AsyncioChild:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
+        self._closing = False
         self._counts = [0, 0]
-        self._tasks_run = 0
+        self._tasks_started = 0
         self._backend_down = False
         self._backend = Outage("result backend")
         self._settling = Outage("result backend or broker")
@@ -125,7 +126,7 @@ class AsyncioChild:
         finally:
             self.watch.stop()
             self.keeper.stop()
-            self._io.shutdown(wait=False)
+            self._io.shutdown(wait=True)  # no broker call cut by the connections' close
             if self._sync_threads is not None:
                 self._sync_threads.shutdown(wait=False)
             self.app.close()
@@ -143,9 +144,9 @@ class AsyncioChild:
                 await asyncio.wait(set(self._running), timeout=RESERVE_WAIT)
         finally:
             ticking.cancel()
-            settling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await settling
+            self._closing = True  # the settler ends its round (never cancelled mid-write), then returns
+            self._finished.set()
+            await settling
             await self._settle_last()
 
     # -- reserving --------------------------------------------------------------------------
@@ -161,7 +162,7 @@ class AsyncioChild:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            free = min(len(self._free_slots), RESERVE_BATCH)
+            free = min(len(self._free_slots), RESERVE_BATCH, self._tasks_left())
             try:
                 fresh = await self._offload(self._reserve, free)
             except BrokerError as exc:
@@ -185,6 +186,14 @@ class AsyncioChild:
             task = asyncio.create_task(self._run_one(delivery, self._free_slots.pop()))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            self._tasks_started += 1
+        if self._tasks_left() == 0:  # it finishes what it started, then the supervisor replaces it
+            self._retire(f"started {self._tasks_started} tasks (max_tasks_per_child)")
+
+    def _tasks_left(self) -> int:
+        """How many more tasks this child may start (``max_tasks_per_child`` counts started tasks here)."""
+        limit = self.app.settings.max_tasks_per_child
+        return RESERVE_BATCH if limit is None else max(0, limit - self._tasks_started)
 
     def _should_stop(self) -> bool:
         if not self.stopping and os.getppid() != self._parent:
@@ -243,17 +252,11 @@ class AsyncioChild:
     def _count(self, outcome: Outcome) -> None:
         self._counts[0] += 1
         self._counts[1] += outcome.state == "FAILURE"
-        self._tasks_run += 1
-        settings = self.app.settings
-        reason = None
-        if settings.max_tasks_per_child is not None and self._tasks_run >= settings.max_tasks_per_child:
-            reason = f"ran {self._tasks_run} tasks (max_tasks_per_child)"
-        if reason is not None and not self.stopping:
-            self._retire(reason)
 
     def _retire(self, reason: str) -> None:
-        self.request_stop()
-        self._send(Retiring(reason))
+        if not self.stopping:
+            self.request_stop()
+            self._send(Retiring(reason))
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -262,16 +265,21 @@ class AsyncioChild:
         assert self._finished is not None
         backoff = FIRST_BACKOFF
         while True:
-            await self._finished.wait()
+            if not self._closing:  # closing: settle what is left, without waiting for a wake-up
+                await self._finished.wait()
             self._finished.clear()
             pending = self.settler.take()
             if not pending.acks:
+                if self._closing:
+                    return
                 continue
             try:
                 await self._offload(self._settle, pending)
             except BrokerError as exc:  # they stay pending and held (heartbeated): retried, never left to their lease
                 self.settler.restore(pending)
                 self._settling.failed(exc, "settling finished tasks")
+                if self._closing:  # the last settle gives them back if it fails too
+                    return
                 self._finished.set()
                 await asyncio.sleep(backoff)
                 backoff = next_backoff(backoff)
