@@ -97,6 +97,7 @@ class AsyncioChild:
         self._started: dict[str, float] = {}  # monotonic start of each running call
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
+        self._slots: dict[str, int] = {}  # board slot of each delivery being run
         self._running: set[asyncio.Task[None]] = set()
         self._io = ThreadPoolExecutor(IO_THREADS, "conveyor-io")
         self._sync_threads: ThreadPoolExecutor | None = None
@@ -204,7 +205,7 @@ class AsyncioChild:
     # -- running ----------------------------------------------------------------------------
 
     async def _run_one(self, delivery: Delivery, slot: int) -> None:
-        self.board.running(slot, delivery.id)  # if this process dies now, only running tasks count a delivery
+        self._slots[delivery.id] = slot  # marked running on the board once its function starts (_on_start)
         outcome: Outcome | None = None
         try:
             outcome = await self.executor.arun(delivery, self.calls, self._threads_for_sync)
@@ -222,6 +223,7 @@ class AsyncioChild:
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
             self.keeper.release(delivery)
         finally:
+            del self._slots[delivery.id]
             self._started.pop(delivery.id, None)
             self._deadlines.pop(delivery.id, None)
             self.board.idle(slot)
@@ -244,6 +246,9 @@ class AsyncioChild:
         return self._sync_threads
 
     def _on_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
+        # From now on a crash of this process counts a delivery against this task (not while it waited
+        # for its STARTED write: a backend outage holds many tasks there, none of them running).
+        self.board.running(self._slots[delivery.id], delivery.id)
         now = time.monotonic()
         self._started[delivery.id] = now
         if task.options.time_limit is not None:
