@@ -177,3 +177,20 @@ def test_sync_tasks_run_on_threads_beside_the_coroutines(
     assert pids_of(records, "sync") == {child}
     failed = enqueue(e2e_app, "boom", "boom")
     wait_until(lambda: failed.state is State.FAILURE, 10, "the sync failure to be recorded")
+
+
+def test_max_tasks_per_child_retires_the_child_after_its_running_tasks_and_a_new_one_goes_on(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker whose child retires after 5 tasks
+    e2e_env["CONVEYOR_MAX_TASKS_PER_CHILD"] = "5"
+    worker = start_worker("--pool", "asyncio", "-c", "10")
+    [first] = child_pids(worker)
+    # When 12 tasks that await 0.2 s are sent
+    results = [enqueue(e2e_app, "async_nap", f"t{i}", 0.2) for i in range(12)]
+    # Then every task succeeds once, and more than one child ran them, one after the other
+    assert [r.get(timeout=30) for r in results] == [f"t{i}" for i in range(12)]
+    assert [runs_of(records, f"t{i}") for i in range(12)] == [1] * 12
+    ran_in = set().union(*(pids_of(records, f"t{i}") for i in range(12)))
+    assert first in ran_in and len(ran_in) >= 2
+    worker.wait_for_log("retired")

@@ -98,14 +98,16 @@ class AsyncioChild:
         self._started: dict[str, float] = {}  # monotonic start of each running call
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
+        self._slots: dict[str, int] = {}  # board slot of each delivery being run
         self._running: set[asyncio.Task[None]] = set()
         self._io = ThreadPoolExecutor(IO_THREADS, "conveyor-io")
         self._sync_threads: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._finished: asyncio.Event | None = None
+        self._closing = False
         self._counts = [0, 0]
-        self._tasks_run = 0
+        self._tasks_started = 0
         self._backend_down = False
         self._backend = Outage("result backend")
         self._settling = Outage("result backend or broker")
@@ -128,7 +130,7 @@ class AsyncioChild:
             self.executor.close()
             self.watch.stop()
             self.keeper.stop()
-            self._io.shutdown(wait=False)
+            self._io.shutdown(wait=True)  # no broker call cut by the connections' close
             if self._sync_threads is not None:
                 self._sync_threads.shutdown(wait=False)
             self.app.close()
@@ -146,9 +148,9 @@ class AsyncioChild:
                 await asyncio.wait(set(self._running), timeout=RESERVE_WAIT)
         finally:
             ticking.cancel()
-            settling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await settling
+            self._closing = True  # the settler ends its round (never cancelled mid-write), then returns
+            self._finished.set()
+            await settling
             await self._settle_last()
 
     # -- reserving --------------------------------------------------------------------------
@@ -164,7 +166,7 @@ class AsyncioChild:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            free = min(len(self._free_slots), RESERVE_BATCH)
+            free = min(len(self._free_slots), RESERVE_BATCH, self._tasks_left())
             try:
                 fresh = await self._offload(self._reserve, free)
             except BrokerError as exc:
@@ -188,6 +190,14 @@ class AsyncioChild:
             task = asyncio.create_task(self._run_one(delivery, self._free_slots.pop()))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+            self._tasks_started += 1
+        if self._tasks_left() == 0:  # it finishes what it started, then the supervisor replaces it
+            self._retire(f"started {self._tasks_started} tasks (max_tasks_per_child)")
+
+    def _tasks_left(self) -> int:
+        """How many more tasks this child may start (``max_tasks_per_child`` counts started tasks here)."""
+        limit = self.app.settings.max_tasks_per_child
+        return RESERVE_BATCH if limit is None else max(0, limit - self._tasks_started)
 
     def _should_stop(self) -> bool:
         if not self.stopping and os.getppid() != self._parent:
@@ -198,7 +208,7 @@ class AsyncioChild:
     # -- running ----------------------------------------------------------------------------
 
     async def _run_one(self, delivery: Delivery, slot: int) -> None:
-        self.board.running(slot, delivery.id)  # if this process dies now, only running tasks count a delivery
+        self._slots[delivery.id] = slot  # marked running on the board once its function starts (_on_start)
         outcome: Outcome | None = None
         try:
             outcome = await self.executor.arun(delivery, self.calls, self._threads_for_sync)
@@ -216,6 +226,7 @@ class AsyncioChild:
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
             self.keeper.release(delivery)
         finally:
+            del self._slots[delivery.id]
             self._started.pop(delivery.id, None)
             self._deadlines.pop(delivery.id, None)
             self.board.idle(slot)
@@ -238,6 +249,9 @@ class AsyncioChild:
         return self._sync_threads
 
     def _on_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
+        # From now on a crash of this process counts a delivery against this task (not while it waited
+        # for its STARTED write: a backend outage holds many tasks there, none of them running).
+        self.board.running(self._slots[delivery.id], delivery.id)
         now = time.monotonic()
         self._started[delivery.id] = now
         if task.options.time_limit is not None:
@@ -246,17 +260,11 @@ class AsyncioChild:
     def _count(self, outcome: Outcome) -> None:
         self._counts[0] += 1
         self._counts[1] += outcome.ended.failed
-        self._tasks_run += 1
-        settings = self.app.settings
-        reason = None
-        if settings.max_tasks_per_child is not None and self._tasks_run >= settings.max_tasks_per_child:
-            reason = f"ran {self._tasks_run} tasks (max_tasks_per_child)"
-        if reason is not None and not self.stopping:
-            self._retire(reason)
 
     def _retire(self, reason: str) -> None:
-        self.request_stop()
-        self._send(Retiring(reason))
+        if not self.stopping:
+            self.request_stop()
+            self._send(Retiring(reason))
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -265,16 +273,21 @@ class AsyncioChild:
         assert self._finished is not None
         backoff = FIRST_BACKOFF
         while True:
-            await self._finished.wait()
+            if not self._closing:  # closing: settle what is left, without waiting for a wake-up
+                await self._finished.wait()
             self._finished.clear()
             pending = self.settler.take()
             if not pending.acks:
+                if self._closing:
+                    return
                 continue
             try:
                 await self._offload(self._settle, pending)
             except BrokerError as exc:  # they stay pending and held (heartbeated): retried, never left to their lease
                 self.settler.restore(pending)
                 self._settling.failed(exc, "settling finished tasks")
+                if self._closing:  # the last settle gives them back if it fails too
+                    return
                 self._finished.set()
                 await asyncio.sleep(backoff)
                 backoff = next_backoff(backoff)
