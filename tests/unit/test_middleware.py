@@ -361,3 +361,15 @@ def test_a_finished_job_is_freed_at_once_not_left_to_the_cyclic_gc() -> None:
     finally:
         gc.enable()
         app.close()
+
+
+def test_every_task_option_has_one_owner_and_mypy_knows_the_built_in_ones() -> None:
+    import dataclasses
+
+    from conveyor.task import TaskOptions, TaskOptionsDict
+
+    # The options the built-in middleware and the task own are exactly TaskOptions' fields and the typed dict's keys
+    owners = App("owners", broker="memory://").option_owners()
+    fields = {f.name for f in dataclasses.fields(TaskOptions)} - {"extra"}
+    assert set(owners) == fields == set(TaskOptionsDict.__annotations__)
+    assert owners["soft_time_limit"] == "TimeLimits" and owners["dead_letter_on_failure"] == "DeadLetters"
