@@ -373,3 +373,21 @@ def test_every_task_option_has_one_owner_and_mypy_knows_the_built_in_ones() -> N
     fields = {f.name for f in dataclasses.fields(TaskOptions)} - {"extra"}
     assert set(owners) == fields == set(TaskOptionsDict.__annotations__)
     assert owners["soft_time_limit"] == "TimeLimits" and owners["dead_letter_on_failure"] == "DeadLetters"
+
+
+def test_a_pool_that_never_calls_start_still_gets_on_child_start_once() -> None:
+    # Given an executor whose pool does not call start() (the hooks then run before the first delivery)
+    seen: list[str] = []
+    app = App("lazy", broker="memory://", middleware=[Recorder("a", seen)])
+
+    @app.task
+    def work() -> None: ...
+
+    work.delay()
+    work.delay()
+    executor = Executor(app, "t")
+    for delivery in app.broker.reserve([app.settings.default_queue], 2, owner="t", lease=30, timeout=0):
+        executor.run(delivery)
+    executor.close()
+    assert seen.count("a:child_start") == 1 and seen[0] == "a:child_start" and seen[-1] == "a:child_stop"
+    app.close()

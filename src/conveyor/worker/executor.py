@@ -1,9 +1,8 @@
 """Executor: the short path every delivery takes; each feature is a middleware (``middleware.py``).
 
-open (decode, verify, look up) → before_run → around_call(call) → after_success | after_failure → settle
-→ after_settle (drawn in docs/worker.md). Bad input is dead-lettered, never raised. Two exceptions leave,
-for the pool to give the delivery back uncounted: ``BackendDown`` (the backend failed before the task ran)
-and ``GaveUp`` (it ran; its outcome could not be recorded before a stop).
+open → before_run → around_call(call) → after_success | after_failure → settle → after_settle (docs/worker.md).
+Bad input is dead-lettered. Two exceptions leave, for the pool to give the delivery back uncounted:
+``BackendDown`` (the backend failed before the task ran) and ``GaveUp`` (it ran; its outcome was not recorded).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 from typing import Any
 
 from conveyor.app import App
@@ -42,13 +42,15 @@ class Executor:
         self.worker = worker
         self.settler = settler if settler is not None else ImmediateSettler(app)
         self._on_start = on_start
-        self._started = False
+        self._started, self._starting = False, threading.Lock()
         self._loops = ThreadLoops()
 
     def start(self) -> None:
-        """Run the middleware's ``on_child_start`` hooks, once, in the process that runs the tasks."""
-        self._started = True
-        self.chain.lifecycle(self.chain.on_child_start, self.app)
+        """Run the ``on_child_start`` hooks once, in the process that runs tasks (else the first delivery does)."""
+        with self._starting:
+            if not self._started:
+                self.chain.lifecycle(self.chain.on_child_start, self.app)
+                self._started = True
 
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to settled (acked, retried or dead-lettered)."""
@@ -68,9 +70,9 @@ class Executor:
         return self._completed(job, value)
 
     async def arun(self, delivery: Delivery, calls: Calls | None = None, threads: Threads | None = None) -> Outcome:
-        """:meth:`run` on the asyncio pool's loop; blocking steps hop to the loop's default executor (none for a
-        first attempt's success into a batching settler). The call is its own asyncio task (a sync task runs on
-        ``threads``) under its hard time limit, in ``calls`` while it runs: cancel it there to terminate it."""
+        """:meth:`run` on the asyncio pool's loop; blocking steps hop to its default executor (not a first attempt's
+        success into a batching settler). The call is its own asyncio task (a sync task's runs on ``threads``)
+        under its hard limit, in ``calls`` while it runs: cancel it there to terminate it."""
         job = await asyncio.to_thread(self._admit, delivery)
         if isinstance(job, Outcome):
             return job
@@ -92,6 +94,8 @@ class Executor:
 
     def _admit(self, delivery: Delivery) -> Job | Outcome:
         """Decode, look up and run the before_run hooks: the job to call, or how the delivery ended unrun."""
+        if not self._started:
+            self.start()
         try:
             message = self.app.codec.decode(delivery.body)
         except (SignatureError, DecodeError) as exc:
