@@ -73,7 +73,8 @@ class ChaosPlan:
             and every fault was injected as often as planned).
         settle: seconds allowed after the faults stop for the last tasks to complete.
         workers: worker processes kept running (each replaced when killed whole).
-        concurrency: children per worker.
+        concurrency: children per worker (slots of its one child with the thread and asyncio pools).
+        pool: the workers' ``--pool`` (process, thread or asyncio).
         lease: the workers' lease in seconds; a whole-worker kill is recovered after it.
         task_ms: each task sleeps a random time in this range, in milliseconds.
         pause: seconds between two kills, drawn at random from this range.
@@ -99,6 +100,7 @@ class ChaosPlan:
     settle: float = 30.0
     workers: int = 2
     concurrency: int = 2
+    pool: str = "process"
     lease: float = 2.0
     task_ms: tuple[float, float] = (1.0, 5.0)
     pause: tuple[float, float] = (0.05, 0.25)
@@ -141,7 +143,7 @@ class Driver:
 
     def start_worker(self) -> None:
         """Start one worker (in its own pid namespace with ``collide``) and wait until it is ready."""
-        args = ["-c", str(self.plan.concurrency)]
+        args = ["-c", str(self.plan.concurrency), "--pool", self.plan.pool]
         namespaced = "collide" in self.plan.faults
         log = self.logs / f"worker-{self._started}.log"
         worker = ChaosWorker(self.env, args, log, namespaced=namespaced)
@@ -494,6 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to keep killing")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2, help="children per worker")
+    parser.add_argument("--pool", choices=("process", "thread", "asyncio"), default="process")
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--task-ms", type=float, nargs=2, default=(1.0, 5.0), metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=None)
@@ -519,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         settle=max(60.0, args.tasks / 50),
         workers=args.workers,
         concurrency=args.concurrency,
+        pool=args.pool,
         lease=args.lease,
         task_ms=tuple(args.task_ms),
         seed=seed,

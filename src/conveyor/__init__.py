@@ -36,6 +36,7 @@ from conveyor.errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from conveyor.middleware import Bury, Fail, Job, Middleware, Outcome, Requeue, Skip, Verdict
 from conveyor.result import AsyncResult
 from conveyor.scheduler import Cron, Interval
 from conveyor.settings import Settings
@@ -59,6 +60,15 @@ __all__ = [
     # Results
     "AsyncResult",
     "State",
+    # Middleware: plug into the worker's path of each task (see docs/worker.md)
+    "Middleware",
+    "Job",
+    "Skip",
+    "Verdict",
+    "Requeue",
+    "Bury",
+    "Fail",
+    "Outcome",
     # Inside a task
     "TaskContext",
     "current_context",

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.errors import ResultTimeout, TaskRevoked
 from conveyor.failures import rebuild
+from conveyor.results import revoked
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ class AsyncResult(Generic[R]):
             True if the task was still waiting in its queue (so it will certainly never run).
         """
         cancelled = bool(self._app.broker.cancel([self.id]))
-        record = ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())
+        record = revoked(reason, terminate)
         self._app.backend.set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
         return cancelled
 

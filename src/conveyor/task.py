@@ -2,7 +2,8 @@
 
 ``Task[P, R]`` keeps the function's signature: ``delay(*args, **kwargs)`` is checked against it
 by the type checker and returns ``AsyncResult[R]``. Options are validated when the task is
-declared, so ``@app.task(retires=3)`` fails at import time naming the options that exist.
+declared, so ``@app.task(retires=3)`` fails at import time naming the options that exist and the
+feature (middleware) that owns each; :class:`TaskOptionsDict` gives mypy the same check.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import dataclasses
 import datetime
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
 
 from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
@@ -28,24 +29,53 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+#: The options the task itself owns (where and how it is sent); every other option belongs to a middleware.
+TASK_OWNED = frozenset({"name", "queue", "priority"})
+
+
+class TaskOptionsDict(TypedDict, total=False):
+    """The keyword arguments of ``@app.task(...)`` that mypy knows: see :class:`TaskOptions`.
+
+    A user middleware's own options are checked at run time only (mypy cannot know them).
+    """
+
+    name: str | None
+    queue: str | None
+    priority: int
+    retries: int
+    backoff: float
+    backoff_max: float
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    time_limit: float | None
+    soft_time_limit: float | None
+    ignore_result: bool
+    expires: float | None
+    dead_letter_on_failure: bool
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskOptions:
     """Options of one task, given as keyword arguments to ``@app.task(...)``.
+
+    Each belongs to the task (``name``, ``queue``, ``priority``) or to the middleware that
+    implements it (the owner is named in brackets); ``App.option_owners()`` lists them.
 
     Attributes:
         name: registered name; defaults to ``module.qualname`` of the function.
         queue: queue the task goes to; defaults to the app's ``default_queue``.
         priority: 0-9, higher runs first.
-        retries: retries after a failed first attempt.
-        backoff: base retry delay in seconds (exponential, full jitter).
-        backoff_max: cap on the retry delay in seconds.
-        retry_on: exception types that are retried; others fail at once.
+        retries: retries after a failed first attempt (Retries).
+        backoff: base retry delay in seconds, exponential, full jitter (Retries).
+        backoff_max: cap on the retry delay in seconds (Retries).
+        retry_on: exception types that are retried; others fail at once (Retries).
         time_limit: hard limit in seconds: the process running the task is replaced and the task
-            fails with TimeLimitExceeded.
-        soft_time_limit: seconds after which TimeLimitExceeded is raised inside the task.
-        ignore_result: store no result (and no STARTED state) for this task.
-        expires: seconds after enqueue after which the task is not run (recorded REVOKED).
-        dead_letter_on_failure: put the message in the dead-letter queue when it finally fails.
+            fails with TimeLimitExceeded (TimeLimits; enforced by the supervisor).
+        soft_time_limit: seconds after which TimeLimitExceeded is raised inside the task (TimeLimits).
+        ignore_result: store no result (and no STARTED state) for this task (Results).
+        expires: seconds after enqueue after which the task is not run, recorded REVOKED (Revocation).
+        dead_letter_on_failure: put the message in the dead-letter queue when it finally fails (DeadLetters).
+        extra: the options of the user's own middleware, by name (read them in its hooks as
+            ``job.options.extra``).
     """
 
     name: str | None = None
@@ -60,6 +90,7 @@ class TaskOptions:
     ignore_result: bool = False
     expires: float | None = None
     dead_letter_on_failure: bool = False
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
@@ -75,18 +106,26 @@ class TaskOptions:
             raise ConfigurationError(f"retry_on must be exception types, got {self.retry_on!r}")
 
     @classmethod
-    def build(cls, options: Mapping[str, Any]) -> TaskOptions:
-        """Validate keyword options, naming the known ones when one is unknown."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
+    def build(cls, options: Mapping[str, Any], owners: Mapping[str, str]) -> TaskOptions:
+        """Validate keyword options against ``owners`` (option -> what owns it), naming them when one is unknown."""
+        unknown = sorted(set(options) - set(owners))
         if unknown:
-            raise ConfigurationError(f"unknown task option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**options)
+            by_owner: dict[str, list[str]] = {}
+            for option, owner in owners.items():
+                by_owner.setdefault(owner, []).append(option)
+            known = "; ".join(f"{', '.join(names)} ({owner})" for owner, names in by_owner.items())
+            raise ConfigurationError(f"unknown task option(s) {', '.join(unknown)}; known: {known}")
+        fields = _FIELDS & options.keys()
+        extra = {k: v for k, v in options.items() if k not in _FIELDS}
+        return cls(**{k: options[k] for k in fields}, extra=extra)
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """The retry settings as a pure policy object."""
         return RetryPolicy(self.retries, self.backoff, self.backoff_max, self.retry_on)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(TaskOptions)) - {"extra"}
 
 
 def check_priority(priority: int) -> None:

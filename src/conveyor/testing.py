@@ -9,8 +9,9 @@
         drain(app)                       # runs every ready task here, in this thread
         assert r.get(timeout=1) == "sent"
 
-``drain`` uses the same executor as a real worker (results, retries, dead letters), so what
-passes here behaves the same under ``conveyor worker``.
+``drain`` uses the same executor and the same middleware chain as a real worker (results,
+retries, dead letters, the app's own middleware, with their ``on_child_start``/``on_child_stop``
+hooks around the drain), so what passes here behaves the same under ``conveyor worker``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def drain(
     executor = Executor(app, "drain")
     deadline = time.monotonic() + timeout
     outcomes: list[Outcome] = []
+    executor.start()
     try:
         _drain_into(app, executor, queues, deadline, include_scheduled, outcomes)
     finally:

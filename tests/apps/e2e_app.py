@@ -161,3 +161,61 @@ async def async_record(tag: str) -> str:
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
     return tag
+
+
+# -- async twins, for the asyncio pool (--pool asyncio) ------------------------------------------
+
+
+@app.task(name="async_nap")
+async def async_nap(tag: str, seconds: float = 0.0) -> str:
+    """Note the run (with the pid running it), await ``seconds``, note the end, return the tag."""
+    import asyncio
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    await asyncio.sleep(seconds)
+    with (_record_dir() / f"{tag}.ends").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return tag
+
+
+@app.task(name="async_mark", ignore_result=True)
+async def async_mark(i: int, seconds: float = 0.0) -> None:
+    """Await ``seconds``, then append ``i`` to this process's marks file (see :func:`marks`)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    with (_record_dir() / f"marks-{os.getpid()}.txt").open("a") as f:
+        f.write(f"{i}\n")
+
+
+@app.task(name="async_hang", time_limit=1.0)
+async def async_hang(tag: str) -> None:
+    """Note the run, then await far past the hard time limit (the pool cancels it)."""
+    import asyncio
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    await asyncio.sleep(60)
+
+
+@app.task(name="async_soft", soft_time_limit=0.5, retries=0)
+async def async_soft(tag: str) -> None:
+    """Note the run, then await past the soft time limit: TimeLimitExceeded, after the cleanup ran."""
+    import asyncio
+
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        await asyncio.sleep(60)
+    finally:
+        with (_record_dir() / f"{tag}.cleanup").open("a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+@app.task(name="async_blocker", time_limit=1.0)
+async def async_blocker(tag: str) -> None:
+    """Block the event loop itself (a sync sleep in a coroutine) past the hard time limit."""
+    with (_record_dir() / f"{tag}.runs").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(30)

@@ -95,7 +95,11 @@ def in_flight(app: App) -> int:
 # -- item 8: a task holding the GIL keeps its lease ---------------------------------------------
 
 
-@pytest.mark.parametrize("pool", [("-c", "1"), ("--pool", "thread", "-c", "2")], ids=["process", "thread"])
+@pytest.mark.parametrize(
+    "pool",
+    [("-c", "1"), ("--pool", "thread", "-c", "2"), ("--pool", "asyncio", "-c", "2")],
+    ids=["process", "thread", "asyncio"],
+)
 def test_a_task_holding_the_gil_longer_than_its_lease_runs_once(
     e2e_env: dict[str, str],
     e2e_app: App,
@@ -136,7 +140,11 @@ OUTAGE_LEASE, OUTAGE_MAX_DELIVERIES, OUTAGE_SECONDS = 1, 3, 9.0
 
 @pytest.mark.parametrize("e2e_env", ["sqlite", "redis", "amqp"], indirect=True)
 @pytest.mark.parametrize("track_started", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize("pool", [("-c", "2"), ("--pool", "thread", "-c", "2")], ids=["process", "thread"])
+@pytest.mark.parametrize(
+    "pool",
+    [("-c", "2"), ("--pool", "thread", "-c", "2"), ("--pool", "asyncio", "-c", "2")],
+    ids=["process", "thread", "asyncio"],
+)
 def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(
     e2e_env: dict[str, str],
     private_backend: PrivateRedis,

@@ -29,6 +29,10 @@ async def fetch(sku: str) -> float:
     return 1.0
 
 
+@app.task(retires=3)  # type: ignore[call-overload, untyped-decorator]  # a misspelt option is a type error
+def typo() -> None: ...
+
+
 def check() -> None:
     assert_type(add.delay(1, 2), AsyncResult[int])
     assert_type(add.delay(1, 2).get(timeout=1), int)

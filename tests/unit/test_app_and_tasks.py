@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest
@@ -45,10 +46,15 @@ def test_delay_sends_a_message_and_the_worker_stores_the_result(app: App) -> Non
 
 
 def test_unknown_task_option_fails_at_decoration(app: App) -> None:
-    with pytest.raises(ConfigurationError, match="retires"):
+    options: dict[str, Any] = {"retires": 3}  # mypy refuses the typo itself (tests/typing/check_tasks.py)
+    with pytest.raises(ConfigurationError, match="retires") as failure:
 
-        @app.task(retires=3)
+        @app.task(**options)
         def f() -> None: ...
+
+    # The error names every option and the feature that owns it.
+    assert "backoff, backoff_max, retries, retry_on (Retries)" in str(failure.value)
+    assert "ignore_result (Results)" in str(failure.value)
 
 
 def test_unknown_setting_fails_at_app_creation() -> None:

@@ -9,9 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from conveyor.cli._load import load_app
+from conveyor.codec import Codec
 from conveyor.errors import DecodeError
-from conveyor.message import decode
-from conveyor.signing import unframe
 from conveyor.states import ErrorInfo
 
 
@@ -82,6 +81,6 @@ def _echo_errors(errors: list[ErrorInfo]) -> None:
 
 def _task_name(body: bytes) -> str:
     try:
-        return decode(unframe(body)).task
+        return Codec().decode(body).task  # the plain codec: shows a signed body's task without the secret
     except DecodeError:
         return "(undecodable)"

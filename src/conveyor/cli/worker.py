@@ -25,7 +25,8 @@ from conveyor.worker import POOLS, Worker, setup_logging
     type=click.Choice(POOLS),
     default="process",
     show_default=True,
-    help="process: a child process per slot (isolated, crash-safe); thread: threads in one child.",
+    help="process: a child process per slot (isolated, crash-safe); thread: threads in one child; "
+    "asyncio: one child's event loop running up to -c async tasks at once.",
 )
 @loglevel
 @click.option(

@@ -16,8 +16,9 @@ from conveyor.worker.supervisor import Supervisor
 
 __all__ = ["POOLS", "Worker", "setup_logging"]
 
-#: Where a worker's slots run: one child process each, or threads of one child process.
-POOLS = ("process", "thread")
+#: Where a worker's slots run: one child process each, threads of one child process, or coroutines on
+#: one child's event loop (see worker/aio_pool.py).
+POOLS = ("process", "thread", "asyncio")
 
 
 class Worker:
@@ -27,7 +28,8 @@ class Worker:
         app: the app whose tasks run here.
         concurrency: tasks run at once; defaults to the app's ``concurrency`` setting, else the CPU count.
         queues: queues to serve, highest priority first; defaults to the app's default queue.
-        pool: ``process`` (default; isolates tasks, survives crashes) or ``thread`` (light, for I/O-bound tasks).
+        pool: ``process`` (default; isolates tasks, survives crashes), ``thread`` (light, for I/O-bound tasks)
+            or ``asyncio`` (one event loop running up to ``concurrency`` async tasks at once).
 
     Raises:
         ConfigurationError: a bad pool, concurrency, or a broker that cannot be shared between processes.

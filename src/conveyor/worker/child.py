@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -42,11 +42,15 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import Backlog
+from conveyor.worker.events import Ended
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.settle import BatchSettler, GaveUp, ImmediateSettler, Pending
 from conveyor.worker.shared import ChildBoard
+
+if TYPE_CHECKING:
+    from conveyor.worker.aio_pool import AsyncioChild
 
 log = logging.getLogger("conveyor.worker")
 
@@ -56,7 +60,7 @@ RESERVE_WAIT = 1.0
 MAX_BACKOFF = 5.0
 #: The outcome of a delivery given back to the queue without counting (nothing ran, or its outcome
 #: could not be recorded before a stop): not a processed task.
-RETURNED = "RETURNED"
+RETURNED = Ended.RETURNED
 #: The id the child reads to find out whether the result backend answers again.
 _PROBE_ID = "conveyor-backend-probe"
 #: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
@@ -80,6 +84,7 @@ class ChildConfig:
     slots: int
     lease: float
     prefetch: int = 1
+    pool: str = "process"
 
 
 def owner_of(worker_id: str, pid: int) -> str:
@@ -97,7 +102,13 @@ def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoar
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides what Ctrl-C means
     if board is None:  # nobody watches this child: a board of its own
         board = ChildBoard(multiprocessing.get_context("fork"), config.slots)
-    loop = ChildLoop(app, config, conn, board)
+    loop: ChildLoop | AsyncioChild
+    if config.pool == "asyncio":
+        from conveyor.worker.aio_pool import AsyncioChild
+
+        loop = AsyncioChild(app, config, conn, board)
+    else:
+        loop = ChildLoop(app, config, conn, board)
     signal.signal(signal.SIGTERM, loop.request_stop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
@@ -150,6 +161,7 @@ class ChildLoop:
     def run(self) -> None:
         """Serve until asked to stop or orphaned."""
         self.keeper.start()
+        self.executor.start()  # the middleware's on_child_start hooks (executor.close() runs on_child_stop)
         pool = ThreadPoolExecutor(self.config.slots, "conveyor-slot") if self.config.slots > 1 else None
         try:
             if self.backlog is not None:
@@ -268,7 +280,7 @@ class ChildLoop:
             return
         else:
             self._counts[0] += 1
-            self._counts[1] += outcome.state in ("FAILURE", "ERROR")
+            self._counts[1] += outcome.ended.failed
         self._check_limits()
 
     def _on_long_task(self) -> None:
@@ -377,7 +389,7 @@ class ChildLoop:
         except Exception:
             # The broker or backend failed mid-way; the lease expires and the task runs again.
             log.exception("could not finish message %s; it will be redelivered", delivery.id)
-            return Outcome(delivery.id, "?", "ERROR", 0.0)
+            return Outcome(delivery.id, "?", Ended.ABANDONED, 0.0)
         finally:
             self.board.idle(slot)
 

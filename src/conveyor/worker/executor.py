@@ -1,365 +1,150 @@
-"""Executor: runs one delivery to its end, as a short sequence of named steps.
+"""Executor: the short path every delivery takes; each feature is a middleware (``middleware.py``).
 
-decode → look up → check expiry → record STARTED → call → record the outcome → ack / retry / bury.
-
-The result is always written before the message is acknowledged, so a crash in between runs
-the task again (at-least-once) rather than losing its result. Bad input never raises out of
-here: an undecodable message or an unknown task goes to the dead-letter queue with the reason.
-
-The final result and the ack of a task that succeeded, or failed for good, go to the pool's
-settler (worker/settle.py): written at once, or kept pending and settled per batch.
+open → before_run → around_call(call) → after_success | after_failure → settle → after_settle (docs/worker.md).
+Bad input is dead-lettered. Two exceptions leave, for the pool to give the delivery back uncounted:
+``BackendDown`` (the backend failed before the task ran) and ``GaveUp`` (it ran; its outcome was not recorded).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextvars
 import logging
 import threading
-import time
-import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-import msgspec
+from typing import Any
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
-from conveyor.context import TaskContext, reset_context, set_context
-from conveyor.errors import BrokerError, DecodeError, EncodeError, Retry, SignatureError, TimeLimitExceeded
-from conveyor.message import Message, decode, encode, encode_value
-from conveyor.signing import sign, unframe, verify
-from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
-from conveyor.task import BaseTask
-from conveyor.worker.settle import ImmediateSettler, Settler
-from conveyor.worker.timelimits import soft_time_limit
+from conveyor.errors import BrokerError, DecodeError, SignatureError
+from conveyor.middleware import Job, OnStart, Outcome, Skip
+from conveyor.results import error_info
+from conveyor.revocation import Terminated
+from conveyor.worker.eventloops import ThreadLoops
+from conveyor.worker.events import Ended
+from conveyor.worker.settle import BackendDown, GaveUp, ImmediateSettler, Settler
+from conveyor.worker.timelimits import Calls, Threads, within_hard_limit
+
+__all__ = ["BackendDown", "Executor", "GaveUp", "Outcome"]
 
 log = logging.getLogger("conveyor.worker")
 
-T = TypeVar("T")
-
-
-class BackendDown(Exception):
-    """The result backend failed *before* the task's function ran: give the delivery back uncounted.
-
-    The caller nacks the delivery (no delivery counted, nothing ran) and stops taking work until
-    the backend answers again, instead of leaving the delivery to its lease.
-    """
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one delivery ended, reported to the supervisor and counted in the worker's stats."""
-
-    id: str
-    task: str
-    state: str  # SUCCESS | FAILURE | RETRY | REVOKED | DEAD
-    runtime: float
-    #: True when the result and ack wait in the settler's pending lists (a BatchSettler).
-    deferred: bool = False
-
 
 class Executor:
-    """Runs deliveries for one worker child. Safe to share between the child's threads.
+    """Runs deliveries for one worker child through the app's hook chain; safe to share between threads.
 
-    Args:
-        app: the app whose tasks, broker and backend are used.
-        worker: this worker's name, recorded with each result.
-        settler: records final results and acks (at once, or pending for the pool's next batch).
-        on_start: called with (delivery, message, task) just before the task's function runs.
+    ``worker`` is recorded with each result; ``settler`` records results and acks (at once, or pending for
+    the pool's batch); ``on_start(delivery, message, task)`` is called after before_run, just before the call.
     """
 
-    def __init__(
-        self,
-        app: App,
-        worker: str,
-        settler: Settler | None = None,
-        on_start: Callable[[Delivery, Message, BaseTask[Any, Any]], None] | None = None,
-    ) -> None:
+    def __init__(self, app: App, worker: str, settler: Settler | None = None, on_start: OnStart | None = None) -> None:
         self.app = app
-        self.broker = app.broker
-        self.backend = app.backend
+        self.chain = app.finalize()
         self.worker = worker
-        self.ttl = app.settings.result_ttl
-        self.track_started = app.settings.track_started
-        self.secret = app.settings.secret
-        self._on_start = on_start
         self.settler = settler if settler is not None else ImmediateSettler(app)
-        self._loops = threading.local()
-        self._all_loops: list[asyncio.AbstractEventLoop] = []
+        self._on_start = on_start
+        self._started, self._starting = False, threading.Lock()
+        self._loops = ThreadLoops()
+
+    def start(self) -> None:
+        """Run the ``on_child_start`` hooks once, in the process that runs tasks (else the first delivery does)."""
+        with self._starting:
+            if not self._started:
+                self.chain.lifecycle(self.chain.on_child_start, self.app)
+                self._started = True
 
     def run(self, delivery: Delivery) -> Outcome:
-        """Take one delivery from reserved to acknowledged (or retried, or dead-lettered)."""
-        started = time.perf_counter()
+        """Take one delivery from reserved to settled (acked, retried or dead-lettered)."""
+        job = self._admit(delivery)
+        if isinstance(job, Outcome):
+            return job
+        if self._on_start is not None:
+            self._on_start(job.delivery, job.message, job.task)
         try:
-            message = decode(self._unwrap(delivery.body))
-        except SignatureError as exc:
-            return self._bury(delivery, f"rejected: {exc}", "?", started)
-        except DecodeError as exc:
-            return self._bury(delivery, f"undecodable message: {exc}", "?", started)
+            value = (
+                self._loops.get().run_until_complete(self.chain.acall(job))
+                if job.task.is_async
+                else self.chain.call(job)
+            )
+        except Exception as exc:
+            return self._failed(job, exc)
+        return self._completed(job, value)
+
+    async def arun(self, delivery: Delivery, calls: Calls | None = None, threads: Threads | None = None) -> Outcome:
+        """:meth:`run` on the asyncio pool's loop; blocking steps hop to its default executor (not a first attempt's
+        success into a batching settler). The call is its own asyncio task (a sync task's runs on ``threads``)
+        under its hard limit, in ``calls`` while it runs: cancel it there to terminate it."""
+        job = await asyncio.to_thread(self._admit, delivery)
+        if isinstance(job, Outcome):
+            return job
+        if self._on_start is not None:
+            self._on_start(job.delivery, job.message, job.task)
+        loop = asyncio.get_running_loop()
+        call: asyncio.Future[Any]
+        if job.task.is_async:
+            call = loop.create_task(self.chain.acall(job))
+        else:  # a thread of ``threads``, in a copy of this context
+            call = loop.run_in_executor(threads, contextvars.copy_context().run, self.chain.call, job)
+        try:
+            value = await within_hard_limit(job, call, calls)
+        except Exception as exc:
+            return await asyncio.to_thread(self._failed, job, exc)
+        if job.message.attempt == 0 and self.settler.batched:  # nothing to read or write now: no hop
+            return self._completed(job, value)
+        return await asyncio.to_thread(self._completed, job, value)
+
+    def _admit(self, delivery: Delivery) -> Job | Outcome:
+        """Decode, look up and run the before_run hooks: the job to call, or how the delivery ended unrun."""
+        if not self._started:
+            self.start()
+        try:
+            message = self.app.codec.decode(delivery.body)
+        except (SignatureError, DecodeError) as exc:
+            why = "rejected" if isinstance(exc, SignatureError) else "undecodable message"
+            return Outcome(delivery.id, "?", self.settler.reject(delivery, f"{why}: {exc}"), 0.0)
         task = self.app.tasks.get(message.task)
         if task is None:
             known = ", ".join(sorted(self.app.tasks)) or "none"
-            reason = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
-            return self._bury(delivery, reason, message.task, started)
-        if message.expires is not None and time.time() > message.expires:
-            return self._revoke(delivery, message, "expired before a worker picked it up", started)
-        if delivery.deliveries > 1 and _before(self._was_revoked, message.id):  # redelivered after a crash
-            return self._revoke(delivery, message, "revoked before it could run again", started)
-        return self._execute(delivery, message, task, started)
-
-    # -- the steps ---------------------------------------------------------------------------
-
-    def _execute(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], started: float) -> Outcome:
-        store = not task.options.ignore_result
-        if store and self.track_started:
-            # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
-            errors = _before(self._read_errors, message.id) if message.attempt else []
-            record = ResultRecord(
-                state=State.STARTED,
-                task=message.task,
-                attempt=message.attempt,
-                worker=self.worker,
-                started=time.time(),
-                errors=errors,
-            )
-            _before(self._write, message, record)
-        if self._on_start is not None:
-            self._on_start(delivery, message, task)
-        ctx = self._context(delivery, message, task)
-        token = set_context(ctx)
+            why = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
+            return Outcome(delivery.id, message.task, self.settler.reject(delivery, why), 0.0)
+        job = Job(delivery, message, task, self.worker, self.settler)
         try:
-            value = self._call(task, message)
+            for hook in self.chain.before_run:
+                hook(job)
+        except BrokerError as exc:  # nothing ran: given back uncounted
+            raise BackendDown(str(exc)) from exc
         except Exception as exc:
-            return self._failed(delivery, message, task, exc, started)
-        finally:
-            reset_context(token)
-        return self._succeeded(delivery, message, task, value, started)
+            return self._failed(job, exc)
+        return job
 
-    def _call(self, task: BaseTask[Any, Any], message: Message) -> Any:
-        limit = task.options.soft_time_limit
-        if task.is_async:
-            return self._loop().run_until_complete(self._call_async(task, message, limit))
-        with soft_time_limit(limit):
-            return task.fn(*message.args, **message.kwargs)
-
-    async def _call_async(self, task: BaseTask[Any, Any], message: Message, limit: float | None) -> Any:
+    def _completed(self, job: Job, value: Any) -> Outcome:
+        """Run the after_success hooks, then hand the result (if any) and the ack to the settler."""
         try:
-            return await asyncio.wait_for(task.fn(*message.args, **message.kwargs), limit)
-        except TimeoutError:
-            if limit is None:
-                raise
-            raise TimeLimitExceeded(f"task exceeded its soft time limit of {limit:g}s") from None
+            for hook in self.chain.after_success:
+                hook(job, value)
+        except Exception as exc:
+            return self._failed(job, exc)
+        runtime = job.elapsed()
+        log.info("task %s[%s] succeeded in %.4fs", job.message.task, job.id, runtime)
+        deferred = self.settler.finish(job.delivery, job.result)
+        return self.chain.settled(job, Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, deferred))
 
-    def _succeeded(
-        self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], value: Any, started: float
-    ) -> Outcome:
-        runtime = time.perf_counter() - started
-        if not task.options.ignore_result:
-            try:
-                encode_value(value)
-            except EncodeError as exc:
-                return self._failed(delivery, message, task, exc, started)
-            record = ResultRecord(
-                state=State.SUCCESS,
-                value=value,
-                # A retried task keeps its failed attempts with the result (one extra read, retries only).
-                errors=self._previous_errors(message.id) if message.attempt else [],
-                task=message.task,
-                attempt=message.attempt,
-                worker=self.worker,
-                finished=time.time(),
-            )
-            return self._finish(delivery, message, record, "SUCCESS", runtime)
-        return self._finish(delivery, message, None, "SUCCESS", runtime)
-
-    def _failed(
-        self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], exc: Exception, started: float
-    ) -> Outcome:
-        runtime = time.perf_counter() - started
-        error = ErrorInfo(_type_name(exc), _describe(exc), _format_traceback(), message.attempt)
-        errors = [*self._previous_errors(message.id), error]
-        policy = task.retry_policy
-        limit = message.max_retries if message.max_retries is not None else policy.max_retries
-        if message.attempt < limit and policy.should_retry(exc, message.attempt):
-            return self._retry(delivery, message, task, exc, errors, runtime)
-        record = ResultRecord(
-            state=State.FAILURE,
-            error=error,
-            errors=errors,
-            task=message.task,
-            attempt=message.attempt,
-            worker=self.worker,
-            finished=time.time(),
-        )
-        log.error("task %s[%s] failed in %.4fs: %s: %s", message.task, message.id, runtime, error.type, error.message)
-        if not task.options.dead_letter_on_failure:
-            return self._finish(delivery, message, record, "FAILURE", runtime)
-        self._store(message, record)
-        reason = f"failed after {message.attempt + 1} attempt(s): {error.type}: {error.message}"
-        self._durably("dead-letter", lambda: self.broker.dead_letter(delivery, reason))
-        return Outcome(message.id, message.task, "FAILURE", runtime)
-
-    def _finish(
-        self, delivery: Delivery, message: Message, record: ResultRecord | None, state: str, runtime: float
-    ) -> Outcome:
-        """Hand the final record (if any) and the ack to the settler: written now, or pending for the batch."""
-        if state == "SUCCESS":
-            log.info("task %s[%s] succeeded in %.4fs", message.task, message.id, runtime)
-        result = None if record is None else (message.id, record.state, encode_record(record))
-        deferred = self.settler.finish(delivery, result)
-        return Outcome(message.id, message.task, state, runtime, deferred=deferred)
-
-    def _retry(
-        self,
-        delivery: Delivery,
-        message: Message,
-        task: BaseTask[Any, Any],
-        exc: Exception,
-        errors: list[ErrorInfo],
-        runtime: float,
-    ) -> Outcome:
-        delay = task.retry_policy.delay(message.attempt, exc)
-        retried = msgspec.structs.replace(message, attempt=message.attempt + 1, eta=time.time() + delay)
-        self._store(
-            message,
-            ResultRecord(
-                state=State.RETRY,
-                error=errors[-1],
-                errors=errors,
-                task=message.task,
-                attempt=message.attempt,
-                worker=self.worker,
-                eta=retried.eta,
-            ),
-        )
-        body = self._wrap(encode(retried))
-        self._durably("retry", lambda: self.broker.nack(delivery, delay=delay, body=body))
-        why = exc.reason if isinstance(exc, Retry) else f"{_type_name(exc)}: {_describe(exc)}"
-        log.warning(
-            "task %s[%s] will retry in %.2fs (attempt %d of %d): %s",
-            message.task,
-            message.id,
-            delay,
-            message.attempt + 1,
-            task.options.retries,
-            why,
-        )
-        return Outcome(message.id, message.task, "RETRY", runtime)
-
-    def _revoke(self, delivery: Delivery, message: Message, note: str, started: float) -> Outcome:
-        record = ResultRecord(state=State.REVOKED, task=message.task, note=note, finished=time.time())
-        _before(self._write, message, record)  # nothing ran: a backend outage gives the delivery back
-        self.broker.ack([delivery])
-        log.info("task %s[%s] not run: %s", message.task, message.id, note)
-        return Outcome(message.id, message.task, "REVOKED", time.perf_counter() - started)
-
-    def _bury(self, delivery: Delivery, reason: str, task: str, started: float) -> Outcome:
-        self.broker.dead_letter(delivery, reason)
-        log.error("message %s dead-lettered: %s", delivery.id, reason)
-        return Outcome(delivery.id, task, "DEAD", time.perf_counter() - started)
-
-    # -- helpers -----------------------------------------------------------------------------
-
-    def _wrap(self, body: bytes) -> bytes:
-        return body if self.secret is None else sign(body, self.secret)
-
-    def _unwrap(self, body: bytes) -> bytes:
-        return unframe(body) if self.secret is None else verify(body, self.secret)
-
-    def _store(self, message: Message, record: ResultRecord) -> None:
-        """Write a record of a task that ran: retried until it lands (see :meth:`Settler.durably`)."""
-        self.settler.store((message.id, record.state, encode_record(record)))
-
-    def _write(self, message: Message, record: ResultRecord) -> None:
-        self.backend.set(message.id, record.state, encode_record(record), self.ttl)
-
-    def _was_revoked(self, task_id: str) -> bool:
-        raw = self.backend.get(task_id)
-        return raw is not None and decode_record(raw).state is State.REVOKED
-
-    def _previous_errors(self, task_id: str) -> list[ErrorInfo]:
-        """The earlier attempts' errors, read after the task ran: retried until the backend answers."""
-        return self._durably("result read", lambda: self._read_errors(task_id))
-
-    def _read_errors(self, task_id: str) -> list[ErrorInfo]:
-        raw = self.backend.get(task_id)
-        return [] if raw is None else list(decode_record(raw).errors)
-
-    def _durably(self, doing: str, step: Callable[[], T]) -> T:
-        return self.settler.durably(doing, step)
-
-    def _context(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> TaskContext:
-        def report(fraction: float, note: str) -> None:  # the task's own call: an outage raises to it
-            self._write(
-                message,
-                ResultRecord(
-                    state=State.STARTED,
-                    task=message.task,
-                    attempt=message.attempt,
-                    worker=self.worker,
-                    progress=fraction,
-                    note=note,
-                ),
-            )
-
-        limit = message.max_retries if message.max_retries is not None else task.options.retries
-        return TaskContext(
-            message.id,
-            message.task,
-            message.attempt,
-            limit,
-            delivery.deliveries,
-            delivery.queue,
-            message.headers,
-            report,
-        )
-
-    def _loop(self) -> asyncio.AbstractEventLoop:
-        loop: asyncio.AbstractEventLoop | None = getattr(self._loops, "loop", None)
-        if loop is None:
-            loop = asyncio.new_event_loop()
-            self._loops.loop = loop
-            self._all_loops.append(loop)
-        return loop
+    def _failed(self, job: Job, exc: Exception) -> Outcome:
+        """Settle a job that raised: not run (Skip), terminated, or as the after_failure verdict says."""
+        if isinstance(exc, BackendDown | GaveUp):
+            raise exc
+        deferred, runtime = False, job.elapsed()
+        if isinstance(exc, Skip):
+            ended = self.settler.skip(job, exc.note)
+        elif isinstance(exc, Terminated):
+            ended, deferred = self.settler.terminated(job)
+        else:
+            error = error_info(exc, job.message.attempt)
+            ended, deferred = self.settler.failure(job, error, self.chain.verdict(job, exc))
+        return self.chain.settled(job, Outcome(job.id, job.message.task, ended, runtime, deferred))
 
     def close(self) -> None:
-        """Close the event loops async tasks ran on."""
-        for loop in self._all_loops:
-            loop.close()
-        self._all_loops.clear()
-
-
-def _before(step: Callable[..., T], *args: Any) -> T:
-    """Run a backend step that comes before the task's function: a failure raises BackendDown."""
-    try:
-        return step(*args)
-    except BrokerError as exc:
-        raise BackendDown(str(exc)) from exc
-
-
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    if isinstance(exc, TimeLimitExceeded) or cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _describe(exc: BaseException) -> str:
-    """``str(exc)``, or a stand-in when the user's exception cannot be rendered (issue 11, item 11).
-
-    A ``__str__`` that raises must not make the failure itself fail: the task would be redelivered
-    until it was dead-lettered as poison, its result left STARTED.
-    """
-    try:
-        return str(exc)
-    except Exception as broken:
-        return f"<unprintable {type(exc).__qualname__}: __str__ raised {type(broken).__qualname__}>"
-
-
-def _format_traceback() -> str:
-    """The traceback being handled; never raises (the standard library already guards ``str()``)."""
-    try:
-        return traceback.format_exc()
-    except Exception as broken:
-        return f"<traceback unavailable: formatting it raised {type(broken).__qualname__}>"
+        """Run the ``on_child_stop`` hooks (after :meth:`start`) and close the event loops async tasks ran on."""
+        if self._started:
+            self._started = False
+            self.chain.lifecycle(self.chain.on_child_stop, self.app)
+        self._loops.close()

@@ -8,6 +8,10 @@ losing its result (at-least-once). How and when is one component, chosen by the 
   every result in one call and acks the batch with its next reservation. Until then the delivery
   stays leased and heartbeated.
 
+A failure is settled as the middleware's verdict says (:meth:`Settler.failure`): a retry and a
+dead letter at once whatever the pool (their record lands, then the message is sent again or
+moved), a plain failure like a success. A task not run (:meth:`Settler.skip`) is settled at once.
+
 Writes that record the outcome of a task that *ran* go through :meth:`Settler.durably`: retried
 until the backend or broker answers, because leaving the delivery to its lease would count a
 delivery and run the task again.
@@ -16,21 +20,37 @@ delivery and run the task again.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
+
+import msgspec
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
-from conveyor.states import State
+from conveyor.middleware import Bury, Job, Requeue, Verdict
+from conveyor.results import entry, failed, read_errors, retrying, skipped
+from conveyor.states import ErrorInfo, State
+from conveyor.worker.events import Ended
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+
+log = logging.getLogger("conveyor.worker")
 
 T = TypeVar("T")
 
 #: A final result ready for the backend: (task id, state, encoded record).
 FinalResult = tuple[str, State, bytes]
+
+
+class BackendDown(Exception):
+    """The result backend failed *before* the task's function ran: give the delivery back uncounted.
+
+    The pool nacks the delivery (no delivery counted, nothing ran) and takes no work until the
+    backend answers again, instead of leaving the delivery to its lease.
+    """
 
 
 class GaveUp(Exception):
@@ -57,6 +77,9 @@ class Settler:
             (backend or broker down) is retried until it lands, or until this turns true.
     """
 
+    #: True when :meth:`finish` only keeps the result and ack pending (no I/O until the pool settles).
+    batched: ClassVar[bool] = False
+
     def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
         self.app = app
         self._stopping = stopping
@@ -72,6 +95,57 @@ class Settler:
         task_id, state, data = result
         ttl = self.app.settings.result_ttl
         self.durably("result write", lambda: self.app.backend.set(task_id, state, data, ttl))
+
+    def failure(self, job: Job, error: ErrorInfo, verdict: Verdict) -> tuple[Ended, bool]:
+        """Record a failed attempt as ``verdict`` says; return how it ended and whether it waits in a batch.
+
+        :class:`Requeue`: RETRY recorded, then the next attempt sent. :class:`Bury`: FAILURE
+        recorded, then the message dead-lettered. Otherwise FAILURE recorded and acked like a
+        success (pending with a batch). The record keeps every earlier attempt's error.
+        """
+        m = job.message
+        errors = [*self.durably("result read", lambda: read_errors(self.app, m.id)), error]
+        if isinstance(verdict, Requeue):
+            eta = time.time() + verdict.delay
+            body = self.app.codec.encode(msgspec.structs.replace(m, attempt=m.attempt + 1, eta=eta))
+            self.store(entry(m.id, retrying(job, errors, eta)))
+            self.durably("retry", lambda: self.app.broker.nack(job.delivery, delay=verdict.delay, body=body))
+            log.warning("task %s[%s] will retry in %.2fs %s", m.task, m.id, verdict.delay, verdict.reason)
+            return Ended.RETRY, False
+        ran = time.perf_counter() - job.started
+        log.error("task %s[%s] failed in %.4fs: %s: %s", m.task, m.id, ran, error.type, error.message)
+        record = entry(m.id, failed(job, errors))
+        if isinstance(verdict, Bury):
+            self.store(record)
+            self.durably("dead-letter", lambda: self.app.broker.dead_letter(job.delivery, verdict.reason))
+            return Ended.FAILURE, False
+        return Ended.FAILURE, self.finish(job.delivery, record)
+
+    def terminated(self, job: Job) -> tuple[Ended, bool]:
+        """A running task was stopped by ``revoke(terminate=True)``: ack it (the REVOKED record is the revoker's)."""
+        log.warning("task %s[%s] was revoked and terminated after %.4fs", job.message.task, job.id, job.elapsed())
+        return Ended.REVOKED, self.finish(job.delivery, None)
+
+    def reject(self, delivery: Delivery, reason: str) -> Ended:
+        """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``."""
+        self.app.broker.dead_letter(delivery, reason)
+        log.error("message %s dead-lettered: %s", delivery.id, reason)
+        return Ended.DEAD
+
+    def skip(self, job: Job, note: str) -> Ended:
+        """Record a task that was not run (REVOKED, with ``note``) and ack it, at once.
+
+        Raises:
+            BackendDown: the record could not be written (nothing ran: give the delivery back uncounted).
+        """
+        task_id, state, data = entry(job.id, skipped(job, note))
+        try:
+            self.app.backend.set(task_id, state, data, self.app.settings.result_ttl)
+        except BrokerError as exc:
+            raise BackendDown(str(exc)) from exc
+        self.app.broker.ack([job.delivery])
+        log.info("task %s[%s] not run: %s", job.message.task, job.id, note)
+        return Ended.REVOKED
 
     def durably(self, doing: str, step: Callable[[], T]) -> T:
         """Run a step that records the outcome of a task that ran, until the backend or broker answers.
@@ -107,6 +181,8 @@ class ImmediateSettler(Settler):
 
 class BatchSettler(Settler):
     """Keeps results and acks pending until the pool settles them in one round trip each."""
+
+    batched: ClassVar[bool] = True
 
     def __init__(self, app: App, stopping: Callable[[], bool] = lambda: False) -> None:
         super().__init__(app, stopping)

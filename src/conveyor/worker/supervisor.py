@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import socket
 import time
@@ -27,8 +28,10 @@ from typing import Any
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
-from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
+from conveyor.results import past_hard_limit
+from conveyor.states import ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, decode_event
 from conveyor.worker.outage import Outage
 from conveyor.worker.shared import ChildBoard
 
@@ -42,6 +45,9 @@ HEARTBEAT_TTL = 10.0
 REVOCATION_CHECK = 1.0
 #: Seconds the supervisor sleeps at most between looking at its children.
 TICK = 0.25
+#: Pools whose N slots live in one child process (the asyncio child also handles its own hard limits
+#: and terminate-revocations: it reports no task starts, so the supervisor never kills it for one task).
+_ONE_CHILD = ("thread", "asyncio")
 
 
 @dataclasses.dataclass(slots=True)
@@ -73,9 +79,9 @@ class Supervisor:
 
     Args:
         app: the app to serve.
-        concurrency: tasks run at once (processes, or threads with ``pool="thread"``).
+        concurrency: tasks run at once (processes, threads with ``pool="thread"``, coroutines with ``"asyncio"``).
         queues: queues to serve, in priority order.
-        pool: ``process`` (one child per slot) or ``thread`` (one child, N threads).
+        pool: ``process`` (one child per slot), ``thread`` (one child, N threads) or ``asyncio`` (one child, one loop).
     """
 
     def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
@@ -101,7 +107,9 @@ class Supervisor:
     def run(self) -> int:
         """Serve until stopped by a signal; return the process exit code."""
         self._install_signals()
-        slots, count = (self.concurrency, 1) if self.pool == "thread" else (1, self.concurrency)
+        chain = self.app.finalize()  # built once, before the children fork
+        chain.lifecycle(chain.on_worker_start, self.app)
+        slots, count = (self.concurrency, 1) if self.pool in _ONE_CHILD else (1, self.concurrency)
         for index in range(count):
             self._start_child(index, slots)
         self._heartbeat()  # listed as live before it says it is ready
@@ -146,6 +154,8 @@ class Supervisor:
             self.app.broker.unregister_worker(self.worker_id)
         except BrokerError as exc:
             log.warning("could not unregister worker: %s", exc)
+        chain = self.app.finalize()
+        chain.lifecycle(chain.on_worker_stop, self.app)
         log.info("worker %s stopped: %d task(s) processed, %d failed", self.worker_id, self.processed, self.failed)
 
     # -- children ----------------------------------------------------------------------------
@@ -153,9 +163,8 @@ class Supervisor:
     def _start_child(self, index: int, slots: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         board = ChildBoard(self._ctx, slots)
-        config = ChildConfig(
-            self.worker_id, index, self.queues, slots, self.app.settings.lease, self.app.settings.prefetch
-        )
+        settings = self.app.settings
+        config = ChildConfig(self.worker_id, index, self.queues, slots, settings.lease, settings.prefetch, self.pool)
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
         )
@@ -188,7 +197,7 @@ class Supervisor:
                 self._report_death(child, code)
             self._release(child, "its process exited")
             if not self.stopping:
-                self._start_child(index, self.concurrency if self.pool == "thread" else 1)
+                self._start_child(index, self.concurrency if self.pool in _ONE_CHILD else 1)
 
     def _report_death(self, child: _Child, code: int | None) -> None:
         if child.killed_for is not None:
@@ -217,12 +226,21 @@ class Supervisor:
         child = next((c for c in self.children.values() if c.conn is conn), None)
         try:
             while conn.poll():
-                self._on_event(child, conn.recv())
+                self._on_event(child, _read_event(conn.recv_bytes()))
         except (EOFError, OSError):
             pass
 
-    def _on_event(self, child: _Child | None, event: tuple[Any, ...]) -> None:
+    def _on_event(self, child: _Child | None, event: tuple[Any, ...] | ChildEvent) -> None:
         if child is None:
+            return
+        if isinstance(event, Counts):  # typed events (worker/events.py): the asyncio pool sends these
+            self.processed += event.processed
+            self.failed += event.failed
+            return
+        if isinstance(event, Retiring):
+            child.retiring = event.reason
+            return
+        if not isinstance(event, tuple):
             return
         if event[0] == "start":
             _, msg_id, task, deadline, token, queue, priority, deliveries, attempt = event
@@ -232,10 +250,11 @@ class Supervisor:
             child.retiring = event[1]
         elif event[0] == "done":
             child.running.pop(event[1], None)
-            if event[3] == "RETURNED":  # given back to the queue (an outage), not processed
+            ended = Ended(event[3])
+            if not ended.processed:  # given back to the queue (an outage), not processed
                 return
             self.processed += 1
-            self.failed += event[3] in ("FAILURE", "ERROR")
+            self.failed += ended.failed
         elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
             self.processed += event[1]
             self.failed += event[2]
@@ -280,16 +299,7 @@ class Supervisor:
                         msg_id,
                         child.index,
                     )
-                    error = ErrorInfo("TimeLimitExceeded", "task exceeded its hard time limit", "", running.attempt)
-                    record = ResultRecord(
-                        state=State.FAILURE,
-                        error=error,
-                        errors=[error],
-                        task=running.task,
-                        attempt=running.attempt,
-                        worker=self.worker_id,
-                        finished=now,
-                    )
+                    record = past_hard_limit(running.task, running.attempt, self.worker_id)
                     self._stop_running_task(child, msg_id, running, record)
                     self.failed += 1
 
@@ -371,6 +381,14 @@ class Supervisor:
             self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
         else:
             self._registry.answered()
+
+
+def _read_event(data: bytes) -> tuple[Any, ...] | ChildEvent:
+    """A child's message: a pickled tuple (``Connection.send``, process and thread pools) or a typed event."""
+    if data[:1] == b"\x80":  # the pickle protocol marker; a typed event is a msgpack array
+        event: tuple[Any, ...] = pickle.loads(data)
+        return event
+    return decode_event(data)
 
 
 def _redact(url: str) -> str:
