@@ -33,7 +33,7 @@ from conveyor.message import Message, decode, encode, encode_value
 from conveyor.signing import sign, unframe, verify
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.task import BaseTask
-from conveyor.worker.settle import BatchSettler, ImmediateSettler, Settler
+from conveyor.worker.settle import BatchSettler, FinalResult, ImmediateSettler, Settler
 from conveyor.worker.timelimits import soft_time_limit
 
 log = logging.getLogger("conveyor.worker")
@@ -95,6 +95,7 @@ class Executor:
         self.secret = app.settings.secret
         self._on_start = on_start
         self.settler = settler if settler is not None else ImmediateSettler(app)
+        self._started_writes = _StartedWrites(self)
         self._loops = threading.local()
         self._all_loops: list[asyncio.AbstractEventLoop] = []
 
@@ -115,17 +116,24 @@ class Executor:
     ) -> Outcome:
         """The asyncio pool's :meth:`run`: the same steps, the task's coroutine awaited on the running loop.
 
-        The blocking steps (decode and checks with STARTED, in one hop; the outcome of a failure, a retry
-        or anything an :class:`ImmediateSettler` writes) run on the loop's default executor; a first
-        attempt's success handed to a :class:`BatchSettler` costs no hop. The call runs as its own
+        A first delivery of a first attempt is checked on the loop, and its STARTED record written with
+        those of every task the loop starts in the same turn (one hop, one round trip). Other blocking
+        steps (the checks of a redelivery or retry, the outcome of a failure, a retry or anything an
+        :class:`ImmediateSettler` writes) run on the loop's default executor; a first attempt's success
+        handed to a :class:`BatchSettler` costs no hop. The call runs as its own
         asyncio task, kept in ``calls`` under the delivery's id while it runs: cancelling it there ends
         the delivery REVOKED and acked (``revoke(terminate=True)``). A hard ``time_limit`` cancels it and
         records FAILURE (no retry). A sync task runs on ``threads`` (the default executor when None).
         """
         started = time.perf_counter()
-        admitted = await asyncio.to_thread(self._admit, delivery, started)
-        if isinstance(admitted, Outcome):
-            return admitted
+        admitted = self._admit_first(delivery)
+        if admitted is None:  # a redelivery, a retry or a message that will not run: every check, off the loop
+            checked = await asyncio.to_thread(self._admit, delivery, started)
+            if isinstance(checked, Outcome):
+                return checked
+            admitted = checked
+        elif self.track_started and not admitted[1].options.ignore_result:
+            await self._started_writes.write((admitted[0].id, State.STARTED, encode_record(self._started(admitted[0]))))
         message, task = admitted
         if self._on_start is not None:
             self._on_start(delivery, message, task)
@@ -164,20 +172,38 @@ class Executor:
         self._record_started(message, task)
         return message, task
 
+    def _admit_first(self, delivery: Delivery) -> tuple[Message, BaseTask[Any, Any]] | None:
+        """What to run, checked without I/O: a first delivery of a first attempt that decodes, is known, not expired.
+
+        None for anything else: :meth:`_admit` then checks it (and buries or revokes it) off the loop.
+        """
+        if delivery.deliveries > 1:
+            return None
+        try:
+            message = decode(self._unwrap(delivery.body))
+        except (SignatureError, DecodeError):
+            return None
+        task = self.app.tasks.get(message.task)
+        if task is None or message.attempt or (message.expires is not None and time.time() > message.expires):
+            return None
+        return message, task
+
     def _record_started(self, message: Message, task: BaseTask[Any, Any]) -> None:
         if task.options.ignore_result or not self.track_started:
             return
         # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
         errors = _before(self._read_errors, message.id) if message.attempt else []
-        record = ResultRecord(
+        _before(self._write, message, self._started(message, errors))
+
+    def _started(self, message: Message, errors: list[ErrorInfo] | None = None) -> ResultRecord:
+        return ResultRecord(
             state=State.STARTED,
             task=message.task,
             attempt=message.attempt,
             worker=self.worker,
             started=time.time(),
-            errors=errors,
+            errors=errors or [],
         )
-        _before(self._write, message, record)
 
     def _execute(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], started: float) -> Outcome:
         if self._on_start is not None:
@@ -435,6 +461,42 @@ class Executor:
         for loop in self._all_loops:
             loop.close()
         self._all_loops.clear()
+
+
+class _StartedWrites:
+    """STARTED records of the tasks a loop starts in one turn, written together (one hop, one round trip)."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        self._waiting: list[tuple[FinalResult, asyncio.Future[None]]] = []
+
+    async def write(self, item: FinalResult) -> None:
+        """Write ``item`` with the others of this loop turn; raises BackendDown if the backend failed."""
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((item, landed))
+        if len(self._waiting) == 1:  # the first of this turn: the write goes once every task started has queued
+            loop.call_soon(self._flush, loop)
+        await landed
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        executor = self._executor
+        written = loop.run_in_executor(None, executor.backend.set_many, [item for item, _ in batch], executor.ttl)
+
+        def land(done: asyncio.Future[None]) -> None:
+            exc = None if done.cancelled() else done.exception()
+            for _, landed in batch:
+                if landed.done():
+                    continue
+                if done.cancelled():  # the loop is closing
+                    landed.cancel()
+                elif exc is None:
+                    landed.set_result(None)
+                else:
+                    landed.set_exception(BackendDown(str(exc)) if isinstance(exc, BrokerError) else exc)
+
+        written.add_done_callback(land)
 
 
 def _before(step: Callable[..., T], *args: Any) -> T:
