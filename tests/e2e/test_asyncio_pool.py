@@ -194,3 +194,18 @@ def test_max_tasks_per_child_retires_the_child_after_its_running_tasks_and_a_new
     ran_in = set().union(*(pids_of(records, f"t{i}") for i in range(12)))
     assert first in ran_in and len(ran_in) >= 2
     worker.wait_for_log("retired")
+
+
+def test_a_sync_task_past_its_hard_limit_is_recorded_failure_and_the_child_goes_on(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a worker running a sync task with a 1 s hard limit that sleeps 60 s on its thread
+    worker = start_worker("--pool", "asyncio", "-c", "10")
+    [child] = child_pids(worker)
+    hung = enqueue(e2e_app, "hang", "hang")
+    # Then the task is recorded FAILURE (TimeLimitExceeded), and the child, not replaced, serves on
+    wait_until(lambda: hung.state is State.FAILURE, 10, "the sync task to fail on its hard limit")
+    info = hung.info
+    assert info is not None and info.error is not None and info.error.type == "TimeLimitExceeded"
+    assert enqueue(e2e_app, "async_nap", "after", 0.0).get(timeout=10) == "after"
+    assert child_pids(worker) == [child] and runs_of(records, "hang") == 1

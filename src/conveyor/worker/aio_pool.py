@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -111,7 +112,9 @@ class AsyncioChild:
         self._backend_down = False
         self._backend = Outage("result backend")
         self._settling = Outage("result backend or broker")
-        self._parent = os.getppid()
+        # The supervisor as fork() recorded it, not getppid(): a child orphaned before it got here must not serve.
+        parent = multiprocessing.parent_process()
+        self._parent = parent.pid if parent is not None and parent.pid is not None else os.getppid()
         self.watch = LoopWatch(self)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
