@@ -24,12 +24,16 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.events import ChildEvent, Counts, Retiring, TaskFinished, TaskStarted, decode_event
 from conveyor.worker.outage import Outage
+from conveyor.worker.pools import pool_class
 from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
@@ -75,7 +79,7 @@ class Supervisor:
         app: the app to serve.
         concurrency: tasks run at once (processes, or threads with ``pool="thread"``).
         queues: queues to serve, in priority order.
-        pool: ``process`` (one child per slot) or ``thread`` (one child, N threads).
+        pool: a pool name (worker/pools/): ``process`` (one child per slot), ``thread`` (one child, N threads).
     """
 
     def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
@@ -95,15 +99,15 @@ class Supervisor:
         self._next_revocation_check = 0.0
         self._ctx = multiprocessing.get_context("fork")
         self._registry = Outage("worker registry")
+        self.child_count, self.slots = pool_class(pool).layout(concurrency)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Serve until stopped by a signal; return the process exit code."""
         self._install_signals()
-        slots, count = (self.concurrency, 1) if self.pool == "thread" else (1, self.concurrency)
-        for index in range(count):
-            self._start_child(index, slots)
+        for index in range(self.child_count):
+            self._start_child(index)
         self._heartbeat()  # listed as live before it says it is ready
         log.info(
             "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
@@ -150,11 +154,12 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------
 
-    def _start_child(self, index: int, slots: int) -> None:
+    def _start_child(self, index: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        board = ChildBoard(self._ctx, slots)
+        board = ChildBoard(self._ctx, self.slots)
+        settings = self.app.settings
         config = ChildConfig(
-            self.worker_id, index, self.queues, slots, self.app.settings.lease, self.app.settings.prefetch
+            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool
         )
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
@@ -188,7 +193,7 @@ class Supervisor:
                 self._report_death(child, code)
             self._release(child, "its process exited")
             if not self.stopping:
-                self._start_child(index, self.concurrency if self.pool == "thread" else 1)
+                self._start_child(index)
 
     def _report_death(self, child: _Child, code: int | None) -> None:
         if child.killed_for is not None:
@@ -217,28 +222,27 @@ class Supervisor:
         child = next((c for c in self.children.values() if c.conn is conn), None)
         try:
             while conn.poll():
-                self._on_event(child, conn.recv())
+                event = decode_event(conn.recv_bytes())
+                if child is not None:
+                    self._on_event(child, event)
         except (EOFError, OSError):
             pass
+        except msgspec.DecodeError as exc:  # a child that wrote half a message as it was killed
+            log.debug("ignoring an undecodable event from a child: %s", exc)
 
-    def _on_event(self, child: _Child | None, event: tuple[Any, ...]) -> None:
-        if child is None:
-            return
-        if event[0] == "start":
-            _, msg_id, task, deadline, token, queue, priority, deliveries, attempt = event
-            delivery = Delivery(msg_id, queue, b"", priority, deliveries, token, child.owner)
-            child.running[msg_id] = _Running(task, deadline, delivery, attempt)
-        elif event[0] == "retire":
-            child.retiring = event[1]
-        elif event[0] == "done":
-            child.running.pop(event[1], None)
-            if event[3] == "RETURNED":  # given back to the queue (an outage), not processed
-                return
-            self.processed += 1
-            self.failed += event[3] in ("FAILURE", "ERROR")
-        elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
-            self.processed += event[1]
-            self.failed += event[2]
+    def _on_event(self, child: _Child, event: ChildEvent) -> None:
+        if isinstance(event, Counts):  # tasks that ended without a start report, counted per batch
+            self.processed += event.processed
+            self.failed += event.failed
+        elif isinstance(event, TaskStarted):
+            delivery = Delivery(event.id, event.queue, b"", event.priority, event.deliveries, event.token, child.owner)
+            child.running[event.id] = _Running(event.task, event.deadline, delivery, event.attempt)
+        elif isinstance(event, TaskFinished):
+            child.running.pop(event.id, None)
+            self.processed += event.ended.processed
+            self.failed += event.ended.failed
+        elif isinstance(event, Retiring):
+            child.retiring = event.reason
 
     # -- leases of a child whose heartbeat is starved -----------------------------------------
 
