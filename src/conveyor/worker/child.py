@@ -59,6 +59,8 @@ _PR_SET_PDEATHSIG = 1
 #: until then the child would run its copy of the supervisor's handlers and lose the signal.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
+#: How a delivery that counts as failed ended (plain strings: the executor's outcome states).
+_FAILED = frozenset(str(ended) for ended in Ended if ended.failed)
 #: Called by the executor just before a task's function runs (the pool decides whether to report it).
 StartHook = Callable[[Delivery, Message, BaseTask[Any, Any]], None]
 
@@ -137,6 +139,7 @@ class Child:
         self._processed = self._failed = self.tasks_run = 0  # counts not sent yet; tasks run in all
         self._counts_due = 0.0
         self._backend = Outage("result backend")
+        self._limited = app.settings.max_tasks_per_child is not None or app.settings.max_memory_per_child is not None
 
     @property
     def serving(self) -> bool:
@@ -196,18 +199,18 @@ class Child:
 
     def ended(self, outcome: Outcome, reported: bool) -> None:
         """Count one delivery that ended: a TaskFinished if its start was reported, else in the bulk counts."""
-        ended = Ended(outcome.state)
         if reported:
-            self.send(TaskFinished(outcome.id, outcome.task, ended, outcome.runtime))
-        if ended is Ended.RETURNED:
+            self.send(TaskFinished(outcome.id, outcome.task, Ended(outcome.state), outcome.runtime))
+        if outcome.state == Ended.RETURNED:
             return
         with self._tally_lock:
             if not reported:
                 self._processed += 1
-                self._failed += ended.failed
+                self._failed += outcome.state in _FAILED
             self.tasks_run += 1
             run = self.tasks_run
-        self._check_limits(run)
+        if self._limited:
+            self._check_limits(run)
 
     # -- the pipe ------------------------------------------------------------------------------
 

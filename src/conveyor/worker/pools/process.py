@@ -21,16 +21,13 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
-from conveyor.worker.backlog import Backlog
+from conveyor.worker.backlog import PREFETCH_HOLD, Backlog
 from conveyor.worker.child import RESERVE_WAIT, Child
 from conveyor.worker.events import TaskStarted
 from conveyor.worker.pools import Pool
 from conveyor.worker.pools.reserver import Reserver
 from conveyor.worker.settle import BatchSettler
 
-#: Seconds a task runs before the tasks prefetched behind it go back to the queue (and its start
-#: is reported to the supervisor). Short enough that a long task delays no batch-mate noticeably.
-PREFETCH_HOLD = 0.005
 #: The child's one slot on its board.
 _SLOT = 0
 

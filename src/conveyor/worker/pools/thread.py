@@ -32,7 +32,6 @@ from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.child import RESERVE_WAIT, Child
-from conveyor.worker.events import TaskStarted
 from conveyor.worker.executor import Outcome
 from conveyor.worker.pools import Pool
 from conveyor.worker.pools.reserver import Reserver
@@ -50,10 +49,14 @@ SETTLE_WAIT = 0.05
 
 @dataclasses.dataclass(slots=True)
 class _Slot:
-    """What the reserver knows of one thread's running task (read and written under the pool's lock)."""
+    """What the reserver knows of one thread's running task.
 
-    started: float = 0.0
-    event: TaskStarted | None = None  # the start report to send if the task runs long
+    ``begun`` is written by the slot's thread in one assignment (atomic under the GIL) when its
+    task starts; ``reported`` is read and written under the pool's lock, so a task's end is never
+    reported before its start.
+    """
+
+    begun: tuple[float, Delivery, Message, BaseTask[Any, Any]] | None = None
     reported: bool = False  # its start was sent: its end is reported too
 
 
@@ -123,8 +126,9 @@ class ThreadPool(Pool):
         self._next_look = now + LOOK_EVERY
         with self._lock:
             for slot in self._slots:
-                if slot.event is not None and not slot.reported and now - slot.started >= LONG_TASK:
-                    self.child.send(slot.event)
+                begun = slot.begun
+                if begun is not None and not slot.reported and now - begun[0] >= LONG_TASK:
+                    self.child.send(self.child.started(*begun[1:]))
                     slot.reported = True
 
     def _return_queued(self) -> None:
@@ -164,22 +168,21 @@ class ThreadPool(Pool):
                 self._end(slot, delivery, child.execute(self.executor, slot, delivery))
 
     def _on_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
-        event = self.child.started(delivery, message, task)
         state = self._slots[self._local.slot]
-        if event.deadline is not None:  # the supervisor must know a hard time limit's deadline from the start
-            self.child.send(event)
+        if task.options.time_limit is not None:  # the supervisor must know the deadline from the start
+            self.child.send(self.child.started(delivery, message, task))
             with self._lock:
                 state.reported = True
             return
-        with self._lock:
-            state.event, state.started = event, time.monotonic()
+        state.begun = (time.monotonic(), delivery, message, task)
 
     def _end(self, slot: int, delivery: Delivery, outcome: Outcome | None) -> None:
         state = self._slots[slot]
         with self._lock:
-            reported, state.event, state.reported = state.reported, None, False
+            reported, state.begun, state.reported = state.reported, None, False
             self._outstanding -= 1
-        self._freed.set()
+        if not self._freed.is_set():  # the reserver clears it before it looks at the free slots
+            self._freed.set()
         if outcome is None:
             return
         if not outcome.deferred:
