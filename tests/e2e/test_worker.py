@@ -15,7 +15,7 @@ import pytest
 from conveyor import App, State, TaskFailed
 from conveyor.brokers import Envelope
 from tests.apps.e2e_app import runs_of
-from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.e2e.conftest import WorkerProcess, enqueue, pool_args, wait_until
 
 
 def depth(app: App) -> tuple[int, int, int, int]:
@@ -27,10 +27,10 @@ def depth(app: App) -> tuple[int, int, int, int]:
 
 
 def test_worker_runs_tasks_and_keeps_serving_after_one_explodes(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a worker with two processes
-    worker = start_worker("-c", "2")
+    worker = start_worker(*pool_args(pool, 2))
     # When a task raises, and others follow it
     bad = enqueue(e2e_app, "boom", "b1")
     goods = [enqueue(e2e_app, "record", f"g{i}") for i in range(20)]
@@ -44,10 +44,10 @@ def test_worker_runs_tasks_and_keeps_serving_after_one_explodes(
 
 
 def test_kill_9_of_a_child_mid_task_loses_nothing(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a task that is running in a worker child
-    worker = start_worker("-c", "2")
+    worker = start_worker(*pool_args(pool, 2))
     result = enqueue(e2e_app, "record", "victim", 1.5)
     wait_until(lambda: runs_of(records, "victim") == 1, 15, "the task to start")
     child_pid = int((records / "victim.runs").read_text().split()[0])
@@ -65,27 +65,27 @@ def test_kill_9_of_a_child_mid_task_loses_nothing(
 
 
 def test_kill_9_of_the_whole_worker_redelivers_after_the_lease(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a worker running a task (lease 2 s)
-    first = start_worker("-c", "1")
+    first = start_worker(*pool_args(pool, 1))
     result = enqueue(e2e_app, "record", "orphan", 1.0)
     wait_until(lambda: runs_of(records, "orphan") == 1, 15, "the task to start")
     # When the whole worker (supervisor) is killed with SIGKILL, its child dies with it
     first.proc.kill()
     first.proc.wait(timeout=10)
     # Then a new worker runs the task again once the lease expires
-    start_worker("-c", "1")
+    start_worker(*pool_args(pool, 1))
     assert result.get(timeout=20) == "orphan"
     assert runs_of(records, "orphan") == 2
 
 
 def test_graceful_stop_finishes_running_tasks_and_loses_nothing(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given 30 tasks of 0.2 s each and a worker with two processes
     results = [enqueue(e2e_app, "record", f"t{i}", 0.2) for i in range(30)]
-    worker = start_worker("-c", "2")
+    worker = start_worker(*pool_args(pool, 2))
     wait_until(lambda: sum(runs_of(records, f"t{i}") for i in range(30)) >= 4, 15, "some tasks to run")
     # When it gets SIGTERM
     assert worker.stop() == 0
@@ -96,16 +96,16 @@ def test_graceful_stop_finishes_running_tasks_and_loses_nothing(
     assert done + ready == 30
     assert "stopping gracefully" in worker.output()
     # And a new worker runs the rest, each task exactly once
-    start_worker("-c", "2")
+    start_worker(*pool_args(pool, 2))
     assert all(r.get(timeout=30) for r in results)
     assert [runs_of(records, f"t{i}") for i in range(30)] == [1] * 30
 
 
 def test_second_signal_stops_hard_and_the_task_runs_again(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a long task running
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     result = enqueue(e2e_app, "record", "long", 30)
     wait_until(lambda: runs_of(records, "long") == 1, 15, "the task to start")
     # When the worker gets SIGTERM twice
@@ -120,10 +120,10 @@ def test_second_signal_stops_hard_and_the_task_runs_again(
 
 
 def test_bad_input_goes_to_dead_letters_and_the_worker_keeps_running(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a worker, and an undecodable message and a message for an unknown task
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     e2e_app.broker.enqueue(
         [
             Envelope("garbage-1", "default", b"\x00\x01 not a message"),
@@ -141,10 +141,10 @@ def test_bad_input_goes_to_dead_letters_and_the_worker_keeps_running(
 
 
 def test_hard_time_limit_replaces_the_child_and_the_worker_keeps_serving(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a task with a 1 s hard limit that sleeps for 60 s
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     result = enqueue(e2e_app, "hang", "stuck")
     # Then it fails with TimeLimitExceeded, runs once only, and the worker serves the next task
     with pytest.raises(TaskFailed, match="TimeLimitExceeded"):
@@ -156,10 +156,10 @@ def test_hard_time_limit_replaces_the_child_and_the_worker_keeps_serving(
 
 
 def test_revoke_removes_a_queued_task_and_terminates_a_running_one(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a long task running on a one-slot worker, and a task queued behind it
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     running = enqueue(e2e_app, "record", "running", 30)
     wait_until(lambda: runs_of(records, "running") == 1, 15, "the task to start")
     queued = enqueue(e2e_app, "record", "queued")
