@@ -5,6 +5,7 @@ Each test runs on SQLite and on Redis (the e2e_env fixture), with a 2 s lease.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -173,4 +174,27 @@ def test_revoke_removes_a_queued_task_and_terminates_a_running_one(
     assert runs_of(records, "queued") == 0 and runs_of(records, "running") == 1
     # (the result is written before the ack, so the last task may still be in flight for a moment)
     wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "nothing left in the broker")
+    assert worker.stop() == 0
+
+
+def test_the_worker_heartbeat_counts_processed_and_failed_tasks(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
+) -> None:
+    # Given a worker with two slots
+    worker = start_worker(*pool_args(pool, 2))
+    # When it runs 12 tasks, 2 of which fail and one runs long enough to report its start and end
+    results = [enqueue(e2e_app, "record", f"c{i}") for i in range(9)]
+    results.append(enqueue(e2e_app, "record", "slow", 1.0))
+    results += [enqueue(e2e_app, "boom", f"b{i}") for i in range(2)]
+    for result in results:
+        with contextlib.suppress(TaskFailed):
+            result.get(timeout=15)
+
+    # Then its heartbeat in the broker counts all 12 as processed and the 2 as failed (the children
+    # send counts in bulk and typed start/finish events; the supervisor adds them up)
+    def counted() -> tuple[int, int]:
+        [info] = e2e_app.broker.workers()
+        return info.processed, info.failed
+
+    wait_until(lambda: counted() == (12, 2), 15, f"the heartbeat to count 12 processed, 2 failed: {counted()}")
     assert worker.stop() == 0
