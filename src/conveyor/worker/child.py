@@ -1,17 +1,14 @@
 """Worker child: one process of a worker, and what every pool shares.
 
-A child reserves only as many tasks as it has free slots (plus the process pool's prefetch),
-heartbeats the leases of what it holds, and reports to the supervisor over a pipe in typed
-events (worker/events.py). *How* its slots run tasks is its pool's business (worker/pools/:
-one slot in the main thread, N threads, or N coroutines on one event loop); this module keeps
-only what every pool needs:
+*How* a child's slots run tasks is its pool's business (worker/pools/: one slot in the main
+thread, N threads, or N coroutines on one event loop); this module keeps what every pool needs:
 
 - signals: SIGTERM stops reserving at once; what runs finishes, what has not started goes back;
 - dying with the supervisor (Linux PR_SET_PDEATHSIG), so a ``kill -9`` of the worker leaves no
   orphan holding leases, and not serving at all if the supervisor died before that was armed;
 - the ChildBoard (shared memory the supervisor reads) and the LeaseKeeper (the heartbeat);
-- the pipe: counts of finished tasks in bulk, TaskStarted/TaskFinished only for tasks the
-  supervisor must know about (a hard time limit, or a task that runs long), Retiring;
+- the pipe, in typed events (worker/events.py): counts of finished tasks in bulk, TaskStarted and
+  TaskFinished only for tasks the supervisor must know about (hard time limit, long run), Retiring;
 - per-child limits (``max_tasks_per_child``, ``max_memory_per_child``) checked between tasks;
 - what to do when a delivery cannot run or be recorded (backend down: give it back and pause).
 """
@@ -42,7 +39,7 @@ from conveyor.task import BaseTask
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskFinished, TaskStarted, encode_event
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
-from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+from conveyor.worker.outage import Outage, wait_until_up
 from conveyor.worker.settle import GaveUp, Settler
 from conveyor.worker.shared import ChildBoard
 
@@ -111,14 +108,7 @@ def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoar
 
 
 class Child:
-    """One child process as its pool sees it. Safe to share between the pool's threads.
-
-    Args:
-        app: the app served.
-        config: the child's fixed configuration.
-        conn: the write end of the pipe to the supervisor.
-        board: the shared memory the supervisor reads (heartbeat stamp, running ids).
-    """
+    """One child process as its pool sees it (``conn``: the pipe's write end). Safe to share between threads."""
 
     def __init__(self, app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
         self.app = app
@@ -154,8 +144,6 @@ class Child:
         """The executor a pool runs deliveries with (its settler, its start hook)."""
         return Executor(self.app, self.config.worker_id, settler, on_start=on_start)
 
-    # -- running one delivery ------------------------------------------------------------------
-
     def execute(self, executor: Executor, slot: int, delivery: Delivery) -> Outcome:
         """Run ``delivery`` in board slot ``slot``; a failure to run or record it becomes an outcome."""
         self.board.running(slot, delivery.id)  # if this process dies now, only what runs counts a delivery
@@ -174,9 +162,7 @@ class Child:
             self.return_unstarted([delivery])
             return Outcome(delivery.id, "?", Ended.RETURNED, 0.0)
         if isinstance(exc, GaveUp):  # it ran, its outcome could not be recorded before the stop
-            log.warning(
-                "task %s ran but its outcome was not recorded (%s); it goes back to run again", delivery.id, exc
-            )
+            log.warning("task %s ran; its outcome was not recorded (%s): it goes back to run again", delivery.id, exc)
             self.return_unstarted([delivery])
             return Outcome(delivery.id, "?", Ended.RETURNED, 0.0)
         # The broker or backend failed mid-way; the lease expires and the task runs again.
@@ -186,16 +172,9 @@ class Child:
     def started(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> TaskStarted:
         """The start report of a task (sent by the pool at once for a hard time limit, else if it runs long)."""
         limit = task.options.time_limit
-        return TaskStarted(
-            delivery.id,
-            message.task,
-            None if limit is None else time.time() + limit,
-            delivery.token,
-            delivery.queue,
-            delivery.priority,
-            delivery.deliveries,
-            message.attempt,
-        )
+        deadline = None if limit is None else time.time() + limit
+        d = delivery
+        return TaskStarted(d.id, message.task, deadline, d.token, d.queue, d.priority, d.deliveries, message.attempt)
 
     def ended(self, outcome: Outcome, reported: bool) -> None:
         """Count one delivery that ended: a TaskFinished if its start was reported, else in the bulk counts."""
@@ -211,8 +190,6 @@ class Child:
             run = self.tasks_run
         if self._limited:
             self._check_limits(run)
-
-    # -- the pipe ------------------------------------------------------------------------------
 
     def send(self, event: ChildEvent) -> None:
         """Send one event to the supervisor (a closed pipe is ignored: the supervisor is gone)."""
@@ -230,8 +207,6 @@ class Child:
         self._counts_due = now + COUNTS_EVERY
         self.send(counts)
 
-    # -- giving work back, outages, limits --------------------------------------------------------
-
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""
         for delivery in deliveries:
@@ -243,18 +218,8 @@ class Child:
 
     def wait_for_backend(self) -> None:
         """Probe the result backend with capped backoff until it answers (or the child stops)."""
-        backoff = FIRST_BACKOFF
-        while self.serving:
-            try:
-                self.app.backend.get(_PROBE_ID)
-            except BrokerError as exc:
-                self._backend.failed(exc, "probing")
-                time.sleep(backoff)
-                backoff = next_backoff(backoff)
-                continue
-            self._backend.answered()
+        if wait_until_up(lambda: self.app.backend.get(_PROBE_ID), self._backend, lambda: self.serving):
             self.backend_down = False
-            return
 
     def _check_limits(self, tasks_run: int) -> None:
         """Retire this child between tasks once it ran too many tasks or grew too large."""
