@@ -9,8 +9,14 @@ The child's main thread is the reserver; the slots are long-lived threads::
 Per task a thread pays no pipe message (finished tasks are counted in bulk; a start is reported
 only for a hard time limit, at once, or for a task running past ``LONG_TASK``), no round trip
 of its own (results land in one ``set_many`` and acks ride on the next reservation), and one
-hand-off through a C queue. The reserver never reserves more than the free slots, so a reserved
-task always has a thread waiting for it: a long task cannot hold another one hostage.
+hand-off through a C queue.
+
+The reserver keeps a few deliveries ready beyond the free slots (``MARGIN``), so a thread that
+ends a task takes the next one at once instead of waiting for a round trip; it reserves nothing
+while every thread runs a task (a task queued meanwhile stays in the queue). Those must not wait
+behind long tasks (no prefetch starvation): when no thread took a ready delivery for
+``PREFETCH_HOLD`` (every slot busy), the ready ones go back to the queue at once, where idle
+workers take them, and the reserver keeps no margin until a slot frees.
 
 What threads share has a cost: a task that crashes the process, a hard time limit, or
 ``revoke(terminate=True)`` kills the child, and every task it was running goes back to the
@@ -31,6 +37,7 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
+from conveyor.worker.backlog import PREFETCH_HOLD
 from conveyor.worker.child import RESERVE_WAIT, Child
 from conveyor.worker.executor import Outcome
 from conveyor.worker.pools import Pool
@@ -42,6 +49,8 @@ from conveyor.worker.settle import BatchSettler
 LONG_TASK = 0.5
 #: Seconds between looks for long tasks, and the longest the reserver sleeps while every slot is busy.
 LOOK_EVERY = 0.1
+#: Deliveries kept ready beyond the free slots, as a fraction of the slots (at least one).
+MARGIN = 0.25
 #: Seconds a reservation waits for work while tasks run: results of tasks that end meanwhile wait
 #: at most about this long to be written.
 SETTLE_WAIT = 0.05
@@ -80,6 +89,9 @@ class ThreadPool(Pool):
         self._lock = threading.Lock()
         self._outstanding = 0  # reserved and not ended: waiting in the ready queue or running
         self._freed = threading.Event()  # a slot freed: the reserver may reserve again
+        self._margin = max(1, int(slots * MARGIN))
+        self._margin_on = True  # off once ready deliveries went back unstarted, until a slot frees
+        self._last_take = 0.0  # monotonic time a thread last took a ready delivery
         self._local = threading.local()
         self._next_look = 0.0
         self._threads = [
@@ -105,18 +117,32 @@ class ThreadPool(Pool):
                 child.wait_for_backend()
                 continue
             self._report_long_tasks()
-            self._freed.clear()
-            free = slots - self._outstanding
-            if free <= 0:
-                self._freed.wait(LOOK_EVERY)
+            if self._freed.is_set():
+                self._freed.clear()
+                self._margin_on = True
+            # No reservation while every thread runs a task: a task queued now stays revocable in the
+            # queue, and an idle worker takes it.
+            busy = self._outstanding - self._ready.qsize() >= slots
+            want = 0 if busy else slots + (self._margin if self._margin_on else 0) - self._outstanding
+            if want <= 0:
+                self._wait_for_a_slot()
                 continue
             # While tasks run, a short wait: the results of those that end meanwhile are written soon.
-            fresh = self.reserver.round_trip(free, RESERVE_WAIT if self._outstanding == 0 else SETTLE_WAIT)
+            fresh = self.reserver.round_trip(want, RESERVE_WAIT if self._outstanding == 0 else SETTLE_WAIT)
             with self._lock:
                 self._outstanding += len(fresh)
             for delivery in fresh:
                 self._ready.put(delivery)
             child.flush_counts()
+
+    def _wait_for_a_slot(self) -> None:
+        """Every slot is busy: wait for one to free; give the ready deliveries back if none frees in time."""
+        if self._ready.empty():
+            self._freed.wait(LOOK_EVERY)
+            return
+        if not self._freed.wait(PREFETCH_HOLD) and time.monotonic() - self._last_take >= PREFETCH_HOLD:
+            self._margin_on = False  # until a slot frees: else the same deliveries come straight back
+            self._return_queued()
 
     def _report_long_tasks(self) -> None:
         """Send the start of each task running past LONG_TASK (under the lock: its end cannot overtake it)."""
@@ -161,6 +187,7 @@ class ThreadPool(Pool):
         self._local.slot = slot
         child = self.child
         while (delivery := self._ready.get()) is not None:
+            self._last_take = time.monotonic()
             if child.stopping or child.backend_down:  # reserved but not started: back to the queue at once
                 child.return_unstarted([delivery])
                 self._end(slot, delivery, None)
