@@ -5,6 +5,7 @@
     python -m tests.chaos --broker redis --tasks 5000 --seconds 60
     python -m tests.chaos --broker sqlite --faults all
     python -m tests.chaos --broker redis --faults gil          # one fault kind alone
+    python -m tests.chaos --broker redis --pool thread -c 8    # workers of one child with 8 threads
 
 Every chaos task (``tests/apps/chaos_app.py``) appends ``i pid`` to one log file when an execution
 starts and ``i pid done`` when it ends (``i pid crash`` when a poison task takes its process down).
@@ -46,6 +47,7 @@ import psutil
 
 from conveyor import App, State
 from conveyor.message import Message
+from conveyor.worker import POOLS
 from tests.apps import chaos_app
 from tests.chaos_audit import ChaosReport, audit, executions
 from tests.chaos_faults import (
@@ -73,8 +75,8 @@ class ChaosPlan:
             and every fault was injected as often as planned).
         settle: seconds allowed after the faults stop for the last tasks to complete.
         workers: worker processes kept running (each replaced when killed whole).
-        concurrency: children per worker (slots of its one child with the thread and asyncio pools).
-        pool: the workers' ``--pool`` (process, thread or asyncio).
+        concurrency: slots per worker: children (process pool) or threads of one child (thread pool).
+        pool: the workers' pool (``--pool``).
         lease: the workers' lease in seconds; a whole-worker kill is recovered after it.
         task_ms: each task sleeps a random time in this range, in milliseconds.
         pause: seconds between two kills, drawn at random from this range.
@@ -143,7 +145,7 @@ class Driver:
 
     def start_worker(self) -> None:
         """Start one worker (in its own pid namespace with ``collide``) and wait until it is ready."""
-        args = ["-c", str(self.plan.concurrency), "--pool", self.plan.pool]
+        args = ["--pool", self.plan.pool, "-c", str(self.plan.concurrency)]
         namespaced = "collide" in self.plan.faults
         log = self.logs / f"worker-{self._started}.log"
         worker = ChaosWorker(self.env, args, log, namespaced=namespaced)
@@ -495,8 +497,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to keep killing")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=2, help="children per worker")
-    parser.add_argument("--pool", choices=("process", "thread", "asyncio"), default="process")
+    parser.add_argument("-c", "--concurrency", type=int, default=2, help="slots per worker")
+    parser.add_argument("--pool", choices=POOLS, default="process", help="the workers' pool")
     parser.add_argument("--lease", type=float, default=2.0)
     parser.add_argument("--task-ms", type=float, nargs=2, default=(1.0, 5.0), metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=None)

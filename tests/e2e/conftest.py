@@ -15,9 +15,26 @@ import pytest
 from conveyor import App, AsyncResult
 from tests.conftest import wait_until
 
-__all__ = ["ROOT", "WorkerProcess", "enqueue", "kill_leftovers", "wait_until"]
+__all__ = ["POOLS_UNDER_TEST", "ROOT", "WorkerProcess", "enqueue", "kill_leftovers", "pool_args", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: The pools that every test taking the ``pool`` fixture runs on (conveyor.worker.pools.POOLS).
+#: A new pool joins here, and the failure-handling tests then run on it unchanged; the asyncio
+#: pool (branch aio) adds "asyncio" once its module lives in worker/pools/.
+POOLS_UNDER_TEST = ("process", "thread", "asyncio")
+
+
+def pool_args(pool: str, slots: int) -> tuple[str, ...]:
+    """The worker options for ``slots`` slots on ``pool`` (process: a child each; thread: threads of one child)."""
+    return ("--pool", pool, "-c", str(slots))
+
+
+@pytest.fixture(params=POOLS_UNDER_TEST)
+def pool(request: pytest.FixtureRequest) -> str:
+    """Each pool in turn: a test taking it runs once per pool."""
+    param: str = request.param
+    return param
 
 
 class WorkerProcess:

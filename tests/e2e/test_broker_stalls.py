@@ -66,7 +66,6 @@ def stallable(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
         yield f"sqlite:///{path}", lambda: stalled_sqlite(path)
 
 
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 def test_a_broker_stall_longer_than_the_lease_reruns_no_live_task(
     stallable: tuple[str, Callable[[], Any]], pool: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,7 +2,9 @@
 
 The driver lives in ``tests/chaos.py`` (faults in ``tests/chaos_faults.py``, the audit in
 ``tests/chaos_audit.py``), which also runs as a script with bigger numbers and one fault kind at
-a time (``python -m tests.chaos --broker redis --tasks 20000 --seconds 120 --faults gil``).
+a time (``python -m tests.chaos --broker redis --tasks 20000 --seconds 120 --faults gil``). Both
+storms run on every pool (the ``pool`` fixture): with the thread pool a killed child takes all
+its threads' tasks down, and they must all run again.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ pytestmark = pytest.mark.exclusive
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(e2e_env: dict[str, str], tmp_path: Path) -> None:
-    # Given 2,500 tasks of 1-5 ms, two workers of two children each, a 2 s lease
-    plan = ChaosPlan(tasks=2500, seconds=40, settle=40, pause=(0.03, 0.15), seed=4)
+def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(
+    e2e_env: dict[str, str], tmp_path: Path, pool: str
+) -> None:
+    # Given 2,500 tasks of 1-5 ms, two workers of two slots each, a 2 s lease
+    plan = ChaosPlan(tasks=2500, seconds=40, settle=40, pause=(0.03, 0.15), seed=4, pool=pool)
     # When a driver kill -9s a child every 30-150 ms, and every fifth time a whole worker (restarting it)
     servers = Servers(e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"))
     report = run_chaos(servers, tmp_path, plan)
@@ -49,7 +53,7 @@ def _mixed_faults() -> frozenset[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_fault_mix_loses_no_task_buries_only_poison_and_reruns_only_killed_ones(
-    e2e_env: dict[str, str], tmp_path: Path
+    e2e_env: dict[str, str], tmp_path: Path, pool: str
 ) -> None:
     # Given 1,200 short tasks with 2 poison tasks and 1 GIL-holding task (3 s, lease 2 s) among them,
     # on workers in pid namespaces of their own (colliding pids, one host name)
@@ -70,6 +74,7 @@ def test_fault_mix_loses_no_task_buries_only_poison_and_reruns_only_killed_ones(
         stalls=1,
         stall_seconds=(2.5, 3.0),
         fault_gap=(0.2, 0.8),
+        pool=pool,
     )
     # When the driver kill -9s children and workers, kills and restarts the result backend twice,
     # and stalls the broker once for longer than the lease (except the shared RabbitMQ)

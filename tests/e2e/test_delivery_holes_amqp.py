@@ -21,7 +21,6 @@ amqp_only = pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
 
 
 @amqp_only
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 @pytest.mark.timeout(90)
 def test_revoking_another_id_every_half_second_loses_no_waiting_task(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
@@ -42,7 +41,6 @@ def test_revoking_another_id_every_half_second_loses_no_waiting_task(
 
 
 @amqp_only
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 @pytest.mark.timeout(120)
 def test_a_segfaulting_task_does_not_take_its_prefetched_batch_mates_to_the_dead_letters(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
@@ -63,7 +61,6 @@ def test_a_segfaulting_task_does_not_take_its_prefetched_batch_mates_to_the_dead
 
 
 @amqp_only
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 @pytest.mark.timeout(90)
 def test_a_task_holding_the_gil_longer_than_its_lease_runs_once_with_two_live_workers(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str

@@ -30,7 +30,6 @@ def sqlite_file(env: dict[str, str]) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 def test_a_soft_time_limit_while_waiting_for_the_sqlite_lock_leaks_no_lock(
     e2e_env: dict[str, str],
     e2e_app: App,
@@ -61,7 +60,6 @@ def test_a_soft_time_limit_while_waiting_for_the_sqlite_lock_leaks_no_lock(
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 def test_an_exception_whose_str_raises_fails_the_task_once(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:

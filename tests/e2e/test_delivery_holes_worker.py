@@ -19,7 +19,7 @@ import pytest
 
 from conveyor import App, State
 from tests.apps.e2e_app import runs_of
-from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.e2e.conftest import WorkerProcess, enqueue, pool_args, wait_until
 from tests.servers import PrivateRedis, private_redis
 
 # -- item 9: a poison task takes only itself down ----------------------------------------------
@@ -95,21 +95,17 @@ def in_flight(app: App) -> int:
 # -- item 8: a task holding the GIL keeps its lease ---------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "pool",
-    [("-c", "1"), ("--pool", "thread", "-c", "2"), ("--pool", "asyncio", "-c", "2")],
-    ids=["process", "thread", "asyncio"],
-)
 def test_a_task_holding_the_gil_longer_than_its_lease_runs_once(
     e2e_env: dict[str, str],
     e2e_app: App,
     start_worker: Callable[..., WorkerProcess],
     records: Path,
-    pool: tuple[str, ...],
+    pool: str,
 ) -> None:
-    # Given two live workers with a 2 s lease
+    # Given two live workers with a 2 s lease (a process each, or two threads each)
     e2e_env["CONVEYOR_LEASE"] = "2"
-    workers = [start_worker(*pool), start_worker(*pool)]
+    slots = 1 if pool == "process" else 2
+    workers = [start_worker(*pool_args(pool, slots)), start_worker(*pool_args(pool, slots))]
     # When a task holds the GIL for 6 s (a C call that never releases it: its child's heartbeat thread starves)
     result = enqueue(e2e_app, "gil_sleep", "gil", 6)
     # Then it ends once, was never handed to the other worker, and no lease was lost
@@ -140,18 +136,13 @@ OUTAGE_LEASE, OUTAGE_MAX_DELIVERIES, OUTAGE_SECONDS = 1, 3, 9.0
 
 @pytest.mark.parametrize("e2e_env", ["sqlite", "redis", "amqp"], indirect=True)
 @pytest.mark.parametrize("track_started", [False, True], ids=["untracked", "tracked"])
-@pytest.mark.parametrize(
-    "pool",
-    [("-c", "2"), ("--pool", "thread", "-c", "2"), ("--pool", "asyncio", "-c", "2")],
-    ids=["process", "thread", "asyncio"],
-)
 def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(
     e2e_env: dict[str, str],
     private_backend: PrivateRedis,
     start_worker: Callable[..., WorkerProcess],
     records: Path,
     monkeypatch: pytest.MonkeyPatch,
-    pool: tuple[str, ...],
+    pool: str,
     track_started: bool,
 ) -> None:
     # Given a worker whose result backend is a Redis of its own (the broker elsewhere), a 1 s lease
@@ -167,7 +158,7 @@ def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(
         if key.startswith("CONVEYOR_") or key == "E2E_RECORD_DIR":
             monkeypatch.setenv(key, value)
     app = App("e2e")
-    worker = start_worker(*pool)
+    worker = start_worker(*pool_args(pool, 2))
     # When the backend dies, tasks (sync and async) arrive, and the outage lasts 9 s
     private_backend.kill()
     tags = [f"t{i}" for i in range(6)]

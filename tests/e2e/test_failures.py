@@ -21,7 +21,7 @@ import pytest
 
 from conveyor import App, AsyncResult, State
 from tests.apps.e2e_app import runs_of
-from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, wait_until
+from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, pool_args, wait_until
 from tests.e2e.test_worker import depth
 
 
@@ -32,21 +32,21 @@ def pids_of(records: Path, tag: str) -> list[str]:
 
 
 def run_long_task(
-    app: App, start_worker: Callable[..., WorkerProcess], records: Path, tag: str, seconds: float
+    app: App, start_worker: Callable[..., WorkerProcess], records: Path, tag: str, seconds: float, pool: str
 ) -> tuple[WorkerProcess, AsyncResult[Any]]:
-    """Start a one-process worker and wait until it runs a ``seconds``-long task tagged ``tag``."""
-    worker = start_worker("-c", "1")
+    """Start a one-slot worker and wait until it runs a ``seconds``-long task tagged ``tag``."""
+    worker = start_worker(*pool_args(pool, 1))
     result = enqueue(app, "record", tag, seconds)
     wait_until(lambda: runs_of(records, tag) == 1, 15, "the task to start")
     return worker, result
 
 
 def assert_back_at_once_then_runs_again(
-    app: App, start_worker: Callable[..., WorkerProcess], records: Path, result: AsyncResult[Any], tag: str
+    app: App, start_worker: Callable[..., WorkerProcess], records: Path, result: AsyncResult[Any], tag: str, pool: str
 ) -> None:
     """The stopped worker's task is ready again now (not after its lease), and a new worker runs it to the end."""
     assert depth(app) == (1, 0, 0, 0)
-    start_worker("-c", "1")
+    start_worker(*pool_args(pool, 1))
     assert result.get(timeout=30) == tag
     assert runs_of(records, tag) == 2
 
@@ -74,17 +74,17 @@ def test_sigterm_returns_tasks_reserved_while_stopping_at_once_without_running_t
 
 
 def test_sigterm_past_the_grace_period_stops_the_task_hard_and_it_runs_again(
-    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given a worker with a 1 s grace period and a 30 s lease, running a 4 s task
     e2e_env.update(CONVEYOR_LEASE="30", CONVEYOR_SHUTDOWN_GRACE="1")
-    worker, result = run_long_task(e2e_app, start_worker, records, "overdue", 4.0)
+    worker, result = run_long_task(e2e_app, start_worker, records, "overdue", 4.0, pool)
     # When it gets SIGTERM
     worker.proc.send_signal(signal.SIGTERM)
     # Then it stops once the grace period is over, the task is back in the queue at once, and runs again
     assert worker.proc.wait(timeout=15) == 0
     assert "grace period of 1s is over" in worker.output()
-    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "overdue")
+    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "overdue", pool)
 
 
 @pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGQUIT",)], ids=["sigint-twice", "sigquit"])
@@ -94,10 +94,11 @@ def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
     e2e_app: App,
     start_worker: Callable[..., WorkerProcess],
     records: Path,
+    pool: str,
 ) -> None:
     # Given a worker with a 30 s lease running a 5 s task
     e2e_env["CONVEYOR_LEASE"] = "30"
-    worker, result = run_long_task(e2e_app, start_worker, records, "cut", 5.0)
+    worker, result = run_long_task(e2e_app, start_worker, records, "cut", 5.0, pool)
     # When it gets SIGINT twice (Ctrl-C, Ctrl-C) or SIGQUIT once
     for number, name in enumerate(signals):
         worker.proc.send_signal(signal.Signals[name])
@@ -106,15 +107,15 @@ def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
     # Then it stops now, before the task could finish, the task is back in the queue at once, and runs again
     assert worker.proc.wait(timeout=15) == 0
     assert "stopping now" in worker.output()
-    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "cut")
+    assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "cut", pool)
 
 
 def test_poison_that_kills_its_child_goes_to_dead_letters_after_max_deliveries(
-    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
     # Given max_deliveries=3 and a task that kill -9s the process running it
     e2e_env["CONVEYOR_MAX_DELIVERIES"] = "3"
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     enqueue(e2e_app, "poison", "pill")
     # Then it takes three children down, and is then dead-lettered as poison instead of running again
     wait_until(lambda: depth(e2e_app)[3] == 1, 20, "the poison message to be dead-lettered")
@@ -144,10 +145,11 @@ def test_a_child_over_its_limit_is_replaced_between_tasks_and_nothing_is_lost(
     e2e_app: App,
     start_worker: Callable[..., WorkerProcess],
     records: Path,
+    pool: str,
 ) -> None:
-    # Given a one-process worker with a per-child limit
+    # Given a one-slot worker with a per-child limit
     e2e_env[setting] = value
-    worker = start_worker("-c", "1")
+    worker = start_worker(*pool_args(pool, 1))
     # When it runs enough tasks for three children
     n = 3 * per_child
     results = [enqueue(e2e_app, "record", f"lim{i}") for i in range(n)]

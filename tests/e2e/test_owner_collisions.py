@@ -56,7 +56,6 @@ def workers(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[list[WorkerProc
     kill_leftovers(started)
 
 
-@pytest.mark.parametrize("pool", ["process", "thread", "asyncio"])
 def test_a_dead_child_in_one_namespace_does_not_release_the_task_of_another(
     e2e_env: dict[str, str], e2e_app: App, records: Path, tmp_path: Path, workers: list[WorkerProcess], pool: str
 ) -> None:

@@ -1,7 +1,8 @@
 """The worker: ``Worker(app, ...).run()`` is what ``conveyor worker`` runs.
 
-A supervisor process and N children (see ``supervisor.py`` and ``child.py``); each child runs
-deliveries through the ``Executor`` (``executor.py``) while a ``LeaseKeeper`` heartbeats them.
+A supervisor process and N children (see ``supervisor.py`` and ``child.py``); each child's pool
+(``pools/``: process, thread) runs deliveries through the ``Executor`` (``executor.py``) while a
+``LeaseKeeper`` heartbeats them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import sys
 
 from conveyor.app import App
 from conveyor.errors import ConfigurationError
+from conveyor.worker import pools
 from conveyor.worker.supervisor import Supervisor
 
 __all__ = ["POOLS", "Worker", "setup_logging"]
 
-#: Where a worker's slots run: one child process each, threads of one child process, or coroutines on
-#: one child's event loop (see worker/aio_pool.py).
-POOLS = ("process", "thread", "asyncio")
+#: Where a worker's slots run: a child process each, threads of one child, or coroutines on its loop (worker/pools/).
+POOLS = pools.POOLS
 
 
 class Worker:

@@ -22,6 +22,10 @@ from collections.abc import Callable, Sequence
 
 from conveyor.brokers import Delivery
 
+#: Seconds a reserved task may wait for a slot while every slot is busy before it goes back to the
+#: queue, where idle workers take it (and, in the process pool, seconds a task runs before the ones
+#: prefetched behind it go back). Short enough that a long task delays no batch-mate noticeably.
+PREFETCH_HOLD = 0.005
 #: Seconds without a task start after which the watch stops looking every ``hold`` and sleeps
 #: until a task starts (an idle worker costs no wake-ups; a busy one no wake-up per task).
 IDLE_AFTER = 1.0

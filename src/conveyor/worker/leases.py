@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 from conveyor.brokers import Broker, Delivery
 from conveyor.errors import BrokerError
@@ -74,11 +74,24 @@ class LeaseKeeper:
         with self._lock:
             self._held[delivery.id] = delivery
 
+    def hold_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Start keeping every one of ``deliveries`` leased (a reserved batch: one lock, not one per task)."""
+        with self._lock:
+            for delivery in deliveries:
+                self._held[delivery.id] = delivery
+
     def release(self, delivery: Delivery) -> None:
         """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
         with self._lock:
             self._held.pop(delivery.id, None)
             self._acking.discard(delivery.id)
+
+    def release_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Stop keeping every one of ``deliveries`` leased (an acked batch)."""
+        with self._lock:
+            for delivery in deliveries:
+                self._held.pop(delivery.id, None)
+                self._acking.discard(delivery.id)
 
     def acking(self, deliveries: list[Delivery]) -> None:
         """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.

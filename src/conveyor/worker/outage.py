@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("conveyor.worker")
 
@@ -56,3 +57,21 @@ class Outage:
 def next_backoff(backoff: float) -> float:
     """The pause after ``backoff``: doubled, capped at MAX_BACKOFF."""
     return min(backoff * 2, MAX_BACKOFF)
+
+
+def wait_until_up(probe: Callable[[], object], outage: Outage, keep_going: Callable[[], bool]) -> bool:
+    """Call ``probe`` with capped backoff until it answers (True), or until ``keep_going()`` is false (False)."""
+    from conveyor.errors import BrokerError
+
+    backoff = FIRST_BACKOFF
+    while keep_going():
+        try:
+            probe()
+        except BrokerError as exc:
+            outage.failed(exc, "probing")
+            time.sleep(backoff)
+            backoff = next_backoff(backoff)
+            continue
+        outage.answered()
+        return True
+    return False

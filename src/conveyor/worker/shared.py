@@ -42,7 +42,7 @@ class ChildBoard:
         self.slots = slots
         self._beat = ctx.RawValue(ctypes.c_double, time.monotonic())
         self._ids = ctx.RawArray(ctypes.c_char, slots * SLOT_WIDTH)
-        self._view = memoryview(self._ids).cast("B")  # the same bytes, written without a foreign call
+        self._view: memoryview | None = None  # bytes view of _ids, made on first write (it cannot be pickled)
 
     # -- written by the child ------------------------------------------------------------------
 
@@ -52,13 +52,13 @@ class ChildBoard:
 
     def running(self, slot: int, task_id: str) -> None:
         """Record that ``slot`` started the delivery ``task_id``."""
-        raw = task_id.encode()
-        if not raw or len(raw) >= SLOT_WIDTH or b"\0" in raw or raw.startswith(_UNKNOWN):
-            raw = _UNKNOWN
-        # Through a byte view, not ctypes.memmove: a ctypes foreign call releases the GIL, and getting it back
-        # behind busy threads (an asyncio pool's I/O threads) cost up to a switch interval (5 ms) per task.
+        raw = task_id.encode() + b"\0"
+        if len(raw) == 1 or len(raw) > SLOT_WIDTH or raw.index(b"\0") < len(raw) - 1 or raw.startswith(_UNKNOWN):
+            raw = _UNKNOWN + b"\0"
+        if self._view is None:
+            self._view = memoryview(self._ids).cast("B")
         start = slot * SLOT_WIDTH
-        self._view[start : start + len(raw) + 1] = raw + b"\0"
+        self._view[start : start + len(raw)] = raw
 
     def idle(self, slot: int) -> None:
         """Record that ``slot`` runs nothing now."""

@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import time
@@ -25,14 +24,18 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+import msgspec
+
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.results import past_hard_limit
+from conveyor.settings import redact_url
 from conveyor.states import ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
-from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, decode_event
+from conveyor.worker.events import ChildEvent, Counts, Retiring, TaskFinished, TaskStarted, decode_event
 from conveyor.worker.outage import Outage
+from conveyor.worker.pools import pool_class
 from conveyor.worker.shared import ChildBoard
 
 log = logging.getLogger("conveyor.worker")
@@ -45,9 +48,6 @@ HEARTBEAT_TTL = 10.0
 REVOCATION_CHECK = 1.0
 #: Seconds the supervisor sleeps at most between looking at its children.
 TICK = 0.25
-#: Pools whose N slots live in one child process (the asyncio child also handles its own hard limits
-#: and terminate-revocations: it reports no task starts, so the supervisor never kills it for one task).
-_ONE_CHILD = ("thread", "asyncio")
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,7 +81,8 @@ class Supervisor:
         app: the app to serve.
         concurrency: tasks run at once (processes, threads with ``pool="thread"``, coroutines with ``"asyncio"``).
         queues: queues to serve, in priority order.
-        pool: ``process`` (one child per slot), ``thread`` (one child, N threads) or ``asyncio`` (one child, one loop).
+        pool: a pool name (worker/pools/): ``process`` (one child per slot), ``thread`` (one child, N threads)
+            or ``asyncio`` (one child, one event loop).
     """
 
     def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
@@ -101,6 +102,7 @@ class Supervisor:
         self._next_revocation_check = 0.0
         self._ctx = multiprocessing.get_context("fork")
         self._registry = Outage("worker registry")
+        self.child_count, self.slots = pool_class(pool).layout(concurrency)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,9 +111,8 @@ class Supervisor:
         self._install_signals()
         chain = self.app.finalize()  # built once, before the children fork
         chain.lifecycle(chain.on_worker_start, self.app)
-        slots, count = (self.concurrency, 1) if self.pool in _ONE_CHILD else (1, self.concurrency)
-        for index in range(count):
-            self._start_child(index, slots)
+        for index in range(self.child_count):
+            self._start_child(index)
         self._heartbeat()  # listed as live before it says it is ready
         log.info(
             "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
@@ -160,11 +161,13 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------------------------
 
-    def _start_child(self, index: int, slots: int) -> None:
+    def _start_child(self, index: int) -> None:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-        board = ChildBoard(self._ctx, slots)
+        board = ChildBoard(self._ctx, self.slots)
         settings = self.app.settings
-        config = ChildConfig(self.worker_id, index, self.queues, slots, settings.lease, settings.prefetch, self.pool)
+        config = ChildConfig(
+            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool
+        )
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
         )
@@ -197,7 +200,7 @@ class Supervisor:
                 self._report_death(child, code)
             self._release(child, "its process exited")
             if not self.stopping:
-                self._start_child(index, self.concurrency if self.pool in _ONE_CHILD else 1)
+                self._start_child(index)
 
     def _report_death(self, child: _Child, code: int | None) -> None:
         if child.killed_for is not None:
@@ -226,38 +229,27 @@ class Supervisor:
         child = next((c for c in self.children.values() if c.conn is conn), None)
         try:
             while conn.poll():
-                self._on_event(child, _read_event(conn.recv_bytes()))
+                event = decode_event(conn.recv_bytes())
+                if child is not None:
+                    self._on_event(child, event)
         except (EOFError, OSError):
             pass
+        except msgspec.DecodeError as exc:  # a child that wrote half a message as it was killed
+            log.debug("ignoring an undecodable event from a child: %s", exc)
 
-    def _on_event(self, child: _Child | None, event: tuple[Any, ...] | ChildEvent) -> None:
-        if child is None:
-            return
-        if isinstance(event, Counts):  # typed events (worker/events.py): the asyncio pool sends these
+    def _on_event(self, child: _Child, event: ChildEvent) -> None:
+        if isinstance(event, Counts):  # tasks that ended without a start report, counted per batch
             self.processed += event.processed
             self.failed += event.failed
-            return
-        if isinstance(event, Retiring):
+        elif isinstance(event, TaskStarted):
+            delivery = Delivery(event.id, event.queue, b"", event.priority, event.deliveries, event.token, child.owner)
+            child.running[event.id] = _Running(event.task, event.deadline, delivery, event.attempt)
+        elif isinstance(event, TaskFinished):
+            child.running.pop(event.id, None)
+            self.processed += event.ended.processed
+            self.failed += event.ended.failed
+        elif isinstance(event, Retiring):
             child.retiring = event.reason
-            return
-        if not isinstance(event, tuple):
-            return
-        if event[0] == "start":
-            _, msg_id, task, deadline, token, queue, priority, deliveries, attempt = event
-            delivery = Delivery(msg_id, queue, b"", priority, deliveries, token, child.owner)
-            child.running[msg_id] = _Running(task, deadline, delivery, attempt)
-        elif event[0] == "retire":
-            child.retiring = event[1]
-        elif event[0] == "done":
-            child.running.pop(event[1], None)
-            ended = Ended(event[3])
-            if not ended.processed:  # given back to the queue (an outage), not processed
-                return
-            self.processed += 1
-            self.failed += ended.failed
-        elif event[0] == "counts":  # tasks that ended without a start report, counted per batch
-            self.processed += event[1]
-            self.failed += event[2]
 
     # -- leases of a child whose heartbeat is starved -----------------------------------------
 
@@ -383,16 +375,6 @@ class Supervisor:
             self._registry.answered()
 
 
-def _read_event(data: bytes) -> tuple[Any, ...] | ChildEvent:
-    """A child's message: a pickled tuple (``Connection.send``, process and thread pools) or a typed event."""
-    if data[:1] == b"\x80":  # the pickle protocol marker; a typed event is a msgpack array
-        event: tuple[Any, ...] = pickle.loads(data)
-        return event
-    return decode_event(data)
-
-
 def _redact(url: str) -> str:
     """A URL with its password replaced, for logs (see :func:`conveyor.settings.redact_url`)."""
-    from conveyor.settings import redact_url
-
     return redact_url(url)

@@ -27,33 +27,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psutil
 
-from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.results import past_hard_limit
 from conveyor.states import State, decode_record, encode_record
 from conveyor.task import BaseTask
-from conveyor.worker.child import ChildConfig, owner_of  # child.py imports this module lazily
-from conveyor.worker.events import ChildEvent, Counts, Retiring, encode_event
+from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
 from conveyor.worker.executor import BackendDown, Executor, Outcome
-from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
+from conveyor.worker.pools import Pool
 from conveyor.worker.settle import BatchSettler, GaveUp, Pending
-from conveyor.worker.shared import ChildBoard
+
+if TYPE_CHECKING:
+    from conveyor.worker.child import Child
 
 log = logging.getLogger("conveyor.worker")
 
@@ -79,24 +77,24 @@ class AsyncioChild:
     """The loop of an asyncio-pool child. ``run()`` serves until stopped or orphaned.
 
     Args:
-        app: the app whose tasks run here.
-        config: the child's config (``config.slots`` coroutines at once).
-        conn: the pipe to the supervisor (typed events, worker/events.py).
-        board: shared memory read by the supervisor: one slot per coroutine.
+        child: the child process it serves (its config, board, lease keeper and pipe; ``config.slots``
+            coroutines at once, one board slot each).
     """
 
-    def __init__(self, app: App, config: ChildConfig, conn: Connection, board: ChildBoard) -> None:
-        self.app = app
-        self.config = config
-        self.conn = conn
-        self.board = board
-        self.owner = owner_of(config.worker_id, os.getpid())
-        self.stopping = False
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.app = app = child.app
+        self.config = config = child.config
+        self.board = child.board
+        self.owner = child.owner
+        self.keeper = child.keeper
         self.settler = BatchSettler(app, lambda: self.stopping)
         self.executor = Executor(app, config.worker_id, self.settler, on_start=self._on_start)
-        self.keeper = LeaseKeeper(app.broker, config.lease, on_beat=board.stamp, running=board.running_now)
         self.calls: dict[str, asyncio.Future[Any]] = {}  # running calls by delivery id (terminate cancels them)
-        self._started: dict[str, float] = {}  # monotonic start of each running call
+        self._started: dict[str, float] = {}
+        self._sync_started: dict[
+            str, BaseTask[Any, Any]
+        ] = {}  # running sync tasks (each holds a thread)  # monotonic start of each running call
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
         self._slots: dict[str, int] = {}  # board slot of each delivery being run
@@ -112,31 +110,30 @@ class AsyncioChild:
         self._backend_down = False
         self._backend = Outage("result backend")
         self._settling = Outage("result backend or broker")
-        # The supervisor as fork() recorded it, not getppid(): a child orphaned before it got here must not serve.
-        parent = multiprocessing.parent_process()
-        self._parent = parent.pid if parent is not None and parent.pid is not None else os.getppid()
         self.watch = LoopWatch(self)
+
+    @property
+    def stopping(self) -> bool:
+        """The child was told to stop (SIGTERM, a per-child limit, its supervisor gone)."""
+        return self.child.stopping
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         """Stop reserving; let running coroutines finish (the SIGTERM handler)."""
-        self.stopping = True
+        self.child.request_stop()
         if self._loop is not None and self._wake is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def run(self) -> None:
-        """Serve until asked to stop or orphaned, then wind down."""
-        self.keeper.start()
+        """Serve until asked to stop or orphaned, then wind down (the child then stops its keeper, closes the app)."""
         self.executor.start()  # the middleware's on_child_start hooks (executor.close() runs on_child_stop)
         try:
             asyncio.run(self._main())
         finally:
             self.executor.close()
             self.watch.stop()
-            self.keeper.stop()
             self._io.shutdown(wait=True)  # no broker call cut by the connections' close
             if self._sync_threads is not None:
                 self._sync_threads.shutdown(wait=False)
-            self.app.close()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -203,10 +200,10 @@ class AsyncioChild:
         return RESERVE_BATCH if limit is None else max(0, limit - self._tasks_started)
 
     def _should_stop(self) -> bool:
-        if not self.stopping and os.getppid() != self._parent:
+        if not self.child.serving and not self.stopping:
             log.warning("the supervisor is gone; stopping")
-            self.stopping = True
-        return self.stopping
+            self.child.request_stop()
+        return not self.child.serving
 
     # -- running ----------------------------------------------------------------------------
 
@@ -231,6 +228,7 @@ class AsyncioChild:
         finally:
             del self._slots[delivery.id]
             self._started.pop(delivery.id, None)
+            self._let_go_of_stuck_thread(delivery.id, outcome)
             self._deadlines.pop(delivery.id, None)
             self.board.idle(slot)
             self._free_slots.append(slot)
@@ -243,6 +241,22 @@ class AsyncioChild:
         else:
             self.keeper.release(delivery)
         self._count(outcome)
+
+    def _let_go_of_stuck_thread(self, delivery_id: str, outcome: Outcome | None) -> None:
+        """A sync task stopped past its hard limit or terminated still holds its thread: later ones get fresh threads.
+
+        A thread cannot be stopped; the stuck one runs on until its function returns, and the pool it
+        belongs to is let go (not waited for), so it no longer takes one of the ``slots`` threads.
+        """
+        task = self._sync_started.pop(delivery_id, None)
+        if task is None or outcome is None or self._sync_threads is None:
+            return
+        deadline = self._deadlines.get(delivery_id)
+        overdue = deadline is not None and time.monotonic() >= deadline[3]
+        if outcome.ended is Ended.REVOKED or overdue:
+            log.warning("task %s[%s] still holds a thread; it is left to finish on its own", task.name, delivery_id)
+            self._sync_threads.shutdown(wait=False)
+            self._sync_threads = None
 
     @property
     def _threads_for_sync(self) -> ThreadPoolExecutor:
@@ -257,6 +271,8 @@ class AsyncioChild:
         self.board.running(self._slots[delivery.id], delivery.id)
         now = time.monotonic()
         self._started[delivery.id] = now
+        if not task.is_async:
+            self._sync_started[delivery.id] = task
         if task.options.time_limit is not None:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
 
@@ -374,8 +390,7 @@ class AsyncioChild:
             self._send(Counts(processed, failed))
 
     def _send(self, event: ChildEvent) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.conn.send_bytes(encode_event(event))
+        self.child.send(event)
 
     # -- outages and returns ----------------------------------------------------------------
 
@@ -457,3 +472,21 @@ class LoopWatch:
                 app.backend.set(message.id, record.state, encode_record(record), app.settings.result_ttl)
                 app.broker.ack([delivery])
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class AsyncioPool(Pool):
+    """One child, one event loop, ``-c`` coroutines (see the module docstring)."""
+
+    name: ClassVar[str] = "asyncio"
+
+    @classmethod
+    def layout(cls, concurrency: int) -> tuple[int, int]:
+        return 1, concurrency
+
+    def serve(self) -> None:
+        loop = AsyncioChild(self.child)
+        signal.signal(signal.SIGTERM, loop.request_stop)  # wakes the loop, not only the flag
+        loop.run()
+
+
+POOL = AsyncioPool
