@@ -91,10 +91,8 @@ class AsyncioChild:
         self.settler = BatchSettler(app, lambda: self.stopping)
         self.executor = Executor(app, config.worker_id, self.settler, on_start=self._on_start)
         self.calls: dict[str, asyncio.Future[Any]] = {}  # running calls by delivery id (terminate cancels them)
-        self._started: dict[str, float] = {}
-        self._sync_started: dict[
-            str, BaseTask[Any, Any]
-        ] = {}  # running sync tasks (each holds a thread)  # monotonic start of each running call
+        self._started: dict[str, float] = {}  # monotonic start of each running call
+        self._sync_started: dict[str, BaseTask[Any, Any]] = {}  # running sync tasks: each holds a thread
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
         self._slots: dict[str, int] = {}  # board slot of each delivery being run
