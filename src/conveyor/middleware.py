@@ -140,11 +140,16 @@ class Outcome:
 
 
 class Skip(Exception):
-    """Raised by ``before_run``: do not run the task; record it REVOKED with ``note`` and ack it."""
+    """Raised by ``before_run``: do not run the task; record it REVOKED with ``note`` and ack it.
 
-    def __init__(self, note: str) -> None:
+    With ``record=False`` the task's result is left as it is and the message only acked (a redelivered
+    copy of a task whose final result is already recorded).
+    """
+
+    def __init__(self, note: str, *, record: bool = True) -> None:
         super().__init__(note)
         self.note = note
+        self.record = record
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Expiry and revocation before a task runs: a task past its ``expires`` time, or revoked while
-a dead worker held it, is recorded REVOKED and not run.
+a dead worker held it, is recorded REVOKED and not run; a redelivered copy of a task whose final
+result is already recorded (its worker died after the result, before the ack) is acked unrun.
 
 The :class:`Revocation` middleware owns the ``expires`` task option (the time itself travels in
 the message, set by ``delay()``/``apply_async(expires=...)``). A revocation lives in the result
@@ -46,9 +47,13 @@ class Revocation(Middleware):
         expires = job.message.expires
         if expires is not None and time.time() > expires:
             raise Skip("expired before a worker picked it up")
-        if job.delivery.deliveries > 1 and self._was_revoked(job.id):  # redelivered after a crash
-            raise Skip("revoked before it could run again")
+        if job.delivery.deliveries > 1:  # redelivered after a crash: one read
+            state = self._recorded_state(job.id)
+            if state is State.REVOKED:
+                raise Skip("revoked before it could run again")
+            if state in (State.SUCCESS, State.FAILURE):  # it ran to its end; only the ack was lost
+                raise Skip(f"its final result ({state}) is already recorded", record=False)
 
-    def _was_revoked(self, task_id: str) -> bool:
+    def _recorded_state(self, task_id: str) -> State | None:
         raw = self.app.backend.get(task_id)
-        return raw is not None and decode_record(raw).state is State.REVOKED
+        return None if raw is None else decode_record(raw).state

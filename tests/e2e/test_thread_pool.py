@@ -13,20 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import App, ResultTimeout, State, TimeLimitExceeded
+from conveyor import App, State, TimeLimitExceeded
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, pool_args, wait_until
 from tests.e2e.test_failures import pids_of
 from tests.e2e.test_worker import depth
+
 
 #: On RabbitMQ the supervisor cannot ack a delivery its killed child held (it lives on the child's
 #: connection): RabbitMQ requeues it, the FAILURE record does not stop the copy, and the task runs
 #: again and kills the new child (and the mates beside it) until it is buried as poison. The process
 #: pool has the same hole, hidden by timing in test_worker.py. The fix belongs to the redelivery check
 #: in the executor (skip a redelivered copy whose result is already final): branch pipeline.
-AMQP_HARD_LIMIT_RERUNS = "a hard-limited task's copy requeued by RabbitMQ runs again (supervisor ack is a no-op)"
-
-
 def test_a_hard_time_limit_replaces_the_child_and_its_other_tasks_run_again(
     e2e_env: dict[str, str],
     e2e_app: App,
@@ -34,8 +32,6 @@ def test_a_hard_time_limit_replaces_the_child_and_its_other_tasks_run_again(
     records: Path,
     request: pytest.FixtureRequest,
 ) -> None:
-    if e2e_env["CONVEYOR_BROKER_URL"].startswith("amqp"):
-        request.applymarker(pytest.mark.xfail(reason=AMQP_HARD_LIMIT_RERUNS, raises=(ResultTimeout, AssertionError)))
     # Given a thread worker running two 3 s tasks, and a 30 s lease (a task left to its lease would still wait)
     e2e_env["CONVEYOR_LEASE"] = "30"
     worker = start_worker(*pool_args("thread", 4))

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import App, MessageTooLarge, ResultMissing, State, TaskFailed, current_context
+from conveyor.states import ResultRecord, encode_record
 from conveyor.testing import drain
 from tests.conftest import wait_until
 
@@ -202,6 +203,29 @@ def test_a_revoked_task_is_not_run_again_after_its_worker_died(app: App) -> None
     # Then it is not run: the revocation lives in the result backend, not in the dead worker
     assert (outcome.state, ran) == ("REVOKED", [])
     # (RabbitMQ's in-flight counts are kept by the workers and lag by up to a second: docs/amqp.md)
+    wait_until(lambda: depths(app) == (0, 0, 0, 0), 5, "the queue to be empty")
+
+
+def test_a_task_whose_final_result_landed_is_not_run_again_when_its_ack_was_lost(app: App) -> None:
+    # Given a task whose worker recorded its final result, then died before the ack landed (on RabbitMQ
+    # the supervisor's ack of a killed child's delivery is lost with the child's channel)
+    ran: list[int] = []
+
+    @app.task(name="t")
+    def t() -> int:
+        ran.append(1)
+        return 2
+
+    r = t.delay()
+    [delivery] = app.broker.reserve([app.settings.default_queue], 1, owner="dead-child", lease=30)
+    record = ResultRecord(state=State.SUCCESS, value=1, task="t")
+    app.backend.set(r.id, State.SUCCESS, encode_record(record), app.settings.result_ttl)
+    app.broker.release_owner("dead-child", [delivery.id])
+    # When the message is delivered again
+    [outcome] = drain(app)
+    # Then it is not run again, and its final result stays the one recorded: a final state stays final
+    assert (outcome.state, ran) == ("DUPLICATE", [])
+    assert (r.state, r.get(timeout=1)) == (State.SUCCESS, 1)
     wait_until(lambda: depths(app) == (0, 0, 0, 0), 5, "the queue to be empty")
 
 

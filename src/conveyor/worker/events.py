@@ -22,11 +22,12 @@ class Ended(enum.StrEnum):
     DEAD = "DEAD"  # not run: undecodable, unsigned or unknown task; dead-lettered
     RETURNED = "RETURNED"  # given back to the queue uncounted (an outage, a stop): not processed
     ABANDONED = "ABANDONED"  # could not be settled; its lease expires and it runs again
+    DUPLICATE = "DUPLICATE"  # not run: a redelivered copy of a task whose final result is already recorded
 
     @property
     def processed(self) -> bool:
         """Counts as a processed task in the worker's stats."""
-        return self is not Ended.RETURNED
+        return self not in (Ended.RETURNED, Ended.DUPLICATE)
 
     @property
     def failed(self) -> bool:

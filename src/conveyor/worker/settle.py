@@ -147,6 +147,12 @@ class Settler:
         log.info("task %s[%s] not run: %s", job.message.task, job.id, note)
         return Ended.REVOKED
 
+    def drop(self, job: Job, note: str) -> Ended:
+        """Ack a redelivered copy that must not run, leaving its recorded result as it is."""
+        self.app.broker.ack([job.delivery])
+        log.info("task %s[%s] not run again: %s", job.message.task, job.id, note)
+        return Ended.DUPLICATE
+
     def durably(self, doing: str, step: Callable[[], T]) -> T:
         """Run a step that records the outcome of a task that ran, until the backend or broker answers.
 

@@ -68,9 +68,11 @@ def start_to_count(results: ResultBackend, entry: Meta) -> float | None:
     if raw is None:
         return None
     record = decode_record(raw)
-    if record.state is State.REVOKED:
-        # Revoked while a worker held it (a terminated run, or a prefetched copy): count it, so the
-        # worker that takes it sees a redelivery and checks the revocation instead of running it.
+    if record.state.final:
+        # Revoked while a worker held it (a terminated run, or a prefetched copy), or finished with its
+        # ack lost (a child killed at its hard limit: the supervisor's ack cannot reach the child's
+        # channel): count it, so the worker that takes it sees a redelivery and checks the record
+        # instead of running the task again.
         return record.finished if record.finished is not None else UNKNOWN_START
     if record.state is not State.STARTED or record.started is None or record.started == entry.started:
         return None
