@@ -12,7 +12,7 @@ import time
 
 from huey import RedisHuey
 
-from bench.systems import REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
 from bench.systems._counter import incr
 
 huey = RedisHuey("bench", url=os.environ[REDIS_URL_ENV], notify_result=True)
@@ -32,4 +32,10 @@ def echo(i: int) -> int:
 @huey.task()
 def sleepy(i: int) -> None:
     time.sleep(SLEEP_SECONDS)
+    incr()
+
+
+@huey.task()
+def io(i: int) -> None:
+    time.sleep(IO_BLOCK_SECONDS)
     incr()
