@@ -37,7 +37,7 @@ class ArqDriver(Driver):
     def describe(self) -> str:
         processes, max_jobs = self._shape()
         return (
-            f"{processes} processes x max_jobs={max_jobs} (asyncio; sleepy awaits), "
+            f"{processes} process{'es' if processes > 1 else ''} x max_jobs={max_jobs} (asyncio; sleepy awaits), "
             f"poll_delay={self.tasks.POLL_DELAY:g}s, logging WARNING"
         )
 
