@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -210,6 +211,9 @@ def run_driver(
         except subprocess.TimeoutExpired:
             _kill_driver(proc, pgid_file)
             return {**base, "status": "timeout", "detail": f"TIMEOUT: the run did not end within {timeout + 60:.0f} s"}
+        except BaseException:  # Ctrl-C or SIGTERM of the harness: stop the driver and its workers too
+            _kill_driver(proc, pgid_file)
+            raise
     lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
     if not lines:
         tail = (workdir / f"{label}-driver.log").read_text(errors="replace").strip().splitlines()[-1:]
@@ -289,7 +293,12 @@ def _unavailable(system: str, workload: str, reason: str) -> dict[str, Any]:
     }
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_driver (kills the driver) and stops redis-server
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     systems = _split(args.systems, SYSTEMS, "system", parser)
