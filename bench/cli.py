@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use this Redis database instead of starting a redis-server; it is FLUSHDB'ed before and "
         "after every run, so give a URL with an explicit database you own, e.g. redis://127.0.0.1:6379/15",
     )
+    p.add_argument(
+        "--conveyor-src",
+        type=Path,
+        help="run conveyor from this source directory (the one holding the conveyor package, e.g. "
+        "/path/to/other/checkout/src) instead of the installed one: put first on PYTHONPATH",
+    )
     p.add_argument("--timeout", type=float, help="seconds one run of one system may take (default: from N)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
     p.add_argument("--rebuild-venvs", action="store_true", help="recreate the peers' venvs")
@@ -199,7 +205,8 @@ def run_driver(
         f"workdir={workdir}",
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    src = str(args.conveyor_src.resolve()) if args.conveyor_src else ""
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), src, env.get("PYTHONPATH", "")]))
     env[PGID_FILE_ENV] = str(pgid_file)
     base: dict[str, Any] = {"system": system, "workload": workload, "n": n, "figures": {}, "version": "", "config": ""}
     with (workdir / f"{label}-driver.log").open("wb") as stderr:
@@ -276,6 +283,8 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         args.runs = 1 if args.quick else 3
     if min(args.runs, args.concurrency, args.batch_size, args.io_workers, args.io_threads, args.io_async_slots) < 1:
         parser.error("--runs, --concurrency, --batch-size and the --io-* shapes must be at least 1")
+    if args.conveyor_src and not (args.conveyor_src / "conveyor" / "__init__.py").exists():
+        parser.error(f"--conveyor-src {args.conveyor_src}: no conveyor package there (give the directory holding it)")
     if args.redis_url and urlsplit(args.redis_url).path.strip("/") == "":
         parser.error("--redis-url needs an explicit database (e.g. redis://127.0.0.1:6379/15): it gets flushed")
 
@@ -332,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         total = args.runs * sum(len(names) for names in runs_on.values())
         console.print(
             f"[bold]bench[/bold]: {len(systems)} systems x {len(workloads)} workloads x {args.runs} runs "
-            f"on {where}; concurrency {args.concurrency}; sizes {sizes}; load average {load_before}",
+            f"on {where}; concurrency {args.concurrency}; sizes {sizes}; load average {load_before}"
+            + (f"; conveyor from {args.conveyor_src}" if args.conveyor_src else ""),
             highlight=False,
         )
         done = 0
@@ -368,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "redis": {"url": url if args.redis_url else "own redis-server", "version": redis_version},
+        "conveyor_src": str(args.conveyor_src.resolve()) if args.conveyor_src else "installed",
         "runs": args.runs,
         "concurrency": args.concurrency,
         "io_shapes": {IO_THREADS: worker_shape(IO_THREADS, args), IO_ASYNC: worker_shape(IO_ASYNC, args)},
