@@ -17,7 +17,7 @@ from typing import Any
 
 from bench.systems import IO_ASYNC, IO_THREADS
 from bench.systems._rabbit import Vhost
-from bench.systems.base import Driver, DriverConfig, Unavailable
+from bench.systems.base import REPO_ROOT, Driver, DriverConfig, Unavailable
 
 APP = "bench.systems.conveyor_tasks:app"
 
@@ -71,7 +71,7 @@ class ConveyorDriver(Driver):
         times = f"{workers} x " if workers > 1 else ""
         return (
             f"{broker}; {times}conveyor worker -c {concurrency} --pool {pool} --loglevel {self.config.log_level}; "
-            "track_started=False, ignore_result on no-result tasks"
+            f"track_started=False, ignore_result on no-result tasks{_source()}"
         )
 
     def notice(self) -> str:
@@ -120,6 +120,14 @@ class ConveyorDriver(Driver):
         if self.db_path is not None:
             for suffix in ("", "-wal", "-shm"):
                 self.db_path.with_name(self.db_path.name + suffix).unlink(missing_ok=True)
+
+
+def _source() -> str:
+    """``; conveyor from DIR`` when conveyor is not this checkout's (``--conveyor-src``), else nothing."""
+    import conveyor
+
+    where = Path(conveyor.__file__).resolve().parents[1]
+    return "" if where == REPO_ROOT / "src" else f"; conveyor from {where}"
 
 
 def _conveyor(script: str) -> list[str]:
