@@ -47,7 +47,7 @@ class PeakSampler:
         return self
 
     def stop(self) -> int:
-        """Stop sampling (after one last sample) and return the peak in bytes."""
+        """Stop sampling and return the peak in bytes (the last sample is at most INTERVAL old)."""
         self._stopped.set()
         self._thread.join(5)
         return self.peak

@@ -100,18 +100,18 @@ class Drain:
     Attributes:
         first: ``time.perf_counter()`` when the counter was first seen above 0.
         done: when it was first seen at its target.
-        tenth: when it was first seen at or past 10 % of the target (for the steady rate).
-        ninth: when it was first seen at or past 90 %.
+        at_10pct: when it was first seen at or past 10 % of the target (for the steady rate).
+        at_90pct: when it was first seen at or past 90 %.
     """
 
     first: float
     done: float
-    tenth: float = 0.0
-    ninth: float = 0.0
+    at_10pct: float = 0.0
+    at_90pct: float = 0.0
 
     def steady_rate(self, target: int) -> float:
         """Tasks per second between 10 % and 90 % done: the rate without the start-up and the tail."""
-        span = self.ninth - self.tenth
+        span = self.at_90pct - self.at_10pct
         return 0.8 * target / span if span > 0 else 0.0
 
 
