@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,15 +29,31 @@ from rich.console import Console
 
 from bench import report, venvs
 from bench.redis_server import RedisServer, command, server_version
-from bench.systems import SYSTEMS
+from bench.systems import IO_ASYNC, IO_THREADS, SYSTEMS
 from bench.systems.base import PGID_FILE_ENV, REPO_ROOT
 from bench.workloads import WORKLOADS
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 
 #: Tasks per workload: full run, and --quick.
-FULL = {"throughput": 20_000, "results": 5_000, "latency": 1_000, "batch": 20_000, "mixed": 2_000}
-QUICK = {"throughput": 2_000, "results": 500, "latency": 200, "batch": 2_000, "mixed": 500}
+FULL = {
+    "throughput": 20_000,
+    "results": 5_000,
+    "latency": 1_000,
+    "batch": 20_000,
+    "mixed": 2_000,
+    IO_THREADS: 30_000,
+    IO_ASYNC: 10_000,
+}
+QUICK = {
+    "throughput": 2_000,
+    "results": 500,
+    "latency": 200,
+    "batch": 2_000,
+    "mixed": 500,
+    IO_THREADS: 4_000,
+    IO_ASYNC: 2_000,
+}
 
 NOTE = (
     "Figures from a shared or busy machine are only good for checking the harness; compare "
@@ -55,7 +72,20 @@ workloads (issue 6):
               of --batch-size; then drained to check every task ran.       N={FULL["batch"]:,}
   mixed       N tasks, 1% sleep 1 s, the rest no-ops, enqueued with the workers stopped; drain s
               = first -> last completion (floor s = sleepers x 1 s / concurrency).  N={FULL["mixed"]:,}
---quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())}.
+workloads (issue 12, I/O-bound; each system in its own pool for the shape, --concurrency unused):
+  io-threads  N tasks that block 20 ms (time.sleep) then count, queued with the workers stopped;
+              then --io-workers (2) worker processes x --io-threads (128) threads drain them:
+              processed/s first -> last task, steady /s between 10% and 90%, peak RSS.
+              conveyor --pool thread, Dramatiq -p 2 -t 128, Celery -P threads, Huey -k thread.
+                                                                                  N={FULL[IO_THREADS]:,}
+  io-async    N tasks that await asyncio.sleep(1) then count, queued; then one worker with
+              --io-async-slots (1000) coroutines drains them: drain s = (first completion - 1 s)
+              -> last completion (floor = N / slots x 1 s), peak RSS of the worker's process tree.
+              conveyor --pool asyncio (--pool thread if this conveyor has none: printed),
+              arq max_jobs, Dramatiq -p 1 -t 1000 with its AsyncIO middleware.    N={FULL[IO_ASYNC]:,}
+--quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())} and --runs 1.
+conveyor-redis-info runs throughput only: conveyor at its default INFO level (one log line per
+task), to price that line against conveyor-redis (WARNING).
 
 systems: {", ".join(SYSTEMS)}. Peers run in their own venvs under bench/.venvs (created on first
 run with pip; --rebuild-venvs recreates them). conveyor runs in this interpreter, which needs
@@ -67,7 +97,8 @@ logs in bench/results/work/). Ratio columns: > 1 means conveyor is better (rates
 times and latencies: peer ÷ conveyor). {NOTE}
 
 examples:
-  python -m bench --quick --runs 1                 check the harness (~5 minutes)
+  python -m bench --quick                          check the harness (~5 minutes)
+  python -m bench --quick --workloads io-threads,io-async   the I/O workloads (~1-2 minutes)
   python -m bench                                  full run, 3 runs per system
   python -m bench --systems conveyor-redis,celery --workloads latency
   python -m bench --redis-url redis://127.0.0.1:6379/15   use a server you run (DB 15 is flushed!)
@@ -83,9 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated systems (default: all)")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated workloads (default: all)")
-    p.add_argument("--runs", type=int, default=3, help="runs per system and workload; figures are medians (default 3)")
+    p.add_argument(
+        "--runs", type=int, help="runs per system and workload; figures are medians (default 3; 1 with --quick)"
+    )
     p.add_argument("--quick", action="store_true", help="smaller N for every workload, to check the harness")
-    p.add_argument("-c", "--concurrency", type=int, default=2, help="tasks run at once by each system (default 2)")
+    p.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=2,
+        help="tasks run at once by each system, issue 6 workloads (default 2)",
+    )
+    p.add_argument("--io-workers", type=int, default=2, help="io-threads: worker processes (default 2)")
+    p.add_argument("--io-threads", type=int, default=128, help="io-threads: threads per worker process (default 128)")
+    p.add_argument(
+        "--io-async-slots",
+        type=int,
+        default=1000,
+        help="io-async: coroutines in flight in the one worker (default 1000)",
+    )
     for name in WORKLOADS:
         p.add_argument(f"--{name}-n", type=int, metavar="N", help=f"tasks in the {name} workload")
     p.add_argument("--batch-size", type=int, default=1000, help="tasks per batch call (default 1000)")
@@ -93,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         help="use this Redis database instead of starting a redis-server; it is FLUSHDB'ed before and "
         "after every run, so give a URL with an explicit database you own, e.g. redis://127.0.0.1:6379/15",
+    )
+    p.add_argument(
+        "--conveyor-src",
+        type=Path,
+        help="run conveyor from this source directory (the one holding the conveyor package, e.g. "
+        "/path/to/other/checkout/src) instead of the installed one: put first on PYTHONPATH",
     )
     p.add_argument("--timeout", type=float, help="seconds one run of one system may take (default: from N)")
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "latest.json", help="JSON results file")
@@ -115,6 +168,15 @@ def default_timeout(workload: str, n: int) -> float:
     return 120.0 + n / 40 + extra
 
 
+def worker_shape(workload: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(worker processes, slots per process) of an I/O workload; (1, 1) for the others (they use -c)."""
+    if workload == IO_THREADS:
+        return args.io_workers, args.io_threads
+    if workload == IO_ASYNC:
+        return 1, args.io_async_slots
+    return 1, 1
+
+
 def run_driver(
     system: str, workload: str, n: int, run: int, url: str, args: argparse.Namespace, workdir: Path
 ) -> dict[str, Any]:
@@ -122,6 +184,7 @@ def run_driver(
     spec = SYSTEMS[system]
     python = sys.executable if spec.venv is None else str(venvs.python_of(spec.venv))
     timeout = args.timeout or default_timeout(workload, n)
+    workers, slots = worker_shape(workload, args)
     label = f"{system}-{workload}-{run}"
     pgid_file = workdir / f"{label}.pgids"
     pgid_file.unlink(missing_ok=True)
@@ -136,11 +199,14 @@ def run_driver(
         f"concurrency={args.concurrency}",
         f"timeout={timeout}",
         f"batch_size={args.batch_size}",
+        f"workers={workers}",
+        f"slots={slots}",
         f"label={label}",
         f"workdir={workdir}",
     ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    src = str(args.conveyor_src.resolve()) if args.conveyor_src else ""
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), src, env.get("PYTHONPATH", "")]))
     env[PGID_FILE_ENV] = str(pgid_file)
     base: dict[str, Any] = {"system": system, "workload": workload, "n": n, "figures": {}, "version": "", "config": ""}
     with (workdir / f"{label}-driver.log").open("wb") as stderr:
@@ -152,6 +218,9 @@ def run_driver(
         except subprocess.TimeoutExpired:
             _kill_driver(proc, pgid_file)
             return {**base, "status": "timeout", "detail": f"TIMEOUT: the run did not end within {timeout + 60:.0f} s"}
+        except BaseException:  # Ctrl-C or SIGTERM of the harness: stop the driver and its workers too
+            _kill_driver(proc, pgid_file)
+            raise
     lines = [line for line in out.decode(errors="replace").splitlines() if line.startswith("{")]
     if not lines:
         tail = (workdir / f"{label}-driver.log").read_text(errors="replace").strip().splitlines()[-1:]
@@ -194,6 +263,11 @@ def _git_commit() -> str:
         return ""
 
 
+def _load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages (the machine is shared: the figures need them)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def _prepare_workdir() -> Path:
     workdir = RESULTS_DIR / "work"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -203,18 +277,46 @@ def _prepare_workdir() -> Path:
     return workdir
 
 
+def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Fill in the defaults that depend on other options; reject values that cannot run."""
+    if args.runs is None:
+        args.runs = 1 if args.quick else 3
+    if min(args.runs, args.concurrency, args.batch_size, args.io_workers, args.io_threads, args.io_async_slots) < 1:
+        parser.error("--runs, --concurrency, --batch-size and the --io-* shapes must be at least 1")
+    if args.conveyor_src and not (args.conveyor_src / "conveyor" / "__init__.py").exists():
+        parser.error(f"--conveyor-src {args.conveyor_src}: no conveyor package there (give the directory holding it)")
+    if args.redis_url and urlsplit(args.redis_url).path.strip("/") == "":
+        parser.error("--redis-url needs an explicit database (e.g. redis://127.0.0.1:6379/15): it gets flushed")
+
+
+def _unavailable(system: str, workload: str, reason: str) -> dict[str, Any]:
+    """The record of a run that could not start (the system's venv is not usable)."""
+    return {
+        "system": system,
+        "workload": workload,
+        "status": "unavailable",
+        "figures": {},
+        "detail": f"venv: {reason}",
+        "version": "",
+        "config": "",
+    }
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_driver (kills the driver) and stops redis-server
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     systems = _split(args.systems, SYSTEMS, "system", parser)
     workloads = _split(args.workloads, WORKLOADS, "workload", parser)
-    if args.runs < 1 or args.concurrency < 1 or args.batch_size < 1:
-        parser.error("--runs, --concurrency and --batch-size must be at least 1")
-    if args.redis_url and urlsplit(args.redis_url).path.strip("/") == "":
-        parser.error("--redis-url needs an explicit database (e.g. redis://127.0.0.1:6379/15): it gets flushed")
-    sizes = {w: getattr(args, f"{w}_n") or (QUICK if args.quick else FULL)[w] for w in workloads}
+    _check_args(args, parser)
+    sizes = {w: getattr(args, f"{w.replace('-', '_')}_n") or (QUICK if args.quick else FULL)[w] for w in workloads}
     console = Console(width=None if sys.stdout.isatty() else 160)
     started = time.monotonic()
+    load_before = _load_average()
 
     peers = sorted({venv for s in systems if (venv := SYSTEMS[s].venv) is not None})
     broken = venvs.ensure_all(
@@ -228,35 +330,34 @@ def main(argv: list[str] | None = None) -> int:
     workdir = _prepare_workdir()
     server = None if args.redis_url else RedisServer(workdir)
     url = args.redis_url or (server.url if server else "")
-    records: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s: [] for s in systems} for w in workloads}
+    # Each workload runs on the systems that have a pool for it (and the INFO row on throughput only).
+    runs_on = {w: [s for s in systems if w in SYSTEMS[s].workloads] for w in workloads}
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {w: {s: [] for s in runs_on[w]} for w in workloads}
     try:
         if command(url, "PING") != b"PONG":
             raise SystemExit(f"{url} does not answer PING")
         redis_version = server_version(url)
         where = f"own redis-server {redis_version} on {url}" if server else f"{url} (Redis {redis_version})"
-        total = len(workloads) * args.runs * len(systems)
+        total = args.runs * sum(len(names) for names in runs_on.values())
         console.print(
             f"[bold]bench[/bold]: {len(systems)} systems x {len(workloads)} workloads x {args.runs} runs "
-            f"on {where}; concurrency {args.concurrency}; sizes {sizes}",
+            f"on {where}; concurrency {args.concurrency}; sizes {sizes}; load average {load_before}"
+            + (f"; conveyor from {args.conveyor_src}" if args.conveyor_src else ""),
             highlight=False,
         )
         done = 0
         for workload in workloads:
-            for run in range(args.runs):
-                order = systems[run % len(systems) :] + systems[: run % len(systems)]
+            skipped = [s for s in systems if s not in runs_on[workload]]
+            if skipped:
+                console.print(f"{workload}: not run on {', '.join(skipped)} (no pool for it)", highlight=False)
+            names = runs_on[workload]
+            for run in range(args.runs if names else 0):
+                order = names[run % len(names) :] + names[: run % len(names)]
                 for system in order:
                     done += 1
                     venv = SYSTEMS[system].venv
                     if venv in broken:
-                        record = {
-                            "system": system,
-                            "workload": workload,
-                            "status": "unavailable",
-                            "figures": {},
-                            "detail": f"venv: {broken[venv]}",
-                            "version": "",
-                            "config": "",
-                        }
+                        record = _unavailable(system, workload, broken[venv])
                     else:
                         record = run_driver(system, workload, sizes[workload], run + 1, url, args, workdir)
                     records[workload][system].append(record)
@@ -277,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "redis": {"url": url if args.redis_url else "own redis-server", "version": redis_version},
+        "conveyor_src": str(args.conveyor_src.resolve()) if args.conveyor_src else "installed",
         "runs": args.runs,
         "concurrency": args.concurrency,
+        "io_shapes": {IO_THREADS: worker_shape(IO_THREADS, args), IO_ASYNC: worker_shape(IO_ASYNC, args)},
+        "load_average": {"before": load_before, "after": _load_average()},
         "batch_size": args.batch_size,
         "quick": args.quick,
         "sizes": sizes,

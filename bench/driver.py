@@ -3,12 +3,13 @@
 The harness runs this inside the system's venv (``bench/.venvs/<peer>/bin/python``; conveyor's
 in the harness's own interpreter), from the repository root. Keys:
 
-    workload=throughput|results|latency|batch|mixed   n=TASKS   redis_url=redis://127.0.0.1:PORT/DB
-    concurrency=2   timeout=SECONDS   batch_size=1000   label=NAME   workdir=PATH
+    workload=throughput|results|latency|batch|mixed|io-threads|io-async   n=TASKS
+    redis_url=redis://127.0.0.1:PORT/DB   concurrency=2   timeout=SECONDS   batch_size=1000
+    workers=2   slots=128   label=NAME   workdir=PATH
 
 The database in ``redis_url`` is flushed (FLUSHDB) before and after the run: give one you own.
 The last line of stdout is the JSON object ``{"system", "workload", "status", "figures", "detail",
-"config", "batch_note", "version", "seconds"}``. Standard library and redis-py only, plus the system.
+"config", "notice", "batch_note", "version", "seconds"}``. Standard library and redis-py only, plus the system.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ def run(system: str, options: dict[str, str]) -> dict[str, Any]:
         workdir=Path(options.get("workdir", ".")),
         label=options.get("label", f"{system}-{workload}"),
         variant=spec.variant,
+        workload=workload,
+        workers=int(options.get("workers", "1")),
+        slots=int(options.get("slots", "1")),
+        log_level=spec.log_level,
     )
     config.workdir.mkdir(parents=True, exist_ok=True)
     # The task modules read the Redis URL from here (and never fall back to a default server).
@@ -79,6 +84,7 @@ def run(system: str, options: dict[str, str]) -> dict[str, Any]:
         driver.setup()
         record["version"] = driver.version()
         record["config"] = driver.describe()
+        record["notice"] = driver.notice()
         outcome = RUNNERS[workload](driver, counter, n, limits, int(options.get("batch_size", "1000")))
     except Unavailable as exc:
         outcome = Outcome("unavailable", detail=str(exc))

@@ -36,6 +36,10 @@ def _ms(v: float) -> str:
     return f"{v:.2f}"
 
 
+def _mb(v: float) -> str:
+    return f"{v:,.0f}"
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkloadSpec:
     """How one workload is shown.
@@ -87,6 +91,27 @@ SPECS: dict[str, WorkloadSpec] = {
         "drain_s",
         False,
     ),
+    "io-threads": WorkloadSpec(
+        "6. io-threads: {n:,} tasks that block 20 ms, queued, then {workers} worker processes x {slots} threads",
+        (
+            ("steady_rate", "10-90% /s", _rate),
+            ("ceiling_rate", "ceiling /s", _rate),
+            ("startup_s", "start-up s", _seconds),
+            ("peak_rss_mb", "peak RSS MB", _mb),
+        ),
+        "processed_rate",
+        True,
+    ),
+    "io-async": WorkloadSpec(
+        "7. io-async: {n:,} tasks that await 1 s, queued, then one worker with {slots} slots",
+        (
+            ("floor_s", "floor s", _seconds),
+            ("startup_s", "start-up s", _seconds),
+            ("peak_rss_mb", "peak RSS MB", _mb),
+        ),
+        "drain_s",
+        False,
+    ),
 }
 
 MAIN_HEADERS = {
@@ -109,7 +134,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         first = failed[0]
         summary["status"] = first.get("status", "error")
         summary["detail"] = f"{first.get('detail', '')} ({len(failed)} of {len(records)} runs)"
-    for field in ("version", "config", "batch_note"):
+    for field in ("version", "config", "batch_note", "notice"):
         summary[field] = next((r.get(field) for r in records if r.get(field)), "")
     return summary
 
@@ -134,6 +159,11 @@ def ratios(workload: str, systems: dict[str, dict[str, Any]]) -> dict[str, dict[
     return out
 
 
+def notices(systems: dict[str, dict[str, Any]]) -> list[str]:
+    """What a reader must know about rows that did run (e.g. a fallback pool), one line per system."""
+    return [f"{name}: {summary['notice']}" for name, summary in systems.items() if summary.get("notice")]
+
+
 def failure_cell(summary: dict[str, Any]) -> str:
     """``DROPPED k`` / ``TIMEOUT`` / ``ERROR`` / ``unavailable`` for a system whose runs failed."""
     status = summary["status"]
@@ -146,15 +176,18 @@ def failure_cell(summary: dict[str, Any]) -> str:
     return str(summary["detail"]).split(":", 1)[0] if str(summary["detail"]).startswith("DUPLICATES") else "ERROR"
 
 
-def table(workload: str, n: int, systems: dict[str, dict[str, Any]], runs: int) -> tuple[Table, list[str]]:
-    """The rich table of one workload and its footnotes (one per failed system)."""
+def table(
+    workload: str, n: int, systems: dict[str, dict[str, Any]], runs: int, shape: tuple[int, int] = (1, 1)
+) -> tuple[Table, list[str]]:
+    """The rich table of one workload and its footnotes (notices, and one per failed system)."""
     spec = SPECS[workload]
     present = [ref for ref in REFERENCES if ref in systems]
     sense = "conveyor ÷ peer" if spec.higher_is_better else "peer ÷ conveyor"
     caption = (
         f"median of {runs} run(s); ratio columns on {MAIN_HEADERS[spec.main]}: {sense}, so > 1 means conveyor is better"
     )
-    t = Table(title=spec.title.format(n=n), title_justify="left", caption=caption, caption_justify="left")
+    title = spec.title.format(n=n, workers=shape[0], slots=shape[1])
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     t.add_column("system")
     t.add_column("batch API" if spec.note_field == "batch_note" else "configuration", overflow="fold", max_width=60)
     t.add_column(MAIN_HEADERS[spec.main], justify="right", style="bold")
@@ -163,7 +196,7 @@ def table(workload: str, n: int, systems: dict[str, dict[str, Any]], runs: int) 
     for ref in present:
         t.add_column(f"{ref}\nvs peer", justify="right")
     table_ratios = ratios(workload, systems)
-    notes = []
+    notes = notices(systems)
     for name, summary in systems.items():
         label = f"{name} {summary['version']}".strip()
         note = str(summary.get(spec.note_field) or summary.get("config") or "")
@@ -190,11 +223,21 @@ def print_tables(console: Console, report: dict[str, Any]) -> None:
     """One table per workload, in the order they ran."""
     runs = report["meta"]["runs"]
     for workload, section in report["workloads"].items():
-        t, notes = table(workload, section["n"], section["systems"], runs)
+        shape = tuple(report["meta"].get("io_shapes", {}).get(workload, (1, 1)))
+        t, notes = table(workload, section["n"], section["systems"], runs, (shape[0], shape[1]))
         console.print()
         console.print(t)
         for note in notes:
             console.print(f"  [yellow]{escape(note)}[/yellow]", highlight=False)
+    lines = report.get("targets", [])
+    if lines:
+        console.print("\n[bold]Targets (issue 12), from the medians above[/bold]")
+    for line in lines:
+        colour = {"met": "green", "missed": "red"}.get(line["verdict"], "yellow")
+        console.print(
+            f"  [{colour}]{line['verdict']:>8}[/{colour}]  {escape(line['target'])}: {escape(line['measured'])}",
+            highlight=False,
+        )
 
 
 def build(
@@ -212,7 +255,83 @@ def build(
             "systems": systems,
             "ratios": ratios(workload, systems),
         }
-    return {"meta": meta, "workloads": workloads}
+    result: dict[str, Any] = {"meta": meta, "workloads": workloads}
+    result["targets"] = targets(workloads)
+    return result
+
+
+def _median(workloads: dict[str, Any], workload: str, system: str, figure: str) -> float | None:
+    """A system's median figure on a workload, or None when it did not run or did not finish."""
+    summary = workloads.get(workload, {}).get("systems", {}).get(system)
+    if summary is None or summary["status"] != "ok":
+        return None
+    value = summary["median"].get(figure)
+    return float(value) if value is not None else None
+
+
+def _ratio_target(
+    workloads: dict[str, Any], workload: str, figure: str, ours: str, peer: str, floor: float, target: str
+) -> dict[str, str]:
+    """A "ours / peer >= floor" target line (for rates)."""
+    a, b = _median(workloads, workload, ours, figure), _median(workloads, workload, peer, figure)
+    if a is None or b is None or not b:
+        return {"target": target, "measured": f"{ours} or {peer} did not run", "verdict": "n/a"}
+    verdict = "met" if a / b >= floor else "missed"
+    return {"target": target, "measured": f"{a:,.0f} vs {b:,.0f}/s = {a / b:.2f}x", "verdict": verdict}
+
+
+def targets(workloads: dict[str, Any]) -> list[dict[str, str]]:
+    """Issue 12's targets, checked on the medians of this run; workloads not run give no line."""
+    lines = []
+    if "io-threads" in workloads:
+        lines.append(
+            _ratio_target(
+                workloads,
+                "io-threads",
+                "processed_rate",
+                "conveyor-redis",
+                "dramatiq",
+                1.5,
+                "io-threads >= 1.5x Dramatiq",
+            )
+        )
+    if "io-async" in workloads:
+        lines += _async_targets(workloads)
+    if "throughput" in workloads:
+        ours, info = (
+            _median(workloads, "throughput", s, "processed_rate") for s in ("conveyor-redis", "conveyor-redis-info")
+        )
+        line = {"target": "INFO log line per task costs <= 10% of processed/s", "verdict": "n/a"}
+        if ours and info is not None:
+            cost = 1 - info / ours
+            line.update(
+                measured=f"WARNING {ours:,.0f}/s, INFO {info:,.0f}/s: {cost:.1%}",
+                verdict="met" if cost <= 0.10 else "missed",
+            )
+        else:
+            line["measured"] = "conveyor-redis or conveyor-redis-info did not run"
+        lines.append(line)
+        for peer, floor in (("huey", 2.0), ("celery", 10.0)):
+            target = f"no-op processed/s >= {floor:g}x {peer}"
+            lines.append(
+                _ratio_target(workloads, "throughput", "processed_rate", "conveyor-redis", peer, floor, target)
+            )
+    return lines
+
+
+def _async_targets(workloads: dict[str, Any]) -> list[dict[str, str]]:
+    ours = _median(workloads, "io-async", "conveyor-redis", "drain_s")
+    arq = _median(workloads, "io-async", "arq", "drain_s")
+    rss = _median(workloads, "io-async", "conveyor-redis", "peak_rss_mb")
+    summary = workloads["io-async"]["systems"].get("conveyor-redis", {})
+    caveat = " (thread-pool FALLBACK, not --pool asyncio)" if summary.get("notice") else ""
+    drain = {"target": "io-async drain <= arq's", "verdict": "n/a", "measured": "conveyor-redis or arq did not run"}
+    if ours is not None and arq is not None:
+        drain.update(measured=f"{ours:.2f} s vs {arq:.2f} s{caveat}", verdict="met" if ours <= arq else "missed")
+    memory = {"target": "io-async peak RSS of the worker tree <= 100 MB", "verdict": "n/a", "measured": "did not run"}
+    if rss is not None:
+        memory.update(measured=f"{rss:,.0f} MB{caveat}", verdict="met" if rss <= 100 else "missed")
+    return [drain, memory]
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 The peers pin different redis-py versions, so each gets its own environment and the harness
 runs its driver there (``<venv>/bin/python -m bench.driver ...``). Every venv also gets
 ``hiredis``, the parser conveyor's ``redis`` extra installs, so no system parses replies faster
-for want of it. A venv is rebuilt when its requirement list changes (kept in a marker file).
+for want of it, and ``psutil``, with which the driver samples its workers' memory (the I/O
+workloads). A venv is rebuilt when its requirement list changes (kept in a marker file).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ MARKER = ".bench-requirements"
 
 #: peer -> pip requirements (the same lower bounds as the ``bench`` extra in pyproject.toml).
 REQUIREMENTS: dict[str, list[str]] = {
-    "celery": ["celery[redis]>=5.3", "hiredis"],
-    "dramatiq": ["dramatiq[redis]>=1.15", "hiredis"],
-    "rq": ["rq>=1.15", "hiredis"],
-    "huey": ["huey>=2.5", "redis>=4.5", "hiredis"],
-    "arq": ["arq>=0.25", "hiredis"],
+    "celery": ["celery[redis]>=5.3", "hiredis", "psutil"],
+    "dramatiq": ["dramatiq[redis]>=1.15", "hiredis", "psutil"],
+    "rq": ["rq>=1.15", "hiredis", "psutil"],
+    "huey": ["huey>=2.5", "redis>=4.5", "hiredis", "psutil"],
+    "arq": ["arq>=0.25", "hiredis", "psutil"],
 }
 
 

@@ -1,4 +1,9 @@
-"""The five workloads of issue 6, written once against :class:`bench.systems.base.Driver`.
+"""The workloads, written once against :class:`bench.systems.base.Driver`.
+
+The five of issue 6 (throughput, results, latency, batch, mixed) run each system with
+``concurrency`` tasks at once in its default pool. The two of issue 12 are I/O-bound and choose
+the worker shape themselves: ``io-threads`` (2 worker processes x 128 threads, tasks that block
+20 ms) and ``io-async`` (one worker, 1000 coroutines, tasks that await 1 s).
 
 Every workload counts completions the same way for every system: each task increments one Redis
 key (:data:`bench.systems.COUNTER_KEY`), and the run is only "ok" when the counter reaches the
@@ -9,6 +14,7 @@ bound as ``timeout``. Runs in the driver process (any venv): standard library an
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +22,8 @@ from typing import Any
 
 import redis
 
-from bench.systems import COUNTER_KEY, SLEEP_SECONDS
+from bench.memory import PeakSampler
+from bench.systems import AIO_WAIT_SECONDS, COUNTER_KEY, IO_ASYNC, IO_BLOCK_SECONDS, IO_THREADS, SLEEP_SECONDS
 from bench.systems.base import Driver
 
 #: How often the counter is read while waiting (a busier poll would steal CPU from the workers).
@@ -24,7 +31,7 @@ POLL_SECONDS = 0.005
 #: Every n-th task of the mixed workload sleeps (1 %).
 SLEEPY_EVERY = 100
 
-WORKLOADS = ("throughput", "results", "latency", "batch", "mixed")
+WORKLOADS = ("throughput", "results", "latency", "batch", "mixed", IO_THREADS, IO_ASYNC)
 
 
 @dataclasses.dataclass
@@ -88,10 +95,24 @@ class Counter:
 
 @dataclasses.dataclass
 class Drain:
-    """When the counter first moved and when it reached its target."""
+    """When the counter first moved and when it reached its target.
+
+    Attributes:
+        first: ``time.perf_counter()`` when the counter was first seen above 0.
+        done: when it was first seen at its target.
+        at_10pct: when it was first seen at or past 10 % of the target (for the steady rate).
+        at_90pct: when it was first seen at or past 90 %.
+    """
 
     first: float
     done: float
+    at_10pct: float = 0.0
+    at_90pct: float = 0.0
+
+    def steady_rate(self, target: int) -> float:
+        """Tasks per second between 10 % and 90 % done: the rate without the start-up and the tail."""
+        span = self.at_90pct - self.at_10pct
+        return 0.8 * target / span if span > 0 else 0.0
 
 
 def wait_for_count(counter: Counter, target: int, spawned: float, limits: Limits, driver: Driver) -> Drain:
@@ -102,17 +123,21 @@ def wait_for_count(counter: Counter, target: int, spawned: float, limits: Limits
             the counter stopped short for ``limits.stall`` seconds (dropped), or the deadline passed.
     """
     first: float | None = None
+    marks: dict[float, float] = {}  # fraction of the target -> when it was first reached
     last, last_change = 0, time.perf_counter()
     while True:
         value = counter.value()
         now = time.perf_counter()
         if value and first is None:
             first = now
+        for fraction in (0.1, 0.9):
+            if fraction not in marks and value >= fraction * target:
+                marks[fraction] = now
         if value >= target:
             assert first is not None
             if value > target:
                 raise Failed("error", f"DUPLICATES {value - target}: the counter passed {target}")
-            return Drain(first, now)
+            return Drain(first, now, marks[0.1], marks[0.9])
         if value != last:
             last, last_change = value, now
         if first is None and not driver.workers_alive():
@@ -256,6 +281,62 @@ def mixed(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: 
     )
 
 
+def _enqueue_chunks(driver: Driver, kind: str, n: int, batch_size: int, limits: Limits) -> None:
+    """Enqueue n tasks of ``kind`` through the batch API (not timed: the I/O workloads time the workers)."""
+    for first in range(0, n, batch_size):
+        driver.enqueue_batch(kind, range(first, min(n, first + batch_size)))
+        _check_deadline(limits, first, n, "enqueued")
+
+
+def _drain_sampled(driver: Driver, counter: Counter, n: int, limits: Limits) -> tuple[float, Drain, int]:
+    """Start the workers and drain n tasks while sampling their memory; return (spawned, drain, peak RSS bytes)."""
+    spawned = time.perf_counter()
+    driver.start_workers()
+    sampler = PeakSampler(driver.worker_pids()).start()
+    try:
+        drain = wait_for_count(counter, n, spawned, limits, driver)
+    finally:
+        peak = sampler.stop()
+    return spawned, drain, peak
+
+
+def io_threads(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Workload 6: n tasks that block 20 ms (then count), queued; then 2 workers x 128 threads drain them."""
+    _enqueue_chunks(driver, "io", n, batch_size, limits)
+    spawned, drain, peak = _drain_sampled(driver, counter, n, limits)
+    slots = driver.config.workers * driver.config.slots
+    return Outcome(
+        figures={
+            "processed_rate": (n - 1) / max(drain.done - drain.first, 1e-9),
+            "steady_rate": drain.steady_rate(n),
+            "ceiling_rate": slots / IO_BLOCK_SECONDS,
+            "startup_s": drain.first - spawned,
+            "peak_rss_mb": peak / 2**20,
+        }
+    )
+
+
+def io_async(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Workload 7: n tasks that await 1 s (then count), queued; then one worker with 1000 slots drains them.
+
+    The first task began its wait at the latest 1 s before the first completion, so the drain is
+    timed from ``first completion - 1 s`` to the last completion; its floor is
+    ``ceil(n / slots)`` waits of 1 s.
+    """
+    _enqueue_chunks(driver, "aio", n, batch_size, limits)
+    stall = Limits(limits.deadline, limits.startup, max(limits.stall, 3 * AIO_WAIT_SECONDS))
+    spawned, drain, peak = _drain_sampled(driver, counter, n, stall)
+    began = drain.first - AIO_WAIT_SECONDS
+    return Outcome(
+        figures={
+            "drain_s": drain.done - began,
+            "floor_s": math.ceil(n / (driver.config.workers * driver.config.slots)) * AIO_WAIT_SECONDS,
+            "startup_s": max(0.0, began - spawned),
+            "peak_rss_mb": peak / 2**20,
+        }
+    )
+
+
 def _check_count(counter: Counter, n: int) -> None:
     value = counter.value()
     if value < n:
@@ -270,4 +351,6 @@ RUNNERS: dict[str, Callable[[Driver, Counter, int, Limits, int], Outcome]] = {
     "latency": latency,
     "batch": batch,
     "mixed": mixed,
+    IO_THREADS: io_threads,
+    IO_ASYNC: io_async,
 }

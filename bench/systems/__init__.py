@@ -15,6 +15,16 @@ SLEEP_SECONDS = 1.0
 REDIS_URL_ENV = "BENCH_REDIS_URL"
 #: Environment variable naming the broker URL when it is not the Redis one (the ``amqp`` variants).
 BROKER_URL_ENV = "BENCH_BROKER_URL"
+#: How long an ``io`` task blocks its thread (io-threads: an HTTP call or a query, say).
+IO_BLOCK_SECONDS = 0.02
+#: How long an ``aio`` task awaits (io-async: an LLM call, say).
+AIO_WAIT_SECONDS = 1.0
+
+#: The workloads of issue 6: every system runs them, with ``concurrency`` tasks at once in its default pool.
+CLASSIC_WORKLOADS = ("throughput", "results", "latency", "batch", "mixed")
+#: The I/O-bound workloads of issue 12: 2 worker processes x 128 threads, and one asyncio worker x 1000.
+IO_THREADS = "io-threads"
+IO_ASYNC = "io-async"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,25 +38,32 @@ class SystemSpec:
             interpreter running the harness, where conveyor is installed).
         variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite`` or ``amqp``; Celery's:
             ``amqp`` for RabbitMQ as its broker, results on the run's Redis either way).
+        workloads: the workloads it runs; the others are skipped (no thread pool, no asyncio, or
+            a row that only makes sense on one workload).
+        log_level: the level its workers log at. Every system runs quiet (WARNING) except the row
+            that measures what conveyor's default INFO line per task costs.
     """
 
     name: str
     module: str
     venv: str | None
     variant: str = ""
+    workloads: tuple[str, ...] = CLASSIC_WORKLOADS
+    log_level: str = "WARNING"
 
 
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
-        SystemSpec("conveyor-redis", "conveyor", None, "redis"),
+        SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
+        SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
-        SystemSpec("celery", "celery", "celery"),
+        SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("celery-amqp", "celery", "celery", "amqp"),
-        SystemSpec("dramatiq", "dramatiq", "dramatiq"),
+        SystemSpec("dramatiq", "dramatiq", "dramatiq", "", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
         SystemSpec("rq", "rq", "rq"),
-        SystemSpec("huey", "huey", "huey"),
-        SystemSpec("arq", "arq", "arq"),
+        SystemSpec("huey", "huey", "huey", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
+        SystemSpec("arq", "arq", "arq", "", (*CLASSIC_WORKLOADS, IO_ASYNC)),
     )
 }

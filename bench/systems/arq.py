@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from bench.systems import IO_ASYNC
 from bench.systems.base import Driver, Unavailable
 
 
@@ -34,15 +35,25 @@ class ArqDriver(Driver):
         return version("arq")
 
     def describe(self) -> str:
+        processes, max_jobs = self._shape()
         return (
-            f"{self.config.concurrency} processes x max_jobs={self.tasks.MAX_JOBS} (asyncio; sleepy awaits), "
+            f"{processes} process{'es' if processes > 1 else ''} x max_jobs={max_jobs} (asyncio; sleepy awaits), "
             f"poll_delay={self.tasks.POLL_DELAY:g}s, logging WARNING"
         )
+
+    def _shape(self) -> tuple[int, int]:
+        """(worker processes, max_jobs) for this workload."""
+        if self.config.workload == IO_ASYNC:
+            return self.config.workers, self.config.slots
+        return self.config.concurrency, self.tasks.MAX_JOBS
+
+    def worker_env(self) -> dict[str, str]:
+        return {"BENCH_ARQ_MAX_JOBS": str(self._shape()[1])}
 
     def worker_commands(self) -> list[list[str]]:
         import sys
 
-        return [[sys.executable, "-m", "bench.systems.arq_tasks"] for _ in range(self.config.concurrency)]
+        return [[sys.executable, "-m", "bench.systems.arq_tasks"] for _ in range(self._shape()[0])]
 
     def enqueue_one(self, kind: str, arg: int) -> Any:
         return self.runner.run(self.pool.enqueue_job(kind, arg))

@@ -25,6 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: The three task kinds every system defines: count; count and return the argument; sleep then count.
 KINDS = ("noop", "echo", "sleepy")
+#: The I/O kinds, defined by the systems that run the I/O workloads: block 20 ms then count (io-threads);
+#: await 1 s then count (io-async).
+IO_KINDS = ("io", "aio")
 
 #: Environment variable naming a file the driver appends each worker's process group id to, so
 #: the harness can kill the workers of a driver it had to kill.
@@ -45,6 +48,11 @@ class DriverConfig:
         workdir: scratch directory for worker logs and SQLite files.
         label: a name for this run's files, e.g. ``celery-throughput-1``.
         variant: system-specific choice (conveyor: ``redis`` or ``sqlite``).
+        workload: the workload being run; the I/O ones choose the worker shape below.
+        workers: io-threads and io-async: worker processes (each a system's own worker command, or
+            its ``--processes``).
+        slots: io-threads: threads per worker process; io-async: coroutines in flight per worker.
+        log_level: the level the workers log at (``WARNING``, or ``INFO`` for the log-cost row).
     """
 
     redis_url: str
@@ -52,6 +60,10 @@ class DriverConfig:
     workdir: Path
     label: str
     variant: str = ""
+    workload: str = ""
+    workers: int = 1
+    slots: int = 1
+    log_level: str = "WARNING"
 
 
 class Driver:
@@ -80,8 +92,17 @@ class Driver:
         raise NotImplementedError
 
     def worker_commands(self) -> list[list[str]]:
-        """The commands to start the workers (one per process the harness starts itself)."""
+        """The commands to start the workers (one per process the harness starts itself).
+
+        For the I/O workloads (``config.workload``) the shape is ``config.workers`` processes of
+        ``config.slots`` threads (io-threads) or coroutines (io-async); raise :class:`Unavailable`
+        for a shape the system has no pool for.
+        """
         raise NotImplementedError
+
+    def notice(self) -> str:
+        """Something the reader must know about this run even when it succeeds (e.g. a fallback pool)."""
+        return ""
 
     def worker_env(self) -> dict[str, str]:
         """Extra environment for the worker processes."""
@@ -132,6 +153,10 @@ class Driver:
             if pgid_file:
                 with Path(pgid_file).open("a") as f:
                     f.write(f"{proc.pid}\n")
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the processes the harness started (each the root of a worker's process tree)."""
+        return [p.pid for p in self._workers]
 
     def workers_alive(self) -> bool:
         """Whether every worker process started is still running."""

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import BROKER_URL_ENV
+from bench.systems import BROKER_URL_ENV, IO_THREADS
 from bench.systems._rabbit import Vhost
 from bench.systems.base import Driver, DriverConfig, Unavailable
 
@@ -39,12 +39,21 @@ class CeleryDriver(Driver):
 
     def describe(self) -> str:
         broker = "RabbitMQ broker (py-amqp), Redis results; " if self.vhost is not None else ""
+        workers, pool, concurrency = self._shape()
+        times = f"{workers} x " if workers > 1 else ""
         return broker + (
-            f"prefork -c {self.config.concurrency}, acks_late=True, prefetch_multiplier={self.tasks.PREFETCH}, "
-            "without gossip/mingle/heartbeat, -l WARNING"
+            f"{times}{pool} -c {concurrency}, acks_late=True, prefetch_multiplier={self.tasks.PREFETCH}, "
+            f"without gossip/mingle/heartbeat, -l {self.config.log_level}"
         )
 
+    def _shape(self) -> tuple[int, str, int]:
+        """(worker commands, -P, -c) for this workload."""
+        if self.config.workload == IO_THREADS:
+            return self.config.workers, "threads", self.config.slots
+        return 1, "prefork", self.config.concurrency
+
     def worker_commands(self) -> list[list[str]]:
+        workers, pool, concurrency = self._shape()
         return [
             [
                 self.bin("celery"),
@@ -52,17 +61,18 @@ class CeleryDriver(Driver):
                 "bench.systems.celery_tasks:app",
                 "worker",
                 "-c",
-                str(self.config.concurrency),
+                str(concurrency),
                 "-P",
-                "prefork",
+                pool,
                 "-l",
-                "WARNING",
+                self.config.log_level,
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
                 "-n",
-                f"bench-{self.config.label}@%h",
+                f"bench-{self.config.label}-{i}@%h",
             ]
+            for i in range(workers)
         ]
 
     def enqueue_one(self, kind: str, arg: int) -> Any:

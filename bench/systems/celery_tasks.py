@@ -2,6 +2,7 @@
 
 Worker: ``celery -A bench.systems.celery_tasks:app worker -c 2 -P prefork -l WARNING
 --without-gossip --without-mingle --without-heartbeat`` (no per-task log lines at WARNING).
+io-threads: two such workers with ``-P threads -c 128``.
 ``task_acks_late=True`` matches conveyor's at-least-once; the prefetch multiplier
 (``BENCH_CELERY_PREFETCH``, default 16) is Celery's documented knob for many short tasks.
 """
@@ -13,7 +14,7 @@ import time
 
 from celery import Celery
 
-from bench.systems import BROKER_URL_ENV, REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import BROKER_URL_ENV, IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
 from bench.systems._counter import incr
 
 PREFETCH = int(os.environ.get("BENCH_CELERY_PREFETCH", "16"))
@@ -48,4 +49,10 @@ def echo(i: int) -> int:
 @app.task(ignore_result=True)
 def sleepy(i: int) -> None:
     time.sleep(SLEEP_SECONDS)
+    incr()
+
+
+@app.task(ignore_result=True)
+def io(i: int) -> None:
+    time.sleep(IO_BLOCK_SECONDS)
     incr()

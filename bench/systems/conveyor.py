@@ -6,15 +6,20 @@ file in the work directory for each run). The completion counter is in Redis eit
 
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.systems import IO_ASYNC, IO_THREADS
 from bench.systems._rabbit import Vhost
-from bench.systems.base import Driver, DriverConfig, Unavailable
+from bench.systems.base import REPO_ROOT, Driver, DriverConfig, Unavailable
+
+APP = "bench.systems.conveyor_tasks:app"
 
 
 class ConveyorDriver(Driver):
@@ -62,17 +67,33 @@ class ConveyorDriver(Driver):
 
     def describe(self) -> str:
         broker = {"sqlite": "SQLite (WAL)", "amqp": "RabbitMQ (pika), Redis results"}.get(self.config.variant, "Redis")
+        workers, concurrency, pool = self._shape()
+        times = f"{workers} x " if workers > 1 else ""
         return (
-            f"{broker}; conveyor worker -c {self.config.concurrency} --pool process; "
-            "track_started=False, ignore_result on no-result tasks"
+            f"{broker}; {times}conveyor worker -c {concurrency} --pool {pool} --loglevel {self.config.log_level}; "
+            f"track_started=False, ignore_result on no-result tasks{_source()}"
         )
 
+    def notice(self) -> str:
+        if self.config.workload == IO_ASYNC and not _has_asyncio_pool():
+            return (
+                "FALLBACK: this conveyor has no --pool asyncio; ran --pool thread "
+                f"-c {self.config.slots} (each thread runs one async task at a time on its own loop)"
+            )
+        return ""
+
     def worker_commands(self) -> list[list[str]]:
-        cmd = [self.bin("conveyor")]
-        if not Path(cmd[0]).exists():
-            cmd = [sys.executable, "-m", "conveyor"]
-        app = "bench.systems.conveyor_tasks:app"
-        return [[*cmd, "worker", app, "-c", str(self.config.concurrency), "--pool", "process", "--loglevel", "WARNING"]]
+        workers, concurrency, pool = self._shape()
+        cmd = [*_conveyor(self.bin("conveyor")), "worker", APP, "-c", str(concurrency), "--pool", pool]
+        return [[*cmd, "--loglevel", self.config.log_level] for _ in range(workers)]
+
+    def _shape(self) -> tuple[int, int, str]:
+        """(worker commands, -c, --pool) for this workload."""
+        if self.config.workload == IO_THREADS:
+            return self.config.workers, self.config.slots, "thread"
+        if self.config.workload == IO_ASYNC:
+            return self.config.workers, self.config.slots, "asyncio" if _has_asyncio_pool() else "thread"
+        return 1, self.config.concurrency, "process"
 
     def worker_env(self) -> dict[str, str]:
         return dict(self.env)
@@ -99,6 +120,30 @@ class ConveyorDriver(Driver):
         if self.db_path is not None:
             for suffix in ("", "-wal", "-shm"):
                 self.db_path.with_name(self.db_path.name + suffix).unlink(missing_ok=True)
+
+
+def _source() -> str:
+    """``; conveyor from DIR`` when conveyor is not this checkout's (``--conveyor-src``), else nothing."""
+    import conveyor
+
+    where = Path(conveyor.__file__).resolve().parents[1]
+    return "" if where == REPO_ROOT / "src" else f"; conveyor from {where}"
+
+
+def _conveyor(script: str) -> list[str]:
+    """The ``conveyor`` command of this interpreter (the console script, else ``python -m conveyor``)."""
+    return [script] if Path(script).exists() else [sys.executable, "-m", "conveyor"]
+
+
+@functools.cache
+def _has_asyncio_pool() -> bool:
+    """Whether ``conveyor worker --pool`` offers ``asyncio`` (asked of the CLI, not of internal names)."""
+    script = str(Path(sys.executable).parent / "conveyor")
+    out = subprocess.run(
+        [*_conveyor(script), "worker", "--help"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    pool_lines = [line for line in out.splitlines() if "--pool" in line]
+    return any("asyncio" in line for line in pool_lines)
 
 
 DRIVER = ConveyorDriver

@@ -1,6 +1,7 @@
 """conveyor's side of the benchmark: the three tasks, on an app whose broker comes from the environment.
 
-The worker is ``conveyor worker bench.systems.conveyor_tasks:app -c 2 --pool process --loglevel WARNING``;
+The worker is ``conveyor worker bench.systems.conveyor_tasks:app -c 2 --pool process --loglevel WARNING``
+(io-threads: ``-c 128 --pool thread``, two of them; io-async: ``-c 1000 --pool asyncio``);
 ``CONVEYOR_BROKER_URL`` (set by the driver) picks Redis or SQLite. Results live on the broker's
 engine (the default). ``track_started=False`` (one result write per task, as the peers do) and
 ``ignore_result=True`` on the tasks whose result nobody reads are the fast configuration.
@@ -8,9 +9,10 @@ engine (the default). ``track_started=False`` (one result write per task, as the
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from bench.systems import SLEEP_SECONDS
+from bench.systems import AIO_WAIT_SECONDS, IO_BLOCK_SECONDS, SLEEP_SECONDS
 from bench.systems._counter import incr
 from conveyor import App
 
@@ -34,4 +36,18 @@ def echo(i: int) -> int:
 def sleepy(i: int) -> None:
     """Sleep (blocking the slot), then count."""
     time.sleep(SLEEP_SECONDS)
+    incr()
+
+
+@app.task(ignore_result=True)
+def io(i: int) -> None:
+    """Block the thread 20 ms (a call to another service), then count."""
+    time.sleep(IO_BLOCK_SECONDS)
+    incr()
+
+
+@app.task(ignore_result=True)
+async def aio(i: int) -> None:
+    """Await 1 s (an LLM call), then count (a blocking INCR of some 50 us: cheap next to the wait)."""
+    await asyncio.sleep(AIO_WAIT_SECONDS)
     incr()

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from bench.systems import IO_ASYNC, IO_THREADS
 from bench.systems.base import Driver, Unavailable
 
 
@@ -27,19 +28,22 @@ class DramatiqDriver(Driver):
         return str(dramatiq.__version__)
 
     def describe(self) -> str:
-        return f"RedisBroker, {self.config.concurrency} processes x 1 thread, Results(RedisBackend) for echo"
+        processes, threads = self._shape()
+        extra = ", AsyncIO middleware" if self.config.workload == IO_ASYNC else ""
+        return f"RedisBroker, {processes} processes x {threads} threads, Results(RedisBackend) for echo{extra}"
+
+    def _shape(self) -> tuple[int, int]:
+        if self.config.workload in (IO_THREADS, IO_ASYNC):
+            return self.config.workers, self.config.slots
+        return self.config.concurrency, 1
+
+    def worker_env(self) -> dict[str, str]:
+        return {"BENCH_DRAMATIQ_ASYNCIO": "1"} if self.config.workload == IO_ASYNC else {}
 
     def worker_commands(self) -> list[list[str]]:
-        return [
-            [
-                self.bin("dramatiq"),
-                "bench.systems.dramatiq_tasks",
-                "--processes",
-                str(self.config.concurrency),
-                "--threads",
-                "1",
-            ]
-        ]
+        processes, threads = self._shape()
+        module = "bench.systems.dramatiq_tasks"
+        return [[self.bin("dramatiq"), module, "--processes", str(processes), "--threads", str(threads)]]
 
     def enqueue_one(self, kind: str, arg: int) -> Any:
         return getattr(self.tasks, kind).send(arg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bench.systems import IO_THREADS
 from bench.systems.base import Driver, Unavailable
 
 
@@ -26,21 +27,20 @@ class HueyDriver(Driver):
         return str(huey.__version__)
 
     def describe(self) -> str:
-        return f"RedisHuey(notify_result=True), huey_consumer -k process -w {self.config.concurrency} -n -q"
+        consumers, kind, workers = self._shape()
+        times = f"{consumers} x " if consumers > 1 else ""
+        return f"RedisHuey(notify_result=True), {times}huey_consumer -k {kind} -w {workers} -n -q"
+
+    def _shape(self) -> tuple[int, str, int]:
+        """(consumer commands, -k, -w) for this workload."""
+        if self.config.workload == IO_THREADS:
+            return self.config.workers, "thread", self.config.slots
+        return 1, "process", self.config.concurrency
 
     def worker_commands(self) -> list[list[str]]:
-        return [
-            [
-                self.bin("huey_consumer"),
-                "bench.systems.huey_tasks.huey",
-                "-k",
-                "process",
-                "-w",
-                str(self.config.concurrency),
-                "-n",
-                "-q",
-            ]
-        ]
+        consumers, kind, workers = self._shape()
+        cmd = [self.bin("huey_consumer"), "bench.systems.huey_tasks.huey", "-k", kind, "-w", str(workers), "-n", "-q"]
+        return [list(cmd) for _ in range(consumers)]
 
     def enqueue_one(self, kind: str, arg: int) -> Any:
         return getattr(self.tasks, kind)(arg)

@@ -11,11 +11,15 @@ import os
 import time
 
 from huey import RedisHuey
+from redis import ConnectionPool
 
-from bench.systems import REDIS_URL_ENV, SLEEP_SECONDS
-from bench.systems._counter import incr
+from bench.systems import IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems._counter import MAX_CONNECTIONS, incr
 
-huey = RedisHuey("bench", url=os.environ[REDIS_URL_ENV], notify_result=True)
+# Huey's storage shares one redis-py pool among all its workers; redis-py 8 caps a pool at 100
+# connections and raises past it, which `-k thread -w 128` (io-threads) reaches: raise the cap.
+_pool = ConnectionPool.from_url(os.environ[REDIS_URL_ENV], max_connections=MAX_CONNECTIONS)
+huey = RedisHuey("bench", connection_pool=_pool, notify_result=True)
 
 
 @huey.task()
@@ -32,4 +36,10 @@ def echo(i: int) -> int:
 @huey.task()
 def sleepy(i: int) -> None:
     time.sleep(SLEEP_SECONDS)
+    incr()
+
+
+@huey.task()
+def io(i: int) -> None:
+    time.sleep(IO_BLOCK_SECONDS)
     incr()
