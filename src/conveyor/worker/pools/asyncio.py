@@ -409,12 +409,7 @@ class AsyncioChild:
 
     def _return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start (or could not be settled) back to the queue, uncounted."""
-        for delivery in deliveries:
-            with contextlib.suppress(BrokerError):
-                self.app.broker.nack(delivery)
-            self.keeper.release(delivery)
-        if deliveries:
-            log.debug("returned %d task(s) to the queue", len(deliveries))
+        self.child.return_unstarted(deliveries)
 
     async def _offload(self, step: Callable[..., T], *args: Any) -> T:
         """Run a blocking broker or backend step on the I/O threads."""
