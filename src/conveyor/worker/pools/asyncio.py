@@ -27,9 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,13 +39,13 @@ import psutil
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
-from conveyor.results import past_hard_limit
-from conveyor.states import State, decode_record, encode_record
+from conveyor.states import State, decode_record
 from conveyor.task import BaseTask
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.pools import Pool
+from conveyor.worker.pools.loopwatch import LoopWatch
 from conveyor.worker.settle import BatchSettler, GaveUp, Pending
 
 if TYPE_CHECKING:
@@ -67,8 +65,6 @@ RESERVE_BATCH = 256
 REVOCATION_CHECK = 1.0
 #: Seconds between the counts of finished tasks sent to the supervisor.
 COUNTS_EVERY = 0.5
-#: Seconds the loop may go without a tick, a hard time limit passed, before the child is taken down.
-STUCK_AFTER = 2.0
 #: The id read to find out whether the result backend answers again.
 _PROBE_ID = "conveyor-backend-probe"
 
@@ -415,56 +411,6 @@ class AsyncioChild:
         """Run a blocking broker or backend step on the I/O threads."""
         assert self._loop is not None
         return await self._loop.run_in_executor(self._io, step, *args)
-
-
-class LoopWatch:
-    """A thread that takes the child down when its loop is stuck past a task's hard time limit.
-
-    A coroutine that blocks the loop (``time.sleep`` in an ``async def``) cannot be cancelled: the
-    loop never gets back to cancel it. Once a hard limit has passed and the loop has not ticked for
-    ``STUCK_AFTER`` seconds, the watch records the overdue tasks FAILURE (TimeLimitExceeded), acks them,
-    and kills the child; the supervisor returns the other running tasks to the queue and starts a new child.
-    """
-
-    def __init__(self, child: AsyncioChild) -> None:
-        self.child = child
-        self._tick = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="conveyor-loop-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def tick(self) -> None:
-        """The loop is alive (called from the loop every ``COUNTS_EVERY`` seconds)."""
-        self._tick = time.monotonic()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(STUCK_AFTER / 4):
-            now = time.monotonic()
-            if now - self._tick < STUCK_AFTER:
-                continue
-            overdue = [entry for entry in list(self.child._deadlines.values()) if entry[3] + STUCK_AFTER <= now]
-            if overdue:
-                self._fail_and_die(overdue)
-
-    def _fail_and_die(self, overdue: list[tuple[Delivery, Message, BaseTask[Any, Any], float]]) -> None:
-        executor = self.child.executor
-        for delivery, message, task, _ in overdue:
-            log.error(
-                "task %s[%s] blocks the event loop past its hard time limit; replacing the child",
-                message.task,
-                message.id,
-            )
-            with contextlib.suppress(BrokerError):  # else it returns with the child's other tasks, and runs again
-                record = past_hard_limit(message.task, message.attempt, executor.worker, task.options.time_limit)
-                app = executor.app
-                app.backend.set(message.id, record.state, encode_record(record), app.settings.result_ttl)
-                app.broker.ack([delivery])
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class AsyncioPool(Pool):
