@@ -101,6 +101,28 @@ def test_a_crash_counts_a_delivery_only_against_the_started_task(
     assert dead.id == ids[0] and "3 times" in dead.reason
 
 
+def test_a_finished_task_whose_ack_was_lost_counts_one_redelivery_however_often_its_copy_is_dropped(
+    brokers: list[AMQPBroker], results: ResultBackend
+) -> None:
+    # Given a task whose worker recorded its final result, then died before its ack (max_deliveries=3)
+    producer, first, second = brokers
+    [task_id] = producer.enqueue([env()])
+    take_all(first, 1)
+    record = ResultRecord(state=State.SUCCESS, task="t", value=1, finished=time.time())
+    results.set(task_id, State.SUCCESS, encode_record(record), 60)
+    first.close()
+    # When its redelivered copy is taken and dropped unrun by three more crashing workers
+    for crash in range(3):
+        worker = second if crash % 2 == 0 else first
+        [copy] = take_all(worker, 1)
+        assert copy.deliveries == 2, f"crash {crash}"  # the lost ack counted once, so the worker reads the record
+        worker.close()
+    # Then the copy is still counted once and never dead-lettered as poison
+    [copy] = take_all(first, 1)
+    assert copy.deliveries == 2
+    assert producer.dead_letters() == []
+
+
 def test_a_message_that_crashes_without_a_start_record_is_buried_in_the_end(brokers: list[AMQPBroker]) -> None:
     # Given a message whose task never writes a STARTED record (ignore_result, or track_started=False)
     producer, worker, _ = brokers

@@ -72,8 +72,9 @@ def start_to_count(results: ResultBackend, entry: Meta) -> float | None:
         # Revoked while a worker held it (a terminated run, or a prefetched copy), or finished with its
         # ack lost (a child killed at its hard limit: the supervisor's ack cannot reach the child's
         # channel): count it, so the worker that takes it sees a redelivery and checks the record
-        # instead of running the task again.
-        return record.finished if record.finished is not None else UNKNOWN_START
+        # instead of running the task again. Counted once: a copy that carries this mark counted it.
+        mark = record.finished if record.finished is not None else UNKNOWN_START
+        return None if mark == entry.started else mark
     if record.state is not State.STARTED or record.started is None or record.started == entry.started:
         return None
     return record.started
