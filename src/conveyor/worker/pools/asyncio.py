@@ -186,7 +186,7 @@ class AsyncioChild:
             task.add_done_callback(self._running.discard)
             self._tasks_started += 1
         if self._tasks_left() == 0:  # it finishes what it started, then the supervisor replaces it
-            self._retire(f"started {self._tasks_started} tasks (max_tasks_per_child)")
+            self._retire(f"ran {self._tasks_started} tasks (max_tasks_per_child)")  # once those it started end
 
     def _tasks_left(self) -> int:
         """How many more tasks this child may start (``max_tasks_per_child`` counts started tasks here)."""
@@ -273,6 +273,8 @@ class AsyncioChild:
     def _count(self, outcome: Outcome) -> None:
         self._counts[0] += 1
         self._counts[1] += outcome.ended.failed
+        if self.app.settings.max_memory_per_child is not None:  # between tasks, as on the other pools
+            self._check_memory()
 
     def _retire(self, reason: str) -> None:
         if not self.stopping:

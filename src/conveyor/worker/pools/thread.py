@@ -49,7 +49,8 @@ from conveyor.worker.settle import BatchSettler
 LONG_TASK = 0.5
 #: Seconds between looks for long tasks, and the longest the reserver sleeps while every slot is busy.
 LOOK_EVERY = 0.1
-#: Deliveries kept ready beyond the free slots, as a fraction of the slots (at least one).
+#: Deliveries kept ready beyond the free slots, as a fraction of the slots (none below 4 slots: a
+#: one-slot worker's ready task would sit reserved behind the running one, where revoke cannot reach it).
 MARGIN = 0.25
 #: Seconds a reservation waits for work while tasks run: results of tasks that end meanwhile wait
 #: at most about this long to be written.
@@ -89,7 +90,7 @@ class ThreadPool(Pool):
         self._lock = threading.Lock()
         self._outstanding = 0  # reserved and not ended: waiting in the ready queue or running
         self._freed = threading.Event()  # a slot freed: the reserver may reserve again
-        self._margin = max(1, int(slots * MARGIN))
+        self._margin = int(slots * MARGIN)
         self._margin_on = True  # off once ready deliveries went back unstarted, until a slot frees
         self._last_take = 0.0  # monotonic time a thread last took a ready delivery
         self._local = threading.local()
