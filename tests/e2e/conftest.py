@@ -20,9 +20,29 @@ __all__ = ["POOLS_UNDER_TEST", "ROOT", "WorkerProcess", "enqueue", "kill_leftove
 ROOT = Path(__file__).resolve().parents[2]
 
 #: The pools that every test taking the ``pool`` fixture runs on (conveyor.worker.pools.POOLS).
-#: A new pool joins here, and the failure-handling tests then run on it unchanged; the asyncio
-#: pool (branch aio) adds "asyncio" once its module lives in worker/pools/.
+#: A new pool joins here, and the failure-handling tests then run on it unchanged.
 POOLS_UNDER_TEST = ("process", "thread", "asyncio")
+#: The broker a test runs the one-child pools (thread, asyncio) on when it runs on several brokers:
+#: the process pool meets every broker, the other pools meet one, since a pool's code is the same on
+#: every broker and the whole matrix nearly doubles the suite. ``E2E_EVERY_POOL=1`` runs
+#: every pool on every broker (as the pools' own tests, tests/e2e/test_*_pool.py, always do).
+ONE_CHILD_POOLS_ON = "redis"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the one-child pools' runs of broker-parametrized tests to ONE_CHILD_POOLS_ON (see above)."""
+    if os.environ.get("E2E_EVERY_POOL") == "1":
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        pool, broker = params.get("pool"), params.get("e2e_env")
+        skip = isinstance(pool, str) and pool != "process" and isinstance(broker, str) and broker != ONE_CHILD_POOLS_ON
+        (dropped if skip else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pool_args(pool: str, slots: int) -> tuple[str, ...]:
