@@ -14,6 +14,7 @@ import pytest
 
 from conveyor.brokers import Broker, Delivery, Envelope
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY
+from tests.conftest import wait_until
 
 OWNER = "worker-a"
 
@@ -431,7 +432,13 @@ def test_workers_registry_expires_silent_workers(broker: Broker) -> None:
 def test_recover_promotes_due_and_expired(broker: Broker, n: int) -> None:
     broker.enqueue([env(eta=time.time() + 0.1) for _ in range(n)])
     time.sleep(0.2)
-    assert broker.recover() >= n
+    moved = broker.recover()
+    # RabbitMQ's delay queues promote a due message themselves (by their TTL), and on a busy machine
+    # may not have yet, or may have before recover() looked: there, what counts is that all end ready.
+    if type(broker).__name__ == "AMQPBroker":
+        wait_until(lambda: broker.recover() >= 0 and stats_of(broker) == (n, 0, 0, 0), 10, "the due messages")
+    else:
+        assert moved >= n
     assert stats_of(broker) == (n, 0, 0, 0)
 
 
