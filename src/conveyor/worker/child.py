@@ -59,8 +59,6 @@ _PR_SET_PDEATHSIG = 1
 #: until then the child would run its copy of the supervisor's handlers and lose the signal.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
 
-#: How a delivery that counts as failed ended (plain strings: the executor's outcome states).
-_FAILED = frozenset(str(ended) for ended in Ended if ended.failed)
 #: Called by the executor just before a task's function runs (the pool decides whether to report it).
 StartHook = Callable[[Delivery, Message, BaseTask[Any, Any]], None]
 
@@ -182,13 +180,13 @@ class Child:
     def ended(self, outcome: Outcome, reported: bool) -> None:
         """Count one delivery that ended: a TaskFinished if its start was reported, else in the bulk counts."""
         if reported:
-            self.send(TaskFinished(outcome.id, outcome.task, Ended(outcome.state), outcome.runtime))
-        if outcome.state == Ended.RETURNED:
+            self.send(TaskFinished(outcome.id, outcome.task, outcome.ended, outcome.runtime))
+        if not outcome.ended.processed:  # given back, or a finished task's dropped copy: nothing ran
             return
         with self._tally_lock:
             if not reported:
                 self._processed += 1
-                self._failed += outcome.state in _FAILED
+                self._failed += outcome.ended.failed
             self.tasks_run += 1
             run = self.tasks_run
         if self._limited:

@@ -271,6 +271,8 @@ class AsyncioChild:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
 
     def _count(self, outcome: Outcome) -> None:
+        if not outcome.ended.processed:  # a finished task's dropped copy: nothing ran
+            return
         self._counts[0] += 1
         self._counts[1] += outcome.ended.failed
         if self.app.settings.max_memory_per_child is not None:  # between tasks, as on the other pools
