@@ -30,7 +30,7 @@ from conveyor.scheduler.beat import Beat, slot_key
 from tests.conftest import AMQP_URL, url_for
 from tests.servers import PrivateRedis, free_port
 from tests.servers import private_redis as running_redis
-from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
+from tests.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
 LEASE = 2.0
 
