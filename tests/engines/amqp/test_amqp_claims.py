@@ -96,8 +96,8 @@ def test_a_fresh_claim_whose_producer_is_still_committing_is_honoured(
 ) -> None:
     # Given a key claimed a moment ago by a producer that has not committed yet (claim and holder only)
     first, second = producer(amqp_test_url, results), producer(amqp_test_url, results)
-    results.claim("conveyor:key:k", 60)
-    results.set_value("conveyor:key-holder:k", f"early {time.time()!r}".encode(), 60)
+    results.claim(f"{first.prefix}:key:k", 60)
+    results.set_value(f"{first.prefix}:key-holder:k", f"early {time.time()!r}".encode(), 60)
     # Then a second producer answers the first one's id and stores nothing
     assert second.enqueue([env(key="k")]) == ["early"]
     assert second.reserve(["default"], 1, owner="w", lease=30, timeout=0.3) == []
