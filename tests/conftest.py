@@ -79,8 +79,7 @@ def redis_cleanup(prefix: str) -> None:
 def redis_prefix() -> Iterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
     redis_available()
-    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"
-    redis_cleanup(prefix)
+    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"  # fresh: nothing to clean before the test
     yield prefix
     redis_cleanup(prefix)
 
