@@ -2,7 +2,8 @@
 
 Real servers only. A fixture pings its server first: locally an unreachable server skips the
 tests that need it; when ``CI=true`` it fails them, so a missing server never passes silently.
-Redis tests get a key prefix unique to the test and delete every key under it afterwards.
+Redis tests get a key prefix unique to the test and delete every key under it afterwards; RabbitMQ
+tests get a queue prefix unique to the test in one vhost per test process (tests/vhosts.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker
 from conveyor.brokers import from_url as broker_from_url
-from tests.vhosts import VhostPool
+from conveyor.brokers.amqp.names import DEFAULT_PREFIX
+from tests.vhosts import RunVhost, delete_queues
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
@@ -77,8 +79,7 @@ def redis_cleanup(prefix: str) -> None:
 def redis_prefix() -> Iterator[str]:
     """A key prefix unique to this test; every key under it is deleted afterwards."""
     redis_available()
-    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"
-    redis_cleanup(prefix)
+    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"  # fresh: nothing to clean before the test
     yield prefix
     redis_cleanup(prefix)
 
@@ -98,24 +99,38 @@ def amqp_available() -> None:
 
 
 @pytest.fixture(scope="session")
-def vhost_pool() -> Iterator[VhostPool]:
-    """Fresh RabbitMQ vhosts made in batches (see tests/vhosts.py); all deleted at the end of the session."""
-    pool = VhostPool()
-    yield pool
-    pool.close()
+def amqp_run_vhost() -> Iterator[RunVhost]:
+    """The RabbitMQ vhost of this test process (one per xdist worker), made at first use, deleted at the end."""
+    vhost = RunVhost(AMQP_URL)
+    yield vhost
+    vhost.close()
 
 
 @pytest.fixture
-def amqp_vhost(vhost_pool: VhostPool) -> Iterator[str]:
-    """A RabbitMQ vhost of this test alone (guest may use it); deleted with everything in it afterwards."""
+def amqp_vhost(amqp_run_vhost: RunVhost) -> Iterator[str]:
+    """The vhost of this test run, which this test shares with no test running at the same time.
+
+    The tests of one process run one after the other in it: isolate a test with a queue prefix of
+    its own (:func:`amqp_test_url`, as ``broker_url`` does). For a test that builds its own URL
+    with :func:`amqp_url` and no prefix, the queues under the default prefix are deleted afterwards.
+    """
     amqp_available()
-    vhost = vhost_pool.take()
-    yield vhost
-    vhost_pool.give_back(vhost)
+    url = amqp_run_vhost.url()
+    yield amqp_run_vhost.name
+    delete_queues(url, [DEFAULT_PREFIX])
+
+
+@pytest.fixture
+def amqp_test_url(amqp_vhost: str) -> Iterator[str]:
+    """An AMQP URL of this test alone: the run's vhost and a queue prefix unique to the test, deleted afterwards."""
+    prefix = f"cvtest-{uuid.uuid4().hex[:12]}"
+    url = amqp_url(amqp_vhost)
+    yield f"{url}?prefix={prefix}"
+    delete_queues(url, [prefix])
 
 
 def amqp_url(vhost: str) -> str:
-    """The test AMQP URL of ``vhost``."""
+    """The test AMQP URL of ``vhost`` (without a prefix: see :func:`amqp_test_url`)."""
     return f"{AMQP_URL}/{urllib.parse.quote(vhost, safe='')}"
 
 
@@ -129,8 +144,8 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
         prefix: str = request.getfixturevalue("redis_prefix")
         return f"{REDIS_URL}?prefix={prefix}"
     if kind == "amqp":
-        vhost: str = request.getfixturevalue("amqp_vhost")
-        return amqp_url(vhost)
+        url: str = request.getfixturevalue("amqp_test_url")
+        return url
     raise AssertionError(kind)
 
 

@@ -1,21 +1,25 @@
-"""A pool of fresh RabbitMQ vhosts, so that each test still gets a vhost of its own, cheaply.
+"""RabbitMQ isolation for tests: one vhost per test run, one queue prefix per test.
 
-``rabbitmqctl`` boots an Erlang VM per call (about 0.8 s), and a vhost per test took three calls:
-2.4 s of every AMQP test, most of the suite's time on RabbitMQ (issue 13). One ``rabbitmqctl eval``
-creates a whole batch of vhosts with guest's permissions in about a second, and another deletes
-the used ones in the background; each vhost still serves one test only and is deleted after it.
-If ``eval`` is refused (a RabbitMQ whose internal API differs), the pool falls back to the plain
-commands, one vhost at a time.
+``rabbitmqctl`` boots an Erlang VM per call (about 0.8 s), and a fresh vhost per test took three
+calls: 46% of the old tests/unit run (issue 13). Redis tests were always isolated by a key prefix
+instead, and the AMQP broker names every object it declares after its URL's ``prefix=`` (it
+declares no exchange, only queues under ``PREFIX.``: see conveyor/brokers/amqp/names.py). So each
+test process (each xdist worker) makes ONE vhost for the whole run (:class:`RunVhost`), each test
+gets a prefix of its own in it, and :func:`delete_queues` deletes a test's queues after it, over
+AMQP, in milliseconds. The run's vhost, with anything a test left behind, is deleted at the end.
 """
 
 from __future__ import annotations
 
 import subprocess
-import threading
+import urllib.parse
 import uuid
+from collections.abc import Iterable
 
-#: Vhosts created per ``rabbitmqctl eval``, and used vhosts deleted per background call.
-BATCH = 25
+import pika
+
+from conveyor.brokers.amqp.names import H_KIND, declarations, queue_names, registry_name
+
 #: Seconds one ``rabbitmqctl`` call may take.
 CALL_TIMEOUT = 60
 
@@ -25,83 +29,70 @@ def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=CALL_TIMEOUT)
 
 
-def _binaries(names: list[str]) -> str:
-    return "[" + ", ".join(f'<<"{name}">>' for name in names) + "]"
+#: Erlang run by ``rabbitmqctl eval``: make vhost NAME and give guest every permission in it.
+_MAKE = (
+    'ok = rabbit_vhost:add(<<"NAME">>, <<"conveyor-tests">>), '
+    'ok = rabbit_auth_backend_internal:set_permissions(<<"guest">>, <<"NAME">>, <<".*">>, <<".*">>, <<".*">>, '
+    '<<"conveyor-tests">>).'
+)
 
 
-def _create_expression(names: list[str]) -> str:
-    return (
-        'lists:foreach(fun(V) -> ok = rabbit_vhost:add(V, <<"conveyor-tests">>), '
-        'ok = rabbit_auth_backend_internal:set_permissions(<<"guest">>, V, <<".*">>, <<".*">>, <<".*">>, '
-        '<<"conveyor-tests">>) end, ' + _binaries(names) + "), ok."
-    )
+class RunVhost:
+    """A vhost of one test process, made at its first use, in which guest may do anything; deleted at :meth:`close`.
 
+    Args:
+        base_url: the server's AMQP URL without a vhost (``amqp://guest:guest@127.0.0.1:5672``).
+    """
 
-def _delete_expression(names: list[str]) -> str:
-    return 'lists:foreach(fun(V) -> rabbit_vhost:delete(V, <<"conveyor-tests">>) end, ' + _binaries(names) + "), ok."
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.name = f"cvtest-run-{uuid.uuid4().hex[:12]}"
+        self._made = False
 
-
-class VhostPool:
-    """Fresh vhosts on demand; used ones are deleted in batches, in the background, and all at :meth:`close`."""
-
-    def __init__(self) -> None:
-        self._ready: list[str] = []
-        self._used: list[str] = []
-        self._deleting: list[subprocess.Popen[bytes]] = []
-        self._eval_works = True
-        self._lock = threading.Lock()
-
-    def take(self) -> str:
-        """A vhost nobody has used, with every permission for guest."""
-        with self._lock:
-            if not self._ready:
-                self._refill()
-            return self._ready.pop()
-
-    def give_back(self, vhost: str) -> None:
-        """The test is over: delete ``vhost`` with everything in it (soon, in the background)."""
-        with self._lock:
-            self._used.append(vhost)
-            if len(self._used) >= BATCH:
-                self._delete_used(wait=False)
+    def url(self) -> str:
+        """The AMQP URL of the vhost, made first if it does not exist yet."""
+        if not self._made:
+            self._made = True  # from here on close() deletes it, even if making it fails half-way
+            try:  # one Erlang VM boot instead of two
+                rabbitmqctl("eval", _MAKE.replace("NAME", self.name))
+            except subprocess.CalledProcessError:  # a RabbitMQ whose internal API differs
+                rabbitmqctl("add_vhost", self.name)
+                rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
+        return f"{self.base_url}/{urllib.parse.quote(self.name, safe='')}"
 
     def close(self) -> None:
-        """Delete every vhost this pool made, and wait for the deletions."""
-        with self._lock:
-            self._used += self._ready
-            self._ready = []
-            self._delete_used(wait=True)
-            for process in self._deleting:
-                process.wait(timeout=CALL_TIMEOUT)
-            self._deleting = []
+        """Delete the vhost with everything in it (nothing happens if it was never made)."""
+        if self._made:
+            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", self.name], capture_output=True, timeout=CALL_TIMEOUT)
+            self._made = False
 
-    def _refill(self) -> None:
-        names = [f"cvtest-{uuid.uuid4().hex[:12]}" for _ in range(BATCH if self._eval_works else 1)]
-        if self._eval_works:
-            try:
-                rabbitmqctl("eval", _create_expression(names))
-                self._ready += names
-                return
-            except subprocess.CalledProcessError:
-                self._eval_works = False  # another RabbitMQ version: plain commands from now on
-                self._used += names  # whatever the failed call made is deleted at the end
-                names = [f"cvtest-{uuid.uuid4().hex[:12]}"]
-        rabbitmqctl("add_vhost", names[0])
-        rabbitmqctl("set_permissions", "-p", names[0], "guest", ".*", ".*", ".*")
-        self._ready += names
 
-    def _delete_used(self, wait: bool) -> None:
-        used, self._used = self._used, []
-        if not used:
-            return
-        self._deleting = [p for p in self._deleting if p.poll() is None]
-        if self._eval_works:
-            command = ["rabbitmqctl", "-q", "eval", _delete_expression(used)]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if wait:
-                process.wait(timeout=CALL_TIMEOUT)
-            else:
-                self._deleting.append(process)
-            return
-        for vhost in used:
-            subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=CALL_TIMEOUT)
+def delete_queues(url: str, prefixes: Iterable[str]) -> None:
+    """Delete every queue the AMQP broker declared under each of ``prefixes`` in the vhost of ``url``.
+
+    AMQP cannot list queues; the broker's registry queue (``PREFIX.registry``) names every conveyor
+    queue it declared, and :func:`~conveyor.brokers.amqp.names.declarations` gives each one's queues.
+    Deleting a queue that does not exist is no error in RabbitMQ.
+    """
+    connection = pika.BlockingConnection(pika.URLParameters(url + "?socket_timeout=5&connection_attempts=2"))
+    try:
+        channel = connection.channel()
+        for prefix in prefixes:
+            registry = registry_name(prefix)
+            channel.queue_declare(registry, durable=True)  # creates an empty one if the test declared nothing
+            known: set[str] = set()
+            while True:
+                method, props, body = channel.basic_get(registry, auto_ack=True)
+                if method is None:
+                    break
+                if (props.headers or {}).get(H_KIND) in ("queue", b"queue"):
+                    known.add(body.decode("utf-8", "replace"))
+            for queue in sorted(known):
+                for name, _ in declarations(queue_names(prefix, queue)):
+                    channel.queue_delete(name)
+            channel.queue_delete(registry)
+    finally:
+        connection.close()
+
+
+__all__ = ["CALL_TIMEOUT", "RunVhost", "delete_queues", "rabbitmqctl"]

@@ -2,9 +2,10 @@
 
 The driver lives in ``tests/chaos.py`` (faults in ``tests/chaos_faults.py``, the audit in
 ``tests/chaos_audit.py``), which also runs as a script with bigger numbers and one fault kind at
-a time (``python -m tests.chaos --broker redis --tasks 20000 --seconds 120 --faults gil``). Both
-storms run on every pool (the ``pool`` fixture): with the thread pool a killed child takes all
-its threads' tasks down, and they must all run again.
+a time (``python -m tests.chaos --broker redis --tasks 20000 --seconds 120 --faults gil``). The
+kill storm runs on the process pool over SQLite and Redis; the fault mix, which kills too, on every pool
+(the ``pool`` fixture): with the thread pool a killed child takes all its threads' tasks down, and
+they must all run again.
 """
 
 from __future__ import annotations
@@ -28,25 +29,36 @@ STORMS = [("sqlite", "process"), ("redis", "process"), ("amqp", "process"), ("re
 storms = pytest.mark.parametrize(
     ("e2e_env", "pool"), STORMS, indirect=["e2e_env"], ids=[f"{broker}-{pool}" for broker, pool in STORMS]
 )
+#: The pure kill storm runs on the process pool over SQLite and Redis only: the fault mix below kills
+#: children and whole workers too, beside its other faults, on every pool and broker, and RabbitMQ's
+#: storms are the longest (its in-flight records outlive a killed worker by up to 30 s). Issue 13:
+#: the suite's time; `python -m tests.chaos --broker amqp` runs the kill storm there.
+KILL_STORMS = [("sqlite", "process"), ("redis", "process")]
+kill_storms = pytest.mark.parametrize(
+    ("e2e_env", "pool"), KILL_STORMS, indirect=["e2e_env"], ids=[f"{broker}-{pool}" for broker, pool in KILL_STORMS]
+)
+#: Tasks of the kill storm: enough for a few dozen kills at its pace (docs/guarantees.md); at 1,500
+#: a loaded machine got only 4 child kills in.
+KILL_STORM_TASKS = 2500
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-@storms
+@kill_storms
 def test_kill_9_storm_loses_no_task_and_reruns_only_killed_ones(
     e2e_env: dict[str, str], tmp_path: Path, pool: str
 ) -> None:
     # Given 2,500 tasks of 1-5 ms, two workers of two slots each, a 2 s lease
-    plan = ChaosPlan(tasks=2500, seconds=40, settle=40, pause=(0.03, 0.15), seed=4, pool=pool)
+    plan = ChaosPlan(tasks=KILL_STORM_TASKS, seconds=40, settle=40, pause=(0.03, 0.15), seed=4, pool=pool)
     # When a driver kill -9s a child every 30-150 ms, and every fifth time a whole worker (restarting it)
     servers = Servers(e2e_env["CONVEYOR_BROKER_URL"], e2e_env.get("CONVEYOR_BACKEND_URL"))
     report = run_chaos(servers, tmp_path, plan)
     print(report.summary())
     # Then every task completed, and every extra execution followed a run in a killed process
     assert report.problems == []
-    assert report.completed == 2500
+    assert report.completed == KILL_STORM_TASKS
     assert report.duplicates == report.explained
-    assert report.executions == 2500 + report.duplicates
+    assert report.executions == KILL_STORM_TASKS + report.duplicates
     # And the storm did hit: children and whole workers died mid-run
     assert report.counts.child_kills >= 5 and report.counts.worker_kills >= 1
 

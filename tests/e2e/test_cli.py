@@ -1,4 +1,10 @@
-"""The command line as a user runs it: enqueue, status, revoke, dlq, help and clear errors."""
+"""The command line as a user runs it: enqueue, status, revoke, dlq, help and clear errors.
+
+On Redis only: the commands call the broker and backend API, which tests/conformance holds on every
+engine (dead letters, requeue, purge, cancel, the workers registry); what is left to prove here is
+the command line itself, and a ``python -m conveyor`` start costs a second of CPU. RabbitMQ's
+``status`` from another process is tests/e2e/test_amqp_worker.py.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from conveyor import App, State
 from conveyor.brokers import Envelope
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import ROOT, WorkerProcess, enqueue, wait_until
 
 APP = "tests.apps.e2e_app:app"
+
+pytestmark = pytest.mark.parametrize("e2e_env", ["redis"], indirect=True)
 
 
 def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from conveyor import App, State, TaskFailed
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
 from tests.e2e.test_worker import depth
-from tests.unit.test_sqlite_transactions import another_process_can_write
+from tests.engines.sqlite.test_sqlite_transactions import another_process_can_write
 
 #: Seconds the test holds the SQLite write lock while the task's soft limit (0.5 s) fires.
 HOLD = 1.5

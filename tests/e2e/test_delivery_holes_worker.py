@@ -135,7 +135,12 @@ OUTAGE_LEASE, OUTAGE_MAX_DELIVERIES, OUTAGE_SECONDS = 1, 3, 9.0
 
 
 @pytest.mark.parametrize("e2e_env", ["sqlite", "redis", "amqp"], indirect=True)
-@pytest.mark.parametrize("track_started", [False, True], ids=["untracked", "tracked"])
+# Both tracking modes on the process pool; on the one-child pools, each mode once (the modes are the executor's).
+@pytest.mark.parametrize(
+    ("pool", "track_started"),
+    [("process", False), ("process", True), ("thread", True), ("asyncio", False)],
+    ids=["process-untracked", "process-tracked", "thread-tracked", "asyncio-untracked"],
+)
 def test_a_result_backend_outage_buries_nothing_and_every_task_completes_once(
     e2e_env: dict[str, str],
     private_backend: PrivateRedis,

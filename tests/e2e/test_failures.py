@@ -87,7 +87,12 @@ def test_sigterm_past_the_grace_period_stops_the_task_hard_and_it_runs_again(
     assert_back_at_once_then_runs_again(e2e_app, start_worker, records, result, "overdue", pool)
 
 
-@pytest.mark.parametrize("signals", [("SIGINT", "SIGINT"), ("SIGQUIT",)], ids=["sigint-twice", "sigquit"])
+# The supervisor reads the signals, whatever the pool: both ways on the process pool, one on the others.
+@pytest.mark.parametrize(
+    ("pool", "signals"),
+    [("process", ("SIGINT", "SIGINT")), ("process", ("SIGQUIT",)), ("thread", ("SIGQUIT",)), ("asyncio", ("SIGQUIT",))],
+    ids=["process-sigint-twice", "process-sigquit", "thread-sigquit", "asyncio-sigquit"],
+)
 def test_hard_stop_returns_the_running_task_at_once_and_it_runs_again(
     signals: tuple[str, ...],
     e2e_env: dict[str, str],

@@ -20,7 +20,7 @@ import pytest
 
 from conveyor import App
 from tests.apps import newcomer_app
-from tests.conftest import AMQP_URL, amqp_url, wait_until
+from tests.conftest import AMQP_URL, wait_until
 from tests.e2e.conftest import ROOT
 from tests.e2e.newcomer import ShopWorker, cli, shop, shop_env, shop_worker
 
@@ -128,9 +128,9 @@ def test_traceback_flag_shows_the_traceback(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_the_broker_password_shows_nowhere(amqp_vhost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_broker_password_shows_nowhere(amqp_test_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the user's RabbitMQ URL with guest's password, and a SQLite backend
-    url = amqp_url(amqp_vhost)
+    url = amqp_test_url
     password = AMQP_URL.split("@")[0].rsplit(":", 1)[1]
     assert f":{password}@" in url
     env = clean_env(tmp_path, CONVEYOR_BROKER_URL=url, CONVEYOR_BACKEND_URL=f"sqlite:///{tmp_path / 'r.db'}")

@@ -1,11 +1,12 @@
 """A real worker process, end to end: results, crashes, kill -9, graceful stop, bad input.
 
-Each test runs on SQLite and on Redis (the e2e_env fixture), with a 2 s lease.
+Each test runs with a 2 s lease on every pool: the process pool on SQLite, Redis and RabbitMQ, the
+thread and asyncio pools on Redis (the e2e_env and pool fixtures, tests/e2e/conftest.py). A second
+stop signal is tests/e2e/test_failures.py (``test_hard_stop_...``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -27,20 +28,33 @@ def depth(app: App) -> tuple[int, int, int, int]:
     return total[0], total[1], total[2], total[3]
 
 
-def test_worker_runs_tasks_and_keeps_serving_after_one_explodes(
+def test_worker_runs_tasks_keeps_serving_after_one_explodes_and_its_heartbeat_counts_them(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
-    # Given a worker with two processes
+    # Given a worker with two slots
     worker = start_worker(*pool_args(pool, 2))
-    # When a task raises, and others follow it
+    # When a task raises, others follow it, one runs long enough to report its start and end, and one more fails
     bad = enqueue(e2e_app, "boom", "b1")
     goods = [enqueue(e2e_app, "record", f"g{i}") for i in range(20)]
+    slow = enqueue(e2e_app, "record", "slow", 1.0)
+    also_bad = enqueue(e2e_app, "boom", "b2")
     # Then the failure is recorded with its traceback and the others all succeed
     with pytest.raises(TaskFailed, match="RuntimeError: boom b1") as info:
         bad.get(timeout=15)
     assert "raise RuntimeError" in info.value.traceback
     assert [g.get(timeout=15) for g in goods] == [f"g{i}" for i in range(20)]
+    assert slow.get(timeout=15) == "slow"
+    with pytest.raises(TaskFailed):
+        also_bad.get(timeout=15)
     assert "succeeded" in worker.output()  # one INFO line per task
+
+    # And its heartbeat in the broker counts all 23 as processed and the 2 as failed (the children
+    # send counts in bulk and typed start/finish events; the supervisor adds them up)
+    def counted() -> tuple[int, int]:
+        [info] = e2e_app.broker.workers()
+        return info.processed, info.failed
+
+    wait_until(lambda: counted() == (23, 2), 15, f"the heartbeat to count 23 processed, 2 failed: {counted()}")
     assert worker.stop() == 0
 
 
@@ -102,24 +116,6 @@ def test_graceful_stop_finishes_running_tasks_and_loses_nothing(
     assert [runs_of(records, f"t{i}") for i in range(30)] == [1] * 30
 
 
-def test_second_signal_stops_hard_and_the_task_runs_again(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
-) -> None:
-    # Given a long task running
-    worker = start_worker(*pool_args(pool, 1))
-    result = enqueue(e2e_app, "record", "long", 30)
-    wait_until(lambda: runs_of(records, "long") == 1, 15, "the task to start")
-    # When the worker gets SIGTERM twice
-    worker.proc.send_signal(signal.SIGTERM)
-    worker.wait_for_log("stopping gracefully")
-    worker.proc.send_signal(signal.SIGINT)
-    assert worker.proc.wait(timeout=15) == 0
-    # Then the task went back to the queue at once, ready to run again
-    assert "stopping now" in worker.output()
-    assert depth(e2e_app)[0] == 1
-    assert result.state is State.STARTED
-
-
 def test_bad_input_goes_to_dead_letters_and_the_worker_keeps_running(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
@@ -176,27 +172,4 @@ def test_revoke_removes_a_queued_task_and_terminates_a_running_one(
     assert runs_of(records, "queued") == 0 and runs_of(records, "running") == 1
     # (the result is written before the ack, so the last task may still be in flight for a moment)
     wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "nothing left in the broker")
-    assert worker.stop() == 0
-
-
-def test_the_worker_heartbeat_counts_processed_and_failed_tasks(
-    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
-) -> None:
-    # Given a worker with two slots
-    worker = start_worker(*pool_args(pool, 2))
-    # When it runs 12 tasks, 2 of which fail and one runs long enough to report its start and end
-    results = [enqueue(e2e_app, "record", f"c{i}") for i in range(9)]
-    results.append(enqueue(e2e_app, "record", "slow", 1.0))
-    results += [enqueue(e2e_app, "boom", f"b{i}") for i in range(2)]
-    for result in results:
-        with contextlib.suppress(TaskFailed):
-            result.get(timeout=15)
-
-    # Then its heartbeat in the broker counts all 12 as processed and the 2 as failed (the children
-    # send counts in bulk and typed start/finish events; the supervisor adds them up)
-    def counted() -> tuple[int, int]:
-        [info] = e2e_app.broker.workers()
-        return info.processed, info.failed
-
-    wait_until(lambda: counted() == (12, 2), 15, f"the heartbeat to count 12 processed, 2 failed: {counted()}")
     assert worker.stop() == 0

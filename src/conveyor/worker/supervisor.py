@@ -173,7 +173,7 @@ class Supervisor:
         )
         process.daemon = False
         # No connection crosses fork(): SQLite's lock state would be shared with the child (see
-        # tests/unit/test_sqlite_specific.py); the supervisor reconnects lazily on its next call.
+        # tests/engines/sqlite/test_sqlite_specific.py); the supervisor reconnects lazily on its next call.
         self.app.close()
         # Stop signals stay pending across fork() until the child has its own handlers (see STOP_SIGNALS);
         # ours run as soon as the mask is restored.

@@ -1,17 +1,21 @@
-"""What the executor decides when a task fails, expires or is revoked, on every broker (memory, SQLite, Redis).
+"""The executor's conformance suite: what a worker does with each message, on every broker.
 
-Each test runs in this process through ``conveyor.testing.drain``, which uses the worker's executor;
-the behaviours that need a real worker process (hard limits, kill -9, signals) are in tests/e2e.
+Runs, results, retries, schedules, progress, dead letters, expiry, revocation and size limits, over
+memory, SQLite, Redis and RabbitMQ (with SQLite results), each test in this process through
+``conveyor.testing.drain``, which runs the worker's executor and middleware chain. The behaviours
+that need a real worker process (hard limits, kill -9, signals, pools) are in tests/e2e.
 """
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from conveyor import App, MessageTooLarge, ResultMissing, State, TaskFailed, current_context
+from conveyor import App, ConfigurationError, MessageTooLarge, ResultMissing, Retry, State, TaskFailed, current_context
+from conveyor.message import decode
 from conveyor.states import ResultRecord, encode_record
 from conveyor.testing import drain
 from tests.conftest import wait_until
@@ -19,7 +23,7 @@ from tests.conftest import wait_until
 
 @pytest.fixture
 def app(broker_url: str, backend_url: str) -> Iterator[App]:
-    instance = App("failures", broker=broker_url, backend=backend_url, max_message_size=2048)
+    instance = App("executor", broker=broker_url, backend=backend_url, max_message_size=2048, track_started=True)
     yield instance
     instance.close()
 
@@ -33,6 +37,130 @@ def depths(app: App) -> tuple[int, int, int, int]:
         sum(s.in_flight for s in stats),
         sum(s.dead for s in stats),
     )
+
+
+def test_delay_sends_a_message_and_the_worker_stores_the_result(app: App) -> None:
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    r = add.delay(2, 3)
+    assert r.state is State.PENDING
+    assert not r.ready()
+    [outcome] = drain(app)
+    assert outcome.state == "SUCCESS"
+    assert r.get(timeout=1) == 5
+    assert (r.state, r.ready(), r.successful(), r.result, r.progress) == (State.SUCCESS, True, True, 5, 1.0)
+
+
+def test_failure_is_recorded_with_its_traceback(app: App) -> None:
+    @app.task(name="boom")
+    def boom() -> None:
+        raise ValueError("kaboom")
+
+    r = boom.delay()
+    drain(app)
+    assert r.state is State.FAILURE
+    with pytest.raises(TaskFailed, match="ValueError: kaboom") as info:
+        r.get(timeout=1)
+    assert "raise ValueError" in info.value.traceback
+    assert r.get(timeout=1, propagate=False) is None
+    assert r.traceback is not None and "kaboom" in r.traceback
+
+
+def test_retry_gives_up_after_max_and_non_matching_errors_fail_at_once(app: App) -> None:
+    @app.task(name="always", retries=1, backoff=0.01, retry_on=(ConnectionError,))
+    def always(kind: str) -> None:
+        raise ConnectionError("down") if kind == "conn" else KeyError("nope")
+
+    a, b = always.delay("conn"), always.delay("key")
+    drain(app)
+    assert [e.type for e in a.errors] == ["ConnectionError", "ConnectionError"]
+    assert [e.type for e in b.errors] == ["KeyError"]
+
+
+def test_raise_retry_from_inside_a_task(app: App) -> None:
+    @app.task(name="later", retries=1)
+    def later() -> int:
+        if current_context().attempt == 0:
+            raise Retry(countdown=0.05, reason="not yet")
+        return 7
+
+    r = later.delay()
+    started = time.monotonic()
+    drain(app)
+    assert r.get(timeout=1) == 7
+    assert time.monotonic() - started >= 0.05
+
+
+def test_async_tasks_run_on_the_event_loop(app: App) -> None:
+    @app.task(name="double")
+    async def double(x: int) -> int:
+        return x * 2
+
+    r = double.delay(21)
+    drain(app)
+    assert r.get(timeout=1) == 42
+
+
+def test_countdown_and_eta_wait_in_the_schedule(app: App) -> None:
+    ran_at: list[float] = []
+
+    @app.task(name="t")
+    def t() -> int:
+        ran_at.append(time.time())
+        return 1
+
+    # Given one task sent with a countdown and one with an eta, both 0.2 s ahead
+    due = time.time() + 0.2
+    r1 = t.apply_async(countdown=0.2)
+    r2 = t.apply_async(eta=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2))
+    # Then both wait in the schedule, and run once due, never before (however slow the machine)
+    [stats] = app.broker.stats()
+    assert stats.scheduled == 2
+    drain(app, timeout=5)
+    assert (r1.get(timeout=1), r2.get(timeout=1)) == (1, 1)
+    assert len(ran_at) == 2 and min(ran_at) >= due
+
+
+def test_priority_queue_and_key_options_reach_the_message(app: App) -> None:
+    @app.task(name="mail", queue="mail", priority=3)
+    def mail() -> None: ...
+
+    r = mail.apply_async(priority=9, key="k1")
+    again = mail.apply_async(key="k1")
+    assert again.id == r.id
+    [delivery] = app.broker.reserve(["mail"], 5, owner="t", lease=5)
+    message = decode(delivery.body)
+    assert (message.queue, message.priority, message.key, delivery.priority) == ("mail", 9, "k1", 9)
+    with pytest.raises(ConfigurationError, match="priority"):
+        mail.apply_async(priority=10)
+
+
+def test_progress_is_visible_while_running(app: App) -> None:
+    seen: list[float | None] = []
+
+    @app.task(name="p")
+    def p() -> None:
+        current_context().progress(0.4, note="halfway-ish")
+        seen.append(app.result(current_context().id).progress)
+
+    p.delay()
+    drain(app)
+    assert seen == [0.4]
+
+
+def test_unknown_task_and_undecodable_message_go_to_dead_letters(app: App) -> None:
+    from conveyor.brokers import Envelope
+
+    app.broker.enqueue(
+        [Envelope("bad1", "default", b"not json"), Envelope("bad2", "default", b'{"id":"x","task":"nope"}')]
+    )
+    outcomes = drain(app)
+    assert [o.state for o in outcomes] == ["DEAD", "DEAD"]
+    reasons = {d.id: d.reason for d in app.broker.dead_letters()}
+    assert "undecodable" in reasons["bad1"]
+    assert "'nope' is not registered" in reasons["bad2"]
 
 
 def test_a_failed_attempt_waits_in_state_retry_within_its_backoff_ceiling(
@@ -156,11 +284,14 @@ def test_expired_task_is_recorded_revoked_with_the_reason(app: App) -> None:
         ran.append(1)
 
     r = quote.delay()
+    # (and one sent with an expiry already past as a call option, a point in time)
+    past = quote.apply_async(expires=time.time() - 1)
     time.sleep(0.2)  # the expiry is the point of the test: let it pass
-    # When a worker picks it up
-    [outcome] = drain(app)
-    # Then it is not run, it is REVOKED with the reason, and get() says so
-    assert (outcome.state, ran) == ("REVOKED", [])
+    # When a worker picks them up
+    outcomes = drain(app)
+    # Then neither is run, both are REVOKED with the reason, and get() says so
+    assert ([o.state for o in outcomes], ran) == (["REVOKED", "REVOKED"], [])
+    assert past.state is State.REVOKED
     info = r.info
     assert info is not None and info.note == "expired before a worker picked it up"
     with pytest.raises(ResultMissing, match="expired before a worker picked it up"):

@@ -27,10 +27,10 @@ from conveyor.brokers.amqp import AMQPBroker
 from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.sqlite import connection as sqlite_connection
 from conveyor.scheduler.beat import Beat, slot_key
+from tests.beat_clock import T0, Clock, fired_slots, iso, tick_at
 from tests.conftest import AMQP_URL, url_for
 from tests.servers import PrivateRedis, free_port
 from tests.servers import private_redis as running_redis
-from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
 LEASE = 2.0
 

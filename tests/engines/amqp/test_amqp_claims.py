@@ -28,7 +28,6 @@ from conveyor.brokers import Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, DuplicateTaskId
 from conveyor.states import ResultRecord, State, encode_record
-from tests.conftest import amqp_url
 from tests.servers import PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +37,8 @@ def env(key: str | None = None, task_id: str | None = None, body: bytes = b"x") 
     return Envelope(task_id or uuid.uuid4().hex, "default", body, key=key, explicit_id=task_id is not None)
 
 
-def producer(vhost: str, results: ResultBackend, land_wait: float = 30.0) -> AMQPBroker:
-    broker = AMQPBroker(amqp_url(vhost), max_deliveries=3, store=results, claim_land_wait=land_wait)
+def producer(url: str, results: ResultBackend, land_wait: float = 30.0) -> AMQPBroker:
+    broker = AMQPBroker(url, max_deliveries=3, store=results, claim_land_wait=land_wait)
     return broker
 
 
@@ -73,15 +72,15 @@ broker.enqueue([Envelope(id=uuid.uuid4().hex, queue="default", body=b"lost", key
 
 
 def test_a_key_claimed_by_a_producer_killed_before_its_commit_is_taken_over(
-    amqp_vhost: str, results: ResultBackend, tmp_path: Path
+    amqp_test_url: str, results: ResultBackend, tmp_path: Path
 ) -> None:
     # Given a producer SIGKILLed between its key claim and tx.commit (nothing stored)
     db = tmp_path / "results.db"
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_AFTER_CLAIM, amqp_url(amqp_vhost), str(db)], cwd=ROOT, timeout=30, check=False
+        [sys.executable, "-c", KILLED_AFTER_CLAIM, amqp_test_url, str(db)], cwd=ROOT, timeout=30, check=False
     )
     assert killed.returncode == -signal.SIGKILL
-    later = producer(amqp_vhost, results, land_wait=1.0)
+    later = producer(amqp_test_url, results, land_wait=1.0)
     # When another producer sends the same key once the claim is older than the land wait
     time.sleep(1.1)
     [answered] = later.enqueue([env(key="receipt-7", body=b"kept")])
@@ -92,11 +91,13 @@ def test_a_key_claimed_by_a_producer_killed_before_its_commit_is_taken_over(
     later.close()
 
 
-def test_a_fresh_claim_whose_producer_is_still_committing_is_honoured(amqp_vhost: str, results: ResultBackend) -> None:
+def test_a_fresh_claim_whose_producer_is_still_committing_is_honoured(
+    amqp_test_url: str, results: ResultBackend
+) -> None:
     # Given a key claimed a moment ago by a producer that has not committed yet (claim and holder only)
-    first, second = producer(amqp_vhost, results), producer(amqp_vhost, results)
-    results.claim("conveyor:key:k", 60)
-    results.set_value("conveyor:key-holder:k", f"early {time.time()!r}".encode(), 60)
+    first, second = producer(amqp_test_url, results), producer(amqp_test_url, results)
+    results.claim(f"{first.prefix}:key:k", 60)
+    results.set_value(f"{first.prefix}:key-holder:k", f"early {time.time()!r}".encode(), 60)
     # Then a second producer answers the first one's id and stores nothing
     assert second.enqueue([env(key="k")]) == ["early"]
     assert second.reserve(["default"], 1, owner="w", lease=30, timeout=0.3) == []
@@ -105,12 +106,14 @@ def test_a_fresh_claim_whose_producer_is_still_committing_is_honoured(amqp_vhost
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
-def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(amqp_vhost: str, tmp_path: Path) -> None:
+def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(
+    amqp_test_url: str, tmp_path: Path
+) -> None:
     # Given a keyed task run by a worker whose private Redis result backend dies right before its ack
     server = PrivateRedis(tmp_path, durable=True)  # every write fsynced, so a restart keeps the claims
     server.start()
     worker_results = backend_from_url(server.url)
-    worker = producer(amqp_vhost, worker_results)
+    worker = producer(amqp_test_url, worker_results)
     try:
         [first] = worker.enqueue([env(key="receipt-7")])
         [d] = worker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
@@ -122,7 +125,7 @@ def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(am
         server.start()
         # When another process sends the same key after the task finished
         other_results = backend_from_url(server.url)
-        other = producer(amqp_vhost, other_results)
+        other = producer(amqp_test_url, other_results)
         [again] = other.enqueue([env(key="receipt-7")])
         # Then a new task is stored and runs
         assert again != first
@@ -138,10 +141,10 @@ def test_a_key_whose_release_failed_at_the_ack_is_free_once_its_task_finished(am
 
 
 def test_a_reused_explicit_task_id_raises_until_its_task_left_the_broker(
-    amqp_vhost: str, results: ResultBackend
+    amqp_test_url: str, results: ResultBackend
 ) -> None:
     # Given a message sent with an explicit task id, and another producer
-    first, second = producer(amqp_vhost, results), producer(amqp_vhost, results)
+    first, second = producer(amqp_test_url, results), producer(amqp_test_url, results)
     assert first.enqueue([env(task_id="invoice-7")]) == ["invoice-7"]
     # When the id is sent again while the first message waits, or is running
     with pytest.raises(DuplicateTaskId) as raised:
@@ -166,17 +169,17 @@ def test_a_reused_explicit_task_id_raises_until_its_task_left_the_broker(
     second.close()
 
 
-def test_the_same_explicit_id_twice_in_one_batch_raises(amqp_vhost: str, results: ResultBackend) -> None:
-    broker = producer(amqp_vhost, results)
+def test_the_same_explicit_id_twice_in_one_batch_raises(amqp_test_url: str, results: ResultBackend) -> None:
+    broker = producer(amqp_test_url, results)
     with pytest.raises(DuplicateTaskId):
         broker.enqueue([env(task_id="twice"), env(task_id="twice")])
     assert broker.enqueue([env(task_id="twice")]) == ["twice"]
     broker.close()
 
 
-def test_an_app_refuses_a_reused_task_id_and_sends_generated_ones_unchecked(amqp_vhost: str, tmp_path: Path) -> None:
+def test_an_app_refuses_a_reused_task_id_and_sends_generated_ones_unchecked(amqp_test_url: str, tmp_path: Path) -> None:
     # Given an app on RabbitMQ
-    app = App("claims", broker=amqp_url(amqp_vhost), backend=f"sqlite:///{tmp_path / 'app.db'}")
+    app = App("claims", broker=amqp_test_url, backend=f"sqlite:///{tmp_path / 'app.db'}")
 
     @app.task(name="work")
     def work() -> None: ...
@@ -199,9 +202,9 @@ class _Untouchable(MemoryResultBackend):
         return super().__getattribute__(name)
 
 
-def test_generated_ids_cost_no_backend_call(amqp_vhost: str) -> None:
+def test_generated_ids_cost_no_backend_call(amqp_test_url: str) -> None:
     # Given a broker whose store fails any call
-    broker = AMQPBroker(amqp_url(amqp_vhost), store=_Untouchable())
+    broker = AMQPBroker(amqp_test_url, store=_Untouchable())
     # Then plain enqueues (generated ids, no key) work: they never touch the backend
     assert len(broker.enqueue([env(), env()])) == 2
     broker.close()

@@ -18,8 +18,8 @@ import pytest
 
 from conveyor import App, ConfigurationError, EncodeError, Signature, TaskNotRegistered
 from conveyor.scheduler.beat import Beat, overview, slot_task_id
+from tests.beat_clock import T0, Clock, fired_slots, iso, tick_at
 from tests.conftest import backend_url_for, url_for
-from tests.unit.beat_clock import T0, Clock, fired_slots, iso, tick_at
 
 
 def make_app(url: str, *, catch_up: bool = False, **settings: Any) -> App:

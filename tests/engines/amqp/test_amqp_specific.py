@@ -26,7 +26,6 @@ from conveyor.brokers import from_url as broker_from_url
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.states import ResultRecord, State, encode_record
-from tests.conftest import amqp_url
 from tests.servers import free_port
 from tests.vhosts import rabbitmqctl
 
@@ -36,9 +35,9 @@ def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
 
 
 @pytest.fixture
-def broker(amqp_vhost: str, tmp_path: Path) -> Iterator[AMQPBroker]:
+def broker(amqp_test_url: str, tmp_path: Path) -> Iterator[AMQPBroker]:
     results = backend_from_url(f"sqlite:///{tmp_path / 'results.db'}")
-    instance = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
+    instance = AMQPBroker.from_url(amqp_test_url, max_deliveries=3, store=results)
     yield instance
     instance.close()
     results.close()
@@ -217,10 +216,10 @@ def test_a_forked_process_opens_its_own_connection(broker: AMQPBroker) -> None:
     assert broker.enqueue([env()]) and broker.stats()[0].ready == 1
 
 
-def test_concurrent_producers_with_one_key_store_one_message(amqp_vhost: str, tmp_path: Path) -> None:
+def test_concurrent_producers_with_one_key_store_one_message(amqp_test_url: str, tmp_path: Path) -> None:
     # Given four producers, each with its own connection, sharing one result backend file
     results = backend_from_url(f"sqlite:///{tmp_path / 'keys.db'}")
-    producers = [AMQPBroker.from_url(amqp_url(amqp_vhost), store=results) for _ in range(4)]
+    producers = [AMQPBroker.from_url(amqp_test_url, store=results) for _ in range(4)]
     answers: list[str] = []
     # When they enqueue the same key at the same moment
     barrier = threading.Barrier(len(producers))

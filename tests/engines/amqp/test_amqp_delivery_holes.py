@@ -23,7 +23,7 @@ from conveyor.backends.memory import MemoryResultBackend
 from conveyor.brokers import Delivery, Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.states import ResultRecord, State, encode_record
-from tests.conftest import amqp_url, wait_until
+from tests.conftest import wait_until
 from tests.servers import PrivateRedis, private_redis
 
 
@@ -39,11 +39,11 @@ def results(tmp_path: Path) -> Iterator[ResultBackend]:
 
 
 @pytest.fixture
-def brokers(amqp_vhost: str, results: ResultBackend) -> Iterator[list[AMQPBroker]]:
+def brokers(amqp_test_url: str, results: ResultBackend) -> Iterator[list[AMQPBroker]]:
     """Three brokers on one vhost, each with its own connection (a producer and two workers)."""
     made = []
     for _ in range(3):
-        broker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
+        broker = AMQPBroker.from_url(amqp_test_url, max_deliveries=3, store=results)
         made.append(broker)
     yield made
     for broker in made:
@@ -153,13 +153,13 @@ def test_a_heartbeat_racing_an_ack_does_not_report_the_acked_task_lost(brokers: 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 def test_a_heartbeat_during_a_slow_key_release_does_not_report_the_acked_task_lost(
-    amqp_vhost: str, tmp_path: Path
+    amqp_test_url: str, tmp_path: Path
 ) -> None:
     # Given a keyed task whose worker keeps its results on a private Redis
     server = PrivateRedis(tmp_path)
     server.start()
     backend = backend_from_url(server.url)
-    worker = AMQPBroker.from_url(amqp_url(amqp_vhost), store=backend)
+    worker = AMQPBroker.from_url(amqp_test_url, store=backend)
     try:
         worker.enqueue([env(key="receipt-7")])
         [d] = worker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
@@ -206,15 +206,15 @@ def test_a_process_stalled_whole_gives_back_nothing_its_heartbeat_then_keeps(bro
 
 
 def test_a_reserve_whose_in_flight_count_fails_to_land_still_hands_out_what_it_took(
-    amqp_vhost: str, tmp_path: Path
+    amqp_test_url: str, tmp_path: Path
 ) -> None:
     # Given a worker process whose result backend (a private Redis) dies while messages wait
     from conveyor.backends.redis import RedisResultBackend
 
     with private_redis(tmp_path) as server:
         results = RedisResultBackend(server.url, retry_for=0.3)
-        producer = AMQPBroker.from_url(amqp_url(amqp_vhost), store=MemoryResultBackend())  # it stores nothing
-        worker = AMQPBroker.from_url(amqp_url(amqp_vhost), max_deliveries=3, store=results)
+        producer = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())  # it stores nothing
+        worker = AMQPBroker.from_url(amqp_test_url, max_deliveries=3, store=results)
         try:
             ids = producer.enqueue([env(body=f"m{i}".encode()) for i in range(3)])
             server.kill()
