@@ -1,0 +1,350 @@
+"""Logging in worker and beat processes: every line with time, level and process, task lines with the task.
+
+What ``conveyor worker`` and ``conveyor beat`` do before they start (:func:`configure`):
+
+1. Every ``LogRecord`` made in the process gets ``task_name`` and ``task_id`` (None outside a task),
+   read from the context the worker sets around each task: per thread on the thread pool, per
+   coroutine on the asyncio pool. A record factory does it, so every handler sees the fields,
+   including those of the user's own logging configuration (a JSON formatter can emit them).
+2. ``warnings.warn`` goes through logging (the ``py.warnings`` logger, one line per warning), so a
+   task's warning gets the same format and the task's name and id.
+3. Handlers: the app's own logging setup if it has one (``App(log_config={...})``, a
+   :func:`logging.config.dictConfig` dict, or a function decorated with ``@app.on_setup_logging``),
+   else conveyor's: the root logger at ``--loglevel`` (so the user's ``logging.getLogger(__name__)``
+   lines appear) with one :class:`BufferedStreamHandler` on stderr and :class:`LineFormatter`.
+
+Why a buffered handler: a worker logs one INFO line per task, thousands per second. The standard
+``StreamHandler`` flushes (one ``write`` system call) per line; this handler writes what gathered in
+one call every ``FLUSH_INTERVAL`` seconds, at once for WARNING and above, before a fork and at exit
+(``logging.shutdown`` at interpreter exit; a worker child, which leaves by ``os._exit``, calls
+:func:`flush_all`). See docs/logging.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.config
+import os
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, TextIO
+
+from conveyor.context import context_or_none
+from conveyor.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from conveyor.app import App
+
+__all__ = [
+    "FORMAT",
+    "BufferedStreamHandler",
+    "LineFormatter",
+    "LoggingSetup",
+    "capture_warnings",
+    "configure",
+    "flush_all",
+    "get_task_logger",
+    "install_task_fields",
+    "quick_log",
+]
+
+#: conveyor's line: ``2026-11-30 20:41:22,123 INFO    [conveyor-child-0 4242] shop.tasks.add[3f…]: message``.
+#: ``%(task)s`` is ``name[id]: `` inside a task and empty outside (see :class:`LineFormatter`).
+FORMAT = "%(asctime)s %(levelname)-7s [%(processName)s %(process)d] %(task)s%(message)s"
+#: Seconds a line may wait in a :class:`BufferedStreamHandler` before it is written.
+FLUSH_INTERVAL = 0.1
+#: Lines a :class:`BufferedStreamHandler` holds at most before it writes them at once.
+MAX_BUFFERED = 1024
+
+#: A function that sets up the process's logging instead of conveyor, given the level name (``INFO``...).
+LoggingSetup = Callable[[str], None]
+
+
+def get_task_logger(name: str) -> logging.Logger:
+    """The logger to use in a task module (``logger = get_task_logger(__name__)``).
+
+    A plain :class:`logging.Logger`: inside a worker, every record made while a task runs carries
+    ``task_name`` and ``task_id`` whatever logger made it, so ``logging.getLogger(__name__)`` works
+    just as well; this name is for those who know it from Celery.
+    """
+    return logging.getLogger(name)
+
+
+def quick_log(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    """Log like ``logger.log(level, msg, *args)`` without looking up the caller: for lines logged per task.
+
+    ``Logger.log`` walks the stack (``findCaller``) for ``pathname``/``lineno``/``funcName``, about a third
+    of a line's cost; here they name this function. The record is made by the record factory and handled
+    like any other (filters, handlers, propagation).
+    """
+    if logger.isEnabledFor(level):
+        logger.handle(logger.makeRecord(logger.name, level, __file__, 0, msg, args, None, "quick_log"))
+
+
+# -- task fields on every record -----------------------------------------------------------------------
+
+
+def install_task_fields() -> None:
+    """Make every ``LogRecord`` carry ``task_name`` and ``task_id`` (None outside a task); idempotent."""
+    current = logging.getLogRecordFactory()
+    if getattr(current, "_conveyor_task_fields", False):
+        return
+    make = current
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        ctx = context_or_none()
+        if ctx is None:
+            record.task_name = record.task_id = None
+        else:
+            record.task_name, record.task_id = ctx.task, ctx.id
+        return record
+
+    factory._conveyor_task_fields = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+# -- warnings through logging ---------------------------------------------------------------------------
+
+
+def capture_warnings() -> None:
+    """Send ``warnings.warn`` to the ``py.warnings`` logger as one line (``UserWarning: text (file.py:12)``).
+
+    As :func:`logging.captureWarnings`, but without the source line and the trailing newline that
+    ``warnings.formatwarning`` adds, which would split a warning over three lines of the log. A warning
+    written to an explicit ``file`` still goes there. Which warnings show is still the ``warnings``
+    filters' business (by default, each one once per place that warns).
+    """
+    if getattr(warnings.showwarning, "_conveyor", False):
+        return
+    original = warnings.showwarning
+    warnings_log = logging.getLogger("py.warnings")
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if file is not None:
+            original(message, category, filename, lineno, file, line)
+        else:
+            warnings_log.warning("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    show._conveyor = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
+# -- the line --------------------------------------------------------------------------------------------
+
+
+class LineFormatter(logging.Formatter):
+    """:data:`FORMAT` by default, with ``%(task)s`` filled and the time text made once per second.
+
+    ``%(task)s`` is ``"name[id]: "`` for a record made inside a task, else empty. ``asctime`` keeps the
+    standard ``2026-11-30 20:41:22,123`` form, but ``time.strftime`` runs once per second, not per line.
+    """
+
+    def __init__(self, fmt: str = FORMAT, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        task_id = getattr(record, "task_id", None)
+        record.task = f"{record.task_name}[{task_id}]: " if task_id is not None else ""  # type: ignore[attr-defined]
+        return super().format(record)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached, text = self._second
+        if second != cached:
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = (second, text)
+        return f"{text},{int(record.msecs):03d}"
+
+
+# -- the buffered handler --------------------------------------------------------------------------------
+
+_buffered: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+class BufferedStreamHandler(logging.Handler):
+    """Writes formatted lines to a stream in batches: one ``write`` and ``flush`` per batch, not per line.
+
+    A line is written at most ``interval`` seconds after it was logged (a daemon thread, started on
+    the first line and again in a forked child, wakes only when lines wait), at once for records at
+    ``flush_level`` or above, when ``max_lines`` gathered, before the process forks (so a child does
+    not inherit, and repeat, its parent's lines) and on :meth:`flush` (``logging.shutdown`` at exit,
+    :func:`flush_all`). Records reach the handler as real ``LogRecord`` objects: only the writing waits.
+
+    Args:
+        stream: where lines go; ``sys.stderr`` (read when writing, so a replaced stderr is honoured) if None.
+        interval: seconds a line waits at most.
+        flush_level: records at this level or above are written at once, with what waited before them.
+        max_lines: lines held at most.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        interval: float = FLUSH_INTERVAL,
+        flush_level: int = logging.WARNING,
+        max_lines: int = MAX_BUFFERED,
+    ) -> None:
+        super().__init__()
+        self._stream = stream
+        self.interval = interval
+        self.flush_level = flush_level
+        self.max_lines = max_lines
+        self._lines: list[str] = []
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        _buffered.add(self)
+
+    @property
+    def stream(self) -> IO[str]:
+        """The stream lines are written to."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format ``record`` now and hold the line (``Handler.handle`` calls this under the handler's lock)."""
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        lines = self._lines
+        lines.append(line)
+        if record.levelno >= self.flush_level or len(lines) >= self.max_lines or self._closed:
+            self._write()
+        elif len(lines) == 1:
+            if self._flusher is None:
+                self._start_flusher()
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write every waiting line now."""
+        self.acquire()
+        try:
+            self._write()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        """Write what waits; later lines are written at once (a handler closed at exit may still get some)."""
+        self.flush()
+        self._closed = True
+        self._wake.set()
+        super().close()
+
+    def _write(self) -> None:
+        """Write the waiting lines in one call (the caller holds the lock)."""
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        # A closed or broken stream (a pipe whose reader left) must not break the worker.
+        with contextlib.suppress(Exception):
+            stream = self.stream
+            stream.write(text)
+            stream.flush()
+
+    def _start_flusher(self) -> None:
+        thread = threading.Thread(target=self._flush_loop, name="conveyor-log-flusher", daemon=True)
+        self._flusher = thread
+        thread.start()
+
+    def _flush_loop(self) -> None:
+        wake = self._wake
+        while not self._closed:
+            wake.wait()
+            time.sleep(self.interval)  # let the batch gather
+            wake.clear()
+            self.flush()
+
+    def _after_fork_in_child(self) -> None:
+        """The flusher thread did not survive the fork; the lines were written before it."""
+        self._lines.clear()
+        self._wake = threading.Event()
+        self._flusher = None
+
+
+def flush_all() -> None:
+    """Write what every :class:`BufferedStreamHandler` of this process holds (a worker child calls this last)."""
+    for handler in list(_buffered):
+        handler.flush()
+
+
+def _before_fork() -> None:
+    for handler in list(_buffered):
+        with contextlib.suppress(Exception):
+            handler.flush()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_buffered):
+        handler._after_fork_in_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+
+
+# -- set-up ----------------------------------------------------------------------------------------------
+
+
+def configure(app: App, level: str | None = None) -> None:
+    """Set up logging for a worker or beat process of ``app`` (see the module docstring).
+
+    Args:
+        app: its ``log_config`` or ``@app.on_setup_logging`` function, if any, replaces conveyor's handlers.
+        level: ``--loglevel`` as given on the command line, else None (the app's ``log_level`` setting).
+            With ``log_config``, a level given here still sets the root logger's level.
+
+    Raises:
+        ConfigurationError: ``log_config`` that ``dictConfig`` refuses, naming why.
+    """
+    install_task_fields()
+    capture_warnings()
+    resolved = (level or app.settings.log_level).upper()
+    if app.logging_setup is not None:
+        app.logging_setup(resolved)
+    elif app.log_config is not None:
+        try:
+            logging.config.dictConfig(app.log_config)
+        except (ValueError, TypeError, AttributeError, ImportError) as exc:
+            raise ConfigurationError(f"log_config of app {app.name!r} cannot be applied: {exc}") from exc
+        if level is not None:
+            logging.getLogger().setLevel(resolved)
+    else:
+        default_setup(resolved)
+
+
+def default_setup(level: str) -> None:
+    """conveyor's own: the root logger at ``level``, one buffered handler on stderr with :class:`LineFormatter`.
+
+    The root logger's handlers are replaced (as Celery's worker does by default), and the ``conveyor``
+    loggers propagate to it: their level is the root's.
+    """
+    handler = BufferedStreamHandler()
+    handler.setFormatter(LineFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    ours = logging.getLogger("conveyor")
+    ours.handlers.clear()
+    ours.setLevel(logging.NOTSET)
+    ours.propagate = True
