@@ -1,4 +1,4 @@
-"""Peak resident memory of the workers' whole process trees, sampled while a workload runs.
+"""Peak resident memory of the workers' whole process trees, sampled while a workload runs, and their CPU time.
 
 A worker is often a supervisor with children (conveyor, Celery, Dramatiq), so the figure is the
 sum of the RSS of every process under each worker the driver started, sampled every
@@ -30,6 +30,26 @@ def tree_rss(pids: list[int]) -> int:
         for proc in procs:
             with contextlib.suppress(psutil.Error):  # a child that exited between the listing and the read
                 total += proc.memory_info().rss
+    return total
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the live processes ``pids`` and all their descendants.
+
+    Unlike a rate, this hardly moves with the machine's load (only cache and scheduling effects do),
+    so the difference between two configurations of one system prices a per-task cost on a busy machine.
+    """
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
     return total
 
 

@@ -36,7 +36,11 @@ class Worker:
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         if ready:  # its "ready" line is INFO: a worker at WARNING does not say it (the queue holds the tasks)
-            wait_until(lambda: "ready" in self.output(), 20, f"the worker to be ready:\n{self.output()}")
+            try:
+                wait_until(lambda: "ready" in self.output(), 20, f"the worker to be ready:\n{self.output()}")
+            except AssertionError:
+                self.kill()
+                raise
 
     def output(self) -> str:
         return self.log.read_text()
