@@ -293,6 +293,7 @@ class BufferedStreamHandler(logging.Handler):
         self.max_lines = max_lines
         self._lines: list[str] = []
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self._closed = False
         _buffered.add(self)
@@ -330,7 +331,11 @@ class BufferedStreamHandler(logging.Handler):
         """Write what waits; later lines are written at once (a handler closed at exit may still get some)."""
         self.flush()
         self._closed = True
+        self._stop.set()
         self._wake.set()
+        flusher = self._flusher
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(self.interval + 1.0)  # no thread left behind (a later fork would copy none)
         super().close()
 
     def _write(self) -> None:
@@ -351,17 +356,17 @@ class BufferedStreamHandler(logging.Handler):
         thread.start()
 
     def _flush_loop(self) -> None:
-        wake = self._wake
-        while not self._closed:
+        wake, stop = self._wake, self._stop
+        while not stop.is_set():
             wake.wait()
-            time.sleep(self.interval)  # let the batch gather
+            stop.wait(self.interval)  # let the batch gather (close() cuts it short)
             wake.clear()
             self.flush()
 
     def _after_fork_in_child(self) -> None:
         """The flusher thread did not survive the fork; the lines were written before it."""
         self._lines.clear()
-        self._wake = threading.Event()
+        self._wake, self._stop = threading.Event(), threading.Event()
         self._flusher = None
 
 

@@ -128,6 +128,7 @@ def test_the_buffered_handler_writes_in_batches_at_once_for_warnings_and_within_
     finally:
         handler.close()
         log.handlers.clear()
+    assert handler._flusher is not None and not handler._flusher.is_alive()  # close() leaves no thread behind
     log.addHandler(handler)
     log.info("after close: written at once")
     log.removeHandler(handler)
