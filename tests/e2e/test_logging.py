@@ -28,9 +28,9 @@ PREFIX = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) +\[(?P<process
 class Worker:
     """``conveyor worker APP`` on a SQLite broker in ``tmp``, its output in a file."""
 
-    def __init__(self, spec: str, tmp: Path, *args: str, ready: bool = True) -> None:
+    def __init__(self, spec: str, tmp: Path, *args: str, ready: bool = True, **env: str) -> None:
         self.log = tmp / "worker.log"
-        self.env = dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_BROKER_URL=f"sqlite:///{tmp / 'queue.db'}")
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT), CONVEYOR_BROKER_URL=f"sqlite:///{tmp / 'queue.db'}", **env)
         self.env.pop("CONVEYOR_BACKEND_URL", None)
         command = [sys.executable, "-m", "conveyor", "worker", spec, *args]
         with self.log.open("w") as out:
@@ -109,6 +109,23 @@ def test_users_log_lines_and_warnings_carry_time_level_pid_and_task_and_survive_
     warned = re.findall(PREFIX + r"\w+\[\w+\]: UserWarning: careful with \S+ \(.*logging_app\.py:\d+\)$", output, re.M)
     assert warned, output
     assert "stopped: 12 task(s) processed" in output
+
+
+def test_a_child_that_exits_right_after_its_task_writes_its_last_lines(app: App, tmp_path: Path) -> None:
+    # Given a worker whose child retires after each task (it exits milliseconds after the task's lines)
+    worker = Worker("tests.apps.logging_app:app", tmp_path, "-c", "1", CONVEYOR_MAX_TASKS_PER_CHILD="1")
+    try:
+        # When three tasks run, each in a child of its own
+        ids = [send(app, "chatty", f"last-{i}") for i in range(3)]
+        for i, task_id in enumerate(ids):
+            assert app.result(task_id).get(timeout=30) == f"last-{i}"
+        wait_until(lambda: worker.output().count("retired") >= 3, 20, f"three children to retire:\n{worker.output()}")
+        output = worker.stop()
+    finally:
+        worker.kill()
+    # Then each child's lines were written before it left (by os._exit: no logging.shutdown there)
+    for task_id in ids:
+        assert re.search(PREFIX + re.escape(f"task chatty[{task_id}] succeeded in "), output), output
 
 
 def test_loglevel_warning_hides_a_users_info_line_and_keeps_the_warning(app: App, tmp_path: Path) -> None:
