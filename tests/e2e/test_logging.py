@@ -48,7 +48,11 @@ class Worker:
     def stop(self) -> str:
         """SIGTERM, wait for the exit (status 0), and return everything the worker wrote."""
         self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=30) == 0, self.output()
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop within 30 s of SIGTERM:\n{self.output()}") from None
+        assert code == 0, self.output()
         return self.output()
 
     def kill(self) -> None:
