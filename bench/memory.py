@@ -1,4 +1,4 @@
-"""Peak resident memory of the workers' whole process trees, sampled while a workload runs.
+"""Peak resident memory of the workers' whole process trees, sampled while a workload runs, and their CPU time.
 
 A worker is often a supervisor with children (conveyor, Celery, Dramatiq), so the figure is the
 sum of the RSS of every process under each worker the driver started, sampled every
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 
 import psutil
 
@@ -18,18 +19,38 @@ import psutil
 INTERVAL = 0.1
 
 
-def tree_rss(pids: list[int]) -> int:
-    """Bytes resident in the processes ``pids`` and all their descendants, now."""
-    total = 0
+def _tree(pids: list[int]) -> Iterator[psutil.Process]:
+    """The processes ``pids`` and all their descendants that are alive now."""
     for pid in pids:
         try:
             root = psutil.Process(pid)
             procs = [root, *root.children(recursive=True)]
         except psutil.Error:
             continue
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):  # a child that exited between the listing and the read
-                total += proc.memory_info().rss
+        yield from procs
+
+
+def tree_rss(pids: list[int]) -> int:
+    """Bytes resident in the processes ``pids`` and all their descendants, now."""
+    total = 0
+    for proc in _tree(pids):
+        with contextlib.suppress(psutil.Error):  # a child that exited between the listing and the read
+            total += proc.memory_info().rss
+    return total
+
+
+def tree_cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the live processes ``pids`` and all their descendants.
+
+    Unlike a rate, this moves less with the machine's load (cache and scheduling effects, and the
+    reserve round trips of a starved worker, still do), so the difference between two configurations
+    of one system prices a per-task cost.
+    """
+    total = 0.0
+    for proc in _tree(pids):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
     return total
 
 

@@ -36,6 +36,10 @@ def _ms(v: float) -> str:
     return f"{v:.2f}"
 
 
+def _us(v: float) -> str:
+    return f"{v:,.1f}"
+
+
 def _mb(v: float) -> str:
     return f"{v:,.0f}"
 
@@ -62,7 +66,11 @@ class WorkloadSpec:
 SPECS: dict[str, WorkloadSpec] = {
     "throughput": WorkloadSpec(
         "1. Throughput without results: {n:,} no-op tasks enqueued one by one, then the workers started",
-        (("enqueue_rate", "enqueue/s", _rate), ("startup_s", "start-up s", _seconds)),
+        (
+            ("enqueue_rate", "enqueue/s", _rate),
+            ("startup_s", "start-up s", _seconds),
+            ("cpu_us_per_task", "worker CPU us/task", _us),
+        ),
         "processed_rate",
         True,
     ),
@@ -311,12 +319,28 @@ def targets(workloads: dict[str, Any]) -> list[dict[str, str]]:
         else:
             line["measured"] = "conveyor-redis or conveyor-redis-info did not run"
         lines.append(line)
+        lines.append(_info_cpu(workloads))
         for peer, floor in (("huey", 2.0), ("celery", 10.0)):
             target = f"no-op processed/s >= {floor:g}x {peer}"
             lines.append(
                 _ratio_target(workloads, "throughput", "processed_rate", "conveyor-redis", peer, floor, target)
             )
     return lines
+
+
+def _info_cpu(workloads: dict[str, Any]) -> dict[str, str]:
+    """The INFO line's price in worker CPU per task: steadier than processed/s on a busy machine."""
+    quiet, info = (
+        _median(workloads, "throughput", s, "cpu_us_per_task") for s in ("conveyor-redis", "conveyor-redis-info")
+    )
+    line = {"target": "INFO log line per task, worker CPU (not a target; steadier under load)", "verdict": "n/a"}
+    if quiet and info is not None:
+        line["measured"] = (
+            f"WARNING {quiet:,.1f} us/task, INFO {info:,.1f} us/task: +{info - quiet:,.1f} us ({info / quiet - 1:.1%})"
+        )
+    else:
+        line["measured"] = "no CPU figures (conveyor-redis or conveyor-redis-info did not run)"
+    return line
 
 
 def _async_targets(workloads: dict[str, Any]) -> list[dict[str, str]]:

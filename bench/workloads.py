@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench.memory import PeakSampler
+from bench.memory import PeakSampler, tree_cpu_seconds
 from bench.systems import AIO_WAIT_SECONDS, COUNTER_KEY, IO_ASYNC, IO_BLOCK_SECONDS, IO_THREADS, SLEEP_SECONDS
 from bench.systems.base import Driver
 
@@ -192,11 +192,13 @@ def throughput(driver: Driver, counter: Counter, n: int, limits: Limits, batch_s
     """Workload 1: enqueue n no-op tasks with the workers stopped, then start them and drain."""
     _, enqueue_s = _enqueue_loop(driver, limits, ["noop"] * n)
     spawned, drain = _start_and_drain(driver, counter, n, limits)
+    cpu = tree_cpu_seconds(driver.worker_pids())  # start-up included: the same for a system's two log levels
     return Outcome(
         figures={
             "enqueue_rate": n / enqueue_s,
             "startup_s": drain.first - spawned,
             "processed_rate": (n - 1) / max(drain.done - drain.first, 1e-9),
+            "cpu_us_per_task": cpu / n * 1e6,
         }
     )
 

@@ -36,6 +36,7 @@ from conveyor.errors import (
     TaskRevoked,
     TimeLimitExceeded,
 )
+from conveyor.logging import get_task_logger
 from conveyor.middleware import Bury, Fail, Job, Middleware, Outcome, Requeue, Skip, Verdict
 from conveyor.result import AsyncResult
 from conveyor.scheduler import Cron, Interval
@@ -72,6 +73,7 @@ __all__ = [
     # Inside a task
     "TaskContext",
     "current_context",
+    "get_task_logger",
     "Retry",
     # Errors
     "BrokerError",

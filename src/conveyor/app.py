@@ -28,6 +28,7 @@ from conveyor.brokers import Broker, Envelope
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.codec import codec_for
 from conveyor.errors import ConfigurationError, TaskNotRegistered
+from conveyor.logging import LoggingSetup
 from conveyor.message import Message
 from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
@@ -62,6 +63,8 @@ class App:
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
             :meth:`add_middleware`).
+        log_config: a :func:`logging.config.dictConfig` dict that worker and beat processes apply
+            instead of conveyor's own logging set-up (docs/logging.md); see also :meth:`on_setup_logging`.
         **settings: any other field of :class:`~conveyor.settings.Settings`.
 
     Raises:
@@ -75,6 +78,7 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         middleware: Iterable[Middleware] = (),
+        log_config: dict[str, Any] | None = None,
         **settings: Any,
     ) -> None:
         if broker is not None:
@@ -86,6 +90,12 @@ class App:
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
         self.codec: Codec = codec_for(self.settings.secret)
+        if log_config is not None and not isinstance(log_config, dict):
+            raise ConfigurationError(f"log_config must be a logging.config.dictConfig dict, got {log_config!r}")
+        #: The dictConfig dict worker and beat apply instead of conveyor's logging set-up (or None).
+        self.log_config = log_config
+        #: The function worker and beat call, with the level name, instead of conveyor's logging set-up.
+        self.logging_setup: LoggingSetup | None = None
         self.middleware: list[Middleware] = []
         self._chain: HookChain | None = None
         for m in middleware:
@@ -139,6 +149,23 @@ class App:
             named = ", ".join(f"{option} ({owners[option]})" for option in taken)
             raise ConfigurationError(f"{type(middleware).__name__} declares task option(s) owned already: {named}")
         self.middleware.append(middleware)
+
+    def on_setup_logging(self, fn: LoggingSetup) -> LoggingSetup:
+        """Decorator: ``fn(level)`` sets up logging in worker and beat processes instead of conveyor.
+
+        ``level`` is the level name from ``--loglevel`` or the ``log_level`` setting (``"INFO"``...).
+        Records still carry ``task_name`` and ``task_id`` and warnings still go through logging
+        (docs/logging.md). For a plain :func:`logging.config.dictConfig`, ``App(log_config=...)`` is shorter.
+
+        Raises:
+            ConfigurationError: the app has a ``log_config`` or another ``on_setup_logging`` function.
+        """
+        if self.log_config is not None or self.logging_setup is not None:
+            raise ConfigurationError(
+                f"app {self.name!r} has a logging set-up already (log_config= or @app.on_setup_logging): keep one"
+            )
+        self.logging_setup = fn
+        return fn
 
     def finalize(self) -> HookChain:
         """The hook chain of the built-in and the user's middleware, built once (later calls return it)."""

@@ -86,6 +86,11 @@ def current_context() -> TaskContext:
         raise ConveyorError("current_context() is only available inside a task run by a worker") from None
 
 
+def context_or_none() -> TaskContext | None:
+    """The context of the task being run here, or None outside a task (read for every log record)."""
+    return _current.get(None)
+
+
 def set_context(ctx: TaskContext) -> contextvars.Token[TaskContext]:
     """Make ``ctx`` current (the worker does this around each task)."""
     return _current.set(ctx)

@@ -12,8 +12,8 @@ from conveyor.app import App
 from conveyor.cli._load import load_app
 from conveyor.cli._options import loglevel
 from conveyor.errors import ConfigurationError
+from conveyor.logging import configure as configure_logging
 from conveyor.scheduler.beat import EntryInfo, check_shareable, overview, run_forever
-from conveyor.worker import setup_logging
 
 
 @click.command()
@@ -40,7 +40,7 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
         check_shareable(the_app)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
-    setup_logging(loglevel or the_app.settings.log_level)
+    configure_logging(the_app, loglevel)
     sys.exit(run_forever(the_app, parent=parent))
 
 

@@ -13,7 +13,8 @@ import click
 from conveyor.cli._load import load_app
 from conveyor.cli._options import loglevel
 from conveyor.errors import ConfigurationError
-from conveyor.worker import POOLS, Worker, setup_logging
+from conveyor.logging import configure as configure_logging
+from conveyor.worker import POOLS, Worker
 
 
 @click.command()
@@ -47,7 +48,7 @@ def worker(
     number of workers may pass --beat.
     """
     the_app = load_app(app)
-    setup_logging(loglevel or the_app.settings.log_level)
+    configure_logging(the_app, loglevel)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         _ = (the_app.broker, the_app.backend)  # a URL they refuse is one line here, not a traceback per child

@@ -7,16 +7,14 @@ A supervisor process and N children (see ``supervisor.py`` and ``child.py``); ea
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.worker import pools
 from conveyor.worker.supervisor import Supervisor
 
-__all__ = ["POOLS", "Worker", "setup_logging"]
+__all__ = ["POOLS", "Worker"]
 
 #: Where a worker's slots run: a child process each, threads of one child, or coroutines on its loop (worker/pools/).
 POOLS = pools.POOLS
@@ -57,13 +55,3 @@ class Worker:
     def run(self) -> int:
         """Serve until stopped by SIGTERM/SIGINT; return the exit code."""
         return Supervisor(self.app, concurrency=self.concurrency, queues=self.queues, pool=self.pool).run()
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """One line per event on stderr, with time, level and process, for worker and beat."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s [%(processName)s] %(message)s"))
-    root = logging.getLogger("conveyor")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False

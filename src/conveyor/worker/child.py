@@ -34,6 +34,7 @@ import psutil
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
+from conveyor.logging import flush_all as flush_logs
 from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskFinished, TaskStarted, encode_event
@@ -106,6 +107,7 @@ def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoar
         child.flush_counts(force=True)
         child.keeper.stop()
         app.close()
+        flush_logs()  # a child leaves by os._exit: no logging.shutdown to write what its handlers hold
 
 
 class Child:

@@ -16,6 +16,7 @@ from typing import Any
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError, DecodeError, SignatureError
+from conveyor.logging import quick_log
 from conveyor.middleware import Job, OnStart, Outcome, Skip
 from conveyor.results import error_info
 from conveyor.revocation import Terminated
@@ -124,7 +125,7 @@ class Executor:
         except Exception as exc:
             return self._failed(job, exc)
         runtime = job.elapsed()
-        log.info("task %s[%s] succeeded in %.4fs", job.message.task, job.id, runtime)
+        quick_log(log, logging.INFO, "task %s[%s] succeeded in %.4fs", job.message.task, job.id, runtime)  # cheap
         deferred = self.settler.finish(job.delivery, job.result)
         return self.chain.settled(job, Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, deferred))
 

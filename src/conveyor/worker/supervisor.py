@@ -180,10 +180,14 @@ class Supervisor:
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process.start()
+            child_conn.close()
+            # Listed before the mask is restored: a stop signal that came during the fork runs then, and
+            # must find this child to pass SIGTERM on (else it serves on until the grace period ends).
+            self.children[index] = _Child(
+                index, process, parent_conn, owner_of(self.worker_id, process.pid or 0), board
+            )
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        child_conn.close()
-        self.children[index] = _Child(index, process, parent_conn, owner_of(self.worker_id, process.pid or 0), board)
         log.debug("started child %d (pid %s)", index, process.pid)
 
     def _reap(self) -> None:
