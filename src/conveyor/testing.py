@@ -1,27 +1,50 @@
-"""Helpers for testing code that uses conveyor, without a worker process.
+"""Helpers for testing code that uses conveyor: in this process, or against a real worker.
 
 ::
 
-    app = App("shop", broker="memory://")
-
     def test_receipt() -> None:
-        r = send_receipt.delay(42)
-        drain(app)                       # runs every ready task here, in this thread
-        assert r.get(timeout=1) == "sent"
+        with in_memory(app):                 # a fresh in-memory broker and backend for this test
+            r = send_receipt.delay(42)
+            drain(app)                       # runs every ready task here, in this thread
+            assert r.get(timeout=1) == "sent"
 
-``drain`` uses the same executor and the same middleware chain as a real worker (results,
-retries, dead letters, the app's own middleware, with their ``on_child_start``/``on_child_stop``
-hooks around the drain), so what passes here behaves the same under ``conveyor worker``.
+        with in_memory(app), eager(app):     # or: each delay() runs its task before it returns
+            assert send_receipt.delay(42).get(timeout=1) == "sent"
+
+        with run_worker(app, "shop.tasks:app", broker=f"sqlite:///{tmp_path}/q.db"):
+            assert send_receipt.delay(42).get(timeout=10) == "sent"     # a real `conveyor worker`
+
+``drain`` and ``eager`` use the same executor and the same middleware chain as a real worker
+(argument conversion, results, retries, dead letters, the app's own middleware, with their
+``on_child_start``/``on_child_stop`` hooks around the drain), so what passes here behaves the
+same under ``conveyor worker``: a failing task's ``get()`` raises, a retried task runs again
+(after its real backoff delay: give tasks under test a small ``backoff``).
+
+The pytest plugin (``conveyor.pytest_plugin``, loaded by pytest once conveyor is installed) wraps
+these in fixtures; see docs/testing.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from conveyor.app import App
+from conveyor.backends import from_url as backend_from_url
+from conveyor.brokers import from_url as broker_from_url
+from conveyor.errors import ConfigurationError
+from conveyor.message import Message
 from conveyor.worker.executor import Executor, Outcome
 
-__all__ = ["drain"]
+__all__ = ["WorkerProcess", "drain", "eager", "in_memory", "run_worker", "use_broker"]
 
 #: Seconds between the two looks at an idle broker after which :func:`drain` stops.
 SETTLE = 0.05
@@ -83,3 +106,151 @@ def _busy(app: App, queues: list[str] | None, include_scheduled: bool) -> bool:
     """Whether the broker counts a ready (or, with ``include_scheduled``, a scheduled) message."""
     pending = [s for s in app.broker.stats() if (queues is None or s.queue in queues)]
     return any(s.ready or (include_scheduled and s.scheduled) for s in pending)
+
+
+@contextlib.contextmanager
+def use_broker(app: App, broker: str, backend: str | None = None) -> Iterator[App]:
+    """Run ``app`` on another broker (and backend: the broker's engine by default) until the block ends.
+
+    The app's settings keep their URLs; only the connections it uses change, so a module-level app
+    (``shop.tasks:app``) can be tested without an environment variable set before its import. The
+    connections are closed, and the app's own restored, when the block ends.
+    """
+    results = backend_from_url(backend or broker)
+    queue = broker_from_url(broker, max_deliveries=app.settings.max_deliveries, store=results)
+    saved = app._broker, app._backend  # the App builds these lazily from its settings; here they are given
+    app._broker, app._backend = queue, results
+    try:
+        yield app
+    finally:
+        app._broker, app._backend = saved
+        queue.close()
+        results.close()
+
+
+def in_memory(app: App) -> contextlib.AbstractContextManager[App]:
+    """Run ``app`` on a fresh in-memory broker and backend until the block ends: no server, no state left over."""
+    return use_broker(app, "memory://")
+
+
+@contextlib.contextmanager
+def eager(app: App, *, timeout: float = 10.0) -> Iterator[App]:
+    """Until the block ends, every task ``app`` sends runs in this thread before ``delay()`` returns.
+
+    Each send is followed by a :func:`drain` of the app's broker (so a retry runs after its backoff,
+    and a ``countdown`` is waited for, up to ``timeout`` seconds). A task that sends another task
+    while it runs only enqueues it; the drain that runs it runs the new one next, as a worker would.
+    The app must be on a broker in this process's reach (``in_memory``: the fixture ``conveyor_eager``).
+    """
+    send = app.send
+    local = threading.local()
+
+    def send_and_run(messages: Sequence[Message]) -> list[str]:
+        ids = send(messages)
+        if not getattr(local, "draining", False):
+            local.draining = True
+            try:
+                drain(app, timeout=timeout)
+            finally:
+                local.draining = False
+        return ids
+
+    setattr(app, "send", send_and_run)  # noqa: B010 - an instance attribute shadows the method until the end
+    try:
+        yield app
+    finally:
+        delattr(app, "send")
+
+
+class WorkerProcess:
+    """A ``conveyor worker`` subprocess started by :func:`run_worker`.
+
+    Attributes:
+        proc: the subprocess (its pid is the worker's supervisor).
+        log: the file its output goes to.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        """The worker's (supervisor's) process id."""
+        return self.proc.pid
+
+    def output(self) -> str:
+        """Everything the worker printed so far."""
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """Stop the worker gracefully (SIGTERM), killing it after ``timeout`` seconds; returns its exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            raise AssertionError(f"worker did not stop within {timeout:g}s:\n{self.output()}") from None
+
+
+@contextlib.contextmanager
+def run_worker(
+    app: App,
+    target: str,
+    *args: str,
+    broker: str | None = None,
+    backend: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | Path | None = None,
+    ready_timeout: float = 20.0,
+) -> Iterator[WorkerProcess]:
+    """Run ``conveyor worker TARGET ARGS...`` in a subprocess, on the broker ``app`` uses, until the block ends.
+
+    Args:
+        app: the app the test sends with (the worker's module builds the same app: ``target`` names it).
+        target: the worker's ``module:attribute``, e.g. ``"shop.tasks:app"``.
+        *args: more worker options, e.g. ``"-c", "2", "--pool", "thread"``.
+        broker: run both the test's app (see :func:`use_broker`) and the worker on this broker URL;
+            by default they use the app's own (which must then reach across processes: not ``memory://``).
+        backend: the result backend URL that goes with ``broker``.
+        env: more environment variables for the worker (``CONVEYOR_*`` settings, say).
+        cwd: the worker's directory; the test's by default. The worker imports what this process can:
+            its ``sys.path`` is passed on as ``PYTHONPATH``.
+        ready_timeout: seconds to wait for the worker to register with the broker.
+
+    Raises:
+        ConfigurationError: the broker is ``memory://`` (a worker in another process cannot see it).
+        AssertionError: the worker exited, or did not register within ``ready_timeout`` (its output is in the message).
+    """
+    with contextlib.ExitStack() as stack:
+        if broker is not None:
+            stack.enter_context(use_broker(app, broker, backend))
+        broker_url = broker or app.settings.broker_url
+        if broker_url.startswith("memory:"):
+            raise ConfigurationError("run_worker needs a broker other processes reach (sqlite:///..., redis://...)")
+        worker_env = {**os.environ, **(env or {})}
+        worker_env["CONVEYOR_BROKER_URL"] = broker_url
+        worker_env["CONVEYOR_BACKEND_URL"] = backend or (broker_url if broker else app.settings.result_url)
+        worker_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-worker-"))) / "worker.log"
+        command = [sys.executable, "-m", "conveyor", "worker", target, *args]
+        with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(command, cwd=cwd, env=worker_env, stdout=out, stderr=subprocess.STDOUT)
+        worker = WorkerProcess(proc, log)
+        stack.callback(worker.stop)
+        _wait_registered(app, worker, ready_timeout)
+        yield worker
+
+
+def _wait_registered(app: App, worker: WorkerProcess, timeout: float) -> None:
+    """Wait until the worker's heartbeat lists it with the broker (it serves from then on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with status {worker.proc.returncode}:\n{worker.output()}")
+        if any(info.pid == worker.pid for info in app.broker.workers()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker did not register within {timeout:g}s:\n{worker.output()}")
