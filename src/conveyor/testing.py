@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from conveyor.errors import ConfigurationError
 from conveyor.message import Message
 from conveyor.worker.executor import Executor, Outcome
 
-__all__ = ["WorkerProcess", "drain", "eager", "in_memory", "run_worker", "use_broker"]
+__all__ = ["WorkerProcess", "drain", "eager", "in_memory", "run_worker", "urls", "use_broker"]
 
 #: Seconds between the two looks at an idle broker after which :func:`drain` stops.
 SETTLE = 0.05
@@ -119,13 +120,28 @@ def use_broker(app: App, broker: str, backend: str | None = None) -> Iterator[Ap
     results = backend_from_url(backend or broker)
     queue = broker_from_url(broker, max_deliveries=app.settings.max_deliveries, store=results)
     saved = app._broker, app._backend  # the App builds these lazily from its settings; here they are given
+    saved_urls = _URLS.get(app)
     app._broker, app._backend = queue, results
+    _URLS[app] = (broker, backend or broker)
     try:
         yield app
     finally:
         app._broker, app._backend = saved
+        if saved_urls is None:
+            del _URLS[app]
+        else:
+            _URLS[app] = saved_urls
         queue.close()
         results.close()
+
+
+#: The (broker, backend) URLs an app runs on inside :func:`use_broker`, for :func:`run_worker` to pass on.
+_URLS: weakref.WeakKeyDictionary[App, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def urls(app: App) -> tuple[str, str]:
+    """The broker and result backend URLs ``app`` runs on now (its settings', or :func:`use_broker`'s)."""
+    return _URLS.get(app) or (app.settings.broker_url, app.settings.result_url)
 
 
 def in_memory(app: App) -> contextlib.AbstractContextManager[App]:
@@ -213,7 +229,7 @@ def run_worker(
         target: the worker's ``module:attribute``, e.g. ``"shop.tasks:app"``.
         *args: more worker options, e.g. ``"-c", "2", "--pool", "thread"``.
         broker: run both the test's app (see :func:`use_broker`) and the worker on this broker URL;
-            by default they use the app's own (which must then reach across processes: not ``memory://``).
+            by default they use the app's current one (which must reach across processes: not ``memory://``).
         backend: the result backend URL that goes with ``broker``.
         env: more environment variables for the worker (``CONVEYOR_*`` settings, say).
         cwd: the worker's directory; the test's by default. The worker imports what this process can:
@@ -227,12 +243,12 @@ def run_worker(
     with contextlib.ExitStack() as stack:
         if broker is not None:
             stack.enter_context(use_broker(app, broker, backend))
-        broker_url = broker or app.settings.broker_url
+        broker_url, backend_url = urls(app)
         if broker_url.startswith("memory:"):
             raise ConfigurationError("run_worker needs a broker other processes reach (sqlite:///..., redis://...)")
         worker_env = {**os.environ, **(env or {})}
         worker_env["CONVEYOR_BROKER_URL"] = broker_url
-        worker_env["CONVEYOR_BACKEND_URL"] = backend or (broker_url if broker else app.settings.result_url)
+        worker_env["CONVEYOR_BACKEND_URL"] = backend_url
         worker_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         log = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="conveyor-worker-"))) / "worker.log"
         command = [sys.executable, "-m", "conveyor", "worker", target, *args]

@@ -11,6 +11,7 @@ import datetime
 import decimal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ UTC = datetime.UTC
 
 def test_arguments_and_results_arrive_as_annotated_through_a_real_worker(tmp_path: Path) -> None:
     # Given a worker on a SQLite queue, and the values the trial sent
-    sent = dict(
+    sent: dict[str, Any] = dict(
         when=datetime.datetime(2024, 1, 2, 3, 4, tzinfo=UTC),
         price=decimal.Decimal("9.99"),
         ident=uuid.UUID(int=1),
