@@ -200,12 +200,22 @@ class BaseTask(Generic[P, R]):
             TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
             EncodeError: an argument would not arrive as the value sent (see :mod:`conveyor.typed`).
         """
-        check_arguments(self.name, self.fn, args, kwargs)  # fails here, not in the worker (not on the batch path)
-        types = self.types
-        if types.typed:  # only for parameters JSON does not carry as they are (a datetime, a set...)
-            types.check(args, kwargs)
+        self.check_call(args, kwargs)  # fails here, not in the worker (not on the batch path)
         [task_id] = self.app.send([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
+
+    def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> None:
+        """Raise now for a call that would fail in the worker: arguments that do not bind, or that would
+        not arrive as sent (their parameters' annotations, :mod:`conveyor.typed`).
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise.
+            EncodeError: an argument would not arrive as the value sent; the error names it.
+        """
+        check_arguments(self.name, self.fn, args, kwargs)
+        types = self.types
+        if types.typed:  # only parameters JSON does not carry as they are (a datetime, a set...)
+            types.check(args, kwargs)
 
     def message(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]

@@ -189,6 +189,7 @@ class WorkerProcess:
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.proc = proc
         self.log = log
+        self._kept: str | None = None  # the output, kept once the log file is gone
 
     @property
     def pid(self) -> int:
@@ -196,8 +197,11 @@ class WorkerProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        """Everything the worker printed so far."""
-        return self.log.read_text(errors="replace")
+        """Everything the worker printed so far (all of it, once :func:`run_worker`'s block has ended)."""
+        return self._kept if self._kept is not None else self.log.read_text(errors="replace")
+
+    def _keep_output(self) -> None:
+        self._kept = self.output()
 
     def stop(self, timeout: float = 20.0) -> int:
         """Stop the worker gracefully (SIGTERM), killing it after ``timeout`` seconds; returns its exit status."""
@@ -255,6 +259,7 @@ def run_worker(
         with log.open("wb") as out:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(command, cwd=cwd, env=worker_env, stdout=out, stderr=subprocess.STDOUT)
         worker = WorkerProcess(proc, log)
+        stack.callback(worker._keep_output)  # after the stop below, before the log's directory goes
         stack.callback(worker.stop)
         _wait_registered(app, worker, ready_timeout)
         yield worker
