@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import App
-from conveyor.errors import TaskFailed
+from conveyor.errors import EncodeError, TaskFailed
 from conveyor.middleware import Job, Middleware
 from conveyor.testing import drain
 
@@ -74,3 +74,12 @@ def test_a_result_that_would_not_convert_back_fails_the_task_in_the_worker(app: 
     with pytest.raises(TaskFailed, match=r"returned str 'soon', which does not convert to datetime") as info:
         r.get(timeout=1)
     assert info.value.type_name == "conveyor.errors.EncodeError"
+
+
+def test_a_periodic_entry_with_an_argument_that_would_not_arrive_as_given_is_refused_when_declared(app: App) -> None:
+    @app.task
+    def report(day: datetime.date) -> None: ...
+
+    with pytest.raises(EncodeError, match=r"argument 'day' is str 'today'"):
+        app.add_periodic(report.s("today"), every=datetime.timedelta(minutes=5))  # type: ignore[arg-type]
+    app.add_periodic(report.s(datetime.date(2024, 1, 1)), every=datetime.timedelta(minutes=5))
