@@ -175,7 +175,8 @@ def test_annotations_conveyor_cannot_convert_stay_plain() -> None:
 
 def test_forward_references_resolve_when_the_task_is_first_used() -> None:
     types = types_of("f", _uses_later_class)
-    assert types.by_name["item"] is LaterClass
+    kind = types.by_name["item"]
+    assert kind is not None and kind.type is LaterClass
 
 
 def _uses_later_class(item: LaterClass) -> None: ...
