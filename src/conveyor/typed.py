@@ -55,7 +55,7 @@ _RECORDS = (mi.StructType, mi.DataclassType, mi.TypedDictType, mi.NamedTupleType
 class Kind:
     """An annotation arguments or results are converted into, with its decoder built once.
 
-    Values are converted by decoding their JSON with a decoder made for the annotation: a third of
+    Values are converted by decoding their JSON with a decoder made for the annotation: under half of
     ``msgspec.convert``'s cost per value (which works the type out on every call), and the exact
     semantics of the wire (``{"1": ...}`` gives ``{1: ...}`` for ``dict[int, str]``, as JSON keys are strings).
     """
