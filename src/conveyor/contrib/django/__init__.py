@@ -125,6 +125,10 @@ def apply_async_on_commit(
 ) -> AsyncResult[R]:
     """``task.apply_async(args, kwargs, **options)`` once the transaction on database ``using`` commits.
 
+    The handle returned is of the id the task will have (``task_id=`` or a fresh one). With ``key=``,
+    a call that folds onto a task still pending under that key sends nothing, and this handle's id
+    stays PENDING: read the key's task through its own handle.
+
     Raises:
         TypeError: a missing or unexpected argument (now, not at commit).
         EncodeError: an argument that would not arrive as sent (now, not at commit).
