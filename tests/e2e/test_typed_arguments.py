@@ -22,7 +22,8 @@ from tests.apps.typed_app import Customer, Line, Received, Size, app, later, rec
 UTC = datetime.UTC
 
 
-def test_arguments_and_results_arrive_as_annotated_through_a_real_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["process", "asyncio"])
+def test_arguments_and_results_arrive_as_annotated_through_a_real_worker(tmp_path: Path, pool: str) -> None:
     # Given a worker on a SQLite queue, and the values the trial sent
     sent: dict[str, Any] = dict(
         when=datetime.datetime(2024, 1, 2, 3, 4, tzinfo=UTC),
@@ -36,7 +37,8 @@ def test_arguments_and_results_arrive_as_annotated_through_a_real_worker(tmp_pat
         lines=[Line("sku-1", 2)],
         customer=Customer(uuid.UUID(int=7), datetime.date(2020, 5, 1)),
     )
-    with run_worker(app, "tests.apps.typed_app:app", "-c", "1", broker=f"sqlite:///{tmp_path / 'q.db'}"):
+    worker = ("tests.apps.typed_app:app", "--pool", pool, "-c", "2")
+    with run_worker(app, *worker, broker=f"sqlite:///{tmp_path / 'q.db'}"):
         # When the producer sends them (positionally and by keyword) and an async task a date
         r = receive.delay(sent["when"], sent["price"], **{k: v for k, v in sent.items() if k not in ("when", "price")})
         day = later.delay(datetime.date(2024, 2, 28), 2)
