@@ -18,11 +18,15 @@ def test_eager_runs_the_task_before_delay_returns(conveyor_eager: App) -> None:
 
 
 def test_eager_retries_and_failures_behave_as_on_a_worker(conveyor_eager: App) -> None:
-    r = flaky_charge.delay(7)
-    assert r.get(timeout=5) == "charged 7"
+    r = flaky_charge.delay(7)  # its retry's backoff (up to 30 s) is not waited for
+    assert r.get(timeout=1) == "charged 7"
     assert [e.type for e in r.errors] == ["TimeoutError"]  # the failed attempt is kept
     with pytest.raises(ValueError, match="never charged"):
         refund.delay(7).get(timeout=1)
+
+
+def test_countdowns_are_not_waited_for(conveyor_eager: App) -> None:
+    assert send_receipt.apply_async((5,), countdown=3600).get(timeout=1) == "receipt for 5 sent"
 
 
 def test_tasks_sent_by_a_task_run_too(conveyor_eager: App) -> None:

@@ -18,7 +18,7 @@
 (argument conversion, results, retries, dead letters, the app's own middleware, with their
 ``on_child_start``/``on_child_stop`` hooks around the drain), so what passes here behaves the
 same under ``conveyor worker``: a failing task's ``get()`` raises, a retried task runs again
-(after its real backoff delay: give tasks under test a small ``backoff``).
+(at once with ``eager`` on the memory broker: delays are skipped).
 
 The pytest plugin (``conveyor.pytest_plugin``, loaded by pytest once conveyor is installed) wraps
 these in fixtures; see docs/testing.md.
@@ -35,12 +35,13 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from conveyor.app import App
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import from_url as broker_from_url
+from conveyor.brokers.memory import MemoryBroker
 from conveyor.errors import ConfigurationError
 from conveyor.message import Message
 from conveyor.worker.executor import Executor, Outcome
@@ -52,7 +53,12 @@ SETTLE = 0.05
 
 
 def drain(
-    app: App, queues: list[str] | None = None, *, timeout: float = 10.0, include_scheduled: bool = True
+    app: App,
+    queues: list[str] | None = None,
+    *,
+    timeout: float = 10.0,
+    include_scheduled: bool = True,
+    skip_delays: bool = False,
 ) -> list[Outcome]:
     """Run tasks in this thread until no ready (and, by default, no scheduled) task is left.
 
@@ -61,16 +67,22 @@ def drain(
         queues: queues to serve; every known queue by default.
         timeout: seconds after which draining stops even if tasks remain (e.g. retries forever).
         include_scheduled: also wait for countdown/ETA and retry-delayed tasks to come due.
+        skip_delays: run countdown/ETA and retry-delayed tasks without waiting for them (the memory
+            broker only: ``MemoryBroker.release_scheduled``).
 
     Returns:
         The outcome of every task run, in order.
+
+    Raises:
+        ConfigurationError: ``skip_delays`` on a broker other than the memory broker.
     """
+    release = _releaser(app) if skip_delays else None
     executor = Executor(app, "drain")
     deadline = time.monotonic() + timeout
     outcomes: list[Outcome] = []
     executor.start()
     try:
-        _drain_into(app, executor, queues, deadline, include_scheduled, outcomes)
+        _drain_into(app, executor, queues, deadline, include_scheduled, outcomes, release)
     finally:
         executor.close()
     return outcomes
@@ -83,8 +95,11 @@ def _drain_into(
     deadline: float,
     include_scheduled: bool,
     outcomes: list[Outcome],
+    release: Callable[[], int] | None,
 ) -> None:
     while time.monotonic() < deadline:
+        if release is not None:
+            release()
         names = queues or [s.queue for s in app.broker.stats()] or [app.settings.default_queue]
         deliveries = app.broker.reserve(names, 100, owner="drain", lease=app.settings.lease, timeout=0.0)
         for delivery in deliveries:
@@ -101,6 +116,13 @@ def _drain_into(
         time.sleep(SETTLE)
         if not _busy(app, queues, include_scheduled):
             break
+
+
+def _releaser(app: App) -> Callable[[], int]:
+    broker = app.broker
+    if not isinstance(broker, MemoryBroker):
+        raise ConfigurationError(f"skip_delays needs the memory broker (in_memory(app)), not {type(broker).__name__}")
+    return broker.release_scheduled
 
 
 def _busy(app: App, queues: list[str] | None, include_scheduled: bool) -> bool:
@@ -150,13 +172,14 @@ def in_memory(app: App) -> contextlib.AbstractContextManager[App]:
 
 
 @contextlib.contextmanager
-def eager(app: App, *, timeout: float = 10.0) -> Iterator[App]:
+def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Iterator[App]:
     """Until the block ends, every task ``app`` sends runs in this thread before ``delay()`` returns.
 
-    Each send is followed by a :func:`drain` of the app's broker (so a retry runs after its backoff,
-    and a ``countdown`` is waited for, up to ``timeout`` seconds). A task that sends another task
-    while it runs only enqueues it; the drain that runs it runs the new one next, as a worker would.
-    The app must be on a broker in this process's reach (``in_memory``: the fixture ``conveyor_eager``).
+    Each send is followed by a :func:`drain` of the app's broker, up to ``timeout`` seconds. On the
+    memory broker, a ``countdown``, an ``eta`` and a retry's backoff are not waited for (as in
+    Celery's eager mode; the retry still goes through the Retries middleware and is recorded);
+    ``skip_delays=False``, or another broker, waits them out. A task that sends another task while
+    it runs only enqueues it; the drain that runs it runs the new one next, as a worker would.
     """
     send = app.send
     local = threading.local()
@@ -166,7 +189,7 @@ def eager(app: App, *, timeout: float = 10.0) -> Iterator[App]:
         if not getattr(local, "draining", False):
             local.draining = True
             try:
-                drain(app, timeout=timeout)
+                drain(app, timeout=timeout, skip_delays=skip_delays and isinstance(app.broker, MemoryBroker))
             finally:
                 local.draining = False
         return ids

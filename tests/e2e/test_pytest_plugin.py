@@ -24,5 +24,5 @@ def test_the_documented_example_project_passes_with_the_plugin(pytester: pytest.
         else:
             shutil.copy(source, pytester.path / item)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error", timeout=120)
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     assert not (pytester.path / "conveyor.db").exists()  # the production default was never opened

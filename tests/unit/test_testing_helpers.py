@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conveyor import App, State
 from conveyor.errors import ConfigurationError
-from conveyor.testing import eager, in_memory, run_worker, urls
+from conveyor.testing import drain, eager, in_memory, run_worker, urls, use_broker
+from conveyor.worker.events import Ended
 
 
 def test_in_memory_gives_a_fresh_broker_and_restores_the_apps_own() -> None:
@@ -32,3 +35,19 @@ def test_run_worker_refuses_a_broker_no_other_process_can_see() -> None:
     app = App("helpers", broker="memory://")
     with pytest.raises(ConfigurationError, match="other processes reach"), run_worker(app, "x:app"):
         pass
+
+
+def test_drain_can_skip_delays_on_the_memory_broker_only(tmp_path: Path) -> None:
+    app = App("helpers", broker="memory://")
+
+    @app.task
+    def later() -> str:
+        return "ran"
+
+    r = later.apply_async(countdown=3600)
+    assert drain(app, include_scheduled=False) == []
+    assert [o.state for o in drain(app, skip_delays=True)] == [Ended.SUCCESS] and r.get(timeout=1) == "ran"
+    app.close()
+    queue = f"sqlite:///{tmp_path / 'q.db'}"
+    with use_broker(app, queue), pytest.raises(ConfigurationError, match="skip_delays needs the memory broker"):
+        drain(app, skip_delays=True)

@@ -20,7 +20,7 @@ def ship_by(ordered: datetime.date, days: int) -> datetime.date:
     return ordered + datetime.timedelta(days=days)
 
 
-@app.task(retries=2, backoff=0.01)
+@app.task(retries=2, backoff=30.0)
 def flaky_charge(order_id: int) -> str:
     """Fails its first attempt, as a payment API that times out once."""
     if current_context().attempt == 0:
