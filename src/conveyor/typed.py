@@ -132,13 +132,18 @@ class TaskTypes:
             EncodeError: the argument does not convert into its annotation, or converts into a
                 different value; the message names the parameter.
         """
-        for (name, kind), value in zip(self._slots(len(args)), args, strict=True):
-            if kind is not None:
-                self._check_one(name, kind, value)
+        count = len(args)
+        for i, name, kind in self._typed_positional:
+            if i < count:
+                self._check_one(name, kind, args[i])
+        if count > len(self.positional):
+            for i, (name, extra) in enumerate(self._slots(count)[len(self.positional) :], len(self.positional)):
+                if extra is not None:
+                    self._check_one(name, extra, args[i])
         for key, value in (kwargs or {}).items():
-            name, kind = self._keyword(key)
-            if kind is not None:
-                self._check_one(name, kind, value)
+            name, named = self._keyword(key)
+            if named is not None:
+                self._check_one(name, named, value)
 
     def check_result(self, value: Any) -> None:
         """Fail (in the worker) a return value that the producer's ``get()`` could not convert back.
