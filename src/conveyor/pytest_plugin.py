@@ -9,7 +9,7 @@ the fixtures without a ``conftest.py`` line. Each fixture is a thin wrapper over
 - ``conveyor_memory``: ``conveyor_app`` on a fresh in-memory broker and backend for this test
   (:func:`~conveyor.testing.in_memory`); run what was sent with :func:`~conveyor.testing.drain`.
 - ``conveyor_eager``: the same, and every ``delay()`` runs its task before it returns, through the
-  worker's middleware (:func:`~conveyor.testing.eager`).
+  worker's middleware, countdowns and retry delays skipped (:func:`~conveyor.testing.eager`).
 - ``conveyor_worker``: start real ``conveyor worker`` subprocesses on a SQLite queue of this test
   (``conveyor_worker("shop.tasks:app", "-c", "2")``), stopped when the test ends
   (:func:`~conveyor.testing.run_worker`).
@@ -47,7 +47,8 @@ def conveyor_memory(conveyor_app: App) -> Iterator[App]:
 
 @pytest.fixture
 def conveyor_eager(conveyor_memory: App) -> Iterator[App]:
-    """``conveyor_memory``, where each ``delay()`` runs its task (and what it sends) before returning."""
+    """``conveyor_memory``, where each ``delay()`` runs its task (and what it sends) before returning,
+    without waiting for a countdown, an eta or a retry's backoff."""
     with eager(conveyor_memory) as app:
         yield app
 
