@@ -54,3 +54,8 @@ def test_a_django_view_sends_on_commit_and_a_real_worker_runs_the_discovered_tas
         assert probe.result(rolled["id"]).state == "PENDING"
     assert worker.proc.returncode == 0, worker.output()  # it stopped cleanly
     probe.close()
+
+
+def test_the_example_projects_own_django_tests_pass_in_eager_mode(tmp_path: Path) -> None:
+    # Django's test runner, a TestCase (one transaction per test), conveyor's eager mode inside it
+    _manage(tmp_path, "test", "orders", "--verbosity", "0")

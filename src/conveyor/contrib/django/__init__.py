@@ -145,11 +145,14 @@ class DjangoConnections(Middleware):
     """Django's database connection hygiene in a worker, as Django does around each request.
 
     A worker child closes the connections it inherited (a forked socket is not its own), and closes
-    the connections that are past ``CONN_MAX_AGE`` or unusable before and after every task.
+    the connections that are past ``CONN_MAX_AGE`` or unusable before and after every task. Inside a
+    transaction (a test run in eager mode, within Django's ``TestCase``) it leaves them alone, as
+    Django's test client does: closing them would end the test's transaction.
     """
 
     def on_child_start(self, app: App) -> None:
-        connections.close_all()
+        if not _in_transaction():
+            connections.close_all()
 
     def around_call(self, job: Job) -> contextlib.AbstractContextManager[None]:
         return _fresh_connections()
@@ -162,11 +165,19 @@ class DjangoConnections(Middleware):
 
 @contextlib.contextmanager
 def _fresh_connections() -> Iterator[None]:
+    if _in_transaction():
+        yield
+        return
     close_old_connections()
     try:
         yield
     finally:
         close_old_connections()
+
+
+def _in_transaction() -> bool:
+    """Whether a connection of this thread is inside ``atomic()`` (its work is not committed yet)."""
+    return any(conn.in_atomic_block for conn in connections.all(initialized_only=True))
 
 
 def setup_django() -> None:
