@@ -64,12 +64,28 @@ class Job:
         started: ``time.perf_counter()`` when the worker took the delivery.
         result: the final result to store with the ack (set by the Results middleware on success).
         progress: where ``ctx.progress()`` goes (set by the Results middleware).
+        args: the positional arguments the task is called with: the message's, converted into the
+            parameters' annotations (``conveyor.typed``) once the executor has looked the task up.
+        kwargs: the keyword arguments, likewise.
         settler: records this job's outcome; ``settler.durably(...)`` retries a backend step that
             comes after the task ran until it lands.
         state: a free dict for middleware to keep per-task data between hooks (a timer, a session).
     """
 
-    __slots__ = ("_state", "delivery", "id", "message", "progress", "result", "settler", "started", "task", "worker")
+    __slots__ = (
+        "_state",
+        "args",
+        "delivery",
+        "id",
+        "kwargs",
+        "message",
+        "progress",
+        "result",
+        "settler",
+        "started",
+        "task",
+        "worker",
+    )
 
     def __init__(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], worker: str, settler: Settler
@@ -79,6 +95,8 @@ class Job:
         #: The task id (the message id, the same as ``AsyncResult.id``).
         self.id = message.id
         self.task = task
+        self.args: list[Any] = message.args
+        self.kwargs: dict[str, Any] = message.kwargs
         self.worker = worker
         self.settler = settler
         self.started = time.perf_counter()
@@ -319,13 +337,13 @@ class HookChain:
     def call(self, job: Job) -> Any:
         """Call a sync task with its arguments, in its context (``current_context()``) and every ``around_call``."""
         token = set_context(job.context())
-        message, task = job.message, job.task
+        task = job.task
         try:
             context = self._contexts[task] if task in self._contexts else self._resolve(task)
             if context is None:
-                return task.fn(*message.args, **message.kwargs)
+                return task.fn(*job.args, **job.kwargs)
             with context(job):
-                return task.fn(*message.args, **message.kwargs)
+                return task.fn(*job.args, **job.kwargs)
         finally:
             reset_context(token)
 
@@ -334,7 +352,7 @@ class HookChain:
         token = set_context(job.context())
         try:
             async with self.acall_context(job):
-                return await job.task.fn(*job.message.args, **job.message.kwargs)
+                return await job.task.fn(*job.args, **job.kwargs)
         finally:
             reset_context(token)
 

@@ -77,7 +77,7 @@ class AsyncResult(Generic[R]):
         if record is None:
             return None
         if record.state is State.SUCCESS:
-            return record.value
+            return self._typed(record)
         return None if record.error is None else rebuild(record.error, self.id)
 
     @property
@@ -108,7 +108,8 @@ class AsyncResult(Generic[R]):
         return self._record()
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> R:
-        """Wait for the task to finish and return its value.
+        """Wait for the task to finish and return its value, converted into the task's return annotation
+        (a ``datetime`` comes back a ``datetime``, not its JSON string; see :mod:`conveyor.typed`).
 
         Args:
             timeout: seconds to wait at most; None waits up to an hour.
@@ -121,6 +122,7 @@ class AsyncResult(Generic[R]):
                 a task's ``ValueError``, and so does ``except TaskFailed``. The worker's traceback
                 is in ``.traceback`` and in the notes Python prints. See :mod:`conveyor.failures`.
             ResultTimeout: the task did not finish in time.
+            DecodeError: the value does not convert into the task's return annotation (a worker ran other code).
             TaskRevoked: the task was revoked, or expired before a worker ran it (a ResultMissing too).
         """
         limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
@@ -138,13 +140,22 @@ class AsyncResult(Generic[R]):
 
     def _value_of(self, record: ResultRecord, propagate: bool) -> R:
         if record.state is State.SUCCESS:
-            value: R = record.value
+            value: R = self._typed(record)
             return value
         if record.state is State.REVOKED:
             raise TaskRevoked(self.id, record.note or "no reason given")
         if not propagate:
             return None  # type: ignore[return-value]
         raise rebuild(record.error or ErrorInfo("UnknownError", "no error recorded"), self.id)
+
+    def _typed(self, record: ResultRecord) -> Any:
+        """The stored value, converted into its task's return annotation when this process has the task.
+
+        Raises:
+            DecodeError: the value does not convert (the worker ran other code than this process has).
+        """
+        task = self._app.tasks.get(record.task)
+        return record.value if task is None else task.types.result(record.value)
 
     def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
         """Stop the task from running: it is deleted from its queue if it has not started.

@@ -176,6 +176,7 @@ class Results(Middleware):
         if job.task.options.ignore_result:
             return
         encode_value(value)  # an EncodeError fails the task: the value cannot be stored
+        job.task.types.check_result(value)  # ... or get() could not convert it into the return annotation
         # A retried task keeps its failed attempts with the result (read after it ran: until the backend answers).
         errors = (
             job.settler.durably("result read", lambda: read_errors(self.app, job.id)) if job.message.attempt else []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
@@ -20,6 +21,7 @@ from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
 from conveyor.result import AsyncResult
 from conveyor.retries import RetryPolicy
+from conveyor.typed import TaskTypes, types_of
 from conveyor.workflows.signature import Signature
 
 if TYPE_CHECKING:
@@ -166,12 +168,21 @@ class BaseTask(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
+    @functools.cached_property
+    def types(self) -> TaskTypes:
+        """What the function's annotations ask arguments and results to arrive as (``conveyor.typed``).
+
+        Worked out on first use (a forward reference resolves by then) and kept; a worker warms it at start.
+        """
+        return types_of(self.name, self.fn)
+
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task to a worker with these arguments; returns at once with its result handle.
 
         Raises:
             TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
-            EncodeError: an argument does not serialize (the error names it).
+            EncodeError: an argument does not serialize, or would not arrive as the value sent
+                (it does not convert into its parameter's annotation); the error names it.
             BrokerUnavailable: the broker did not answer.
         """
         return self.apply_async(args, kwargs)
@@ -187,10 +198,24 @@ class BaseTask(Generic[P, R]):
 
         Raises:
             TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+            EncodeError: an argument would not arrive as the value sent (see :mod:`conveyor.typed`).
         """
-        check_arguments(self.name, self.fn, args, kwargs)  # fails here, not in the worker (not on the batch path)
+        self.check_call(args, kwargs)  # fails here, not in the worker (not on the batch path)
         [task_id] = self.app.send([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
+
+    def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> None:
+        """Raise now for a call that would fail in the worker: arguments that do not bind, or that would
+        not arrive as sent (their parameters' annotations, :mod:`conveyor.typed`).
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise.
+            EncodeError: an argument would not arrive as the value sent; the error names it.
+        """
+        check_arguments(self.name, self.fn, args, kwargs)
+        types = self.types
+        if types.typed:  # only parameters JSON does not carry as they are (a datetime, a set...)
+            types.check(args, kwargs)
 
     def message(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import App, AsyncResult
+from conveyor import App, AsyncResult, testing
 from tests.conftest import wait_until
 
 __all__ = ["POOLS_UNDER_TEST", "ROOT", "WorkerProcess", "enqueue", "kill_leftovers", "pool_args", "wait_until"]
@@ -57,30 +56,17 @@ def pool(request: pytest.FixtureRequest) -> str:
     return param
 
 
-class WorkerProcess:
-    """One ``conveyor worker`` subprocess, with helpers to wait on it and stop it."""
+class WorkerProcess(testing.WorkerProcess):
+    """One ``conveyor worker`` subprocess of ``tests.apps.e2e_app:app``, with a helper to wait on its log."""
 
     def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
-        self.log = log
         command = [sys.executable, "-m", "conveyor", "worker", "tests.apps.e2e_app:app", *args]
         with log.open("w") as out:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text()
+            proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        super().__init__(proc, log)
 
     def wait_for_log(self, text: str, timeout: float = 15) -> None:
         wait_until(lambda: text in self.output(), timeout, f"worker log to contain {text!r}:\n{self.output()}")
-
-    def stop(self, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            raise AssertionError(f"worker did not stop within {timeout}s:\n{self.output()}") from None
 
 
 @pytest.fixture(params=["sqlite", "redis", "amqp"])

@@ -234,6 +234,17 @@ class MemoryBroker(Broker):
         with self._cond:
             return sorted((info for info, until in self._workers.values() if until > now), key=lambda w: w.id)
 
+    def release_scheduled(self) -> int:
+        """Make every scheduled message ready now, as if its countdown, ETA or retry delay had passed.
+
+        For tests only (``conveyor.testing.eager``, ``drain(skip_delays=True)``): a test runs a retry
+        or a countdown task without waiting for it. Returns how many messages became ready.
+        """
+        with self._cond:
+            moved = self._promote_locked(float("inf"))
+            self._cond.notify_all()
+        return moved
+
     # -- helpers; the caller holds the lock ------------------------------------------------
 
     def _place(self, record: _Record, eta: float | None) -> None:
@@ -265,14 +276,19 @@ class MemoryBroker(Broker):
                 )
         return out
 
-    def _recover_locked(self, now: float) -> int:
+    def _promote_locked(self, until: float) -> int:
+        """Make the scheduled messages due by ``until`` ready; returns how many."""
         moved = 0
-        while self._scheduled and self._scheduled[0][0] <= now:
+        while self._scheduled and self._scheduled[0][0] <= until:
             eta, _seq, msg_id = heapq.heappop(self._scheduled)
             record = self._records.get(msg_id)
             if record is not None and record.state == "scheduled" and record.eta == eta:
                 self._place(record, None)
                 moved += 1
+        return moved
+
+    def _recover_locked(self, now: float) -> int:
+        moved = self._promote_locked(now)
         for record in [r for r in self._records.values() if r.state == "in_flight" and r.lease_until <= now]:
             self._expire(record)
             moved += 1

@@ -76,7 +76,7 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
 
     Raises:
         ConfigurationError: an unknown option, a bad value, or arguments the task does not accept.
-        EncodeError: an argument does not serialize.
+        EncodeError: an argument does not serialize, or would not arrive as given (``conveyor.typed``).
     """
     unknown = sorted(set(options) - set(PeriodicOptions.__annotations__))
     if unknown:
@@ -93,6 +93,8 @@ def build_entry(task: BaseTask[Any, Any], signature: Signature[Any], options: Ma
     if not isinstance(catch_up, bool):
         raise ConfigurationError(f"catch_up must be True or False, got {catch_up!r}")
     _check_call(task, signature)
+    if task.types.typed:  # a datetime for a date parameter fails here, not at every slot
+        task.types.check(signature.args, signature.kwargs)
     entry = Entry(
         name=options.get("name") or task.name,
         signature=signature,

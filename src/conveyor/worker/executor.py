@@ -1,6 +1,7 @@
 """Executor: the short path every delivery takes; each feature is a middleware (``middleware.py``).
 
-open → before_run → around_call(call) → after_success | after_failure → settle → after_settle (docs/worker.md).
+open → convert the arguments (``conveyor.typed``) → before_run → around_call(call) → after_success | after_failure →
+settle → after_settle (docs/worker.md). Arguments that do not convert fail the task and dead-letter the message.
 Bad input is dead-lettered. Two exceptions leave, for the pool to give the delivery back uncounted:
 ``BackendDown`` (the backend failed before the task ran) and ``GaveUp`` (it ran; its outcome was not recorded).
 """
@@ -17,7 +18,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError, DecodeError, SignatureError
 from conveyor.logging import quick_log
-from conveyor.middleware import Job, OnStart, Outcome, Skip
+from conveyor.middleware import Bury, Job, OnStart, Outcome, Skip, Verdict
 from conveyor.results import error_info
 from conveyor.revocation import Terminated
 from conveyor.worker.eventloops import ThreadLoops
@@ -40,6 +41,8 @@ class Executor:
     def __init__(self, app: App, worker: str, settler: Settler | None = None, on_start: OnStart | None = None) -> None:
         self.app = app
         self.chain = app.finalize()
+        for task in app.tasks.values():  # read the annotations now, not on each task's first message
+            task.types  # noqa: B018
         self.worker = worker
         self.settler = settler if settler is not None else ImmediateSettler(app)
         self._on_start = on_start
@@ -108,6 +111,12 @@ class Executor:
             why = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
             return Outcome(delivery.id, message.task, self.settler.reject(delivery, why), 0.0)
         job = Job(delivery, message, task, self.worker, self.settler)
+        types = task.types
+        if types.typed:
+            try:
+                job.args, job.kwargs = types.arguments(message.args, message.kwargs)
+            except DecodeError as exc:  # it would fail so again: FAILURE recorded, the message kept as a dead letter
+                return self._failed(job, exc, Bury(str(exc)))
         try:
             for hook in self.chain.before_run:
                 hook(job)
@@ -129,8 +138,8 @@ class Executor:
         deferred = self.settler.finish(job.delivery, job.result)
         return self.chain.settled(job, Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, deferred))
 
-    def _failed(self, job: Job, exc: Exception) -> Outcome:
-        """Settle a job that raised: not run (Skip), terminated, or as the after_failure verdict says."""
+    def _failed(self, job: Job, exc: Exception, verdict: Verdict | None = None) -> Outcome:
+        """Settle a job that raised: not run (Skip), terminated, or as ``verdict`` (or the after_failure hooks) say."""
         if isinstance(exc, BackendDown | GaveUp):
             raise exc
         deferred, runtime = False, job.elapsed()
@@ -140,7 +149,7 @@ class Executor:
             ended, deferred = self.settler.terminated(job)
         else:
             error = error_info(exc, job.message.attempt)
-            ended, deferred = self.settler.failure(job, error, self.chain.verdict(job, exc))
+            ended, deferred = self.settler.failure(job, error, verdict or self.chain.verdict(job, exc))
         return self.chain.settled(job, Outcome(job.id, job.message.task, ended, runtime, deferred))
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""A small shop whose tasks the example tests (docs/testing.md) exercise."""
