@@ -243,6 +243,21 @@ class App:
         ]
         return self.broker.enqueue(envelopes)
 
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schemas of the broker and the result backend (``conveyor db migrate``).
+
+        Returns:
+            One line per step taken or schema found up to date; empty when neither engine has a
+            versioned schema (memory, SQLite, Redis and RabbitMQ create what they need themselves).
+
+        Raises:
+            BrokerUnavailable: a server did not answer.
+        """
+        lines = self.broker.migrate()
+        if self.settings.result_url != self.settings.broker_url:  # the same schema is migrated once
+            lines += self.backend.migrate()
+        return lines
+
     def result(self, task_id: str) -> AsyncResult[Any]:
         """The result handle of a task id (e.g. one stored by a web request)."""
         return AsyncResult(task_id, self)

@@ -44,6 +44,9 @@ class PostgresResultBackend(ResultBackend):
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
 
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
 

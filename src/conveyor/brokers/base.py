@@ -323,5 +323,13 @@ class Broker(abc.ABC):
     def workers(self) -> list[WorkerInfo]:
         """Live workers (heartbeat younger than its ttl)."""
 
+    def migrate(self) -> list[str]:
+        """Create or upgrade the engine's schema (``conveyor db migrate``); one line per step taken.
+
+        Only engines whose schema is versioned and migrated on command (PostgreSQL) do anything; the others
+        create what they need themselves and return an empty list.
+        """
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""

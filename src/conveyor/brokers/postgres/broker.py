@@ -378,6 +378,9 @@ class PostgresBroker(Broker):
             ).fetchall()
         return [WorkerInfo.from_dict(json.loads(row[0])) for row in rows]
 
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
     def close(self) -> None:
         self._idle_since = None
         self.db.close()

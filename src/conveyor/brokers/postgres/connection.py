@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from conveyor.brokers._urls import safe_url
 from conveyor.brokers.postgres.listener import Listener
-from conveyor.brokers.postgres.migrate import check_version
+from conveyor.brokers.postgres.migrate import REQUIRED, check_version, migrate
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 
 #: The schema conveyor's tables live in when the URL names none.
@@ -145,6 +145,19 @@ class PostgresConnection:
             yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise BrokerUnavailable(f"PostgreSQL {self.url}: {str(exc).strip()}") from exc
+
+    def migrate(self) -> list[str]:
+        """Bring the schema up to date (``migrate.py``); one line per migration applied, or one saying none was.
+
+        Raises:
+            BrokerUnavailable: the server did not answer.
+        """
+        with self.errors():
+            applied = migrate(self.conninfo, self.schema)
+        where = f"PostgreSQL schema {self.schema!r} at {self.url}"
+        if not applied:
+            return [f"{where}: up to date (version {REQUIRED})"]
+        return [f"{where}: applied {m.version:04d}_{m.name}" for m in applied]
 
     def listener(self) -> Listener:
         """This process's LISTEN connection (started on first use): wakes idle reserves and result waits."""
