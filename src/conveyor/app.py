@@ -226,8 +226,11 @@ class App:
         self.schedule[entry.name] = entry
         return entry
 
-    def send(self, messages: Sequence[Message]) -> list[str]:
+    def send(self, messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
         """Encode and enqueue messages in one batch; return the id each task lives under.
+
+        ``connection``: write them with the caller's own database connection, inside its open transaction
+        (PostgreSQL broker only; see :meth:`Broker.enqueue_in <conveyor.brokers.base.Broker.enqueue_in>`).
 
         Raises:
             EncodeError: an argument does not serialize (nothing of the batch is sent).
@@ -241,6 +244,8 @@ class App:
         envelopes = [
             Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages
         ]
+        if connection is not None:
+            return self.broker.enqueue_in(connection, envelopes)
         return self.broker.enqueue(envelopes)
 
     def migrate(self) -> list[str]:

@@ -75,8 +75,11 @@ class PostgresBroker(Broker):
         with self.db.connection() as conn:
             return self._enqueue(conn, envelopes)
 
-    def enqueue_in(self, connection: Any, envelopes: Sequence[Envelope]) -> list[str]:
+    def enqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
         """Enqueue with the caller's psycopg connection, inside its open transaction (never committed here).
+
+        The messages are written with ``cv_enqueue`` on that connection; its NOTIFY is delivered at the
+        caller's commit, so idle workers wake then, and never for a rollback.
 
         Raises:
             ConfigurationError: ``connection`` is no psycopg (3) connection nor a SQLAlchemy session or
@@ -386,7 +389,7 @@ class PostgresBroker(Broker):
         self.db.close()
 
 
-def _driver_connection(connection: Any) -> psycopg.Connection[Any]:
+def _driver_connection(connection: object) -> psycopg.Connection[Any]:
     """The psycopg connection under ``connection``: itself, or a SQLAlchemy session's or connection's.
 
     Raises:
