@@ -395,9 +395,10 @@ def _driver_connection(connection: object) -> psycopg.Connection[Any]:
     Raises:
         ConfigurationError: nothing psycopg (3) underneath (an async connection included: use a sync one).
     """
-    found = connection
-    if not isinstance(found, psycopg.Connection) and callable(getattr(found, "connection", None)):
-        found = found.connection()  # a SQLAlchemy Session: its Connection in the session's transaction
+    found: object = connection
+    session_connection = getattr(found, "connection", None)
+    if not isinstance(found, psycopg.Connection) and callable(session_connection):
+        found = session_connection()  # a SQLAlchemy Session: its Connection in the session's transaction
     if not isinstance(found, psycopg.Connection):
         found = getattr(getattr(found, "connection", None), "driver_connection", found)  # SQLAlchemy Connection
     if not isinstance(found, psycopg.Connection):
