@@ -88,18 +88,20 @@ class PostgresResultBackend(ResultBackend):
         deadline = time.monotonic() + timeout
         listener = self.db.listener()
         listener.wait_listening(min(timeout, 2.0))
-        event = listener.watch(task_id)
+        waiter = listener.watch(task_id)
         try:
             while True:
-                event.clear()
+                waiter.event.clear()
                 row = self._read(task_id)
                 remaining = deadline - time.monotonic()
                 if (row is not None and row[0] in _FINAL) or remaining <= 0:
                     return None if row is None else row[1]
                 # Not listening (the server restarting): look again soon rather than trust a wake-up.
-                event.wait(min(remaining, WAIT_SLICE if listener.listening else 0.1))
+                woken = waiter.event.wait(min(remaining, WAIT_SLICE if listener.listening else 0.1))
+                if woken and waiter.record is not None:
+                    return waiter.record  # the final record came with the notification: no query
         finally:
-            listener.unwatch(task_id, event)
+            listener.unwatch(task_id, waiter)
 
     def forget(self, task_id: str) -> None:
         with self.db.connection() as conn:

@@ -3,8 +3,8 @@
 A daemon thread holds a connection that listens on ``cv:<schema>`` (a message became ready or
 scheduled: the ``messages_wake`` trigger) and ``cv:<schema>:r`` (a result reached a final state:
 ``cv_set_results``). Each wake-up on the first channel advances :attr:`Listener.generation`; a result
-wake-up sets the events of the waiters on that task id. PostgreSQL sends a notification at commit, so a
-rolled-back enqueue wakes nobody.
+wake-up hands its record (carried in the payload when small) to the waiters on that task id.
+PostgreSQL sends a notification at commit, so a rolled-back enqueue wakes nobody.
 
 No query runs while nothing happens: the thread blocks on the socket. When the connection drops (the
 server restarts), the thread reconnects with backoff, and on success advances the generation and wakes
@@ -13,6 +13,8 @@ every result waiter, since notifications sent meanwhile were lost: they look aga
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import threading
@@ -39,7 +41,7 @@ class Listener:
         self.generation = 0
         self.listening = False
         self._cond = threading.Condition()
-        self._results: dict[str, list[threading.Event]] = {}
+        self._results: dict[str, list[ResultWaiter]] = {}
         self._stop = threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="conveyor-pg-listen", daemon=True)
@@ -56,19 +58,19 @@ class Listener:
             self._cond.wait_for(lambda: self.generation != seen, timeout)
             return self.generation
 
-    def watch(self, task_id: str) -> threading.Event:
-        """An event set when ``task_id``'s result lands (call before reading it; :meth:`unwatch` after)."""
-        event = threading.Event()
+    def watch(self, task_id: str) -> ResultWaiter:
+        """A waiter woken when ``task_id``'s result lands (call before reading it; :meth:`unwatch` after)."""
+        waiter = ResultWaiter()
         with self._cond:
-            self._results.setdefault(task_id, []).append(event)
-        return event
+            self._results.setdefault(task_id, []).append(waiter)
+        return waiter
 
-    def unwatch(self, task_id: str, event: threading.Event) -> None:
+    def unwatch(self, task_id: str, waiter: ResultWaiter) -> None:
         with self._cond:
-            events = self._results.get(task_id, [])
-            if event in events:
-                events.remove(event)
-            if not events:
+            waiters = self._results.get(task_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
                 self._results.pop(task_id, None)
 
     def _run(self) -> None:
@@ -98,8 +100,11 @@ class Listener:
     def _deliver(self, channel: str, payload: str) -> None:
         with self._cond:
             if channel == self.result_channel:
-                for event in self._results.get(payload, ()):
-                    event.set()
+                task_id, _, rest = payload.partition(" ")
+                encoded = rest.partition(" ")[2]
+                record = _decode(encoded) if encoded else None
+                for waiter in self._results.get(task_id, ()):
+                    waiter.wake(record)
             else:
                 self.generation += 1
                 self._cond.notify_all()
@@ -108,9 +113,9 @@ class Listener:
         with self._cond:
             self.listening = listening
             self.generation += 1
-            for events in self._results.values():
-                for event in events:
-                    event.set()
+            for waiters in self._results.values():
+                for waiter in waiters:
+                    waiter.wake(None)
             self._cond.notify_all()
 
     def _lost(self) -> None:
@@ -123,3 +128,23 @@ class Listener:
         self._stop.set()
         with contextlib.suppress(RuntimeError):
             self._thread.join(STOP_CHECK + 1)
+
+
+class ResultWaiter:
+    """One wait() on one task id: an event, and the final record when the notification carried it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.record: bytes | None = None
+
+    def wake(self, record: bytes | None) -> None:
+        if record is not None:
+            self.record = record
+        self.event.set()
+
+
+def _decode(encoded: str) -> bytes | None:
+    try:
+        return base64.b64decode(encoded)
+    except (binascii.Error, ValueError):
+        return None  # not a record: the waiter reads the row instead

@@ -207,6 +207,10 @@ END $$;
 
 -- Ack some deliveries, recover, then lease up to p_n ready messages of p_queues (in that order) to
 -- p_owner: a worker's steady state in one round trip (Broker.reserve, Broker.ack_and_reserve).
+-- Its commit does not wait for the WAL flush (synchronous_commit off for this transaction only): a
+-- server crash may forget the last fraction of a second of reserves and acks, and then a message only
+-- runs again (a forgotten reserve leaves it ready; a forgotten ack leaves it leased until the lease
+-- ends), which at-least-once allows. Enqueues, results and heartbeats keep the server's setting.
 CREATE FUNCTION cv_reserve(p_queues text[], p_n integer, p_owner text, p_token text, p_lease float8,
                            p_max integer, p_bury integer, stall_gap float8, stamp_every float8,
                            p_ack_ids text[], p_ack_tokens text[])
@@ -218,6 +222,7 @@ DECLARE
     left_ integer := p_n;
     got integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     IF coalesce(array_length(p_ack_ids, 1), 0) > 0 THEN
         DELETE FROM messages m USING unnest(p_ack_ids, p_ack_tokens) AS a (id, token)
         WHERE m.id = a.id AND m.token = a.token AND m.state = 2;
@@ -254,8 +259,9 @@ BEGIN
     RETURNING m.id;
 END $$;
 
--- Results (ResultBackend.set_many): upsert records; a final state notifies "cv:<schema>:r" with the id,
--- which wakes every wait() on it at commit.
+-- Results (ResultBackend.set_many): upsert records; a final state notifies "cv:<schema>:r" at commit,
+-- which wakes every wait() on it. The payload is "<id> <state> <base64 record>" when that fits in a
+-- notification (a record under 5,000 bytes, 6,700 in base64; the limit is 8,000), so the waiter needs no query to read it; else just "<id>".
 CREATE FUNCTION cv_set_results(p_ids text[], p_states text[], p_records bytea[], p_ttl float8, p_final text[])
 RETURNS void LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
@@ -264,6 +270,8 @@ BEGIN
     INSERT INTO results (id, state, record, expires_at)
     SELECT r.id, r.state, r.record, now_ + p_ttl FROM unnest(p_ids, p_states, p_records) AS r (id, state, record)
     ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record, expires_at = excluded.expires_at;
-    PERFORM pg_notify('cv:' || current_schema() || ':r', r.id)
-    FROM unnest(p_ids, p_states) AS r (id, state) WHERE r.state = ANY (p_final);
+    PERFORM pg_notify('cv:' || current_schema() || ':r',
+                      CASE WHEN octet_length(r.record) < 5000
+                           THEN r.id || ' ' || r.state || ' ' || encode(r.record, 'base64') ELSE r.id END)
+    FROM unnest(p_ids, p_states, p_records) AS r (id, state, record) WHERE r.state = ANY (p_final);
 END $$;
