@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bench.systems.base import Driver, DriverConfig, Unavailable
@@ -63,7 +64,7 @@ class ProcrastinateDriver(Driver):
 
     def worker_commands(self) -> list[list[str]]:
         script = self.bin("procrastinate")
-        base = [script] if os.path.exists(script) else [sys.executable, "-m", "procrastinate"]
+        base = [script] if Path(script).exists() else [sys.executable, "-m", "procrastinate"]
         app = "--app=bench.systems.procrastinate_tasks.app"
         return [[*base, app, "worker", "-c", str(self.config.concurrency), "--delete-jobs", "successful"]]
 
