@@ -40,6 +40,7 @@ COMMANDS = [
     ["dlq", "show", APP, "deadbeef"],
     ["dlq", "requeue", APP, "--all"],
     ["dlq", "purge", APP, "--yes"],
+    ["db", "migrate", APP],
 ]
 
 
@@ -60,7 +61,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], status: int, *expect
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]) if c[0] == "dlq" else c[0])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]) if c[0] in {"dlq", "db"} else c[0])
 def test_a_misspelt_variable_is_one_line_and_status_2_on_every_command(command: list[str], tmp_path: Path) -> None:
     # Given the variable name typed wrong (CONVEYOR_BROKER_ULR), as the user did
     env = clean_env(tmp_path, CONVEYOR_BROKER_ULR="redis://127.0.0.1:6379/0")

@@ -140,11 +140,11 @@ class PostgresConnection:
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
-        """Turn a lost server or an exhausted pool into BrokerUnavailable naming the URL (password hidden)."""
+        """Turn a lost server or an exhausted pool into BrokerUnavailable naming the URL (password hidden), one line."""
         try:
             yield
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise BrokerUnavailable(f"PostgreSQL {self.url}: {str(exc).strip()}") from exc
+            raise BrokerUnavailable(f"PostgreSQL {self.url}: {' '.join(str(exc).split())}") from exc
 
     def migrate(self) -> list[str]:
         """Bring the schema up to date (``migrate.py``); one line per migration applied, or one saying none was.
