@@ -108,6 +108,16 @@ def test_status_against_a_dead_redis_is_one_line_and_status_1(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", [["status", APP], ["db", "migrate", APP]], ids=["status", "db migrate"])
+def test_a_dead_postgres_is_one_line_and_status_1(command: list[str], tmp_path: Path) -> None:
+    # Given a PostgreSQL URL where no server listens (with a password in it)
+    env = clean_env(tmp_path, CONVEYOR_BROKER_URL="postgresql://app:s3cret@127.0.0.1:1/shop")
+    # Then the command fails in one line naming the server, without the password
+    line = assert_one_line(cli(env, *command), 1, "PostgreSQL postgresql://app:***@127.0.0.1:1/shop", "refused")
+    assert "s3cret" not in line
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("command", [["worker", APP], ["beat", APP]], ids=["worker", "beat"])
 def test_a_bogus_loglevel_is_a_usage_error_naming_the_choices(command: list[str], tmp_path: Path) -> None:
     done = cli(clean_env(tmp_path), *command, "--loglevel", "bogus")

@@ -106,6 +106,10 @@ class PostgresConnection:
             return pool
         with self._lock:
             if self._pool is None:
+                # A plain first connection: a server that does not answer fails here at once, in one line
+                # (the pool would retry in the background, logging each try), and the version is checked.
+                with self.errors(), psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    check_version(conn, self.schema)
                 pool = ConnectionPool(
                     self.conninfo,
                     min_size=1,
@@ -116,12 +120,6 @@ class PostgresConnection:
                     name=f"conveyor-{self.schema}",
                 )
                 pool.open(wait=False)
-                try:
-                    with self.errors(), pool.connection() as conn:
-                        check_version(conn, self.schema)
-                except BaseException:
-                    pool.close()
-                    raise
                 self._pool = pool
             return self._pool
 
