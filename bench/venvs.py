@@ -27,6 +27,8 @@ REQUIREMENTS: dict[str, list[str]] = {
     "rq": ["rq>=1.15", "hiredis", "psutil"],
     "huey": ["huey>=2.5", "redis>=4.5", "hiredis", "psutil"],
     "arq": ["arq>=0.25", "hiredis", "psutil"],
+    # PostgreSQL's peer: its tasks count completions on the run's Redis like every other system's.
+    "procrastinate": ["procrastinate>=3.0", "psycopg[binary]>=3.1", "redis>=4.5", "hiredis", "psutil"],
 }
 
 

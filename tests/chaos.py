@@ -320,6 +320,8 @@ def _injectors(servers: Servers, plan: ChaosPlan, log: Path) -> list[Injector]:
     stall: tuple[Callable[[], None], Callable[[], None]] | None = None
     if servers.broker_redis is not None:
         stall = (servers.broker_redis.freeze, servers.broker_redis.thaw)
+    elif servers.broker_postgres is not None:
+        stall = (servers.broker_postgres.freeze, servers.broker_postgres.thaw)
     elif servers.sqlite is not None:
         holder = SqliteLockHolder(servers.sqlite)
         stall = (holder.take, holder.release)
@@ -481,12 +483,32 @@ def _amqp_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
         rabbitmqctl("delete_vhost", vhost)
 
 
+@contextlib.contextmanager
+def _postgres_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """A PostgreSQL database of this run with a migrated schema (dropped afterwards); results in it too."""
+    import psycopg
+
+    from conveyor.brokers.postgres.migrate import migrate
+    from tests.conftest import POSTGRES_URL
+
+    name = f"cvchaos_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        migrate(f"{POSTGRES_URL}/{name}", "conveyor")
+        yield f"{POSTGRES_URL}/{name}", None
+    finally:
+        with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 #: Broker kind → a context manager giving an isolated broker URL and, where the broker is no result
 #: store, a backend URL, under a work directory (and cleaning up).
 BROKERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[tuple[str, str | None]]]] = {
     "sqlite": _sqlite_url,
     "redis": _redis_url,
     "amqp": _amqp_url,
+    "postgres": _postgres_url,
 }
 
 

@@ -3,8 +3,9 @@
 - ``backend``: the result backend is a private ``redis-server`` (append-only, fsync always, so a
   restart keeps what it had acknowledged) that an :class:`Injector` kills and restarts.
 - ``stall``: the broker stops answering for longer than the lease: SIGSTOP/SIGCONT of a private
-  broker ``redis-server``, or, on SQLite, a ``BEGIN IMMEDIATE`` held by the driver. The system
-  RabbitMQ is shared with other people's tests: never stalled (the fault is skipped on amqp).
+  broker ``redis-server``, or of every process of a private PostgreSQL cluster (which then replaces
+  the broker), or, on SQLite, a ``BEGIN IMMEDIATE`` held by the driver. The system RabbitMQ is shared
+  with other people's tests: never stalled (the fault is skipped on amqp).
 - ``poison``, ``gil``: tasks of ``tests/apps/chaos_app.py`` mixed into the load (no driver action).
 - ``collide``: workers started under ``unshare --pid --fork``: every supervisor is pid 1, its
   children 2, 3, ..., and all share this host's name, so their lease owner ids collide.
@@ -29,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from tests.e2e.conftest import ROOT, WorkerProcess
+from tests.pg_server import PrivatePostgres
 from tests.servers import PrivateRedis
 
 #: Every fault kind ``--faults`` accepts, in the order the summary prints them.
@@ -208,6 +210,7 @@ class Servers:
     backend: str | None = None
     backend_redis: PrivateRedis | None = None
     broker_redis: PrivateRedis | None = None
+    broker_postgres: PrivatePostgres | None = None
     sqlite: Path | None = None
     stall_kind: str = ""
 
@@ -221,7 +224,7 @@ def fault_servers(broker: str, backend: str | None, workdir: Path, faults: froze
     on the way out.
     """
     servers = Servers(broker, backend)
-    started: list[PrivateRedis] = []
+    started: list[PrivateRedis | PrivatePostgres] = []
     try:
         if "backend" in faults:
             servers.backend_redis = _private_redis(workdir / "backend-redis", durable=True)
@@ -243,7 +246,7 @@ def _private_redis(folder: Path, *, durable: bool) -> PrivateRedis:
     return PrivateRedis(folder, durable=durable, timeout=10)
 
 
-def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> None:
+def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis | PrivatePostgres]) -> None:
     scheme = servers.broker.partition("://")[0]
     if scheme == "sqlite":
         servers.sqlite = Path(servers.broker.partition("sqlite:///")[2].partition("?")[0])
@@ -254,5 +257,16 @@ def _stallable(servers: Servers, workdir: Path, started: list[PrivateRedis]) -> 
         servers.broker_redis.start()
         servers.broker = servers.broker_redis.url
         servers.stall_kind = "SIGSTOP of the broker's private redis-server"
+    elif scheme in {"postgresql", "postgres"}:
+        from conveyor.brokers.postgres.migrate import migrate
+
+        servers.broker_postgres = PrivatePostgres()
+        started.append(servers.broker_postgres)
+        servers.broker_postgres.start()
+        migrate(servers.broker_postgres.url, "conveyor")
+        servers.broker = servers.broker_postgres.url
+        if servers.backend is None or servers.backend.startswith("postgres"):
+            servers.backend = None  # results in the same private cluster, stalled with it
+        servers.stall_kind = "SIGSTOP of every process of the broker's private PostgreSQL cluster"
     else:
         servers.stall_kind = f"skipped: the {scheme} server is shared, only private servers are stalled"

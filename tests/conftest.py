@@ -26,11 +26,13 @@ from tests.vhosts import RunVhost, delete_queues
 
 REDIS_URL = os.environ.get("CONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("CONVEYOR_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+#: The PostgreSQL server the tests use; each test run creates its own database on it (see ``postgres_db``).
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 #: Every broker kind the conformance suite runs over.
-BROKER_KINDS = ["memory", "sqlite", "redis", "amqp"]
-BACKEND_KINDS = ["memory", "sqlite", "redis"]
+BROKER_KINDS = ["memory", "sqlite", "redis", "amqp", "postgres"]
+BACKEND_KINDS = ["memory", "sqlite", "redis", "postgres"]
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -129,6 +131,41 @@ def amqp_test_url(amqp_vhost: str) -> Iterator[str]:
     delete_queues(url, [prefix])
 
 
+def postgres_available() -> None:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        server_missing("psycopg", str(exc))
+        return
+    try:
+        psycopg.connect(f"{POSTGRES_URL}/postgres?connect_timeout=2").close()
+    except psycopg.Error as exc:
+        server_missing(f"PostgreSQL at {POSTGRES_URL}", str(exc).strip())
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[str]:
+    """A database of this test run (of this xdist process) alone, dropped at the end: its URL."""
+    postgres_available()
+    import psycopg
+
+    name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"{POSTGRES_URL}/{name}"
+    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_schema_url(database_url: str) -> str:
+    """A fresh migrated schema in ``database_url`` (a test's own tables): its conveyor URL."""
+    from conveyor.brokers.postgres.migrate import migrate
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    migrate(database_url, schema)
+    return f"{database_url}?schema={schema}"
+
+
 def amqp_url(vhost: str) -> str:
     """The test AMQP URL of ``vhost`` (without a prefix: see :func:`amqp_test_url`)."""
     return f"{AMQP_URL}/{urllib.parse.quote(vhost, safe='')}"
@@ -146,6 +183,9 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "amqp":
         url: str = request.getfixturevalue("amqp_test_url")
         return url
+    if kind == "postgres":
+        database: str = request.getfixturevalue("postgres_db")
+        return postgres_schema_url(database)
     raise AssertionError(kind)
 
 

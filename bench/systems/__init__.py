@@ -36,7 +36,7 @@ class SystemSpec:
         module: ``bench.systems.<module>`` holds its ``Driver`` class.
         venv: the peer venv under ``bench/.venvs`` its driver runs in; None for conveyor (the
             interpreter running the harness, where conveyor is installed).
-        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite`` or ``amqp``; Celery's:
+        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite``, ``amqp`` or ``postgres``; Celery's:
             ``amqp`` for RabbitMQ as its broker, results on the run's Redis either way).
         workloads: the workloads it runs; the others are skipped (no thread pool, no asyncio, or
             a row that only makes sense on one workload).
@@ -59,11 +59,13 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
+        SystemSpec("conveyor-postgres", "conveyor", None, "postgres"),
         SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("celery-amqp", "celery", "celery", "amqp"),
         SystemSpec("dramatiq", "dramatiq", "dramatiq", "", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
         SystemSpec("rq", "rq", "rq"),
         SystemSpec("huey", "huey", "huey", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("arq", "arq", "arq", "", (*CLASSIC_WORKLOADS, IO_ASYNC)),
+        SystemSpec("procrastinate", "procrastinate", "procrastinate"),
     )
 }

@@ -1,7 +1,8 @@
 """conveyor's driver: ``task.delay()``, ``app.send([...])`` for batches, ``AsyncResult.get()``.
 
-The variant picks the broker: ``redis`` (the benchmark's Redis database) or ``sqlite`` (a fresh
-file in the work directory for each run). The completion counter is in Redis either way.
+The variant picks the broker: ``redis`` (the benchmark's Redis database), ``sqlite`` (a fresh
+file in the work directory for each run), ``amqp`` or ``postgres`` (a fresh database on the server
+``BENCH_POSTGRES_URL`` names, migrated; results there too). The completion counter is in Redis either way.
 """
 
 from __future__ import annotations
@@ -31,8 +32,16 @@ class ConveyorDriver(Driver):
         super().__init__(config)
         self.db_path: Path | None = None
         self.vhost: Vhost | None = None
+        self.database: Any = None
         self.env = {"CONVEYOR_BACKEND_URL": config.redis_url}
-        if config.variant == "amqp":
+        if config.variant == "postgres":
+            from bench.systems._postgres import Database
+            from conveyor.brokers.postgres.migrate import migrate
+
+            self.database = Database(config.label)
+            migrate(self.database.url, "conveyor")
+            self.broker_url = self.database.url
+        elif config.variant == "amqp":
             self.vhost = Vhost(config.label)
             self.broker_url = self.vhost.url
         elif config.variant == "sqlite":
@@ -66,7 +75,11 @@ class ConveyorDriver(Driver):
         return str(getattr(conveyor, "__version__", "dev"))
 
     def describe(self) -> str:
-        broker = {"sqlite": "SQLite (WAL)", "amqp": "RabbitMQ (pika), Redis results"}.get(self.config.variant, "Redis")
+        broker = {
+            "sqlite": "SQLite (WAL)",
+            "amqp": "RabbitMQ (pika), Redis results",
+            "postgres": "PostgreSQL (psycopg 3, LISTEN/NOTIFY), results in PostgreSQL",
+        }.get(self.config.variant, "Redis")
         workers, concurrency, pool = self._shape()
         times = f"{workers} x " if workers > 1 else ""
         return (
@@ -115,6 +128,8 @@ class ConveyorDriver(Driver):
         self._remove_db()
         if self.vhost is not None:
             self.vhost.delete()
+        if self.database is not None:
+            self.database.drop()
 
     def _remove_db(self) -> None:
         if self.db_path is not None:

@@ -253,8 +253,11 @@ class App:
         self.schedule[entry.name] = entry
         return entry
 
-    def send(self, messages: Sequence[Message]) -> list[str]:
+    def send(self, messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
         """Encode and enqueue messages in one batch; return the id each task lives under.
+
+        ``connection``: write them with the caller's own database connection, inside its open transaction
+        (PostgreSQL broker only; see :meth:`Broker.enqueue_in <conveyor.brokers.base.Broker.enqueue_in>`).
 
         Raises:
             EncodeError: an argument does not serialize (nothing of the batch is sent).
@@ -268,7 +271,24 @@ class App:
         envelopes = [
             Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages
         ]
+        if connection is not None:
+            return self.broker.enqueue_in(connection, envelopes)
         return self.broker.enqueue(envelopes)
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schemas of the broker and the result backend (``conveyor db migrate``).
+
+        Returns:
+            One line per step taken or schema found up to date; empty when neither engine has a
+            versioned schema (memory, SQLite, Redis and RabbitMQ create what they need themselves).
+
+        Raises:
+            BrokerUnavailable: a server did not answer.
+        """
+        lines = self.broker.migrate()
+        if self.settings.result_url != self.settings.broker_url:  # the same schema is migrated once
+            lines += self.backend.migrate()
+        return lines
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         """The result handle of a task id (e.g. one stored by a web request)."""

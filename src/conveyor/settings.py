@@ -33,7 +33,8 @@ class Settings:
     Every duration is in seconds; every size is in bytes.
     """
 
-    #: Where messages live: ``sqlite:///path``, ``memory://``, ``redis://host:port/db``, ``amqp://...``.
+    #: Where messages live: ``sqlite:///path``, ``memory://``, ``redis://host:port/db``, ``amqp://...``,
+    #: ``postgresql://user@host/db?schema=name``.
     broker_url: str = DEFAULT_URL
     #: Where results live; None means the broker's URL (the same engine). Required with ``amqp://``:
     #: RabbitMQ is no result store (the app checks when it is built).

@@ -192,16 +192,27 @@ class BaseTask(Generic[P, R]):
         return Signature(self.name, tuple(args), dict(kwargs))
 
     def apply_async(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: object | None = None,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
         """Send the task with options for this call (see :class:`SendOptions`).
+
+        Args:
+            connection: PostgreSQL broker only: the caller's open psycopg connection (or SQLAlchemy Session or
+                Connection on ``postgresql+psycopg``); the task is written inside the caller's transaction, so
+                it exists once that transaction commits and never if it rolls back (see docs/postgres.md).
 
         Raises:
             TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
             EncodeError: an argument would not arrive as the value sent (see :mod:`conveyor.typed`).
+            ConfigurationError: ``connection=`` with a broker that is not PostgreSQL, or no psycopg connection.
         """
         self.check_call(args, kwargs)  # fails here, not in the worker (not on the batch path)
-        [task_id] = self.app.send([self.message(args, kwargs, **options)])
+        [task_id] = self.app.send([self.message(args, kwargs, **options)], connection=connection)
         return AsyncResult(task_id, self.app)
 
     def check_call(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> None:

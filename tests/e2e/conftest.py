@@ -1,4 +1,4 @@
-"""A real worker process (``python -m conveyor worker``) per test, on SQLite or Redis."""
+"""A real worker process (``python -m conveyor worker``) per test, on SQLite, Redis, RabbitMQ or PostgreSQL."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class WorkerProcess(testing.WorkerProcess):
         wait_until(lambda: text in self.output(), timeout, f"worker log to contain {text!r}:\n{self.output()}")
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Environment for a worker and for this test's app: broker URL (and backend), record dir, short lease."""
     from tests.conftest import backend_url_for, url_for

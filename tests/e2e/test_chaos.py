@@ -25,7 +25,14 @@ pytestmark = pytest.mark.exclusive
 #: Where the storms run: the process pool on every broker, the one-child pools (thread, asyncio) on
 #: Redis. A pool's code is the same on every broker, and each storm costs 20-40 s of a run that has
 #: the machine to itself; `python -m tests.chaos --pool P` runs any other combination.
-STORMS = [("sqlite", "process"), ("redis", "process"), ("amqp", "process"), ("redis", "thread"), ("redis", "asyncio")]
+STORMS = [
+    ("sqlite", "process"),
+    ("redis", "process"),
+    ("amqp", "process"),
+    ("postgres", "process"),
+    ("redis", "thread"),
+    ("redis", "asyncio"),
+]
 storms = pytest.mark.parametrize(
     ("e2e_env", "pool"), STORMS, indirect=["e2e_env"], ids=[f"{broker}-{pool}" for broker, pool in STORMS]
 )

@@ -40,6 +40,7 @@ COMMANDS = [
     ["dlq", "show", APP, "deadbeef"],
     ["dlq", "requeue", APP, "--all"],
     ["dlq", "purge", APP, "--yes"],
+    ["db", "migrate", APP],
 ]
 
 
@@ -60,7 +61,7 @@ def assert_one_line(done: subprocess.CompletedProcess[str], status: int, *expect
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]) if c[0] == "dlq" else c[0])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]) if c[0] in {"dlq", "db"} else c[0])
 def test_a_misspelt_variable_is_one_line_and_status_2_on_every_command(command: list[str], tmp_path: Path) -> None:
     # Given the variable name typed wrong (CONVEYOR_BROKER_ULR), as the user did
     env = clean_env(tmp_path, CONVEYOR_BROKER_ULR="redis://127.0.0.1:6379/0")
@@ -104,6 +105,16 @@ def test_status_against_a_dead_redis_is_one_line_and_status_1(tmp_path: Path) ->
     env = clean_env(tmp_path, CONVEYOR_BROKER_URL="redis://:s3cret@127.0.0.1:1/0")
     # Then status fails after its bounded retry, in one line, without the password
     assert_one_line(cli(env, "status", APP), 1, "redis://:***@127.0.0.1:1/0 did not answer")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command", [["status", APP], ["db", "migrate", APP]], ids=["status", "db migrate"])
+def test_a_dead_postgres_is_one_line_and_status_1(command: list[str], tmp_path: Path) -> None:
+    # Given a PostgreSQL URL where no server listens (with a password in it)
+    env = clean_env(tmp_path, CONVEYOR_BROKER_URL="postgresql://app:s3cret@127.0.0.1:1/shop")
+    # Then the command fails in one line naming the server, without the password
+    line = assert_one_line(cli(env, *command), 1, "PostgreSQL postgresql://app:***@127.0.0.1:1/shop", "refused")
+    assert "s3cret" not in line
 
 
 @pytest.mark.timeout(120)

@@ -17,6 +17,8 @@ _BACKENDS: Registry = {
     "redis": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
     "rediss": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
     "unix": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
+    "postgresql": ("conveyor.backends.postgres", "PostgresResultBackend", "postgres"),
+    "postgres": ("conveyor.backends.postgres", "PostgresResultBackend", "postgres"),
 }
 #: Broker schemes that are no result store: an app on them must name a backend.
 _NOT_A_STORE = frozenset({"amqp", "amqps"})

@@ -92,6 +92,13 @@ class ResultBackend(Store):
         """
         return cls(url)
 
+    def migrate(self) -> list[str]:
+        """Create or upgrade the engine's schema (``conveyor db migrate``); one line per step taken.
+
+        Only engines whose schema is versioned and migrated on command (PostgreSQL) do anything.
+        """
+        return []
+
     @abc.abstractmethod
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         """Store ``record`` (an encoded ResultRecord in ``state``) for ``ttl`` seconds, replacing any older one.

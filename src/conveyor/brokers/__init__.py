@@ -1,9 +1,9 @@
 """Brokers by URL scheme. Optional engines are imported only when their URL is used.
 
 Each engine is a subpackage (``sqlite/``, ``redis/``, ``amqp/``) or module (``memory.py``) whose broker
-class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`. A new engine (PostgreSQL
-next) is a new subpackage of the same shape (``broker.py``, ``connection.py``, ``keys.py`` or ``schema.sql``
-as it needs; its result backend, if any, in ``conveyor/backends/``) and one line in ``_BROKERS`` below.
+class is built by :meth:`Broker.from_url <conveyor.brokers.base.Broker.from_url>`. A new engine is a new
+subpackage of the same shape (``broker.py``, ``connection.py``, ``keys.py`` or ``schema.sql`` as it needs;
+its result backend, if any, in ``conveyor/backends/``) and one line in ``_BROKERS`` below.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ _BROKERS: Registry = {
     "unix": ("conveyor.brokers.redis", "RedisBroker", "redis"),
     "amqp": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
     "amqps": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
+    "postgresql": ("conveyor.brokers.postgres", "PostgresBroker", "postgres"),
+    "postgres": ("conveyor.brokers.postgres", "PostgresBroker", "postgres"),
 }
 
 
 def from_url(url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> Broker:
-    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``).
+    """Build the broker for ``url`` (``memory://``, ``sqlite:///path``, ``redis://...``, ``amqp://...``,
+    ``postgresql://...``).
 
     Args:
         url: the broker's URL; its scheme picks the engine.

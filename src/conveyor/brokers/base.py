@@ -20,6 +20,8 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+from conveyor.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
 
@@ -168,6 +170,21 @@ class Broker(abc.ABC):
             DuplicateTaskId: an id the broker still holds (queued, scheduled, in flight or dead), or one
                 repeated within the batch; nothing of the batch is stored.
         """
+
+    def enqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue` with the caller's own database connection, inside its open transaction.
+
+        The messages exist once the caller commits and never if it rolls back; nothing here commits.
+        Only a broker that lives in the caller's database (PostgreSQL) can do this.
+
+        Raises:
+            ConfigurationError: this broker cannot (the default), or ``connection`` is not one it can use.
+            DuplicateTaskId: as :meth:`enqueue`; the caller's transaction is then aborted.
+        """
+        raise ConfigurationError(
+            f"connection= (enqueue inside your database transaction) needs the PostgreSQL broker; "
+            f"{type(self).__name__} keeps its messages elsewhere"
+        )
 
     @abc.abstractmethod
     def reserve(
@@ -322,6 +339,14 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def workers(self) -> list[WorkerInfo]:
         """Live workers (heartbeat younger than its ttl)."""
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the engine's schema (``conveyor db migrate``); one line per step taken.
+
+        Only engines whose schema is versioned and migrated on command (PostgreSQL) do anything; the others
+        create what they need themselves and return an empty list.
+        """
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: worker, beat, status, enqueue, result, dead letters.
+"""The ``conveyor`` command line: worker, beat, status, enqueue, result, dead letters, db migrate.
 
 Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
 settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
@@ -10,6 +10,7 @@ import click
 
 from conveyor.cli._errors import ConveyorGroup
 from conveyor.cli.beat import beat
+from conveyor.cli.db import db
 from conveyor.cli.dlq import dlq
 from conveyor.cli.result import result
 from conveyor.cli.status import status
@@ -40,3 +41,4 @@ main.add_command(purge)
 main.add_command(revoke)
 main.add_command(result)
 main.add_command(dlq)
+main.add_command(db)

@@ -111,9 +111,11 @@ class Supervisor:
         self._install_signals()
         chain = self.app.finalize()  # built once, before the children fork
         chain.lifecycle(chain.on_worker_start, self.app)
+        # Listed as live before it says it is ready, and before any child forks: a broker that refuses the
+        # configuration (a PostgreSQL schema to migrate) stops the worker with one line, not a child's traceback.
+        self._heartbeat()
         for index in range(self.child_count):
             self._start_child(index)
-        self._heartbeat()  # listed as live before it says it is ready
         log.info(
             "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
             self.worker_id,

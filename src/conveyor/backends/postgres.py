@@ -1,0 +1,169 @@
+"""PostgresResultBackend: results in the ``results`` table of a migrated conveyor schema.
+
+Usable with any broker (RabbitMQ + PostgreSQL, say), or beside the PostgreSQL broker in the same
+schema. ``set``/``set_many`` is one call of ``cv_set_results``, which notifies each final state at
+commit; ``wait()`` registers with the process's LISTEN connection (``brokers/postgres/listener.py``),
+reads the record, and blocks on the notification: it wakes the moment the result lands, with no
+polling. Expired rows are invisible at once and deleted by a sweep every minute.
+
+Leases, claims and values (the coordination primitives) are rows of ``leases``, ``claims`` and ``kv``,
+each operation one statement (``INSERT ... ON CONFLICT``), atomic on the server, judged on its clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from conveyor.backends.base import ResultBackend
+from conveyor.brokers.postgres.connection import PostgresConnection
+from conveyor.states import FINAL_STATES, State
+
+#: Seconds between sweeps of expired results, claims and values (per process).
+SWEEP_EVERY = 60.0
+#: Longest single block of wait() in seconds before it reads again (a safety net; notifications wake it).
+WAIT_SLICE = 5.0
+_FINAL = [str(s) for s in FINAL_STATES]
+
+
+class PostgresResultBackend(ResultBackend):
+    """Results in PostgreSQL; ``postgresql://`` URLs with an optional ``schema=`` (default ``conveyor``)."""
+
+    def __init__(self, url: str) -> None:
+        self.db = PostgresConnection(url)
+        self._s = self.db.ident
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+
+    def __repr__(self) -> str:
+        return f"PostgresResultBackend({self.db.url!r})"
+
+    def _q(self, text: str) -> sql.Composed:
+        return sql.SQL(text).format(s=self._s)
+
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
+    def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        self.set_many([(task_id, state, record)], ttl)
+
+    def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
+        if not items:
+            return
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q("SELECT {s}.cv_set_results(%s, %s, %s::bytea[], %s, %s)"),
+                ([i[0] for i in items], [str(i[1]) for i in items], [i[2] for i in items], ttl, _FINAL),
+            )
+            self._sweep(conn)
+
+    def _sweep(self, conn: psycopg.Connection[Any]) -> None:
+        """Every SWEEP_EVERY seconds, delete expired results, claims and values (they are invisible already)."""
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+        for table in ("results", "claims", "kv"):
+            conn.execute(
+                sql.SQL("DELETE FROM {s}.{t} WHERE expires_at <= {s}.cv_now()").format(
+                    s=self._s, t=sql.Identifier(table)
+                )
+            )
+
+    def _read(self, task_id: str) -> tuple[str, bytes] | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q("SELECT state, record FROM {s}.results WHERE id = %s AND expires_at > {s}.cv_now()"),
+                (task_id,),
+            ).fetchone()
+        return None if row is None else (row[0], bytes(row[1]))
+
+    def get(self, task_id: str) -> bytes | None:
+        row = self._read(task_id)
+        return None if row is None else row[1]
+
+    def wait(self, task_id: str, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        listener = self.db.listener()
+        listener.wait_listening(min(timeout, 2.0))
+        waiter = listener.watch(task_id)
+        try:
+            while True:
+                waiter.event.clear()
+                row = self._read(task_id)
+                remaining = deadline - time.monotonic()
+                if (row is not None and row[0] in _FINAL) or remaining <= 0:
+                    return None if row is None else row[1]
+                # Not listening (the server restarting): look again soon rather than trust a wake-up.
+                woken = waiter.event.wait(min(remaining, WAIT_SLICE if listener.listening else 0.1))
+                if woken and waiter.record is not None:
+                    return waiter.record  # the final record came with the notification: no query
+        finally:
+            listener.unwatch(task_id, waiter)
+
+    def forget(self, task_id: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.results WHERE id = %s"), (task_id,))
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        with self.db.connection() as conn:
+            # Take a free or expired lease, or renew our own; a live lease of another owner is left alone.
+            row = conn.execute(
+                self._q(
+                    "INSERT INTO {s}.leases AS l (name, owner, expires_at) VALUES (%s, %s, {s}.cv_now() + %s) "
+                    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
+                    "WHERE l.owner = excluded.owner OR l.expires_at <= {s}.cv_now() RETURNING owner"
+                ),
+                (name, owner, ttl),
+            ).fetchone()
+        return row is not None and row[0] == owner
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.leases WHERE name = %s AND owner = %s"), (name, owner))
+
+    def claim(self, key: str, ttl: float) -> bool:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q(
+                    "INSERT INTO {s}.claims AS c (key, expires_at) VALUES (%s, {s}.cv_now() + %s) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                    "WHERE c.expires_at <= {s}.cv_now() RETURNING 1"
+                ),
+                (key, ttl),
+            ).fetchone()
+            self._sweep(conn)
+        return row is not None
+
+    def unclaim(self, key: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.claims WHERE key = %s"), (key,))
+
+    def get_value(self, key: str) -> bytes | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q(
+                    "SELECT value FROM {s}.kv WHERE key = %s AND (expires_at IS NULL OR expires_at > {s}.cv_now())"
+                ),
+                (key,),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_value(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.kv (key, value, expires_at) VALUES (%s, %s, {s}.cv_now() + %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+                ),
+                (key, value, ttl),
+            )
+
+    def delete_value(self, key: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.kv WHERE key = %s"), (key,))
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,409 @@
+"""PostgresBroker: the broker contract on PostgreSQL (psycopg 3), for teams that run nothing else.
+
+Every operation is one call of a server-side function (``migrations/0001_initial.sql``), so a
+worker's steady state (ack the finished batch, recover, reserve the next one) is one round trip, like
+the Lua scripts on Redis. ``reserve`` takes rows with ``SELECT ... FOR UPDATE SKIP LOCKED``: workers
+never queue behind each other's row locks, and each takes a whole batch at once.
+
+Idle workers do not poll. After a reserve that found nothing, the next reserve waits on the
+process's LISTEN connection (``listener.py``) until a notification says a message became ready or
+scheduled, or until the next scheduled message's eta; it sends no query at all while the generation of
+notifications has not moved (only the supervisor's heartbeat, every 2 s, queries an idle worker's
+database: it registers the worker and recovers expired leases).
+
+Acked messages are deleted; see the migration for how autovacuum keeps up.
+
+Transactional enqueue: :meth:`enqueue_in` writes messages with the caller's own psycopg connection,
+inside the caller's transaction (commit: the task exists and wakes a worker; rollback: it never did).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import tuple_row
+
+from conveyor.brokers._stalls import STALL_GAP, STAMP_EVERY
+from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
+from conveyor.brokers.postgres.connection import PostgresConnection
+from conveyor.errors import ConfigurationError, DuplicateTaskId
+
+if TYPE_CHECKING:
+    from conveyor.backends.base import ResultBackend
+
+READY, SCHEDULED, IN_FLIGHT, DEAD = 0, 1, 2, 3
+#: SQLSTATE cv_enqueue raises for an id the table holds already.
+_HELD_ID = "CV001"
+#: Seconds an idle reserve waits for its listener to connect before it looks at the queues anyway.
+LISTEN_WAIT = 2.0
+
+
+class PostgresBroker(Broker):
+    """A broker in a PostgreSQL schema; ``postgresql://`` or ``postgres://`` URLs (see ``connection.py``).
+
+    The schema must be migrated first (``conveyor db migrate APP``). ``store`` is not used: the schema
+    keeps every state the broker needs.
+    """
+
+    def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
+        super().__init__(url, max_deliveries=max_deliveries)
+        self.db = PostgresConnection(url)
+        self._s = self.db.ident
+        # Per process: the listener generation of the last reserve that found nothing, and when (monotonic)
+        # the next scheduled message comes due or lease expires (None: none); an idle reserve skips its query
+        # while the generation has not moved and that time has not come.
+        self._idle_since: tuple[int, float | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresBroker({self.db.url!r})"
+
+    def _q(self, text: str) -> sql.Composed:
+        """``text`` with ``{s}`` replaced by the schema's quoted name."""
+        return sql.SQL(text).format(s=self._s)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        if not envelopes:
+            return []
+        with self.db.connection() as conn:
+            return self._enqueue(conn, envelopes)
+
+    def enqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
+        """Enqueue with the caller's psycopg connection, inside its open transaction (never committed here).
+
+        The messages are written with ``cv_enqueue`` on that connection; its NOTIFY is delivered at the
+        caller's commit, so idle workers wake then, and never for a rollback.
+
+        Raises:
+            ConfigurationError: ``connection`` is no psycopg (3) connection nor a SQLAlchemy session or
+                connection over one.
+        """
+        conn = _driver_connection(connection)
+        if not envelopes:
+            return []
+        return self._enqueue(conn, envelopes)
+
+    def _enqueue(self, conn: psycopg.Connection[Any], envelopes: Sequence[Envelope]) -> list[str]:
+        seen: set[str] = set()
+        for env in envelopes:
+            if env.id in seen:
+                raise DuplicateTaskId(env.id)
+            seen.add(env.id)
+        try:
+            row = (
+                conn.cursor(row_factory=tuple_row)
+                .execute(
+                    self._q("SELECT {s}.cv_enqueue(%s, %s, %s::smallint[], %s::float8[], %s::bytea[], %s::text[])"),
+                    (
+                        [e.id for e in envelopes],
+                        [e.queue for e in envelopes],
+                        [e.priority for e in envelopes],
+                        [e.eta for e in envelopes],
+                        [e.body for e in envelopes],
+                        [e.key for e in envelopes],
+                    ),
+                )
+                .fetchone()
+            )
+        except psycopg.errors.UniqueViolation as exc:  # a concurrent enqueue of the same id won the race
+            raise DuplicateTaskId(envelopes[0].id) from exc
+        except psycopg.Error as exc:
+            if exc.sqlstate == _HELD_ID:
+                raise DuplicateTaskId(str(exc.diag.message_primary)) from None
+            raise
+        assert row is not None
+        return list(row[0])
+
+    def reserve(
+        self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
+    ) -> list[Delivery]:
+        return self.ack_and_reserve((), queues, n, owner=owner, lease=lease, timeout=timeout)
+
+    def ack_and_reserve(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        n: int,
+        *,
+        owner: str,
+        lease: float,
+        timeout: float = 0.0,
+    ) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        listener = self.db.listener() if timeout > 0 else None
+        if listener is not None and not listener.listening:
+            listener.wait_listening(min(timeout, LISTEN_WAIT))
+        while True:
+            generation = listener.generation if listener is not None and listener.listening else None
+            if acks or not self._still_idle(generation):
+                taken = self._take(queues, n, owner, lease, acks)
+                acks = ()
+                if taken:
+                    self._idle_since = None
+                    return taken
+                if generation is not None:
+                    self._idle_since = (generation, self._next_due())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or listener is None:
+                return []
+            if generation is None:  # not listening (server restarting): look again shortly
+                time.sleep(min(remaining, 0.1))
+                continue
+            assert self._idle_since is not None
+            due = self._idle_since[1]
+            wait = remaining if due is None else min(remaining, max(0.0, due - time.monotonic()) + 0.001)
+            listener.wait_work(generation, wait)
+
+    def _still_idle(self, generation: int | None) -> bool:
+        """True when nothing was notified since the last empty reserve and nothing came due since."""
+        idle = self._idle_since
+        if generation is None or idle is None or idle[0] != generation:
+            return False
+        return idle[1] is None or time.monotonic() < idle[1]
+
+    def _next_due(self) -> float | None:
+        """When (``time.monotonic()``) the next scheduled message comes due or the next lease expires; None: never.
+
+        Measured on the server's clock and turned into this process's monotonic clock, so skew does not matter.
+        """
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q(
+                    "SELECT LEAST((SELECT min(eta) FROM {s}.messages WHERE state = 1), "
+                    "(SELECT min(lease_until) FROM {s}.messages WHERE state = 2)) - {s}.cv_now()"
+                )
+            ).fetchone()
+        return None if row is None or row[0] is None else time.monotonic() + float(row[0])
+
+    def _take(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, acks: Sequence[Delivery] = ()
+    ) -> list[Delivery]:
+        token = uuid.uuid4().hex
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT * FROM {s}.cv_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
+                (
+                    list(queues),
+                    n,
+                    owner,
+                    token,
+                    lease,
+                    self.max_deliveries,
+                    REQUEUES_PER_DELIVERY * self.max_deliveries,
+                    STALL_GAP,
+                    STAMP_EVERY,
+                    [d.id for d in acks],
+                    [d.token for d in acks],
+                ),
+            ).fetchall()
+        order = {q: i for i, q in enumerate(queues)}
+        rows.sort(key=lambda r: (order[r[1]], -r[3], r[5]))  # RETURNING has no order: queue, priority, FIFO
+        return [Delivery(r[0], r[1], r[2], r[3], r[4], token, owner) for r in rows]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "DELETE FROM {s}.messages m USING unnest(%s::text[], %s::text[]) AS a (id, token) "
+                    "WHERE m.id = a.id AND m.token = a.token AND m.state = 2"
+                ),
+                ([d.id for d in deliveries], [d.token for d in deliveries]),
+            )
+
+    def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "UPDATE {s}.messages SET state = CASE WHEN %(delay)s > 0 THEN 1 ELSE 0 END, "
+                    "eta = CASE WHEN %(delay)s > 0 THEN {s}.cv_now() + %(delay)s END, "
+                    "body = COALESCE(%(body)s, body), deliveries = deliveries - 1, owner = NULL, token = NULL "
+                    "WHERE id = %(id)s AND token = %(token)s AND state = 2"
+                ),
+                {"delay": delay, "body": body, "id": delivery.id, "token": delivery.token},
+            )
+
+    def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:
+        if not deliveries:
+            return []
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT * FROM {s}.cv_extend(%s, %s, %s, %s, %s, %s)"),
+                (
+                    [d.id for d in deliveries],
+                    [d.token for d in deliveries],
+                    [d.id in running for d in deliveries],
+                    lease,
+                    STALL_GAP,
+                    STAMP_EVERY,
+                ),
+            ).fetchall()
+        held = {r[0] for r in rows}
+        return [d.id for d in deliveries if d.id not in held]
+
+    def dead_letter(self, delivery: Delivery, reason: str, body: bytes | None = None) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "UPDATE {s}.messages SET state = 3, reason = %s, dead_at = {s}.cv_now(), "
+                    "body = COALESCE(%s, body), owner = NULL, token = NULL, key = NULL "
+                    "WHERE id = %s AND token = %s AND state = 2"
+                ),
+                (reason, body, delivery.id, delivery.token),
+            )
+
+    def release_owner(self, owner: str, running: Collection[str] | None = None) -> int:
+        why = f" times without an acknowledgement (its worker process {owner} died); poison?"
+        counted = None if running is None else list(running)
+        with self.db.transaction() as conn:
+            uncounted = 0
+            if counted is not None:
+                uncounted = conn.execute(
+                    self._q(
+                        "UPDATE {s}.messages SET state = 0, owner = NULL, token = NULL, deliveries = deliveries - 1 "
+                        "WHERE state = 2 AND owner = %s AND id <> ALL (%s::text[])"
+                    ),
+                    (owner, counted),
+                ).rowcount
+            buried = conn.execute(
+                self._q(
+                    "UPDATE {s}.messages SET state = 3, dead_at = {s}.cv_now(), owner = NULL, token = NULL, "
+                    "key = NULL, reason = 'delivered ' || deliveries || %s "
+                    "WHERE state = 2 AND owner = %s AND deliveries >= %s "
+                    "AND (%s::text[] IS NULL OR id = ANY (%s::text[]))"
+                ),
+                (why, owner, self.max_deliveries, counted, counted),
+            ).rowcount
+            returned = conn.execute(
+                self._q("UPDATE {s}.messages SET state = 0, owner = NULL, token = NULL WHERE state = 2 AND owner = %s"),
+                (owner,),
+            ).rowcount
+        return uncounted + buried + returned
+
+    def extend_owner(self, owner: str, lease: float) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(
+                self._q("UPDATE {s}.messages SET lease_until = {s}.cv_now() + %s WHERE state = 2 AND owner = %s"),
+                (lease, owner),
+            ).rowcount
+
+    def recover(self) -> int:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q("SELECT {s}.cv_recover({s}.cv_now(), %s, %s, %s, %s)"),
+                (self.max_deliveries, REQUEUES_PER_DELIVERY * self.max_deliveries, STALL_GAP, STAMP_EVERY),
+            ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    # -- inspection and dead letters --------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        with self.db.connection() as conn:
+            counts = conn.execute(
+                self._q("SELECT queue, state, count(*) FROM {s}.messages GROUP BY queue, state")
+            ).fetchall()
+            names = [row[0] for row in conn.execute(self._q("SELECT name FROM {s}.queues"))]
+        per_queue: dict[str, list[int]] = {name: [0, 0, 0, 0] for name in names}
+        for queue, state, count in counts:
+            per_queue.setdefault(queue, [0, 0, 0, 0])[state] = count
+        return [QueueStats(q, *c) for q, c in sorted(per_queue.items())]
+
+    def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q(
+                    "SELECT id, queue, body, reason, dead_at, deliveries FROM {s}.messages "
+                    "WHERE state = 3 AND (%s::text IS NULL OR queue = %s) ORDER BY dead_at, seq LIMIT %s"
+                ),
+                (queue, queue, limit),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._for_dead(
+            "UPDATE {s}.messages SET state = 0, deliveries = 0, requeues = 0, reason = NULL, dead_at = NULL "
+            "WHERE state = 3",
+            ids,
+        )
+
+    def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        return self._for_dead("DELETE FROM {s}.messages WHERE state = 3", ids)
+
+    def _for_dead(self, text: str, ids: Sequence[str] | None) -> int:
+        with self.db.connection() as conn:
+            if ids is None:
+                return conn.execute(self._q(text)).rowcount
+            return conn.execute(self._q(text + " AND id = ANY (%s::text[])"), (list(ids),)).rowcount
+
+    def cancel(self, ids: Sequence[str]) -> list[str]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("DELETE FROM {s}.messages WHERE id = ANY (%s::text[]) AND state IN (0, 1) RETURNING id"),
+                (list(ids),),
+            ).fetchall()
+        deleted = {r[0] for r in rows}
+        return [i for i in ids if i in deleted]
+
+    def purge(self, queue: str) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(
+                self._q("DELETE FROM {s}.messages WHERE queue = %s AND state IN (0, 1)"), (queue,)
+            ).rowcount
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def register_worker(self, info: WorkerInfo, ttl: float) -> None:
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.workers (id, info, expires_at) VALUES (%s, %s, {s}.cv_now() + %s) "
+                    "ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires_at = excluded.expires_at"
+                ),
+                (info.id, json.dumps(info.to_dict()), ttl),
+            )
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.workers WHERE id = %s"), (worker_id,))
+
+    def workers(self) -> list[WorkerInfo]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT info FROM {s}.workers WHERE expires_at > {s}.cv_now() ORDER BY id")
+            ).fetchall()
+        return [WorkerInfo.from_dict(json.loads(row[0])) for row in rows]
+
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
+    def close(self) -> None:
+        self._idle_since = None
+        self.db.close()
+
+
+def _driver_connection(connection: object) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``connection``: itself, or a SQLAlchemy session's or connection's.
+
+    Raises:
+        ConfigurationError: nothing psycopg (3) underneath (an async connection included: use a sync one).
+    """
+    found: object = connection
+    session_connection = getattr(found, "connection", None)
+    if not isinstance(found, psycopg.Connection) and callable(session_connection):
+        found = session_connection()  # a SQLAlchemy Session: its Connection in the session's transaction
+    if not isinstance(found, psycopg.Connection):
+        found = getattr(getattr(found, "connection", None), "driver_connection", found)  # SQLAlchemy Connection
+    if not isinstance(found, psycopg.Connection):
+        raise ConfigurationError(
+            f"connection= takes a psycopg 3 connection (or a SQLAlchemy Session/Connection on postgresql+psycopg), "
+            f"got {type(connection).__name__}"
+        )
+    return found
