@@ -1,0 +1,57 @@
+"""The gather and token-bucket primitives of the Store contract (chords, global rate limits), over every backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from conveyor.backends import ResultBackend
+
+
+def test_gather_counts_each_slot_once_and_keeps_the_latest_value(backend: ResultBackend) -> None:
+    assert backend.gathered("g1") == {}
+    assert backend.gather("g1", 0, b"a", ttl=60) == 1
+    assert backend.gather("g1", 2, b"c", ttl=60) == 2
+    # A member run twice (redelivered) fills its slot again: not counted twice
+    assert backend.gather("g1", 0, b"a2", ttl=60) == 2
+    assert backend.gathered("g1") == {0: b"a2", 2: b"c"}
+    backend.delete_gather("g1")
+    assert backend.gathered("g1") == {}
+
+
+def test_concurrent_gathers_count_every_slot(backend: ResultBackend) -> None:
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    def fill(i: int) -> None:
+        n = backend.gather("g2", i, str(i).encode(), ttl=60)
+        with lock:
+            counts.append(n)
+
+    threads = [threading.Thread(target=fill, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    # Exactly one caller saw the last slot filled; every count from 1 to 20 was seen once
+    assert sorted(counts) == list(range(1, 21))
+    assert len(backend.gathered("g2")) == 20
+
+
+def test_gathers_expire_after_their_ttl(backend: ResultBackend) -> None:
+    backend.gather("g3", 0, b"x", ttl=0.2)
+    time.sleep(0.3)
+    assert backend.gathered("g3") == {}
+    assert backend.gather("g3", 1, b"y", ttl=60) == 1
+
+
+def test_token_bucket_gives_its_burst_then_paces_at_its_rate(backend: ResultBackend) -> None:
+    # Given a bucket of 10 tokens a second with a burst of 3
+    waits = [backend.take_token("b1", rate=10.0, burst=3.0) for _ in range(4)]
+    # The burst is taken at once; the fourth must wait about a tenth of a second
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert 0.05 < waits[3] <= 0.11
+    time.sleep(waits[3] + 0.02)
+    assert backend.take_token("b1", rate=10.0, burst=3.0) == 0.0
+    # Another bucket is independent
+    assert backend.take_token("b2", rate=10.0, burst=1.0) == 0.0
