@@ -27,7 +27,7 @@ from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.codec import codec_for
-from conveyor.errors import ConfigurationError, TaskNotRegistered
+from conveyor.errors import ConfigurationError, ResultMissing, TaskNotRegistered
 from conveyor.message import Message
 from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
@@ -38,6 +38,7 @@ from conveyor.workflows.signature import Signature
 
 if TYPE_CHECKING:
     from conveyor.codec import Codec
+    from conveyor.workflows.groupresult import GroupResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -247,6 +248,19 @@ class App:
         """The result handle of a task id (e.g. one stored by a web request)."""
         return AsyncResult(task_id, self)
 
+    def group_result(self, group_id: str) -> GroupResult[Any]:
+        """The GroupResult of a group sent earlier (its membership is kept for ``result_ttl``).
+
+        Raises:
+            ResultMissing: no group of that id is known (never sent, or expired).
+        """
+        from conveyor.workflows.groupresult import restore_group
+
+        found = restore_group(self, group_id)
+        if found is None:
+            raise ResultMissing(f"no group {group_id!r} in the result backend (never sent, or older than result_ttl)")
+        return found
+
     def close(self) -> None:
         """Close broker and backend connections (they reopen if used again)."""
         if self._broker is not None:
@@ -262,14 +276,18 @@ def _builtin_types() -> tuple[type[Middleware], ...]:
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
+    from conveyor.workflows.middleware import Workflows
 
-    return (Revocation, Results, DeadLetters, Retries, TimeLimits)
+    return (Revocation, Workflows, Results, DeadLetters, Retries, TimeLimits)
 
 
 def builtin_middleware(app: App) -> list[Middleware]:
     """The built-in features, in chain order.
 
     - Revocation: skip an expired task, or a redelivered one that was revoked (``expires``);
+    - Workflows: send what follows a task of a chain, group or chord; fail it when the task fails
+      (its ``after_success`` runs after Results checked the value, its ``after_failure`` only when
+      no retry and no dead letter was asked);
     - Results: record STARTED, progress and SUCCESS (``ignore_result``);
     - DeadLetters: dead-letter a task that failed for good (``dead_letter_on_failure``);
     - Retries: retry a failed task per its policy (``retries``, ``backoff``, ``backoff_max``,
@@ -282,8 +300,9 @@ def builtin_middleware(app: App) -> list[Middleware]:
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
+    from conveyor.workflows.middleware import Workflows
 
-    return [Revocation(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
+    return [Revocation(app), Workflows(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

@@ -16,11 +16,16 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import msgspec
 
 from conveyor.errors import DecodeError, EncodeError, MessageTooLarge
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from conveyor.workflows.signature import Canvas
 
 #: The wire format version this code writes and reads.
 FORMAT_VERSION = 1
@@ -75,6 +80,8 @@ class SendOptions(TypedDict, total=False):
             nothing and returns the existing task's result handle.
         headers: user metadata, visible to the task as ``current_context().headers``.
         task_id: use this id instead of a fresh one.
+        link: a signature (or a list, a chain...) started with the task's result when it succeeds.
+        link_error: a signature (or a list) started with the task's id when it fails for good.
     """
 
     countdown: float | None
@@ -85,6 +92,8 @@ class SendOptions(TypedDict, total=False):
     key: str | None
     headers: Mapping[str, str] | None
     task_id: str | None
+    link: Canvas[Any] | Sequence[Canvas[Any]] | None
+    link_error: Canvas[Any] | Sequence[Canvas[Any]] | None
 
 
 def new_id() -> str:

@@ -177,8 +177,16 @@ class BaseTask(Generic[P, R]):
         return self.apply_async(args, kwargs)
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
-        """This task's call with these arguments, written down to send later (a periodic entry, a chain)."""
-        return Signature(self.name, tuple(args), dict(kwargs))
+        """This task's call with these arguments, written down to send later (a periodic entry, a chain).
+
+        In a chain (or as a ``link=`` callback) the call gets its predecessor's result as first
+        argument, before these: ``chain(fetch.s(url), parse.s())`` calls ``parse(page)``.
+        """
+        return Signature(self.name, tuple(args), dict(kwargs), app=self.app)
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+        """Like :meth:`s`, but immutable: in a chain or a callback it ignores its predecessor's result."""
+        return Signature(self.name, tuple(args), dict(kwargs), immutable=True, app=self.app)
 
     def apply_async(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
@@ -227,7 +235,7 @@ class BaseTask(Generic[P, R]):
         priority = options.get("priority")
         if priority is not None:
             check_priority(priority)
-        return Message(
+        message = Message(
             id=options.get("task_id") or new_id(),
             explicit_id=bool(options.get("task_id")),
             task=self.name,
@@ -242,6 +250,11 @@ class BaseTask(Generic[P, R]):
             created=created,
             headers=dict(options.get("headers") or {}),
         )
+        if options.get("link") or options.get("link_error"):
+            from conveyor.workflows.plan import attach_callbacks  # the workflows package imports this module
+
+            attach_callbacks(message, options.get("link"), options.get("link_error"))
+        return message
 
 
 class Task(BaseTask[P, R]):

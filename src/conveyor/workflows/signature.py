@@ -1,37 +1,77 @@
 """Signature: a task call written down (task name, arguments, send options) to be sent later.
 
 ``add.s(1, 2)`` checks the arguments against ``add``'s signature (ParamSpec) and returns a
-``Signature[int]`` that a scheduler entry, and later chains and chords, send when their time comes.
-A signature is plain data (names, JSON-able arguments, options), so it can travel inside a message.
+``Signature[int]`` that a scheduler entry, a chain, a group or a chord sends when its time comes.
+A signature is plain data (names, JSON-able arguments, options), so it can travel inside a message;
+the app it was made from rides along (not compared, not sent) so ``sig.delay()`` knows where to go.
+
+:class:`Canvas` is what every piece of a workflow is (a signature, a chain, a group, a chord): it
+can be sent (``apply_async``), piped into the next piece (``|``) and written into a message as a
+plain dict (:meth:`Canvas.freeze`, with every task id chosen up front so the producer holds the
+result handles before anything runs). ``workflows/canvas.py`` holds the other pieces.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
 from conveyor.errors import ConfigurationError, TaskNotRegistered
-from conveyor.message import SendOptions
+from conveyor.message import SendOptions, new_id
 
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
+    from conveyor.result import AsyncResult
+    from conveyor.workflows.canvas import Chain
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+#: A frozen piece of a workflow, as it travels in messages (see ``workflows/plan.py``).
+Node = dict[str, Any]
+
+
+class Canvas(Generic[R]):
+    """A piece of a workflow: a signature, a chain, a group or a chord. ``R`` is what its result gives."""
+
+    def freeze(self) -> Node:
+        """This piece as plain data, with a fresh id for every task (and group) in it."""
+        raise NotImplementedError
+
+    def bound_app(self) -> App | None:
+        """The app of the first signature that knows one (``task.s()`` records it)."""
+        raise NotImplementedError
+
+    def __or__(self, other: Canvas[T]) -> Chain[T]:
+        """``a.s() | b.s()``: a chain that runs ``other`` with this piece's result."""
+        from conveyor.workflows.canvas import Chain
+
+        return Chain(self, other)
+
+    def _app(self, app: App | None) -> App:
+        found = app or self.bound_app()
+        if found is None:
+            raise ConfigurationError(f"{self!r} has no app: build it with task.s(...) or pass app=")
+        return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Signature(Generic[R]):
+class Signature(Canvas[R]):
     """The call of task ``task`` with ``args``/``kwargs`` and send ``options`` (see ``SendOptions``).
 
-    ``R`` is the task's return type, carried for the workflows that will chain results.
+    Attributes:
+        immutable: ignore the parent's result in a chain or a callback (``task.si(...)``).
+        app: the app ``task.s()`` was called on; not compared and not sent.
     """
 
     task: str
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    immutable: bool = False
+    app: App | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.options) - set(SendOptions.__annotations__))
@@ -41,11 +81,14 @@ class Signature(Generic[R]):
 
     def __repr__(self) -> str:
         params = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        return f"{self.task}.s({', '.join(params)})"
+        return f"{self.task}.{'si' if self.immutable else 's'}({', '.join(params)})"
 
     def set(self, **options: Unpack[SendOptions]) -> Signature[R]:
         """A copy with these send options added (they override the ones already set)."""
         return dataclasses.replace(self, options={**self.options, **options})
+
+    def bound_app(self) -> App | None:
+        return self.app
 
     def message(self, app: App, **options: Unpack[SendOptions]) -> Message:
         """Build the message this call sends on ``app``; ``options`` override the signature's own.
@@ -59,3 +102,70 @@ class Signature(Generic[R]):
             raise TaskNotRegistered(f"no task {self.task!r} on app {app.name!r}")
         merged: Any = {**self.options, **options}
         return task.message(self.args, self.kwargs, **merged)
+
+    def freeze(self) -> Node:
+        options = dict(self.options)
+        link = as_pieces(options.pop("link", None))
+        link_error = as_pieces(options.pop("link_error", None))
+        task_id = options.pop("task_id", None)
+        node: Node = {"k": "s", "task": self.task, "id": task_id or new_id()}
+        if task_id:
+            node["x"] = True  # the caller chose the id: the broker refuses it while it holds it
+        if self.args:
+            node["args"] = list(self.args)
+        if self.kwargs:
+            node["kwargs"] = dict(self.kwargs)
+        if options:
+            node["opts"] = options
+        if self.immutable:
+            node["imm"] = True
+        if link:
+            node["link"] = [piece.freeze() for piece in link]
+        if link_error:
+            node["err"] = [piece.freeze() for piece in link_error]
+        return node
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: App | None = None,
+        **options: Unpack[SendOptions],
+    ) -> AsyncResult[R]:
+        """Send this call, with ``args`` put before its own, ``kwargs`` and ``options`` over its own.
+
+        Raises:
+            TaskNotRegistered: the app has no such task.
+            TypeError: the arguments do not fit the task's function; nothing is sent.
+        """
+        from conveyor.workflows.plan import send
+
+        merged = Signature(
+            self.task, (*args, *self.args), {**self.kwargs, **(kwargs or {})}, {**self.options, **options},
+            self.immutable, self.app,
+        )  # fmt: skip
+        target = merged._app(app)
+        task = target.tasks.get(self.task)
+        if task is None:
+            raise TaskNotRegistered(f"no task {self.task!r} on app {target.name!r}")
+        from conveyor.arguments import check_arguments
+
+        check_arguments(self.task, task.fn, merged.args, merged.kwargs)
+        result: AsyncResult[R] = send(target, merged)
+        return result
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
+        """``apply_async(args, kwargs)``: send this call with more arguments (put before its own)."""
+        return self.apply_async(args, kwargs)
+
+
+def as_pieces(value: Any) -> list[Canvas[Any]]:
+    """A ``link=``/``link_error=`` option as a list of pieces (one piece, a list of them, or None)."""
+    if value is None:
+        return []
+    pieces = [value] if isinstance(value, Canvas) else list(value)
+    for piece in pieces:
+        if not isinstance(piece, Canvas):
+            raise ConfigurationError(f"link= and link_error= take signatures (task.s(...)), got {piece!r}")
+    return pieces
