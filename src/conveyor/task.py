@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from conveyor.app import App
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 #: The options the task itself owns (where and how it is sent); every other option belongs to a middleware.
@@ -176,15 +178,27 @@ class BaseTask(Generic[P, R]):
         """
         return self.apply_async(args, kwargs)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def s(self: BaseTask[Concatenate[T, P2], R], *args: P2.args, **kwargs: P2.kwargs) -> Signature[R]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """This task's call with these arguments, written down to send later (a periodic entry, a chain).
 
         In a chain (or as a ``link=`` callback) the call gets its predecessor's result as first
-        argument, before these: ``chain(fetch.s(url), parse.s())`` calls ``parse(page)``.
+        argument, before these: ``chain(fetch.s(url), parse.s())`` calls ``parse(page)``. The type
+        checker accepts every argument (as ``delay`` does) or every one but the first (the one a
+        predecessor fills), each checked against the function's signature.
         """
         return Signature(self.name, tuple(args), dict(kwargs), app=self.app)
 
-    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    @overload
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def si(self: BaseTask[Concatenate[T, P2], R], *args: P2.args, **kwargs: P2.kwargs) -> Signature[R]: ...
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """Like :meth:`s`, but immutable: in a chain or a callback it ignores its predecessor's result."""
         return Signature(self.name, tuple(args), dict(kwargs), immutable=True, app=self.app)
 

@@ -6,11 +6,13 @@ runs chords on real worker processes, with a kill -9.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 
-from conveyor import App, TaskFailed, chain, chord, group
+from conveyor import App, Task, TaskFailed, chain, chord, group
 from conveyor.errors import ResultMissing
 from conveyor.message import Message
 from conveyor.states import State
@@ -29,7 +31,16 @@ class Boom(Exception):
     pass
 
 
-def tasks(app: App) -> dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class Tasks:
+    add: Task[[int, int], int]
+    total: Task[[list[int]], int]
+    listed: Task[[list[Any]], list[Any]]
+    fail: Task[[int], int]
+    on_error: Task[[str], str]
+
+
+def tasks(app: App) -> Tasks:
     @app.task
     def add(a: int, b: int) -> int:
         return a + b
@@ -39,7 +50,7 @@ def tasks(app: App) -> dict[str, object]:
         return sum(xs)
 
     @app.task
-    def listed(xs: list[object]) -> list[object]:
+    def listed(xs: list[Any]) -> list[Any]:
         return xs
 
     @app.task
@@ -50,25 +61,27 @@ def tasks(app: App) -> dict[str, object]:
     def on_error(task_id: str) -> str:
         return task_id
 
-    return {"add": add, "total": total, "listed": listed, "fail": fail, "on_error": on_error}
+    return Tasks(add, total, listed, fail, on_error)
 
 
 def test_chain_group_chord_and_nesting(app: App) -> None:
     t = tasks(app)
-    add, total, listed = t["add"], t["total"], t["listed"]
+    add, total, listed = t.add, t.total, t.listed
     # Given a chain, a group, a chord and nested pieces, all sent before any worker runs
-    a_chain = chain(add.s(1, 2), add.s(10), add.s(100)).apply_async()  # type: ignore[attr-defined]
-    piped = (add.s(1, 1) | add.s(1)).apply_async()  # type: ignore[attr-defined]
-    a_group = group(add.s(i, i) for i in range(6)).apply_async()  # type: ignore[attr-defined]
-    a_chord = chord([add.s(i, 1) for i in range(6)], total.s()).apply_async()  # type: ignore[attr-defined]
-    group_in_chain = (add.s(1, 1) | group(add.s(1), add.s(2)) | total.s()).apply_async()  # type: ignore[attr-defined]
-    chord_in_chain = chain(  # type: ignore[var-annotated]
-        add.s(2, 2), chord([add.s(1), add.s(2)], total.s()), add.s(1000)  # type: ignore[attr-defined]
+    a_chain = chain(add.s(1, 2), add.s(10), add.s(100)).apply_async()
+    piped = (add.s(1, 1) | add.s(1)).apply_async()
+    a_group = group(add.s(i, i) for i in range(6)).apply_async()
+    a_chord = chord([add.s(i, 1) for i in range(6)], total.s()).apply_async()
+    group_in_chain = (add.s(1, 1) | group(add.s(1), add.s(2)) | total.s()).apply_async()
+    chord_in_chain = chain(
+        add.s(2, 2),
+        chord([add.s(1), add.s(2)], total.s()),
+        add.s(1000),
     ).apply_async()
-    chain_in_group = group(chain(add.s(1, 1), add.s(1)), add.s(5, 5)).apply_async()  # type: ignore[attr-defined]
-    group_in_chord = chord([group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)], listed.s()).apply_async()  # type: ignore[attr-defined]
-    immutable = chain(add.s(1, 1), add.si(5, 5)).apply_async()  # type: ignore[attr-defined]
-    linked = add.apply_async((1, 2), link=add.s(5))  # type: ignore[attr-defined]
+    chain_in_group = group(chain(add.s(1, 1), add.s(1)), add.s(5, 5)).apply_async()
+    group_in_chord = chord([group(add.s(1, 1), add.s(2, 2)), add.s(3, 3)], listed.s()).apply_async()
+    immutable = chain(add.s(1, 1), add.si(5, 5)).apply_async()
+    linked = add.apply_async((1, 2), link=add.s(5))
     drain(app, timeout=30)
     # Then every result is there, in order
     assert a_chain.get(timeout=5) == 113
@@ -90,12 +103,12 @@ def test_chain_group_chord_and_nesting(app: App) -> None:
 
 def test_a_failure_stops_a_chain_and_fails_a_chord_naming_the_member(app: App) -> None:
     t = tasks(app)
-    add, total, fail, on_error = t["add"], t["total"], t["fail"], t["on_error"]
+    add, total, fail, on_error = t.add, t.total, t.fail, t.on_error
     # Given a chain whose middle step fails, and a chord with one failing member and an errback on its body
-    broken_chain = chain(add.s(1, 1), fail.s(), add.s(1)).apply_async()  # type: ignore[attr-defined]
-    errback = on_error.s().set(task_id="errback-of-body")  # type: ignore[attr-defined]
-    broken_chord = chord([add.s(1, 1), fail.s(7), add.s(2, 2)], total.s().set(link_error=errback)).apply_async()  # type: ignore[attr-defined]
-    a_group = group(add.s(1, 1), fail.s(8)).apply_async()  # type: ignore[attr-defined]
+    broken_chain = chain(add.s(1, 1), fail.s(), add.s(1)).apply_async()
+    errback = on_error.s().set(task_id="errback-of-body")
+    broken_chord = chord([add.s(1, 1), fail.s(7), add.s(2, 2)], total.s().set(link_error=errback)).apply_async()
+    a_group = group(add.s(1, 1), fail.s(8)).apply_async()
     outcomes = drain(app, timeout=30)
     # Then the chain's .get() raises the failing step's own exception type; its last step never ran
     with pytest.raises(Boom, match="member 2 broke"):
@@ -117,7 +130,7 @@ def test_a_failure_stops_a_chain_and_fails_a_chord_naming_the_member(app: App) -
 
 def test_a_chord_member_run_twice_counts_once_and_the_body_runs_once(app: App) -> None:
     t = tasks(app)
-    add, listed = t["add"], t["listed"]
+    add, listed = t.add, t.listed
     sent: list[Message] = []
     send = app.send
 
@@ -127,7 +140,7 @@ def test_a_chord_member_run_twice_counts_once_and_the_body_runs_once(app: App) -
 
     app.send = recording  # type: ignore[method-assign]
     # Given a chord that ran to its body
-    result = chord([add.s(i, 0) for i in range(4)], listed.s()).apply_async()  # type: ignore[attr-defined]
+    result = chord([add.s(i, 0) for i in range(4)], listed.s()).apply_async()
     first = drain(app, timeout=30)
     assert [o.ended for o in first if o.task.endswith("listed")] == [Ended.SUCCESS]
     # When two members run again (copies sent once more, as after a crash between result and ack)

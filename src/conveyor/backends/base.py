@@ -77,7 +77,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
-        """Put ``value`` in slot ``index`` of the gather ``key`` and return how many slots are filled, in one atomic step.
+        """Put ``value`` in slot ``index`` of the gather ``key``; return how many slots are filled. One atomic step.
 
         Writing a slot again replaces its value and does not count twice, so a member that runs twice
         (redelivered after a crash) is counted once. The whole gather expires ``ttl`` seconds after its

@@ -4,9 +4,10 @@
 across processes, and a read in WAL mode costs microseconds and takes no lock. Expired rows are
 invisible at once and deleted by an occasional sweep.
 
-Leases, claims, values, gathers and token buckets (the coordination primitives) are rows of the
-``leases``, ``claims``, ``kv``, ``gathers`` and ``buckets`` tables, each operation one ``BEGIN IMMEDIATE`` transaction, so processes on the machine
-serialize on the write lock and a check-then-write can never interleave with another.
+Leases, claims, values, gathers and token buckets (the coordination primitives) are rows of
+the ``leases``, ``claims``, ``kv``, ``gathers`` and ``buckets`` tables, each operation one
+``BEGIN IMMEDIATE`` transaction, so processes on the machine serialize on the write lock and a
+check-then-write can never interleave with another.
 """
 
 from __future__ import annotations

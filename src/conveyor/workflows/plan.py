@@ -184,9 +184,7 @@ def failed(app: App, message: Message, error: ErrorInfo) -> tuple[list[tuple[str
     return records, out
 
 
-def _doom_slot(
-    app: App, slot: Slot, error: ErrorInfo, failed_id: str, records: list[Any], out: list[Message]
-) -> None:
+def _doom_slot(app: App, slot: Slot, error: ErrorInfo, failed_id: str, records: list[Any], out: list[Message]) -> None:
     if not app.backend.claim(f"chord-failed:{slot['id']}", app.settings.result_ttl):
         return  # another member failed first and did this
     app.backend.delete_gather(slot["id"])

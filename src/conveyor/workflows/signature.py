@@ -141,7 +141,7 @@ class Signature(Canvas[R]):
         """
         from conveyor.workflows.plan import send
 
-        merged = Signature(
+        merged: Signature[R] = Signature(
             self.task, (*args, *self.args), {**self.kwargs, **(kwargs or {})}, {**self.options, **options},
             self.immutable, self.app,
         )  # fmt: skip
