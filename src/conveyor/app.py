@@ -272,13 +272,14 @@ class App:
 def _builtin_types() -> tuple[type[Middleware], ...]:
     """The built-in middleware classes, in chain order (imported late: they import the worker package)."""
     from conveyor.deadletters import DeadLetters
+    from conveyor.flowcontrol import FlowControl
     from conveyor.results import Results
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
     from conveyor.workflows.middleware import Workflows
 
-    return (Revocation, Workflows, Results, DeadLetters, Retries, TimeLimits)
+    return (Revocation, Workflows, FlowControl, Results, DeadLetters, Retries, TimeLimits)
 
 
 def builtin_middleware(app: App) -> list[Middleware]:
@@ -288,6 +289,8 @@ def builtin_middleware(app: App) -> list[Middleware]:
     - Workflows: send what follows a task of a chain, group or chord; fail it when the task fails
       (its ``after_success`` runs after Results checked the value, its ``after_failure`` only when
       no retry and no dead letter was asked);
+    - FlowControl: global rate limits and per-key concurrency (``rate_limit``, ``concurrency_key``,
+      ``max_concurrency``); a limited task is given back to run later, before anything is recorded;
     - Results: record STARTED, progress and SUCCESS (``ignore_result``);
     - DeadLetters: dead-letter a task that failed for good (``dead_letter_on_failure``);
     - Retries: retry a failed task per its policy (``retries``, ``backoff``, ``backoff_max``,
@@ -296,13 +299,14 @@ def builtin_middleware(app: App) -> list[Middleware]:
       (``soft_time_limit``, ``time_limit``: the hard one is the supervisor's).
     """
     from conveyor.deadletters import DeadLetters
+    from conveyor.flowcontrol import FlowControl
     from conveyor.results import Results
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
     from conveyor.workflows.middleware import Workflows
 
-    return [Revocation(app), Workflows(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
+    return [Revocation(app), Workflows(app), FlowControl(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypedDic
 
 from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
+from conveyor.flowcontrol import check_concurrency, parse_rate
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
 from conveyor.result import AsyncResult
@@ -53,6 +54,9 @@ class TaskOptionsDict(TypedDict, total=False):
     ignore_result: bool
     expires: float | None
     dead_letter_on_failure: bool
+    rate_limit: str | float | None
+    concurrency_key: Callable[..., Any] | None
+    max_concurrency: int | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +80,11 @@ class TaskOptions:
         ignore_result: store no result (and no STARTED state) for this task (Results).
         expires: seconds after enqueue after which the task is not run, recorded REVOKED (Revocation).
         dead_letter_on_failure: put the message in the dead-letter queue when it finally fails (DeadLetters).
+        rate_limit: at most this many runs across all workers: ``"100/s"``, ``"100/m"``, ``"5/h"`` or a
+            number a second; a limited run waits in the broker, not in a worker slot (FlowControl).
+        concurrency_key: a function of the task's arguments giving a key; with ``max_concurrency``, at
+            most that many runs of one key at once, across all workers (FlowControl).
+        max_concurrency: runs of one ``concurrency_key`` allowed at once (FlowControl).
         extra: the options of the user's own middleware, by name (read them in its hooks as
             ``job.options.extra``).
     """
@@ -92,6 +101,9 @@ class TaskOptions:
     ignore_result: bool = False
     expires: float | None = None
     dead_letter_on_failure: bool = False
+    rate_limit: str | float | None = None
+    concurrency_key: Callable[..., Any] | None = None
+    max_concurrency: int | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +118,9 @@ class TaskOptions:
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise ConfigurationError(f"retry_on must be exception types, got {self.retry_on!r}")
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)
+        check_concurrency(self.concurrency_key, self.max_concurrency)
 
     @classmethod
     def build(cls, options: Mapping[str, Any], owners: Mapping[str, str]) -> TaskOptions:

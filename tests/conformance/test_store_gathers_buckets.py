@@ -45,13 +45,14 @@ def test_gathers_expire_after_their_ttl(backend: ResultBackend) -> None:
     assert backend.gather("g3", 1, b"y", ttl=60) == 1
 
 
-def test_token_bucket_gives_its_burst_then_paces_at_its_rate(backend: ResultBackend) -> None:
+def test_token_bucket_gives_its_burst_then_reserves_tokens_ahead_at_its_rate(backend: ResultBackend) -> None:
     # Given a bucket of 10 tokens a second with a burst of 3
-    waits = [backend.take_token("b1", rate=10.0, burst=3.0) for _ in range(4)]
-    # The burst is taken at once; the fourth must wait about a tenth of a second
+    waits = [backend.take_token("b1", rate=10.0, burst=3.0) for _ in range(5)]
+    # The burst is taken at once; the next callers are each given a later token, a tenth of a second apart
     assert waits[:3] == [0.0, 0.0, 0.0]
-    assert 0.05 < waits[3] <= 0.11
-    time.sleep(waits[3] + 0.02)
+    assert 0.05 < waits[3] <= 0.1
+    assert 0.15 < waits[4] <= 0.2
+    time.sleep(waits[4] + 0.12)
     assert backend.take_token("b1", rate=10.0, burst=3.0) == 0.0
     # Another bucket is independent
     assert backend.take_token("b2", rate=10.0, burst=1.0) == 0.0

@@ -95,13 +95,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def take_token(self, bucket: str, rate: float, burst: float) -> float:
-        """Take one token from the token bucket ``bucket``, refilled at ``rate`` tokens a second up to ``burst``.
+        """Reserve the next token of the token bucket ``bucket``, refilled at ``rate`` tokens a second up to ``burst``.
 
-        Atomic on the server, whose clock refills the bucket, so every worker on every machine draws
-        from the one bucket. A bucket not used for a while is full again (and its row or key expires).
+        An empty bucket lends from the future: the token is reserved anyway and the call says when it
+        is due, so each caller asks once and waits (deferred, not spinning) for its own token. Atomic
+        on the server, whose clock refills the bucket, so every worker on every machine draws from the
+        one bucket. A bucket not used for a while is full again (and its row or key expires).
 
         Returns:
-            0.0 when a token was taken; else the seconds until one will be there (nothing is taken).
+            Seconds until the reserved token is due: 0.0 when it was there now.
         """
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -122,9 +122,6 @@ class MemoryResultBackend(ResultBackend):
         with self._cond:
             now = time.monotonic()
             tokens, at = self._buckets.get(bucket, (burst, now))
-            tokens = min(burst, tokens + (now - at) * rate)
-            if tokens >= 1.0:
-                self._buckets[bucket] = (tokens - 1.0, now)
-                return 0.0
+            tokens = min(burst, tokens + (now - at) * rate) - 1.0
             self._buckets[bucket] = (tokens, now)
-            return (1.0 - tokens) / rate
+            return 0.0 if tokens >= 0.0 else -tokens / rate

@@ -168,16 +168,13 @@ class SQLiteResultBackend(ResultBackend):
         with self.db.write() as conn:
             row = conn.execute("SELECT tokens, updated_at FROM buckets WHERE name = ?", (bucket,)).fetchone()
             tokens = burst if row is None else min(burst, row[0] + max(0.0, now - row[1]) * rate)
-            wait = 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
-            if not wait:
-                tokens -= 1.0
+            tokens -= 1.0
             # The row may go once the bucket would be full again: a missing row reads as a full bucket.
-            full_at = now + (burst - tokens) / rate
             conn.execute(
                 "INSERT OR REPLACE INTO buckets (name, tokens, updated_at, expires_at) VALUES (?, ?, ?, ?)",
-                (bucket, tokens, now, full_at),
+                (bucket, tokens, now, now + (burst - tokens) / rate),
             )
-        return wait
+        return 0.0 if tokens >= 0.0 else -tokens / rate
 
     def close(self) -> None:
         self.db.close()

@@ -16,7 +16,7 @@ from typing import Any
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError, DecodeError, SignatureError
-from conveyor.middleware import Job, OnStart, Outcome, Skip
+from conveyor.middleware import Defer, Job, OnStart, Outcome, Skip
 from conveyor.results import error_info
 from conveyor.revocation import Terminated
 from conveyor.worker.eventloops import ThreadLoops
@@ -135,6 +135,8 @@ class Executor:
         deferred, runtime = False, job.elapsed()
         if isinstance(exc, Skip):
             ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note)
+        elif isinstance(exc, Defer):
+            ended = self.settler.defer(job, exc)
         elif isinstance(exc, Terminated):
             ended, deferred = self.settler.terminated(job)
         else:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import ConfigurationError, DuplicateTaskId, TaskNotRegistered
+from conveyor.errors import ConfigurationError, DuplicateTaskId
 from conveyor.message import decode_value, encode_value
 from conveyor.result import AsyncResult
 from conveyor.states import ErrorInfo, ResultRecord, State, encode_record
@@ -33,6 +33,7 @@ from conveyor.workflows.signature import Canvas, Node, as_pieces
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
+    from conveyor.task import BaseTask
 
 #: A continuation: a piece to start with a value, what follows it, and the gather slot it fills.
 Continuation = dict[str, Any]
@@ -113,9 +114,7 @@ def start(
 def _task_message(
     app: App, node: Node, value: Any, then: list[Continuation], slot: Slot | None, parent: str | None
 ) -> Message:
-    task = app.tasks.get(node["task"])
-    if task is None:
-        raise TaskNotRegistered(f"no task {node['task']!r} on app {app.name!r} (in a workflow)")
+    task = app.tasks.get(node["task"]) or by_name(app, node["task"])
     args = node.get("args", [])
     if value is not NOTHING and not node.get("imm"):
         args = [value, *args]
@@ -132,6 +131,22 @@ def _task_message(
     if slot is not None:
         message.chord = slot
     return message
+
+
+def by_name(app: App, name: str) -> BaseTask[Any, Any]:
+    """A stand-in for a task this process does not register (sent by name, as Celery's ``send_task``).
+
+    A workflow may name tasks that only some workers register (a producer that imports none of them,
+    a step served by another team's workers): the message gets the app's queue for that name (its
+    routes, or the default queue) and default options; the worker that runs it has the real task.
+    """
+    from conveyor.task import Task, TaskOptions
+
+    return Task(app, _not_here, TaskOptions(name=name))
+
+
+def _not_here(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a task sent by name is never called in the process that sends it")
 
 
 def attach_callbacks(message: Message, link: Any, link_error: Any) -> None:

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
 
+from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError, TaskNotRegistered
 from conveyor.message import SendOptions, new_id
 
@@ -135,8 +136,9 @@ class Signature(Canvas[R]):
     ) -> AsyncResult[R]:
         """Send this call, with ``args`` put before its own, ``kwargs`` and ``options`` over its own.
 
+        A task this process does not register is sent by name (as Celery's ``send_task``).
+
         Raises:
-            TaskNotRegistered: the app has no such task.
             TypeError: the arguments do not fit the task's function; nothing is sent.
         """
         from conveyor.workflows.plan import send
@@ -146,12 +148,9 @@ class Signature(Canvas[R]):
             self.immutable, self.app,
         )  # fmt: skip
         target = merged._app(app)
-        task = target.tasks.get(self.task)
-        if task is None:
-            raise TaskNotRegistered(f"no task {self.task!r} on app {target.name!r}")
-        from conveyor.arguments import check_arguments
-
-        check_arguments(self.task, task.fn, merged.args, merged.kwargs)
+        task = target.tasks.get(self.task) or (self.app.tasks.get(self.task) if self.app is not None else None)
+        if task is not None:  # a task known here is checked now; one sent by name, by the worker that runs it
+            check_arguments(self.task, task.fn, merged.args, merged.kwargs)
         result: AsyncResult[R] = send(target, merged)
         return result
 
