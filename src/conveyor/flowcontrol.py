@@ -142,8 +142,11 @@ class FlowControl(Middleware):
 
     def _take_token(self, job: Job, rate: float) -> None:
         due = job.message.headers.get(RATE_HEADER)
-        if due is not None and float(due) <= time.time() + 0.005:
-            return  # this run's token, reserved when it was deferred, is due
+        if due is not None:  # this run reserved its token when it was deferred: run once it is due
+            early = float(due) - time.time()
+            if early <= 0.002:
+                return
+            raise Defer(early, f"rate limit {job.task.options.rate_limit}: back before its token was due")
         wait = self.app.backend.take_token(f"rate:{job.task.name}", rate, max(1.0, rate * BURST_SECONDS))
         if wait > 0:
             raise Defer(wait, f"rate limit {job.task.options.rate_limit}", {RATE_HEADER: repr(time.time() + wait)})
