@@ -18,7 +18,7 @@ starts, and no middleware can be added after that.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
@@ -31,6 +31,7 @@ from conveyor.errors import ConfigurationError, ResultMissing, TaskNotRegistered
 from conveyor.message import Message
 from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
+from conveyor.routing import Routes
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
 from conveyor.settings import Settings, redact_url
 from conveyor.task import TASK_OWNED, AsyncTask, BaseTask, Task, TaskOptions, TaskOptionsDict
@@ -63,6 +64,8 @@ class App:
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
             :meth:`add_middleware`).
+        routes: task name (or ``fnmatch`` pattern) -> queue, e.g. ``{"shop.mail.*": "mail"}``; a
+            task's own ``queue=`` and a call's ``queue=`` win over it (see ``conveyor.routing``).
         **settings: any other field of :class:`~conveyor.settings.Settings`.
 
     Raises:
@@ -76,6 +79,7 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         middleware: Iterable[Middleware] = (),
+        routes: Mapping[str, str] | None = None,
         **settings: Any,
     ) -> None:
         if broker is not None:
@@ -84,6 +88,8 @@ class App:
             settings["backend_url"] = backend
         self.name = name
         self.settings = Settings.build(settings)
+        #: The routing table: which queue a task without its own ``queue=`` goes to.
+        self.routes = Routes(routes)
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
         self.codec: Codec = codec_for(self.settings.secret)

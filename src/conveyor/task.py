@@ -68,7 +68,8 @@ class TaskOptions:
 
     Attributes:
         name: registered name; defaults to ``module.qualname`` of the function.
-        queue: queue the task goes to; defaults to the app's ``default_queue``.
+        queue: queue the task goes to; defaults to the app's routing table (``App(routes=...)``), then
+            its ``default_queue``.
         priority: 0-9, higher runs first.
         retries: retries after a failed first attempt (Retries).
         backoff: base retry delay in seconds, exponential, full jitter (Retries).
@@ -175,8 +176,8 @@ class BaseTask(Generic[P, R]):
         self.name = options.name or f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = options.retry_policy
-        # Resolved once: the app's settings are frozen, so the default queue cannot change under us.
-        self._queue = options.queue or app.settings.default_queue
+        # Resolved once: the app's settings and routes are fixed, so the queue cannot change under us.
+        self._queue = options.queue or app.routes.queue_for(self.name) or app.settings.default_queue
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
