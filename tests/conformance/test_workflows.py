@@ -7,17 +7,25 @@ runs chords on real worker processes, with a kill -9.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+import redis
 
 from conveyor import App, Task, TaskFailed, chain, chord, group
+from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.redis import RedisResultBackend
+from conveyor.backends.sqlite import SQLiteResultBackend
 from conveyor.errors import ResultMissing
 from conveyor.message import Message
 from conveyor.states import State
 from conveyor.testing import drain
 from conveyor.worker.events import Ended
+from tests.conftest import REDIS_URL
 
 
 @pytest.fixture
@@ -150,3 +158,100 @@ def test_a_chord_member_run_twice_counts_once_and_the_body_runs_once(app: App) -
     assert [o.ended for o in again if o.task.endswith("add")] == [Ended.SUCCESS, Ended.SUCCESS]
     assert [o.ended for o in again if o.task.endswith("listed")] == [Ended.DUPLICATE]
     assert result.get(timeout=5) == [0, 1, 2, 3]
+
+
+def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url: str, broker_kind: str) -> None:
+    # Given an app keeping results 1 s, a chord with a member that fails, one revoked before it ran and one
+    # dead-lettered, a group, and a chain
+    app = App("wf-ttl", broker=broker_url, backend=backend_url, result_ttl=1.0)
+    t = tasks(app)
+
+    @app.task(dead_letter_on_failure=True)
+    def buried(x: int) -> int:
+        raise Boom(str(x))
+
+    try:
+        member = t.add.s(1, 1).set(task_id="revoked-member")
+        failing = chord([t.add.s(1, 1), t.fail.s(1), member, buried.s(2)], t.total.s()).apply_async()
+        app.result("revoked-member").revoke()
+        other = chord([t.add.s(1, 1), buried.s(3)], t.total.s()).apply_async()
+        fine = chord([t.add.s(i, i) for i in range(3)], t.total.s()).apply_async()
+        a_group = group(t.add.s(1, 1), t.add.s(2, 2)).apply_async()
+        a_chain = chain(t.add.s(1, 1), t.add.s(1)).apply_async()
+        drain(app, timeout=30)
+        assert fine.get(timeout=5) == 6 and a_chain.get(timeout=5) == 3 and a_group.get(timeout=5) == [2, 4]
+        for broken in (failing, other):
+            with pytest.raises(TaskFailed):
+                broken.get(timeout=5)
+        # When result_ttl has passed
+        time.sleep(1.3)
+        # Then the backend holds nothing of them: no result, gather, claim or value is left. (The AMQP broker
+        # keeps state of its own there, under its prefix: worker in-flight counts, and its records of explicit
+        # task ids, "id-holder" and "landed", kept 7 days: docs/amqp.md.)
+        left = live_backend_entries(app, broker_kind)
+        if broker_kind == "amqp":
+            left = [k for k in left if not k.startswith("kv:conveyor:")]
+        assert left == []
+    finally:
+        app.close()
+
+
+def live_backend_entries(app: App, broker_kind: str) -> list[str]:
+    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite, entries in memory."""
+    backend: Any = app.backend
+    now = time.time()
+    if isinstance(backend, RedisResultBackend):
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k.decode() for k in client.scan_iter(match=f"{{{backend.prefix}:*", count=1000)]
+        finally:
+            client.close()
+        # The broker's own queue structures live beside them ({prefix:q:NAME}); results and bookkeeping must be gone
+        return sorted(k for k in keys if not k.startswith(f"{{{backend.prefix}:q:"))
+    if isinstance(backend, SQLiteResultBackend):
+        conn = sqlite3.connect(backend.db.path)
+        try:
+            found = []
+            for table, key in (("results", "id"), ("gathers", "key"), ("claims", "key"), ("kv", "key")):
+                rows = conn.execute(f"SELECT {key} FROM {table} WHERE expires_at > ?", (now,)).fetchall()  # noqa: S608
+                found += [f"{table}:{row[0]}" for row in rows]
+            return found
+        finally:
+            conn.close()
+    assert isinstance(backend, MemoryResultBackend), backend
+    held = [f"result:{k}" for k, v in backend._data.items() if v[2] > now]
+    held += [f"gather:{k}" for k, v in backend._gathers.items() if v[1] > now]
+    held += [f"claim:{k}" for k, v in backend._claims.items() if v > now]
+    held += [f"value:{k}" for k, v in backend._values.items() if v[1] > now]
+    return held
+
+
+def test_two_producers_sending_one_key_at_once_get_one_task(broker_url: str, backend_url: str) -> None:
+    # Given two producers (apps of their own, on the same broker and backend)
+    apps = [App(f"producer-{n}", broker=broker_url, backend=backend_url) for n in range(2)]
+    try:
+        senders = [tasks(a).add for a in apps]
+        if broker_url == "memory://":  # one process's memory broker: one app stands for both producers
+            senders = [senders[0], senders[0]]
+        barrier = threading.Barrier(8)
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def send(n: int) -> None:
+            barrier.wait(timeout=10)
+            result = senders[n % 2].apply_async((1, 2), key="receipt-42")
+            with lock:
+                ids.append(result.id)
+
+        # When 8 threads of the two send the same key= at the same moment
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        # Then every call got the one task's id, and the broker holds one message
+        assert len(ids) == 8 and len(set(ids)) == 1
+        assert sum(s.ready for s in apps[0].broker.stats()) == 1
+    finally:
+        for a in apps:
+            a.close()

@@ -69,9 +69,9 @@ def test_a_chord_through_a_kill_9_runs_its_body_once_with_every_result(
 ) -> None:
     members = 8
     # Given a chord of 8 members of 0.4 s each, and a worker of 2 children running them
-    result = chord(
-        [workflows_app.member.s(i, 0.4) for i in range(members)], workflows_app.gather.s()
-    ).apply_async(app=e2e_app)
+    result = chord([workflows_app.member.s(i, 0.4) for i in range(members)], workflows_app.gather.s()).apply_async(
+        app=e2e_app
+    )
     first = start("-c", "2")
     # When the whole worker is killed -9 while members run (some finished, some half-way)
     wait_until(lambda: len(lines(records, "member-2.starts")) >= 1, 30, "member 2 to start")
