@@ -213,7 +213,7 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
         try:
             found = []
             for table, key in (("results", "id"), ("gathers", "key"), ("claims", "key"), ("kv", "key")):
-                rows = conn.execute(f"SELECT {key} FROM {table} WHERE expires_at > ?", (now,)).fetchall()  # noqa: S608
+                rows = conn.execute(f"SELECT {key} FROM {table} WHERE expires_at > ?", (now,)).fetchall()
                 found += [f"{table}:{row[0]}" for row in rows]
             return found
         finally:

@@ -3,6 +3,7 @@ per-key concurrency across two workers."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -133,7 +134,7 @@ def test_a_key_limited_to_one_never_overlaps_also_across_a_kill_9(
         runs = spans(records, f"user-{user}.runs")
         assert len(runs) >= 4
         # And no two runs of one user overlapped
-        for before, after in zip(runs, runs[1:], strict=False):
+        for before, after in itertools.pairwise(runs):
             assert after[1] >= before[2], (user, before, after)
         # And a run interrupted by the kill (started, never ended) was not overlapped by a live one either
         unfinished = len(lines(records, f"user-{user}.starts")) - len(runs)
