@@ -5,7 +5,8 @@ its task ``id``, ``imm``, its own ``link``/``err`` callbacks), ``{"k": "c"}`` a 
 group (with its ``id``), ``{"k": "h"}`` a chord (``header`` group, ``body``). Starting a piece gives the
 messages of its first tasks; each message carries what comes after it:
 
-- ``links``: *continuations* ``{"n": piece, "then": [continuations], "slot": slot}``, started with the
+- ``links``: *continuations* ``{"n": piece, "then": [continuations], "slot": slot}`` (empty parts left
+  out), started with the
   task's result when it succeeds (the rest of a chain, a ``link=`` callback);
 - ``chord``: a *slot* ``{"id", "i", "size", "then", "slot"}``: the task's result fills place ``i`` of the
   gather ``id`` in the result backend; whoever fills the last place starts ``then`` with the whole list
@@ -90,8 +91,7 @@ def start(
         steps = node["tasks"]
         if len(steps) == 1:
             return start(app, steps[0], value, then, slot, parent)
-        rest: Continuation = {"n": {"k": "c", "tasks": steps[1:]}, "then": then, "slot": slot}
-        return start(app, steps[0], value, [rest], None, parent)
+        return start(app, steps[0], value, [_follow({"k": "c", "tasks": steps[1:]}, then, slot)], None, parent)
     if kind == "g":
         members = node["tasks"]
         if not (then or slot):
@@ -100,15 +100,32 @@ def start(
         if not size:  # an empty group's result is [] at once: what follows it starts now
             if slot is not None:
                 raise ConfigurationError("an empty group cannot be a member of a chord's header")
-            return [m for f in then for m in start(app, f["n"], [], f["then"], f["slot"], parent)]
+            return [m for f in then for m in _start_follow(app, f, [], parent)]
         messages: list[Message] = []
         for i, member in enumerate(members):
-            place: Slot = {"id": node["id"], "i": i, "size": size, "then": then, "slot": slot}
+            place: Slot = {"id": node["id"], "i": i, "size": size}
+            if then:
+                place["then"] = then
+            if slot is not None:
+                place["slot"] = slot
             messages += start(app, member, value, [], place, parent)
         return messages
     # a chord: its header, followed by its body (then whatever follows the chord)
-    body: Continuation = {"n": node["body"], "then": then, "slot": slot}
-    return start(app, node["header"], value, [body], None, parent)
+    return start(app, node["header"], value, [_follow(node["body"], then, slot)], None, parent)
+
+
+def _follow(node: Node, then: list[Continuation], slot: Slot | None) -> Continuation:
+    """A continuation; empty parts are left out (a ``null`` in a message costs its encoder a walk)."""
+    follow: Continuation = {"n": node}
+    if then:
+        follow["then"] = then
+    if slot is not None:
+        follow["slot"] = slot
+    return follow
+
+
+def _start_follow(app: App, follow: Continuation, value: Any, parent: str | None) -> list[Message]:
+    return start(app, follow["n"], value, follow.get("then", []), follow.get("slot"), parent)
 
 
 def _task_message(
@@ -123,7 +140,7 @@ def _task_message(
     # A worker's send may repeat (the broker refuses an id it holds); so may a producer's own task_id=.
     message.explicit_id = parent is not None or bool(node.get("x"))
     message.parent_id = parent
-    links = [*then, *({"n": piece, "then": [], "slot": None} for piece in node.get("link", ()))]
+    links = [*then, *({"n": piece} for piece in node.get("link", ()))]
     if links:
         message.links = links
     if node.get("err"):
@@ -152,7 +169,7 @@ def _not_here(*args: Any, **kwargs: Any) -> Any:
 def attach_callbacks(message: Message, link: Any, link_error: Any) -> None:
     """Put ``link=``/``link_error=`` pieces (one, or a list) on a message built by ``task.message``."""
     for piece in as_pieces(link):
-        message.links.append({"n": piece.freeze(), "then": [], "slot": None})
+        message.links.append({"n": piece.freeze()})
     message.link_errors += [piece.freeze() for piece in as_pieces(link_error)]
 
 
@@ -163,7 +180,7 @@ def succeeded(app: App, message: Message, value: Any) -> list[Message]:
     """The messages that follow ``message``'s success with ``value``: its links, and a chord body it completes."""
     out: list[Message] = []
     for link in message.links:
-        out += start(app, link["n"], value, link["then"], link["slot"], parent=message.id)
+        out += _start_follow(app, link, value, message.id)
     slot = message.chord
     while slot is not None:
         filled = app.backend.gather(slot["id"], slot["i"], encode_value(value), app.settings.result_ttl)
@@ -171,9 +188,9 @@ def succeeded(app: App, message: Message, value: Any) -> list[Message]:
             break
         values = app.backend.gathered(slot["id"])
         value = [decode_value(values[i]) for i in range(slot["size"])]
-        for follow in slot["then"]:
-            out += start(app, follow["n"], value, follow["then"], follow["slot"], parent=message.id)
-        slot = slot["slot"]  # a group in a chord's header: its list fills the outer place
+        for follow in slot.get("then", ()):
+            out += _start_follow(app, follow, value, message.id)
+        slot = slot.get("slot")  # a group in a chord's header: its list fills the outer place
     return out
 
 
@@ -203,9 +220,9 @@ def _doom_slot(app: App, slot: Slot, error: ErrorInfo, failed_id: str, records: 
     if not app.backend.claim(f"chord-failed:{slot['id']}", app.settings.result_ttl):
         return  # another member failed first and did this
     app.backend.delete_gather(slot["id"])
-    for follow in slot["then"]:
+    for follow in slot.get("then", ()):
         _doom(app, follow, error, failed_id, records, out)
-    if slot["slot"] is not None:
+    if slot.get("slot") is not None:
         _doom_slot(app, slot["slot"], error, failed_id, records, out)
 
 
@@ -219,10 +236,10 @@ def _doom(
         for err in node.get("err", ()):
             out += _errback(app, err, failed_id)
         for piece in node.get("link", ()):
-            _doom(app, {"n": piece, "then": [], "slot": None}, error, failed_id, records, out)
-    for after in follow["then"]:
+            _doom(app, {"n": piece}, error, failed_id, records, out)
+    for after in follow.get("then", ()):
         _doom(app, after, error, failed_id, records, out)
-    if follow["slot"] is not None:
+    if follow.get("slot") is not None:
         _doom_slot(app, follow["slot"], error, failed_id, records, out)
 
 
