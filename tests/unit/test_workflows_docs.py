@@ -13,4 +13,4 @@ def test_every_example_of_the_workflows_page_runs() -> None:
     assert len(blocks) >= 8
     namespace: dict[str, object] = {"__name__": "shop"}
     for n, block in enumerate(blocks):
-        exec(compile(block, f"{DOC}:block{n}", "exec"), namespace)  # noqa: S102 - the page's own examples
+        exec(compile(block, f"{DOC}:block{n}", "exec"), namespace)  # the page's own examples
