@@ -25,6 +25,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -84,24 +85,29 @@ def check_concurrency(key: Callable[..., Any] | None, limit: int | None) -> None
 
 
 class _Renewer:
-    """Renews the slot leases this process holds every ``lease / 3`` seconds, from one daemon thread."""
+    """Renews the slot leases this process holds every ``lease / 3`` seconds, from one daemon thread.
+
+    A slot is renewed only while its job lives: a job dropped without reaching ``after_settle`` (a
+    later ``before_run`` found the backend down, and the delivery was given back) lets its slot go.
+    """
 
     def __init__(self, app: App) -> None:
         self.app = app
-        self.held: dict[str, tuple[str, str]] = {}  # job key -> (lease name, owner)
+        self.held: dict[str, tuple[str, str, weakref.ref[Job]]] = {}  # job key -> (lease name, owner, job)
         self.lock = threading.Lock()
         self.pid = 0
 
-    def add(self, job_key: str, name: str, owner: str) -> None:
+    def add(self, job: Job, name: str, owner: str) -> None:
         with self.lock:
-            self.held[job_key] = (name, owner)
+            self.held[owner] = (name, owner, weakref.ref(job))
             if self.pid != os.getpid():  # first use in this process (a forked child has no thread)
                 self.pid = os.getpid()
                 threading.Thread(target=self._run, name="conveyor-slot-leases", daemon=True).start()
 
-    def pop(self, job_key: str) -> tuple[str, str] | None:
+    def pop(self, owner: str) -> tuple[str, str] | None:
         with self.lock:
-            return self.held.pop(job_key, None)
+            held = self.held.pop(owner, None)
+        return None if held is None else (held[0], held[1])
 
     def _run(self) -> None:
         lease = self.app.settings.lease
@@ -109,9 +115,12 @@ class _Renewer:
             time.sleep(lease / 3)
             with self.lock:
                 held = list(self.held.values())
-            for name, owner in held:
+            for name, owner, job in held:
                 try:
-                    if not self.app.backend.acquire_lease(name, owner, lease):
+                    if job() is None:  # its job was dropped unsettled: free the slot now
+                        self.pop(owner)
+                        self.app.backend.release_lease(name, owner)
+                    elif not self.app.backend.acquire_lease(name, owner, lease):
                         log.warning("concurrency slot %s was lost (not renewed in time)", name)
                 except Exception:  # an outage: the next round tries again; the lease may lapse meanwhile
                     log.exception("could not renew concurrency slot %s", name)
@@ -159,7 +168,7 @@ class FlowControl(Middleware):
         for i in range(limit):
             name = f"concurrency:{job.task.name}:{key}:{i}"
             if self.app.backend.acquire_lease(name, owner, lease):
-                self._renewer.add(owner, name, owner)
+                self._renewer.add(job, name, owner)
                 return
         raise Defer(random.uniform(*BUSY_DELAY), f"{limit} run(s) of key {key!r} already running")
 

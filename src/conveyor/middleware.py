@@ -69,7 +69,11 @@ class Job:
         state: a free dict for middleware to keep per-task data between hooks (a timer, a session).
     """
 
-    __slots__ = ("_state", "delivery", "id", "message", "progress", "result", "settler", "started", "task", "worker")
+    # __weakref__: FlowControl renews a concurrency slot only while its job lives (see flowcontrol.py).
+    __slots__ = (
+        "__weakref__", "_state", "delivery", "id", "message", "progress", "result", "settler", "started", "task",
+        "worker",
+    )  # fmt: skip
 
     def __init__(
         self, delivery: Delivery, message: Message, task: BaseTask[Any, Any], worker: str, settler: Settler

@@ -72,9 +72,11 @@ class Workflows(Middleware):
         raw = self.app.backend.get(job.id)
         record = None if raw is None else decode_record(raw)
         error = record.error if record is not None and record.state is State.FAILURE else None
-        if error is None:
-            note = "revoked" if record is None else (record.note or str(record.state))
+        if error is None and outcome.ended is Ended.REVOKED:
+            note = "revoked" if record is None or not record.note else record.note
             error = ErrorInfo("TaskRevoked", f"task {job.message.task}[{job.id}] did not run: {note}", "", 0)
+        elif error is None:  # its FAILURE record still waits in the pool's batch
+            error = ErrorInfo("TaskFailed", f"task {job.message.task}[{job.id}] failed", "", job.message.attempt)
         self._pass_on(job, error)
 
     def _pass_on(self, job: Job, error: ErrorInfo) -> None:
