@@ -6,6 +6,7 @@ import threading
 import time
 
 from conveyor.backends import ResultBackend
+from conveyor.states import State
 
 
 def test_gather_counts_each_slot_once_and_keeps_the_latest_value(backend: ResultBackend) -> None:
@@ -56,3 +57,10 @@ def test_token_bucket_gives_its_burst_then_reserves_tokens_ahead_at_its_rate(bac
     assert backend.take_token("b1", rate=10.0, burst=3.0) == 0.0
     # Another bucket is independent
     assert backend.take_token("b2", rate=10.0, burst=1.0) == 0.0
+
+
+def test_get_many_reads_records_in_order(backend: ResultBackend) -> None:
+    backend.set("m1", State.SUCCESS, b"one", ttl=60)
+    backend.set("m3", State.STARTED, b"three", ttl=60)
+    assert backend.get_many(["m3", "m2", "m1"]) == [b"three", None, b"one"]
+    assert backend.get_many([]) == []

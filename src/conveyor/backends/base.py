@@ -141,6 +141,10 @@ class ResultBackend(Store):
     def get(self, task_id: str) -> bytes | None:
         """The stored record, or None if there is none (never stored, expired or forgotten)."""
 
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several ids, in order, in one round trip where the engine allows it."""
+        return [self.get(task_id) for task_id in task_ids]
+
     @abc.abstractmethod
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         """Block until the record is in a final state, up to ``timeout`` seconds.

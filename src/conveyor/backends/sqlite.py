@@ -71,6 +71,21 @@ class SQLiteResultBackend(ResultBackend):
         row = self._read(task_id)
         return None if row is None else row[1]
 
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        found: dict[str, bytes] = {}
+        now = time.time()
+        with self.db.errors():
+            conn = self.db.get()
+            for first in range(0, len(task_ids), 500):  # below SQLite's limit on bound parameters
+                chunk = list(task_ids[first : first + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT id, record FROM results WHERE id IN ({marks}) AND expires_at > ?",
+                    (*chunk, now),
+                ).fetchall()
+                found.update((row[0], bytes(row[1])) for row in rows)
+        return [found.get(task_id) for task_id in task_ids]
+
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
         pause = POLL_MIN

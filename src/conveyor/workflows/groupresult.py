@@ -13,6 +13,7 @@ import msgspec
 
 from conveyor.errors import ResultTimeout
 from conveyor.result import DEFAULT_GET_TIMEOUT, AsyncResult
+from conveyor.states import ResultRecord, decode_record
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -63,13 +64,35 @@ class GroupResult(Generic[R]):
         """
         limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + limit
-        values: list[R] = []
+        records = self._final_records(deadline, limit)
+        values: list[Any] = []
         for result in self.results:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ResultTimeout(f"group {self.id} did not finish within {limit:g} s")
-            values.append(result.get(timeout=remaining, propagate=propagate))
+            if isinstance(result, GroupResult):
+                values.append(result.get(timeout=max(0.0, deadline - time.monotonic()), propagate=propagate))
+            else:
+                values.append(result.value_of(records[result.id], propagate))
         return values
+
+    def _final_records(self, deadline: float, limit: float) -> dict[str, ResultRecord]:
+        """Every direct member's final record: read in bulk, waiting on one unfinished member at a time."""
+        backend = self._app.backend
+        pending = [r.id for r in self.results if not isinstance(r, GroupResult)]
+        records: dict[str, ResultRecord] = {}
+        while pending:
+            unfinished = []
+            for task_id, raw in zip(pending, backend.get_many(pending), strict=True):
+                record = None if raw is None else decode_record(raw)
+                if record is not None and record.state.final:
+                    records[task_id] = record
+                else:
+                    unfinished.append(task_id)
+            pending = unfinished
+            if pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ResultTimeout(f"group {self.id} did not finish within {limit:g} s ({len(pending)} pending)")
+                backend.wait(pending[0], remaining)  # wakes when it lands; then read the rest again in bulk
+        return records
 
     def completed_count(self) -> int:
         """How many members succeeded."""
