@@ -49,6 +49,13 @@ def paced(i: int) -> int:
     return i
 
 
+@app.task(name="paced100", rate_limit="100/s")
+def paced100(i: int) -> int:
+    """The 100/s measurement of docs/workflows.md (run by hand: it takes 10 s)."""
+    _note("paced100", time.time())
+    return i
+
+
 @app.task(name="per_user", concurrency_key=lambda user, i, sleep: user, max_concurrency=1)
 def per_user(user: str, i: int, sleep: float) -> int:
     """At most one run per user at a time, across workers."""
