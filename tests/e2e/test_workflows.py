@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import App, chord
+from conveyor import App, chain, chord, group
 from tests.apps import workflows_app
 from tests.e2e.conftest import ROOT, wait_until
 
@@ -140,3 +140,15 @@ def test_a_key_limited_to_one_never_overlaps_also_across_a_kill_9(
         unfinished = len(lines(records, f"user-{user}.starts")) - len(runs)
         if unfinished:
             assert all(not (s < killed_at < e) for _, s, e in runs), runs
+
+
+def test_chains_groups_and_chords_on_every_pool(e2e_app: App, pool: str, start: Callable[..., Worker]) -> None:
+    # Given a worker of the pool under test
+    start("--pool", pool, "-c", "4")
+    w = workflows_app
+    # When a chord, a group in a chain, and a chain with a failing step are sent
+    a_chord = chord([w.member.s(i, 0) for i in range(6)], w.gather.s()).apply_async(app=e2e_app)
+    grouped = chain(w.member.s(3, 0), group(w.member.s(0), w.member.s(0)), w.gather.s()).apply_async(app=e2e_app)
+    # Then their results arrive, in order
+    assert a_chord.get(timeout=30) == [i * i for i in range(6)]
+    assert grouped.get(timeout=30) == [81, 81]
