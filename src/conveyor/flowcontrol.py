@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
-#: Header holding the Unix time a run's reserved rate-limit token is due (so a deferred run is not asked twice).
+#: Header ``<due Unix time>@<attempt>``: when a deferred attempt's reserved rate-limit token is due (not asked twice).
 RATE_HEADER = "conveyor-rate-due"
 #: Seconds a run whose key has no free slot waits before it is tried again: drawn from this range.
 BUSY_DELAY = (0.05, 0.5)
@@ -150,15 +150,18 @@ class FlowControl(Middleware):
             self.app.backend.release_lease(*held)
 
     def _take_token(self, job: Job, rate: float) -> None:
-        due = job.message.headers.get(RATE_HEADER)
-        if due is not None:  # this run reserved its token when it was deferred: run once it is due
+        attempt = job.message.attempt
+        due, _, for_attempt = job.message.headers.get(RATE_HEADER, "").partition("@")
+        if due and for_attempt == str(attempt):  # this attempt reserved its token when it was deferred
             early = float(due) - time.time()
             if early <= 0.002:
                 return
             raise Defer(early, f"rate limit {job.task.options.rate_limit}: back before its token was due")
         wait = self.app.backend.take_token(f"rate:{job.task.name}", rate, max(1.0, rate * BURST_SECONDS))
         if wait > 0:
-            raise Defer(wait, f"rate limit {job.task.options.rate_limit}", {RATE_HEADER: repr(time.time() + wait)})
+            # The header names the attempt: a retry (the same headers, attempt + 1) takes a token of its own.
+            token = {RATE_HEADER: f"{time.time() + wait!r}@{attempt}"}
+            raise Defer(wait, f"rate limit {job.task.options.rate_limit}", token)
 
     def _take_slot(self, job: Job, key_of: Callable[..., Any], limit: int) -> None:
         message = job.message

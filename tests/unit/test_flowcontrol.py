@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conveyor import App, ConfigurationError
+from conveyor import App, ConfigurationError, current_context
 from conveyor.flowcontrol import parse_rate
 from conveyor.testing import drain
 from conveyor.worker.events import Ended
@@ -79,3 +79,28 @@ def test_a_key_with_no_free_slot_is_given_back_and_the_slot_is_released_after_th
     # And once they ended, every slot is free again
     for user in "ab":
         assert app.backend.acquire_lease(f"concurrency:{per_user.name}:{user}:0", "someone-else", 5)
+
+
+def test_a_retry_of_a_rate_limited_task_takes_a_token_of_its_own() -> None:
+    app = App("fc", broker="memory://")
+    taken: list[str] = []
+    take = app.backend.take_token
+
+    def counting(bucket: str, rate: float, burst: float) -> float:
+        taken.append(bucket)
+        return take(bucket, rate, burst)
+
+    app.backend.take_token = counting  # type: ignore[method-assign]
+
+    @app.task(rate_limit="20/s", retries=1, backoff=0.01)
+    def flaky(i: int) -> int:
+        if current_context().attempt == 0:
+            raise TimeoutError("try again")
+        return i
+
+    # Given two runs that each fail once, the second deferred for a token before its first attempt
+    results = [flaky.delay(i) for i in range(2)]
+    drain(app, timeout=10)
+    # Then each attempt took one token: 2 runs x 2 attempts
+    assert [r.get(timeout=1) for r in results] == [0, 1]
+    assert len(taken) == 4
