@@ -39,6 +39,7 @@ from conveyor.workflows.signature import Signature
 
 if TYPE_CHECKING:
     from conveyor.codec import Codec
+    from conveyor.workflows.canvas import Canvas
     from conveyor.workflows.groupresult import GroupResult
 
 P = ParamSpec("P")
@@ -253,6 +254,12 @@ class App:
     def result(self, task_id: str) -> AsyncResult[Any]:
         """The result handle of a task id (e.g. one stored by a web request)."""
         return AsyncResult(task_id, self)
+
+    def send_workflow(self, piece: Canvas[Any]) -> Any:
+        """Send a signature, chain, group or chord (what their ``apply_async`` does); return its result handle."""
+        from conveyor.workflows.plan import send  # the workflows package imports task, which this module imports
+
+        return send(self, piece)
 
     def group_result(self, group_id: str) -> GroupResult[Any]:
         """The GroupResult of a group sent earlier (its membership is kept for ``result_ttl``).

@@ -16,16 +16,11 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
 from conveyor.errors import DecodeError, EncodeError, MessageTooLarge
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from conveyor.workflows.signature import Canvas
 
 #: The wire format version this code writes and reads.
 FORMAT_VERSION = 1
@@ -82,6 +77,8 @@ class SendOptions(TypedDict, total=False):
         task_id: use this id instead of a fresh one.
         link: a signature (or a list, a chain...) started with the task's result when it succeeds.
         link_error: a signature (or a list) started with the task's id when it fails for good.
+            (Both typed ``object``: this module imports nothing of conveyor but ``errors``; a
+            value that is no signature is refused when the call is built.)
     """
 
     countdown: float | None
@@ -92,8 +89,8 @@ class SendOptions(TypedDict, total=False):
     key: str | None
     headers: Mapping[str, str] | None
     task_id: str | None
-    link: Canvas[Any] | Sequence[Canvas[Any]] | None
-    link_error: Canvas[Any] | Sequence[Canvas[Any]] | None
+    link: object
+    link_error: object
 
 
 def new_id() -> str:

@@ -21,7 +21,7 @@ from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
 from conveyor.result import AsyncResult
 from conveyor.retries import RetryPolicy
-from conveyor.workflows.signature import Signature
+from conveyor.workflows.signature import Signature, attach_callbacks
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -281,8 +281,6 @@ class BaseTask(Generic[P, R]):
             headers=dict(options.get("headers") or {}),
         )
         if options.get("link") or options.get("link_error"):
-            from conveyor.workflows.plan import attach_callbacks  # the workflows package imports this module
-
             attach_callbacks(message, options.get("link"), options.get("link_error"))
         return message
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conveyor.workflows.canvas import Chain, Chord, Group, chain, chord, group
+from conveyor.workflows.canvas import Canvas, Chain, Chord, Group, chain, chord, group
 from conveyor.workflows.groupresult import GroupResult
-from conveyor.workflows.signature import Canvas, Signature
+from conveyor.workflows.signature import Signature
 
 #: Celery's spelling, for a call of a task known by name: ``signature("shop.add", (1, 2), app=app)``.
 signature = Signature

@@ -17,11 +17,10 @@ sends the rest as results come in.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.errors import ConfigurationError
 from conveyor.message import new_id
-from conveyor.workflows.signature import Canvas, Node
 
 if TYPE_CHECKING:
     from conveyor.app import App
@@ -29,6 +28,38 @@ if TYPE_CHECKING:
     from conveyor.workflows.groupresult import GroupResult
 
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+#: A frozen piece of a workflow, as it travels in messages (see ``workflows/plan.py``).
+Node = dict[str, Any]
+
+
+class Canvas(Generic[R]):
+    """A piece of a workflow: a signature, a chain, a group or a chord. ``R`` is what its result gives.
+
+    Every piece can be sent (``apply_async``), piped into the next piece (``|``) and written into a
+    message as plain data (:meth:`freeze`, with every task id chosen up front, so the producer holds
+    the result handles before anything runs).
+    """
+
+    def freeze(self) -> Node:
+        """This piece as plain data, with a fresh id for every task (and group) in it."""
+        raise NotImplementedError
+
+    def bound_app(self) -> App | None:
+        """The app of the first signature that knows one (``task.s()`` records it)."""
+        raise NotImplementedError
+
+    def __or__(self, other: Canvas[T]) -> Chain[T]:
+        """``a.s() | b.s()``: a chain that runs ``other`` with this piece's result."""
+        return Chain(self, other)
+
+    def _app(self, app: App | None) -> App:
+        found = app or self.bound_app()
+        if found is None:
+            raise ConfigurationError(f"{self!r} has no app: build it with task.s(...) or pass app=")
+        return found
 
 
 def _pieces(tasks: Iterable[Any], what: str) -> tuple[Canvas[Any], ...]:
@@ -73,9 +104,7 @@ class Chain(Canvas[R]):
 
     def apply_async(self, *, app: App | None = None) -> AsyncResult[R]:
         """Send the chain's first step(s); the result handle is the last step's."""
-        from conveyor.workflows.plan import send
-
-        result: AsyncResult[R] = send(self._app(app), self)
+        result: AsyncResult[R] = self._app(app).send_workflow(self)
         return result
 
     def delay(self) -> AsyncResult[R]:
@@ -102,9 +131,7 @@ class Group(Canvas[list[R]]):
 
     def apply_async(self, *, app: App | None = None) -> GroupResult[R]:
         """Send every member in one batch; the GroupResult is saved in the result backend (``app.group_result``)."""
-        from conveyor.workflows.plan import send
-
-        result: GroupResult[R] = send(self._app(app), self)
+        result: GroupResult[R] = self._app(app).send_workflow(self)
         return result
 
     def delay(self) -> GroupResult[R]:
@@ -137,9 +164,7 @@ class Chord(Canvas[R]):
 
     def apply_async(self, *, app: App | None = None) -> AsyncResult[R]:
         """Send the header's members; the result handle is the body's."""
-        from conveyor.workflows.plan import send
-
-        result: AsyncResult[R] = send(self._app(app), self)
+        result: AsyncResult[R] = self._app(app).send_workflow(self)
         return result
 
     def delay(self) -> AsyncResult[R]:

@@ -28,13 +28,14 @@ from conveyor.errors import ConfigurationError, DuplicateTaskId
 from conveyor.message import decode_value, encode_value
 from conveyor.result import AsyncResult
 from conveyor.states import ErrorInfo, ResultRecord, State, encode_record
+from conveyor.workflows.canvas import Node
 from conveyor.workflows.groupresult import GroupResult, save_group
-from conveyor.workflows.signature import Canvas, Node, as_pieces
 
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
     from conveyor.task import BaseTask
+    from conveyor.workflows.canvas import Canvas
 
 #: A continuation: a piece to start with a value, what follows it, and the gather slot it fills.
 Continuation = dict[str, Any]
@@ -164,13 +165,6 @@ def by_name(app: App, name: str) -> BaseTask[Any, Any]:
 
 def _not_here(*args: Any, **kwargs: Any) -> Any:
     raise AssertionError("a task sent by name is never called in the process that sends it")
-
-
-def attach_callbacks(message: Message, link: Any, link_error: Any) -> None:
-    """Put ``link=``/``link_error=`` pieces (one, or a list) on a message built by ``task.message``."""
-    for piece in as_pieces(link):
-        message.links.append({"n": piece.freeze()})
-    message.link_errors += [piece.freeze() for piece in as_pieces(link_error)]
 
 
 # -- what a worker does when a task of a workflow ends -------------------------------------------

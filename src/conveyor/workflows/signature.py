@@ -5,57 +5,27 @@
 A signature is plain data (names, JSON-able arguments, options), so it can travel inside a message;
 the app it was made from rides along (not compared, not sent) so ``sig.delay()`` knows where to go.
 
-:class:`Canvas` is what every piece of a workflow is (a signature, a chain, a group, a chord): it
-can be sent (``apply_async``), piped into the next piece (``|``) and written into a message as a
-plain dict (:meth:`Canvas.freeze`, with every task id chosen up front so the producer holds the
-result handles before anything runs). ``workflows/canvas.py`` holds the other pieces.
+A signature is one kind of :class:`~conveyor.workflows.canvas.Canvas` (a piece of a workflow);
+``workflows/canvas.py`` holds the others: chains, groups and chords.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError, TaskNotRegistered
 from conveyor.message import SendOptions, new_id
+from conveyor.workflows.canvas import Canvas, Node
 
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
     from conveyor.result import AsyncResult
-    from conveyor.workflows.canvas import Chain
 
 R = TypeVar("R")
-T = TypeVar("T")
-
-#: A frozen piece of a workflow, as it travels in messages (see ``workflows/plan.py``).
-Node = dict[str, Any]
-
-
-class Canvas(Generic[R]):
-    """A piece of a workflow: a signature, a chain, a group or a chord. ``R`` is what its result gives."""
-
-    def freeze(self) -> Node:
-        """This piece as plain data, with a fresh id for every task (and group) in it."""
-        raise NotImplementedError
-
-    def bound_app(self) -> App | None:
-        """The app of the first signature that knows one (``task.s()`` records it)."""
-        raise NotImplementedError
-
-    def __or__(self, other: Canvas[T]) -> Chain[T]:
-        """``a.s() | b.s()``: a chain that runs ``other`` with this piece's result."""
-        from conveyor.workflows.canvas import Chain
-
-        return Chain(self, other)
-
-    def _app(self, app: App | None) -> App:
-        found = app or self.bound_app()
-        if found is None:
-            raise ConfigurationError(f"{self!r} has no app: build it with task.s(...) or pass app=")
-        return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,8 +111,6 @@ class Signature(Canvas[R]):
         Raises:
             TypeError: the arguments do not fit the task's function; nothing is sent.
         """
-        from conveyor.workflows.plan import send
-
         merged: Signature[R] = Signature(
             self.task, (*args, *self.args), {**self.kwargs, **(kwargs or {})}, {**self.options, **options},
             self.immutable, self.app,
@@ -151,12 +119,19 @@ class Signature(Canvas[R]):
         task = target.tasks.get(self.task) or (self.app.tasks.get(self.task) if self.app is not None else None)
         if task is not None:  # a task known here is checked now; one sent by name, by the worker that runs it
             check_arguments(self.task, task.fn, merged.args, merged.kwargs)
-        result: AsyncResult[R] = send(target, merged)
+        result: AsyncResult[R] = target.send_workflow(merged)
         return result
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """``apply_async(args, kwargs)``: send this call with more arguments (put before its own)."""
         return self.apply_async(args, kwargs)
+
+
+def attach_callbacks(message: Message, link: Any, link_error: Any) -> None:
+    """Put ``link=``/``link_error=`` pieces (one, or a list) on a message built by ``task.message``."""
+    for piece in as_pieces(link):
+        message.links.append({"n": piece.freeze()})
+    message.link_errors += [piece.freeze() for piece in as_pieces(link_error)]
 
 
 def as_pieces(value: Any) -> list[Canvas[Any]]:
