@@ -134,10 +134,9 @@ class AsyncResult(Generic[R]):
         if record is None or not record.state.final:
             state = State.PENDING if record is None else record.state
             raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {state})")
-        return self.value_of(record, propagate)
+        return self._value_of(record, propagate)
 
-    def value_of(self, record: ResultRecord, propagate: bool = True) -> R:
-        """What ``get()`` gives for this task's final ``record`` (a GroupResult reads its members' in bulk)."""
+    def _value_of(self, record: ResultRecord, propagate: bool) -> R:
         if record.state is State.SUCCESS:
             value: R = record.value
             return value
