@@ -47,16 +47,18 @@ def test_gathers_expire_after_their_ttl(backend: ResultBackend) -> None:
 
 
 def test_token_bucket_gives_its_burst_then_reserves_tokens_ahead_at_its_rate(backend: ResultBackend) -> None:
-    # Given a bucket of 10 tokens a second with a burst of 3
-    waits = [backend.take_token("b1", rate=10.0, burst=3.0) for _ in range(5)]
-    # The burst is taken at once; the next callers are each given a later token, a tenth of a second apart
+    # Given a bucket of 1 token a second with a burst of 3 (slow enough that the calls' own time hardly counts)
+    waits = [backend.take_token("b1", rate=1.0, burst=3.0) for _ in range(5)]
+    # The burst is taken at once; the next callers are each given a later token, a second apart
     assert waits[:3] == [0.0, 0.0, 0.0]
-    assert 0.05 < waits[3] <= 0.1
-    assert 0.15 < waits[4] <= 0.2
-    time.sleep(waits[4] + 0.12)
-    assert backend.take_token("b1", rate=10.0, burst=3.0) == 0.0
-    # Another bucket is independent
-    assert backend.take_token("b2", rate=10.0, burst=1.0) == 0.0
+    assert 0.5 < waits[3] <= 1.0
+    assert 1.5 < waits[4] <= 2.0
+    assert 0.7 < waits[4] - waits[3] <= 1.0
+    # A bucket refills: two tokens of a 20/s bucket of one, then a rest, and the next is there at once
+    assert backend.take_token("b2", rate=20.0, burst=1.0) == 0.0
+    assert 0.0 < backend.take_token("b2", rate=20.0, burst=1.0) <= 0.05
+    time.sleep(0.2)
+    assert backend.take_token("b2", rate=20.0, burst=1.0) == 0.0
 
 
 def test_get_many_reads_records_in_order(backend: ResultBackend) -> None:
