@@ -12,6 +12,19 @@ from conveyor.testing import drain
 from conveyor.worker.events import Ended
 
 
+def count_tokens(app: App) -> list[str]:
+    """The buckets of every ``take_token`` call the app's backend gets from now on, in order."""
+    taken: list[str] = []
+    take = app.backend.take_token
+
+    def counting(bucket: str, rate: float, burst: float) -> float:
+        taken.append(bucket)
+        return take(bucket, rate, burst)
+
+    app.backend.take_token = counting  # type: ignore[method-assign]
+    return taken
+
+
 @pytest.mark.parametrize(
     ("text", "rate"), [("10/s", 10.0), ("120/m", 2.0), ("36/h", 0.01), (5, 5.0), ("2.5/s", 2.5), ("7", 7.0)]
 )
@@ -43,14 +56,7 @@ def test_a_rate_limited_task_is_deferred_in_the_broker_with_its_token_not_run_ea
     def paced(i: int) -> int:
         return i
 
-    taken: list[float] = []
-    take = app.backend.take_token
-
-    def counting(bucket: str, rate: float, burst: float) -> float:
-        taken.append(rate)
-        return take(bucket, rate, burst)
-
-    app.backend.take_token = counting  # type: ignore[method-assign]
+    taken = count_tokens(app)
     # Given 4 runs of a task limited to 10 a second (a burst of 1)
     results = [paced.delay(i) for i in range(4)]
     started = time.monotonic()
@@ -61,7 +67,7 @@ def test_a_rate_limited_task_is_deferred_in_the_broker_with_its_token_not_run_ea
     assert [o.ended for o in outcomes].count(Ended.RETURNED) >= 3
     assert time.monotonic() - started >= 0.28
     # And a deferred run carries its reserved token (a header): each run took one token, not one per return
-    assert taken == [10.0] * 4
+    assert len(taken) == 4
 
 
 def test_a_key_with_no_free_slot_is_given_back_and_the_slot_is_released_after_the_run() -> None:
@@ -83,14 +89,7 @@ def test_a_key_with_no_free_slot_is_given_back_and_the_slot_is_released_after_th
 
 def test_a_retry_of_a_rate_limited_task_takes_a_token_of_its_own() -> None:
     app = App("fc", broker="memory://")
-    taken: list[str] = []
-    take = app.backend.take_token
-
-    def counting(bucket: str, rate: float, burst: float) -> float:
-        taken.append(bucket)
-        return take(bucket, rate, burst)
-
-    app.backend.take_token = counting  # type: ignore[method-assign]
+    taken = count_tokens(app)
 
     @app.task(rate_limit="20/s", retries=1, backoff=0.01)
     def flaky(i: int) -> int:
