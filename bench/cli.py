@@ -44,6 +44,9 @@ FULL = {
     "mixed": 2_000,
     IO_THREADS: 30_000,
     IO_ASYNC: 10_000,
+    "chord": 1_000,
+    "group": 1_000,
+    "chain": 4,
 }
 QUICK = {
     "throughput": 2_000,
@@ -53,6 +56,9 @@ QUICK = {
     "mixed": 500,
     IO_THREADS: 4_000,
     IO_ASYNC: 2_000,
+    "chord": 1_000,
+    "group": 1_000,
+    "chain": 4,
 }
 
 NOTE = (
@@ -83,6 +89,12 @@ workloads (issue 12, I/O-bound; each system in its own pool for the shape, --con
               -> last completion (floor = N / slots x 1 s), peak RSS of the worker's process tree.
               conveyor --pool asyncio (--pool thread if this conveyor has none: printed),
               arq max_jobs, Dramatiq -p 1 -t 1000 with its AsyncIO middleware.    N={FULL[IO_ASYNC]:,}
+workloads (issue 17; conveyor-redis and celery, which have a canvas):
+  chord       warm workers; a chord of N echo members, body = their sum: send -> body's result.
+                                                                                  N={FULL["chord"]:,}
+  group       warm workers; a group of N echo tasks: send -> every result in order. N={FULL["group"]:,}
+  chain       warm idle workers; a chain of N steps (x+1), send -> last result, 50 times: p50 ms.
+                                                                                  N={FULL["chain"]}
 --quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())} and --runs 1.
 conveyor-redis-info runs throughput only: conveyor at its default INFO level (one log line per
 task), to price that line against conveyor-redis (WARNING).

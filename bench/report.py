@@ -122,7 +122,20 @@ SPECS: dict[str, WorkloadSpec] = {
     ),
 }
 
+for _number, _shape, _what in (
+    (8, "chord", "a chord of {n:,} echo members and a summing body: send -> the body's result (warm workers)"),
+    (9, "group", "a group of {n:,} echo tasks: send -> every result in order (warm workers)"),
+):
+    SPECS[_shape] = WorkloadSpec(f"{_number}. {_shape}: {_what}", (), "total_s", False)
+SPECS["chain"] = WorkloadSpec(
+    "10. chain: a chain of {n} steps, send -> the last result, 50 times one after another (ms)",
+    (("mean_ms", "mean ms", _ms),),
+    "p50_ms",
+    False,
+)
+
 MAIN_HEADERS = {
+    "total_s": "to result s",
     "processed_rate": "processed/s",
     "rate": "tasks/s with results",
     "p50_ms": "p50 ms",

@@ -23,7 +23,15 @@ from typing import Any
 import redis
 
 from bench.memory import PeakSampler, tree_cpu_seconds
-from bench.systems import AIO_WAIT_SECONDS, COUNTER_KEY, IO_ASYNC, IO_BLOCK_SECONDS, IO_THREADS, SLEEP_SECONDS
+from bench.systems import (
+    AIO_WAIT_SECONDS,
+    COUNTER_KEY,
+    IO_ASYNC,
+    IO_BLOCK_SECONDS,
+    IO_THREADS,
+    SLEEP_SECONDS,
+    WORKFLOWS,
+)
 from bench.systems.base import Driver
 
 #: How often the counter is read while waiting (a busier poll would steal CPU from the workers).
@@ -31,7 +39,9 @@ POLL_SECONDS = 0.005
 #: Every n-th task of the mixed workload sleeps (1 %).
 SLEEPY_EVERY = 100
 
-WORKLOADS = ("throughput", "results", "latency", "batch", "mixed", IO_THREADS, IO_ASYNC)
+WORKLOADS = ("throughput", "results", "latency", "batch", "mixed", IO_THREADS, IO_ASYNC, *WORKFLOWS)
+#: Times the chain workload sends its chain (one after another) for its latency figures.
+CHAIN_REPEATS = 50
 
 
 @dataclasses.dataclass
@@ -339,6 +349,49 @@ def io_async(driver: Driver, counter: Counter, n: int, limits: Limits, batch_siz
     )
 
 
+def _workflow_result(driver: Driver, shape: str, n: int, limits: Limits) -> tuple[Any, float]:
+    """Send one workflow and wait for its result; return it and the seconds from send to result."""
+    start = time.perf_counter()
+    handle = driver.enqueue_workflow(shape, n)
+    try:
+        value = driver.wait_result(handle, max(1.0, limits.left()))
+    except TimeoutError:
+        raise Failed("timeout", f"TIMEOUT: the {shape} of {n} gave no result") from None
+    return value, time.perf_counter() - start
+
+
+def chord(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Workload 8: warm workers; a chord of n echo members whose body sums them: send -> the body's result."""
+    _warm_up(driver, counter, limits)
+    value, took = _workflow_result(driver, "chord", n, limits)
+    if value != sum(range(n)):
+        raise Failed("error", f"WRONG RESULT: the chord's body returned {value!r}")
+    _check_count(counter, n)
+    return Outcome(figures={"total_s": took})
+
+
+def group(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Workload 9: warm workers; a group of n echo tasks: send -> every result, in order."""
+    _warm_up(driver, counter, limits)
+    value, took = _workflow_result(driver, "group", n, limits)
+    if list(value) != list(range(n)):
+        raise Failed("error", "WRONG RESULT: the group's results are not 0..n-1 in order")
+    _check_count(counter, n)
+    return Outcome(figures={"total_s": took})
+
+
+def chain(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Workload 10: warm idle workers; a chain of n steps, send -> the last step's result, CHAIN_REPEATS times."""
+    _warm_up(driver, counter, limits)
+    samples = []
+    for _ in range(CHAIN_REPEATS):
+        value, took = _workflow_result(driver, "chain", n, limits)
+        if value != n:
+            raise Failed("error", f"WRONG RESULT: the chain of {n} returned {value!r}")
+        samples.append(took)
+    return Outcome(figures={"p50_ms": statistics.median(samples) * 1000, "mean_ms": statistics.fmean(samples) * 1000})
+
+
 def _check_count(counter: Counter, n: int) -> None:
     value = counter.value()
     if value < n:
@@ -355,4 +408,7 @@ RUNNERS: dict[str, Callable[[Driver, Counter, int, Limits, int], Outcome]] = {
     "mixed": mixed,
     IO_THREADS: io_threads,
     IO_ASYNC: io_async,
+    "chord": chord,
+    "group": group,
+    "chain": chain,
 }

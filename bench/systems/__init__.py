@@ -25,6 +25,8 @@ CLASSIC_WORKLOADS = ("throughput", "results", "latency", "batch", "mixed")
 #: The I/O-bound workloads of issue 12: 2 worker processes x 128 threads, and one asyncio worker x 1000.
 IO_THREADS = "io-threads"
 IO_ASYNC = "io-async"
+#: The workflow workloads of issue 17: a chord and a group of N no-op members, a chain of N steps.
+WORKFLOWS = ("chord", "group", "chain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +57,12 @@ class SystemSpec:
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
-        SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
+        SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC, *WORKFLOWS)),
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
         SystemSpec("conveyor-postgres", "conveyor", None, "postgres"),
-        SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
+        SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS, *WORKFLOWS)),
         SystemSpec("celery-amqp", "celery", "celery", "amqp"),
         SystemSpec("dramatiq", "dramatiq", "dramatiq", "", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
         SystemSpec("rq", "rq", "rq"),

@@ -116,6 +116,14 @@ class Driver:
         """Enqueue many tasks with the system's nearest batch API; default: a loop."""
         return [self.enqueue_one(kind, a) for a in args]
 
+    def enqueue_workflow(self, shape: str, n: int) -> Any:
+        """Send a workflow of echo/step tasks with the system's canvas API; return a handle ``wait_result`` accepts.
+
+        ``chord``: N ``echo(i)`` members and a ``total`` body (their sum); ``group``: N ``echo(i)`` (the list);
+        ``chain``: ``step(0) | step() | ...`` N steps (N). Raise :class:`Unavailable` without a canvas API.
+        """
+        raise Unavailable(f"{type(self).__name__} has no chains, groups or chords")
+
     def wait_result(self, handle: Any, timeout: float) -> Any:
         """Block until the task's result is there and return it.
 

@@ -84,6 +84,16 @@ class CeleryDriver(Driver):
         task = getattr(self.tasks, kind)
         return list(group(task.s(a) for a in args).apply_async().results)
 
+    def enqueue_workflow(self, shape: str, n: int) -> Any:
+        from celery import chain, chord, group
+
+        t = self.tasks
+        if shape == "chord":
+            return chord(t.echo.s(i) for i in range(n))(t.total.s())
+        if shape == "group":
+            return group(t.echo.s(i) for i in range(n)).apply_async()
+        return chain(t.step.s(0), *(t.step.s() for _ in range(n - 1))).apply_async()
+
     def wait_result(self, handle: Any, timeout: float) -> Any:
         from celery.exceptions import TimeoutError as CeleryTimeout
 

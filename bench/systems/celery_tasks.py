@@ -46,6 +46,16 @@ def echo(i: int) -> int:
     return i
 
 
+@app.task
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@app.task
+def step(x: int) -> int:
+    return x + 1
+
+
 @app.task(ignore_result=True)
 def sleepy(i: int) -> None:
     time.sleep(SLEEP_SECONDS)

@@ -32,6 +32,18 @@ def echo(i: int) -> int:
     return i
 
 
+@app.task
+def total(values: list[int]) -> int:
+    """A chord's body: the sum of its members' results."""
+    return sum(values)
+
+
+@app.task
+def step(x: int) -> int:
+    """A chain's step: one more than its predecessor."""
+    return x + 1
+
+
 @app.task(ignore_result=True)
 def sleepy(i: int) -> None:
     """Sleep (blocking the slot), then count."""

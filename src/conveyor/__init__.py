@@ -43,7 +43,7 @@ from conveyor.scheduler import Cron, Interval
 from conveyor.settings import Settings
 from conveyor.states import State
 from conveyor.task import AsyncTask, Task, TaskOptions
-from conveyor.workflows import Signature
+from conveyor.workflows import Chain, Chord, Group, GroupResult, Signature, chain, chord, group, signature
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,15 @@ __all__ = [
     "Cron",
     "Interval",
     "Signature",
+    # Workflows (see docs/workflows.md)
+    "chain",
+    "group",
+    "chord",
+    "signature",
+    "Chain",
+    "Group",
+    "Chord",
+    "GroupResult",
     # Results
     "AsyncResult",
     "State",

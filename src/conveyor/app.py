@@ -18,7 +18,7 @@ starts, and no middleware can be added after that.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
@@ -27,11 +27,12 @@ from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.codec import codec_for
-from conveyor.errors import ConfigurationError, TaskNotRegistered
+from conveyor.errors import ConfigurationError, ResultMissing, TaskNotRegistered
 from conveyor.logging import LoggingSetup
 from conveyor.message import Message
 from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
+from conveyor.routing import Routes
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
 from conveyor.settings import Settings, redact_url
 from conveyor.task import TASK_OWNED, AsyncTask, BaseTask, Task, TaskOptions, TaskOptionsDict
@@ -39,6 +40,8 @@ from conveyor.workflows.signature import Signature
 
 if TYPE_CHECKING:
     from conveyor.codec import Codec
+    from conveyor.workflows.canvas import Canvas
+    from conveyor.workflows.groupresult import GroupResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +68,8 @@ class App:
             :meth:`add_middleware`).
         log_config: a :func:`logging.config.dictConfig` dict that worker and beat processes apply
             instead of conveyor's own logging set-up (docs/logging.md); see also :meth:`on_setup_logging`.
+        routes: task name (or ``fnmatch`` pattern) -> queue, e.g. ``{"shop.mail.*": "mail"}``; a
+            task's own ``queue=`` and a call's ``queue=`` win over it (see ``conveyor.routing``).
         **settings: any other field of :class:`~conveyor.settings.Settings`.
 
     Raises:
@@ -79,6 +84,7 @@ class App:
         backend: str | None = None,
         middleware: Iterable[Middleware] = (),
         log_config: dict[str, Any] | None = None,
+        routes: Mapping[str, str] | None = None,
         **settings: Any,
     ) -> None:
         if broker is not None:
@@ -87,6 +93,8 @@ class App:
             settings["backend_url"] = backend
         self.name = name
         self.settings = Settings.build(settings)
+        #: The routing table: which queue a task without its own ``queue=`` goes to.
+        self.routes = Routes(routes)
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
         self.codec: Codec = codec_for(self.settings.secret)
@@ -294,6 +302,25 @@ class App:
         """The result handle of a task id (e.g. one stored by a web request)."""
         return AsyncResult(task_id, self)
 
+    def send_workflow(self, piece: Canvas[Any]) -> Any:
+        """Send a signature, chain, group or chord (what their ``apply_async`` does); return its result handle."""
+        from conveyor.workflows.plan import send  # the workflows package imports task, which this module imports
+
+        return send(self, piece)
+
+    def group_result(self, group_id: str) -> GroupResult[Any]:
+        """The GroupResult of a group sent earlier (its membership is kept for ``result_ttl``).
+
+        Raises:
+            ResultMissing: no group of that id is known (never sent, or expired).
+        """
+        from conveyor.workflows.groupresult import restore_group
+
+        found = restore_group(self, group_id)
+        if found is None:
+            raise ResultMissing(f"no group {group_id!r} in the result backend (never sent, or older than result_ttl)")
+        return found
+
     def close(self) -> None:
         """Close broker and backend connections (they reopen if used again)."""
         if self._broker is not None:
@@ -305,18 +332,25 @@ class App:
 def _builtin_types() -> tuple[type[Middleware], ...]:
     """The built-in middleware classes, in chain order (imported late: they import the worker package)."""
     from conveyor.deadletters import DeadLetters
+    from conveyor.flowcontrol import FlowControl
     from conveyor.results import Results
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
+    from conveyor.workflows.middleware import Workflows
 
-    return (Revocation, Results, DeadLetters, Retries, TimeLimits)
+    return (Revocation, Workflows, FlowControl, Results, DeadLetters, Retries, TimeLimits)
 
 
 def builtin_middleware(app: App) -> list[Middleware]:
     """The built-in features, in chain order.
 
     - Revocation: skip an expired task, or a redelivered one that was revoked (``expires``);
+    - Workflows: send what follows a task of a chain, group or chord; fail it when the task fails
+      (its ``after_success`` runs after Results checked the value, its ``after_failure`` only when
+      no retry and no dead letter was asked);
+    - FlowControl: global rate limits and per-key concurrency (``rate_limit``, ``concurrency_key``,
+      ``max_concurrency``); a limited task is given back to run later, before anything is recorded;
     - Results: record STARTED, progress and SUCCESS (``ignore_result``);
     - DeadLetters: dead-letter a task that failed for good (``dead_letter_on_failure``);
     - Retries: retry a failed task per its policy (``retries``, ``backoff``, ``backoff_max``,
@@ -325,12 +359,14 @@ def builtin_middleware(app: App) -> list[Middleware]:
       (``soft_time_limit``, ``time_limit``: the hard one is the supervisor's).
     """
     from conveyor.deadletters import DeadLetters
+    from conveyor.flowcontrol import FlowControl
     from conveyor.results import Results
     from conveyor.retries import Retries
     from conveyor.revocation import Revocation
     from conveyor.worker.timelimits import TimeLimits
+    from conveyor.workflows.middleware import Workflows
 
-    return [Revocation(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
+    return [Revocation(app), Workflows(app), FlowControl(app), Results(app), DeadLetters(), Retries(), TimeLimits()]
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:

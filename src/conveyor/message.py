@@ -75,6 +75,10 @@ class SendOptions(TypedDict, total=False):
             nothing and returns the existing task's result handle.
         headers: user metadata, visible to the task as ``current_context().headers``.
         task_id: use this id instead of a fresh one.
+        link: a signature (or a list, a chain...) started with the task's result when it succeeds.
+        link_error: a signature (or a list) started with the task's id when it fails for good.
+            (Both typed ``object``: this module imports nothing of conveyor but ``errors``; a
+            value that is no signature is refused when the call is built.)
     """
 
     countdown: float | None
@@ -85,6 +89,8 @@ class SendOptions(TypedDict, total=False):
     key: str | None
     headers: Mapping[str, str] | None
     task_id: str | None
+    link: object
+    link_error: object
 
 
 def new_id() -> str:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
-__all__ = ["Bury", "Fail", "HookChain", "Job", "Middleware", "Outcome", "Requeue", "Skip", "Verdict"]
+__all__ = ["Bury", "Defer", "Fail", "HookChain", "Job", "Middleware", "Outcome", "Requeue", "Skip", "Verdict"]
 
 
 #: ``Executor(on_start=...)``: called with (delivery, message, task) just before a task's call.
@@ -72,7 +72,9 @@ class Job:
         state: a free dict for middleware to keep per-task data between hooks (a timer, a session).
     """
 
+    # __weakref__: FlowControl renews a concurrency slot only while its job lives (see flowcontrol.py).
     __slots__ = (
+        "__weakref__",
         "_state",
         "args",
         "delivery",
@@ -170,6 +172,21 @@ class Skip(Exception):
         self.record = record
 
 
+class Defer(Exception):
+    """Raised by ``before_run``: not now; give the message back to run ``delay`` seconds from now.
+
+    Nothing is recorded and no delivery or attempt is counted: the slot is free at once for other
+    tasks (a rate-limited task waits in the broker's schedule, not in a worker). ``headers`` are
+    added to the message given back (e.g. the rate limit's reserved token, so it is not asked twice).
+    """
+
+    def __init__(self, delay: float, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+        self.headers = headers or {}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Verdict:
     """What to do with a task that raised, as decided by an ``after_failure`` hook."""
@@ -232,7 +249,7 @@ class Middleware:
     # -- one task ------------------------------------------------------------------------------
 
     def before_run(self, job: Job) -> None:
-        """Before the task runs. Raise :class:`Skip` to not run it (recorded REVOKED).
+        """Before the task runs. Raise :class:`Skip` to not run it (recorded REVOKED), :class:`Defer` to run it later.
 
         A ``BrokerError`` raised here means nothing ran: the delivery goes back uncounted and
         the worker pauses until the result backend answers. Any other exception fails the task.

@@ -13,22 +13,25 @@ import datetime
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from conveyor.arguments import check_arguments
 from conveyor.errors import ConfigurationError
+from conveyor.flowcontrol import check_concurrency, parse_rate
 from conveyor.message import MAX_PRIORITY, MIN_PRIORITY, Message, new_id, now
 from conveyor.message import SendOptions as SendOptions  # re-exported: it lives beside the message it fills
 from conveyor.result import AsyncResult
 from conveyor.retries import RetryPolicy
 from conveyor.typed import TaskTypes, types_of
-from conveyor.workflows.signature import Signature
+from conveyor.workflows.signature import Signature, attach_callbacks
 
 if TYPE_CHECKING:
     from conveyor.app import App
 
 P = ParamSpec("P")
+P2 = ParamSpec("P2")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 #: The options the task itself owns (where and how it is sent); every other option belongs to a middleware.
@@ -53,6 +56,9 @@ class TaskOptionsDict(TypedDict, total=False):
     ignore_result: bool
     expires: float | None
     dead_letter_on_failure: bool
+    rate_limit: str | float | None
+    concurrency_key: Callable[..., Any] | None
+    max_concurrency: int | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,7 +70,8 @@ class TaskOptions:
 
     Attributes:
         name: registered name; defaults to ``module.qualname`` of the function.
-        queue: queue the task goes to; defaults to the app's ``default_queue``.
+        queue: queue the task goes to; defaults to the app's routing table (``App(routes=...)``), then
+            its ``default_queue``.
         priority: 0-9, higher runs first.
         retries: retries after a failed first attempt (Retries).
         backoff: base retry delay in seconds, exponential, full jitter (Retries).
@@ -76,6 +83,11 @@ class TaskOptions:
         ignore_result: store no result (and no STARTED state) for this task (Results).
         expires: seconds after enqueue after which the task is not run, recorded REVOKED (Revocation).
         dead_letter_on_failure: put the message in the dead-letter queue when it finally fails (DeadLetters).
+        rate_limit: at most this many runs across all workers: ``"100/s"``, ``"100/m"``, ``"5/h"`` or a
+            number a second; a limited run waits in the broker, not in a worker slot (FlowControl).
+        concurrency_key: a function of the task's arguments giving a key; with ``max_concurrency``, at
+            most that many runs of one key at once, across all workers (FlowControl).
+        max_concurrency: runs of one ``concurrency_key`` allowed at once (FlowControl).
         extra: the options of the user's own middleware, by name (read them in its hooks as
             ``job.options.extra``).
     """
@@ -92,6 +104,9 @@ class TaskOptions:
     ignore_result: bool = False
     expires: float | None = None
     dead_letter_on_failure: bool = False
+    rate_limit: str | float | None = None
+    concurrency_key: Callable[..., Any] | None = None
+    max_concurrency: int | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +121,9 @@ class TaskOptions:
             object.__setattr__(self, "retry_on", (self.retry_on,))
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in self.retry_on):
             raise ConfigurationError(f"retry_on must be exception types, got {self.retry_on!r}")
+        if self.rate_limit is not None:
+            parse_rate(self.rate_limit)
+        check_concurrency(self.concurrency_key, self.max_concurrency)
 
     @classmethod
     def build(cls, options: Mapping[str, Any], owners: Mapping[str, str]) -> TaskOptions:
@@ -160,8 +178,8 @@ class BaseTask(Generic[P, R]):
         self.name = options.name or f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
         self.retry_policy = options.retry_policy
-        # Resolved once: the app's settings are frozen, so the default queue cannot change under us.
-        self._queue = options.queue or app.settings.default_queue
+        # Resolved once: the app's settings and routes are fixed, so the queue cannot change under us.
+        self._queue = options.queue or app.routes.queue_for(self.name) or app.settings.default_queue
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -187,9 +205,29 @@ class BaseTask(Generic[P, R]):
         """
         return self.apply_async(args, kwargs)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
-        """This task's call with these arguments, written down to send later (a periodic entry, a chain)."""
-        return Signature(self.name, tuple(args), dict(kwargs))
+    @overload
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def s(self: BaseTask[Concatenate[T, P2], R], *args: P2.args, **kwargs: P2.kwargs) -> Signature[R]: ...
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """This task's call with these arguments, written down to send later (a periodic entry, a chain).
+
+        In a chain (or as a ``link=`` callback) the call gets its predecessor's result as first
+        argument, before these: ``chain(fetch.s(url), parse.s())`` calls ``parse(page)``. The type
+        checker accepts every argument (as ``delay`` does) or every one but the first (the one a
+        predecessor fills), each checked against the function's signature.
+        """
+        return Signature(self.name, tuple(args), dict(kwargs), app=self.app)
+
+    @overload
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
+    @overload
+    def si(self: BaseTask[Concatenate[T, P2], R], *args: P2.args, **kwargs: P2.kwargs) -> Signature[R]: ...
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """Like :meth:`s`, but immutable: in a chain or a callback it ignores its predecessor's result."""
+        return Signature(self.name, tuple(args), dict(kwargs), immutable=True, app=self.app)
 
     def apply_async(
         self,
@@ -263,7 +301,7 @@ class BaseTask(Generic[P, R]):
         priority = options.get("priority")
         if priority is not None:
             check_priority(priority)
-        return Message(
+        message = Message(
             id=options.get("task_id") or new_id(),
             explicit_id=bool(options.get("task_id")),
             task=self.name,
@@ -278,6 +316,9 @@ class BaseTask(Generic[P, R]):
             created=created,
             headers=dict(options.get("headers") or {}),
         )
+        if options.get("link") or options.get("link_error"):
+            attach_callbacks(message, options.get("link"), options.get("link_error"))
+        return message
 
 
 class Task(BaseTask[P, R]):

@@ -80,7 +80,7 @@ def test_declarations_are_checked_at_import_time() -> None:
     with pytest.raises(ConfigurationError, match="priority"):
         app.add_periodic(report.s("x"), every=60, name="p", priority=12)
     with pytest.raises(EncodeError):
-        app.add_periodic(report.s(object()), every=60, name="e")  # type: ignore[arg-type]
+        app.add_periodic(report.s(object()), every=60, name="e")  # type: ignore[call-overload]
     with pytest.raises(TaskNotRegistered):
         app.add_periodic(Signature("nowhere"), every=60)
     with pytest.raises(ConfigurationError, match="unknown option"):

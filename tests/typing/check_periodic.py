@@ -28,8 +28,8 @@ def check() -> None:
     assert_type(sweep, Task[[], int])
     assert_type(report.s("daily", lang="fr"), Signature[str])
     app.add_periodic(report.s("daily"), every=datetime.timedelta(hours=1), name="hourly", queue="reports")
-    report.s(1)  # type: ignore[arg-type]
-    report.s("daily", colour="red")  # type: ignore[call-arg]
+    report.s(1)  # type: ignore[call-overload]
+    report.s("daily", colour="red")  # type: ignore[call-overload]
     app.add_periodic(report.s("x"), every=30, missed="sometimes")  # type: ignore[arg-type]
     app.add_periodic(report.s("x"), every=30, colour="red")  # type: ignore[call-arg]
     app.add_periodic(report.s("x"), every=30, name="each", catch_up=True)

@@ -2,8 +2,10 @@
 
 :class:`Store` holds the coordination primitives features need across processes and machines:
 leader leases (beat elects one firing scheduler), unique claims (beat's one-enqueue-per-slot, the
-AMQP broker's ``key=`` deduplication) and small values with a time to live (beat's last fired slot
-per entry, the AMQP broker's worker registry and in-flight counts).
+AMQP broker's ``key=`` deduplication), small values with a time to live (beat's last fired slot
+per entry, the AMQP broker's worker registry and in-flight counts), gathers (a chord's member
+results, counted atomically so its body fires once: ``workflows/``) and token buckets (global rate
+limits: ``flowcontrol.py``).
 
 :class:`ResultBackend` is a Store that also keeps one encoded :class:`~conveyor.states.ResultRecord`
 per task id with a time to live, and lets a caller wait for a record to reach a final state. Waiting
@@ -73,6 +75,37 @@ class Store(abc.ABC):
     def delete_value(self, key: str) -> None:
         """Delete the value under ``key`` (nothing happens when there is none)."""
 
+    @abc.abstractmethod
+    def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
+        """Put ``value`` in slot ``index`` of the gather ``key``; return how many slots are filled. One atomic step.
+
+        Writing a slot again replaces its value and does not count twice, so a member that runs twice
+        (redelivered after a crash) is counted once. The whole gather expires ``ttl`` seconds after its
+        last write. Of concurrent calls that fill the last slot, each sees the full count: the caller
+        makes what follows idempotent (a chord's body is enqueued under a fixed id).
+        """
+
+    @abc.abstractmethod
+    def gathered(self, key: str) -> dict[int, bytes]:
+        """The filled slots of the gather ``key``, by index (empty once expired or deleted)."""
+
+    @abc.abstractmethod
+    def delete_gather(self, key: str) -> None:
+        """Delete the gather ``key`` (nothing happens when there is none)."""
+
+    @abc.abstractmethod
+    def take_token(self, bucket: str, rate: float, burst: float) -> float:
+        """Reserve the next token of the token bucket ``bucket``, refilled at ``rate`` tokens a second up to ``burst``.
+
+        An empty bucket lends from the future: the token is reserved anyway and the call says when it
+        is due, so each caller asks once and waits (deferred, not spinning) for its own token. Atomic
+        on the server, whose clock refills the bucket, so every worker on every machine draws from the
+        one bucket. A bucket not used for a while is full again (and its row or key expires).
+
+        Returns:
+            Seconds until the reserved token is due: 0.0 when it was there now.
+        """
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store reconnects if used again."""
 
@@ -114,6 +147,10 @@ class ResultBackend(Store):
     @abc.abstractmethod
     def get(self, task_id: str) -> bytes | None:
         """The stored record, or None if there is none (never stored, expired or forgotten)."""
+
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored records of several ids, in order, in one round trip where the engine allows it."""
+        return [self.get(task_id) for task_id in task_ids]
 
     @abc.abstractmethod
     def wait(self, task_id: str, timeout: float) -> bytes | None:

@@ -19,6 +19,8 @@ class MemoryResultBackend(ResultBackend):
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires at)
         self._claims: dict[str, float] = {}  # key -> expires at
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
+        self._gathers: dict[str, tuple[dict[int, bytes], float]] = {}  # key -> (slots, expires at)
+        self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, refilled at: monotonic seconds)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         with self._cond:
@@ -94,3 +96,32 @@ class MemoryResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         with self._cond:
             self._values.pop(key, None)
+
+    def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
+        with self._cond:
+            slots = self._live_gather(key)
+            slots[index] = value
+            self._gathers[key] = (slots, time.time() + ttl)
+            return len(slots)
+
+    def gathered(self, key: str) -> dict[int, bytes]:
+        with self._cond:
+            return dict(self._live_gather(key))
+
+    def delete_gather(self, key: str) -> None:
+        with self._cond:
+            self._gathers.pop(key, None)
+
+    def _live_gather(self, key: str) -> dict[int, bytes]:
+        entry = self._gathers.get(key)
+        if entry is None or entry[1] <= time.time():
+            return {}
+        return entry[0]
+
+    def take_token(self, bucket: str, rate: float, burst: float) -> float:
+        with self._cond:
+            now = time.monotonic()
+            tokens, at = self._buckets.get(bucket, (burst, now))
+            tokens = min(burst, tokens + (now - at) * rate) - 1.0
+            self._buckets[bucket] = (tokens, now)
+            return 0.0 if tokens >= 0.0 else -tokens / rate

@@ -8,8 +8,9 @@ list, so an old token never wakes a waiter for nothing. No polling interval anyw
 
 Coordination primitives: a lease is ``{prefix:lease:NAME}`` = owner with a PX ttl, taken or renewed by
 ``lease_acquire.lua`` and released by ``lease_release.lua`` (compare, then delete); a claim is
-``{prefix:claim:KEY}`` set with ``SET NX PX``; a value is ``{prefix:kv:KEY}``. Expiry runs on the
-server's clock, so clients with skewed clocks agree on it.
+``{prefix:claim:KEY}`` set with ``SET NX PX``; a value is ``{prefix:kv:KEY}``; a gather is the hash
+``{prefix:g:KEY}`` (HSET, PEXPIRE and HLEN in one MULTI); a token bucket is ``{prefix:bucket:NAME}``,
+taken by ``token_take.lua``. Expiry runs on the server's clock, so clients with skewed clocks agree on it.
 """
 
 from __future__ import annotations
@@ -22,14 +23,22 @@ from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
 from conveyor.brokers.redis.connection import RedisConnection, split_url
-from conveyor.brokers.redis.keys import claim_key, lease_key, notify_key, result_key, value_key
+from conveyor.brokers.redis.keys import (
+    bucket_key,
+    claim_key,
+    gather_key,
+    lease_key,
+    notify_key,
+    result_key,
+    value_key,
+)
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
 #: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
-SCRIPTS = ("lease_acquire", "lease_release")
+SCRIPTS = ("lease_acquire", "lease_release", "token_take")
 
 
 class RedisResultBackend(ResultBackend):
@@ -83,6 +92,17 @@ class RedisResultBackend(ResultBackend):
     def get(self, task_id: str) -> bytes | None:
         return self._read(task_id)[1]
 
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        if not task_ids:
+            return []
+        keys = [result_key(self.prefix, task_id) for task_id in task_ids]
+
+        def read(pipe: Pipeline) -> None:  # GETs in a pipeline, not MGET: the keys live in different slots
+            for key in keys:
+                pipe.get(key)
+
+        return [_split(raw)[1] for raw in self._conn.run_many([], extra=read)]
+
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
         state, record = self._read(task_id)
@@ -127,6 +147,29 @@ class RedisResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         name = value_key(self.prefix, key)
         self._conn.call(lambda: self._conn.client.delete(name))
+
+    def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
+        name = gather_key(self.prefix, key)
+
+        def add(pipe: Pipeline) -> None:
+            pipe.hset(name, str(index), value)
+            pipe.pexpire(name, _ms(ttl))
+            pipe.hlen(name)
+
+        return int(self._conn.run_many([], transaction=True, extra=add)[2])
+
+    def gathered(self, key: str) -> dict[int, bytes]:
+        name = gather_key(self.prefix, key)
+        raw = cast("dict[bytes, bytes]", self._conn.call(lambda: self._conn.client.hgetall(name)))
+        return {int(index): value for index, value in raw.items()}
+
+    def delete_gather(self, key: str) -> None:
+        name = gather_key(self.prefix, key)
+        self._conn.call(lambda: self._conn.client.delete(name))
+
+    def take_token(self, bucket: str, rate: float, burst: float) -> float:
+        wait = self._conn.run("token_take", [bucket_key(self.prefix, bucket)], [repr(rate), repr(burst)])
+        return float(wait) / 1000.0
 
     def close(self) -> None:
         self._conn.close()

@@ -4,9 +4,10 @@
 across processes, and a read in WAL mode costs microseconds and takes no lock. Expired rows are
 invisible at once and deleted by an occasional sweep.
 
-Leases, claims and values (the coordination primitives) are rows of the ``leases``, ``claims`` and
-``kv`` tables, each operation one ``BEGIN IMMEDIATE`` transaction, so processes on the machine
-serialize on the write lock and a check-then-write can never interleave with another.
+Leases, claims, values, gathers and token buckets (the coordination primitives) are rows of
+the ``leases``, ``claims``, ``kv``, ``gathers`` and ``buckets`` tables, each operation one
+``BEGIN IMMEDIATE`` transaction, so processes on the machine serialize on the write lock and a
+check-then-write can never interleave with another.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class SQLiteResultBackend(ResultBackend):
         conn.execute("DELETE FROM results WHERE expires_at <= ?", (now,))
         conn.execute("DELETE FROM claims WHERE expires_at <= ?", (now,))
         conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
+        conn.execute("DELETE FROM gathers WHERE expires_at <= ?", (now,))
+        conn.execute("DELETE FROM buckets WHERE expires_at <= ?", (now,))
 
     def _read(self, task_id: str) -> tuple[str, bytes] | None:
         with self.db.errors():
@@ -67,6 +70,21 @@ class SQLiteResultBackend(ResultBackend):
     def get(self, task_id: str) -> bytes | None:
         row = self._read(task_id)
         return None if row is None else row[1]
+
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        found: dict[str, bytes] = {}
+        now = time.time()
+        with self.db.errors():
+            conn = self.db.get()
+            for first in range(0, len(task_ids), 500):  # below SQLite's limit on bound parameters
+                chunk = list(task_ids[first : first + 500])
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT id, record FROM results WHERE id IN ({marks}) AND expires_at > ?",
+                    (*chunk, now),
+                ).fetchall()
+                found.update((row[0], bytes(row[1])) for row in rows)
+        return [found.get(task_id) for task_id in task_ids]
 
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
@@ -133,6 +151,45 @@ class SQLiteResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
+        now = time.time()
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM gathers WHERE key = ? AND expires_at <= ?", (key, now))
+            conn.execute(
+                "INSERT OR REPLACE INTO gathers (key, idx, value, expires_at) VALUES (?, ?, ?, ?)",
+                (key, index, value, now + ttl),
+            )
+            conn.execute("UPDATE gathers SET expires_at = ? WHERE key = ?", (now + ttl, key))
+            count: int = conn.execute("SELECT COUNT(*) FROM gathers WHERE key = ?", (key,)).fetchone()[0]
+            self._sweep(conn)
+        return count
+
+    def gathered(self, key: str) -> dict[int, bytes]:
+        with self.db.errors():
+            rows = (
+                self.db.get()
+                .execute("SELECT idx, value FROM gathers WHERE key = ? AND expires_at > ?", (key, time.time()))
+                .fetchall()
+            )
+        return {int(idx): bytes(value) for idx, value in rows}
+
+    def delete_gather(self, key: str) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM gathers WHERE key = ?", (key,))
+
+    def take_token(self, bucket: str, rate: float, burst: float) -> float:
+        now = time.time()
+        with self.db.write() as conn:
+            row = conn.execute("SELECT tokens, updated_at FROM buckets WHERE name = ?", (bucket,)).fetchone()
+            tokens = burst if row is None else min(burst, row[0] + max(0.0, now - row[1]) * rate)
+            tokens -= 1.0
+            # The row may go once the bucket would be full again: a missing row reads as a full bucket.
+            conn.execute(
+                "INSERT OR REPLACE INTO buckets (name, tokens, updated_at, expires_at) VALUES (?, ?, ?, ?)",
+                (bucket, tokens, now, now + (burst - tokens) / rate),
+            )
+        return 0.0 if tokens >= 0.0 else -tokens / rate
 
     def close(self) -> None:
         self.db.close()

@@ -18,7 +18,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError, DecodeError, SignatureError
 from conveyor.logging import quick_log
-from conveyor.middleware import Bury, Job, OnStart, Outcome, Skip, Verdict
+from conveyor.middleware import Bury, Defer, Job, OnStart, Outcome, Skip, Verdict
 from conveyor.results import error_info
 from conveyor.revocation import Terminated
 from conveyor.worker.eventloops import ThreadLoops
@@ -145,6 +145,8 @@ class Executor:
         deferred, runtime = False, job.elapsed()
         if isinstance(exc, Skip):
             ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note)
+        elif isinstance(exc, Defer):
+            ended = self.settler.defer(job, exc)
         elif isinstance(exc, Terminated):
             ended, deferred = self.settler.terminated(job)
         else:

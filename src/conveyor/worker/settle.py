@@ -31,7 +31,7 @@ import msgspec
 from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
-from conveyor.middleware import Bury, Job, Requeue, Verdict
+from conveyor.middleware import Bury, Defer, Job, Requeue, Verdict
 from conveyor.results import entry, failed, read_errors, retrying, skipped
 from conveyor.states import ErrorInfo, State
 from conveyor.worker.events import Ended
@@ -146,6 +146,23 @@ class Settler:
         self.app.broker.ack([job.delivery])
         log.info("task %s[%s] not run: %s", job.message.task, job.id, note)
         return Ended.REVOKED
+
+    def defer(self, job: Job, defer: Defer) -> Ended:
+        """Give a message back unrun, to run ``defer.delay`` seconds from now (uncounted, nothing recorded).
+
+        Raises:
+            BackendDown: the broker did not take it back (nothing ran: the delivery is given back later).
+        """
+        m = job.message
+        body = None
+        if defer.headers:
+            body = self.app.codec.encode(msgspec.structs.replace(m, headers={**m.headers, **defer.headers}))
+        try:
+            self.app.broker.nack(job.delivery, delay=defer.delay, body=body)
+        except BrokerError as exc:
+            raise BackendDown(str(exc)) from exc
+        log.debug("task %s[%s] deferred %.3fs: %s", m.task, m.id, defer.delay, defer.reason)
+        return Ended.RETURNED
 
     def drop(self, job: Job, note: str) -> Ended:
         """Ack a redelivered copy that must not run, leaving its recorded result as it is."""

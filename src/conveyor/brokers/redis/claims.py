@@ -13,20 +13,28 @@ takes one more round trip:
 3. The caller stores the messages that won their key (``enqueue.lua``).
 
 ack, dead-letter and purge release the keys of finished messages in a second call that deletes a
-claim only while it still names that message. The trade-off: two producers enqueueing the same key
-within one round trip of each other (between step 1 and step 3) may both store their message. That
-is a duplicate (at-least-once still holds), never a lost task; we chose it over a grace period in
-which a stale claim would swallow new enqueues.
+claim only while it still names that message. A claim whose message is not stored yet but that is
+younger than ``LAND_WAIT`` (1 s, on the server's clock) is its producer's, one round trip from storing
+it: a second producer waits for it to land (then answers it) rather than take the key over, so two
+producers enqueueing one key at once store one message. A producer stalled longer than that between
+claim and store may still see its key taken over: a duplicate (at-least-once holds), never a lost
+task. A grace period that answered a holder without seeing it stored could swallow new enqueues.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from conveyor.brokers.base import Envelope
 from conveyor.brokers.redis.connection import RedisConnection, ScriptCall
 from conveyor.brokers.redis.keys import global_keys, holder, parse_claim, queue_keys
+
+#: Seconds a fresh claim's producer gets to store its message before a second producer takes the key over.
+LAND_WAIT = 1.0
+#: Seconds between two looks at a holder that has not landed yet.
+LAND_POLL = 0.005
 
 
 class KeyIndex:
@@ -82,9 +90,16 @@ class KeyIndex:
                 unsure.append((i, claim, (queue, message_id)))
         stale: list[tuple[int, bytes]] = []
         alive = self._alive([who for _, _, who in unsure])
-        for (i, claim, (_, message_id)), live in zip(unsure, alive, strict=True):
+        landing: list[tuple[int, bytes, tuple[str, str]]] = []
+        for (i, claim, who), live in zip(unsure, alive, strict=True):
             if live:
-                answer[i] = message_id
+                answer[i] = who[1]
+                skip.add(i)
+            else:
+                landing.append((i, claim, who))
+        for i, claim, holder_left in self._wait_to_land(landing):
+            if holder_left is None:  # its producer stored it meanwhile: that one is the live holder
+                answer[i] = parse_claim(claim)[1]
                 skip.add(i)
             else:
                 stale.append((i, claim))
@@ -94,6 +109,42 @@ class KeyIndex:
                 answer[i] = parse_claim(current)[1]
                 skip.add(i)
         return skip
+
+    def _wait_to_land(
+        self, landing: list[tuple[int, bytes, tuple[str, str]]]
+    ) -> list[tuple[int, bytes, tuple[str, str] | None]]:
+        """Give each not-yet-stored holder whose claim is younger than LAND_WAIT the rest of that time to land.
+
+        A producer stores its message one round trip after its claim; a second producer that asks in
+        between must not take the key over (both would store). Each entry comes back with its holder,
+        or None once that holder is stored. Old claims (a lost release, a producer that died) cost nothing.
+        """
+        if not landing:
+            return []
+        now_ms = self._server_ms()
+        left = {i: LAND_WAIT - (now_ms - int(claim.partition(b"|")[0])) / 1000 for i, claim, _ in landing}
+        waiting = [entry for entry in landing if left[entry[0]] > 0]
+        done: list[tuple[int, bytes, tuple[str, str] | None]] = [e for e in landing if left[e[0]] <= 0]
+        started = time.monotonic()
+        while waiting:
+            time.sleep(LAND_POLL)
+            alive = self._alive([who for _, _, who in waiting])
+            elapsed = time.monotonic() - started
+            still = []
+            for entry, live in zip(waiting, alive, strict=True):
+                if live:
+                    done.append((entry[0], entry[1], None))
+                elif elapsed >= left[entry[0]]:
+                    done.append(entry)
+                else:
+                    still.append(entry)
+            waiting = still
+        return done
+
+    def _server_ms(self) -> int:
+        """The Redis server's clock in milliseconds (the clock claims are stamped with)."""
+        seconds, micros = self._conn.command("TIME")
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def _claim(self, wanted: Sequence[tuple[Envelope, bytes]]) -> list[bytes]:
         """Run claim.lua: '' per key now claimed, else the claim that holds it."""

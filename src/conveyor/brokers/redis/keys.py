@@ -3,7 +3,8 @@
 The layout is built for Redis Cluster: all keys of one queue share the hash tag ``{prefix:q:NAME}``
 (one slot, so each Lua script touches one slot), global bookkeeping shares ``{prefix}``, and each
 result has its own tag ``{prefix:r:ID}``, as has each lease, claim and value of the result backend
-(``{prefix:lease:NAME}``, ``{prefix:claim:KEY}``, ``{prefix:kv:KEY}``: one key per operation).
+(``{prefix:lease:NAME}``, ``{prefix:claim:KEY}``, ``{prefix:kv:KEY}``, ``{prefix:g:KEY}``,
+``{prefix:bucket:NAME}``: one key per operation).
 ``docs/redis.md`` describes every key; the script headers in
 ``scripts/`` say which keys each one touches.
 """
@@ -126,6 +127,16 @@ def claim_key(prefix: str, key: str) -> str:
 def value_key(prefix: str, key: str) -> str:
     """STRING value, with a PX ttl or none: a small value of the result backend (e.g. beat's last fired slot)."""
     return f"{{{prefix}:kv:{key}}}"
+
+
+def gather_key(prefix: str, key: str) -> str:
+    """HASH slot index -> value with a PX ttl: a gather of the result backend (a chord's member results)."""
+    return f"{{{prefix}:g:{key}}}"
+
+
+def bucket_key(prefix: str, name: str) -> str:
+    """HASH ``tokens``, ``at`` with a PX ttl: a token bucket of the result backend (a global rate limit)."""
+    return f"{{{prefix}:bucket:{name}}}"
 
 
 def holder(queue: str, message_id: str) -> bytes:

@@ -99,3 +99,21 @@ CREATE TABLE IF NOT EXISTS kv (
     value      BLOB NOT NULL,
     expires_at REAL
 ) WITHOUT ROWID;
+
+-- gathers: gather/gathered, a chord's member results by slot; the whole gather expires together.
+CREATE TABLE IF NOT EXISTS gathers (
+    key        TEXT    NOT NULL,
+    idx        INTEGER NOT NULL,
+    value      BLOB    NOT NULL,
+    expires_at REAL    NOT NULL,
+    PRIMARY KEY (key, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gathers_expiry ON gathers (expires_at);
+
+-- buckets: take_token, the token buckets of global rate limits; a full bucket's row may be swept.
+CREATE TABLE IF NOT EXISTS buckets (
+    name       TEXT PRIMARY KEY,
+    tokens     REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
