@@ -142,9 +142,9 @@ def test_a_chord_member_run_twice_counts_once_and_the_body_runs_once(app: App) -
     sent: list[Message] = []
     send = app.send
 
-    def recording(messages: Sequence[Message]) -> list[str]:
+    def recording(messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
         sent.extend(messages)
-        return send(messages)
+        return send(messages, connection=connection)
 
     app.send = recording  # type: ignore[method-assign]
     # Given a chord that ran to its body

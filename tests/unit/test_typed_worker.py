@@ -81,5 +81,5 @@ def test_a_periodic_entry_with_an_argument_that_would_not_arrive_as_given_is_ref
     def report(day: datetime.date) -> None: ...
 
     with pytest.raises(EncodeError, match=r"argument 'day' is str 'today'"):
-        app.add_periodic(report.s("today"), every=datetime.timedelta(minutes=5))  # type: ignore[arg-type]
+        app.add_periodic(report.s("today"), every=datetime.timedelta(minutes=5))  # type: ignore[call-overload]
     app.add_periodic(report.s(datetime.date(2024, 1, 1)), every=datetime.timedelta(minutes=5))
