@@ -235,13 +235,27 @@ class App:
             BrokerUnavailable: the broker did not answer.
             DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
+        return self.broker.enqueue(self._envelopes(messages))
+
+    async def asend(self, messages: Sequence[Message]) -> list[str]:
+        """:meth:`send` for a coroutine (a FastAPI handler): the event loop runs on while the broker answers.
+
+        On Redis the message goes out on the loop's own connection; SQLite and RabbitMQ enqueue in a
+        thread. Cancelling the call never leaves a batch half-sent: it is stored whole or not at all.
+
+        Raises:
+            EncodeError: an argument does not serialize (nothing of the batch is sent).
+            MessageTooLarge: a message is over ``max_message_size``.
+            BrokerUnavailable: the broker did not answer.
+            DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
+        """
+        return await self.broker.aenqueue(self._envelopes(messages))
+
+    def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
+        """Encode every message (before anything is sent: one bad argument sends nothing)."""
         limit = self.settings.max_message_size
         encode = self.codec.encode
-        # Encode everything before sending anything.
-        envelopes = [
-            Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages
-        ]
-        return self.broker.enqueue(envelopes)
+        return [Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages]
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         """The result handle of a task id (e.g. one stored by a web request)."""
@@ -253,6 +267,13 @@ class App:
             self._broker.close()
         if self._backend is not None:
             self._backend.close()
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections (call it before the loop ends, e.g. in a lifespan)."""
+        if self._broker is not None:
+            await self._broker.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()
 
 
 def _builtin_types() -> tuple[type[Middleware], ...]:

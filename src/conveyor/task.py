@@ -176,6 +176,16 @@ class BaseTask(Generic[P, R]):
         """
         return self.apply_async(args, kwargs)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """:meth:`delay` for a coroutine: ``r = await task.adelay(...)`` in an async web handler.
+
+        Raises:
+            TypeError: a missing or unexpected argument; nothing is sent.
+            EncodeError: an argument does not serialize (the error names it).
+            BrokerUnavailable: the broker did not answer; nothing is sent.
+        """
+        return await self.aapply_async(args, kwargs)
+
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
         """This task's call with these arguments, written down to send later (a periodic entry, a chain)."""
         return Signature(self.name, tuple(args), dict(kwargs))
@@ -190,6 +200,18 @@ class BaseTask(Generic[P, R]):
         """
         check_arguments(self.name, self.fn, args, kwargs)  # fails here, not in the worker (not on the batch path)
         [task_id] = self.app.send([self.message(args, kwargs, **options)])
+        return AsyncResult(task_id, self.app)
+
+    async def aapply_async(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> AsyncResult[R]:
+        """:meth:`apply_async` for a coroutine; the same options and errors.
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+        """
+        check_arguments(self.name, self.fn, args, kwargs)
+        [task_id] = await self.app.asend([self.message(args, kwargs, **options)])
         return AsyncResult(task_id, self.app)
 
     def message(

@@ -16,6 +16,7 @@ unchanged against every implementation.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -168,6 +169,15 @@ class Broker(abc.ABC):
             DuplicateTaskId: an id the broker still holds (queued, scheduled, in flight or dead), or one
                 repeated within the batch; nothing of the batch is stored.
         """
+
+    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue` for a coroutine: same promise, same errors, and the event loop runs on meanwhile.
+
+        The default runs :meth:`enqueue` in a thread (SQLite, RabbitMQ: their clients block). If the
+        coroutine is cancelled, that thread still finishes the call: the batch is stored whole or not
+        at all, never half. Redis overrides it to send on the loop itself.
+        """
+        return await asyncio.to_thread(self.enqueue, envelopes)
 
     @abc.abstractmethod
     def reserve(
@@ -325,3 +335,6 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the running event loop's connections (engines with an async client: Redis)."""
