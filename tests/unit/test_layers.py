@@ -189,7 +189,9 @@ def rule_storage(edge: Edge, top: str) -> str | None:
     allowed = {f"{brokers}.{engine}.{name}" for name in ENGINE_MODULES_FOR_BACKENDS}
     if engine is not None and target in allowed:
         return None
-    return "rule 2: a backend imports message, errors, settings, states, backends.base, its engine's connection/keys/aio/wake"
+    return (
+        "rule 2: a backend imports message, errors, settings, states, backends.base, its engine's connection/keys/..."
+    )
 
 
 def rule_worker(edge: Edge, top: str) -> str | None:
