@@ -29,7 +29,7 @@ from rich.console import Console
 
 from bench import report, venvs
 from bench.redis_server import RedisServer, command, server_version
-from bench.systems import IO_ASYNC, IO_THREADS, SYSTEMS
+from bench.systems import ADELAY, IO_ASYNC, IO_THREADS, SYSTEMS, WEB
 from bench.systems.base import PGID_FILE_ENV, REPO_ROOT
 from bench.workloads import WORKLOADS
 
@@ -44,6 +44,8 @@ FULL = {
     "mixed": 2_000,
     IO_THREADS: 30_000,
     IO_ASYNC: 10_000,
+    WEB: 6_000,
+    ADELAY: 20_000,
 }
 QUICK = {
     "throughput": 2_000,
@@ -53,6 +55,8 @@ QUICK = {
     "mixed": 500,
     IO_THREADS: 4_000,
     IO_ASYNC: 2_000,
+    WEB: 2_000,
+    ADELAY: 5_000,
 }
 
 NOTE = (
@@ -83,6 +87,15 @@ workloads (issue 12, I/O-bound; each system in its own pool for the shape, --con
               -> last completion (floor = N / slots x 1 s), peak RSS of the worker's process tree.
               conveyor --pool asyncio (--pool thread if this conveyor has none: printed),
               arq max_jobs, Dramatiq -p 1 -t 1000 with its AsyncIO middleware.    N={FULL[IO_ASYNC]:,}
+workloads (issue 15, the web path; systems conveyor-redis, celery-web, arq-web):
+  web         one uvicorn process serves the system's FastAPI app (bench/systems/*_web.py): POST /call
+              sends a task that awaits 50 ms and answers its result. 200 keep-alive clients send N
+              requests (requests/s, p50/p99 ms), then 20 clients send N/5 (p50/p99). Any request not
+              answered 200 with its own value fails the run. conveyor: adelay + aget, --pool asyncio
+              -c 1000; Celery: delay().get() through asyncio.to_thread on 200 threads, -P threads -c 200;
+              arq: enqueue_job + job.result(poll_delay=0.01), max_jobs 1000.            N={FULL[WEB]:,}
+  adelay      conveyor only, no worker: N sequential task.delay() calls, then N await task.adelay()
+              calls: µs per call and their ratio (target <= 1).                       N={FULL[ADELAY]:,}
 --quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())} and --runs 1.
 conveyor-redis-info runs throughput only: conveyor at its default INFO level (one log line per
 task), to price that line against conveyor-redis (WARNING).

@@ -27,6 +27,9 @@ REQUIREMENTS: dict[str, list[str]] = {
     "rq": ["rq>=1.15", "hiredis", "psutil"],
     "huey": ["huey>=2.5", "redis>=4.5", "hiredis", "psutil"],
     "arq": ["arq>=0.25", "hiredis", "psutil"],
+    # The web workload serves each system's FastAPI app with uvicorn, in the system's own venv.
+    "celery-web": ["celery[redis]>=5.3", "hiredis", "psutil", "fastapi>=0.110", "uvicorn>=0.29"],
+    "arq-web": ["arq>=0.25", "hiredis", "psutil", "fastapi>=0.110", "uvicorn>=0.29"],
 }
 
 

@@ -25,6 +25,18 @@ CLASSIC_WORKLOADS = ("throughput", "results", "latency", "batch", "mixed")
 #: The I/O-bound workloads of issue 12: 2 worker processes x 128 threads, and one asyncio worker x 1000.
 IO_THREADS = "io-threads"
 IO_ASYNC = "io-async"
+#: The web workloads of issue 15: HTTP clients against one uvicorn process serving the system's FastAPI
+#: app, whose endpoint sends a task that awaits WEB_TASK_SECONDS and waits for its result; and the
+#: per-call price of conveyor's ``await task.adelay()`` against ``task.delay()``.
+WEB = "web"
+ADELAY = "adelay"
+#: How long the web workload's task awaits (sleeps, on Celery's thread pool).
+WEB_TASK_SECONDS = 0.05
+#: Concurrent HTTP clients of the web workload's two phases.
+WEB_CLIENTS = 200
+WEB_FEW_CLIENTS = 20
+#: Seconds a web request waits for its task's result before it answers 504.
+WEB_RESULT_TIMEOUT = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +67,9 @@ class SystemSpec:
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
-        SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
+        SystemSpec(
+            "conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC, WEB, ADELAY)
+        ),
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
@@ -65,5 +79,8 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("rq", "rq", "rq"),
         SystemSpec("huey", "huey", "huey", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("arq", "arq", "arq", "", (*CLASSIC_WORKLOADS, IO_ASYNC)),
+        # The web workload's peers: the same drivers in venvs that also hold FastAPI and uvicorn.
+        SystemSpec("celery-web", "celery", "celery-web", "", (WEB,)),
+        SystemSpec("arq-web", "arq", "arq-web", "", (WEB,)),
     )
 }

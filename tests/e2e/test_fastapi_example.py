@@ -45,7 +45,9 @@ def example(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     worker_cmd = [sys.executable, "-m", "conveyor", "worker", "examples.fastapi.tasks:app", "--pool", "asyncio"]
     web_cmd = [sys.executable, "-m", "uvicorn", "examples.fastapi.main:api", "--port", str(port)]
     procs = [
-        subprocess.Popen([*worker_cmd, "-c", "100"], cwd=ROOT, env=env, stdout=logs["worker"], stderr=subprocess.STDOUT),
+        subprocess.Popen(
+            [*worker_cmd, "-c", "100"], cwd=ROOT, env=env, stdout=logs["worker"], stderr=subprocess.STDOUT
+        ),
         subprocess.Popen(web_cmd, cwd=ROOT, env=env, stdout=logs["web"], stderr=subprocess.STDOUT),
     ]
     base = f"http://127.0.0.1:{port}"

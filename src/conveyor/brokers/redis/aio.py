@@ -1,11 +1,17 @@
 """The asyncio side of a Redis connection: the async producer's enqueue and result reads, on the event loop.
 
-:class:`AsyncRedis` sends each command on a redis.asyncio connection of the running loop and reads its
-raw reply, as :meth:`RedisConnection._send_and_read` does for threads: no pool checkout with a
-readiness poll, no response callbacks, and no thread hop. A loop keeps a few idle connections per
-kind (short commands, blocking pops) and opens more when more coroutines send at once; a connection
-is never shared by two commands in flight. A connection whose command failed or was cancelled is
-closed, never reused, so a cancelled wait leaves no half-read reply and no borrowed connection behind.
+:class:`AsyncRedis` speaks RESP on asyncio connections of its own (:class:`_Wire`: an
+``asyncio.Protocol`` whose replies hiredis parses): a command is one ``transport.write`` and one
+future resolved by ``data_received``. redis-py's asyncio client would add a task per command
+(``wait_for`` around the write), timeout contexts and response callbacks, which cost more than the
+round trip on a loaded machine; ``await task.adelay()`` must cost no more than ``task.delay()``
+(issue 15). The URL is read by redis-py's own ``parse_url``: ``redis://``, ``rediss://`` (TLS with the
+system's trust store) and ``unix://``, with username, password and database.
+
+A loop keeps a few idle connections per kind (short commands, blocking pops) and opens more while
+more coroutines send at once; a connection never carries two commands at once. A connection whose
+command failed, timed out or was cancelled is closed, never reused: a cancelled wait leaves no
+half-read reply and no borrowed connection behind.
 
 Connection errors and timeouts are retried with backoff for ``retry_for`` seconds, then raise
 :class:`~conveyor.errors.BrokerUnavailable`, as on the sync side.
@@ -14,14 +20,14 @@ Connection errors and timeouts are retried with backoff for ``retry_for`` second
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ssl
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import hiredis
 import redis
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import NoScriptError
 
 from conveyor.errors import BrokerUnavailable
@@ -31,13 +37,102 @@ Arg = str | bytes | int | float
 
 #: Idle connections a loop keeps per kind; more are opened while more coroutines send at once.
 MAX_IDLE = 64
+#: Seconds between two checks of the commands in flight for their timeout.
+WATCH_EVERY = 0.25
 
 
-class _LoopConnections:
-    """One event loop's idle connections, per kind (``fast`` commands and ``blocking`` pops)."""
+class _Wire(asyncio.Protocol):
+    """One connection: write a packed command, await its one reply (hiredis parses)."""
 
     def __init__(self) -> None:
-        self.idle: dict[str, list[AbstractConnection]] = {"fast": [], "blocking": []}
+        self.transport: asyncio.Transport | None = None
+        self.parser = hiredis.Reader()
+        self.waiter: asyncio.Future[Any] | None = None
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed(data)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            reply = self.parser.gets()
+            if reply is not False:
+                waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(redis.ConnectionError(f"connection lost: {exc or 'closed by the server'}"))
+
+    async def request(self, packed: bytes, timeout: float) -> Any:
+        """Send one command and return its reply; an error reply raises ResponseError (NoScriptError).
+
+        The timeout is kept by the loop's :class:`_Watchdog` (one timer per loop, not one per command).
+        """
+        if self.lost or self.transport is None:
+            raise redis.ConnectionError("connection closed")
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        self.transport.write(packed)
+        watchdog = _Watchdog.of(loop)
+        watchdog.watch(waiter, loop.time() + timeout, timeout)
+        try:
+            reply = await waiter
+        finally:
+            watchdog.forget(waiter)
+            self.waiter = None
+        if isinstance(reply, hiredis.ReplyError):
+            message = str(reply)
+            raise (NoScriptError if message.startswith("NOSCRIPT") else redis.ResponseError)(message)
+        return reply
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Watchdog:
+    """The timeouts of one loop's commands in flight: one timer every WATCH_EVERY s while any is in flight.
+
+    A timer per command (``call_later``) costs a heap push and a handle per ``adelay``; a command's
+    timeout needs no better precision than this (it guards against a server that stopped answering).
+    """
+
+    _of: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: dict[asyncio.Future[Any], tuple[float, float]] = {}  # future -> (deadline, timeout)
+        self.timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Watchdog:
+        watchdog = cls._of.get(loop)
+        if watchdog is None:
+            watchdog = cls._of[loop] = cls(loop)
+        return watchdog
+
+    def watch(self, waiter: asyncio.Future[Any], deadline: float, timeout: float) -> None:
+        self.waiting[waiter] = (deadline, timeout)
+        if self.timer is None:
+            self.timer = self.loop.call_later(WATCH_EVERY, self._check)
+
+    def forget(self, waiter: asyncio.Future[Any]) -> None:
+        self.waiting.pop(waiter, None)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        for waiter, (deadline, timeout) in list(self.waiting.items()):
+            if deadline <= now:
+                del self.waiting[waiter]
+                if not waiter.done():
+                    waiter.set_exception(redis.TimeoutError(f"no reply within {timeout:g} s"))
+        self.timer = self.loop.call_later(WATCH_EVERY, self._check) if self.waiting else None
 
 
 class AsyncRedis:
@@ -50,7 +145,7 @@ class AsyncRedis:
         socket_timeout: seconds any one command may take.
         connect_timeout: seconds to open a connection.
         max_block: longest blocking pop in seconds.
-        scripts: script name -> Lua source (the sync side's, so both run the same SHA).
+        scripts: script name -> (SHA1, Lua source), the sync side's, so both run the same script.
     """
 
     def __init__(
@@ -67,15 +162,13 @@ class AsyncRedis:
         self.printable = printable
         self.retry_for = retry_for
         self.max_block = max_block
-        self.scripts = scripts  # name -> (sha, source as redis-py holds it)
-        options: dict[str, Any] = {"socket_connect_timeout": connect_timeout}
-        self._pools = {
-            "fast": ConnectionPool.from_url(url, socket_timeout=socket_timeout, **options),
-            "blocking": ConnectionPool.from_url(url, socket_timeout=max_block + socket_timeout, **options),
-        }
+        self.scripts = scripts
+        self._address: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        self._timeouts = {"fast": socket_timeout, "blocking": max_block + socket_timeout}
+        self._connect_timeout = connect_timeout
         #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
         self.in_use = 0
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections] = (
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[_Wire]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -123,58 +216,77 @@ class AsyncRedis:
         return await self.call(lambda: self.send("blocking", ("BLPOP", key, f"{wait:.3f}")))
 
     async def send(self, kind: str, command: Sequence[Arg]) -> Any:
-        """Send one command on an idle connection of this loop and read the raw reply; no retries.
+        """Send one command on an idle connection of this loop and return its raw reply; no retries.
 
         The connection goes back to the idle list only after a whole reply (an error reply included);
         after anything else, cancellation included, it is closed.
         """
         idle = self._idle(kind)
-        conn = idle.pop() if idle else self._pools[kind].make_connection()  # type: ignore[no-untyped-call]
+        wire = idle.pop() if idle else await self._open()
+        packed = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # its stub declares a 1-tuple
         self.in_use += 1
         try:
-            packed = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # its stub declares a 1-tuple
-            await conn.send_packed_command([packed], check_health=False)
-            reply = await conn.read_response()
+            reply = await wire.request(packed, self._timeouts[kind])
         except redis.ResponseError:
-            self._give_back(idle, conn)
+            _give_back(idle, wire)
             raise
         except BaseException:
-            await _drop(conn)
+            wire.close()
             raise
         finally:
             self.in_use -= 1
-        self._give_back(idle, conn)
+        _give_back(idle, wire)
         return reply
 
-    def _idle(self, kind: str) -> list[AbstractConnection]:
+    def _idle(self, kind: str) -> list[_Wire]:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            own = self._loops[loop] = _LoopConnections()
-        return own.idle[kind]
+            own = self._loops[loop] = {"fast": [], "blocking": []}
+        return own[kind]
 
-    @staticmethod
-    def _give_back(idle: list[AbstractConnection], conn: AbstractConnection) -> None:
-        if len(idle) < MAX_IDLE:
-            idle.append(conn)
-        else:
-            asyncio.get_running_loop().create_task(_drop(conn))
+    async def _open(self) -> _Wire:
+        """A new connection, authenticated and on the URL's database."""
+        loop = asyncio.get_running_loop()
+        address = self._address
+        cls = address.get("connection_class")
+        async with asyncio.timeout(self._connect_timeout):
+            if cls is UnixDomainSocketConnection:
+                _, wire = await loop.create_unix_connection(_Wire, address["path"])
+            else:
+                context = ssl.create_default_context() if cls is SSLConnection else None
+                host, port = address.get("host", "localhost"), address.get("port", 6379)
+                _, wire = await loop.create_connection(_Wire, host, port, ssl=context)
+        try:
+            if address.get("password"):
+                user = [str(address["username"])] if address.get("username") else []
+                auth = hiredis.pack_command(("AUTH", *user, str(address["password"])))  # type: ignore[arg-type]
+                await wire.request(auth, self._timeouts["fast"])
+            if address.get("db"):
+                select = hiredis.pack_command(("SELECT", str(address["db"])))  # type: ignore[arg-type]
+                await wire.request(select, self._timeouts["fast"])
+        except BaseException:
+            wire.close()
+            raise
+        return wire
 
     def open_connections(self) -> int:
-        """How many connections this loop holds idle (none is ever held by a finished or cancelled call)."""
+        """How many connections this loop holds idle."""
         own = self._loops.get(asyncio.get_running_loop())
-        return 0 if own is None else sum(len(conns) for conns in own.idle.values())
+        return 0 if own is None else sum(len(wires) for wires in own.values())
 
     async def aclose(self) -> None:
         """Close this loop's connections (call it before the loop closes; they reopen when used again)."""
         own = self._loops.pop(asyncio.get_running_loop(), None)
         if own is not None:
-            for conns in own.idle.values():
-                for conn in conns:
-                    await _drop(conn)
+            for wires in own.values():
+                for wire in wires:
+                    wire.close()
+            await asyncio.sleep(0)  # let the transports finish closing on this loop
 
 
-async def _drop(conn: AbstractConnection) -> None:
-    """Close a connection whose state is unknown (a reply may be left unread); never raises."""
-    with contextlib.suppress(Exception):  # closing a broken connection: nothing left to do
-        await conn.disconnect(nowait=True)
+def _give_back(idle: list[_Wire], wire: _Wire) -> None:
+    if len(idle) < MAX_IDLE and not wire.lost:
+        idle.append(wire)
+    else:
+        wire.close()
