@@ -184,3 +184,26 @@ def test_aupdates_streams_progress_until_the_final_state(app: App) -> None:
     notes = [note for _, _, note in seen if note]
     assert notes[:3] == ["step 1", "step 2", "step 3"], seen
     assert seen[-1][0] is State.SUCCESS
+
+
+def test_every_waiter_on_one_id_wakes(app: App) -> None:
+    record = encode_record(ResultRecord(state=State.SUCCESS, value=3))
+
+    async def scenario() -> list[object]:
+        try:
+            # Given three coroutines and a thread waiting on one id
+            in_thread = asyncio.create_task(asyncio.to_thread(app.result("m1").get, 10))
+            waiting = [asyncio.create_task(app.result("m1").aget(timeout=10)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            # When the result is written once
+            started = time.monotonic()
+            await asyncio.to_thread(app.backend.set, "m1", State.SUCCESS, record, 60)
+            # Then every one of them wakes with it, at once
+            values = await asyncio.wait_for(asyncio.gather(*waiting, in_thread), 5)
+            assert time.monotonic() - started < WAKE_BOUND * 2
+            assert _left_behind(app.backend) == 0
+            return values
+        finally:
+            await app.aclose()
+
+    assert asyncio.run(scenario()) == [3, 3, 3, 3]

@@ -67,6 +67,10 @@ class RedisResultBackend(ResultBackend):
             scripts=SCRIPTS,
         )
 
+    @property
+    def _ttl(self) -> int:
+        return _ms(self.notify_ttl)
+
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.url!r}, prefix={self.prefix!r})"
 
@@ -113,11 +117,9 @@ class RedisResultBackend(ResultBackend):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            if await aio.blpop(notify, max(MIN_BLOCK, remaining)) is not None:
-                # Woken: read, and pass the token on to the next waiter on this id, in one round trip.
-                state, record = _split(await aio.run("pass_on", [key, notify], [_ms(self.notify_ttl)]))
-            else:
-                state, record = _split(await aio.command("GET", key))
+            # The pop, then the read (passing the token on to the next waiter), in one round trip.
+            _, raw = await aio.block_then_run(notify, max(MIN_BLOCK, remaining), "pass_on", [key, notify], [self._ttl])
+            state, record = _split(raw)
         return record
 
     def forget(self, task_id: str) -> None:

@@ -48,6 +48,8 @@ class _Wire(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = hiredis.Reader()
         self.waiter: asyncio.Future[Any] | None = None
+        self.expected = 1  # replies the waiter needs
+        self.replies: list[Any] = []
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -57,10 +59,13 @@ class _Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.parser.feed(data)
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            reply = self.parser.gets()
-            if reply is not False:
-                waiter.set_result(reply)
+        if waiter is None or waiter.done():
+            return
+        while (reply := self.parser.gets()) is not False:
+            self.replies.append(reply)
+            if len(self.replies) == self.expected:
+                waiter.set_result(self.replies)
+                return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -68,27 +73,30 @@ class _Wire(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_exception(redis.ConnectionError(f"connection lost: {exc or 'closed by the server'}"))
 
-    async def request(self, packed: bytes, timeout: float) -> Any:
-        """Send one command and return its reply; an error reply raises ResponseError (NoScriptError).
+    async def request(self, packed: bytes, timeout: float, replies: int = 1) -> Any:
+        """Send one command (or ``replies`` commands packed together) and return its reply (or their replies).
 
-        The timeout is kept by the loop's :class:`_Watchdog` (one timer per loop, not one per command).
+        An error reply raises ResponseError (NoScriptError). The timeout is kept by the loop's
+        :class:`_Watchdog` (one timer per loop, not one per command).
         """
         if self.lost or self.transport is None:
             raise redis.ConnectionError("connection closed")
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
+        self.expected, self.replies = replies, []
         self.transport.write(packed)
         watchdog = _Watchdog.of(loop)
         watchdog.watch(waiter, loop.time() + timeout, timeout)
         try:
-            reply = await waiter
+            answers: list[Any] = await waiter
         finally:
             watchdog.forget(waiter)
             self.waiter = None
-        if isinstance(reply, hiredis.ReplyError):
-            message = str(reply)
-            raise (NoScriptError if message.startswith("NOSCRIPT") else redis.ResponseError)(message)
-        return reply
+        for reply in answers:
+            if isinstance(reply, hiredis.ReplyError):
+                message = str(reply)
+                raise (NoScriptError if message.startswith("NOSCRIPT") else redis.ResponseError)(message)
+        return answers[0] if replies == 1 else answers
 
     def close(self) -> None:
         self.lost = True
@@ -210,23 +218,43 @@ class AsyncRedis:
 
         return await self.call(evalsha)
 
-    async def blpop(self, key: str, seconds: float) -> Any:
-        """BLPOP ``key`` for up to ``seconds`` (at most ``max_block``), with retries; None when nothing came."""
-        wait = min(seconds, self.max_block)
-        return await self.call(lambda: self.send("blocking", ("BLPOP", key, f"{wait:.3f}")))
+    async def block_then_run(
+        self, key: str, seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
+    ) -> tuple[bool, Any]:
+        """BLPOP ``key`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
 
-    async def send(self, kind: str, command: Sequence[Arg]) -> Any:
-        """Send one command on an idle connection of this loop and return its raw reply; no retries.
+        Both go out in one write on one connection; Redis runs the script the moment the pop returns.
+
+        Returns:
+            (a token was popped, the script's reply).
+        """
+        wait = min(seconds, self.max_block)
+        sha, source = self.scripts[name]
+        blpop = ("BLPOP", key, f"{wait:.3f}")
+
+        async def attempt() -> tuple[bool, Any]:
+            try:
+                popped, reply = await self.send("blocking", blpop, ("EVALSHA", sha, len(keys), *keys, *args))
+            except NoScriptError:  # the pop is done: load the script and run it alone
+                await self.send("fast", ("SCRIPT", "LOAD", source))
+                return False, await self.send("fast", ("EVALSHA", sha, len(keys), *keys, *args))
+            return popped is not None, reply
+
+        return await self.call(attempt)
+
+    async def send(self, kind: str, *commands: Sequence[Arg]) -> Any:
+        """Send commands on an idle connection of this loop and return the raw reply (one per command); no retries.
 
         The connection goes back to the idle list only after a whole reply (an error reply included);
         after anything else, cancellation included, it is closed.
         """
         idle = self._idle(kind)
         wire = idle.pop() if idle else await self._open()
-        packed = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # its stub declares a 1-tuple
+        # (its stub declares a 1-tuple)
+        packed = b"".join(hiredis.pack_command(tuple(c)) for c in commands)  # type: ignore[arg-type]
         self.in_use += 1
         try:
-            reply = await wire.request(packed, self._timeouts[kind])
+            reply = await wire.request(packed, self._timeouts[kind], len(commands))
         except redis.ResponseError:
             _give_back(idle, wire)
             raise
