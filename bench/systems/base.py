@@ -141,7 +141,9 @@ class Driver:
             raise Unavailable("no FastAPI app for the web workload")
         return [
             *(sys.executable, "-m", "uvicorn", self.web_app, "--host", "127.0.0.1", "--port", str(self.web_port)),
-            *("--log-level", "warning", "--no-access-log"),
+            # Keep idle keep-alive connections (uvicorn closes them after 5 s): between the phases a
+            # client may idle longer, and its next request would meet a closed connection.
+            *("--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"),
         ]
 
     # -- shared ----------------------------------------------------------------------------

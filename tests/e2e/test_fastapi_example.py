@@ -109,7 +109,7 @@ def test_the_fastapi_example_over_http(example: str) -> None:
         events = _events(client, f"/tasks/{task_id}/events")
         # (The stream shows the latest state at each read: on a loaded machine a step may be skipped,
         # and the last step's note is replaced by SUCCESS at once.)
-        notes = [data["note"] for kind, data in events if kind == "progress" and data["note"]]
+        notes = [str(data["note"]) for kind, data in events if kind == "progress" and data["note"]]
         expected = [f"step {i} of 4" for i in range(1, 5)]
         assert notes and notes == sorted(set(notes)) and set(notes) <= set(expected), events
         assert [kind for kind, _ in events].count("done") == 1
