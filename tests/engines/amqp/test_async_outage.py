@@ -12,6 +12,7 @@ import pytest
 
 from conveyor import App, BrokerUnavailable
 from conveyor.brokers.amqp.broker import AMQPBroker
+from tests.engines.loopticks import loop_ticks
 from tests.servers import free_port
 
 
@@ -29,20 +30,11 @@ def test_adelay_to_a_rabbitmq_that_is_down_raises_broker_unavailable(
         return n
 
     async def scenario() -> int:
-        ticks = 0
-
-        async def tick() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
         # Then adelay fails with BrokerUnavailable, and the loop ran on while the client retried
-        with pytest.raises(BrokerUnavailable):
-            await ping.adelay(1)
-        ticker.cancel()
-        return ticks
+        async with loop_ticks() as ticks:
+            with pytest.raises(BrokerUnavailable):
+                await ping.adelay(1)
+        return ticks.count
 
     try:
         assert asyncio.run(scenario()) >= 10

@@ -20,6 +20,7 @@ from conveyor.backends.sqlite import SQLiteResultBackend
 from conveyor.brokers.sqlite import connection
 from conveyor.brokers.sqlite.wake import wake_dir
 from conveyor.states import ResultRecord, State, encode_record
+from tests.engines.loopticks import loop_ticks
 
 WRITER = """
 import sys, time
@@ -112,19 +113,10 @@ def test_adelay_on_a_locked_database_raises_broker_unavailable_and_sends_nothing
         holder.execute("BEGIN IMMEDIATE")
         try:
             # Then adelay fails with BrokerUnavailable naming the file, while the loop runs on
-            ticks = 0
-
-            async def tick() -> None:
-                nonlocal ticks
-                while True:
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-
-            ticker = asyncio.create_task(tick())
-            with pytest.raises(BrokerUnavailable, match=r"conveyor\.db"):
-                await ping.adelay(2)
-            ticker.cancel()
-            assert ticks >= 10  # the event loop was never blocked by the wait for the lock
+            async with loop_ticks() as ticks:
+                with pytest.raises(BrokerUnavailable, match=r"conveyor\.db"):
+                    await ping.adelay(2)
+            assert ticks.count >= 10  # the event loop was never blocked by the wait for the lock
         finally:
             holder.execute("ROLLBACK")
             holder.close()

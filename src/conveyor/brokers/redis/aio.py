@@ -30,7 +30,7 @@ import redis
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.exceptions import NoScriptError
 
-from conveyor.errors import BrokerUnavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -195,11 +195,9 @@ class AsyncRedis:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise BrokerUnavailable(
-                        f"Redis at {self.printable} did not answer within {self.retry_for:g} s: {exc}"
-                    ) from exc
+                    raise unavailable(self.printable, self.retry_for, exc) from exc
                 await asyncio.sleep(min(delay, remaining))
-                delay = min(max(delay * 2, 0.05), 1.0)
+                delay = next_pause(delay)
 
     async def command(self, *args: Arg) -> Any:
         """One plain command with retries; its raw reply."""

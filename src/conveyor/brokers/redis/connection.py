@@ -30,7 +30,7 @@ from redis.retry import Retry
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
-from conveyor.errors import BrokerUnavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 
@@ -146,11 +146,9 @@ class RedisConnection:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise BrokerUnavailable(
-                        f"Redis at {self.printable} did not answer within {self.retry_for:g} s: {exc}"
-                    ) from exc
+                    raise unavailable(self.printable, self.retry_for, exc) from exc
                 time.sleep(min(delay, remaining))
-                delay = min(max(delay * 2, 0.05), 1.0)
+                delay = next_pause(delay)
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
         """Run one script (EVALSHA; loaded again after NOSCRIPT), with retries."""
