@@ -66,12 +66,24 @@ class WakeChannel:
         with self._lock:
             if self._listener is not None and self._pid == os.getpid():
                 return
+            sock, path = self._bind()
+            self._listener, self._path, self._pid = sock, path, os.getpid()
+            threading.Thread(target=self._read, args=(sock, path), name="conveyor-sqlite-wake", daemon=True).start()
+
+    def _bind(self) -> tuple[socket.socket, Path]:
+        """This process's socket in the directory (made again if the last other waiter just removed it)."""
+        for attempt in range(3):
             self.dir.mkdir(parents=True, exist_ok=True)
             path = self.dir / f"{os.getpid()}-{os.urandom(3).hex()}"
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.bind(str(path))
-            self._listener, self._path, self._pid = sock, path, os.getpid()
-            threading.Thread(target=self._read, args=(sock, path), name="conveyor-sqlite-wake", daemon=True).start()
+            try:
+                sock.bind(str(path))
+                return sock, path
+            except FileNotFoundError:  # removed between mkdir and bind by a closing process
+                sock.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _read(self, sock: socket.socket, path: Path) -> None:
         try:
@@ -135,6 +147,10 @@ class WakeChannel:
                 stop.sendto(_STOP, str(path))
         except OSError:
             listener.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        with contextlib.suppress(OSError):  # not empty: another process waits
+            self.dir.rmdir()  # the last waiting process leaves no empty directory behind
 
 
 def _chunks(task_ids: Sequence[str]) -> list[bytes]:
