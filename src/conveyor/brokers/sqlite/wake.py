@@ -9,7 +9,9 @@ to every socket of that directory; each receiving process wakes its own waiters 
 socket exists before that, so a result committed after the read always reaches it.
 
 The cost for a writer with nobody waiting is one directory listing per batch of final results. A
-socket whose process died is refused and unlinked by the next writer. A datagram that cannot be
+process removes its socket when its backend closes or the interpreter exits, and the directory with
+the last socket; a socket whose process was killed is refused and unlinked by the next writer (an
+empty directory may stay behind in ``$TMPDIR``). A datagram that cannot be
 delivered in :data:`SEND_TIMEOUT` (the reader is far behind) is dropped; the waiter's safety re-read
 (``SQLiteResultBackend.recheck``) finds the result then. Unix sockets only (Linux, macOS): where
 ``AF_UNIX`` is missing, waiters rely on that re-read alone.
@@ -17,6 +19,7 @@ delivered in :data:`SEND_TIMEOUT` (the reader is far behind) is dropped; the wai
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -68,6 +71,7 @@ class WakeChannel:
                 return
             sock, path = self._bind()
             self._listener, self._path, self._pid = sock, path, os.getpid()
+            atexit.register(_remove, path, os.getpid())  # an exit without close() leaves no socket file
             threading.Thread(target=self._read, args=(sock, path), name="conveyor-sqlite-wake", daemon=True).start()
 
     def _bind(self) -> tuple[socket.socket, Path]:
@@ -96,8 +100,7 @@ class WakeChannel:
             return
         finally:
             sock.close()
-            with contextlib.suppress(OSError):
-                path.unlink()
+            _remove(path, os.getpid())
 
     def notify(self, task_ids: Sequence[str]) -> None:
         """Send ``task_ids`` (committed final) to every waiting process of this database; never raises."""
@@ -151,6 +154,16 @@ class WakeChannel:
             path.unlink()
         with contextlib.suppress(OSError):  # not empty: another process waits
             self.dir.rmdir()  # the last waiting process leaves no empty directory behind
+
+
+def _remove(path: Path, pid: int) -> None:
+    """At exit of the process that bound ``path``: remove it, and its directory if no other waiter is left."""
+    if os.getpid() != pid:  # a forked child exiting: the socket is its parent's
+        return
+    with contextlib.suppress(OSError):
+        path.unlink()
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def _chunks(task_ids: Sequence[str]) -> list[bytes]:
