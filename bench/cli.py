@@ -29,7 +29,7 @@ from rich.console import Console
 
 from bench import report, venvs
 from bench.redis_server import RedisServer, command, server_version
-from bench.systems import IO_ASYNC, IO_THREADS, SYSTEMS
+from bench.systems import ADELAY, IO_ASYNC, IO_THREADS, SYSTEMS, WEB
 from bench.systems.base import PGID_FILE_ENV, REPO_ROOT
 from bench.workloads import WORKLOADS
 
@@ -47,6 +47,8 @@ FULL = {
     "chord": 1_000,
     "group": 1_000,
     "chain": 4,
+    WEB: 6_000,
+    ADELAY: 20_000,
 }
 QUICK = {
     "throughput": 2_000,
@@ -59,6 +61,8 @@ QUICK = {
     "chord": 1_000,
     "group": 1_000,
     "chain": 4,
+    WEB: 2_000,
+    ADELAY: 5_000,
 }
 
 NOTE = (
@@ -95,6 +99,16 @@ workloads (issue 17; conveyor-redis and celery, which have a canvas):
   group       warm workers; a group of N echo tasks: send -> every result in order. N={FULL["group"]:,}
   chain       warm idle workers; a chain of N steps (x+1), send -> last result, 50 times: p50 ms.
                                                                                   N={FULL["chain"]}
+
+workloads (issue 15, the web path; systems conveyor-redis, celery-web, arq-web):
+  web         one uvicorn process serves the system's FastAPI app (bench/systems/*_web.py): POST /call
+              sends a task that awaits 50 ms and answers its result. 200 keep-alive clients send N
+              requests (requests/s, p50/p99 ms), then 20 clients send N/5 (p50/p99). Any request not
+              answered 200 with its own value fails the run. conveyor: adelay + aget, --pool asyncio
+              -c 1000; Celery: delay().get() through asyncio.to_thread on 200 threads, -P threads -c 200;
+              arq: enqueue_job + job.result(poll_delay=0.01), max_jobs 1000.            N={FULL[WEB]:,}
+  adelay      conveyor only, no worker: N sequential task.delay() calls, then N await task.adelay()
+              calls: µs per call and their ratio (target <= 1).                       N={FULL[ADELAY]:,}
 --quick uses N = {", ".join(f"{k} {v:,}" for k, v in QUICK.items())} and --runs 1.
 conveyor-redis-info runs throughput only: conveyor at its default INFO level (one log line per
 task), to price that line against conveyor-redis (WARNING).

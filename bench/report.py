@@ -110,6 +110,24 @@ SPECS: dict[str, WorkloadSpec] = {
         "processed_rate",
         True,
     ),
+    "web": WorkloadSpec(
+        "8. web: 200 HTTP clients, {n:,} requests to one uvicorn's FastAPI endpoint that sends a 50 ms task and "
+        "awaits its result; then 20 clients",
+        (
+            ("p50_ms", "p50 ms", _ms),
+            ("p99_ms", "p99 ms", _ms),
+            ("few_p50_ms", "20 clients p50 ms", _ms),
+            ("few_p99_ms", "20 clients p99 ms", _ms),
+        ),
+        "req_s",
+        True,
+    ),
+    "adelay": WorkloadSpec(
+        "9. adelay: {n:,} sequential calls of await task.adelay() and of task.delay() (no worker), µs per call",
+        (("delay_us", "delay µs", _ms), ("ratio", "adelay ÷ delay", _ms)),
+        "adelay_us",
+        False,
+    ),
     "io-async": WorkloadSpec(
         "7. io-async: {n:,} tasks that await 1 s, queued, then one worker with {slots} slots",
         (
@@ -141,6 +159,8 @@ MAIN_HEADERS = {
     "p50_ms": "p50 ms",
     "batch_rate": "batch enqueue/s",
     "drain_s": "drain s",
+    "req_s": "requests/s",
+    "adelay_us": "adelay µs",
 }
 
 

@@ -29,6 +29,9 @@ REQUIREMENTS: dict[str, list[str]] = {
     "arq": ["arq>=0.25", "hiredis", "psutil"],
     # PostgreSQL's peer: its tasks count completions on the run's Redis like every other system's.
     "procrastinate": ["procrastinate>=3.0", "psycopg[binary]>=3.1", "redis>=4.5", "hiredis", "psutil"],
+    # The web workload serves each system's FastAPI app with uvicorn, in the system's own venv.
+    "celery-web": ["celery[redis]>=5.3", "hiredis", "psutil", "fastapi>=0.110", "uvicorn>=0.29"],
+    "arq-web": ["arq>=0.25", "hiredis", "psutil", "fastapi>=0.110", "uvicorn>=0.29"],
 }
 
 

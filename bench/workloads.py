@@ -24,12 +24,14 @@ import redis
 
 from bench.memory import PeakSampler, tree_cpu_seconds
 from bench.systems import (
+    ADELAY,
     AIO_WAIT_SECONDS,
     COUNTER_KEY,
     IO_ASYNC,
     IO_BLOCK_SECONDS,
     IO_THREADS,
     SLEEP_SECONDS,
+    WEB,
     WORKFLOWS,
 )
 from bench.systems.base import Driver
@@ -39,7 +41,7 @@ POLL_SECONDS = 0.005
 #: Every n-th task of the mixed workload sleeps (1 %).
 SLEEPY_EVERY = 100
 
-WORKLOADS = ("throughput", "results", "latency", "batch", "mixed", IO_THREADS, IO_ASYNC, *WORKFLOWS)
+WORKLOADS = ("throughput", "results", "latency", "batch", "mixed", IO_THREADS, IO_ASYNC, *WORKFLOWS, WEB, ADELAY)
 #: Times the chain workload sends its chain (one after another) for its latency figures.
 CHAIN_REPEATS = 50
 
@@ -400,6 +402,32 @@ def _check_count(counter: Counter, n: int) -> None:
         raise Failed("error", f"DUPLICATES {value - n}: the counter is {value} for {n} tasks")
 
 
+def web(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Issue 15: 200 then 20 HTTP clients against the system's FastAPI app (see ``bench/web.py``)."""
+    import asyncio
+
+    from bench.web import run_web
+
+    driver.start_workers()
+    figures, failures, sent = asyncio.run(run_web(driver, n, min(limits.deadline, time.monotonic() + limits.startup)))
+    if failures:
+        raise Failed("error", f"FAILED {len(failures)} of {sent} requests; first: {failures[0][:200]}")
+    _check_count(counter, sent)
+    return Outcome(figures=figures)
+
+
+def adelay(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
+    """Issue 15: microseconds per ``task.delay()`` and per ``await task.adelay()`` call (conveyor, no worker)."""
+    seconds = driver.per_call_seconds(n)
+    return Outcome(
+        figures={
+            "adelay_us": seconds["adelay_s"] * 1e6,
+            "delay_us": seconds["delay_s"] * 1e6,
+            "ratio": seconds["adelay_s"] / seconds["delay_s"],
+        }
+    )
+
+
 RUNNERS: dict[str, Callable[[Driver, Counter, int, Limits, int], Outcome]] = {
     "throughput": throughput,
     "results": results,
@@ -411,4 +439,6 @@ RUNNERS: dict[str, Callable[[Driver, Counter, int, Limits, int], Outcome]] = {
     "chord": chord,
     "group": group,
     "chain": chain,
+    WEB: web,
+    ADELAY: adelay,
 }

@@ -28,6 +28,19 @@ IO_ASYNC = "io-async"
 #: The workflow workloads of issue 17: a chord and a group of N no-op members, a chain of N steps.
 WORKFLOWS = ("chord", "group", "chain")
 
+#: The web workloads of issue 15: HTTP clients against one uvicorn process serving the system's FastAPI
+#: app, whose endpoint sends a task that awaits WEB_TASK_SECONDS and waits for its result; and the
+#: per-call price of conveyor's ``await task.adelay()`` against ``task.delay()``.
+WEB = "web"
+ADELAY = "adelay"
+#: How long the web workload's task awaits (sleeps, on Celery's thread pool).
+WEB_TASK_SECONDS = 0.05
+#: Concurrent HTTP clients of the web workload's two phases.
+WEB_CLIENTS = 200
+WEB_FEW_CLIENTS = 20
+#: Seconds a web request waits for its task's result before it answers 504.
+WEB_RESULT_TIMEOUT = 30.0
+
 
 @dataclasses.dataclass(frozen=True)
 class SystemSpec:
@@ -57,7 +70,13 @@ class SystemSpec:
 SYSTEMS: dict[str, SystemSpec] = {
     spec.name: spec
     for spec in (
-        SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC, *WORKFLOWS)),
+        SystemSpec(
+            "conveyor-redis",
+            "conveyor",
+            None,
+            "redis",
+            (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC, *WORKFLOWS, WEB, ADELAY),
+        ),
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
@@ -69,5 +88,8 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("huey", "huey", "huey", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("arq", "arq", "arq", "", (*CLASSIC_WORKLOADS, IO_ASYNC)),
         SystemSpec("procrastinate", "procrastinate", "procrastinate"),
+        # The web workload's peers: the same drivers in venvs that also hold FastAPI and uvicorn.
+        SystemSpec("celery-web", "celery", "celery-web", "", (WEB,)),
+        SystemSpec("arq-web", "arq", "arq-web", "", (WEB,)),
     )
 }

@@ -9,14 +9,18 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import IO_ASYNC
+from bench.systems import IO_ASYNC, WEB
 from bench.systems.base import Driver, Unavailable
+
+#: The web workload's worker: one arq process running this many jobs at once (as conveyor's -c 1000).
+WEB_MAX_JOBS = 1000
 
 
 class ArqDriver(Driver):
     """arq: asyncio workers polling a Redis sorted set."""
 
     batch_note = "loop of pool.enqueue_job() in one coroutine (no batch API)"
+    web_app = "bench.systems.arq_web:api"
 
     def setup(self) -> None:
         try:
@@ -45,6 +49,8 @@ class ArqDriver(Driver):
         """(worker processes, max_jobs) for this workload."""
         if self.config.workload == IO_ASYNC:
             return self.config.workers, self.config.slots
+        if self.config.workload == WEB:
+            return 1, WEB_MAX_JOBS
         return self.config.concurrency, self.tasks.MAX_JOBS
 
     def worker_env(self) -> dict[str, str]:
@@ -53,7 +59,8 @@ class ArqDriver(Driver):
     def worker_commands(self) -> list[list[str]]:
         import sys
 
-        return [[sys.executable, "-m", "bench.systems.arq_tasks"] for _ in range(self._shape()[0])]
+        workers = [[sys.executable, "-m", "bench.systems.arq_tasks"] for _ in range(self._shape()[0])]
+        return [*workers, self.web_server_command()] if self.config.workload == WEB else workers
 
     def enqueue_one(self, kind: str, arg: int) -> Any:
         return self.runner.run(self.pool.enqueue_job(kind, arg))

@@ -19,7 +19,7 @@ from arq import func
 from arq.connections import RedisSettings
 from arq.worker import run_worker
 
-from bench.systems import AIO_WAIT_SECONDS, COUNTER_KEY, REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import AIO_WAIT_SECONDS, COUNTER_KEY, REDIS_URL_ENV, SLEEP_SECONDS, WEB_TASK_SECONDS
 
 MAX_JOBS = int(os.environ.get("BENCH_ARQ_MAX_JOBS", "10"))
 POLL_DELAY = float(os.environ.get("BENCH_ARQ_POLL_DELAY", "0.01"))
@@ -50,6 +50,13 @@ async def aio(ctx: dict[str, Any], i: int) -> None:
     await ctx["redis"].incr(COUNTER_KEY)
 
 
+async def web(ctx: dict[str, Any], x: int) -> int:
+    """The web workload's task: await 50 ms, count, return ``x``."""
+    await asyncio.sleep(WEB_TASK_SECONDS)
+    await ctx["redis"].incr(COUNTER_KEY)
+    return x
+
+
 class WorkerSettings:
     """What ``arq.run_worker`` reads."""
 
@@ -58,6 +65,7 @@ class WorkerSettings:
         echo,
         func(sleepy, keep_result=0),
         func(aio, keep_result=0),
+        web,
     ]
     redis_settings = redis_settings()
     queue_name = QUEUE

@@ -71,11 +71,15 @@ class Driver:
 
     #: Tasks per ``enqueue_batch`` call is chosen by the harness; this says what the call does.
     batch_note: ClassVar[str] = "loop of single enqueues (no batch API)"
+    #: The web workload: the system's FastAPI app (``module:attribute``) that uvicorn serves.
+    web_app: ClassVar[str] = ""
 
     def __init__(self, config: DriverConfig) -> None:
         self.config = config
         self._workers: list[subprocess.Popen[bytes]] = []
         self._logs: list[Any] = []
+        #: The port the web workload's uvicorn listens on (127.0.0.1).
+        self.web_port = _free_port()
 
     # -- system-specific -------------------------------------------------------------------
 
@@ -135,6 +139,21 @@ class Driver:
     def close(self) -> None:
         """Release client connections."""
 
+    def per_call_seconds(self, n: int) -> dict[str, float]:
+        """The adelay workload: seconds per call of each producer API measured (conveyor only)."""
+        raise Unavailable("no async producer API to compare")
+
+    def web_server_command(self) -> list[str]:
+        """The web workload's server: one uvicorn process serving :attr:`web_app`, quiet (no access log)."""
+        if not self.web_app:
+            raise Unavailable("no FastAPI app for the web workload")
+        return [
+            *(sys.executable, "-m", "uvicorn", self.web_app, "--host", "127.0.0.1", "--port", str(self.web_port)),
+            # Keep idle keep-alive connections (uvicorn closes them after 5 s): between the phases a
+            # client may idle longer, and its next request would meet a closed connection.
+            *("--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "300"),
+        ]
+
     # -- shared ----------------------------------------------------------------------------
 
     def bin(self, name: str) -> str:
@@ -186,6 +205,15 @@ class Driver:
             log.close()
         self._workers.clear()
         self._logs.clear()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _signal_group(pid: int, sig: signal.Signals, *, group: bool) -> None:

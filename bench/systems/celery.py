@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import BROKER_URL_ENV, IO_THREADS
+from bench.systems import BROKER_URL_ENV, IO_THREADS, WEB, WEB_CLIENTS
 from bench.systems._rabbit import Vhost
 from bench.systems.base import Driver, DriverConfig, Unavailable
 
@@ -15,6 +15,7 @@ class CeleryDriver(Driver):
     """Celery with the Redis result backend, and the Redis broker or (variant ``amqp``) RabbitMQ in a fresh vhost."""
 
     batch_note = "group(task.s(i) ...).apply_async(): one message per task, one producer connection"
+    web_app = "bench.systems.celery_web:api"
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
@@ -50,11 +51,14 @@ class CeleryDriver(Driver):
         """(worker commands, -P, -c) for this workload."""
         if self.config.workload == IO_THREADS:
             return self.config.workers, "threads", self.config.slots
+        if self.config.workload == WEB:
+            return 1, "threads", WEB_CLIENTS
         return 1, "prefork", self.config.concurrency
 
     def worker_commands(self) -> list[list[str]]:
         workers, pool, concurrency = self._shape()
-        return [
+        server = [self.web_server_command()] if self.config.workload == WEB else []
+        return server + [
             [
                 self.bin("celery"),
                 "-A",

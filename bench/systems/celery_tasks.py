@@ -14,7 +14,7 @@ import time
 
 from celery import Celery
 
-from bench.systems import BROKER_URL_ENV, IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import BROKER_URL_ENV, IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS, WEB_TASK_SECONDS
 from bench.systems._counter import incr
 
 PREFETCH = int(os.environ.get("BENCH_CELERY_PREFETCH", "16"))
@@ -66,3 +66,11 @@ def sleepy(i: int) -> None:
 def io(i: int) -> None:
     time.sleep(IO_BLOCK_SECONDS)
     incr()
+
+
+@app.task
+def web(x: int) -> int:
+    """The web workload's task: sleep 50 ms (its -P threads slot), count, return ``x``."""
+    time.sleep(WEB_TASK_SECONDS)
+    incr()
+    return x

@@ -16,17 +16,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.systems import IO_ASYNC, IO_THREADS
+from bench.systems import IO_ASYNC, IO_THREADS, WEB
 from bench.systems._rabbit import Vhost
 from bench.systems.base import REPO_ROOT, Driver, DriverConfig, Unavailable
 
 APP = "bench.systems.conveyor_tasks:app"
+#: The web workload's worker: one asyncio-pool worker with this many slots (as arq's max_jobs).
+WEB_ASYNC_SLOTS = 1000
 
 
 class ConveyorDriver(Driver):
     """conveyor on Redis, SQLite, or RabbitMQ (a fresh vhost, results on the run's Redis)."""
 
     batch_note = "app.send([task.message(...) ...]): one broker call per chunk"
+    web_app = "bench.systems.conveyor_web:api"
 
     def __init__(self, config: DriverConfig) -> None:
         super().__init__(config)
@@ -98,7 +101,8 @@ class ConveyorDriver(Driver):
     def worker_commands(self) -> list[list[str]]:
         workers, concurrency, pool = self._shape()
         cmd = [*_conveyor(self.bin("conveyor")), "worker", APP, "-c", str(concurrency), "--pool", pool]
-        return [[*cmd, "--loglevel", self.config.log_level] for _ in range(workers)]
+        workers_cmds = [[*cmd, "--loglevel", self.config.log_level] for _ in range(workers)]
+        return [*workers_cmds, self.web_server_command()] if self.config.workload == WEB else workers_cmds
 
     def _shape(self) -> tuple[int, int, str]:
         """(worker commands, -c, --pool) for this workload."""
@@ -106,6 +110,8 @@ class ConveyorDriver(Driver):
             return self.config.workers, self.config.slots, "thread"
         if self.config.workload == IO_ASYNC:
             return self.config.workers, self.config.slots, "asyncio" if _has_asyncio_pool() else "thread"
+        if self.config.workload == WEB:
+            return 1, WEB_ASYNC_SLOTS, "asyncio"
         return 1, self.config.concurrency, "process"
 
     def worker_env(self) -> dict[str, str]:
@@ -132,6 +138,29 @@ class ConveyorDriver(Driver):
 
     def wait_result(self, handle: Any, timeout: float) -> Any:
         return handle.get(timeout=timeout)  # ResultTimeout is a TimeoutError
+
+    def per_call_seconds(self, n: int) -> dict[str, float]:
+        """Seconds per ``noop.delay(i)`` and per ``await noop.adelay(i)``, n sequential calls each (no worker)."""
+        import asyncio
+        import time
+
+        task = self.tasks.noop
+        task.delay(0)  # connect and register the queue outside the timing
+        start = time.perf_counter()
+        for i in range(n):
+            task.delay(i)
+        sync = (time.perf_counter() - start) / n
+
+        async def calls() -> float:
+            await task.adelay(0)
+            begin = time.perf_counter()
+            for i in range(n):
+                await task.adelay(i)
+            elapsed = time.perf_counter() - begin
+            await self.tasks.app.aclose()
+            return elapsed / n
+
+        return {"delay_s": sync, "adelay_s": asyncio.run(calls())}
 
     def close(self) -> None:
         tasks = getattr(self, "tasks", None)

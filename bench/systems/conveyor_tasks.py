@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bench.systems import AIO_WAIT_SECONDS, IO_BLOCK_SECONDS, SLEEP_SECONDS
+from bench.systems import AIO_WAIT_SECONDS, IO_BLOCK_SECONDS, SLEEP_SECONDS, WEB_TASK_SECONDS
 from bench.systems._counter import incr
 from conveyor import App
 
@@ -63,3 +63,11 @@ async def aio(i: int) -> None:
     """Await 1 s (an LLM call), then count (a blocking INCR of some 50 us: cheap next to the wait)."""
     await asyncio.sleep(AIO_WAIT_SECONDS)
     incr()
+
+
+@app.task
+async def web(x: int) -> int:
+    """The web workload's task: await 50 ms (a call to another service), count, return ``x``."""
+    await asyncio.sleep(WEB_TASK_SECONDS)
+    incr()
+    return x

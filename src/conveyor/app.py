@@ -273,15 +273,30 @@ class App:
             BrokerUnavailable: the broker did not answer.
             DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
-        limit = self.settings.max_message_size
-        encode = self.codec.encode
-        # Encode everything before sending anything.
-        envelopes = [
-            Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages
-        ]
+        envelopes = self._envelopes(messages)
         if connection is not None:
             return self.broker.enqueue_in(connection, envelopes)
         return self.broker.enqueue(envelopes)
+
+    async def asend(self, messages: Sequence[Message]) -> list[str]:
+        """:meth:`send` for a coroutine (a FastAPI handler): the event loop runs on while the broker answers.
+
+        On Redis the message goes out on the loop's own connection; SQLite and RabbitMQ enqueue in a
+        thread. Cancelling the call never leaves a batch half-sent: it is stored whole or not at all.
+
+        Raises:
+            EncodeError: an argument does not serialize (nothing of the batch is sent).
+            MessageTooLarge: a message is over ``max_message_size``.
+            BrokerUnavailable: the broker did not answer.
+            DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
+        """
+        return await self.broker.aenqueue(self._envelopes(messages))
+
+    def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
+        """Encode every message (before anything is sent: one bad argument sends nothing)."""
+        limit = self.settings.max_message_size
+        encode = self.codec.encode
+        return [Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages]
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schemas of the broker and the result backend (``conveyor db migrate``).
@@ -327,6 +342,13 @@ class App:
             self._broker.close()
         if self._backend is not None:
             self._backend.close()
+
+    async def aclose(self) -> None:
+        """Close the running event loop's connections (call it before the loop ends, e.g. in a lifespan)."""
+        if self._broker is not None:
+            await self._broker.aclose()
+        if self._backend is not None:
+            await self._backend.aclose()
 
 
 def _builtin_types() -> tuple[type[Middleware], ...]:

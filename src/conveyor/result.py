@@ -3,11 +3,17 @@
 It reads only the result backend: ``get()`` waits on the backend (which wakes as soon as the
 result lands), ``state``/``ready()``/``progress`` read the latest record. The type parameter is
 the task's return type, so ``add.delay(1, 2).get()`` is an ``int`` to the type checker.
+
+Coroutines use the ``a``-prefixed twins (``await r.aget()``, ``await r.astate()``, ``async for
+update in r.aupdates()``), which wait on the event loop instead of blocking it; ``get()`` and
+``aget()`` share one path from the stored record to the value or exception.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor.errors import ResultTimeout, TaskRevoked
@@ -22,6 +28,8 @@ R = TypeVar("R")
 
 #: ``get()`` without a timeout waits this long at most, in seconds: no call blocks forever by accident.
 DEFAULT_GET_TIMEOUT = 3600.0
+#: Seconds between two reads of ``aupdates()`` while the task runs (its final state arrives at once).
+UPDATES_EVERY = 0.2
 
 
 class AsyncResult(Generic[R]):
@@ -127,18 +135,62 @@ class AsyncResult(Generic[R]):
         """
         limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
         deadline = time.monotonic() + limit
-        record: ResultRecord | None = None
         while True:
-            raw = self._app.backend.wait(self.id, max(0.0, deadline - time.monotonic()))
-            record = None if raw is None else decode_record(raw)
+            record = _decode(self._app.backend.wait(self.id, max(0.0, deadline - time.monotonic())))
             if (record is not None and record.state.final) or time.monotonic() >= deadline:
-                break
+                return self._value_of(record, limit, propagate)
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """:meth:`get` for a coroutine: waits on the event loop (woken when the result is written).
+
+        Cancel it (``asyncio.timeout``, a client that went away) and nothing is left behind: no
+        waiter, no borrowed connection. The arguments and errors are :meth:`get`'s.
+        """
+        limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while True:
+            record = _decode(await self._app.backend.async_wait(self.id, max(0.0, deadline - loop.time())))
+            if (record is not None and record.state.final) or loop.time() >= deadline:
+                return self._value_of(record, limit, propagate)
+
+    async def astate(self) -> State:
+        """:attr:`state` for a coroutine."""
+        record = _decode(await self._app.backend.aget(self.id))
+        return State.PENDING if record is None else record.state
+
+    async def ainfo(self) -> ResultRecord | None:
+        """:attr:`info` for a coroutine: the whole stored record, or None."""
+        return _decode(await self._app.backend.aget(self.id))
+
+    async def aupdates(self, every: float = UPDATES_EVERY) -> AsyncIterator[ResultRecord]:
+        """Each new state of the task (state, progress and note), until and including its final record.
+
+        The final record arrives the moment it is written; progress between is read every ``every``
+        seconds and yielded only when something changed. Stop iterating whenever you like (the
+        client went away): nothing is left behind. Nothing is yielded while no record exists yet.
+
+        Args:
+            every: seconds between two reads while the task runs.
+        """
+        last: bytes | None = None
+        while True:
+            raw = await self._app.backend.async_wait(self.id, every)
+            if raw is not None and raw != last:
+                last = raw
+                record = decode_record(raw)
+                yield record
+                if record.state.final:
+                    return
+
+    def _value_of(self, record: ResultRecord | None, limit: float, propagate: bool) -> R:
+        """The value (or exception) of the record a wait ended with: one path for get() and aget()."""
         if record is None or not record.state.final:
             state = State.PENDING if record is None else record.state
             raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {state})")
-        return self._value_of(record, propagate)
+        return self._final_value(record, propagate)
 
-    def _value_of(self, record: ResultRecord, propagate: bool) -> R:
+    def _final_value(self, record: ResultRecord, propagate: bool) -> R:
         if record.state is State.SUCCESS:
             value: R = self._typed(record)
             return value
@@ -178,3 +230,7 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete the stored result."""
         self._app.backend.forget(self.id)
+
+
+def _decode(raw: bytes | None) -> ResultRecord | None:
+    return None if raw is None else decode_record(raw)

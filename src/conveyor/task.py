@@ -205,6 +205,16 @@ class BaseTask(Generic[P, R]):
         """
         return self.apply_async(args, kwargs)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """:meth:`delay` for a coroutine: ``r = await task.adelay(...)`` in an async web handler.
+
+        Raises:
+            TypeError: a missing or unexpected argument; nothing is sent.
+            EncodeError: an argument does not serialize (the error names it).
+            BrokerUnavailable: the broker did not answer; nothing is sent.
+        """
+        return await self.aapply_async(args, kwargs)
+
     @overload
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]: ...
     @overload
@@ -265,6 +275,18 @@ class BaseTask(Generic[P, R]):
         types = self.types
         if types.typed:  # only parameters JSON does not carry as they are (a datetime, a set...)
             types.check(args, kwargs)
+
+    async def aapply_async(
+        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+    ) -> AsyncResult[R]:
+        """:meth:`apply_async` for a coroutine; the same options and errors.
+
+        Raises:
+            TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+        """
+        self.check_call(args, kwargs)
+        [task_id] = await self.app.asend([self.message(args, kwargs, **options)])
+        return AsyncResult(task_id, self.app)
 
     def message(
         self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]

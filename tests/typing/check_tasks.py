@@ -33,6 +33,24 @@ async def fetch(sku: str) -> float:
 def typo() -> None: ...
 
 
+async def check_async() -> None:
+    # The async producer API keeps the types: AsyncResult[float] from `async def fetch(...) -> float`
+    r = await fetch.adelay("x")
+    assert_type(r, AsyncResult[float])
+    assert_type(await r.aget(timeout=1), float)
+    assert_type(await add.adelay(1, 2), AsyncResult[int])
+    assert_type(await add.aapply_async((1, 2), countdown=5), AsyncResult[int])
+    assert_type(await app.asend([add.message((1, 2))]), list[str])
+    async for update in r.aupdates():
+        assert_type(update.progress, float | None)
+
+    await fetch.adelay(3)  # type: ignore[arg-type]
+    await add.adelay(1)  # type: ignore[call-arg]
+    await greet.adelay("ann", colour="red")  # type: ignore[call-arg]
+    wrong: str = await add.adelay(1, 2)  # type: ignore[assignment]
+    print(wrong)
+
+
 def check() -> None:
     assert_type(add.delay(1, 2), AsyncResult[int])
     assert_type(add.delay(1, 2).get(timeout=1), int)

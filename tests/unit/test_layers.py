@@ -11,8 +11,8 @@ this test adds in brackets:
 2. ``brokers/*`` and ``backends/*`` import only ``message``, ``errors``, ``settings`` and their own
    ``base`` [and ``states``; a broker may import ``backends.base``, the contract of the store it is
    handed; a module of one engine's subpackage (``brokers/redis/``) may import its siblings; a
-   backend may import its own engine's ``brokers.<engine>.connection`` and ``keys`` and nothing
-   else of ``brokers``].
+   backend may import its own engine's ``brokers.<engine>.connection``, ``keys``, ``aio`` (the async
+   client) and ``wake`` (cross-process wake-ups) and nothing else of ``brokers``].
 3. ``worker/*`` depends on the ``brokers.base``/``backends.base`` contracts (and the packages that
    re-export them), never on a concrete broker or backend.
 4. ``cli/`` and ``dashboard/`` go through ``app`` and ``ops/`` only [read: they never import
@@ -52,7 +52,7 @@ STORAGE_MAY_IMPORT = frozenset({"conveyor.errors", "conveyor.message", "conveyor
 #: Rule 2: modules of ``brokers/`` every broker module may import (the contract and shared private helpers).
 BROKERS_SHARED = frozenset({"conveyor.brokers.base", "conveyor.brokers._urls", "conveyor.brokers._stalls"})
 #: Rule 2: what a backend may use of its engine's broker subpackage.
-ENGINE_MODULES_FOR_BACKENDS = frozenset({"connection", "keys"})
+ENGINE_MODULES_FOR_BACKENDS = frozenset({"connection", "keys", "aio", "wake"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -189,7 +189,9 @@ def rule_storage(edge: Edge, top: str) -> str | None:
     allowed = {f"{brokers}.{engine}.{name}" for name in ENGINE_MODULES_FOR_BACKENDS}
     if engine is not None and target in allowed:
         return None
-    return "rule 2: a backend imports message, errors, settings, states, backends.base, its engine's connection/keys"
+    return (
+        "rule 2: a backend imports message, errors, settings, states, backends.base, its engine's connection/keys/..."
+    )
 
 
 def rule_worker(edge: Edge, top: str) -> str | None:

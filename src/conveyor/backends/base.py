@@ -8,9 +8,11 @@ results, counted atomically so its body fires once: ``workflows/``) and token bu
 limits: ``flowcontrol.py``).
 
 :class:`ResultBackend` is a Store that also keeps one encoded :class:`~conveyor.states.ResultRecord`
-per task id with a time to live, and lets a caller wait for a record to reach a final state. Waiting
-wakes as soon as the record lands (Redis: blocking pop; SQLite: short adaptive polling; memory: a
-condition).
+per task id with a time to live, and lets a caller wait for a record to reach a final state, from a
+thread (:meth:`ResultBackend.wait`) or a coroutine (:meth:`ResultBackend.async_wait`). Waiting wakes as
+soon as the record lands, without polling (Redis: a blocking pop on a wake-up token; SQLite: a datagram
+from the writing process; memory: a condition or a future); ``docs/results.md`` says what each engine
+does. :class:`Wakers` is the per-process registry of waiting threads and coroutines those engines share.
 
 The primitives live on the backend rather than on the broker because every deployment has a result
 backend and it is always a store (SQLite or Redis), while a broker may not be one (RabbitMQ). A broker
@@ -21,7 +23,11 @@ See ``docs/beat.md`` and ``docs/amqp.md``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Self
 
 from conveyor.states import State
@@ -109,6 +115,9 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store reconnects if used again."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release the running event loop's connections (engines with an async client: Redis)."""
+
 
 class ResultBackend(Store):
     """Base class of every result backend: task records, plus the :class:`Store` primitives; thread-safe."""
@@ -163,3 +172,125 @@ class ResultBackend(Store):
     @abc.abstractmethod
     def forget(self, task_id: str) -> None:
         """Delete the record."""
+
+    async def aget(self, task_id: str) -> bytes | None:
+        """:meth:`get` for a coroutine; the default runs it in a thread, off the event loop."""
+        return await asyncio.to_thread(self.get, task_id)
+
+    async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
+        """:meth:`wait` for a coroutine: the same answer, and the event loop runs on meanwhile.
+
+        (Named so because ``await`` is a keyword.) Cancelling the coroutine leaves nothing behind:
+        no waiter registered, no connection borrowed. The default, for a third-party backend, runs
+        :meth:`wait` in a thread; a cancelled call then leaves that thread waiting out ``timeout``.
+        """
+        return await asyncio.to_thread(self.wait, task_id, timeout)
+
+
+#: One waiting party: a thread's Event, or a coroutine's Future (resolved on its own loop).
+Waker = threading.Event | asyncio.Future[None]
+
+
+class Wakers:
+    """Which threads and coroutines of this process wait for which task id; thread-safe.
+
+    A backend whose engine cannot block a reader until a write (SQLite, memory) registers each
+    waiter here *before* it reads the record, and calls :meth:`wake` after a final write is
+    committed (in this process, or when another process says so): a write that lands after the
+    read finds the waiter registered, so no wake is lost in between.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, set[Waker]] = {}
+
+    def __len__(self) -> int:
+        """How many waiters are registered (0 once every wait has ended, cancelled ones included)."""
+        with self._lock:
+            return sum(len(waiters) for waiters in self._by_id.values())
+
+    @contextlib.contextmanager
+    def thread(self, task_id: str) -> Iterator[threading.Event]:
+        """Register an Event set when ``task_id`` is woken; unregistered on exit."""
+        event = threading.Event()
+        self._add(task_id, event)
+        try:
+            yield event
+        finally:
+            self._remove(task_id, event)
+
+    @contextlib.contextmanager
+    def coroutine(self, task_id: str) -> Iterator[asyncio.Future[None]]:
+        """Register a Future of the running loop resolved when ``task_id`` is woken; unregistered on exit."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._add(task_id, future)
+        try:
+            yield future
+        finally:
+            self._remove(task_id, future)
+            future.cancel()
+
+    def wake(self, task_ids: Iterable[str]) -> None:
+        """Wake every waiter on these ids, from any thread."""
+        with self._lock:
+            woken = [w for task_id in task_ids for w in self._by_id.get(task_id, ())]
+        for waker in woken:
+            if isinstance(waker, threading.Event):
+                waker.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
+                    waker.get_loop().call_soon_threadsafe(_resolve, waker)
+
+    def _add(self, task_id: str, waker: Waker) -> None:
+        with self._lock:
+            self._by_id.setdefault(task_id, set()).add(waker)
+
+    def _remove(self, task_id: str, waker: Waker) -> None:
+        with self._lock:
+            waiters = self._by_id.get(task_id)
+            if waiters is not None:
+                waiters.discard(waker)
+                if not waiters:
+                    del self._by_id[task_id]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+#: What a wait loop reads: (the record is final, the record or None).
+Reading = tuple[bool, bytes | None]
+
+
+def wait_woken(
+    wakers: Wakers, task_id: str, timeout: float, read: Callable[[], Reading], recheck: float
+) -> bytes | None:
+    """Block until ``read`` says final, woken through ``wakers``; re-read every ``recheck`` s as a safety net.
+
+    The safety net covers a wake that never comes (a writer that could not reach this process);
+    it is no polling interval: a result normally wakes the waiter the moment it is written.
+    """
+    deadline = time.monotonic() + timeout
+    with wakers.thread(task_id) as woken:
+        while True:
+            final, record = read()
+            remaining = deadline - time.monotonic()
+            if final or remaining <= 0:
+                return record
+            woken.wait(min(remaining, recheck))
+            woken.clear()
+
+
+async def await_woken(
+    wakers: Wakers, task_id: str, timeout: float, read: Callable[[], Awaitable[Reading]], recheck: float
+) -> bytes | None:
+    """:func:`wait_woken` for a coroutine: the loop runs on while it waits; cancelling it unregisters the waiter."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with wakers.coroutine(task_id) as woken:
+            final, record = await read()
+            remaining = deadline - time.monotonic()
+            if final or remaining <= 0:
+                return record
+            await asyncio.wait([woken], timeout=min(remaining, recheck))

@@ -1,4 +1,8 @@
-"""MemoryResultBackend: results in this process's memory, for tests and the memory broker."""
+"""MemoryResultBackend: results in this process's memory, for tests and the memory broker.
+
+A thread waits on a condition; a coroutine on a future of its own loop, resolved by the final write
+(:class:`~conveyor.backends.base.Wakers`), so waiting holds no thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import math
 import threading
 import time
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken
 from conveyor.states import FINAL_STATES, State
 
 
@@ -21,12 +25,15 @@ class MemoryResultBackend(ResultBackend):
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
         self._gathers: dict[str, tuple[dict[int, bytes], float]] = {}  # key -> (slots, expires at)
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, refilled at: monotonic seconds)
+        self.wakers = Wakers()
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         with self._cond:
             self._data[task_id] = (state, record, time.time() + ttl)
             if state in FINAL_STATES:
                 self._cond.notify_all()
+        if state in FINAL_STATES:
+            self.wakers.wake([task_id])
 
     def get(self, task_id: str) -> bytes | None:
         with self._cond:
@@ -41,6 +48,17 @@ class MemoryResultBackend(ResultBackend):
                 if (state is not None and state in FINAL_STATES) or remaining <= 0:
                     return record
                 self._cond.wait(remaining)
+
+    async def aget(self, task_id: str) -> bytes | None:
+        return self.get(task_id)  # a dict lookup: no reason to leave the loop
+
+    async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
+        async def read() -> Reading:
+            with self._cond:
+                state, record = self._live(task_id)
+            return state in FINAL_STATES, record
+
+        return await await_woken(self.wakers, task_id, timeout, read, recheck=timeout)
 
     def forget(self, task_id: str) -> None:
         with self._cond:

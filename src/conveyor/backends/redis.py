@@ -5,6 +5,8 @@ A final state also pushes a wake-up token onto ``{prefix:r:ID}:notify`` (same sl
 ``wait()`` reads the record, then BLPOPs that list for the remaining time, then reads again. A waiter
 that wakes passes the token on, so every waiter on the same id wakes; a non-final write deletes the
 list, so an old token never wakes a waiter for nothing. No polling interval anywhere.
+``async_wait()`` does the same on the event loop, through redis.asyncio connections
+(``brokers/redis/aio.py``): a coroutine's BLPOP holds one connection of its loop and no thread.
 
 Coordination primitives: a lease is ``{prefix:lease:NAME}`` = owner with a PX ttl, taken or renewed by
 ``lease_acquire.lua`` and released by ``lease_release.lua`` (compare, then delete); a claim is
@@ -15,6 +17,7 @@ taken by ``token_take.lua``. Expiry runs on the server's clock, so clients with 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import cast
@@ -38,7 +41,7 @@ from conveyor.states import FINAL_STATES, State
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
 #: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
-SCRIPTS = ("lease_acquire", "lease_release", "token_take")
+SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "token_take")
 
 
 class RedisResultBackend(ResultBackend):
@@ -72,6 +75,10 @@ class RedisResultBackend(ResultBackend):
             max_block=self.max_block,
             scripts=SCRIPTS,
         )
+
+    @property
+    def _ttl(self) -> int:
+        return _ms(self.notify_ttl)
 
     def __repr__(self) -> str:
         return f"RedisResultBackend({self.url!r}, prefix={self.prefix!r})"
@@ -115,6 +122,24 @@ class RedisResultBackend(ResultBackend):
                 state, record = self._read_and_pass_on(task_id)
             else:
                 state, record = self._read(task_id)
+        return record
+
+    async def aget(self, task_id: str) -> bytes | None:
+        return _split(await self._conn.aio.command("GET", result_key(self.prefix, task_id)))[1]
+
+    async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
+        aio = self._conn.aio
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        key, notify = result_key(self.prefix, task_id), notify_key(self.prefix, task_id)
+        state, record = _split(await aio.command("GET", key))
+        while state not in _FINAL:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # The pop, then the read (passing the token on to the next waiter), in one round trip.
+            _, raw = await aio.block_then_run(notify, max(MIN_BLOCK, remaining), "pass_on", [key, notify], [self._ttl])
+            state, record = _split(raw)
         return record
 
     def forget(self, task_id: str) -> None:
@@ -173,6 +198,9 @@ class RedisResultBackend(ResultBackend):
 
     def close(self) -> None:
         self._conn.close()
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
 
     def _queue_write(self, pipe: Pipeline, task_id: str, state: State, record: bytes, ttl: float) -> None:
         """SET the record with its ttl; a final state leaves one wake-up token, any other clears old ones."""

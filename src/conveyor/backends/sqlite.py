@@ -1,8 +1,12 @@
 """SQLiteResultBackend: results in the ``results`` table of the same file as the SQLite broker.
 
-``wait()`` polls with short adaptive sleeps (1 ms growing to 20 ms): SQLite has no notification
-across processes, and a read in WAL mode costs microseconds and takes no lock. Expired rows are
-invisible at once and deleted by an occasional sweep.
+``wait()`` and ``async_wait()`` do not poll: a waiter registers in this process's
+:class:`~conveyor.backends.base.Wakers`, and a process that commits final results sends their ids to
+every waiting process of the file over a Unix datagram socket (``brokers/sqlite/wake.py``), after the
+commit. A waiter re-reads every :attr:`SQLiteResultBackend.recheck` seconds only as a safety net for
+a wake that could not be delivered. Coroutines read the row in a thread (the loop never waits on the
+file) and wait on a future of their loop. Expired rows are invisible at once and deleted by an
+occasional sweep.
 
 Leases, claims, values, gathers and token buckets (the coordination primitives) are rows of
 the ``leases``, ``claims``, ``kv``, ``gathers`` and ``buckets`` tables, each operation one
@@ -12,27 +16,32 @@ check-then-write can never interleave with another.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken, wait_woken
 from conveyor.brokers.sqlite.connection import SQLiteConnection
+from conveyor.brokers.sqlite.wake import WakeChannel
 from conveyor.states import FINAL_STATES, State
 
 #: Seconds between sweeps of expired results (per process).
 SWEEP_EVERY = 60.0
-#: Adaptive polling of wait(): first and longest sleep in seconds.
-POLL_MIN, POLL_MAX = 0.001, 0.02
 _FINAL = tuple(str(s) for s in FINAL_STATES)
 
 
 class SQLiteResultBackend(ResultBackend):
     """Results in a SQLite file; ``sqlite:///path`` URLs (the broker's file by default)."""
 
+    #: Seconds between a waiter's safety re-reads (a wake normally arrives the moment the result is committed).
+    recheck: float = 1.0
+
     def __init__(self, url: str) -> None:
         self.db = SQLiteConnection(url)
         self._next_sweep = time.monotonic() + SWEEP_EVERY
+        self.wakers = Wakers()
+        self._channel = WakeChannel(self.db.path, self.wakers.wake)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
@@ -45,6 +54,10 @@ class SQLiteResultBackend(ResultBackend):
                 [(task_id, str(state), record, expires) for task_id, state, record in items],
             )
             self._sweep(conn)
+        final = [task_id for task_id, state, _ in items if state in FINAL_STATES]
+        if final:  # committed: wake this process's waiters, then every other waiting process's
+            self.wakers.wake(final)
+            self._channel.notify(final)
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         """Every SWEEP_EVERY seconds, delete expired results, claims and values (they are invisible already)."""
@@ -86,16 +99,21 @@ class SQLiteResultBackend(ResultBackend):
                 found.update((row[0], bytes(row[1])) for row in rows)
         return [found.get(task_id) for task_id in task_ids]
 
+    def _reading(self, task_id: str) -> Reading:
+        row = self._read(task_id)
+        return (False, None) if row is None else (row[0] in _FINAL, row[1])
+
     def wait(self, task_id: str, timeout: float) -> bytes | None:
-        deadline = time.monotonic() + timeout
-        pause = POLL_MIN
-        while True:
-            row = self._read(task_id)
-            remaining = deadline - time.monotonic()
-            if (row is not None and row[0] in _FINAL) or remaining <= 0:
-                return None if row is None else row[1]
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, POLL_MAX)
+        self._channel.listen()  # before the first read: a commit after it must find this process's socket
+        return wait_woken(self.wakers, task_id, timeout, lambda: self._reading(task_id), self.recheck)
+
+    async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
+        self._channel.listen()
+
+        async def read() -> Reading:
+            return await asyncio.to_thread(self._reading, task_id)
+
+        return await await_woken(self.wakers, task_id, timeout, read, self.recheck)
 
     def forget(self, task_id: str) -> None:
         with self.db.write() as conn:
@@ -192,4 +210,5 @@ class SQLiteResultBackend(ResultBackend):
         return 0.0 if tokens >= 0.0 else -tokens / rate
 
     def close(self) -> None:
+        self._channel.close()
         self.db.close()

@@ -16,6 +16,7 @@ unchanged against every implementation.
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -186,6 +187,15 @@ class Broker(abc.ABC):
             f"{type(self).__name__} keeps its messages elsewhere"
         )
 
+    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue` for a coroutine: same promise, same errors, and the event loop runs on meanwhile.
+
+        The default runs :meth:`enqueue` in a thread (SQLite, RabbitMQ: their clients block). If the
+        coroutine is cancelled, that thread still finishes the call: the batch is stored whole or not
+        at all, never half. Redis overrides it to send on the loop itself.
+        """
+        return await asyncio.to_thread(self.enqueue, envelopes)
+
     @abc.abstractmethod
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
@@ -350,3 +360,6 @@ class Broker(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release the running event loop's connections (engines with an async client: Redis)."""

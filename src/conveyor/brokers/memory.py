@@ -92,6 +92,9 @@ class MemoryBroker(Broker):
                 raise DuplicateTaskId(env.id)
             ids.add(env.id)
 
+    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        return self.enqueue(envelopes)  # in memory: nothing to wait for
+
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
     ) -> list[Delivery]:

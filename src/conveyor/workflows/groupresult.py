@@ -71,7 +71,7 @@ class GroupResult(Generic[R]):
                 values.append(result.get(timeout=max(0.0, deadline - time.monotonic()), propagate=propagate))
             else:
                 # What get() gives for the record, read here in bulk (AsyncResult's own rule, not a copy of it).
-                values.append(result._value_of(records[result.id], propagate))
+                values.append(result._final_value(records[result.id], propagate))
         return values
 
     def _final_records(self, deadline: float, limit: float) -> dict[str, ResultRecord]:

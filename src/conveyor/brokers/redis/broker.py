@@ -107,6 +107,17 @@ class RedisBroker(Broker):
                 raise
         return answer
 
+    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """On the event loop for ``adelay()``'s case (one message, no key, a queue this process registered).
+
+        Every other batch (keys to claim, several queues, a queue's first enqueue) runs :meth:`enqueue`
+        in a thread: those take several round trips and happen once per queue or rarely.
+        """
+        if len(envelopes) == 1 and envelopes[0].key is None and self._store.is_known(envelopes[0].queue):
+            await self._store.astore_one(envelopes[0])
+            return [envelopes[0].id]
+        return await super().aenqueue(envelopes)
+
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
     ) -> list[Delivery]:
@@ -245,6 +256,9 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self._conn.close()
+
+    async def aclose(self) -> None:
+        await self._conn.aclose()
 
     # -- helpers ------------------------------------------------------------------------------
 

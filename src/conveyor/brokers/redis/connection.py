@@ -28,8 +28,9 @@ from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from conveyor.brokers._urls import split_prefix
+from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
-from conveyor.errors import BrokerUnavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 
@@ -112,6 +113,24 @@ class RedisConnection:
         self._own = threading.local()
         self._owned: list[tuple[int, AbstractConnection]] = []
         self._owned_lock = threading.Lock()
+        self._aio_options = (url, socket_timeout, connect_timeout)
+        self._aio: AsyncRedis | None = None
+
+    @property
+    def aio(self) -> AsyncRedis:
+        """The asyncio side (same server, settings and scripts), built on first use."""
+        if self._aio is None:
+            url, socket_timeout, connect_timeout = self._aio_options
+            self._aio = AsyncRedis(
+                url,
+                self.printable,
+                retry_for=self.retry_for,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                max_block=self.max_block,
+                scripts={name: (script.sha, script.script) for name, script in self.scripts.items()},
+            )
+        return self._aio
 
     def call(self, op: Callable[[], T]) -> T:
         """Run ``op``, retrying connection errors and timeouts with backoff for ``retry_for`` seconds.
@@ -127,11 +146,9 @@ class RedisConnection:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise BrokerUnavailable(
-                        f"Redis at {self.printable} did not answer within {self.retry_for:g} s: {exc}"
-                    ) from exc
+                    raise unavailable(self.printable, self.retry_for, exc) from exc
                 time.sleep(min(delay, remaining))
-                delay = min(max(delay * 2, 0.05), 1.0)
+                delay = next_pause(delay)
 
     def run(self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]) -> Any:
         """Run one script (EVALSHA; loaded again after NOSCRIPT), with retries."""
@@ -247,6 +264,11 @@ class RedisConnection:
         for script in self.scripts.values():
             pipe.script_load(script.script)
         pipe.execute()
+
+    async def aclose(self) -> None:
+        """Close the running event loop's async connections (they reopen if used again)."""
+        if self._aio is not None:
+            await self._aio.aclose()
 
     def close(self) -> None:
         """Disconnect both pools and this process's own connections; each reconnects on its next command."""

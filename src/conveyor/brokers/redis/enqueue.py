@@ -13,6 +13,7 @@ Two things here reach beyond one queue's slot, so they cannot live in ``enqueue.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 from collections.abc import Callable, Sequence
@@ -55,6 +56,24 @@ class MessageStore:
         for env in envelopes:
             groups.setdefault(env.queue, []).append(env)
         self._store_many(groups, attempt)
+
+    def is_known(self, queue: str) -> bool:
+        """True once this process registered ``queue`` (its enqueues are then one script call)."""
+        return queue in self._known
+
+    async def astore_one(self, envelope: Envelope) -> None:
+        """Store one message of a known queue from a coroutine: one EVALSHA on the loop's connection.
+
+        Raises:
+            DuplicateTaskId: an id its queue still holds; nothing is stored.
+        """
+        keys = queue_keys(self._prefix, envelope.queue)
+        args = enqueue_args(keys, os.urandom(8), [envelope])
+        duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        if unregistered:  # the server lost its data: register the queue again (rare), off the loop
+            await asyncio.to_thread(self._conn.run_many, [], extra=self._registration([envelope.queue]))
+        if duplicate:
+            raise DuplicateTaskId(duplicate.decode())
 
     def _check(self, queue: str, result: list[bytes]) -> None:
         """Act on enqueue.lua's answer: register the queue again if its marker is gone; raise on a held id."""

@@ -1,0 +1,18 @@
+"""The bounded retry both Redis clients (threads and coroutines) share: its pauses and its final error."""
+
+from __future__ import annotations
+
+from conveyor.errors import BrokerUnavailable
+
+#: First pause after a second failure, and the longest pause, in seconds (the first retry is at once).
+FIRST_PAUSE, MAX_PAUSE = 0.05, 1.0
+
+
+def next_pause(pause: float) -> float:
+    """The pause after ``pause``: 0, 0.05, 0.1, 0.2, ... up to 1 s."""
+    return min(max(pause * 2, FIRST_PAUSE), MAX_PAUSE)
+
+
+def unavailable(printable: str, retry_for: float, exc: BaseException) -> BrokerUnavailable:
+    """The error raised once ``retry_for`` seconds of retries did not get an answer."""
+    return BrokerUnavailable(f"Redis at {printable} did not answer within {retry_for:g} s: {exc}")
