@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
@@ -32,7 +33,7 @@ from conveyor.message import Message
 from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
-from conveyor.settings import Settings, redact_url
+from conveyor.settings import Settings, SettingsDict, redact_url
 from conveyor.task import TASK_OWNED, AsyncTask, BaseTask, Task, TaskOptions, TaskOptionsDict
 from conveyor.workflows.signature import Signature
 
@@ -62,10 +63,15 @@ class App:
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
             :meth:`add_middleware`).
-        **settings: any other field of :class:`~conveyor.settings.Settings`.
+        **settings: any other field of :class:`~conveyor.settings.Settings`, typed for mypy by
+            :class:`~conveyor.settings.SettingsDict` (``App("x", lease="30")`` is a type error).
+
+    Every setting is checked here, when the app is built: its type, its value, the shape of the
+    URLs (``redis://host/abc`` is refused), the result backend's scheme. A relative SQLite path
+    (the default ``sqlite:///conveyor.db``) is made absolute against the current directory, once.
 
     Raises:
-        ConfigurationError: an unknown setting or a bad value.
+        ConfigurationError: an unknown setting, a value of the wrong type, or a bad value.
     """
 
     def __init__(
@@ -75,14 +81,14 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         middleware: Iterable[Middleware] = (),
-        **settings: Any,
+        **settings: Unpack[SettingsDict],
     ) -> None:
         if broker is not None:
             settings["broker_url"] = broker
         if backend is not None:
             settings["backend_url"] = backend
         self.name = name
-        self.settings = Settings.build(settings)
+        self.settings = Settings.build(settings).with_absolute_paths(Path.cwd())
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
         self.codec: Codec = codec_for(self.settings.secret)
@@ -243,8 +249,22 @@ class App:
         ]
         return self.broker.enqueue(envelopes)
 
-    def result(self, task_id: str) -> AsyncResult[Any]:
-        """The result handle of a task id (e.g. one stored by a web request)."""
+    @overload
+    def result(self, task_id: str) -> AsyncResult[object]: ...
+    @overload
+    def result(self, task_id: str, task: BaseTask[Any, R]) -> AsyncResult[R]: ...
+
+    def result(self, task_id: str, task: BaseTask[Any, Any] | None = None) -> AsyncResult[Any]:
+        """The result handle of a task id stored earlier (by a web request, say), without importing ``AsyncResult``.
+
+        Name the task to type the handle: ``app.result(id, send_receipt).get()`` is a ``str`` to mypy
+        for ``def send_receipt(...) -> str``; without it, ``get()`` is an ``object``.
+
+        Raises:
+            ConfigurationError: ``task`` is not a task of this app.
+        """
+        if task is not None and self.tasks.get(task.name) is not task:
+            raise ConfigurationError(f"{task!r} is not a task of app {self.name!r}")
         return AsyncResult(task_id, self)
 
     def close(self) -> None:
