@@ -63,6 +63,10 @@ class App:
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
             :meth:`add_middleware`).
+        include: modules that declare tasks, imported when the app is finalized (a worker starts),
+            e.g. ``["shop.billing"]``: a task the worker never imported is unknown to it.
+        autodiscover: packages whose ``tasks`` modules (``shop.tasks``, ``shop.billing.tasks``) are
+            imported when the app is finalized; see :mod:`conveyor.discovery`.
         **settings: any other field of :class:`~conveyor.settings.Settings`, typed for mypy by
             :class:`~conveyor.settings.SettingsDict` (``App("x", lease="30")`` is a type error).
 
@@ -81,6 +85,8 @@ class App:
         broker: str | None = None,
         backend: str | None = None,
         middleware: Iterable[Middleware] = (),
+        include: Iterable[str] = (),
+        autodiscover: Iterable[str] = (),
         **settings: Unpack[SettingsDict],
     ) -> None:
         if broker is not None:
@@ -88,6 +94,12 @@ class App:
         if backend is not None:
             settings["backend_url"] = backend
         self.name = name
+        for what, names in (("include", include), ("autodiscover", autodiscover)):
+            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigurationError(f"{what} must be a list of module names, got {names!r}")
+        #: Modules imported when the app is finalized (``include``), and packages searched (``autodiscover``).
+        self.include, self.autodiscover = tuple(include), tuple(autodiscover)
+        self._loaded = False
         self.settings = Settings.build(settings).with_absolute_paths(Path.cwd())
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
@@ -146,8 +158,25 @@ class App:
             raise ConfigurationError(f"{type(middleware).__name__} declares task option(s) owned already: {named}")
         self.middleware.append(middleware)
 
+    def load_tasks(self) -> dict[str, BaseTask[Any, Any]]:
+        """Import the ``include`` modules and ``autodiscover`` packages (once); return the registered tasks.
+
+        Raises:
+            ConfigurationError: a module or package that does not import.
+        """
+        if not self._loaded:
+            from conveyor.discovery import import_modules
+
+            import_modules(self.include, self.autodiscover)
+            self._loaded = True
+        return dict(sorted(self.tasks.items()))
+
     def finalize(self) -> HookChain:
-        """The hook chain of the built-in and the user's middleware, built once (later calls return it)."""
+        """Load the tasks (:meth:`load_tasks`), then build the hook chain of the built-in and the user's middleware.
+
+        Built once; later calls return it.
+        """
+        self.load_tasks()  # outside the lock: a user's module may use the app (its broker takes the lock)
         if self._chain is None:
             with self._lock:
                 if self._chain is None:

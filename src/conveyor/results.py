@@ -84,6 +84,15 @@ def skipped(job: Job, note: str) -> ResultRecord:
     return ResultRecord(state=State.REVOKED, task=job.message.task, note=note, finished=time.time())
 
 
+def not_registered(message: Message, reason: str) -> ResultRecord:
+    """The worker does not know the message's task: it was dead-lettered unrun, and its producer must hear of it."""
+    error = ErrorInfo("conveyor.errors.TaskNotRegistered", reason, "", message.attempt)
+    return ResultRecord(
+        state=State.FAILURE, error=error, errors=[error], task=message.task, attempt=message.attempt,
+        note="dead-lettered: the worker does not know this task", finished=time.time(),
+    )  # fmt: skip
+
+
 def revoked(reason: str, terminate: bool) -> ResultRecord:
     """A revocation (``AsyncResult.revoke``): the task must not run, and with ``terminate`` must stop if running."""
     return ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())

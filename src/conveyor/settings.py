@@ -278,6 +278,15 @@ def absolute_sqlite_url(url: str, cwd: Path) -> str:
     return f"sqlite:///{cwd / raw}{query}"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file a ``sqlite://`` URL names (None for any other URL, or one with no file path)."""
+    parts = urlsplit(url)
+    raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.scheme != "sqlite" or parts.netloc or not raw or raw == ":memory:":
+        return None
+    return Path(raw)
+
+
 def _conveyor_variables(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         key[len(ENV_PREFIX) :].lower(): value

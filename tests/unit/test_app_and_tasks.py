@@ -144,8 +144,9 @@ def test_countdown_and_eta_wait_in_the_schedule(app: App) -> None:
     def t() -> int:
         return 1
 
-    r1 = t.apply_async(countdown=0.2)
-    r2 = t.apply_async(eta=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2))
+    # 1 s, not less: on a loaded machine (8 suites on 2 cores) 0.2 s passed before the first drain looked.
+    r1 = t.apply_async(countdown=1)
+    r2 = t.apply_async(eta=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1))
     [stats] = app.broker.stats()
     assert stats.scheduled == 2
     assert drain(app, include_scheduled=False) == []

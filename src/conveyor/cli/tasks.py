@@ -72,7 +72,7 @@ def purge(app: str, queue: str, yes: bool) -> None:
 
     A queue that neither the broker nor the app's tasks know (a typo, most likely) gets a warning.
     """
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     known = _known_queues(the_app)
     if queue not in known:
         click.echo(
@@ -98,7 +98,7 @@ def _known_queues(app: App) -> set[str]:
 @click.option("--terminate", is_flag=True, help="Also stop tasks that are running (their worker process is replaced).")
 def revoke(app: str, task_ids: tuple[str, ...], terminate: bool) -> None:
     """Revoke tasks by id: a waiting task is deleted from its queue; with --terminate a running one is stopped."""
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     for task_id in task_ids:
         waiting = the_app.result(task_id).revoke(terminate=terminate, reason="revoked from the command line")
         where = "removed from its queue" if waiting else ("terminating if running" if terminate else "not waiting")

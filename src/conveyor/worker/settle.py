@@ -126,8 +126,21 @@ class Settler:
         log.warning("task %s[%s] was revoked and terminated after %.4fs", job.message.task, job.id, job.elapsed())
         return Ended.REVOKED, self.finish(job.delivery, None)
 
-    def reject(self, delivery: Delivery, reason: str) -> Ended:
-        """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``."""
+    def reject(self, delivery: Delivery, reason: str, record: FinalResult | None = None) -> Ended:
+        """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``.
+
+        ``record`` (an unknown task's FAILURE) is written first, so its producer's ``get()`` raises
+        instead of waiting on PENDING.
+
+        Raises:
+            BackendDown: the record could not be written (nothing ran: give the delivery back uncounted).
+        """
+        if record is not None:
+            task_id, state, data = record
+            try:
+                self.app.backend.set(task_id, state, data, self.app.settings.result_ttl)
+            except BrokerError as exc:
+                raise BackendDown(str(exc)) from exc
         self.app.broker.dead_letter(delivery, reason)
         log.error("message %s dead-lettered: %s", delivery.id, reason)
         return Ended.DEAD
