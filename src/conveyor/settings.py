@@ -58,6 +58,8 @@ class Settings:
     prefetch: int = 16
     #: Seconds a graceful stop waits for running tasks before stopping them hard.
     shutdown_grace: float = 30.0
+    #: Seconds a starting worker waits for its broker and result backend to answer before it exits with an error.
+    startup_timeout: float = 10.0
     #: Tasks a worker child runs before it is replaced (bounds leaks); None means no limit.
     max_tasks_per_child: int | None = None
     #: Resident memory, in MiB, above which a worker child is replaced after its current task; None means no limit.
@@ -85,6 +87,7 @@ class Settings:
         _check_positive("lease", self.lease)
         _check_positive("result_ttl", self.result_ttl)
         _check_positive("shutdown_grace", self.shutdown_grace)
+        _check_positive("startup_timeout", self.startup_timeout)
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
         if self.prefetch < 1:
@@ -208,6 +211,7 @@ class SettingsDict(TypedDict, total=False):
     concurrency: int | None
     prefetch: int
     shutdown_grace: float
+    startup_timeout: float
     max_tasks_per_child: int | None
     max_memory_per_child: int | None
     max_message_size: int

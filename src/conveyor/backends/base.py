@@ -119,3 +119,11 @@ class ResultBackend(Store):
     @abc.abstractmethod
     def forget(self, task_id: str) -> None:
         """Delete the record."""
+
+    def ping(self) -> None:
+        """Return once the backend answers (a worker checks at start-up); the default reads a record.
+
+        Raises:
+            BrokerUnavailable: the backend did not answer within its bounded retry.
+        """
+        self.get("conveyor-ping")

@@ -14,6 +14,7 @@ import sys
 from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.worker import pools
+from conveyor.worker.startup import check_reachable
 from conveyor.worker.supervisor import Supervisor
 
 __all__ = ["POOLS", "Worker", "setup_logging"]
@@ -55,7 +56,13 @@ class Worker:
         self.pool = pool
 
     def run(self) -> int:
-        """Serve until stopped by SIGTERM/SIGINT; return the exit code."""
+        """Check that the broker and backend answer, then serve until stopped by SIGTERM/SIGINT; return the exit code.
+
+        Raises:
+            BrokerUnavailable: the broker or the result backend did not answer within the
+                ``startup_timeout`` setting (see ``worker/startup.py``); nothing was started.
+        """
+        check_reachable(self.app, self.app.settings.startup_timeout)
         return Supervisor(self.app, concurrency=self.concurrency, queues=self.queues, pool=self.pool).run()
 
 
