@@ -22,7 +22,7 @@ import abc
 from collections.abc import Sequence
 from typing import Self
 
-from conveyor.states import State
+from conveyor.states import State, decode_record
 
 
 class Store(abc.ABC):
@@ -77,6 +77,17 @@ class Store(abc.ABC):
         """Release connections; the store reconnects if used again."""
 
 
+#: Final states that a REVOKED write does not replace: the task finished before the revocation.
+_FINISHED = frozenset({State.SUCCESS, State.FAILURE})
+
+
+def replaces(new: State, old: State | None) -> bool:
+    """Whether a record in state ``new`` may replace a live one in state ``old`` (see :meth:`ResultBackend.set`)."""
+    if old is State.REVOKED:
+        return new is State.REVOKED
+    return not (new is State.REVOKED and old in _FINISHED)
+
+
 class ResultBackend(Store):
     """Base class of every result backend: task records, plus the :class:`Store` primitives; thread-safe."""
 
@@ -96,8 +107,24 @@ class ResultBackend(Store):
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         """Store ``record`` (an encoded ResultRecord in ``state``) for ``ttl`` seconds, replacing any older one.
 
-        A final state wakes every :meth:`wait` on that id.
+        A final state wakes every :meth:`wait` on that id. One rule, checked atomically on the server
+        (:func:`replaces`): **a revocation and a finished run do not replace each other**. A live
+        REVOKED record is replaced only by another REVOKED record (a revoked task that was already
+        running cannot turn it into STARTED, SUCCESS or FAILURE), and a REVOKED write does not replace
+        a SUCCESS or FAILURE record (revoking a finished task changes nothing). The refused write is
+        dropped silently; :meth:`try_set` says whether it landed. :meth:`forget` removes any record.
         """
+
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
+        """:meth:`set`, returning False when the rule refused the write (the id was revoked, say).
+
+        This default reads then writes; every engine of conveyor overrides it with one atomic step.
+        """
+        raw = self.get(task_id)
+        if raw is not None and not replaces(state, decode_record(raw).state):
+            return False
+        self.set(task_id, state, record, ttl)
+        return True
 
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
         """Store several records in one round trip where the engine allows it."""

@@ -6,7 +6,7 @@ import math
 import threading
 import time
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import ResultBackend, replaces
 from conveyor.states import FINAL_STATES, State
 
 
@@ -21,10 +21,16 @@ class MemoryResultBackend(ResultBackend):
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        self.try_set(task_id, state, record, ttl)
+
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
         with self._cond:
+            if not replaces(state, self._live(task_id)[0]):
+                return False
             self._data[task_id] = (state, record, time.time() + ttl)
             if state in FINAL_STATES:
                 self._cond.notify_all()
+            return True
 
     def get(self, task_id: str) -> bytes | None:
         with self._cond:
