@@ -147,13 +147,18 @@ class AsyncResult(Generic[R]):
         raise rebuild(record.error or ErrorInfo("UnknownError", "no error recorded"), self.id)
 
     def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
-        """Stop the task from running: it is deleted from its queue if it has not started.
+        """Revoke the task: deleted from its queue if it waits there; REVOKED, for good, unless it finished.
+
+        A revocation is final: once REVOKED is recorded, nothing the worker writes replaces it, so
+        ``get()`` raises :class:`~conveyor.errors.TaskRevoked` and ``state`` stays REVOKED. A task a
+        worker already reserved but has not started (prefetched) is then not run (when ``track_started``
+        is on, the default: its STARTED write is refused). A task that already finished (SUCCESS or
+        FAILURE) keeps its result: revoking it changes nothing.
 
         Args:
             terminate: also stop it if it is running: its worker process is replaced within about a
-                second. Without it, a task that already started runs to the end (and its result
-                replaces the REVOKED state); so does a task a worker child has already reserved
-                to run next (prefetched: it starts within milliseconds, see the ``prefetch`` setting).
+                second. Without it, a running task runs to its end, but its result is discarded
+                (the state stays REVOKED) and it is not retried.
             reason: recorded with the REVOKED state.
 
         Returns:
@@ -161,7 +166,7 @@ class AsyncResult(Generic[R]):
         """
         cancelled = bool(self._app.broker.cancel([self.id]))
         record = revoked(reason, terminate)
-        self._app.backend.set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
+        self._app.backend.try_set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
         return cancelled
 
     def forget(self) -> None:

@@ -134,7 +134,7 @@ class Executor:
             raise exc
         deferred, runtime = False, job.elapsed()
         if isinstance(exc, Skip):
-            ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note)
+            ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note, exc.revoked)
         elif isinstance(exc, Terminated):
             ended, deferred = self.settler.terminated(job)
         else:

@@ -32,7 +32,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.middleware import Bury, Job, Requeue, Verdict
-from conveyor.results import entry, failed, read_errors, retrying, skipped
+from conveyor.results import entry, failed, read_record, retrying, skipped
 from conveyor.states import ErrorInfo, State
 from conveyor.worker.events import Ended
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
@@ -104,7 +104,11 @@ class Settler:
         success (pending with a batch). The record keeps every earlier attempt's error.
         """
         m = job.message
-        errors = [*self.durably("result read", lambda: read_errors(self.app, m.id)), error]
+        state, earlier = self.durably("result read", lambda: read_record(self.app, m.id))
+        if state is State.REVOKED:  # revoked while it ran: no retry, no dead letter; the REVOKED record stays
+            log.warning("task %s[%s] failed after it was revoked: %s: %s", m.task, m.id, error.type, error.message)
+            return Ended.REVOKED, self.finish(job.delivery, None)
+        errors = [*earlier, error]
         if isinstance(verdict, Requeue):
             eta = time.time() + verdict.delay
             body = self.app.codec.encode(msgspec.structs.replace(m, attempt=m.attempt + 1, eta=eta))
@@ -160,11 +164,15 @@ class Settler:
         log.info("task %s[%s] not run: %s", job.message.task, job.id, note)
         return Ended.REVOKED
 
-    def drop(self, job: Job, note: str) -> Ended:
-        """Ack a redelivered copy that must not run, leaving its recorded result as it is."""
+    def drop(self, job: Job, note: str, revoked: bool = False) -> Ended:
+        """Ack a delivery that must not run, leaving its recorded result as it is.
+
+        A redelivered copy of a finished task ends DUPLICATE; a task revoked after it was reserved
+        (``revoked``) ends REVOKED.
+        """
         self.app.broker.ack([job.delivery])
-        log.info("task %s[%s] not run again: %s", job.message.task, job.id, note)
-        return Ended.DUPLICATE
+        log.info("task %s[%s] not run%s: %s", job.message.task, job.id, "" if revoked else " again", note)
+        return Ended.REVOKED if revoked else Ended.DUPLICATE
 
     def durably(self, doing: str, step: Callable[[], T]) -> T:
         """Run a step that records the outcome of a task that ran, until the backend or broker answers.
