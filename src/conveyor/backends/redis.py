@@ -1,6 +1,7 @@
 """RedisResultBackend: task results in Redis, with a wait() that wakes the moment a result lands.
 
-Each result is one string ``{prefix:r:ID}`` = ``STATE\\n`` + record, written with a PX time to live.
+Each result is one string ``{prefix:r:ID}`` = ``STATE\\n`` + record, written with a PX time to live by
+``result_set.lua``, which applies the revocation rule of ``ResultBackend.set`` on the server.
 A final state also pushes a wake-up token onto ``{prefix:r:ID}:notify`` (same slot, short expiry):
 ``wait()`` reads the record, then BLPOPs that list for the remaining time, then reads again. A waiter
 that wakes passes the token on, so every waiter on the same id wakes; a non-final write deletes the
