@@ -123,7 +123,7 @@ def _revoke_one(app: App, task_id: str, terminate: bool) -> tuple[str, bool]:
     if after is not State.REVOKED:  # it finished first: a revocation does not replace a result
         return f"not revoked: it already finished ({after}); its result stands", False
     if waiting:
-        return "revoked (removed from its queue: it will never run)", True
+        return "revoked (removed from its queue)", True
     if before is State.REVOKED:
         return "revoked (it was already)", True
     if before is State.PENDING:
