@@ -26,6 +26,7 @@ from conveyor.backends import ResultBackend
 from conveyor.backends import check_url as check_backend_url
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
+from conveyor.brokers import check_url as check_broker_url
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.codec import codec_for
 from conveyor.errors import ConfigurationError, TaskNotRegistered
@@ -58,7 +59,7 @@ class App:
     """A conveyor application.
 
     Args:
-        name: a short name for logs, status and the dashboard.
+        name: a short name, shown in logs, the worker's banner and ``conveyor status``.
         broker: broker URL; defaults to ``sqlite:///conveyor.db`` (``CONVEYOR_BROKER_URL`` overrides).
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
@@ -101,6 +102,7 @@ class App:
         self.include, self.autodiscover = tuple(include), tuple(autodiscover)
         self._loaded = False
         self.settings = Settings.build(settings).with_absolute_paths(Path.cwd())
+        check_broker_url(self.settings.broker_url)  # kafka://: an error now, not at the first delay()
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
         #: Encodes (and signs, with a ``secret``) every message body this app sends or reads.
         self.codec: Codec = codec_for(self.settings.secret)

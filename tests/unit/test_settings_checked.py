@@ -89,3 +89,8 @@ def test_the_typed_dict_of_app_keywords_matches_the_settings() -> None:
         name: str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "") for name, hint in hints.items()
     }
     assert hint_names == {name: str(kind) for name, kind in fields.items()}
+
+
+def test_an_unknown_broker_scheme_fails_when_the_app_is_built_not_at_the_first_delay() -> None:
+    with pytest.raises(ConfigurationError, match="no broker for URL 'kafka://h:9092'; known schemes: amqp"):
+        App("x", broker="kafka://h:9092", backend="memory://")
