@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from conveyor.errors import ResultTimeout, TaskRevoked
 from conveyor.failures import rebuild
 from conveyor.results import revoked
+from conveyor.settings import redact_url
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -131,9 +132,13 @@ class AsyncResult(Generic[R]):
             record = None if raw is None else decode_record(raw)
             if (record is not None and record.state.final) or time.monotonic() >= deadline:
                 break
-        if record is None or not record.state.final:
-            state = State.PENDING if record is None else record.state
-            raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {state})")
+        if record is None:  # no worker ever reported on it: say where this process looks (issue 14, friction 2)
+            raise ResultTimeout(
+                f"task {self.id} did not finish within {limit:g} s (state PENDING: nothing recorded; is a worker "
+                f"serving {redact_url(self._app.settings.broker_url)}? `conveyor status` lists live workers)"
+            )
+        if not record.state.final:
+            raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {record.state})")
         return self._value_of(record, propagate)
 
     def _value_of(self, record: ResultRecord, propagate: bool) -> R:

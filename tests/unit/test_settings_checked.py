@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 import pytest
 
-from conveyor import App, ConfigurationError, Settings
+from conveyor import App, ConfigurationError, ResultTimeout, Settings
 from conveyor.settings import SettingsDict
 
 
@@ -94,3 +94,20 @@ def test_the_typed_dict_of_app_keywords_matches_the_settings() -> None:
 def test_an_unknown_broker_scheme_fails_when_the_app_is_built_not_at_the_first_delay() -> None:
     with pytest.raises(ConfigurationError, match="no broker for URL 'kafka://h:9092'; known schemes: amqp"):
         App("x", broker="kafka://h:9092", backend="memory://")
+
+
+def test_a_get_that_times_out_on_pending_names_the_database_it_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CONVEYOR_BROKER_URL", raising=False)
+    monkeypatch.delenv("CONVEYOR_BACKEND_URL", raising=False)
+    app = App("x")
+
+    @app.task
+    def charge() -> None: ...
+
+    with pytest.raises(ResultTimeout) as info:
+        charge.delay().get(timeout=0.1)
+    assert f"(state PENDING: nothing recorded; is a worker serving sqlite:///{tmp_path}/conveyor.db?" in str(info.value)
+    app.close()
