@@ -16,6 +16,7 @@ import pytest
 
 from conveyor import App, ConfigurationError, ResultTimeout, Settings
 from conveyor.settings import SettingsDict
+from conveyor.testing import drain
 
 
 @pytest.mark.parametrize(
@@ -111,3 +112,21 @@ def test_a_get_that_times_out_on_pending_names_the_database_it_looked_in(
         charge.delay().get(timeout=0.1)
     assert f"(state PENDING: nothing recorded; is a worker serving sqlite:///{tmp_path}/conveyor.db?" in str(info.value)
     app.close()
+
+
+def test_app_result_gives_the_handle_of_a_stored_id_and_checks_the_task_named() -> None:
+    app, other = App("x", broker="memory://"), App("y", broker="memory://")
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @other.task
+    def stranger() -> None: ...
+
+    stored = add.delay(1, 2).id  # e.g. kept by a web request
+    drain(app)
+    assert app.result(stored, add).get(timeout=1) == 3
+    assert app.result(stored).get(timeout=1) == 3
+    with pytest.raises(ConfigurationError, match="is not a task of app 'x'"):
+        app.result(stored, stranger)
