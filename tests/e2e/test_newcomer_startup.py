@@ -74,6 +74,15 @@ def test_a_worker_on_an_unusable_broker_exits_with_one_line(tmp_path: Path, case
     assert took < 15, f"took {took:.1f} s"  # startup_timeout 2 s plus an interpreter start on a loaded machine
 
 
+def test_a_beat_on_a_dead_broker_exits_with_one_line_too(tmp_path: Path) -> None:
+    env = worker_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", CONVEYOR_STARTUP_TIMEOUT="2")
+    command = [sys.executable, "-m", "conveyor", "beat", APP]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("Error: broker redis://127.0.0.1:") and "did not answer within 2 s at start-up" in line
+
+
 def test_ctrl_c_during_the_start_up_check_stops_at_once(tmp_path: Path) -> None:
     proc = start(worker_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", CONVEYOR_STARTUP_TIMEOUT="60"))
     time.sleep(2.0)  # bounded: the interpreter has started and the check waits on a port nobody listens on
