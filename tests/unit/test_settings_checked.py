@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -61,13 +62,19 @@ def test_redis_urls_with_a_database_number_or_none_pass(url: str) -> None:
     assert App("x", broker=url).settings.broker_url == url
 
 
-def test_a_relative_sqlite_path_is_made_absolute_once_when_the_app_is_built(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def default_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    """``App("x")`` with no broker setting at all, built in ``tmp_path``: the default SQLite file."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CONVEYOR_BROKER_URL", raising=False)
     monkeypatch.delenv("CONVEYOR_BACKEND_URL", raising=False)
     app = App("x")
+    yield app
+    app.close()
+
+
+def test_a_relative_sqlite_path_is_made_absolute_once_when_the_app_is_built(default_app: App, tmp_path: Path) -> None:
+    app = default_app
     assert app.settings.broker_url == f"sqlite:///{tmp_path}/conveyor.db"
     assert app.settings.result_url == app.settings.broker_url
     os.chdir("/")  # a later chdir (a daemon, gunicorn) changes nothing
@@ -97,13 +104,8 @@ def test_an_unknown_broker_scheme_fails_when_the_app_is_built_not_at_the_first_d
         App("x", broker="kafka://h:9092", backend="memory://")
 
 
-def test_a_get_that_times_out_on_pending_names_the_database_it_looked_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CONVEYOR_BROKER_URL", raising=False)
-    monkeypatch.delenv("CONVEYOR_BACKEND_URL", raising=False)
-    app = App("x")
+def test_a_get_that_times_out_on_pending_names_the_database_it_looked_in(default_app: App, tmp_path: Path) -> None:
+    app = default_app
 
     @app.task
     def charge() -> None: ...
@@ -111,7 +113,6 @@ def test_a_get_that_times_out_on_pending_names_the_database_it_looked_in(
     with pytest.raises(ResultTimeout) as info:
         charge.delay().get(timeout=0.1)
     assert f"(state PENDING: nothing recorded; is a worker serving sqlite:///{tmp_path}/conveyor.db?" in str(info.value)
-    app.close()
 
 
 def test_app_result_gives_the_handle_of_a_stored_id_and_checks_the_task_named() -> None:
