@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.conftest import AMQP_URL, amqp_available
+from tests.conftest import AMQP_URL, amqp_available, wait_until
 from tests.e2e.conftest import ROOT
 
 APP = "tests.apps.newcomer_app:app"
@@ -48,7 +49,10 @@ def cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
     user, _, rest = AMQP_URL.removeprefix("amqp://").partition("@")
     return {
         "redis-nothing-listens": (f"redis://127.0.0.1:{free_port()}/0", "did not answer within 2 s at start-up"),
-        "sqlite-cannot-open": ("sqlite:////proc/nope/c.db", "cannot open SQLite database /proc/nope/c.db"),
+        "sqlite-cannot-open": (
+            "sqlite:////proc/nope/c.db",
+            "did not answer within 2 s at start-up: cannot open SQLite database /proc/nope/c.db",
+        ),
         "amqp-wrong-port": (f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "did not answer within 2 s"),
         "amqp-wrong-password": (f"amqp://{user.partition(':')[0]}:wrong@{rest}/%2F", "did not answer within 2 s"),
     }
@@ -85,8 +89,8 @@ def test_a_beat_on_a_dead_broker_exits_with_one_line_too(tmp_path: Path) -> None
 
 def test_ctrl_c_during_the_start_up_check_stops_at_once(tmp_path: Path) -> None:
     proc = start(worker_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", CONVEYOR_STARTUP_TIMEOUT="60"))
-    time.sleep(2.0)  # bounded: the interpreter has started and the check waits on a port nobody listens on
-    assert proc.poll() is None
+    # Wait (bounded) until the check runs: its ping thread exists (on a loaded machine the imports take seconds).
+    wait_until(lambda: proc.poll() is None and psutil.Process(proc.pid).num_threads() >= 2, 30, "the start-up check")
     stopped = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)

@@ -21,21 +21,36 @@ from conveyor.app import App
 from conveyor.errors import BrokerError, BrokerUnavailable
 from conveyor.settings import redact_text, redact_url
 
+#: Seconds between two pings of a broker that answered with an error (it may be restarting).
+RETRY_EVERY = 0.2
+
 
 class _Ping:
-    """One ping, run in a daemon thread: its error, if it raised one, and whether it ended."""
+    """Pings in a daemon thread until one answers or ``deadline`` (monotonic) passes; keeps the last error."""
 
-    def __init__(self, what: str, url: str, call: Callable[[], None], done: threading.Event) -> None:
-        self.what, self.url = what, url
-        self.error: BaseException | None = None
+    def __init__(self, what: str, url: str, call: Callable[[], None], deadline: float, done: threading.Event) -> None:
+        self.what, self.url, self.deadline = what, url, deadline
+        self.ok = False
         self.ended = False
+        #: The last error a ping raised, for the message (a broker that answered with an error, say).
+        self.error: BaseException | None = None
         self._call, self._done = call, done
         threading.Thread(target=self._run, name=f"conveyor-startup-{what}", daemon=True).start()
 
     def _run(self) -> None:
         try:
-            self._call()
-        except BaseException as exc:  # reported by the waiting thread, whatever it is
+            while True:
+                try:
+                    self._call()
+                except BrokerError as exc:  # maybe a restart or a short outage: ping again until the deadline
+                    self.error = exc
+                    if time.monotonic() + RETRY_EVERY >= self.deadline:
+                        return
+                    time.sleep(RETRY_EVERY)
+                else:
+                    self.ok = True
+                    return
+        except BaseException as exc:  # not an outage (a bad URL, a bug): reported at once by the waiting thread
             self.error = exc
         finally:
             self.ended = True
@@ -45,12 +60,16 @@ class _Ping:
 def check_reachable(app: App, timeout: float) -> None:
     """Return once the app's broker and result backend both answered, within ``timeout`` seconds.
 
+    A broker that answers with an error (refused, restarting) is pinged again until the time is up, so
+    a worker restarted during a short outage still starts.
+
     Raises:
-        BrokerUnavailable: one of them did not answer in time, or failed (the message names which,
-            its URL with the password masked, and the error).
+        BrokerUnavailable: one of them did not answer in time (the message names which, its URL with
+            the password masked, and the last error it gave).
         ConfigurationError: a URL its engine refuses (raised by building the broker or backend).
     """
     done = threading.Event()
+    deadline = time.monotonic() + timeout
     broker_url, backend_url = app.settings.broker_url, app.settings.result_url
 
     def both() -> None:  # one URL, one server: one thread pings it as the backend, then as the broker
@@ -58,41 +77,27 @@ def check_reachable(app: App, timeout: float) -> None:
         app.broker.ping()
 
     if broker_url == backend_url:
-        pings = [_Ping("broker", broker_url, both, done)]
+        pings = [_Ping("broker", broker_url, both, deadline, done)]
     else:
         pings = [
-            _Ping("broker", broker_url, lambda: app.broker.ping(), done),
-            _Ping("result backend", backend_url, lambda: app.backend.ping(), done),
+            _Ping("broker", broker_url, lambda: app.broker.ping(), deadline, done),
+            _Ping("result backend", backend_url, lambda: app.backend.ping(), deadline, done),
         ]
-    deadline = time.monotonic() + timeout
-    while not all(p.ended for p in pings):
-        failed = next((p for p in pings if p.ended and p.error is not None), None)
-        remaining = deadline - time.monotonic()
-        if failed is not None or remaining <= 0:
-            break
-        done.wait(min(remaining, 0.1))
+    while not all(p.ended for p in pings) and time.monotonic() < deadline:
+        if any(p.ended and not p.ok and not isinstance(p.error, BrokerError) for p in pings):
+            break  # a bad URL or a bug: no use waiting for the other
+        done.wait(min(max(deadline - time.monotonic(), 0.0), 0.1))
         done.clear()
     for ping in pings:
-        if ping.ended and ping.error is not None:
-            _raise(ping, timeout)
-    late = [p for p in pings if not p.ended]
-    if late:
-        first = late[0]
+        if ping.ended and not ping.ok and ping.error is not None and not isinstance(ping.error, BrokerError):
+            raise ping.error
+    late = next((p for p in pings if not p.ok), None)
+    if late is not None:
+        why = "" if late.error is None else f": {redact_text(str(late.error))}"
         raise BrokerUnavailable(
-            f"{first.what} {redact_url(first.url)} did not answer within {timeout:g} s at start-up; "
-            f"{_hint(first.url)} (the startup_timeout setting sets the wait)"
-        )
-
-
-def _raise(ping: _Ping, timeout: float) -> None:
-    error = ping.error
-    if isinstance(error, BrokerError):
-        raise BrokerUnavailable(
-            f"{ping.what} {redact_url(ping.url)} is not usable at start-up: {redact_text(str(error))}; "
-            + _hint(ping.url)
-        ) from error
-    assert error is not None
-    raise error
+            f"{late.what} {redact_url(late.url)} did not answer within {timeout:g} s at start-up{why}; "
+            f"{_hint(late.url)} (the startup_timeout setting sets the wait)"
+        ) from late.error
 
 
 def _hint(url: str) -> str:
