@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, Unpack, overload
 
 from conveyor.backends import ResultBackend
 from conveyor.backends import check_url as check_backend_url
 from conveyor.backends import from_url as backend_from_url
 from conveyor.brokers import Broker, Envelope
+from conveyor.brokers import check_url as check_broker_url
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.codec import codec_for
 from conveyor.errors import ConfigurationError, ResultMissing, TaskNotRegistered
@@ -34,7 +36,7 @@ from conveyor.middleware import HookChain, Middleware
 from conveyor.result import AsyncResult
 from conveyor.routing import Routes
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
-from conveyor.settings import Settings, redact_url
+from conveyor.settings import Settings, SettingsDict, redact_url
 from conveyor.task import TASK_OWNED, AsyncTask, BaseTask, Task, TaskOptions, TaskOptionsDict
 from conveyor.workflows.signature import Signature
 
@@ -61,7 +63,7 @@ class App:
     """A conveyor application.
 
     Args:
-        name: a short name for logs, status and the dashboard.
+        name: a short name, shown in logs, the worker's banner and ``conveyor status``.
         broker: broker URL; defaults to ``sqlite:///conveyor.db`` (``CONVEYOR_BROKER_URL`` overrides).
         backend: result backend URL; defaults to the broker's (``CONVEYOR_BACKEND_URL`` overrides).
         middleware: the user's middleware, run after the built-in ones in this order (see
@@ -70,10 +72,19 @@ class App:
             instead of conveyor's own logging set-up (docs/logging.md); see also :meth:`on_setup_logging`.
         routes: task name (or ``fnmatch`` pattern) -> queue, e.g. ``{"shop.mail.*": "mail"}``; a
             task's own ``queue=`` and a call's ``queue=`` win over it (see ``conveyor.routing``).
-        **settings: any other field of :class:`~conveyor.settings.Settings`.
+        include: modules that declare tasks, imported when the app is finalized (a worker starts),
+            e.g. ``["shop.billing"]``: a task the worker never imported is unknown to it.
+        autodiscover: packages whose ``tasks`` modules (``shop.tasks``, ``shop.billing.tasks``) are
+            imported when the app is finalized; see :mod:`conveyor.discovery`.
+        **settings: any other field of :class:`~conveyor.settings.Settings`, typed for mypy by
+            :class:`~conveyor.settings.SettingsDict` (``App("x", lease="30")`` is a type error).
+
+    Every setting is checked here, when the app is built: its type, its value, the shape of the
+    URLs (``redis://host/abc`` is refused), the result backend's scheme. A relative SQLite path
+    (the default ``sqlite:///conveyor.db``) is made absolute against the current directory, once.
 
     Raises:
-        ConfigurationError: an unknown setting or a bad value.
+        ConfigurationError: an unknown setting, a value of the wrong type, or a bad value.
     """
 
     def __init__(
@@ -85,14 +96,23 @@ class App:
         middleware: Iterable[Middleware] = (),
         log_config: dict[str, Any] | None = None,
         routes: Mapping[str, str] | None = None,
-        **settings: Any,
+        include: Iterable[str] = (),
+        autodiscover: Iterable[str] = (),
+        **settings: Unpack[SettingsDict],
     ) -> None:
         if broker is not None:
             settings["broker_url"] = broker
         if backend is not None:
             settings["backend_url"] = backend
         self.name = name
-        self.settings = Settings.build(settings)
+        for what, names in (("include", include), ("autodiscover", autodiscover)):
+            if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+                raise ConfigurationError(f"{what} must be a list of module names, got {names!r}")
+        #: Modules imported when the app is finalized (``include``), and packages searched (``autodiscover``).
+        self.include, self.autodiscover = tuple(include), tuple(autodiscover)
+        self._loaded = False
+        self.settings = Settings.build(settings).with_absolute_paths(Path.cwd())
+        check_broker_url(self.settings.broker_url)  # kafka://: an error now, not at the first delay()
         #: The routing table: which queue a task without its own ``queue=`` goes to.
         self.routes = Routes(routes)
         check_backend_url(self.settings.result_url)  # e.g. amqp:// without backend=: an error now, not at first use
@@ -175,8 +195,25 @@ class App:
         self.logging_setup = fn
         return fn
 
+    def load_tasks(self) -> dict[str, BaseTask[Any, Any]]:
+        """Import the ``include`` modules and ``autodiscover`` packages (once); return the registered tasks.
+
+        Raises:
+            ConfigurationError: a module or package that does not import.
+        """
+        if not self._loaded:
+            from conveyor.discovery import import_modules
+
+            import_modules(self.include, self.autodiscover)
+            self._loaded = True
+        return dict(sorted(self.tasks.items()))
+
     def finalize(self) -> HookChain:
-        """The hook chain of the built-in and the user's middleware, built once (later calls return it)."""
+        """Load the tasks (:meth:`load_tasks`), then build the hook chain of the built-in and the user's middleware.
+
+        Built once; later calls return it.
+        """
+        self.load_tasks()  # outside the lock: a user's module may use the app (its broker takes the lock)
         if self._chain is None:
             with self._lock:
                 if self._chain is None:
@@ -313,8 +350,22 @@ class App:
             lines += self.backend.migrate()
         return lines
 
-    def result(self, task_id: str) -> AsyncResult[Any]:
-        """The result handle of a task id (e.g. one stored by a web request)."""
+    @overload
+    def result(self, task_id: str) -> AsyncResult[object]: ...
+    @overload
+    def result(self, task_id: str, task: BaseTask[Any, R]) -> AsyncResult[R]: ...
+
+    def result(self, task_id: str, task: BaseTask[Any, Any] | None = None) -> AsyncResult[Any]:
+        """The result handle of a task id stored earlier (by a web request, say), without importing ``AsyncResult``.
+
+        Name the task to type the handle: ``app.result(id, send_receipt).get()`` is a ``str`` to mypy
+        for ``def send_receipt(...) -> str``; without it, ``get()`` is an ``object``.
+
+        Raises:
+            ConfigurationError: ``task`` is not a task of this app.
+        """
+        if task is not None and self.tasks.get(task.name) is not task:
+            raise ConfigurationError(f"{task!r} is not a task of app {self.name!r}")
         return AsyncResult(task_id, self)
 
     def send_workflow(self, piece: Canvas[Any]) -> Any:

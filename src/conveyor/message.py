@@ -64,11 +64,15 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unknown_f
 class SendOptions(TypedDict, total=False):
     """Options of one call, for ``apply_async`` and ``message``.
 
+    ``countdown``, ``eta`` and ``expires`` read times alike, as Celery does: a number or a
+    ``timedelta`` is that long from now, an aware ``datetime`` is that moment; a naive datetime
+    is refused (ambiguous), and so is a number that looks like a Unix timestamp.
+
     Attributes:
-        countdown: run no sooner than this many seconds from now.
-        eta: run no sooner than this time (aware datetime or Unix timestamp).
-        expires: do not run after this time (aware datetime or Unix timestamp); a task picked up
-            later is recorded REVOKED.
+        countdown: run no sooner than this long from now.
+        eta: run no sooner than this moment (or this long from now).
+        expires: do not run after this moment (or this long from now); a task picked up later is
+            recorded REVOKED.
         priority: 0-9 for this call.
         queue: queue for this call.
         key: idempotency key: while a task with this key is pending or running, the call enqueues
@@ -81,9 +85,9 @@ class SendOptions(TypedDict, total=False):
             value that is no signature is refused when the call is built.)
     """
 
-    countdown: float | None
-    eta: float | datetime.datetime | None
-    expires: float | datetime.datetime | None
+    countdown: float | datetime.timedelta | None
+    eta: float | datetime.timedelta | datetime.datetime | None
+    expires: float | datetime.timedelta | datetime.datetime | None
     priority: int | None
     queue: str | None
     key: str | None

@@ -162,14 +162,16 @@ class Outcome:
 class Skip(Exception):
     """Raised by ``before_run``: do not run the task; record it REVOKED with ``note`` and ack it.
 
-    With ``record=False`` the task's result is left as it is and the message only acked (a redelivered
-    copy of a task whose final result is already recorded).
+    With ``record=False`` the task's result is left as it is and the message only acked: a redelivered
+    copy of a task whose final result is already recorded, or (``revoked=True``) a task revoked after
+    it was reserved, whose REVOKED record is the revoker's.
     """
 
-    def __init__(self, note: str, *, record: bool = True) -> None:
+    def __init__(self, note: str, *, record: bool = True, revoked: bool = False) -> None:
         super().__init__(note)
         self.note = note
         self.record = record
+        self.revoked = revoked
 
 
 class Defer(Exception):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from conveyor.errors import ResultTimeout, TaskRevoked
 from conveyor.failures import rebuild
 from conveyor.results import revoked
+from conveyor.settings import redact_url
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -185,9 +186,13 @@ class AsyncResult(Generic[R]):
 
     def _value_of(self, record: ResultRecord | None, limit: float, propagate: bool) -> R:
         """The value (or exception) of the record a wait ended with: one path for get() and aget()."""
-        if record is None or not record.state.final:
-            state = State.PENDING if record is None else record.state
-            raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {state})")
+        if record is None:  # no worker ever reported on it: say where this process looks (issue 14, friction 2)
+            raise ResultTimeout(
+                f"task {self.id} did not finish within {limit:g} s (state PENDING: nothing recorded; is a worker "
+                f"serving {redact_url(self._app.settings.broker_url)}? `conveyor status` lists live workers)"
+            )
+        if not record.state.final:
+            raise ResultTimeout(f"task {self.id} did not finish within {limit:g} s (state {record.state})")
         return self._final_value(record, propagate)
 
     def _final_value(self, record: ResultRecord, propagate: bool) -> R:
@@ -210,13 +215,18 @@ class AsyncResult(Generic[R]):
         return record.value if task is None else task.types.result(record.value)
 
     def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
-        """Stop the task from running: it is deleted from its queue if it has not started.
+        """Revoke the task: deleted from its queue if it waits there; REVOKED, for good, unless it finished.
+
+        A revocation is final: once REVOKED is recorded, nothing the worker writes replaces it, so
+        ``get()`` raises :class:`~conveyor.errors.TaskRevoked` and ``state`` stays REVOKED. A task a
+        worker already reserved but has not started (prefetched) is then not run (when ``track_started``
+        is on, the default: its STARTED write is refused). A task that already finished (SUCCESS or
+        FAILURE) keeps its result: revoking it changes nothing.
 
         Args:
             terminate: also stop it if it is running: its worker process is replaced within about a
-                second. Without it, a task that already started runs to the end (and its result
-                replaces the REVOKED state); so does a task a worker child has already reserved
-                to run next (prefetched: it starts within milliseconds, see the ``prefetch`` setting).
+                second. Without it, a running task runs to its end, but its result is discarded
+                (the state stays REVOKED) and it is not retried.
             reason: recorded with the REVOKED state.
 
         Returns:
@@ -224,7 +234,7 @@ class AsyncResult(Generic[R]):
         """
         cancelled = bool(self._app.broker.cancel([self.id]))
         record = revoked(reason, terminate)
-        self._app.backend.set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
+        self._app.backend.try_set(self.id, State.REVOKED, encode_record(record), self._app.settings.result_ttl)
         return cancelled
 
     def forget(self) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.errors import TimeLimitExceeded
 from conveyor.message import encode_value
-from conveyor.middleware import Job, Middleware
+from conveyor.middleware import Job, Middleware, Skip
 from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encode_record
 
 if TYPE_CHECKING:
@@ -84,6 +84,15 @@ def skipped(job: Job, note: str) -> ResultRecord:
     return ResultRecord(state=State.REVOKED, task=job.message.task, note=note, finished=time.time())
 
 
+def not_registered(message: Message, reason: str) -> ResultRecord:
+    """The worker does not know the message's task: it was dead-lettered unrun, and its producer must hear of it."""
+    error = ErrorInfo("conveyor.errors.TaskNotRegistered", reason, "", message.attempt)
+    return ResultRecord(
+        state=State.FAILURE, error=error, errors=[error], task=message.task, attempt=message.attempt,
+        note="dead-lettered: the worker does not know this task", finished=time.time(),
+    )  # fmt: skip
+
+
 def revoked(reason: str, terminate: bool) -> ResultRecord:
     """A revocation (``AsyncResult.revoke``): the task must not run, and with ``terminate`` must stop if running."""
     return ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())
@@ -144,8 +153,16 @@ def _format_traceback(exc: BaseException) -> str:
 
 def read_errors(app: App, task_id: str) -> list[ErrorInfo]:
     """The earlier attempts' errors kept with the task's record (none without a record)."""
+    return read_record(app, task_id)[1]
+
+
+def read_record(app: App, task_id: str) -> tuple[State | None, list[ErrorInfo]]:
+    """The task's recorded state (None without a record) and the earlier attempts' errors kept with it."""
     raw = app.backend.get(task_id)
-    return [] if raw is None else list(decode_record(raw).errors)
+    if raw is None:
+        return None, []
+    record = decode_record(raw)
+    return record.state, list(record.errors)
 
 
 class Results(Middleware):
@@ -170,7 +187,11 @@ class Results(Middleware):
         if self.track_started and not job.task.options.ignore_result:
             # A retried attempt carries the earlier attempts' errors forward (one extra read, retries only).
             errors = read_errors(self.app, job.id) if job.message.attempt else []
-            self._write(job.id, started(job, errors))
+            record = started(job, errors)
+            # The backend refuses STARTED over REVOKED (backends/base.py): a task revoked after a worker
+            # reserved it (prefetched) is not run, at no extra cost: this write happens anyway.
+            if not self.app.backend.try_set(job.id, record.state, encode_record(record), self.ttl):
+                raise Skip("revoked before it started", record=False, revoked=True)
 
     def after_success(self, job: Job, value: Any) -> None:
         if job.task.options.ignore_result:

@@ -12,7 +12,9 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
+from urllib.parse import urlsplit
 
 from conveyor.errors import ConfigurationError
 
@@ -57,6 +59,8 @@ class Settings:
     prefetch: int = 16
     #: Seconds a graceful stop waits for running tasks before stopping them hard.
     shutdown_grace: float = 30.0
+    #: Seconds a starting worker waits for its broker and result backend to answer before it exits with an error.
+    startup_timeout: float = 10.0
     #: Tasks a worker child runs before it is replaced (bounds leaks); None means no limit.
     max_tasks_per_child: int | None = None
     #: Resident memory, in MiB, above which a worker child is replaced after its current task; None means no limit.
@@ -75,9 +79,16 @@ class Settings:
     beat_grace: float = 60.0
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), str(field.type))
+        for name in ("broker_url", "backend_url"):
+            url = getattr(self, name)
+            if url is not None:
+                check_url_shape(name, url)
         _check_positive("lease", self.lease)
         _check_positive("result_ttl", self.result_ttl)
         _check_positive("shutdown_grace", self.shutdown_grace)
+        _check_positive("startup_timeout", self.startup_timeout)
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
         if self.prefetch < 1:
@@ -108,13 +119,25 @@ class Settings:
                 f"({self.beat_lease + self.beat_interval:g} s), or the slots of a leader take-over count as missed"
             )
 
+    def with_absolute_paths(self, cwd: Path) -> Settings:
+        """These settings with a relative SQLite path made absolute against ``cwd``.
+
+        The app does this once, when it is built: ``sqlite:///conveyor.db`` then names one file for the
+        life of the process (a later ``chdir`` changes nothing), and the worker logs the path it really uses.
+        """
+        broker = absolute_sqlite_url(self.broker_url, cwd)
+        backend = None if self.backend_url is None else absolute_sqlite_url(self.backend_url, cwd)
+        if (broker, backend) == (self.broker_url, self.backend_url):
+            return self
+        return dataclasses.replace(self, broker_url=broker, backend_url=backend)
+
     @property
     def result_url(self) -> str:
         """The result backend URL, defaulting to the broker's."""
         return self.backend_url or self.broker_url
 
     @classmethod
-    def build(cls, overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    def build(cls, overrides: Mapping[str, object], environ: Mapping[str, str] | None = None) -> Settings:
         """Resolve settings from keyword arguments, then ``CONVEYOR_*`` variables on top.
 
         Args:
@@ -128,7 +151,7 @@ class Settings:
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(overrides)
+        values: dict[str, Any] = dict(overrides)
         for name, raw in _conveyor_variables(os.environ if environ is None else environ).items():
             if name not in known:
                 raise ConfigurationError(
@@ -170,6 +193,103 @@ def redact_text(text: str) -> str:
     """``text`` (an error message, a log line) with the password of every URL in it replaced by ``***``."""
     masked = _URL_WITH_PASSWORD.sub(rf"\g<head>{MASK}\g<at>", text)
     return _PASSWORD_PARAMETER.sub(rf"\g<head>{MASK}", masked)
+
+
+class SettingsDict(TypedDict, total=False):
+    """The keyword arguments of ``App(...)`` that are settings, for mypy: ``App("x", lease="30")`` is a type error.
+
+    Each is a field of :class:`Settings` (same name, type and meaning); ``broker=`` and ``backend=``
+    stand for ``broker_url`` and ``backend_url``. tests/unit/test_settings.py checks the two stay in step.
+    """
+
+    broker_url: str
+    backend_url: str | None
+    default_queue: str
+    lease: float
+    max_deliveries: int
+    result_ttl: float
+    track_started: bool
+    concurrency: int | None
+    prefetch: int
+    shutdown_grace: float
+    startup_timeout: float
+    max_tasks_per_child: int | None
+    max_memory_per_child: int | None
+    max_message_size: int
+    secret: str | None
+    log_level: str
+    beat_lease: float
+    beat_interval: float
+    beat_grace: float
+
+
+#: What each field type accepts, and how an error names it.
+_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number of seconds"),
+    "bool": ((bool,), "True or False"),
+}
+
+
+def _check_type(name: str, value: object, annotation: str) -> None:
+    """Refuse a value of the wrong type, naming the setting and what it takes (``lease='30'``, ``track_started='no'``).
+
+    A bool is no number here (``lease=True`` is a mistake), and an int is a fine float.
+    """
+    kind = annotation.replace(" ", "")
+    optional = kind.endswith("|None")
+    base = kind.removesuffix("|None")
+    if value is None and optional:
+        return
+    accepted, described = _TYPES[base]
+    if isinstance(value, accepted) and (base == "bool" or not isinstance(value, bool)):
+        return
+    hint = " (a string is not a bool: 'no' would be true)" if base == "bool" and isinstance(value, str) else ""
+    none = " or None" if optional else ""
+    raise ConfigurationError(
+        f"setting {name} must be {described}{none} ({base}), got {value!r} ({type(value).__name__}){hint}"
+    )
+
+
+def check_url_shape(name: str, url: str) -> None:
+    """Refuse a URL whose shape is wrong for its engine, without importing or connecting anything.
+
+    ``redis://host/abc``: redis-py silently uses database 0 for a path that is not a number, so a
+    typo would send every task to another database than the workers read.
+
+    Raises:
+        ConfigurationError: a Redis URL whose path is not a database number.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigurationError(
+                f"setting {name}: the path of a Redis URL is the database number (redis://host:6379/0), "
+                f"got {db!r} in {redact_url(url)!r}"
+            )
+
+
+def absolute_sqlite_url(url: str, cwd: Path) -> str:
+    """``sqlite:///relative.db`` made ``sqlite:////<cwd>/relative.db``; any other URL unchanged."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        return url
+    raw = parts.path[1:]
+    if not raw or raw == ":memory:" or raw.startswith("/"):
+        return url
+    query = f"?{parts.query}" if parts.query else ""
+    return f"sqlite:///{cwd / raw}{query}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file a ``sqlite://`` URL names (None for any other URL, or one with no file path)."""
+    parts = urlsplit(url)
+    raw = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if parts.scheme != "sqlite" or parts.netloc or not raw or raw == ":memory:":
+        return None
+    return Path(raw)
 
 
 def _conveyor_variables(environ: Mapping[str, str]) -> dict[str, str]:

@@ -54,7 +54,7 @@ class TaskOptionsDict(TypedDict, total=False):
     time_limit: float | None
     soft_time_limit: float | None
     ignore_result: bool
-    expires: float | None
+    expires: float | datetime.timedelta | None
     dead_letter_on_failure: bool
     rate_limit: str | float | None
     concurrency_key: Callable[..., Any] | None
@@ -81,7 +81,8 @@ class TaskOptions:
             fails with TimeLimitExceeded (TimeLimits; enforced by the supervisor).
         soft_time_limit: seconds after which TimeLimitExceeded is raised inside the task (TimeLimits).
         ignore_result: store no result (and no STARTED state) for this task (Results).
-        expires: seconds after enqueue after which the task is not run, recorded REVOKED (Revocation).
+        expires: seconds (or a ``timedelta``) after enqueue after which the task is not run, recorded
+            REVOKED (Revocation).
         dead_letter_on_failure: put the message in the dead-letter queue when it finally fails (DeadLetters).
         rate_limit: at most this many runs across all workers: ``"100/s"``, ``"100/m"``, ``"5/h"`` or a
             number a second; a limited run waits in the broker, not in a worker slot (FlowControl).
@@ -111,6 +112,8 @@ class TaskOptions:
 
     def __post_init__(self) -> None:
         check_priority(self.priority)
+        if self.expires is not None:  # a timedelta becomes seconds, as a call's expires= does
+            object.__setattr__(self, "expires", seconds(self.expires, "expires"))
         if self.retries < 0:
             raise ConfigurationError(f"retries must be >= 0, got {self.retries}")
         for field in ("backoff", "backoff_max", "time_limit", "soft_time_limit", "expires"):
@@ -154,14 +157,50 @@ def check_priority(priority: int) -> None:
         raise ConfigurationError(f"priority must be an int from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority!r}")
 
 
-def _timestamp(value: float | datetime.datetime | None, what: str) -> float | None:
-    if value is None or isinstance(value, int | float):
-        return value
+#: A "seconds from now" this large is surely a Unix timestamp (31 years ahead): refused, not obeyed.
+_LOOKS_LIKE_TIMESTAMP = 1e9
+
+
+def moment(value: float | datetime.timedelta | datetime.datetime | None, what: str, now: float) -> float | None:
+    """The Unix time a ``countdown``/``eta``/``expires`` call option names, or None.
+
+    A number (or a ``timedelta``) is seconds from ``now``, as in Celery, for every option alike; an
+    aware ``datetime`` is that moment. A naive ``datetime`` is ambiguous, and a number of seconds
+    past 10**9 is an old Unix-timestamp habit (it would mean 31 years from now): both are refused.
+
+    Raises:
+        ConfigurationError: a naive datetime, a timestamp-sized number, or another type.
+    """
+    if value is None:
+        return None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            raise ConfigurationError(f"{what} must be timezone-aware (naive datetimes are ambiguous)")
+            raise ConfigurationError(
+                f"{what} must be timezone-aware (naive datetimes are ambiguous): "
+                f"e.g. datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), got {value!r}"
+            )
         return value.timestamp()
-    raise ConfigurationError(f"{what} must be a datetime or a Unix timestamp, got {value!r}")
+    return now + seconds(value, what)
+
+
+def seconds(value: float | datetime.timedelta, what: str) -> float:
+    """A duration given as a number of seconds or a ``timedelta``, in seconds.
+
+    Raises:
+        ConfigurationError: not a number or a timedelta, or a number that looks like a Unix timestamp.
+    """
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            f"{what} must be seconds from now (a number or a datetime.timedelta) or an aware datetime, got {value!r}"
+        )
+    if value >= _LOOKS_LIKE_TIMESTAMP:
+        raise ConfigurationError(
+            f"{what}={value!r} looks like a Unix timestamp, but numbers are seconds from now (as in Celery); "
+            "pass an aware datetime for a moment, e.g. datetime.datetime.fromtimestamp(ts, datetime.UTC)"
+        )
+    return float(value)
 
 
 #: The option names :meth:`BaseTask.message` accepts, computed once rather than per call.
@@ -313,11 +352,13 @@ class BaseTask(Generic[P, R]):
         if unknown:
             known = ", ".join(SendOptions.__annotations__)
             raise ConfigurationError(f"unknown option(s) {', '.join(unknown)} for task {self.name!r}; known: {known}")
-        when = _timestamp(options.get("eta"), "eta")
+        when = moment(options.get("eta"), "eta", created)
         countdown = options.get("countdown")
         if countdown is not None:
-            when = created + countdown
-        until = _timestamp(options.get("expires"), "expires")
+            if when is not None:
+                raise ConfigurationError("give countdown or eta, not both")
+            when = created + seconds(countdown, "countdown")
+        until = moment(options.get("expires"), "expires", created)
         if until is None and self.options.expires is not None:
             until = created + self.options.expires
         priority = options.get("priority")

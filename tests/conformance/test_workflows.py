@@ -128,7 +128,7 @@ def test_a_failure_stops_a_chain_and_fails_a_chord_naming_the_member(app: App) -
     assert isinstance(caught.value, TaskFailed)
     assert not any(o.task.endswith("total") for o in outcomes)
     failed_member = app.result("errback-of-body").get(timeout=5)
-    assert app.result(failed_member).state is State.FAILURE
+    assert app.result(str(failed_member)).state is State.FAILURE
     # And a group reports its failed member
     assert a_group.failed() and a_group.completed_count() == 1 and a_group.ready()
     with pytest.raises(Boom):

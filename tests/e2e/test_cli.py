@@ -89,7 +89,7 @@ def test_revoke_from_the_command_line_removes_a_queued_task_and_terminates_a_run
     # When both are revoked with `conveyor revoke`, the running one with --terminate
     assert f"{queued.id}: revoked (removed from its queue)" in cli(e2e_env, "revoke", APP, queued.id).stdout
     out = cli(e2e_env, "revoke", APP, running.id, "--terminate").stdout
-    assert f"{running.id}: revoked (terminating if running)" in out
+    assert f"{running.id}: revoked (running: its worker process is being replaced)" in out
     # Then the running one is stopped, the queued one never runs, and both read REVOKED
     wait_until(lambda: "was revoked; terminating it" in worker.output(), 15, "the running task to be terminated")
     assert enqueue(e2e_app, "record", "cli-next").get(timeout=15) == "cli-next"

@@ -45,7 +45,7 @@ def test_unknown_task_option_fails_at_decoration(app: App) -> None:
 
 def test_unknown_setting_fails_at_app_creation() -> None:
     with pytest.raises(ConfigurationError, match="leese"):
-        App("x", broker="memory://", leese=3)
+        App("x", broker="memory://", leese=3)  # type: ignore[call-arg]  # mypy catches it too
 
 
 def test_unserializable_argument_fails_at_delay_naming_it(app: App) -> None:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Self
 
-from conveyor.states import State
+from conveyor.states import State, decode_record
 
 
 class Store(abc.ABC):
@@ -119,6 +119,17 @@ class Store(abc.ABC):
         """Release the running event loop's connections (engines with an async client: Redis)."""
 
 
+#: Final states that a REVOKED write does not replace: the task finished before the revocation.
+_FINISHED = frozenset({State.SUCCESS, State.FAILURE})
+
+
+def replaces(new: State, old: State | None) -> bool:
+    """Whether a record in state ``new`` may replace a live one in state ``old`` (see :meth:`ResultBackend.set`)."""
+    if old is State.REVOKED:
+        return new is State.REVOKED
+    return not (new is State.REVOKED and old in _FINISHED)
+
+
 class ResultBackend(Store):
     """Base class of every result backend: task records, plus the :class:`Store` primitives; thread-safe."""
 
@@ -145,8 +156,24 @@ class ResultBackend(Store):
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         """Store ``record`` (an encoded ResultRecord in ``state``) for ``ttl`` seconds, replacing any older one.
 
-        A final state wakes every :meth:`wait` on that id.
+        A final state wakes every :meth:`wait` on that id. One rule, checked atomically on the server
+        (:func:`replaces`): **a revocation and a finished run do not replace each other**. A live
+        REVOKED record is replaced only by another REVOKED record (a revoked task that was already
+        running cannot turn it into STARTED, SUCCESS or FAILURE), and a REVOKED write does not replace
+        a SUCCESS or FAILURE record (revoking a finished task changes nothing). The refused write is
+        dropped silently; :meth:`try_set` says whether it landed. :meth:`forget` removes any record.
         """
+
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
+        """:meth:`set`, returning False when the rule refused the write (the id was revoked, say).
+
+        This default reads then writes; every engine of conveyor overrides it with one atomic step.
+        """
+        raw = self.get(task_id)
+        if raw is not None and not replaces(state, decode_record(raw).state):
+            return False
+        self.set(task_id, state, record, ttl)
+        return True
 
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
         """Store several records in one round trip where the engine allows it."""
@@ -185,6 +212,14 @@ class ResultBackend(Store):
         :meth:`wait` in a thread; a cancelled call then leaves that thread waiting out ``timeout``.
         """
         return await asyncio.to_thread(self.wait, task_id, timeout)
+
+    def ping(self) -> None:
+        """Return once the backend answers (a worker checks at start-up); the default reads a record.
+
+        Raises:
+            BrokerUnavailable: the backend did not answer within its bounded retry.
+        """
+        self.get("conveyor-ping")
 
 
 #: One waiting party: a thread's Event, or a coroutine's Future (resolved on its own loop).

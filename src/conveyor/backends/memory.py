@@ -10,7 +10,7 @@ import math
 import threading
 import time
 
-from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken
+from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken, replaces
 from conveyor.states import FINAL_STATES, State
 
 
@@ -28,12 +28,18 @@ class MemoryResultBackend(ResultBackend):
         self.wakers = Wakers()
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
+        self.try_set(task_id, state, record, ttl)
+
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
         with self._cond:
+            if not replaces(state, self._live(task_id)[0]):
+                return False
             self._data[task_id] = (state, record, time.time() + ttl)
             if state in FINAL_STATES:
                 self._cond.notify_all()
         if state in FINAL_STATES:
             self.wakers.wake([task_id])
+        return True
 
     def get(self, task_id: str) -> bytes | None:
         with self._cond:

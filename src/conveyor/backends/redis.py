@@ -1,6 +1,7 @@
 """RedisResultBackend: task results in Redis, with a wait() that wakes the moment a result lands.
 
-Each result is one string ``{prefix:r:ID}`` = ``STATE\\n`` + record, written with a PX time to live.
+Each result is one string ``{prefix:r:ID}`` = ``STATE\\n`` + record, written with a PX time to live by
+``result_set.lua``, which applies the revocation rule of ``ResultBackend.set`` on the server.
 A final state also pushes a wake-up token onto ``{prefix:r:ID}:notify`` (same slot, short expiry):
 ``wait()`` reads the record, then BLPOPs that list for the remaining time, then reads again. A waiter
 that wakes passes the token on, so every waiter on the same id wakes; a non-final write deletes the
@@ -25,7 +26,7 @@ from typing import cast
 from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
-from conveyor.brokers.redis.connection import RedisConnection, split_url
+from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url
 from conveyor.brokers.redis.keys import (
     bucket_key,
     claim_key,
@@ -41,7 +42,7 @@ from conveyor.states import FINAL_STATES, State
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
 #: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
-SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "token_take")
+SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "result_set", "token_take")
 
 
 class RedisResultBackend(ResultBackend):
@@ -86,15 +87,12 @@ class RedisResultBackend(ResultBackend):
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
 
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
+        return bool(self._conn.run(*self._write_call(task_id, state, record, ttl)))
+
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
-        if not items:
-            return
-
-        def write(pipe: Pipeline) -> None:
-            for task_id, state, record in items:
-                self._queue_write(pipe, task_id, state, record, ttl)
-
-        self._conn.run_many([], extra=write)
+        if items:  # one pipeline of result_set.lua calls: one round trip, each write checked on the server
+            self._conn.run_many([self._write_call(task_id, state, record, ttl) for task_id, state, record in items])
 
     def get(self, task_id: str) -> bytes | None:
         return self._read(task_id)[1]
@@ -202,15 +200,19 @@ class RedisResultBackend(ResultBackend):
     async def aclose(self) -> None:
         await self._conn.aclose()
 
-    def _queue_write(self, pipe: Pipeline, task_id: str, state: State, record: bytes, ttl: float) -> None:
-        """SET the record with its ttl; a final state leaves one wake-up token, any other clears old ones."""
+    def _write_call(self, task_id: str, state: State, record: bytes, ttl: float) -> ScriptCall:
+        """The result_set.lua call storing a record (a final state leaves one wake-up token, others clear them)."""
+        keys = [result_key(self.prefix, task_id), notify_key(self.prefix, task_id)]
         ttl_ms = _ms(ttl)
-        notify = notify_key(self.prefix, task_id)
-        pipe.set(result_key(self.prefix, task_id), state.value.encode() + b"\n" + record, px=ttl_ms)
-        pipe.delete(notify)
-        if state in FINAL_STATES:
-            pipe.rpush(notify, b"1")
-            pipe.pexpire(notify, min(ttl_ms, int(self.notify_ttl * 1000)))
+        final = "1" if state in FINAL_STATES else "0"
+        args = [
+            state.value,
+            state.value.encode() + b"\n" + record,
+            ttl_ms,
+            final,
+            min(ttl_ms, int(self.notify_ttl * 1000)),
+        ]
+        return "result_set", keys, args
 
     def _read(self, task_id: str) -> tuple[bytes | None, bytes | None]:
         """The stored (state, record), or (None, None)."""

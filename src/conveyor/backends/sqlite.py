@@ -29,6 +29,15 @@ from conveyor.states import FINAL_STATES, State
 #: Seconds between sweeps of expired results (per process).
 SWEEP_EVERY = 60.0
 _FINAL = tuple(str(s) for s in FINAL_STATES)
+#: Insert or replace a record, except where the revocation rule (``backends.base.replaces``) refuses:
+#: a live REVOKED row is replaced only by REVOKED, and REVOKED does not replace a live SUCCESS or FAILURE.
+_UPSERT = (
+    "INSERT INTO results (id, state, record, expires_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE "
+    "SET state = excluded.state, record = excluded.record, expires_at = excluded.expires_at "
+    "WHERE results.expires_at <= ?5 OR NOT ("
+    "(results.state = 'REVOKED' AND excluded.state != 'REVOKED') "
+    "OR (excluded.state = 'REVOKED' AND results.state IN ('SUCCESS', 'FAILURE')))"
+)
 
 
 class SQLiteResultBackend(ResultBackend):
@@ -46,18 +55,27 @@ class SQLiteResultBackend(ResultBackend):
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
 
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
+        return self._write([(task_id, state, record)], ttl) == 1
+
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
-        expires = time.time() + ttl
+        self._write(items, ttl)
+
+    def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> int:
+        """Upsert the records under the revocation rule (ResultBackend.set); return how many landed."""
+        now = time.time()
         with self.db.write() as conn:
+            before = conn.total_changes
             conn.executemany(
-                "INSERT OR REPLACE INTO results (id, state, record, expires_at) VALUES (?, ?, ?, ?)",
-                [(task_id, str(state), record, expires) for task_id, state, record in items],
+                _UPSERT, [(task_id, str(state), record, now + ttl, now) for task_id, state, record in items]
             )
+            landed = conn.total_changes - before
             self._sweep(conn)
         final = [task_id for task_id, state, _ in items if state in FINAL_STATES]
         if final:  # committed: wake this process's waiters, then every other waiting process's
             self.wakers.wake(final)
             self._channel.notify(final)
+        return landed
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         """Every SWEEP_EVERY seconds, delete expired results, claims and values (they are invisible already)."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from conveyor._registry import Registry, load_class
+from conveyor._registry import Registry, check_scheme, load_class
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "WorkerInfo", "from_url"]
+__all__ = ["Broker", "DeadLetter", "Delivery", "Envelope", "QueueStats", "WorkerInfo", "check_url", "from_url"]
 
 #: scheme -> (module, class, extra that provides its client library or None)
 _BROKERS: Registry = {
@@ -30,6 +30,15 @@ _BROKERS: Registry = {
     "postgresql": ("conveyor.brokers.postgres", "PostgresBroker", "postgres"),
     "postgres": ("conveyor.brokers.postgres", "PostgresBroker", "postgres"),
 }
+
+
+def check_url(url: str) -> None:
+    """Check, importing nothing, that a broker serves ``url``'s scheme (the app does when it is built).
+
+    Raises:
+        ConfigurationError: an unknown scheme (``kafka://``).
+    """
+    check_scheme(_BROKERS, url, "broker")
 
 
 def from_url(url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> Broker:

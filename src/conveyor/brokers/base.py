@@ -358,6 +358,17 @@ class Broker(abc.ABC):
         """
         return []
 
+    def ping(self) -> None:
+        """Open (or check) the connection: return once the broker answers, as a worker checks at start-up.
+
+        The default reads :meth:`stats`; engines override it with something cheaper.
+
+        Raises:
+            BrokerUnavailable: the broker did not answer within the engine's bounded retry.
+            BrokerError: it answered with a refusal (a vhost the user may not use, say).
+        """
+        self.stats()
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""
 

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: worker, beat, status, enqueue, result, dead letters, db migrate.
+"""The ``conveyor`` command line: worker, beat, status, tasks, enqueue, result, dead letters, db migrate.
 
 Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
 settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
@@ -12,6 +12,7 @@ from conveyor.cli._errors import ConveyorGroup
 from conveyor.cli.beat import beat
 from conveyor.cli.db import db
 from conveyor.cli.dlq import dlq
+from conveyor.cli.registered import tasks as list_tasks  # not "tasks": the cli.tasks submodule takes that name
 from conveyor.cli.result import result
 from conveyor.cli.status import status
 from conveyor.cli.tasks import enqueue, purge, revoke
@@ -42,3 +43,4 @@ main.add_command(revoke)
 main.add_command(result)
 main.add_command(dlq)
 main.add_command(db)
+main.add_command(list_tasks)

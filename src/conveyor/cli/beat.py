@@ -14,6 +14,7 @@ from conveyor.cli._options import loglevel
 from conveyor.errors import ConfigurationError
 from conveyor.logging import configure as configure_logging
 from conveyor.scheduler.beat import EntryInfo, check_shareable, overview, run_forever
+from conveyor.worker.startup import check_reachable
 
 
 @click.command()
@@ -28,7 +29,8 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
 
     Run as many beats as you like, on any machines: one holds the leader lease and fires, the
     others stand by and one takes over within beat_lease seconds if it dies. No slot fires twice.
-    SIGTERM or Ctrl-C stops, giving the lease up at once.
+    SIGTERM or Ctrl-C stops, giving the lease up at once. A broker or backend that does not answer
+    within startup_timeout seconds at start is one error line and exit status 1.
     """
     the_app = load_app(app)
     if list_only:
@@ -40,6 +42,7 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
         check_shareable(the_app)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
+    check_reachable(the_app, the_app.settings.startup_timeout)  # a dead broker: one line and exit 1, as a worker
     configure_logging(the_app, loglevel)
     sys.exit(run_forever(the_app, parent=parent))
 

@@ -25,7 +25,7 @@ def dlq() -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 def list_(app: str, queue: str | None, limit: int) -> None:
     """List APP's dead letters, oldest first, with their reasons."""
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     table = Table(title="dead letters")
     for column in ("id", "queue", "task", "when", "deliveries", "reason"):
         table.add_column(column)
@@ -40,7 +40,7 @@ def list_(app: str, queue: str | None, limit: int) -> None:
 @click.argument("task_id")
 def show(app: str, task_id: str) -> None:
     """Show one dead letter: its reason, raw message, and the traceback of each failed attempt."""
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     for dead in the_app.broker.dead_letters(limit=100_000):
         if dead.id == task_id:
             click.echo(f"id:         {dead.id}\nqueue:      {dead.queue}\nreason:     {dead.reason}")
@@ -58,7 +58,7 @@ def requeue(app: str, task_ids: tuple[str, ...], everything: bool) -> None:
     """Put dead letters (TASK_IDS, or --all) back on their queues."""
     if not task_ids and not everything:
         raise click.UsageError("give task ids, or --all")
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     click.echo(f"requeued {the_app.broker.requeue_dead(None if everything else list(task_ids))} task(s)")
 
 
@@ -67,7 +67,7 @@ def requeue(app: str, task_ids: tuple[str, ...], everything: bool) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge_(app: str, yes: bool) -> None:
     """Delete every dead letter."""
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     if not yes:
         click.confirm("Delete every dead letter?", abort=True)
     click.echo(f"deleted {the_app.broker.purge_dead()} dead letter(s)")

@@ -25,7 +25,7 @@ def result(app: str, task_id: str, wait_for: float | None, as_json: bool, traceb
     A task nothing is recorded for is PENDING: not started yet, an unknown id, or a result that
     expired (result_ttl). With --wait, exits 1 if it did not finish in time.
     """
-    handle = load_app(app).result(task_id)
+    handle = load_app(app, existing=True).result(task_id)
     if wait_for is not None:
         handle.get(timeout=wait_for, propagate=False)  # ResultTimeout: one line, exit status 1
     record = handle.info

@@ -20,7 +20,7 @@ from conveyor.settings import redact_url
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(app: str, as_json: bool) -> None:
     """Show APP's queues (ready, scheduled, in flight, dead), its live workers and its periodic entries."""
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     queues = the_app.broker.stats()
     workers = the_app.broker.workers()
     entries = overview(the_app)

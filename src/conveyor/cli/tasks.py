@@ -10,6 +10,7 @@ import click
 from conveyor.app import App
 from conveyor.arguments import check_arguments
 from conveyor.cli._load import load_app
+from conveyor.states import State
 
 
 def _json_arg(value: str | None, what: str, kind: type) -> Any:
@@ -72,7 +73,7 @@ def purge(app: str, queue: str, yes: bool) -> None:
 
     A queue that neither the broker nor the app's tasks know (a typo, most likely) gets a warning.
     """
-    the_app = load_app(app)
+    the_app = load_app(app, existing=True)
     known = _known_queues(the_app)
     if queue not in known:
         click.echo(
@@ -97,9 +98,43 @@ def _known_queues(app: App) -> set[str]:
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--terminate", is_flag=True, help="Also stop tasks that are running (their worker process is replaced).")
 def revoke(app: str, task_ids: tuple[str, ...], terminate: bool) -> None:
-    """Revoke tasks by id: a waiting task is deleted from its queue; with --terminate a running one is stopped."""
-    the_app = load_app(app)
+    """Revoke tasks by id: a waiting task is deleted from its queue; with --terminate a running one is stopped.
+
+    A revocation is final: the task's state stays REVOKED whatever its worker does afterwards (a running
+    task without --terminate runs to its end, but its result is discarded). Says what it found for each
+    id; exits 1 if an id was unknown (nothing queued or recorded under it) or had already finished.
+    """
+    the_app = load_app(app, existing=True)
+    missed = 0
     for task_id in task_ids:
-        waiting = the_app.result(task_id).revoke(terminate=terminate, reason="revoked from the command line")
-        where = "removed from its queue" if waiting else ("terminating if running" if terminate else "not waiting")
-        click.echo(f"{task_id}: revoked ({where})")
+        line, revoked = _revoke_one(the_app, task_id, terminate)
+        click.echo(f"{task_id}: {line}", err=not revoked)
+        missed += not revoked
+    if missed:
+        raise SystemExit(1)
+
+
+def _revoke_one(app: App, task_id: str, terminate: bool) -> tuple[str, bool]:
+    """Revoke one id; what to say about it, and whether a revocation is now in force."""
+    handle = app.result(task_id)
+    before = handle.state
+    waiting = handle.revoke(terminate=terminate, reason="revoked from the command line")
+    after = handle.state
+    if after is not State.REVOKED:  # it finished first: a revocation does not replace a result
+        return f"not revoked: it already finished ({after}); its result stands", False
+    if waiting:
+        return "revoked (removed from its queue)", True
+    if before is State.REVOKED:
+        return "revoked (it was already)", True
+    if before is State.PENDING:
+        return (
+            "unknown id: no task with this id is queued and nothing is recorded for it (never sent, "
+            "its result expired, or it is reserved by a worker and not started yet); it is recorded REVOKED "
+            "in case it turns up, so it will not start",
+            False,
+        )
+    if before is State.RETRY:
+        return "revoked (it was waiting for a retry: it will not run again)", True
+    if terminate:
+        return "revoked (running: its worker process is being replaced)", True
+    return "revoked (running: it runs to its end, but its result is discarded; --terminate stops it)", True

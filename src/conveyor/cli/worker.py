@@ -52,6 +52,7 @@ def worker(
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
         _ = (the_app.broker, the_app.backend)  # a URL they refuse is one line here, not a traceback per child
+        the_app.load_tasks()  # include=/autodiscover=: a module that does not import is one line too
         runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -222,7 +222,10 @@ class Beat:
     def _send(self, entry: Entry, slot: datetime.datetime) -> bool:
         """Enqueue the run of ``slot`` (this beat holds its claim); False when the broker holds it already."""
         name = self.app.name
-        expires = None if entry.expires is None else slot.timestamp() + entry.expires
+        # An aware moment: a call's expires= reads a number as seconds from now (task.py, ``moment``).
+        expires = (
+            None if entry.expires is None else datetime.datetime.fromtimestamp(slot.timestamp() + entry.expires, UTC)
+        )
         headers = {
             **entry.signature.options.get("headers", {}),
             "beat_entry": entry.name,

@@ -12,6 +12,7 @@ import os
 from conveyor.app import App
 from conveyor.errors import ConfigurationError
 from conveyor.worker import pools
+from conveyor.worker.startup import check_reachable
 from conveyor.worker.supervisor import Supervisor
 
 __all__ = ["POOLS", "Worker"]
@@ -53,5 +54,11 @@ class Worker:
         self.pool = pool
 
     def run(self) -> int:
-        """Serve until stopped by SIGTERM/SIGINT; return the exit code."""
+        """Check that the broker and backend answer, then serve until stopped by SIGTERM/SIGINT; return the exit code.
+
+        Raises:
+            BrokerUnavailable: the broker or the result backend did not answer within the
+                ``startup_timeout`` setting (see ``worker/startup.py``); nothing was started.
+        """
+        check_reachable(self.app, self.app.settings.startup_timeout)
         return Supervisor(self.app, concurrency=self.concurrency, queues=self.queues, pool=self.pool).run()

@@ -19,7 +19,7 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError, DecodeError, SignatureError
 from conveyor.logging import quick_log
 from conveyor.middleware import Bury, Defer, Job, OnStart, Outcome, Skip, Verdict
-from conveyor.results import error_info
+from conveyor.results import entry, error_info, not_registered
 from conveyor.revocation import Terminated
 from conveyor.worker.eventloops import ThreadLoops
 from conveyor.worker.events import Ended
@@ -107,9 +107,9 @@ class Executor:
             return Outcome(delivery.id, "?", self.settler.reject(delivery, f"{why}: {exc}"), 0.0)
         task = self.app.tasks.get(message.task)
         if task is None:
-            known = ", ".join(sorted(self.app.tasks)) or "none"
-            why = f"task {message.task!r} is not registered on app {self.app.name!r} (known: {known})"
-            return Outcome(delivery.id, message.task, self.settler.reject(delivery, why), 0.0)
+            why = unknown_task(self.app, message.task)
+            record = entry(message.id, not_registered(message, why))  # its producer sees FAILURE, not PENDING
+            return Outcome(delivery.id, message.task, self.settler.reject(delivery, why, record), 0.0)
         job = Job(delivery, message, task, self.worker, self.settler)
         types = task.types
         if types.typed:
@@ -144,7 +144,7 @@ class Executor:
             raise exc
         deferred, runtime = False, job.elapsed()
         if isinstance(exc, Skip):
-            ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note)
+            ended = self.settler.skip(job, exc.note) if exc.record else self.settler.drop(job, exc.note, exc.revoked)
         elif isinstance(exc, Defer):
             ended = self.settler.defer(job, exc)
         elif isinstance(exc, Terminated):
@@ -160,3 +160,14 @@ class Executor:
             self._started = False
             self.chain.lifecycle(self.chain.on_child_stop, self.app)
         self._loops.close()
+
+
+def unknown_task(app: App, name: str) -> str:
+    """Why a message for task ``name`` cannot run here, and how to fix it (dead-letter reason and FAILURE error)."""
+    module = name.rpartition(".")[0]
+    known = ", ".join(sorted(app.tasks)) or "none"
+    fix = f"App(..., include=[{module!r}])" if module else "App(..., include=[...])"
+    return (
+        f"task {name!r} is not registered on app {app.name!r}: the worker never imported the module that declares it; "
+        f"add {fix} (or autodiscover=[...]), restart the worker, then `conveyor dlq requeue` it (known: {known})"
+    )

@@ -32,7 +32,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.middleware import Bury, Defer, Job, Requeue, Verdict
-from conveyor.results import entry, failed, read_errors, retrying, skipped
+from conveyor.results import entry, failed, read_record, retrying, skipped
 from conveyor.states import ErrorInfo, State
 from conveyor.worker.events import Ended
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
@@ -104,7 +104,11 @@ class Settler:
         success (pending with a batch). The record keeps every earlier attempt's error.
         """
         m = job.message
-        errors = [*self.durably("result read", lambda: read_errors(self.app, m.id)), error]
+        state, earlier = self.durably("result read", lambda: read_record(self.app, m.id))
+        if state is State.REVOKED:  # revoked while it ran: no retry, no dead letter; the REVOKED record stays
+            log.warning("task %s[%s] failed after it was revoked: %s: %s", m.task, m.id, error.type, error.message)
+            return Ended.REVOKED, self.finish(job.delivery, None)
+        errors = [*earlier, error]
         if isinstance(verdict, Requeue):
             eta = time.time() + verdict.delay
             body = self.app.codec.encode(msgspec.structs.replace(m, attempt=m.attempt + 1, eta=eta))
@@ -126,8 +130,21 @@ class Settler:
         log.warning("task %s[%s] was revoked and terminated after %.4fs", job.message.task, job.id, job.elapsed())
         return Ended.REVOKED, self.finish(job.delivery, None)
 
-    def reject(self, delivery: Delivery, reason: str) -> Ended:
-        """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``."""
+    def reject(self, delivery: Delivery, reason: str, record: FinalResult | None = None) -> Ended:
+        """Dead-letter a message that cannot run (undecodable, unsigned, an unknown task) with ``reason``.
+
+        ``record`` (an unknown task's FAILURE) is written first, so its producer's ``get()`` raises
+        instead of waiting on PENDING.
+
+        Raises:
+            BackendDown: the record could not be written (nothing ran: give the delivery back uncounted).
+        """
+        if record is not None:
+            task_id, state, data = record
+            try:
+                self.app.backend.set(task_id, state, data, self.app.settings.result_ttl)
+            except BrokerError as exc:
+                raise BackendDown(str(exc)) from exc
         self.app.broker.dead_letter(delivery, reason)
         log.error("message %s dead-lettered: %s", delivery.id, reason)
         return Ended.DEAD
@@ -164,11 +181,15 @@ class Settler:
         log.debug("task %s[%s] deferred %.3fs: %s", m.task, m.id, defer.delay, defer.reason)
         return Ended.RETURNED
 
-    def drop(self, job: Job, note: str) -> Ended:
-        """Ack a redelivered copy that must not run, leaving its recorded result as it is."""
+    def drop(self, job: Job, note: str, revoked: bool = False) -> Ended:
+        """Ack a delivery that must not run, leaving its recorded result as it is.
+
+        A redelivered copy of a finished task ends DUPLICATE; a task revoked after it was reserved
+        (``revoked``) ends REVOKED.
+        """
         self.app.broker.ack([job.delivery])
-        log.info("task %s[%s] not run again: %s", job.message.task, job.id, note)
-        return Ended.DUPLICATE
+        log.info("task %s[%s] not run%s: %s", job.message.task, job.id, "" if revoked else " again", note)
+        return Ended.REVOKED if revoked else Ended.DUPLICATE
 
     def durably(self, doing: str, step: Callable[[], T]) -> T:
         """Run a step that records the outcome of a task that ran, until the backend or broker answers.

@@ -116,20 +116,29 @@ class Supervisor:
         self._heartbeat()
         for index in range(self.child_count):
             self._start_child(index)
-        log.info(
-            "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
-            self.worker_id,
-            self.concurrency,
-            self.pool,
-            ",".join(self.queues),
-            _redact(self.app.settings.broker_url),
-        )
+        self._log_banner()  # after the first heartbeat above: listed as live before it says it is ready
         try:
             while self.children and not self.hard:
                 self._tick()
         finally:
             self._shutdown()
         return 0
+
+    def _log_banner(self) -> None:
+        """The ready line, with where messages and results live (absolute paths) and every registered task."""
+        settings = self.app.settings
+        results = "" if settings.backend_url is None else f", results {_redact(settings.backend_url)}"
+        log.info(
+            "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s%s",
+            self.worker_id,
+            self.concurrency,
+            self.pool,
+            ",".join(self.queues),
+            _redact(settings.broker_url),
+            results,
+        )
+        names = sorted(self.app.tasks)
+        log.info("%d task(s) registered: %s", len(names), ", ".join(names) or "none (declare them with @app.task)")
 
     def _tick(self) -> None:
         waitables: list[Any] = [c.conn for c in self.children.values()]

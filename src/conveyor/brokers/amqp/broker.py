@@ -600,6 +600,9 @@ class AMQPBroker(Broker):
     def workers(self) -> list[WorkerInfo]:
         return self._admin.workers()
 
+    def ping(self) -> None:
+        self._conn.call(lambda ch: None)  # opens the connection and the channel: host, port, credentials, vhost
+
     def close(self) -> None:
         with self._conn.lock:
             self._held.clear()  # the channel closes: RabbitMQ requeues them

@@ -254,6 +254,9 @@ class RedisBroker(Broker):
         found = self._conn.run("workers", [self._global.workers, self._global.workers_info], [])
         return sorted((WorkerInfo.from_dict(json.loads(raw)) for raw in found), key=lambda w: w.id)
 
+    def ping(self) -> None:
+        self._conn.command("PING")
+
     def close(self) -> None:
         self._conn.close()
 

@@ -380,5 +380,9 @@ class SQLiteBroker(Broker):
             )
         return [WorkerInfo.from_dict(json.loads(row[0])) for row in rows]
 
+    def ping(self) -> None:
+        with self.db.errors():
+            self.db.get().execute("SELECT 1").fetchone()
+
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,31 @@
+-- result_set.lua: store a task's result record, unless a revocation and a finished run would replace
+-- each other (result backend; the rule is ResultBackend.set's, backends/base.py).
+--
+-- KEYS[1]: {prefix:r:ID}         STRING  "STATE\nrecord", expiring with a PX ttl
+-- KEYS[2]: {prefix:r:ID}:notify  LIST    one wake-up token once the record is final
+-- ARGV[1]: the new state (PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED)
+-- ARGV[2]: the value to store: "STATE\nrecord"
+-- ARGV[3]: its ttl in milliseconds
+-- ARGV[4]: "1" when the new state is final (leave a wake-up token), else "0" (clear old tokens)
+-- ARGV[5]: the wake-up token's ttl in milliseconds
+--
+-- A live REVOKED record is replaced only by REVOKED; a REVOKED write does not replace SUCCESS or
+-- FAILURE. Returns 1 when the record was stored, 0 when the rule refused it (nothing changed).
+
+local old = redis.call('GET', KEYS[1])
+if old then
+  local old_state = string.match(old, '^[^\n]*')
+  if old_state == 'REVOKED' and ARGV[1] ~= 'REVOKED' then
+    return 0
+  end
+  if ARGV[1] == 'REVOKED' and (old_state == 'SUCCESS' or old_state == 'FAILURE') then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+if ARGV[4] == '1' then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+return 1
