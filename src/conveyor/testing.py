@@ -184,8 +184,8 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
     send = app.send
     local = threading.local()
 
-    def send_and_run(messages: Sequence[Message]) -> list[str]:
-        ids = send(messages)
+    def send_and_run(messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
+        ids = send(messages, connection=connection)
         if not getattr(local, "draining", False):
             local.draining = True
             try:
@@ -194,11 +194,16 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
                 local.draining = False
         return ids
 
+    async def asend_and_run(messages: Sequence[Message]) -> list[str]:
+        return send_and_run(messages)  # eager: the tasks run here, in the caller's thread, as for send()
+
     setattr(app, "send", send_and_run)  # noqa: B010 - an instance attribute shadows the method until the end
+    setattr(app, "asend", asend_and_run)  # noqa: B010 - the same for adelay()/aapply_async()
     try:
         yield app
     finally:
         delattr(app, "send")
+        delattr(app, "asend")
 
 
 class WorkerProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,22 @@ def test_in_memory_gives_a_fresh_broker_and_restores_the_apps_own() -> None:
             assert r.state is State.SUCCESS  # eager drains what was waiting too
         assert app.send.__func__ is App.send  # type: ignore[attr-defined]  # eager is undone
     assert app.broker is own and sum(s.ready for s in own.stats()) == 0
+    app.close()
+
+
+def test_eager_runs_an_adelay_too_and_undoes_it() -> None:
+    app = App("helpers", broker="memory://")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    async def call() -> int:
+        return await (await double.adelay(5)).aget(timeout=1)
+
+    with eager(app):
+        assert asyncio.run(call()) == 10
+    assert app.asend.__func__ is App.asend  # type: ignore[attr-defined]  # eager is undone
     app.close()
 
 
