@@ -111,10 +111,11 @@ def test_countdown_and_eta_wait_in_the_schedule(app: App) -> None:
         ran_at.append(time.time())
         return 1
 
-    # Given one task sent with a countdown and one with an eta, both 0.2 s ahead
-    due = time.time() + 0.2
-    r1 = t.apply_async(countdown=0.2)
-    r2 = t.apply_async(eta=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=0.2))
+    # Given one task sent with a countdown and one with an eta, both 1 s ahead (long enough for a
+    # loaded machine to look at the schedule before they are due)
+    due = time.time() + 1
+    r1 = t.apply_async(countdown=1)
+    r2 = t.apply_async(eta=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1))
     # Then both wait in the schedule, and run once due, never before (however slow the machine)
     [stats] = app.broker.stats()
     assert stats.scheduled == 2
@@ -166,12 +167,12 @@ def test_unknown_task_and_undecodable_message_go_to_dead_letters(app: App) -> No
 def test_a_failed_attempt_waits_in_state_retry_within_its_backoff_ceiling(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a task that fails with ConnectionError on its first attempt, with backoff 0.4 s, whose
+    # Given a task that fails with ConnectionError on its first attempt, with backoff 2 s, whose
     # jitter draws the middle of its range (a draw of a few ms would make the retry due before the
     # drain below stops; the range itself is tested in test_retries.py)
     monkeypatch.setattr("conveyor.retries.random.uniform", lambda low, high: (low + high) / 2)
 
-    @app.task(name="flaky", retries=2, backoff=0.4, retry_on=(ConnectionError,))
+    @app.task(name="flaky", retries=2, backoff=2, retry_on=(ConnectionError,))
     def flaky() -> str:
         if current_context().attempt == 0:
             raise ConnectionError("first try")
@@ -181,12 +182,13 @@ def test_a_failed_attempt_waits_in_state_retry_within_its_backoff_ceiling(
     # When one attempt ran
     before = time.time()
     assert [o.state for o in drain(app, include_scheduled=False)] == ["RETRY"]
-    # Then the task waits in the schedule in state RETRY, due within the backoff ceiling (full jitter: 0-0.4 s)
+    # Then the task waits in the schedule in state RETRY, due within the backoff ceiling (full jitter: 0-2 s;
+    # the middle draw, 1 s, leaves a loaded machine time to stop draining before the retry is due)
     assert r.state is State.RETRY
     assert depths(app) == (0, 1, 0, 0)
     info = r.info
     assert info is not None and info.eta is not None
-    assert before <= info.eta <= time.time() + 0.4
+    assert before <= info.eta <= time.time() + 2
     [error] = r.errors
     assert (error.type, error.attempt) == ("ConnectionError", 0)
     assert 'raise ConnectionError("first try")' in error.traceback
@@ -213,12 +215,12 @@ def test_success_after_retries_keeps_every_failed_attempts_traceback(app: App) -
 
 
 def test_ctx_retry_runs_the_task_again_after_its_countdown(app: App) -> None:
-    # Given a task that asks for a retry in 0.2 s from inside, through its context
+    # Given a task that asks for a retry in 1 s from inside, through its context
     @app.task(name="later", retries=1)
     def later() -> int:
         ctx = current_context()
         if ctx.attempt == 0:
-            ctx.retry(countdown=0.2, reason="the report is not ready")
+            ctx.retry(countdown=1, reason="the report is not ready")
         return ctx.attempt
 
     sent = time.time()
@@ -228,7 +230,7 @@ def test_ctx_retry_runs_the_task_again_after_its_countdown(app: App) -> None:
     info = r.info
     assert info is not None and info.state is State.RETRY and info.eta is not None
     # (the eta is at least the countdown after the send; how long drain took does not matter)
-    assert info.eta >= sent + 0.2
+    assert info.eta >= sent + 1
     drain(app, timeout=5)
     assert r.get(timeout=1) == 1
 
@@ -390,13 +392,13 @@ def test_a_message_over_the_size_limit_fails_at_delay_and_nothing_is_sent(app: A
 
 
 def test_revoking_a_task_waiting_for_its_retry_stops_the_retries(app: App) -> None:
-    # Given a task whose first attempt failed and which waits 0.3 s for its retry
+    # Given a task whose first attempt failed and which waits 1 s for its retry
     ran: list[int] = []
 
     @app.task(name="again", retries=3)
     def again() -> None:
         ran.append(current_context().attempt)
-        current_context().retry(countdown=0.3, reason="down")
+        current_context().retry(countdown=1, reason="down")
 
     r = again.delay()
     drain(app, include_scheduled=False)
