@@ -190,7 +190,7 @@ def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url:
         # task ids, "id-holder" and "landed", kept 7 days: docs/amqp.md.)
         left = live_backend_entries(app, broker_kind)
         if broker_kind == "amqp":
-            own = f"kv:{app.broker.prefix}:"  # the test run's AMQP prefix (tests/conftest.py)
+            own = f"kv:{app.broker.prefix}:"  # type: ignore[attr-defined]  # the test run's AMQP prefix (tests/conftest.py)
             left = [k for k in left if not k.startswith(own)]
         assert left == []
     finally:
