@@ -22,11 +22,15 @@ import abc
 from collections.abc import Sequence
 from typing import Self
 
+from conveyor.eventlog import EventLogStore
 from conveyor.states import State
 
 
-class Store(abc.ABC):
+class Store(EventLogStore, abc.ABC):
     """Leases, claims and values shared by every process of a deployment; all methods are thread-safe.
+
+    It also keeps the event log (:class:`~conveyor.eventlog.EventLogStore`: ``append_events``,
+    ``read_events``, ``last_event_cursor``), bounded in entries and age.
 
     Each method is one atomic step on the server. Expiry follows the server's clock where there is a
     server (Redis), so processes on machines with skewed clocks agree on it.
@@ -73,7 +77,7 @@ class Store(abc.ABC):
     def delete_value(self, key: str) -> None:
         """Delete the value under ``key`` (nothing happens when there is none)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections; the store reconnects if used again."""
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 import threading
 import time
 
 from conveyor.backends.base import ResultBackend
+from conveyor.eventlog import MAX_BATCHES
 from conveyor.states import FINAL_STATES, State
 
 
@@ -19,6 +22,8 @@ class MemoryResultBackend(ResultBackend):
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (owner, expires at)
         self._claims: dict[str, float] = {}  # key -> expires at
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or +inf)
+        self._events: collections.deque[tuple[int, float, bytes]] = collections.deque(maxlen=MAX_BATCHES)
+        self._event_seq = itertools.count(1)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         with self._cond:
@@ -94,3 +99,20 @@ class MemoryResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         with self._cond:
             self._values.pop(key, None)
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        now = time.time()
+        with self._cond:
+            self._events.append((next(self._event_seq), now, batch))
+            while self._events and self._events[0][1] < now - ttl:
+                self._events.popleft()
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        start = 0 if after is None else int(after)
+        with self._cond:
+            found = [(str(seq), batch) for seq, _, batch in self._events if seq > start]
+        return found[:limit]
+
+    def last_event_cursor(self) -> str | None:
+        with self._cond:
+            return str(self._events[-1][0]) if self._events else None

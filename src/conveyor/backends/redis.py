@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from redis.client import Pipeline
 
 from conveyor.backends.base import ResultBackend
 from conveyor.brokers.redis.connection import RedisConnection, split_url
-from conveyor.brokers.redis.keys import claim_key, lease_key, notify_key, result_key, value_key
+from conveyor.brokers.redis.keys import claim_key, events_key, lease_key, notify_key, result_key, value_key
+from conveyor.eventlog import MAX_BATCHES
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
@@ -127,6 +128,28 @@ class RedisResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         name = value_key(self.prefix, key)
         self._conn.call(lambda: self._conn.client.delete(name))
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        key = events_key(self.prefix)
+
+        def write(pipe: Pipeline) -> None:
+            # Stream ids are the server's milliseconds: trimming by MINID drops entries older than ttl.
+            pipe.xadd(key, {"b": batch}, maxlen=MAX_BATCHES, approximate=True)
+            pipe.xtrim(key, minid=int((time.time() - ttl) * 1000), approximate=False)
+
+        self._conn.run_many([], extra=write)
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        key = events_key(self.prefix)
+        start = "-" if after is None else f"({after}"
+        # The raw reply: [[id, [b"b", batch]], ...], bytes throughout.
+        entries = cast("list[list[Any]]", self._conn.command("XRANGE", key, start, "+", "COUNT", limit))
+        return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
+
+    def last_event_cursor(self) -> str | None:
+        key = events_key(self.prefix)
+        entries = cast("list[tuple[bytes, object]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", 1))
+        return entries[0][0].decode() if entries else None
 
     def close(self) -> None:
         self._conn.close()

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from conveyor.backends.base import ResultBackend
 from conveyor.brokers.sqlite.connection import SQLiteConnection
+from conveyor.eventlog import MAX_BATCHES
 from conveyor.states import FINAL_STATES, State
 
 #: Seconds between sweeps of expired results (per process).
@@ -133,6 +134,26 @@ class SQLiteResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        now = time.time()
+        with self.db.write() as conn:
+            seq = conn.execute("INSERT INTO events (at, batch) VALUES (?, ?)", (now, batch)).lastrowid or 0
+            conn.execute("DELETE FROM events WHERE seq <= ? OR at < ?", (seq - MAX_BATCHES, now - ttl))
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.errors():
+            rows = (
+                self.db.get()
+                .execute("SELECT seq, batch FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (int(after or 0), limit))
+                .fetchall()
+            )
+        return [(str(seq), bytes(batch)) for seq, batch in rows]
+
+    def last_event_cursor(self) -> str | None:
+        with self.db.errors():
+            row = self.db.get().execute("SELECT MAX(seq) FROM events").fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def close(self) -> None:
         self.db.close()

@@ -36,7 +36,16 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
-from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskFinished, TaskStarted, encode_event
+from conveyor.worker.events import (
+    ChildEvent,
+    Counts,
+    Ended,
+    Happened,
+    Retiring,
+    TaskFinished,
+    TaskStarted,
+    encode_event,
+)
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import Outage, wait_until_up
@@ -129,6 +138,10 @@ class Child:
         self._tally_lock = threading.Lock()
         self._processed = self._failed = self.tasks_run = 0  # counts not sent yet; tasks run in all
         self._counts_due = 0.0
+        #: Events not sent yet (only when the app publishes events): see :class:`Happened`.
+        self.events = app.settings.events
+        self._received: list[tuple[str, str, int, float]] = []
+        self._ended: list[tuple[str, str, Ended, float, float]] = []
         self._backend = Outage("result backend")
         self._limited = app.settings.max_tasks_per_child is not None or app.settings.max_memory_per_child is not None
 
@@ -181,6 +194,8 @@ class Child:
         """Count one delivery that ended: a TaskFinished if its start was reported, else in the bulk counts."""
         if reported:
             self.send(TaskFinished(outcome.id, outcome.task, outcome.ended, outcome.runtime))
+        else:
+            self.note_ended(outcome)
         if not outcome.ended.processed:  # given back, or a finished task's dropped copy: nothing ran
             return
         with self._tally_lock:
@@ -192,6 +207,23 @@ class Child:
         if self._limited:
             self._check_limits(run)
 
+    def received(self, deliveries: list[Delivery]) -> None:
+        """Note freshly reserved deliveries for the event log (nothing when events are off)."""
+        if self.events and deliveries:
+            now = time.time()
+            self._received.extend((d.id, d.queue, d.deliveries, now) for d in deliveries)
+
+    def note_ended(self, outcome: Outcome) -> None:
+        """Note a delivery that ended without a start report, for the event log (nothing when events are off)."""
+        if self.events:
+            self._ended.append((outcome.id, outcome.task, outcome.ended, outcome.runtime, time.time()))
+
+    def flush_events(self) -> None:
+        """Send what was noted for the event log since the last flush (one pipe message)."""
+        if self._received or self._ended:  # list swaps are atomic: a thread appending now lands in the new list
+            happened, self._received, self._ended = Happened(self._received, self._ended), [], []
+            self.send(happened)
+
     def send(self, event: ChildEvent) -> None:
         """Send one event to the supervisor (a closed pipe is ignored: the supervisor is gone)."""
         data = encode_event(event)
@@ -201,12 +233,14 @@ class Child:
     def flush_counts(self, force: bool = False) -> None:
         """Send the counts of finished tasks, at most every COUNTS_EVERY seconds (a message wakes the supervisor)."""
         now = time.monotonic()
-        if not self._processed or not (force or now >= self._counts_due):
+        if not (self._processed or self._received or self._ended) or not (force or now >= self._counts_due):
             return
         with self._tally_lock:
             counts, self._processed, self._failed = Counts(self._processed, self._failed), 0, 0
         self._counts_due = now + COUNTS_EVERY
-        self.send(counts)
+        if counts.processed:
+            self.send(counts)
+        self.flush_events()
 
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""

@@ -67,13 +67,23 @@ class Counts(msgspec.Struct, tag=True, array_like=True):
     failed: int
 
 
+class Happened(msgspec.Struct, tag=True, array_like=True):
+    """What a child's tasks did since its last report, for the event log (sent with the counts, per batch).
+
+    Only sent when the app publishes events. A task whose start was reported ends in a TaskFinished instead.
+    """
+
+    received: list[tuple[str, str, int, float]]  # id, queue, deliveries, Unix time
+    ended: list[tuple[str, str, Ended, float, float]]  # id, task, how it ended, runtime, Unix time
+
+
 class Retiring(msgspec.Struct, tag=True, array_like=True):
     """The child stops taking work and exits once idle (a per-child limit was reached)."""
 
     reason: str
 
 
-ChildEvent = TaskStarted | TaskFinished | Counts | Retiring
+ChildEvent = TaskStarted | TaskFinished | Counts | Happened | Retiring
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ChildEvent)

@@ -8,6 +8,7 @@
   running ones within ``shutdown_grace`` seconds. A second SIGTERM/SIGINT, or SIGQUIT, stops
   hard: children are killed and their tasks returned to the queue to run again.
 - Every few seconds it records a heartbeat in the broker (``conveyor status`` lists live workers).
+- What the children report feeds the event log and, with ``metrics_port``, Prometheus (worker/observer.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,22 @@ import msgspec
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
+from conveyor.metrics import MetricsServer, WorkerMetrics
 from conveyor.results import past_hard_limit
 from conveyor.settings import redact_url
 from conveyor.states import ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
-from conveyor.worker.events import ChildEvent, Counts, Retiring, TaskFinished, TaskStarted, decode_event
+from conveyor.worker.events import (
+    ChildEvent,
+    Counts,
+    Ended,
+    Happened,
+    Retiring,
+    TaskFinished,
+    TaskStarted,
+    decode_event,
+)
+from conveyor.worker.observer import Observer
 from conveyor.worker.outage import Outage
 from conveyor.worker.pools import pool_class
 from conveyor.worker.shared import ChildBoard
@@ -83,9 +95,12 @@ class Supervisor:
         queues: queues to serve, in priority order.
         pool: a pool name (worker/pools/): ``process`` (one child per slot), ``thread`` (one child, N threads)
             or ``asyncio`` (one child, one event loop).
+        metrics_port: serve Prometheus ``/metrics`` on this TCP port (0: any free port); None: no metrics.
     """
 
-    def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
+    def __init__(
+        self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str, metrics_port: int | None = None
+    ) -> None:
         self.app = app
         self.concurrency = concurrency
         self.queues = queues
@@ -103,6 +118,12 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("fork")
         self._registry = Outage("worker registry")
         self.child_count, self.slots = pool_class(pool).layout(concurrency)
+        self.metrics_server: MetricsServer | None = None
+        metrics = None
+        if metrics_port is not None:
+            metrics = WorkerMetrics(app)
+            self.metrics_server = MetricsServer(metrics.registry, metrics_port)  # binds now: a taken port fails early
+        self.observer = Observer(app, self.worker_id, metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,7 +134,9 @@ class Supervisor:
         chain.lifecycle(chain.on_worker_start, self.app)
         for index in range(self.child_count):
             self._start_child(index)
-        self._heartbeat()  # listed as live before it says it is ready
+        self._heartbeat("worker-online")  # listed as live before it says it is ready
+        if self.metrics_server is not None:
+            log.info("serving Prometheus metrics on http://0.0.0.0:%d/metrics", self.metrics_server.port)
         log.info(
             "worker %s ready: %d %s slot(s) on queue(s) %s, broker %s",
             self.worker_id,
@@ -132,9 +155,13 @@ class Supervisor:
     def _tick(self) -> None:
         waitables: list[Any] = [c.conn for c in self.children.values()]
         waitables += [c.process.sentinel for c in self.children.values()]
+        if self.metrics_server is not None:
+            waitables.append(self.metrics_server)
         for ready in wait(waitables, timeout=TICK):
             if isinstance(ready, Connection):
                 self._drain(ready)
+            elif isinstance(ready, MetricsServer):
+                ready.serve_ready()
         self._reap()
         self._keep_starved_leases()
         self._enforce_time_limits()
@@ -143,6 +170,7 @@ class Supervisor:
             log.warning("grace period of %.0fs is over; stopping running tasks hard", self.app.settings.shutdown_grace)
             self.hard = True
         self._heartbeat()
+        self.observer.publish()
 
     def _shutdown(self) -> None:
         for child in list(self.children.values()):
@@ -155,6 +183,10 @@ class Supervisor:
             self.app.broker.unregister_worker(self.worker_id)
         except BrokerError as exc:
             log.warning("could not unregister worker: %s", exc)
+        self.observer.worker("worker-offline", self._info(time.time()), 0)
+        self.observer.publish(force=True)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         chain = self.app.finalize()
         chain.lifecycle(chain.on_worker_stop, self.app)
         log.info("worker %s stopped: %d task(s) processed, %d failed", self.worker_id, self.processed, self.failed)
@@ -241,13 +273,17 @@ class Supervisor:
         if isinstance(event, Counts):  # tasks that ended without a start report, counted per batch
             self.processed += event.processed
             self.failed += event.failed
+        elif isinstance(event, Happened):
+            self.observer.happened(event)
         elif isinstance(event, TaskStarted):
             delivery = Delivery(event.id, event.queue, b"", event.priority, event.deliveries, event.token, child.owner)
             child.running[event.id] = _Running(event.task, event.deadline, delivery, event.attempt)
+            self.observer.started(event)
         elif isinstance(event, TaskFinished):
             child.running.pop(event.id, None)
             self.processed += event.ended.processed
             self.failed += event.ended.failed
+            self.observer.finished(event)
         elif isinstance(event, Retiring):
             child.retiring = event.reason
 
@@ -320,6 +356,7 @@ class Supervisor:
         except BrokerError as exc:
             log.error("could not record the end of %s: %s", msg_id, exc)
         child.running.pop(msg_id, None)
+        self.observer.killed(msg_id, running.task, Ended.REVOKED if record.state is State.REVOKED else Ended.FAILURE)
         child.killed_for = msg_id
         child.process.kill()
 
@@ -349,12 +386,24 @@ class Supervisor:
         log.warning("stopping now (%s): running tasks go back to the queue", signal.Signals(signum).name)
         self.stopping = self.hard = True
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, kind: str = "worker-heartbeat") -> None:
         now = time.time()
         if now < self._next_heartbeat or self.stopping:
             return
         self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        info = WorkerInfo(
+        info = self._info(now)
+        self.observer.worker(kind, info, sum(len(c.board.running_now()) for c in self.children.values()))
+        try:
+            self.app.broker.register_worker(info, HEARTBEAT_TTL)
+            self.app.broker.recover()
+        except BrokerError as exc:
+            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
+        else:
+            self._registry.answered()
+
+    def _info(self, now: float) -> WorkerInfo:
+        """What this worker says about itself in its heartbeat."""
+        return WorkerInfo(
             self.worker_id,
             socket.gethostname(),
             os.getpid(),
@@ -366,13 +415,6 @@ class Supervisor:
             self.processed,
             self.failed,
         )
-        try:
-            self.app.broker.register_worker(info, HEARTBEAT_TTL)
-            self.app.broker.recover()
-        except BrokerError as exc:
-            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
-        else:
-            self._registry.answered()
 
 
 def _redact(url: str) -> str:

@@ -173,7 +173,9 @@ class AsyncioChild:
 
     def _reserve(self, n: int) -> list[Delivery]:
         config = self.config
-        return self.app.broker.reserve(config.queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
+        fresh = self.app.broker.reserve(config.queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
+        self.child.received(fresh)
+        return fresh
 
     def _start_all(self, deliveries: list[Delivery]) -> None:
         for position, delivery in enumerate(deliveries):
@@ -271,6 +273,7 @@ class AsyncioChild:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
 
     def _count(self, outcome: Outcome) -> None:
+        self.child.note_ended(outcome)
         if not outcome.ended.processed:  # a finished task's dropped copy: nothing ran
             return
         self._counts[0] += 1
@@ -386,6 +389,7 @@ class AsyncioChild:
         if processed:
             self._counts = [0, 0]
             self._send(Counts(processed, failed))
+        self.child.flush_events()
 
     def _send(self, event: ChildEvent) -> None:
         self.child.send(event)

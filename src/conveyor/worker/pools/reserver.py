@@ -107,4 +107,5 @@ class Reserver:
             raise
         child.keeper.release_all(acks)
         child.keeper.hold_all(fresh)
+        child.received(fresh)
         return fresh

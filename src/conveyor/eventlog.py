@@ -1,0 +1,136 @@
+"""The event log: what happened to tasks and workers, kept by the result backend, bounded in size and time.
+
+Workers publish :class:`Event` records in *batches* (one write per worker every ``PUBLISH_EVERY``
+seconds, whatever the throughput), so leaving events on costs a handful of round trips per second
+and no write per task. A batch is one entry of the backend's log (Redis: a capped stream; SQLite:
+a ring table; memory: a bounded deque), trimmed to ``MAX_BATCHES`` entries and to the app's
+``events_ttl`` seconds. Readers (``conveyor events``, the dashboard, ``conveyor inspect``) page
+through the log with an opaque cursor, so a restarted reader loses nothing the log still holds.
+
+Kinds::
+
+    task-received       a worker reserved the task (its deliveries count, its queue)
+    task-started        a task with a hard time limit started, or any task that ran past LONG_RUN
+    task-succeeded      task-failed  task-retried  task-revoked  task-dead-lettered
+    task-abandoned      it ran; its outcome could not be settled (it runs again when its lease ends)
+    worker-online       worker-heartbeat (every few seconds)  worker-offline
+
+A task that ends quickly has no ``task-started`` event of its own: its final event carries its
+runtime. ``docs/observability.md`` lists every field.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import msgspec
+
+#: Entries (batches) a log keeps at most; older ones are trimmed as new ones arrive.
+MAX_BATCHES = 10_000
+#: Seconds between two batches one worker publishes.
+PUBLISH_EVERY = 0.5
+
+TASK_KINDS = (
+    "task-received",
+    "task-started",
+    "task-succeeded",
+    "task-failed",
+    "task-retried",
+    "task-revoked",
+    "task-dead-lettered",
+    "task-abandoned",
+)
+WORKER_KINDS = ("worker-online", "worker-heartbeat", "worker-offline")
+KINDS = TASK_KINDS + WORKER_KINDS
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """One thing that happened.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        at: Unix time it happened.
+        worker: the worker's id (``hostname.pid.nonce``).
+        id: the task id (task events).
+        task: the task's name, when known (a ``task-received`` event does not decode the message).
+        queue: the task's queue (received events) or the worker's queues, comma-separated.
+        runtime: seconds the task ran (final events).
+        deliveries: deliveries of the message so far (received events; more than 1 is a redelivery).
+        info: worker events: ``processed``, ``failed``, ``pool``, ``concurrency``, ``active``.
+    """
+
+    kind: str
+    at: float
+    worker: str
+    id: str = ""
+    task: str = ""
+    queue: str = ""
+    runtime: float | None = None
+    deliveries: int = 0
+    info: dict[str, int | str] = {}
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-able dict (``conveyor events --json``, the dashboard)."""
+        return {f: getattr(self, f) for f in self.__struct_fields__}
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(list[Event])
+
+
+def encode_batch(events: Sequence[Event]) -> bytes:
+    """One log entry holding ``events``."""
+    return _encoder.encode(list(events))
+
+
+def decode_batch(data: bytes) -> list[Event]:
+    """The events of one log entry; an entry that does not decode (another version) yields none."""
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError:
+        return []
+
+
+class EventLogStore:
+    """What a result backend offers to keep the event log (mixed into :class:`~conveyor.backends.base.Store`).
+
+    A backend without a log keeps the defaults, which raise :class:`NotImplementedError`: workers then
+    log once that events are off, and ``conveyor events`` says the backend keeps none.
+    """
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        """Append one batch to the log, then trim it to MAX_BATCHES entries and to ``ttl`` seconds of age."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` entries after the cursor ``after`` (None: from the oldest), oldest first.
+
+        Returns:
+            ``(cursor, batch)`` pairs; pass the last cursor back to read on.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def last_event_cursor(self) -> str | None:
+        """The cursor of the newest entry (read after it to see only what comes next); None when empty."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+
+def read(store: EventLogStore, after: str | None, limit: int = 1000) -> tuple[list[Event], str | None]:
+    """The events after ``after``, flattened out of their batches, and the cursor to read on from."""
+    events: list[Event] = []
+    for cursor, batch in store.read_events(after, limit):
+        events.extend(decode_batch(batch))
+        after = cursor
+    return events, after
+
+
+def follow(
+    store: EventLogStore, after: str | None, *, poll: float = 0.25, until: float | None = None
+) -> Iterator[Event]:
+    """Yield events as they land, polling every ``poll`` seconds, until the monotonic time ``until`` (None: forever)."""
+    while until is None or time.monotonic() < until:
+        events, after = read(store, after)
+        yield from events
+        if not events:
+            time.sleep(poll)

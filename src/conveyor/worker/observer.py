@@ -1,0 +1,123 @@
+"""Observer: turns what a supervisor's children report into event-log batches and Prometheus metrics.
+
+The children tell their supervisor what their tasks did (worker/events.py: ``Happened`` per batch,
+``TaskStarted``/``TaskFinished`` for tasks it watches). The observer keeps one batch of
+:class:`~conveyor.eventlog.Event` records and appends it to the result backend's event log every
+``PUBLISH_EVERY`` seconds: one write per worker per half second, whatever the throughput. A failed
+write is logged once per outage and the batch dropped (events are for watching, not for delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from conveyor.app import App
+from conveyor.brokers import WorkerInfo
+from conveyor.errors import BrokerError
+from conveyor.eventlog import PUBLISH_EVERY, Event, encode_batch
+from conveyor.metrics import WorkerMetrics
+from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted
+from conveyor.worker.outage import Outage
+
+log = logging.getLogger("conveyor.worker")
+
+#: Most events one batch holds; past it the oldest unpublished ones are dropped (a backend outage).
+MAX_PENDING = 50_000
+
+#: The event of each way a delivery ends; None: not reported (given back uncounted, a dropped copy).
+_FINAL_KIND: dict[Ended, str | None] = {
+    Ended.SUCCESS: "task-succeeded",
+    Ended.FAILURE: "task-failed",
+    Ended.RETRY: "task-retried",
+    Ended.REVOKED: "task-revoked",
+    Ended.DEAD: "task-dead-lettered",
+    Ended.ABANDONED: "task-abandoned",
+    Ended.RETURNED: None,
+    Ended.DUPLICATE: None,
+}
+
+
+class Observer:
+    """A supervisor's event batch and metrics.
+
+    Args:
+        app: the app (its backend keeps the log; ``settings.events`` turns publishing on).
+        worker_id: the worker's id, on every event.
+        metrics: the worker's Prometheus registry, or None without ``--metrics-port``.
+    """
+
+    def __init__(self, app: App, worker_id: str, metrics: WorkerMetrics | None = None) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.metrics = metrics
+        self.publishing = app.settings.events
+        self._batch: list[Event] = []
+        self._due = 0.0
+        self._outage = Outage("event log")
+
+    def happened(self, report: Happened) -> None:
+        """A child's batch of received and ended deliveries."""
+        for task_id, queue, deliveries, at in report.received:
+            if self.metrics is not None:
+                self.metrics.received_one(queue, deliveries)
+            self._add(Event("task-received", at, self.worker_id, id=task_id, queue=queue, deliveries=deliveries))
+        for task_id, task, ended, runtime, at in report.ended:
+            self._ended(task_id, task, ended, runtime, at)
+
+    def started(self, event: TaskStarted) -> None:
+        """A task whose start a child reported (a hard time limit, or a long run)."""
+        self._add(Event("task-started", time.time(), self.worker_id, id=event.id, task=event.task, queue=event.queue))
+
+    def finished(self, event: TaskFinished) -> None:
+        """A reported task that ended."""
+        self._ended(event.id, event.task, event.ended, event.runtime, time.time())
+
+    def killed(self, task_id: str, task: str, ended: Ended) -> None:
+        """A task the supervisor ended itself (past its hard time limit, terminated)."""
+        self._ended(task_id, task, ended, 0.0, time.time())
+
+    def worker(self, kind: str, info: WorkerInfo, active: int) -> None:
+        """A worker event (online, heartbeat, offline) with the worker's counts."""
+        details: dict[str, int | str] = {
+            "processed": info.processed,
+            "failed": info.failed,
+            "pool": info.pool,
+            "concurrency": info.concurrency,
+            "active": active,
+            "hostname": info.hostname,
+            "pid": info.pid,
+        }
+        self._add(Event(kind, time.time(), self.worker_id, queue=",".join(info.queues), info=details))
+
+    def publish(self, force: bool = False) -> None:
+        """Append the batch to the event log, at most every PUBLISH_EVERY seconds unless ``force``."""
+        now = time.monotonic()
+        if not self._batch or not (force or now >= self._due):
+            return
+        self._due = now + PUBLISH_EVERY
+        batch, self._batch = self._batch, []
+        try:
+            self.app.backend.append_events(encode_batch(batch), self.app.settings.events_ttl)
+        except NotImplementedError as exc:
+            log.warning("events are off: %s", exc)
+            self.publishing = False
+        except BrokerError as exc:
+            self._outage.failed(exc, f"publishing {len(batch)} event(s)")
+        else:
+            self._outage.answered()
+
+    def _ended(self, task_id: str, task: str, ended: Ended, runtime: float, at: float) -> None:
+        kind = _FINAL_KIND[ended]
+        if kind is None:
+            return
+        if self.metrics is not None:
+            self.metrics.ended_one(task, ended.value, runtime)
+        self._add(Event(kind, at, self.worker_id, id=task_id, task=task, runtime=runtime))
+
+    def _add(self, event: Event) -> None:
+        if not self.publishing:
+            return
+        self._batch.append(event)
+        if len(self._batch) > MAX_PENDING:
+            del self._batch[: len(self._batch) - MAX_PENDING]
