@@ -57,7 +57,8 @@ class Event(msgspec.Struct, omit_defaults=True):
         queue: the task's queue (received events) or the worker's queues, comma-separated.
         runtime: seconds the task ran (final events).
         deliveries: deliveries of the message so far (received events; more than 1 is a redelivery).
-        info: worker events: ``processed``, ``failed``, ``pool``, ``concurrency``, ``active``.
+        info: worker events: ``processed``, ``failed``, ``pool``, ``concurrency``, ``hostname``, ``pid`` and
+            ``running`` (the ids its slots run now).
     """
 
     kind: str
@@ -68,7 +69,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     queue: str = ""
     runtime: float | None = None
     deliveries: int = 0
-    info: dict[str, int | str] = {}
+    info: dict[str, int | str | list[str]] = {}
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-able dict (``conveyor events --json``, the dashboard)."""
@@ -128,9 +129,14 @@ def read(store: EventLogStore, after: str | None, limit: int = 1000) -> tuple[li
 def follow(
     store: EventLogStore, after: str | None, *, poll: float = 0.25, until: float | None = None
 ) -> Iterator[Event]:
-    """Yield events as they land, polling every ``poll`` seconds, until the monotonic time ``until`` (None: forever)."""
-    while until is None or time.monotonic() < until:
+    """Yield events as they land, polling every ``poll`` seconds, until the monotonic time ``until`` (None: forever).
+
+    Reads at least once, however soon ``until`` comes.
+    """
+    while True:
         events, after = read(store, after)
         yield from events
+        if until is not None and time.monotonic() >= until:
+            return
         if not events:
-            time.sleep(poll)
+            time.sleep(poll if until is None else max(0.0, min(poll, until - time.monotonic())))

@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line: worker, beat, status, enqueue, result, dead letters.
+"""The ``conveyor`` command line: worker, beat, status, enqueue, result, dead letters, events, inspect, queues.
 
 Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
 settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
@@ -11,6 +11,7 @@ import click
 from conveyor.cli._errors import ConveyorGroup
 from conveyor.cli.beat import beat
 from conveyor.cli.dlq import dlq
+from conveyor.cli.observe import events, inspect_, queue
 from conveyor.cli.result import result
 from conveyor.cli.status import status
 from conveyor.cli.tasks import enqueue, purge, revoke
@@ -40,3 +41,6 @@ main.add_command(purge)
 main.add_command(revoke)
 main.add_command(result)
 main.add_command(dlq)
+main.add_command(events)
+main.add_command(inspect_)
+main.add_command(queue)

@@ -35,6 +35,7 @@ from conveyor.app import App
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
+from conveyor.pausing import PausedQueues
 from conveyor.task import BaseTask
 from conveyor.worker.events import (
     ChildEvent,
@@ -138,6 +139,8 @@ class Child:
         self._tally_lock = threading.Lock()
         self._processed = self._failed = self.tasks_run = 0  # counts not sent yet; tasks run in all
         self._counts_due = 0.0
+        #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second.
+        self.paused = PausedQueues(app.backend, config.queues)
         #: Events not sent yet (only when the app publishes events): see :class:`Happened`.
         self.events = app.settings.events
         self._received: list[tuple[str, str, int, float]] = []

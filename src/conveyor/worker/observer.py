@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from conveyor.app import App
 from conveyor.brokers import WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.eventlog import PUBLISH_EVERY, Event, encode_batch
-from conveyor.metrics import WorkerMetrics
 from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted
 from conveyor.worker.outage import Outage
+
+if TYPE_CHECKING:
+    from conveyor.metrics import WorkerMetrics
 
 log = logging.getLogger("conveyor.worker")
 
@@ -77,14 +80,14 @@ class Observer:
         """A task the supervisor ended itself (past its hard time limit, terminated)."""
         self._ended(task_id, task, ended, 0.0, time.time())
 
-    def worker(self, kind: str, info: WorkerInfo, active: int) -> None:
-        """A worker event (online, heartbeat, offline) with the worker's counts."""
-        details: dict[str, int | str] = {
+    def worker(self, kind: str, info: WorkerInfo, running: list[str]) -> None:
+        """A worker event (online, heartbeat, offline) with the worker's counts and the ids it runs now."""
+        details: dict[str, int | str | list[str]] = {
             "processed": info.processed,
             "failed": info.failed,
             "pool": info.pool,
             "concurrency": info.concurrency,
-            "active": active,
+            "running": running,
             "hostname": info.hostname,
             "pid": info.pid,
         }

@@ -23,14 +23,13 @@ import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from conveyor.app import App
 from conveyor.brokers import Delivery, WorkerInfo
 from conveyor.errors import BrokerError
-from conveyor.metrics import MetricsServer, WorkerMetrics
 from conveyor.results import past_hard_limit
 from conveyor.settings import redact_url
 from conveyor.states import ResultRecord, State, decode_record, encode_record
@@ -49,6 +48,9 @@ from conveyor.worker.observer import Observer
 from conveyor.worker.outage import Outage
 from conveyor.worker.pools import pool_class
 from conveyor.worker.shared import ChildBoard
+
+if TYPE_CHECKING:
+    from conveyor.metrics import MetricsServer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -121,6 +123,8 @@ class Supervisor:
         self.metrics_server: MetricsServer | None = None
         metrics = None
         if metrics_port is not None:
+            from conveyor.metrics import MetricsServer, WorkerMetrics  # prometheus-client, only when asked for
+
             metrics = WorkerMetrics(app)
             self.metrics_server = MetricsServer(metrics.registry, metrics_port)  # binds now: a taken port fails early
         self.observer = Observer(app, self.worker_id, metrics)
@@ -160,8 +164,8 @@ class Supervisor:
         for ready in wait(waitables, timeout=TICK):
             if isinstance(ready, Connection):
                 self._drain(ready)
-            elif isinstance(ready, MetricsServer):
-                ready.serve_ready()
+            elif self.metrics_server is not None and ready is self.metrics_server:  # type: ignore[comparison-overlap]
+                self.metrics_server.serve_ready()
         self._reap()
         self._keep_starved_leases()
         self._enforce_time_limits()
@@ -183,7 +187,7 @@ class Supervisor:
             self.app.broker.unregister_worker(self.worker_id)
         except BrokerError as exc:
             log.warning("could not unregister worker: %s", exc)
-        self.observer.worker("worker-offline", self._info(time.time()), 0)
+        self.observer.worker("worker-offline", self._info(time.time()), [])
         self.observer.publish(force=True)
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -392,7 +396,7 @@ class Supervisor:
             return
         self._next_heartbeat = now + HEARTBEAT_INTERVAL
         info = self._info(now)
-        self.observer.worker(kind, info, sum(len(c.board.running_now()) for c in self.children.values()))
+        self.observer.worker(kind, info, [i for c in self.children.values() for i in c.board.running_now()])
         try:
             self.app.broker.register_worker(info, HEARTBEAT_TTL)
             self.app.broker.recover()

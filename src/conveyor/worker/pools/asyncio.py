@@ -39,6 +39,7 @@ import psutil
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
+from conveyor.pausing import CHECK_EVERY
 from conveyor.states import State, decode_record
 from conveyor.task import BaseTask
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
@@ -173,7 +174,11 @@ class AsyncioChild:
 
     def _reserve(self, n: int) -> list[Delivery]:
         config = self.config
-        fresh = self.app.broker.reserve(config.queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
+        queues = self.child.paused.serving()
+        if not queues:  # every queue it serves is paused
+            time.sleep(min(RESERVE_WAIT, CHECK_EVERY))
+            return []
+        fresh = self.app.broker.reserve(queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
         self.child.received(fresh)
         return fresh
 
