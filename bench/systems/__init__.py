@@ -36,7 +36,8 @@ class SystemSpec:
         module: ``bench.systems.<module>`` holds its ``Driver`` class.
         venv: the peer venv under ``bench/.venvs`` its driver runs in; None for conveyor (the
             interpreter running the harness, where conveyor is installed).
-        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite`` or ``amqp``; Celery's:
+        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite`` or ``amqp``, or
+            ``redis-noevents``: Redis with the event log off, the row that prices events; Celery's:
             ``amqp`` for RabbitMQ as its broker, results on the run's Redis either way).
         workloads: the workloads it runs; the others are skipped (no thread pool, no asyncio, or
             a row that only makes sense on one workload).
@@ -57,6 +58,7 @@ SYSTEMS: dict[str, SystemSpec] = {
     for spec in (
         SystemSpec("conveyor-redis", "conveyor", None, "redis", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
+        SystemSpec("conveyor-redis-noevents", "conveyor", None, "redis-noevents", ("throughput",)),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
         SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS)),

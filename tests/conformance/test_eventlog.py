@@ -39,3 +39,18 @@ def test_events_older_than_their_ttl_are_trimmed(backend: ResultBackend) -> None
 
 def test_an_undecodable_entry_yields_no_event() -> None:
     assert decode_batch(b"\xc1not msgpack") == []
+
+
+def test_a_paused_queue_is_left_out_until_resumed(backend: ResultBackend) -> None:
+    from conveyor import pausing
+
+    view = pausing.PausedQueues(backend, ("high", "low"))
+    assert view.serving() == ("high", "low")
+    pausing.pause(backend, "high")
+    assert pausing.paused(backend, ["high", "low", "other"]) == {"high"}
+    assert view.serving() == ("high", "low")  # a worker trusts what it read for CHECK_EVERY seconds
+    view._due = 0.0  # as if a second passed
+    assert view.serving() == ("low",)
+    pausing.resume(backend, "high")
+    view._due = 0.0
+    assert view.serving() == ("high", "low") and pausing.paused(backend, ["high"]) == set()

@@ -84,6 +84,8 @@ class ChildConfig:
     lease: float
     prefetch: int = 1
     pool: str = "process"
+    #: Report each delivery's events to the supervisor (for the event log, or for its metrics).
+    observe: bool = True
 
 
 def owner_of(worker_id: str, pid: int) -> str:
@@ -142,7 +144,7 @@ class Child:
         #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second.
         self.paused = PausedQueues(app.backend, config.queues)
         #: Events not sent yet (only when the app publishes events): see :class:`Happened`.
-        self.events = app.settings.events
+        self.events = config.observe
         self._received: list[tuple[str, str, int, float]] = []
         self._ended: list[tuple[str, str, Ended, float, float]] = []
         self._backend = Outage("result backend")

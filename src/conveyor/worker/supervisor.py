@@ -201,8 +201,9 @@ class Supervisor:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         board = ChildBoard(self._ctx, self.slots)
         settings = self.app.settings
+        observe = settings.events or self.metrics_server is not None
         config = ChildConfig(
-            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool
+            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool, observe
         )
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
