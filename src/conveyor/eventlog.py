@@ -26,8 +26,10 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-#: Entries (batches) a log keeps at most; older ones are trimmed as new ones arrive.
-MAX_BATCHES = 10_000
+from conveyor.backends.base import MAX_BATCHES, Store
+
+__all__ = ["KINDS", "MAX_BATCHES", "PUBLISH_EVERY", "Event", "decode_batch", "encode_batch", "follow", "read"]
+
 #: Seconds between two batches one worker publishes.
 PUBLISH_EVERY = 0.5
 
@@ -93,31 +95,7 @@ def decode_batch(data: bytes) -> list[Event]:
         return []
 
 
-class EventLogStore:
-    """What a result backend offers to keep the event log (mixed into :class:`~conveyor.backends.base.Store`).
-
-    A backend without a log keeps the defaults, which raise :class:`NotImplementedError`: workers then
-    log once that events are off, and ``conveyor events`` says the backend keeps none.
-    """
-
-    def append_events(self, batch: bytes, ttl: float) -> None:
-        """Append one batch to the log, then trim it to MAX_BATCHES entries and to ``ttl`` seconds of age."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
-
-    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` entries after the cursor ``after`` (None: from the oldest), oldest first.
-
-        Returns:
-            ``(cursor, batch)`` pairs; pass the last cursor back to read on.
-        """
-        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
-
-    def last_event_cursor(self) -> str | None:
-        """The cursor of the newest entry (read after it to see only what comes next); None when empty."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
-
-
-def read(store: EventLogStore, after: str | None, limit: int = 1000) -> tuple[list[Event], str | None]:
+def read(store: Store, after: str | None, limit: int = 1000) -> tuple[list[Event], str | None]:
     """The events after ``after``, flattened out of their batches, and the cursor to read on from."""
     events: list[Event] = []
     for cursor, batch in store.read_events(after, limit):
@@ -126,9 +104,7 @@ def read(store: EventLogStore, after: str | None, limit: int = 1000) -> tuple[li
     return events, after
 
 
-def follow(
-    store: EventLogStore, after: str | None, *, poll: float = 0.25, until: float | None = None
-) -> Iterator[Event]:
+def follow(store: Store, after: str | None, *, poll: float = 0.25, until: float | None = None) -> Iterator[Event]:
     """Yield events as they land, polling every ``poll`` seconds, until the monotonic time ``until`` (None: forever).
 
     Reads at least once, however soon ``until`` comes.

@@ -22,15 +22,18 @@ import abc
 from collections.abc import Sequence
 from typing import Self
 
-from conveyor.eventlog import EventLogStore
 from conveyor.states import State
 
+#: Entries (batches of events) an event log keeps at most; older ones are trimmed as new ones arrive.
+MAX_BATCHES = 10_000
 
-class Store(EventLogStore, abc.ABC):
+
+class Store(abc.ABC):
     """Leases, claims and values shared by every process of a deployment; all methods are thread-safe.
 
-    It also keeps the event log (:class:`~conveyor.eventlog.EventLogStore`: ``append_events``,
-    ``read_events``, ``last_event_cursor``), bounded in entries and age.
+    It also keeps the event log (``conveyor/eventlog.py``): batches of encoded events, bounded to
+    MAX_BATCHES entries and an age. A backend without one keeps the defaults, which raise
+    NotImplementedError: workers then log once that events are off.
 
     Each method is one atomic step on the server. Expiry follows the server's clock where there is a
     server (Redis), so processes on machines with skewed clocks agree on it.
@@ -77,7 +80,23 @@ class Store(EventLogStore, abc.ABC):
     def delete_value(self, key: str) -> None:
         """Delete the value under ``key`` (nothing happens when there is none)."""
 
-    def close(self) -> None:
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        """Append one batch to the event log, then trim it to MAX_BATCHES entries and to ``ttl`` seconds of age."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` event-log entries after the cursor ``after`` (None: from the oldest), oldest first.
+
+        Returns:
+            ``(cursor, batch)`` pairs; pass the last cursor back to read on.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def last_event_cursor(self) -> str | None:
+        """The cursor of the newest event-log entry (read after it to see only what comes next); None when empty."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store reconnects if used again."""
 
 

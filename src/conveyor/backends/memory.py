@@ -8,8 +8,7 @@ import math
 import threading
 import time
 
-from conveyor.backends.base import ResultBackend
-from conveyor.eventlog import MAX_BATCHES
+from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.states import FINAL_STATES, State
 
 

@@ -20,10 +20,9 @@ from typing import Any, cast
 
 from redis.client import Pipeline
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.brokers.redis.connection import RedisConnection, split_url
 from conveyor.brokers.redis.keys import claim_key, events_key, lease_key, notify_key, result_key, value_key
-from conveyor.eventlog import MAX_BATCHES
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.

@@ -15,9 +15,8 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.brokers.sqlite.connection import SQLiteConnection
-from conveyor.eventlog import MAX_BATCHES
 from conveyor.states import FINAL_STATES, State
 
 #: Seconds between sweeps of expired results (per process).

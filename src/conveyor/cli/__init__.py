@@ -10,6 +10,7 @@ import click
 
 from conveyor.cli._errors import ConveyorGroup
 from conveyor.cli.beat import beat
+from conveyor.cli.dashboard import dashboard
 from conveyor.cli.dlq import dlq
 from conveyor.cli.observe import events, inspect_, queue
 from conveyor.cli.result import result
@@ -44,3 +45,4 @@ main.add_command(dlq)
 main.add_command(events)
 main.add_command(inspect_)
 main.add_command(queue)
+main.add_command(dashboard)
