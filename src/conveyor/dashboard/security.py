@@ -41,7 +41,9 @@ def csrf_token(request: Request) -> str:
     existing = request.cookies.get(CSRF_COOKIE)
     if existing:
         return existing
-    fresh: str = request.state.__dict__.setdefault("new_csrf", secrets.token_urlsafe(24))
+    fresh = getattr(request.state, "new_csrf", None)
+    if not isinstance(fresh, str):
+        fresh = request.state.new_csrf = secrets.token_urlsafe(24)
     return fresh
 
 
@@ -64,7 +66,7 @@ def guard(token: str | None) -> Callable[[Request, Handler], Awaitable[Response]
             if problem:
                 return PlainTextResponse(f"refused: {problem}", status_code=403)
         response = await call_next(request)
-        new = request.state.__dict__.get("new_csrf")
+        new = getattr(request.state, "new_csrf", None)
         if new and not request.cookies.get(CSRF_COOKIE):
             response.set_cookie(CSRF_COOKIE, new, httponly=True, samesite="strict")
         return response
