@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from conveyor import App, State, eventlog, inspect
+from conveyor.dashboard import create_app
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
 from tests.e2e.test_cli import APP, cli
@@ -68,6 +70,14 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
     assert _value(text, 'conveyor_tasks_total{state="FAILURE",task="boom"}') == 1
     assert _value(text, 'conveyor_task_runtime_seconds_count{task="record"}') in (3, 4)
     assert "conveyor_workers_up 1.0" in text and 'conveyor_queue_depth{queue="default"}' in text
+
+    # And the dashboard's views read the same engine (the browser test drives them on Redis)
+    client = TestClient(create_app(e2e_app))
+    overview = client.get("/api/overview").json()
+    assert overview["workers"] == 1 and [q["queue"] for q in overview["queues"]] == ["default"]
+    assert any(e["id"] == done[0].id for e in client.get("/api/tasks").json()["tasks"])
+    assert client.get(f"/api/tasks?id={failed.id}").json()["task"]["errors"][0]["type"] == "RuntimeError"
+    assert "conveyor_workers_up 1.0" in client.get("/metrics").text
 
     # When the queue is paused, workers stop taking from it; resumed, they take its task
     assert "paused queue default" in cli(e2e_env, "queue", "pause", APP, "default").stdout
