@@ -235,6 +235,9 @@ class App:
             BrokerUnavailable: the broker did not answer.
             DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
+        for hook in self._send_hooks():
+            for message in messages:
+                hook(message)
         limit = self.settings.max_message_size
         encode = self.codec.encode
         # Encode everything before sending anything.
@@ -242,6 +245,10 @@ class App:
             Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages
         ]
         return self.broker.enqueue(envelopes)
+
+    def _send_hooks(self) -> list[Callable[[Message], None]]:
+        """The ``before_send`` hooks of the app's middleware that override it (usually none: nothing to call)."""
+        return [m.before_send for m in self.middleware if type(m).before_send is not Middleware.before_send]
 
     def result(self, task_id: str) -> AsyncResult[Any]:
         """The result handle of a task id (e.g. one stored by a web request)."""
