@@ -311,12 +311,28 @@ def targets(workloads: dict[str, Any]) -> list[dict[str, str]]:
         else:
             line["measured"] = "conveyor-redis or conveyor-redis-info did not run"
         lines.append(line)
+        lines.append(_events_target(workloads, ours))
         for peer, floor in (("huey", 2.0), ("celery", 10.0)):
             target = f"no-op processed/s >= {floor:g}x {peer}"
             lines.append(
                 _ratio_target(workloads, "throughput", "processed_rate", "conveyor-redis", peer, floor, target)
             )
     return lines
+
+
+def _events_target(workloads: dict[str, Any], ours: float | None) -> dict[str, str]:
+    """The event log's price: conveyor-redis (events on, the default) against conveyor-redis-noevents."""
+    off = _median(workloads, "throughput", "conveyor-redis-noevents", "processed_rate")
+    line = {"target": "events on cost <= 5% of processed/s", "verdict": "n/a"}
+    if ours and off:
+        cost = 1 - ours / off
+        line.update(
+            measured=f"events off {off:,.0f}/s, on {ours:,.0f}/s: {cost:.1%}",
+            verdict="met" if cost <= 0.05 else "missed",
+        )
+    else:
+        line["measured"] = "conveyor-redis or conveyor-redis-noevents did not run"
+    return line
 
 
 def _async_targets(workloads: dict[str, Any]) -> list[dict[str, str]]:
