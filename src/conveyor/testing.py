@@ -11,7 +11,8 @@
 
 ``drain`` uses the same executor and the same middleware chain as a real worker (results,
 retries, dead letters, the app's own middleware, with their ``on_child_start``/``on_child_stop``
-hooks around the drain), so what passes here behaves the same under ``conveyor worker``.
+hooks around the drain), so what passes here behaves the same under ``conveyor worker``. It
+publishes each batch's events to the event log too (as worker ``drain``), unless ``events=False``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from __future__ import annotations
 import time
 
 from conveyor.app import App
+from conveyor.brokers import Delivery
+from conveyor.worker.events import Happened
 from conveyor.worker.executor import Executor, Outcome
+from conveyor.worker.observer import Observer
 
 __all__ = ["drain"]
 
@@ -63,9 +67,10 @@ def _drain_into(
     while time.monotonic() < deadline:
         names = queues or [s.queue for s in app.broker.stats()] or [app.settings.default_queue]
         deliveries = app.broker.reserve(names, 100, owner="drain", lease=app.settings.lease, timeout=0.0)
-        for delivery in deliveries:
-            outcomes.append(executor.run(delivery))
+        ran = [executor.run(delivery) for delivery in deliveries]
+        outcomes += ran
         if deliveries:
+            _publish(app, deliveries, ran)
             continue
         # An empty reserve is not proof of an empty queue. On RabbitMQ a message a scan just put
         # back (revoke, purge), or one moving from a delay level to its queue, is for a moment
@@ -77,6 +82,21 @@ def _drain_into(
         time.sleep(SETTLE)
         if not _busy(app, queues, include_scheduled):
             break
+
+
+def _publish(app: App, deliveries: list[Delivery], ran: list[Outcome]) -> None:
+    """Put what this batch did in the event log, as a worker would (nothing when the app's events are off)."""
+    if not app.settings.events:
+        return
+    now = time.time()
+    observer = Observer(app, "drain")
+    observer.happened(
+        Happened(
+            [(d.id, d.queue, d.deliveries, now) for d in deliveries],
+            [(o.id, o.task, o.ended, o.runtime, now) for o in ran],
+        )
+    )
+    observer.publish(force=True)
 
 
 def _busy(app: App, queues: list[str] | None, include_scheduled: bool) -> bool:

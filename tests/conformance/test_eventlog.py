@@ -54,3 +54,22 @@ def test_a_paused_queue_is_left_out_until_resumed(backend: ResultBackend) -> Non
     pausing.resume(backend, "high")
     view._due = 0.0
     assert view.serving() == ("high", "low") and pausing.paused(backend, ["high"]) == set()
+
+
+def test_drain_publishes_events_on_the_memory_engine() -> None:
+    from conveyor import App
+    from conveyor.testing import drain
+
+    app = App("memo", broker_url="memory://", backend_url="memory://")
+
+    @app.task(name="double")
+    def double(n: int) -> int:
+        return 2 * n
+
+    result = double.delay(2)
+    drain(app)
+    events = eventlog.read(app.backend, None)[0]
+    assert [(e.kind, e.id, e.task) for e in events] == [
+        ("task-received", result.id, ""),
+        ("task-succeeded", result.id, "double"),
+    ]
