@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from conveyor import App, State, eventlog, inspect
+from conveyor import App, State, eventlog, inspect, pausing
 from conveyor.dashboard import create_app
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
@@ -91,3 +91,22 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
     assert slow.get(timeout=20) == "slow"
     assert worker.stop() == 0
     assert ("worker-offline", "") in _seen(e2e_app)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("e2e_env", ["redis"], indirect=True)
+def test_every_pool_reports_events_and_honours_a_pause(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
+) -> None:
+    start_worker("--pool", pool, "-c", "2")
+    first = enqueue(e2e_app, "record", "first")
+    assert first.get(timeout=20) == "first"
+    wanted = {("task-received", first.id), ("task-succeeded", first.id)}
+    wait_until(lambda: wanted <= _seen(e2e_app), 5, f"the events of a task on the {pool} pool")
+    pausing.pause(e2e_app.backend, "default")
+    time.sleep(2.5)  # a child re-reads the flags every second; a reserve already waiting ends within a second
+    held = enqueue(e2e_app, "record", "held")
+    time.sleep(2.0)
+    assert runs_of(records, "held") == 0, f"the {pool} pool took a task from a paused queue"
+    pausing.resume(e2e_app.backend, "default")
+    assert held.get(timeout=15) == "held"
