@@ -118,7 +118,7 @@ def test_the_dashboard_in_a_browser(
     tab.goto(dashboard_url + "/queues")
     tab.locator("tr", has_text="default").get_by_role("button", name="Pause").click()
     expect(tab.locator("tr", has_text="default")).to_contain_text("paused")
-    tab.wait_for_timeout(2_500)  # a worker child re-reads the flags every second
+    tab.wait_for_timeout(3_000)  # a worker child re-reads the flags every second
     held = enqueue(e2e_app, "record", "held")
     tab.wait_for_timeout(2_000)
     assert runs_of(records, "held") == 0 and held.state is State.PENDING

@@ -82,7 +82,7 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
     # When the queue is paused, workers stop taking from it; resumed, they take its task
     assert "paused queue default" in cli(e2e_env, "queue", "pause", APP, "default").stdout
     assert [q.paused for q in inspect.queues(e2e_app) if q.stats.queue == "default"] == [True]
-    time.sleep(2.5)  # a child re-reads the flags every second; a reserve already waiting ends within a second
+    time.sleep(3.0)  # a child re-reads the flags every second; a reserve already waiting ends within a second
     held = enqueue(e2e_app, "record", "held")
     time.sleep(2.0)
     assert runs_of(records, "held") == 0 and held.state is State.PENDING
@@ -104,7 +104,7 @@ def test_every_pool_reports_events_and_honours_a_pause(
     wanted = {("task-received", first.id), ("task-succeeded", first.id)}
     wait_until(lambda: wanted <= _seen(e2e_app), 5, f"the events of a task on the {pool} pool")
     pausing.pause(e2e_app.backend, "default")
-    time.sleep(2.5)  # a child re-reads the flags every second; a reserve already waiting ends within a second
+    time.sleep(3.0)  # a child re-reads the flags every second; a reserve already waiting ends within a second
     held = enqueue(e2e_app, "record", "held")
     time.sleep(2.0)
     assert runs_of(records, "held") == 0, f"the {pool} pool took a task from a paused queue"

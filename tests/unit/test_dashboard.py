@@ -70,3 +70,14 @@ def test_secrets_are_masked(app: App) -> None:
         "nested": {"password": MASK, "n": 1},
         "args": [1],
     }
+
+
+def test_the_command_refuses_a_public_address_without_a_token() -> None:
+    from click.testing import CliRunner
+
+    from conveyor.cli import main
+
+    result = CliRunner().invoke(main, ["dashboard", "tests.apps.e2e_app:app", "--host", "0.0.0.0"])  # noqa: S104
+    assert result.exit_code == 2 and "--token" in result.output
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert all(command in help_text for command in ("dashboard", "events", "inspect", "queue"))
