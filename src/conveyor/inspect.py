@@ -65,21 +65,9 @@ def workers(app: App) -> list[WorkerInfo]:
 def recent(app: App, seconds: float = RECENT) -> list[Event]:
     """The events of the last ``seconds`` (at most RECENT_ENTRIES log entries), oldest first."""
     since = time.time() - seconds
-    entries = _tail(app)
+    entries = app.backend.newest_events(RECENT_ENTRIES)
     events = [e for _, batch in entries for e in eventlog.decode_batch(batch) if e.at >= since]
     return sorted(events, key=lambda e: e.at)
-
-
-def _tail(app: App) -> list[tuple[str, bytes]]:
-    """The newest RECENT_ENTRIES entries: page from the oldest, keeping a window (the log is bounded)."""
-    window: list[tuple[str, bytes]] = []
-    after: str | None = None
-    while True:
-        page = app.backend.read_events(after, RECENT_ENTRIES)
-        if not page:
-            return window
-        window = (window + page)[-RECENT_ENTRIES:]
-        after = page[-1][0]
 
 
 def held(app: App) -> tuple[list[TaskView], list[TaskView]]:

@@ -25,8 +25,12 @@ def test_events_are_read_in_order_and_resumed_from_a_cursor(backend: ResultBacke
     backend.append_events(_batch("task-failed", "b"), ttl=60)
     later, _ = eventlog.read(backend, cursor)
     assert [(e.kind, e.id, e.task, e.queue) for e in later] == [("task-failed", "b", "t.add", "q")]
-    # limit pages through the entries
+    # limit pages through the entries; newest_events reads from the end
     assert len(backend.read_events(None, 2)) == 2
+    newest = backend.newest_events(2)
+    assert [e.kind for _, batch in newest for e in decode_batch(batch)] == ["task-succeeded", "task-failed"]
+    assert newest[-1][0] == backend.last_event_cursor()
+    assert len(backend.newest_events(100)) == 3
 
 
 def test_events_older_than_their_ttl_are_trimmed(backend: ResultBackend) -> None:

@@ -77,7 +77,7 @@ def test_the_command_refuses_a_public_address_without_a_token() -> None:
 
     from conveyor.cli import main
 
-    result = CliRunner().invoke(main, ["dashboard", "tests.apps.e2e_app:app", "--host", "0.0.0.0"])  # noqa: S104
+    result = CliRunner().invoke(main, ["dashboard", "tests.apps.e2e_app:app", "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "--token" in result.output
     help_text = CliRunner().invoke(main, ["--help"]).output
     assert all(command in help_text for command in ("dashboard", "events", "inspect", "queue"))

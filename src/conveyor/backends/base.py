@@ -92,6 +92,15 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} keeps no event log")
 
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        """The newest ``limit`` event-log entries, oldest first (what a dashboard shows; engines read from the end)."""
+        window: list[tuple[str, bytes]] = []
+        after: str | None = None
+        while page := self.read_events(after, limit):
+            window = (window + page)[-limit:]
+            after = page[-1][0]
+        return window
+
     def last_event_cursor(self) -> str | None:
         """The cursor of the newest event-log entry (read after it to see only what comes next); None when empty."""
         raise NotImplementedError(f"{type(self).__name__} keeps no event log")

@@ -112,6 +112,10 @@ class MemoryResultBackend(ResultBackend):
             found = [(str(seq), batch) for seq, _, batch in self._events if seq > start]
         return found[:limit]
 
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        with self._cond:
+            return [(str(seq), batch) for seq, _, batch in list(self._events)[-limit:]]
+
     def last_event_cursor(self) -> str | None:
         with self._cond:
             return str(self._events[-1][0]) if self._events else None

@@ -145,6 +145,11 @@ class RedisResultBackend(ResultBackend):
         entries = cast("list[list[Any]]", self._conn.command("XRANGE", key, start, "+", "COUNT", limit))
         return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
 
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        key = events_key(self.prefix)
+        entries = cast("list[list[Any]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", limit))
+        return [(entry_id.decode(), fields[1]) for entry_id, fields in reversed(entries)]
+
     def last_event_cursor(self) -> str | None:
         key = events_key(self.prefix)
         entries = cast("list[tuple[bytes, object]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", 1))

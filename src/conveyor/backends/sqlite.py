@@ -149,6 +149,11 @@ class SQLiteResultBackend(ResultBackend):
             )
         return [(str(seq), bytes(batch)) for seq, batch in rows]
 
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.errors():
+            rows = self.db.get().execute("SELECT seq, batch FROM events ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [(str(seq), bytes(batch)) for seq, batch in reversed(rows)]
+
     def last_event_cursor(self) -> str | None:
         with self.db.errors():
             row = self.db.get().execute("SELECT MAX(seq) FROM events").fetchone()
