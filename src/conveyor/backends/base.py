@@ -51,6 +51,13 @@ class Store(abc.ABC):
             True when ``owner`` holds the lease after the call.
         """
 
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` now (None: nobody, or it lapsed); for display (the dashboard's beat leader).
+
+        A backend that cannot tell keeps this default, None.
+        """
+        return None
+
     @abc.abstractmethod
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease ``name`` up, only if ``owner`` holds it (a lease taken over since is left alone)."""

@@ -66,6 +66,11 @@ class MemoryResultBackend(ResultBackend):
             self._leases[name] = (owner, now + ttl)
             return True
 
+    def lease_holder(self, name: str) -> str | None:
+        with self._cond:
+            holder = self._leases.get(name)
+        return holder[0] if holder is not None and holder[1] > time.time() else None
+
     def release_lease(self, name: str, owner: str) -> None:
         with self._cond:
             holder = self._leases.get(name)

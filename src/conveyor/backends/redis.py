@@ -104,6 +104,10 @@ class RedisResultBackend(ResultBackend):
     def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         return bool(self._conn.run("lease_acquire", [lease_key(self.prefix, name)], [owner, _ms(ttl)]))
 
+    def lease_holder(self, name: str) -> str | None:
+        owner = cast("bytes | None", self._conn.command("GET", lease_key(self.prefix, name)))
+        return None if owner is None else owner.decode()
+
     def release_lease(self, name: str, owner: str) -> None:
         self._conn.run("lease_release", [lease_key(self.prefix, name)], [owner])
 

@@ -96,6 +96,15 @@ class SQLiteResultBackend(ResultBackend):
             row = conn.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()
         return row is not None and row[0] == owner
 
+    def lease_holder(self, name: str) -> str | None:
+        with self.db.errors():
+            row = (
+                self.db.get()
+                .execute("SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time()))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
     def release_lease(self, name: str, owner: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))

@@ -129,7 +129,11 @@ def dead_letters(app: App) -> dict[str, Any]:
 
 
 def periodic(app: App) -> dict[str, Any]:
-    return {"periodic": [e.to_dict() for e in periodic_overview(app)]}
+    """The periodic entries, and which beat holds the leader lease (``beat:<app>``, see scheduler/beat.py)."""
+    return {
+        "periodic": [e.to_dict() for e in periodic_overview(app)],
+        "leader": app.backend.lease_holder(f"beat:{app.name}"),
+    }
 
 
 def _arguments(body: bytes) -> dict[str, Any]:

@@ -54,7 +54,7 @@ const render = {
       c === "" ? `<input type="checkbox" name="id" value="${esc(r.id)}">` : c === "id" ? taskLink(r.id) : c === "died" ? time(r.dead_at)
         : c === "args" ? `<code>${esc(JSON.stringify(r.args))} ${esc(JSON.stringify(r.kwargs))}</code>` : esc(r[c])) +
     `<button id="requeue">Requeue ticked (all if none)</button> <button formaction="/dead/purge" class="danger">Purge ticked (all if none)</button></form>`,
-  periodic: (d) => `<h2>Periodic entries</h2>` + table(["name", "task", "schedule", "next_run", "last_fired", "missed"], d.periodic, (e, c) => esc(e[c])),
+  periodic: (d) => `<h2>Periodic entries</h2><p>leading beat: <b id="leader">${d.leader ? esc(d.leader) : "none (no beat runs)"}</b></p>` + table(["name", "task", "schedule", "next_run", "last_fired", "missed"], d.periodic, (e, c) => esc(e[c])),
 };
 
 function taskDetail(t) {
