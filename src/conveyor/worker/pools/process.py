@@ -52,9 +52,9 @@ class ProcessPool(Pool):
         self._start_event: TaskStarted | None = None
         self._start_sent = False
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
-
-    #: The last reservation was not a full batch: the next one may wait for work, so counts and events go first.
-    _draining = True
+        # The last reservation was not a full batch: the next one may wait for work, so counts and events
+        # go first (a worker taking full batches is saturated and reports every COUNTS_EVERY instead).
+        self._draining = True
 
     def serve(self) -> None:
         self.backlog.start()
