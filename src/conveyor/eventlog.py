@@ -78,21 +78,60 @@ class Event(msgspec.Struct, omit_defaults=True):
         return {f: getattr(self, f) for f in self.__struct_fields__}
 
 
+#: The event of each way a delivery ends (``Ended`` values); a missing one is not reported (given back, a duplicate).
+FINAL_KINDS = {
+    "SUCCESS": "task-succeeded",
+    "FAILURE": "task-failed",
+    "RETRY": "task-retried",
+    "REVOKED": "task-revoked",
+    "DEAD": "task-dead-lettered",
+    "ABANDONED": "task-abandoned",
+}
+
+
+class _Entry(msgspec.Struct, array_like=True):
+    """One log entry: a worker's batch.
+
+    ``compact`` holds its children's reports as they sent them (``[[id, queue, deliveries, at], ...],
+    [[id, task, ended, runtime, at], ...]``, msgpack): the worker forwards them without building a
+    record per task, and readers expand them here.
+    """
+
+    worker: str
+    events: list[Event]
+    compact: list[bytes] = []
+
+
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(list[Event])
+_decoder = msgspec.msgpack.Decoder(_Entry)
+_compact_decoder = msgspec.msgpack.Decoder(
+    tuple[list[tuple[str, str, int, float]], list[tuple[str, str, str, float, float]]]
+)
 
 
-def encode_batch(events: Sequence[Event]) -> bytes:
-    """One log entry holding ``events``."""
-    return _encoder.encode(list(events))
+def encode_batch(events: Sequence[Event], worker: str = "", compact: Sequence[bytes] = ()) -> bytes:
+    """One log entry holding ``events`` and the children's ``compact`` reports of ``worker``."""
+    return _encoder.encode(_Entry(worker, list(events), list(compact)))
 
 
 def decode_batch(data: bytes) -> list[Event]:
-    """The events of one log entry; an entry that does not decode (another version) yields none."""
+    """The events of one log entry, in time order; an entry that does not decode (another version) yields none."""
     try:
-        return _decoder.decode(data)
+        entry = _decoder.decode(data)
+        events = list(entry.events)
+        for report in entry.compact:
+            received, ended = _compact_decoder.decode(report)
+            events += [
+                Event("task-received", at, entry.worker, id=i, queue=q, deliveries=n) for i, q, n, at in received
+            ]
+            for task_id, task, how, runtime, at in ended:
+                kind = FINAL_KINDS.get(how)
+                if kind is not None:
+                    events.append(Event(kind, at, entry.worker, id=task_id, task=task, runtime=runtime))
     except msgspec.DecodeError:
         return []
+    events.sort(key=lambda e: e.at)
+    return events
 
 
 def read(store: Store, after: str | None, limit: int = 1000) -> tuple[list[Event], str | None]:

@@ -21,7 +21,7 @@ import time
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
-from conveyor.worker.events import Happened
+from conveyor.worker.events import happened
 from conveyor.worker.executor import Executor, Outcome
 from conveyor.worker.observer import Observer
 
@@ -91,7 +91,7 @@ def _publish(app: App, deliveries: list[Delivery], ran: list[Outcome]) -> None:
     now = time.time()
     observer = Observer(app, "drain")
     observer.happened(
-        Happened(
+        happened(
             [(d.id, d.queue, d.deliveries, now) for d in deliveries],
             [(o.id, o.task, o.ended, o.runtime, now) for o in ran],
         )

@@ -41,11 +41,13 @@ from conveyor.worker.events import (
     ChildEvent,
     Counts,
     Ended,
-    Happened,
+    EndedTask,
+    Received,
     Retiring,
     TaskFinished,
     TaskStarted,
     encode_event,
+    happened,
 )
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
@@ -143,10 +145,10 @@ class Child:
         self._counts_due = 0.0
         #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second.
         self.paused = PausedQueues(app.backend, config.queues)
-        #: Events not sent yet (only when the app publishes events): see :class:`Happened`.
+        #: Events not sent yet (only when the app publishes events): see :class:`~conveyor.worker.events.Happened`.
         self.events = config.observe
-        self._received: list[tuple[str, str, int, float]] = []
-        self._ended: list[tuple[str, str, Ended, float, float]] = []
+        self._received: list[Received] = []
+        self._ended: list[EndedTask] = []
         self._backend = Outage("result backend")
         self._limited = app.settings.max_tasks_per_child is not None or app.settings.max_memory_per_child is not None
 
@@ -226,8 +228,8 @@ class Child:
     def flush_events(self) -> None:
         """Send what was noted for the event log since the last flush (one pipe message)."""
         if self._received or self._ended:  # list swaps are atomic: a thread appending now lands in the new list
-            happened, self._received, self._ended = Happened(self._received, self._ended), [], []
-            self.send(happened)
+            report, self._received, self._ended = happened(self._received, self._ended), [], []
+            self.send(report)
 
     def send(self, event: ChildEvent) -> None:
         """Send one event to the supervisor (a closed pipe is ignored: the supervisor is gone)."""

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from conveyor.app import App
 from conveyor.brokers import WorkerInfo
 from conveyor.errors import BrokerError
-from conveyor.eventlog import PUBLISH_EVERY, Event, encode_batch
-from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted
+from conveyor.eventlog import FINAL_KINDS, PUBLISH_EVERY, Event, encode_batch
+from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted, unpack
 from conveyor.worker.outage import Outage
 
 if TYPE_CHECKING:
@@ -25,20 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.worker")
 
-#: Most events one batch holds; past it the oldest unpublished ones are dropped (a backend outage).
-MAX_PENDING = 50_000
-
-#: The event of each way a delivery ends; None: not reported (given back uncounted, a dropped copy).
-_FINAL_KIND: dict[Ended, str | None] = {
-    Ended.SUCCESS: "task-succeeded",
-    Ended.FAILURE: "task-failed",
-    Ended.RETRY: "task-retried",
-    Ended.REVOKED: "task-revoked",
-    Ended.DEAD: "task-dead-lettered",
-    Ended.ABANDONED: "task-abandoned",
-    Ended.RETURNED: None,
-    Ended.DUPLICATE: None,
-}
+#: Most events and children's reports a batch holds; past it the oldest half are dropped (a backend outage).
+MAX_PENDING = 10_000
 
 
 class Observer:
@@ -56,17 +44,23 @@ class Observer:
         self.metrics = metrics
         self.publishing = app.settings.events
         self._batch: list[Event] = []
+        self._compact: list[bytes] = []  # the children's reports, forwarded as they came
         self._due = 0.0
         self._outage = Outage("event log")
 
     def happened(self, report: Happened) -> None:
-        """A child's batch of received and ended deliveries."""
-        for task_id, queue, deliveries, at in report.received:
-            if self.metrics is not None:
-                self.metrics.received_one(queue, deliveries)
-            self._add(Event("task-received", at, self.worker_id, id=task_id, queue=queue, deliveries=deliveries))
-        for task_id, task, ended, runtime, at in report.ended:
-            self._ended(task_id, task, ended, runtime, at)
+        """A child's batch of received and ended deliveries: forwarded as it is, decoded only for metrics."""
+        if self.publishing:
+            self._compact.append(report.payload)
+            self._trim()
+        if self.metrics is None:
+            return
+        received, ended = unpack(report)
+        for _, queue, deliveries, _ in received:
+            self.metrics.received_one(queue, deliveries)
+        for _, task, how, runtime, _ in ended:
+            if FINAL_KINDS.get(how) is not None:
+                self.metrics.ended_one(task, how.value, runtime)
 
     def started(self, event: TaskStarted) -> None:
         """A task whose start a child reported (a hard time limit, or a long run)."""
@@ -96,22 +90,22 @@ class Observer:
     def publish(self, force: bool = False) -> None:
         """Append the batch to the event log, at most every PUBLISH_EVERY seconds unless ``force``."""
         now = time.monotonic()
-        if not self._batch or not (force or now >= self._due):
+        if not (self._batch or self._compact) or not (force or now >= self._due):
             return
         self._due = now + PUBLISH_EVERY
-        batch, self._batch = self._batch, []
+        batch, compact, self._batch, self._compact = self._batch, self._compact, [], []
         try:
-            self.app.backend.append_events(encode_batch(batch), self.app.settings.events_ttl)
+            self.app.backend.append_events(encode_batch(batch, self.worker_id, compact), self.app.settings.events_ttl)
         except NotImplementedError as exc:
             log.warning("events are off: %s", exc)
             self.publishing = False
         except BrokerError as exc:
-            self._outage.failed(exc, f"publishing {len(batch)} event(s)")
+            self._outage.failed(exc, "publishing events")
         else:
             self._outage.answered()
 
     def _ended(self, task_id: str, task: str, ended: Ended, runtime: float, at: float) -> None:
-        kind = _FINAL_KIND[ended]
+        kind = FINAL_KINDS.get(ended)
         if kind is None:
             return
         if self.metrics is not None:
@@ -122,5 +116,9 @@ class Observer:
         if not self.publishing:
             return
         self._batch.append(event)
-        if len(self._batch) > MAX_PENDING:
-            del self._batch[: len(self._batch) - MAX_PENDING]
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self._batch) + len(self._compact) > MAX_PENDING:  # an outage: drop the oldest half
+            del self._batch[: len(self._batch) // 2]
+            del self._compact[: len(self._compact) // 2]
