@@ -51,7 +51,8 @@ class SystemSpec:
         module: ``bench.systems.<module>`` holds its ``Driver`` class.
         venv: the peer venv under ``bench/.venvs`` its driver runs in; None for conveyor (the
             interpreter running the harness, where conveyor is installed).
-        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite``, ``amqp`` or ``postgres``; Celery's:
+        variant: passed to the driver (conveyor's broker: ``redis``, ``sqlite``, ``amqp`` or ``postgres``, or
+            ``redis-noevents``: Redis with the event log off, the row that prices events; Celery's:
             ``amqp`` for RabbitMQ as its broker, results on the run's Redis either way).
         workloads: the workloads it runs; the others are skipped (no thread pool, no asyncio, or
             a row that only makes sense on one workload).
@@ -78,6 +79,7 @@ SYSTEMS: dict[str, SystemSpec] = {
             (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC, *WORKFLOWS, WEB, ADELAY),
         ),
         SystemSpec("conveyor-redis-info", "conveyor", None, "redis", ("throughput",), log_level="INFO"),
+        SystemSpec("conveyor-redis-noevents", "conveyor", None, "redis-noevents", ("throughput",)),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
         SystemSpec("conveyor-postgres", "conveyor", None, "postgres"),

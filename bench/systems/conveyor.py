@@ -54,6 +54,8 @@ class ConveyorDriver(Driver):
         else:
             self.broker_url = config.redis_url
         self.env["CONVEYOR_BROKER_URL"] = self.broker_url
+        # Events are on by default; the redis-noevents row turns them off to price them (docs/observability.md).
+        self.env["CONVEYOR_EVENTS"] = "false" if config.variant == "redis-noevents" else "true"
         if config.variant != "amqp":  # results on the broker's engine, as a user would run it
             del self.env["CONVEYOR_BACKEND_URL"]
         # Read by App(...) when the task module is imported, here and in the workers.
@@ -82,6 +84,7 @@ class ConveyorDriver(Driver):
             "sqlite": "SQLite (WAL)",
             "amqp": "RabbitMQ (pika), Redis results",
             "postgres": "PostgreSQL (psycopg 3, LISTEN/NOTIFY), results in PostgreSQL",
+            "redis-noevents": "Redis, events=False",
         }.get(self.config.variant, "Redis")
         workers, concurrency, pool = self._shape()
         times = f"{workers} x " if workers > 1 else ""

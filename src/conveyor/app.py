@@ -331,9 +331,16 @@ class App:
 
     def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
         """Encode every message (before anything is sent: one bad argument sends nothing)."""
+        for hook in self._send_hooks():  # the middleware's producer side (trace context in the headers, say)
+            for message in messages:
+                hook(message)
         limit = self.settings.max_message_size
         encode = self.codec.encode
         return [Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages]
+
+    def _send_hooks(self) -> list[Callable[[Message], None]]:
+        """The ``before_send`` hooks of the app's middleware that override it (usually none: nothing to call)."""
+        return [m.before_send for m in self.middleware if type(m).before_send is not Middleware.before_send]
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schemas of the broker and the result backend (``conveyor db migrate``).

@@ -234,6 +234,12 @@ class Middleware:
 
     options: ClassVar[frozenset[str]] = frozenset()
 
+    # -- producer side -----------------------------------------------------------------------
+
+    def before_send(self, message: Message) -> None:
+        """Called by ``App.send`` (so by ``delay`` and ``apply_async``) for each message before it is encoded,
+        in the producer's process: add ``message.headers`` (trace context, a request id). Not a worker hook."""
+
     # -- worker lifecycle ------------------------------------------------------------------
 
     def on_worker_start(self, app: App) -> None:

@@ -77,6 +77,11 @@ class Settings:
     beat_interval: float = 1.0
     #: Seconds a slot may be late and still fire; older slots were missed and follow the entry's missed policy.
     beat_grace: float = 60.0
+    #: Publish task and worker events (received, succeeded, worker online...) to the result backend's event log,
+    #: in one batch per worker every half second; ``conveyor events`` and the dashboard read them.
+    events: bool = True
+    #: Seconds events are kept in the event log (which also keeps at most 10,000 batches).
+    events_ttl: float = 3600.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -89,6 +94,7 @@ class Settings:
         _check_positive("result_ttl", self.result_ttl)
         _check_positive("shutdown_grace", self.shutdown_grace)
         _check_positive("startup_timeout", self.startup_timeout)
+        _check_positive("events_ttl", self.events_ttl)
         if self.max_deliveries < 1:
             raise ConfigurationError(f"max_deliveries must be at least 1, got {self.max_deliveries}")
         if self.prefetch < 1:

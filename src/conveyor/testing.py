@@ -22,6 +22,9 @@ same under ``conveyor worker``: a failing task's ``get()`` raises, a retried tas
 
 The pytest plugin (``conveyor.pytest_plugin``, loaded by pytest once conveyor is installed) wraps
 these in fixtures; see docs/testing.md.
+
+``drain`` publishes each batch's events to the event log too (as a worker does), unless the app's
+``events`` setting is off.
 """
 
 from __future__ import annotations
@@ -40,11 +43,14 @@ from pathlib import Path
 
 from conveyor.app import App
 from conveyor.backends import from_url as backend_from_url
+from conveyor.brokers import Delivery
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.errors import ConfigurationError
 from conveyor.message import Message
+from conveyor.worker.events import happened
 from conveyor.worker.executor import Executor, Outcome
+from conveyor.worker.observer import Observer
 
 __all__ = ["WorkerProcess", "drain", "eager", "in_memory", "run_worker", "urls", "use_broker"]
 
@@ -102,9 +108,10 @@ def _drain_into(
             release()
         names = queues or [s.queue for s in app.broker.stats()] or [app.settings.default_queue]
         deliveries = app.broker.reserve(names, 100, owner="drain", lease=app.settings.lease, timeout=0.0)
-        for delivery in deliveries:
-            outcomes.append(executor.run(delivery))
+        ran = [executor.run(delivery) for delivery in deliveries]
+        outcomes += ran
         if deliveries:
+            _publish(app, deliveries, ran)
             continue
         # An empty reserve is not proof of an empty queue. On RabbitMQ a message a scan just put
         # back (revoke, purge), or one moving from a delay level to its queue, is for a moment
@@ -123,6 +130,21 @@ def _releaser(app: App) -> Callable[[], int]:
     if not isinstance(broker, MemoryBroker):
         raise ConfigurationError(f"skip_delays needs the memory broker (in_memory(app)), not {type(broker).__name__}")
     return broker.release_scheduled
+
+
+def _publish(app: App, deliveries: list[Delivery], ran: list[Outcome]) -> None:
+    """Put what this batch did in the event log, as a worker would (nothing when the app's events are off)."""
+    if not app.settings.events:
+        return
+    now = time.time()
+    observer = Observer(app, "drain")
+    observer.happened(
+        happened(
+            [(d.id, d.queue, d.deliveries, now) for d in deliveries],
+            [(o.id, o.task, o.ended, o.runtime, now) for o in ran],
+        )
+    )
+    observer.publish(force=True)
 
 
 def _busy(app: App, queues: list[str] | None, include_scheduled: bool) -> bool:

@@ -177,3 +177,11 @@ def _eventually(check: Callable[[], bool], timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_the_holder_of_a_lease_can_be_read(backend: ResultBackend) -> None:
+    assert backend.lease_holder("beat:shop") is None
+    assert backend.acquire_lease("beat:shop", "beat-a", ttl=30)
+    assert backend.lease_holder("beat:shop") == "beat-a"
+    backend.release_lease("beat:shop", "beat-a")
+    assert backend.lease_holder("beat:shop") is None

@@ -32,9 +32,16 @@ from typing import Self
 
 from conveyor.states import State, decode_record
 
+#: Entries (batches of events) an event log keeps at most; older ones are trimmed as new ones arrive.
+MAX_BATCHES = 10_000
+
 
 class Store(abc.ABC):
     """Leases, claims and values shared by every process of a deployment; all methods are thread-safe.
+
+    It also keeps the event log (``conveyor/eventlog.py``): batches of encoded events, bounded to
+    MAX_BATCHES entries and an age. A backend without one keeps the defaults, which raise
+    NotImplementedError: workers then log once that events are off.
 
     Each method is one atomic step on the server. Expiry follows the server's clock where there is a
     server (Redis), so processes on machines with skewed clocks agree on it.
@@ -51,6 +58,13 @@ class Store(abc.ABC):
         Returns:
             True when ``owner`` holds the lease after the call.
         """
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease ``name`` now (None: nobody, or it lapsed); for display (the dashboard's beat leader).
+
+        A backend that cannot tell keeps this default, None.
+        """
+        return None
 
     @abc.abstractmethod
     def release_lease(self, name: str, owner: str) -> None:
@@ -111,6 +125,31 @@ class Store(abc.ABC):
         Returns:
             Seconds until the reserved token is due: 0.0 when it was there now.
         """
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        """Append one batch to the event log, then trim it to MAX_BATCHES entries and to ``ttl`` seconds of age."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` event-log entries after the cursor ``after`` (None: from the oldest), oldest first.
+
+        Returns:
+            ``(cursor, batch)`` pairs; pass the last cursor back to read on.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        """The newest ``limit`` event-log entries, oldest first (what a dashboard shows; engines read from the end)."""
+        window: list[tuple[str, bytes]] = []
+        after: str | None = None
+        while page := self.read_events(after, limit):
+            window = (window + page)[-limit:]
+            after = page[-1][0]
+        return window
+
+    def last_event_cursor(self) -> str | None:
+        """The cursor of the newest event-log entry (read after it to see only what comes next); None when empty."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no event log")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store reconnects if used again."""

@@ -6,11 +6,13 @@ A thread waits on a condition; a coroutine on a future of its own loop, resolved
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 import threading
 import time
 
-from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken, replaces
+from conveyor.backends.base import MAX_BATCHES, Reading, ResultBackend, Wakers, await_woken, replaces
 from conveyor.states import FINAL_STATES, State
 
 
@@ -26,6 +28,8 @@ class MemoryResultBackend(ResultBackend):
         self._gathers: dict[str, tuple[dict[int, bytes], float]] = {}  # key -> (slots, expires at)
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, refilled at: monotonic seconds)
         self.wakers = Wakers()
+        self._events: collections.deque[tuple[int, float, bytes]] = collections.deque(maxlen=MAX_BATCHES)
+        self._event_seq = itertools.count(1)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.try_set(task_id, state, record, ttl)
@@ -88,6 +92,11 @@ class MemoryResultBackend(ResultBackend):
             self._leases[name] = (owner, now + ttl)
             return True
 
+    def lease_holder(self, name: str) -> str | None:
+        with self._cond:
+            holder = self._leases.get(name)
+        return holder[0] if holder is not None and holder[1] > time.time() else None
+
     def release_lease(self, name: str, owner: str) -> None:
         with self._cond:
             holder = self._leases.get(name)
@@ -149,3 +158,24 @@ class MemoryResultBackend(ResultBackend):
             tokens = min(burst, tokens + (now - at) * rate) - 1.0
             self._buckets[bucket] = (tokens, now)
             return 0.0 if tokens >= 0.0 else -tokens / rate
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        now = time.time()
+        with self._cond:
+            self._events.append((next(self._event_seq), now, batch))
+            while self._events and self._events[0][1] < now - ttl:
+                self._events.popleft()
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        start = 0 if after is None else int(after)
+        with self._cond:
+            found = [(str(seq), batch) for seq, _, batch in self._events if seq > start]
+        return found[:limit]
+
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        with self._cond:
+            return [(str(seq), batch) for seq, _, batch in list(self._events)[-limit:]]
+
+    def last_event_cursor(self) -> str | None:
+        with self._cond:
+            return str(self._events[-1][0]) if self._events else None

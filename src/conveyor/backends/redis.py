@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from redis.client import Pipeline
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url
 from conveyor.brokers.redis.keys import (
     bucket_key,
     claim_key,
+    events_key,
     gather_key,
     lease_key,
     notify_key,
@@ -147,6 +148,10 @@ class RedisResultBackend(ResultBackend):
     def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
         return bool(self._conn.run("lease_acquire", [lease_key(self.prefix, name)], [owner, _ms(ttl)]))
 
+    def lease_holder(self, name: str) -> str | None:
+        owner = cast("bytes | None", self._conn.command("GET", lease_key(self.prefix, name)))
+        return None if owner is None else owner.decode()
+
     def release_lease(self, name: str, owner: str) -> None:
         self._conn.run("lease_release", [lease_key(self.prefix, name)], [owner])
 
@@ -193,6 +198,33 @@ class RedisResultBackend(ResultBackend):
     def take_token(self, bucket: str, rate: float, burst: float) -> float:
         wait = self._conn.run("token_take", [bucket_key(self.prefix, bucket)], [repr(rate), repr(burst)])
         return float(wait) / 1000.0
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        key = events_key(self.prefix)
+
+        def write(pipe: Pipeline) -> None:
+            # Stream ids are the server's milliseconds: trimming by MINID drops entries older than ttl.
+            pipe.xadd(key, {"b": batch}, maxlen=MAX_BATCHES, approximate=True)
+            pipe.xtrim(key, minid=int((time.time() - ttl) * 1000), approximate=False)
+
+        self._conn.run_many([], extra=write)
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        key = events_key(self.prefix)
+        start = "-" if after is None else f"({after}"
+        # The raw reply: [[id, [b"b", batch]], ...], bytes throughout.
+        entries = cast("list[list[Any]]", self._conn.command("XRANGE", key, start, "+", "COUNT", limit))
+        return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
+
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        key = events_key(self.prefix)
+        entries = cast("list[list[Any]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", limit))
+        return [(entry_id.decode(), fields[1]) for entry_id, fields in reversed(entries)]
+
+    def last_event_cursor(self) -> str | None:
+        key = events_key(self.prefix)
+        entries = cast("list[tuple[bytes, object]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", 1))
+        return entries[0][0].decode() if entries else None
 
     def close(self) -> None:
         self._conn.close()

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from conveyor.backends.base import Reading, ResultBackend, Wakers, await_woken, wait_woken
+from conveyor.backends.base import MAX_BATCHES, Reading, ResultBackend, Wakers, await_woken, wait_woken
 from conveyor.brokers.sqlite.connection import SQLiteConnection
 from conveyor.brokers.sqlite.wake import WakeChannel
 from conveyor.states import FINAL_STATES, State
@@ -150,6 +150,15 @@ class SQLiteResultBackend(ResultBackend):
             row = conn.execute("SELECT owner FROM leases WHERE name = ?", (name,)).fetchone()
         return row is not None and row[0] == owner
 
+    def lease_holder(self, name: str) -> str | None:
+        with self.db.errors():
+            row = (
+                self.db.get()
+                .execute("SELECT owner FROM leases WHERE name = ? AND expires_at > ?", (name, time.time()))
+                .fetchone()
+            )
+        return None if row is None else str(row[0])
+
     def release_lease(self, name: str, owner: str) -> None:
         with self.db.write() as conn:
             conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
@@ -226,6 +235,31 @@ class SQLiteResultBackend(ResultBackend):
                 (bucket, tokens, now, now + (burst - tokens) / rate),
             )
         return 0.0 if tokens >= 0.0 else -tokens / rate
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        now = time.time()
+        with self.db.write() as conn:
+            seq = conn.execute("INSERT INTO events (at, batch) VALUES (?, ?)", (now, batch)).lastrowid or 0
+            conn.execute("DELETE FROM events WHERE seq <= ? OR at < ?", (seq - MAX_BATCHES, now - ttl))
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.errors():
+            rows = (
+                self.db.get()
+                .execute("SELECT seq, batch FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (int(after or 0), limit))
+                .fetchall()
+            )
+        return [(str(seq), bytes(batch)) for seq, batch in rows]
+
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.errors():
+            rows = self.db.get().execute("SELECT seq, batch FROM events ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        return [(str(seq), bytes(batch)) for seq, batch in reversed(rows)]
+
+    def last_event_cursor(self) -> str | None:
+        with self.db.errors():
+            row = self.db.get().execute("SELECT MAX(seq) FROM events").fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def close(self) -> None:
         self._channel.close()

@@ -1,4 +1,5 @@
-"""The ``conveyor`` command line: worker, beat, status, tasks, enqueue, result, dead letters, db migrate.
+"""The ``conveyor`` command line: worker, beat, status, tasks, enqueue, result, dead letters, events, inspect,
+queues, dashboard, db migrate.
 
 Every command takes the app as ``MODULE:ATTR`` (or ``CONVEYOR_APP``) and reads the same
 settings the app has (``App(...)`` keywords, overridden by ``CONVEYOR_*`` variables).
@@ -10,8 +11,10 @@ import click
 
 from conveyor.cli._errors import ConveyorGroup
 from conveyor.cli.beat import beat
+from conveyor.cli.dashboard import dashboard
 from conveyor.cli.db import db
 from conveyor.cli.dlq import dlq
+from conveyor.cli.observe import events, inspect_, queue
 from conveyor.cli.registered import tasks as list_tasks  # not "tasks": the cli.tasks submodule takes that name
 from conveyor.cli.result import result
 from conveyor.cli.status import status
@@ -44,3 +47,7 @@ main.add_command(result)
 main.add_command(dlq)
 main.add_command(db)
 main.add_command(list_tasks)
+main.add_command(events)
+main.add_command(inspect_)
+main.add_command(queue)
+main.add_command(dashboard)

@@ -29,6 +29,12 @@ from conveyor.worker import POOLS, Worker
     help="process: a child process per slot (isolated, crash-safe); thread: threads in one child; "
     "asyncio: one child's event loop running up to -c async tasks at once.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (task counts and runtimes, queue depths).",
+)
 @loglevel
 @click.option(
     "--beat",
@@ -37,7 +43,13 @@ from conveyor.worker import POOLS, Worker
     help="Also run a beat (periodic entries) as a subprocess that stops with the worker.",
 )
 def worker(
-    app: str, concurrency: int | None, queues: str | None, pool: str, loglevel: str | None, with_beat: bool
+    app: str,
+    concurrency: int | None,
+    queues: str | None,
+    pool: str,
+    metrics_port: int | None,
+    loglevel: str | None,
+    with_beat: bool,
 ) -> None:
     """Run a worker serving APP (MODULE:ATTR, e.g. shop.tasks:app).
 
@@ -53,7 +65,7 @@ def worker(
     try:
         _ = (the_app.broker, the_app.backend)  # a URL they refuse is one line here, not a traceback per child
         the_app.load_tasks()  # include=/autodiscover=: a module that does not import is one line too
-        runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool)
+        runner = Worker(the_app, concurrency=concurrency, queues=names, pool=pool, metrics_port=metrics_port)
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from exc
     if not with_beat:

@@ -30,13 +30,21 @@ class Worker:
         queues: queues to serve, highest priority first; defaults to the app's default queue.
         pool: ``process`` (default; isolates tasks, survives crashes), ``thread`` (light, for I/O-bound tasks)
             or ``asyncio`` (one event loop running up to ``concurrency`` async tasks at once).
+        metrics_port: serve Prometheus ``/metrics`` on this port (bound here, so a taken port fails at once).
 
     Raises:
-        ConfigurationError: a bad pool, concurrency, or a broker that cannot be shared between processes.
+        ConfigurationError: a bad pool, concurrency, or a broker that cannot be shared between processes,
+            or a metrics port that cannot be bound.
     """
 
     def __init__(
-        self, app: App, *, concurrency: int | None = None, queues: list[str] | None = None, pool: str = "process"
+        self,
+        app: App,
+        *,
+        concurrency: int | None = None,
+        queues: list[str] | None = None,
+        pool: str = "process",
+        metrics_port: int | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -52,6 +60,9 @@ class Worker:
         self.concurrency = concurrency
         self.queues = tuple(queues or [app.settings.default_queue])
         self.pool = pool
+        self.supervisor = Supervisor(
+            app, concurrency=concurrency, queues=self.queues, pool=pool, metrics_port=metrics_port
+        )
 
     def run(self) -> int:
         """Check that the broker and backend answer, then serve until stopped by SIGTERM/SIGINT; return the exit code.
@@ -61,4 +72,4 @@ class Worker:
                 ``startup_timeout`` setting (see ``worker/startup.py``); nothing was started.
         """
         check_reachable(self.app, self.app.settings.startup_timeout)
-        return Supervisor(self.app, concurrency=self.concurrency, queues=self.queues, pool=self.pool).run()
+        return self.supervisor.run()

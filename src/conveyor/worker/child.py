@@ -36,8 +36,20 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.logging import flush_all as flush_logs
 from conveyor.message import Message
+from conveyor.pausing import PausedQueues
 from conveyor.task import BaseTask
-from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskFinished, TaskStarted, encode_event
+from conveyor.worker.events import (
+    ChildEvent,
+    Counts,
+    Ended,
+    EndedTask,
+    Received,
+    Retiring,
+    TaskFinished,
+    TaskStarted,
+    encode_event,
+    happened,
+)
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.leases import LeaseKeeper
 from conveyor.worker.outage import Outage, wait_until_up
@@ -75,6 +87,8 @@ class ChildConfig:
     lease: float
     prefetch: int = 1
     pool: str = "process"
+    #: Report each delivery's events to the supervisor (for the event log, or for its metrics).
+    observe: bool = True
 
 
 def owner_of(worker_id: str, pid: int) -> str:
@@ -131,6 +145,12 @@ class Child:
         self._tally_lock = threading.Lock()
         self._processed = self._failed = self.tasks_run = 0  # counts not sent yet; tasks run in all
         self._counts_due = 0.0
+        #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second.
+        self.paused = PausedQueues(app.backend, config.queues)
+        #: Events not sent yet (only when the app publishes events): see :class:`~conveyor.worker.events.Happened`.
+        self.events = config.observe
+        self._received: list[Received] = []
+        self._ended: list[EndedTask] = []
         self._backend = Outage("result backend")
         self._limited = app.settings.max_tasks_per_child is not None or app.settings.max_memory_per_child is not None
 
@@ -183,6 +203,8 @@ class Child:
         """Count one delivery that ended: a TaskFinished if its start was reported, else in the bulk counts."""
         if reported:
             self.send(TaskFinished(outcome.id, outcome.task, outcome.ended, outcome.runtime))
+        else:
+            self.note_ended(outcome)
         if not outcome.ended.processed:  # given back, or a finished task's dropped copy: nothing ran
             return
         with self._tally_lock:
@@ -194,6 +216,23 @@ class Child:
         if self._limited:
             self._check_limits(run)
 
+    def received(self, deliveries: list[Delivery]) -> None:
+        """Note freshly reserved deliveries for the event log (nothing when events are off)."""
+        if self.events and deliveries:
+            now = time.time()
+            self._received.extend((d.id, d.queue, d.deliveries, now) for d in deliveries)
+
+    def note_ended(self, outcome: Outcome) -> None:
+        """Note a delivery that ended without a start report, for the event log (nothing when events are off)."""
+        if self.events:
+            self._ended.append((outcome.id, outcome.task, outcome.ended, outcome.runtime, time.time()))
+
+    def flush_events(self) -> None:
+        """Send what was noted for the event log since the last flush (one pipe message)."""
+        if self._received or self._ended:  # list swaps are atomic: a thread appending now lands in the new list
+            report, self._received, self._ended = happened(self._received, self._ended), [], []
+            self.send(report)
+
     def send(self, event: ChildEvent) -> None:
         """Send one event to the supervisor (a closed pipe is ignored: the supervisor is gone)."""
         data = encode_event(event)
@@ -203,12 +242,14 @@ class Child:
     def flush_counts(self, force: bool = False) -> None:
         """Send the counts of finished tasks, at most every COUNTS_EVERY seconds (a message wakes the supervisor)."""
         now = time.monotonic()
-        if not self._processed or not (force or now >= self._counts_due):
+        if not (self._processed or self._received or self._ended) or not (force or now >= self._counts_due):
             return
         with self._tally_lock:
             counts, self._processed, self._failed = Counts(self._processed, self._failed), 0, 0
         self._counts_due = now + COUNTS_EVERY
-        self.send(counts)
+        if counts.processed:
+            self.send(counts)
+        self.flush_events()
 
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""

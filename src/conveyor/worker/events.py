@@ -67,13 +67,46 @@ class Counts(msgspec.Struct, tag=True, array_like=True):
     failed: int
 
 
+#: A received delivery, as a child notes it: id, queue, deliveries, Unix time.
+Received = tuple[str, str, int, float]
+#: A delivery that ended without a start report: id, task, how it ended, runtime, Unix time.
+EndedTask = tuple[str, str, Ended, float, float]
+
+
+class Happened(msgspec.Struct, tag=True, array_like=True):
+    """What a child's tasks did since its last report, for the event log (sent with the counts, per batch).
+
+    ``payload`` is ``[received, ended]`` already encoded (:func:`happened`): the supervisor appends it
+    to the event log as it is, without building a record per task (the log's readers expand it, see
+    ``conveyor/eventlog.py``); it decodes it only to count for its Prometheus metrics.
+    Only sent when the app publishes events or serves metrics. A task whose start was reported ends in a
+    TaskFinished instead.
+    """
+
+    payload: bytes
+
+
+_payload_encoder = msgspec.msgpack.Encoder()
+_payload_decoder = msgspec.msgpack.Decoder(tuple[list[Received], list[EndedTask]])
+
+
+def happened(received: list[Received], ended: list[EndedTask]) -> Happened:
+    """The report of these received and ended deliveries."""
+    return Happened(_payload_encoder.encode((received, ended)))
+
+
+def unpack(report: Happened) -> tuple[list[Received], list[EndedTask]]:
+    """The received and ended deliveries of a report."""
+    return _payload_decoder.decode(report.payload)
+
+
 class Retiring(msgspec.Struct, tag=True, array_like=True):
     """The child stops taking work and exits once idle (a per-child limit was reached)."""
 
     reason: str
 
 
-ChildEvent = TaskStarted | TaskFinished | Counts | Retiring
+ChildEvent = TaskStarted | TaskFinished | Counts | Happened | Retiring
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ChildEvent)

@@ -8,6 +8,7 @@
   running ones within ``shutdown_grace`` seconds. A second SIGTERM/SIGINT, or SIGQUIT, stops
   hard: children are killed and their tasks returned to the queue to run again.
 - Every few seconds it records a heartbeat in the broker (``conveyor status`` lists live workers).
+- What the children report feeds the event log and, with ``metrics_port``, Prometheus (worker/observer.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -33,10 +34,23 @@ from conveyor.results import past_hard_limit
 from conveyor.settings import redact_url
 from conveyor.states import ResultRecord, State, decode_record, encode_record
 from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
-from conveyor.worker.events import ChildEvent, Counts, Retiring, TaskFinished, TaskStarted, decode_event
+from conveyor.worker.events import (
+    ChildEvent,
+    Counts,
+    Ended,
+    Happened,
+    Retiring,
+    TaskFinished,
+    TaskStarted,
+    decode_event,
+)
+from conveyor.worker.observer import Observer
 from conveyor.worker.outage import Outage
 from conveyor.worker.pools import pool_class
 from conveyor.worker.shared import ChildBoard
+
+if TYPE_CHECKING:
+    from conveyor.metrics import MetricsServer
 
 log = logging.getLogger("conveyor.worker")
 
@@ -83,9 +97,12 @@ class Supervisor:
         queues: queues to serve, in priority order.
         pool: a pool name (worker/pools/): ``process`` (one child per slot), ``thread`` (one child, N threads)
             or ``asyncio`` (one child, one event loop).
+        metrics_port: serve Prometheus ``/metrics`` on this TCP port (0: any free port); None: no metrics.
     """
 
-    def __init__(self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str) -> None:
+    def __init__(
+        self, app: App, *, concurrency: int, queues: tuple[str, ...], pool: str, metrics_port: int | None = None
+    ) -> None:
         self.app = app
         self.concurrency = concurrency
         self.queues = queues
@@ -103,6 +120,14 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("fork")
         self._registry = Outage("worker registry")
         self.child_count, self.slots = pool_class(pool).layout(concurrency)
+        self.metrics_server: MetricsServer | None = None
+        metrics = None
+        if metrics_port is not None:
+            from conveyor.metrics import MetricsServer, WorkerMetrics  # prometheus-client, only when asked for
+
+            metrics = WorkerMetrics(app)
+            self.metrics_server = MetricsServer(metrics.registry, metrics_port)  # binds now: a taken port fails early
+        self.observer = Observer(app, self.worker_id, metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,9 +138,11 @@ class Supervisor:
         chain.lifecycle(chain.on_worker_start, self.app)
         # Listed as live before it says it is ready, and before any child forks: a broker that refuses the
         # configuration (a PostgreSQL schema to migrate) stops the worker with one line, not a child's traceback.
-        self._heartbeat()
+        self._heartbeat("worker-online")
         for index in range(self.child_count):
             self._start_child(index)
+        if self.metrics_server is not None:
+            log.info("serving Prometheus metrics on http://0.0.0.0:%d/metrics", self.metrics_server.port)
         self._log_banner()  # after the first heartbeat above: listed as live before it says it is ready
         try:
             while self.children and not self.hard:
@@ -143,9 +170,13 @@ class Supervisor:
     def _tick(self) -> None:
         waitables: list[Any] = [c.conn for c in self.children.values()]
         waitables += [c.process.sentinel for c in self.children.values()]
+        if self.metrics_server is not None:
+            waitables.append(self.metrics_server)
         for ready in wait(waitables, timeout=TICK):
             if isinstance(ready, Connection):
                 self._drain(ready)
+            elif self.metrics_server is not None and ready is self.metrics_server:  # type: ignore[comparison-overlap]
+                self.metrics_server.serve_ready()
         self._reap()
         self._keep_starved_leases()
         self._enforce_time_limits()
@@ -154,6 +185,7 @@ class Supervisor:
             log.warning("grace period of %.0fs is over; stopping running tasks hard", self.app.settings.shutdown_grace)
             self.hard = True
         self._heartbeat()
+        self.observer.publish()
 
     def _shutdown(self) -> None:
         for child in list(self.children.values()):
@@ -166,6 +198,10 @@ class Supervisor:
             self.app.broker.unregister_worker(self.worker_id)
         except BrokerError as exc:
             log.warning("could not unregister worker: %s", exc)
+        self.observer.worker("worker-offline", self._info(time.time()), [])
+        self.observer.publish(force=True)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         chain = self.app.finalize()
         chain.lifecycle(chain.on_worker_stop, self.app)
         log.info("worker %s stopped: %d task(s) processed, %d failed", self.worker_id, self.processed, self.failed)
@@ -176,8 +212,9 @@ class Supervisor:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         board = ChildBoard(self._ctx, self.slots)
         settings = self.app.settings
+        observe = settings.events or self.metrics_server is not None
         config = ChildConfig(
-            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool
+            self.worker_id, index, self.queues, self.slots, settings.lease, settings.prefetch, self.pool, observe
         )
         process = self._ctx.Process(
             target=child_main, args=(self.app, config, child_conn, board), name=f"conveyor-child-{index}"
@@ -256,13 +293,17 @@ class Supervisor:
         if isinstance(event, Counts):  # tasks that ended without a start report, counted per batch
             self.processed += event.processed
             self.failed += event.failed
+        elif isinstance(event, Happened):
+            self.observer.happened(event)
         elif isinstance(event, TaskStarted):
             delivery = Delivery(event.id, event.queue, b"", event.priority, event.deliveries, event.token, child.owner)
             child.running[event.id] = _Running(event.task, event.deadline, delivery, event.attempt)
+            self.observer.started(event)
         elif isinstance(event, TaskFinished):
             child.running.pop(event.id, None)
             self.processed += event.ended.processed
             self.failed += event.ended.failed
+            self.observer.finished(event)
         elif isinstance(event, Retiring):
             child.retiring = event.reason
 
@@ -335,6 +376,7 @@ class Supervisor:
         except BrokerError as exc:
             log.error("could not record the end of %s: %s", msg_id, exc)
         child.running.pop(msg_id, None)
+        self.observer.killed(msg_id, running.task, Ended.REVOKED if record.state is State.REVOKED else Ended.FAILURE)
         child.killed_for = msg_id
         child.process.kill()
 
@@ -364,12 +406,24 @@ class Supervisor:
         log.warning("stopping now (%s): running tasks go back to the queue", signal.Signals(signum).name)
         self.stopping = self.hard = True
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self, kind: str = "worker-heartbeat") -> None:
         now = time.time()
         if now < self._next_heartbeat or self.stopping:
             return
         self._next_heartbeat = now + HEARTBEAT_INTERVAL
-        info = WorkerInfo(
+        info = self._info(now)
+        self.observer.worker(kind, info, [i for c in self.children.values() for i in c.board.running_now()])
+        try:
+            self.app.broker.register_worker(info, HEARTBEAT_TTL)
+            self.app.broker.recover()
+        except BrokerError as exc:
+            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
+        else:
+            self._registry.answered()
+
+    def _info(self, now: float) -> WorkerInfo:
+        """What this worker says about itself in its heartbeat."""
+        return WorkerInfo(
             self.worker_id,
             socket.gethostname(),
             os.getpid(),
@@ -381,13 +435,6 @@ class Supervisor:
             self.processed,
             self.failed,
         )
-        try:
-            self.app.broker.register_worker(info, HEARTBEAT_TTL)
-            self.app.broker.recover()
-        except BrokerError as exc:
-            self._registry.failed(exc, "worker heartbeat")  # logged once per outage, not every 2 s
-        else:
-            self._registry.answered()
 
 
 def _redact(url: str) -> str:

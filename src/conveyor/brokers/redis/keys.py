@@ -124,6 +124,11 @@ def claim_key(prefix: str, key: str) -> str:
     return f"{{{prefix}:claim:{key}}}"
 
 
+def events_key(prefix: str) -> str:
+    """STREAM of event batches (conveyor/eventlog.py), one field ``b``; capped at MAX_BATCHES and trimmed by age."""
+    return f"{{{prefix}:events}}"
+
+
 def value_key(prefix: str, key: str) -> str:
     """STRING value, with a PX ttl or none: a small value of the result backend (e.g. beat's last fired slot)."""
     return f"{{{prefix}:kv:{key}}}"

@@ -117,3 +117,11 @@ CREATE TABLE IF NOT EXISTS buckets (
     updated_at REAL NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- events: the event log (conveyor/eventlog.py), one row per published batch; trimmed to the newest
+-- MAX_BATCHES rows and to the app's events_ttl on each append.
+CREATE TABLE IF NOT EXISTS events (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    at    REAL NOT NULL,
+    batch BLOB NOT NULL
+);

@@ -39,6 +39,7 @@ import psutil
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
+from conveyor.pausing import CHECK_EVERY
 from conveyor.states import State, decode_record
 from conveyor.task import BaseTask
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
@@ -173,7 +174,13 @@ class AsyncioChild:
 
     def _reserve(self, n: int) -> list[Delivery]:
         config = self.config
-        return self.app.broker.reserve(config.queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
+        queues = self.child.paused.serving()
+        if not queues:  # every queue it serves is paused
+            time.sleep(min(RESERVE_WAIT, CHECK_EVERY))
+            return []
+        fresh = self.app.broker.reserve(queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
+        self.child.received(fresh)
+        return fresh
 
     def _start_all(self, deliveries: list[Delivery]) -> None:
         for position, delivery in enumerate(deliveries):
@@ -271,6 +278,7 @@ class AsyncioChild:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
 
     def _count(self, outcome: Outcome) -> None:
+        self.child.note_ended(outcome)
         if not outcome.ended.processed:  # a finished task's dropped copy: nothing ran
             return
         self._counts[0] += 1
@@ -386,6 +394,7 @@ class AsyncioChild:
         if processed:
             self._counts = [0, 0]
             self._send(Counts(processed, failed))
+        self.child.flush_events()
 
     def _send(self, event: ChildEvent) -> None:
         self.child.send(event)

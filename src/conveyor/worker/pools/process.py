@@ -52,6 +52,9 @@ class ProcessPool(Pool):
         self._start_event: TaskStarted | None = None
         self._start_sent = False
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
+        # The last reservation was not a full batch: the next one may wait for work, so counts and events
+        # go first (a worker taking full batches is saturated and reports every COUNTS_EVERY instead).
+        self._draining = True
 
     def serve(self) -> None:
         self.backlog.start()
@@ -74,7 +77,10 @@ class ProcessPool(Pool):
             if delivery is not None:
                 self._run(delivery)
                 continue
-            backlog.fill(self.reserver.round_trip(child.config.prefetch, RESERVE_WAIT))
+            child.flush_counts(force=self._draining)  # before a reserve that may wait: events stay fresh
+            fresh = self.reserver.round_trip(child.config.prefetch, RESERVE_WAIT)
+            self._draining = len(fresh) < child.config.prefetch
+            backlog.fill(fresh)
             child.flush_counts()
 
     def _run(self, delivery: Delivery) -> None:

@@ -18,6 +18,7 @@ import time
 
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
+from conveyor.pausing import CHECK_EVERY
 from conveyor.worker.child import Child
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.settle import BatchSettler, Pending
@@ -93,18 +94,22 @@ class Reserver:
         acks = pending.acks
         child.keeper.acking(acks)
         config = child.config
+        queues = child.paused.serving() if n > 0 else ()
         try:
-            if n <= 0:
+            if not queues:
                 if acks:
                     child.app.broker.ack(acks)
                 fresh = []
+                if n > 0:  # every queue it serves is paused: wait as a reserve with nothing ready would
+                    time.sleep(min(timeout, CHECK_EVERY))
             else:
                 fresh = child.app.broker.ack_and_reserve(
-                    acks, config.queues, n, owner=child.owner, lease=config.lease, timeout=timeout
+                    acks, queues, n, owner=child.owner, lease=config.lease, timeout=timeout
                 )
         except BrokerError:
             self.settler.restore(Pending(acks=acks))  # their results landed; the acks are retried
             raise
         child.keeper.release_all(acks)
         child.keeper.hold_all(fresh)
+        child.received(fresh)
         return fresh

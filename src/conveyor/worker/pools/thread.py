@@ -129,6 +129,8 @@ class ThreadPool(Pool):
                 self._wait_for_a_slot()
                 continue
             # While tasks run, a short wait: the results of those that end meanwhile are written soon.
+            if self._outstanding == 0:  # idle: the reserve may wait for work, so counts and events go first
+                child.flush_counts(force=True)
             fresh = self.reserver.round_trip(want, RESERVE_WAIT if self._outstanding == 0 else SETTLE_WAIT)
             with self._lock:
                 self._outstanding += len(fresh)

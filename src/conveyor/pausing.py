@@ -1,0 +1,65 @@
+"""Pausing a queue across every worker: one flag per queue in the result backend, read once a second.
+
+``conveyor queue pause APP Q`` (and the dashboard) set the flag ``paused:Q`` with the backend's
+value primitive (:meth:`~conveyor.backends.base.Store.set_value`), so it works on every engine and
+survives restarts. Each worker child keeps a :class:`PausedQueues` that re-reads the flags of its
+queues at most every ``CHECK_EVERY`` seconds and leaves paused queues out of its reservations:
+no extra call per task. Tasks already reserved or running finish; enqueueing to a paused queue works.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from conveyor.backends.base import Store
+from conveyor.errors import BrokerError
+
+#: Seconds a worker child trusts what it last read of the flags.
+CHECK_EVERY = 1.0
+
+
+def _flag(queue: str) -> str:
+    return f"paused:{queue}"
+
+
+def pause(store: Store, queue: str) -> None:
+    """Stop every worker from reserving from ``queue`` (within CHECK_EVERY seconds) until :func:`resume`."""
+    store.set_value(_flag(queue), str(time.time()).encode())
+
+
+def resume(store: Store, queue: str) -> None:
+    """Let workers reserve from ``queue`` again."""
+    store.delete_value(_flag(queue))
+
+
+def paused(store: Store, queues: Iterable[str]) -> set[str]:
+    """Which of ``queues`` are paused now."""
+    return {queue for queue in queues if store.get_value(_flag(queue)) is not None}
+
+
+class PausedQueues:
+    """A worker child's view of its queues: the ones to reserve from, re-read every CHECK_EVERY seconds.
+
+    Args:
+        store: the app's result backend.
+        queues: the queues the worker serves, in priority order.
+    """
+
+    def __init__(self, store: Store, queues: tuple[str, ...]) -> None:
+        self.store = store
+        self.queues = queues
+        self._serving = queues
+        self._due = 0.0
+
+    def serving(self) -> tuple[str, ...]:
+        """The queues not paused, in priority order (what it last read if the backend does not answer)."""
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + CHECK_EVERY
+            try:
+                stopped = paused(self.store, self.queues)
+            except BrokerError:
+                return self._serving
+            self._serving = tuple(q for q in self.queues if q not in stopped)
+        return self._serving

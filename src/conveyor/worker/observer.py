@@ -1,0 +1,124 @@
+"""Observer: turns what a supervisor's children report into event-log batches and Prometheus metrics.
+
+The children tell their supervisor what their tasks did (worker/events.py: ``Happened`` per batch,
+``TaskStarted``/``TaskFinished`` for tasks it watches). The observer keeps one batch of
+:class:`~conveyor.eventlog.Event` records and appends it to the result backend's event log every
+``PUBLISH_EVERY`` seconds: one write per worker per half second, whatever the throughput. A failed
+write is logged once per outage and the batch dropped (events are for watching, not for delivery).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from conveyor.app import App
+from conveyor.brokers import WorkerInfo
+from conveyor.errors import BrokerError
+from conveyor.eventlog import FINAL_KINDS, PUBLISH_EVERY, Event, encode_batch
+from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted, unpack
+from conveyor.worker.outage import Outage
+
+if TYPE_CHECKING:
+    from conveyor.metrics import WorkerMetrics
+
+log = logging.getLogger("conveyor.worker")
+
+#: Most events and children's reports a batch holds; past it the oldest half are dropped (a backend outage).
+MAX_PENDING = 10_000
+
+
+class Observer:
+    """A supervisor's event batch and metrics.
+
+    Args:
+        app: the app (its backend keeps the log; ``settings.events`` turns publishing on).
+        worker_id: the worker's id, on every event.
+        metrics: the worker's Prometheus registry, or None without ``--metrics-port``.
+    """
+
+    def __init__(self, app: App, worker_id: str, metrics: WorkerMetrics | None = None) -> None:
+        self.app = app
+        self.worker_id = worker_id
+        self.metrics = metrics
+        self.publishing = app.settings.events
+        self._batch: list[Event] = []
+        self._compact: list[bytes] = []  # the children's reports, forwarded as they came
+        self._due = 0.0
+        self._outage = Outage("event log")
+
+    def happened(self, report: Happened) -> None:
+        """A child's batch of received and ended deliveries: forwarded as it is, decoded only for metrics."""
+        if self.publishing:
+            self._compact.append(report.payload)
+            self._trim()
+        if self.metrics is None:
+            return
+        received, ended = unpack(report)
+        for _, queue, deliveries, _ in received:
+            self.metrics.received_one(queue, deliveries)
+        for _, task, how, runtime, _ in ended:
+            if FINAL_KINDS.get(how) is not None:
+                self.metrics.ended_one(task, how.value, runtime)
+
+    def started(self, event: TaskStarted) -> None:
+        """A task whose start a child reported (a hard time limit, or a long run)."""
+        self._add(Event("task-started", time.time(), self.worker_id, id=event.id, task=event.task, queue=event.queue))
+
+    def finished(self, event: TaskFinished) -> None:
+        """A reported task that ended."""
+        self._ended(event.id, event.task, event.ended, event.runtime, time.time())
+
+    def killed(self, task_id: str, task: str, ended: Ended) -> None:
+        """A task the supervisor ended itself (past its hard time limit, terminated)."""
+        self._ended(task_id, task, ended, 0.0, time.time())
+
+    def worker(self, kind: str, info: WorkerInfo, running: list[str]) -> None:
+        """A worker event (online, heartbeat, offline) with the worker's counts and the ids it runs now."""
+        details: dict[str, int | str | list[str]] = {
+            "processed": info.processed,
+            "failed": info.failed,
+            "pool": info.pool,
+            "concurrency": info.concurrency,
+            "running": running,
+            "hostname": info.hostname,
+            "pid": info.pid,
+        }
+        self._add(Event(kind, time.time(), self.worker_id, queue=",".join(info.queues), info=details))
+
+    def publish(self, force: bool = False) -> None:
+        """Append the batch to the event log, at most every PUBLISH_EVERY seconds unless ``force``."""
+        now = time.monotonic()
+        if not (self._batch or self._compact) or not (force or now >= self._due):
+            return
+        self._due = now + PUBLISH_EVERY
+        batch, compact, self._batch, self._compact = self._batch, self._compact, [], []
+        try:
+            self.app.backend.append_events(encode_batch(batch, self.worker_id, compact), self.app.settings.events_ttl)
+        except NotImplementedError as exc:
+            log.warning("events are off: %s", exc)
+            self.publishing = False
+        except BrokerError as exc:
+            self._outage.failed(exc, "publishing events")
+        else:
+            self._outage.answered()
+
+    def _ended(self, task_id: str, task: str, ended: Ended, runtime: float, at: float) -> None:
+        kind = FINAL_KINDS.get(ended)
+        if kind is None:
+            return
+        if self.metrics is not None:
+            self.metrics.ended_one(task, ended.value, runtime)
+        self._add(Event(kind, at, self.worker_id, id=task_id, task=task, runtime=runtime))
+
+    def _add(self, event: Event) -> None:
+        if not self.publishing:
+            return
+        self._batch.append(event)
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self._batch) + len(self._compact) > MAX_PENDING:  # an outage: drop the oldest half
+            del self._batch[: len(self._batch) // 2]
+            del self._compact[: len(self._compact) // 2]
