@@ -227,6 +227,8 @@ class SettingsDict(TypedDict, total=False):
     beat_lease: float
     beat_interval: float
     beat_grace: float
+    events: bool
+    events_ttl: float
 
 
 #: What each field type accepts, and how an error names it.
