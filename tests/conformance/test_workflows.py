@@ -207,8 +207,10 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
             keys = [k.decode() for k in client.scan_iter(match=f"{{{backend.prefix}:*", count=1000)]
         finally:
             client.close()
-        # The broker's own queue structures live beside them ({prefix:q:NAME}); results and bookkeeping must be gone
-        return sorted(k for k in keys if not k.startswith(f"{{{backend.prefix}:q:"))
+        # The broker's own queue structures live beside them ({prefix:q:NAME}), and the event log, which keeps its
+        # own window (events_ttl, docs/observability.md); results and bookkeeping must be gone
+        own = (f"{{{backend.prefix}:q:", f"{{{backend.prefix}:events}}")
+        return sorted(k for k in keys if not k.startswith(own))
     if isinstance(backend, SQLiteResultBackend):
         conn = sqlite3.connect(backend.db.path)
         try:
