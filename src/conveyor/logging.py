@@ -300,3 +300,7 @@ def default_setup(level: str) -> None:
     ours.handlers.clear()
     ours.setLevel(logging.NOTSET)
     ours.propagate = True
+    # The AMQP client logs every failed connection attempt at ERROR, several a second while conveyor retries;
+    # conveyor reports an outage itself, once (and a dead broker at start-up in one line): pika's own lines
+    # show at DEBUG only.
+    logging.getLogger("pika").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)

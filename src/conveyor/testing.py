@@ -236,10 +236,13 @@ class WorkerProcess:
         log: the file its output goes to.
     """
 
+    #: The output, kept once the log file is gone (a class default: subclasses that start their own
+    #: process set only ``proc`` and ``log``).
+    _kept: str | None = None
+
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.proc = proc
         self.log = log
-        self._kept: str | None = None  # the output, kept once the log file is gone
 
     @property
     def pid(self) -> int:
