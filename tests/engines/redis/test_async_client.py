@@ -24,7 +24,7 @@ from tests.servers import private_redis
 def _borrowed(aio: AsyncRedis) -> int:
     """Connections this loop's pools have lent out and not got back (the pools' own books)."""
     clients = aio._loops[asyncio.get_running_loop()]
-    return sum(len(c.connection_pool._in_use_connections) for c in (clients.fast, clients.blocking))  # type: ignore[attr-defined]
+    return sum(len(c.connection_pool._in_use_connections) for c in (clients.fast, clients.blocking))
 
 
 def test_scripts_reload_after_a_flush_and_a_cancelled_wait_gives_its_connection_back(tmp_path: Path) -> None:
