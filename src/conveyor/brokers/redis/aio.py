@@ -25,17 +25,51 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import hiredis
 import redis
 import redis.asyncio
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+from redis.typing import EncodableT
 
 from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis, as redis-py's sync side packs them.
+
+    redis.asyncio packs in Python, argument by argument: for an enqueue's ~17 arguments that cost
+    about as much as the round trip itself.
+    """
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        return [hiredis.pack_command(args)]  # type: ignore[arg-type]  # (its stub declares a 1-tuple)
+
+
+class _PackedConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+#: The connection class a URL's scheme selects -> the same with hiredis packing.
+_PACKED: dict[type[Any], type[Any]] = {
+    Connection: _PackedConnection,
+    SSLConnection: _PackedSSLConnection,
+    UnixDomainSocketConnection: _PackedUnixConnection,
+}
 
 
 @dataclass
@@ -87,15 +121,25 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            options: dict[str, Any] = {
-                "socket_connect_timeout": self._connect_timeout,
-                "retry": Retry(NoBackoff(), 0),
-            }
-            fast = redis.asyncio.Redis.from_url(self._url, **options)
-            blocking = redis.asyncio.Redis.from_url(self._url, **options)
+            fast, blocking = self._client(), self._client()
             scripts = {name: fast.register_script(source) for name, source in self._sources.items()}
             own = self._loops[loop] = _LoopClients(fast, blocking, scripts)
         return own
+
+    def _client(self) -> redis.asyncio.Redis:
+        """A client with a pool of its own, on the URL's server, database and credentials.
+
+        redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (``call`` times
+        each call: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
+        """
+        options: dict[str, Any] = {
+            "socket_timeout": None,
+            "socket_connect_timeout": self._connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            **parse_url(self._url),
+        }
+        options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
+        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Await ``op`` within ``timeout`` (``socket_timeout``), retrying connection errors and timeouts.
