@@ -7,6 +7,11 @@ the loop that opened its connections, hence one pair per loop (a FastAPI process
 several ``asyncio.run`` in a row). Scripts are registered on the loop's client (``EVALSHA``, loaded
 again after ``NOSCRIPT``); a wake-up's ``BLPOP`` and the script behind it go out in one pipeline.
 
+Two tunings keep ``await task.adelay()`` near ``task.delay()`` (issue 15): the connections pack
+commands with hiredis (redis-py's ``HiredisRespSerializer``; redis.asyncio packs in Python), and the
+enqueue's ``EVALSHA`` is sent and read on a pooled connection directly, without ``execute_command``'s
+retry wrapper, observability records and response callbacks.
+
 Timeouts are this module's, not the clients': the clients get no ``socket_timeout`` (on Python 3.11
 redis.asyncio wraps every write in ``asyncio.wait_for``, a task per command) and each call runs in one
 ``asyncio.timeout`` instead. A cancelled or timed-out command leaves its connection closed by
