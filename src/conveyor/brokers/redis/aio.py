@@ -49,8 +49,8 @@ Arg = str | bytes | int | float
 class _HiredisPacking:
     """Commands packed by hiredis, with redis-py's own serializer for its sync connections.
 
-    redis.asyncio packs in Python, argument by argument: for an enqueue's ~17 arguments that cost
-    about as much as the round trip itself.
+    redis.asyncio packs in Python, argument by argument: for an enqueue's ~17 arguments that was
+    about a sixth of an ``adelay``'s CPU time.
     """
 
     _packer = HiredisRespSerializer()
