@@ -124,14 +124,14 @@ class RedisResultBackend(ResultBackend):
         return record
 
     async def aget(self, task_id: str) -> bytes | None:
-        return _split(await self._conn.aio.command("GET", result_key(self.prefix, task_id)))[1]
+        return _split(await self._conn.aio.get(result_key(self.prefix, task_id)))[1]
 
     async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
         aio = self._conn.aio
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         key, notify = result_key(self.prefix, task_id), notify_key(self.prefix, task_id)
-        state, record = _split(await aio.command("GET", key))
+        state, record = _split(await aio.get(key))
         while state not in _FINAL:
             remaining = deadline - loop.time()
             if remaining <= 0:

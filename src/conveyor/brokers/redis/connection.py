@@ -128,7 +128,7 @@ class RedisConnection:
                 socket_timeout=socket_timeout,
                 connect_timeout=connect_timeout,
                 max_block=self.max_block,
-                scripts={name: (script.sha, script.script) for name, script in self.scripts.items()},
+                scripts={name: load_script_source(name) for name in self.scripts},
             )
         return self._aio
 
