@@ -18,6 +18,7 @@ import redis
 
 from conveyor import App, Task, TaskFailed, chain, chord, group
 from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SQLiteResultBackend
 from conveyor.errors import ResultMissing
@@ -197,7 +198,7 @@ def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url:
 
 
 def live_backend_entries(app: App, broker_kind: str) -> list[str]:
-    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite, entries in memory."""
+    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite and PostgreSQL, entries in memory."""
     backend: Any = app.backend
     now = time.time()
     if isinstance(backend, RedisResultBackend):
@@ -218,6 +219,13 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
             return found
         finally:
             conn.close()
+    if isinstance(backend, PostgresResultBackend):
+        with backend.db.connection() as pg:
+            found = []
+            for table, key in (("results", "id"), ("gathers", "key"), ("claims", "key"), ("kv", "key")):
+                query = f"SELECT {key} FROM {backend.db.schema}.{table} WHERE expires_at > {backend.db.schema}.cv_now()"
+                found += [f"{table}:{row[0]}" for row in pg.execute(query).fetchall()]  # type: ignore[arg-type]
+            return found
     assert isinstance(backend, MemoryResultBackend), backend
     held = [f"result:{k}" for k, v in backend._data.items() if v[2] > now]
     held += [f"gather:{k}" for k, v in backend._gathers.items() if v[1] > now]
