@@ -16,6 +16,7 @@ import pytest
 
 from conveyor import App, State
 from conveyor.backends.base import ResultBackend, Wakers
+from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.states import ResultRecord, encode_record
 from conveyor.testing import drain
@@ -44,10 +45,13 @@ def _later(seconds: float, action: Callable[[], object]) -> threading.Thread:
 
 
 def _left_behind(backend: ResultBackend) -> int:
-    """Waiters registered or Redis connections in use: what a finished or cancelled wait must not leave."""
+    """Waiters registered (PostgreSQL: with its listener) or Redis connections in use: what a finished or
+    cancelled wait must not leave."""
     wakers = getattr(backend, "wakers", None)
     if isinstance(wakers, Wakers):
         return len(wakers)
+    if isinstance(backend, PostgresResultBackend):
+        return backend.db.listener().waiting
     conn = getattr(backend, "_conn", None)
     if conn is not None and isinstance(conn._aio, AsyncRedis):
         return conn._aio.in_use

@@ -90,36 +90,57 @@ class PostgresBroker(Broker):
             return []
         return self._enqueue(conn, envelopes)
 
+    async def aenqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue_in` with the caller's psycopg ``AsyncConnection``, inside its open transaction.
+
+        Raises:
+            ConfigurationError: ``connection`` is no psycopg (3) AsyncConnection.
+        """
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise ConfigurationError(
+                f"aapply_async(connection=) takes a psycopg 3 AsyncConnection (apply_async takes a sync one), "
+                f"got {type(connection).__name__}"
+            )
+        if not envelopes:
+            return []
+        query, params = self._enqueue_call(envelopes)
+        try:
+            cursor = await connection.cursor(row_factory=tuple_row).execute(query, params)
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise _duplicate(exc, envelopes) from None
+        assert row is not None
+        return list(row[0])
+
     def _enqueue(self, conn: psycopg.Connection[Any], envelopes: Sequence[Envelope]) -> list[str]:
+        query, params = self._enqueue_call(envelopes)
+        try:
+            row = conn.cursor(row_factory=tuple_row).execute(query, params).fetchone()
+        except psycopg.Error as exc:
+            raise _duplicate(exc, envelopes) from None
+        assert row is not None
+        return list(row[0])
+
+    def _enqueue_call(self, envelopes: Sequence[Envelope]) -> tuple[sql.Composed, tuple[list[Any], ...]]:
+        """The ``cv_enqueue`` call storing ``envelopes``, after refusing an id repeated within the batch.
+
+        Raises:
+            DuplicateTaskId: an id twice in the batch.
+        """
         seen: set[str] = set()
         for env in envelopes:
             if env.id in seen:
                 raise DuplicateTaskId(env.id)
             seen.add(env.id)
-        try:
-            row = (
-                conn.cursor(row_factory=tuple_row)
-                .execute(
-                    self._q("SELECT {s}.cv_enqueue(%s, %s, %s::smallint[], %s::float8[], %s::bytea[], %s::text[])"),
-                    (
-                        [e.id for e in envelopes],
-                        [e.queue for e in envelopes],
-                        [e.priority for e in envelopes],
-                        [e.eta for e in envelopes],
-                        [e.body for e in envelopes],
-                        [e.key for e in envelopes],
-                    ),
-                )
-                .fetchone()
-            )
-        except psycopg.errors.UniqueViolation as exc:  # a concurrent enqueue of the same id won the race
-            raise DuplicateTaskId(envelopes[0].id) from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate == _HELD_ID:
-                raise DuplicateTaskId(str(exc.diag.message_primary)) from None
-            raise
-        assert row is not None
-        return list(row[0])
+        query = self._q("SELECT {s}.cv_enqueue(%s, %s, %s::smallint[], %s::float8[], %s::bytea[], %s::text[])")
+        return query, (
+            [e.id for e in envelopes],
+            [e.queue for e in envelopes],
+            [e.priority for e in envelopes],
+            [e.eta for e in envelopes],
+            [e.body for e in envelopes],
+            [e.key for e in envelopes],
+        )
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
@@ -387,6 +408,15 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         self._idle_since = None
         self.db.close()
+
+
+def _duplicate(exc: psycopg.Error, envelopes: Sequence[Envelope]) -> Exception:
+    """What a failed ``cv_enqueue`` raises: DuplicateTaskId for an id held already, else the error itself."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):  # a concurrent enqueue of the same id won the race
+        return DuplicateTaskId(envelopes[0].id)
+    if exc.sqlstate == _HELD_ID:
+        return DuplicateTaskId(str(exc.diag.message_primary))
+    return exc
 
 
 def _driver_connection(connection: object) -> psycopg.Connection[Any]:
