@@ -1,8 +1,9 @@
 """Enqueue inside your own PostgreSQL transaction: no task for an order that rolled back, no order without its task.
 
 The same order placement four ways: a psycopg connection, a psycopg AsyncConnection (an async web
-handler), a SQLAlchemy session and a Django ``transaction.atomic()`` block. docs/postgres.md shows these functions; tests/e2e/test_postgres_transactions.py
-runs each of them under a real worker, committing one order and rolling another back.
+handler), a SQLAlchemy session and a Django ``transaction.atomic()`` block. docs/postgres.md shows these
+functions; tests/e2e/test_postgres_transactions.py runs each of them under a real worker, committing one
+order and rolling another back.
 
 Run it: ``conveyor db migrate examples.postgres_orders:app``, then ``conveyor worker examples.postgres_orders:app``,
 with ``DATABASE_URL`` (and ``CONVEYOR_BROKER_URL``) pointing at your database.

@@ -198,7 +198,7 @@ def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url:
 
 
 def live_backend_entries(app: App, broker_kind: str) -> list[str]:
-    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite and PostgreSQL, entries in memory."""
+    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite or PostgreSQL, memory entries."""
     backend: Any = app.backend
     now = time.time()
     if isinstance(backend, RedisResultBackend):
@@ -224,7 +224,7 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
             found = []
             for table, key in (("results", "id"), ("gathers", "key"), ("claims", "key"), ("kv", "key")):
                 query = f"SELECT {key} FROM {backend.db.schema}.{table} WHERE expires_at > {backend.db.schema}.cv_now()"
-                found += [f"{table}:{row[0]}" for row in pg.execute(query).fetchall()]  # type: ignore[arg-type]
+                found += [f"{table}:{row[0]}" for row in pg.execute(query).fetchall()]
             return found
     assert isinstance(backend, MemoryResultBackend), backend
     held = [f"result:{k}" for k, v in backend._data.items() if v[2] > now]

@@ -65,6 +65,7 @@ def test_commit_runs_the_task_and_rollback_leaves_none_with_psycopg_sqlalchemy_a
                 return await example.place_order_async(aconn, sku, qty)
 
         return asyncio.run(run())
+
     with psycopg.connect(postgres_db, autocommit=True) as conn:
         example.create_orders_table(conn)
         # Given a task enqueued in an open transaction: no worker sees it before the commit
