@@ -209,10 +209,14 @@ class WorkerProcess:
         log: the file its output goes to.
     """
 
+    #: The output, kept once the log file is gone (a class default too: subclasses that start their own
+    #: command set ``proc`` and ``log`` without calling ``__init__``).
+    _kept: str | None = None
+
     def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.proc = proc
         self.log = log
-        self._kept: str | None = None  # the output, kept once the log file is gone
+        self._kept = None
 
     @property
     def pid(self) -> int:
