@@ -20,6 +20,7 @@ from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.states import ResultRecord, encode_record
 from conveyor.testing import drain
+from tests.conformance.test_workflows import tasks as workflow_tasks
 
 #: Seconds within which a woken waiter must return after the write: far below every safety re-read.
 WAKE_BOUND = 0.5
@@ -100,13 +101,8 @@ def test_adelay_aget_astate_and_asend_on_every_engine(app: App) -> None:
 
 
 def test_workflows_sent_and_awaited_from_a_coroutine(app: App) -> None:
-    @app.task
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    @app.task
-    def total(xs: list[int]) -> int:
-        return sum(xs)
+    t = workflow_tasks(app)
+    add, total = t.add, t.total
 
     async def scenario() -> None:
         try:
