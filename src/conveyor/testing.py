@@ -184,8 +184,8 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
     send = app.send
     local = threading.local()
 
-    def send_and_run(messages: Sequence[Message]) -> list[str]:
-        ids = send(messages)
+    def send_and_run(messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
+        ids = send(messages, connection=connection)
         if not getattr(local, "draining", False):
             local.draining = True
             try:

@@ -21,6 +21,7 @@ from conveyor.backends.memory import MemoryResultBackend
 from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SQLiteResultBackend
+from conveyor.brokers.amqp.broker import AMQPBroker
 from conveyor.errors import ResultMissing
 from conveyor.message import Message
 from conveyor.states import State
@@ -190,8 +191,8 @@ def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url:
         # keeps state of its own there, under its prefix: worker in-flight counts, and its records of explicit
         # task ids, "id-holder" and "landed", kept 7 days: docs/amqp.md.)
         left = live_backend_entries(app, broker_kind)
-        if broker_kind == "amqp":
-            left = [k for k in left if not k.startswith("kv:conveyor:")]
+        if isinstance(app.broker, AMQPBroker):
+            left = [k for k in left if not k.startswith(f"kv:{app.broker.prefix}:")]
         assert left == []
     finally:
         app.close()
