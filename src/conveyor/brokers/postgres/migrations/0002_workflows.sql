@@ -24,6 +24,12 @@ CREATE INDEX buckets_expiry ON buckets (expires_at);
 
 -- Fill slot p_idx of gather p_key with p_value; return how many slots are filled. The whole gather
 -- expires p_ttl seconds after its last write; an expired one starts empty again.
+-- Its commit does not wait for the WAL flush (synchronous_commit off for this transaction only): the
+-- members of one chord take turns on the head row, and holding it through a flush each would queue
+-- them a flush apiece. A member gathers before its result is written and before it is acked, and WAL
+-- is flushed in order, so once that result write (synchronous) or the body's enqueue is on disk, so is
+-- the gather; a server crash before that loses the gather with the result and the ack, and the member
+-- runs again and fills its slot again.
 CREATE FUNCTION cv_gather(p_key text, p_idx integer, p_value bytea, p_ttl float8)
 RETURNS integer LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 DECLARE
@@ -31,6 +37,7 @@ DECLARE
     added boolean;
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     DELETE FROM gathers WHERE key = p_key AND expires_at <= now_;
     -- Lock the head (created if missing) until commit: the next writer of this gather waits here.
     INSERT INTO gathers AS g (key, filled, expires_at) VALUES (p_key, 0, now_ + p_ttl)
