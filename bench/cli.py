@@ -93,7 +93,7 @@ workloads (issue 12, I/O-bound; each system in its own pool for the shape, --con
               -> last completion (floor = N / slots x 1 s), peak RSS of the worker's process tree.
               conveyor --pool asyncio (--pool thread if this conveyor has none: printed),
               arq max_jobs, Dramatiq -p 1 -t 1000 with its AsyncIO middleware.    N={FULL[IO_ASYNC]:,}
-workloads (issue 17; conveyor-redis and celery, which have a canvas):
+workloads (issue 17; conveyor-redis, conveyor-postgres and celery, which have a canvas):
   chord       warm workers; a chord of N echo members, body = their sum: send -> body's result.
                                                                                   N={FULL["chord"]:,}
   group       warm workers; a group of N echo tasks: send -> every result in order. N={FULL["group"]:,}

@@ -1,8 +1,9 @@
 """Enqueue inside your own PostgreSQL transaction: no task for an order that rolled back, no order without its task.
 
-The same order placement three ways: a psycopg connection, a SQLAlchemy session and a Django
-``transaction.atomic()`` block. docs/postgres.md shows these functions; tests/e2e/test_postgres_transactions.py
-runs each of them under a real worker, committing one order and rolling another back.
+The same order placement four ways: a psycopg connection, a psycopg AsyncConnection (an async web
+handler), a SQLAlchemy session and a Django ``transaction.atomic()`` block. docs/postgres.md shows these
+functions; tests/e2e/test_postgres_transactions.py runs each of them under a real worker, committing one
+order and rolling another back.
 
 Run it: ``conveyor db migrate examples.postgres_orders:app``, then ``conveyor worker examples.postgres_orders:app``,
 with ``DATABASE_URL`` (and ``CONVEYOR_BROKER_URL``) pointing at your database.
@@ -48,6 +49,18 @@ def place_order(conn: psycopg.Connection[Any], sku: str, qty: int) -> AsyncResul
         if qty > 10:
             raise OutOfStock(sku)  # rolls back the order AND the task
     return result  # committed: a worker runs it now
+
+
+# --- psycopg, async (a FastAPI handler, say) --------------------------------------------------------
+async def place_order_async(conn: psycopg.AsyncConnection[Any], sku: str, qty: int) -> AsyncResult[str]:
+    async with conn.transaction():
+        cursor = await conn.execute("INSERT INTO orders (sku, qty) VALUES (%s, %s) RETURNING id", (sku, qty))
+        row = await cursor.fetchone()
+        assert row is not None
+        result = await ship.aapply_async((row[0],), connection=conn)  # written in this transaction
+        if qty > 10:
+            raise OutOfStock(sku)  # rolls back the order AND the task
+    return result
 
 
 # --- SQLAlchemy (postgresql+psycopg) ------------------------------------------------------------

@@ -82,7 +82,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("conveyor-redis-noevents", "conveyor", None, "redis-noevents", ("throughput",)),
         SystemSpec("conveyor-sqlite", "conveyor", None, "sqlite"),
         SystemSpec("conveyor-amqp", "conveyor", None, "amqp"),
-        SystemSpec("conveyor-postgres", "conveyor", None, "postgres"),
+        SystemSpec("conveyor-postgres", "conveyor", None, "postgres", (*CLASSIC_WORKLOADS, *WORKFLOWS)),
         SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS, *WORKFLOWS)),
         SystemSpec("celery-amqp", "celery", "celery", "amqp"),
         SystemSpec("dramatiq", "dramatiq", "dramatiq", "", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),

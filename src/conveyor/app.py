@@ -315,11 +315,13 @@ class App:
             return self.broker.enqueue_in(connection, envelopes)
         return self.broker.enqueue(envelopes)
 
-    async def asend(self, messages: Sequence[Message]) -> list[str]:
+    async def asend(self, messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
         """:meth:`send` for a coroutine (a FastAPI handler): the event loop runs on while the broker answers.
 
         On Redis the message goes out on the loop's own connection; SQLite and RabbitMQ enqueue in a
         thread. Cancelling the call never leaves a batch half-sent: it is stored whole or not at all.
+        ``connection``: the caller's psycopg ``AsyncConnection``, to write them inside its open transaction
+        (PostgreSQL broker only; see :meth:`Broker.aenqueue_in <conveyor.brokers.base.Broker.aenqueue_in>`).
 
         Raises:
             EncodeError: an argument does not serialize (nothing of the batch is sent).
@@ -327,7 +329,10 @@ class App:
             BrokerUnavailable: the broker did not answer.
             DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
-        return await self.broker.aenqueue(self._envelopes(messages))
+        envelopes = self._envelopes(messages)
+        if connection is not None:
+            return await self.broker.aenqueue_in(connection, envelopes)
+        return await self.broker.aenqueue(envelopes)
 
     def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
         """Encode every message (before anything is sent: one bad argument sends nothing)."""
@@ -380,6 +385,12 @@ class App:
         from conveyor.workflows.plan import send  # the workflows package imports task, which this module imports
 
         return send(self, piece)
+
+    async def asend_workflow(self, piece: Canvas[Any]) -> Any:
+        """:meth:`send_workflow` for a coroutine (what their ``aapply_async`` does)."""
+        from conveyor.workflows.plan import asend
+
+        return await asend(self, piece)
 
     def group_result(self, group_id: str) -> GroupResult[Any]:
         """The GroupResult of a group sent earlier (its membership is kept for ``result_ttl``).

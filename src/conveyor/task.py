@@ -316,15 +316,25 @@ class BaseTask(Generic[P, R]):
             types.check(args, kwargs)
 
     async def aapply_async(
-        self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Unpack[SendOptions]
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        connection: object | None = None,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
         """:meth:`apply_async` for a coroutine; the same options and errors.
 
+        Args:
+            connection: PostgreSQL broker only: the caller's open psycopg ``AsyncConnection``; the task is
+                written inside the caller's transaction (exists once it commits, never if it rolls back).
+
         Raises:
             TypeError: a missing or unexpected argument, as calling the function would raise; nothing is sent.
+            ConfigurationError: ``connection=`` with a broker that is not PostgreSQL, or no psycopg AsyncConnection.
         """
         self.check_call(args, kwargs)
-        [task_id] = await self.app.asend([self.message(args, kwargs, **options)])
+        [task_id] = await self.app.asend([self.message(args, kwargs, **options)], connection=connection)
         return AsyncResult(task_id, self.app)
 
     def message(

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from conveyor import App, State
+from conveyor import App, ResultTimeout, State, chord, group
 from conveyor.backends.base import ResultBackend, Wakers
+from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.states import ResultRecord, encode_record
 from conveyor.testing import drain
+from tests.conformance.test_workflows import tasks as workflow_tasks
 
 #: Seconds within which a woken waiter must return after the write: far below every safety re-read.
 WAKE_BOUND = 0.5
@@ -44,10 +46,13 @@ def _later(seconds: float, action: Callable[[], object]) -> threading.Thread:
 
 
 def _left_behind(backend: ResultBackend) -> int:
-    """Waiters registered or Redis connections in use: what a finished or cancelled wait must not leave."""
+    """Waiters registered (PostgreSQL: with its listener) or Redis connections in use: what a finished or
+    cancelled wait must not leave."""
     wakers = getattr(backend, "wakers", None)
     if isinstance(wakers, Wakers):
         return len(wakers)
+    if isinstance(backend, PostgresResultBackend):
+        return backend.db.listener().waiting
     conn = getattr(backend, "_conn", None)
     if conn is not None and isinstance(conn._aio, AsyncRedis):
         return conn._aio.in_use
@@ -88,6 +93,36 @@ def test_adelay_aget_astate_and_asend_on_every_engine(app: App) -> None:
             assert len(ids) == 2
             await asyncio.to_thread(drain, app)
             assert [await app.result(i).aget(timeout=5) for i in ids] == [0.5, 2.0]
+            assert _left_behind(app.backend) == 0
+        finally:
+            await app.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_workflows_sent_and_awaited_from_a_coroutine(app: App) -> None:
+    t = workflow_tasks(app)
+    add, total = t.add, t.total
+
+    async def scenario() -> None:
+        try:
+            # Given a signature, a chain, a group and a chord sent from a coroutine
+            one = await add.s(1, 2).adelay()
+            two = await add.s(1).aapply_async((5,), priority=3)  # add(5, 1)
+            chained = await (add.s(1, 1) | add.s(10)).adelay()
+            grouped = await group(add.s(i, i) for i in range(3)).aapply_async()
+            chorded = await chord([add.s(i, 1) for i in range(3)], total.s()).adelay()
+            # Nothing ran yet: awaiting the group times out, as get() does
+            with pytest.raises(ResultTimeout, match="did not finish"):
+                await grouped.aget(timeout=0.2)
+            # When a worker runs them while a coroutine awaits the group
+            waiting = asyncio.ensure_future(grouped.aget(timeout=15))
+            await asyncio.to_thread(drain, app, timeout=30)
+            # Then every result arrives, in order
+            assert await waiting == [0, 2, 4]
+            assert [await one.aget(timeout=5), await two.aget(timeout=5)] == [3, 6]
+            assert await chained.aget(timeout=5) == 12
+            assert await chorded.aget(timeout=5) == 6
             assert _left_behind(app.backend) == 0
         finally:
             await app.aclose()

@@ -18,8 +18,10 @@ import redis
 
 from conveyor import App, Task, TaskFailed, chain, chord, group
 from conveyor.backends.memory import MemoryResultBackend
+from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.backends.redis import RedisResultBackend
 from conveyor.backends.sqlite import SQLiteResultBackend
+from conveyor.brokers.amqp.broker import AMQPBroker
 from conveyor.errors import ResultMissing
 from conveyor.message import Message
 from conveyor.states import State
@@ -189,16 +191,15 @@ def test_nothing_of_a_workflow_outlives_result_ttl(broker_url: str, backend_url:
         # keeps state of its own there, under its prefix: worker in-flight counts, and its records of explicit
         # task ids, "id-holder" and "landed", kept 7 days: docs/amqp.md.)
         left = live_backend_entries(app, broker_kind)
-        if broker_kind == "amqp":
-            own = f"kv:{app.broker.prefix}:"  # type: ignore[attr-defined]  # the test run's AMQP prefix (tests/conftest.py)
-            left = [k for k in left if not k.startswith(own)]
+        if isinstance(app.broker, AMQPBroker):
+            left = [k for k in left if not k.startswith(f"kv:{app.broker.prefix}:")]
         assert left == []
     finally:
         app.close()
 
 
 def live_backend_entries(app: App, broker_kind: str) -> list[str]:
-    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite, entries in memory."""
+    """What the result backend still holds (unexpired): keys on Redis, rows on SQLite or PostgreSQL, memory entries."""
     backend: Any = app.backend
     now = time.time()
     if isinstance(backend, RedisResultBackend):
@@ -221,6 +222,13 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
             return found
         finally:
             conn.close()
+    if isinstance(backend, PostgresResultBackend):
+        with backend.db.connection() as pg:
+            found = []
+            for table, key in (("results", "id"), ("gathers", "key"), ("claims", "key"), ("kv", "key")):
+                query = f"SELECT {key} FROM {backend.db.schema}.{table} WHERE expires_at > {backend.db.schema}.cv_now()"
+                found += [f"{table}:{row[0]}" for row in pg.execute(query).fetchall()]
+            return found
     assert isinstance(backend, MemoryResultBackend), backend
     held = [f"result:{k}" for k, v in backend._data.items() if v[2] > now]
     held += [f"gather:{k}" for k, v in backend._gathers.items() if v[1] > now]

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import AMQP_URL, amqp_available, wait_until
+from tests.conftest import AMQP_URL, POSTGRES_URL, amqp_available, postgres_available, wait_until
 from tests.e2e.conftest import ROOT
 
 APP = "tests.apps.newcomer_app:app"
@@ -55,15 +55,33 @@ def cases(tmp_path: Path) -> dict[str, tuple[str, str]]:
         ),
         "amqp-wrong-port": (f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "did not answer within 2 s"),
         "amqp-wrong-password": (f"amqp://{user.partition(':')[0]}:wrong@{rest}/%2F", "did not answer within 2 s"),
+        "postgres-nothing-listens": (
+            f"postgresql://postgres:wrong@127.0.0.1:{free_port()}/db",
+            "did not answer within 2 s at start-up: PostgreSQL postgresql://postgres:***@127.0.0.1:",
+        ),
+        "postgres-no-database": (
+            f"{POSTGRES_URL}/conveyor_no_such_db",
+            'database "conveyor_no_such_db" does not exist',
+        ),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["redis-nothing-listens", "sqlite-cannot-open", "amqp-wrong-port", "amqp-wrong-password"]
+    "case",
+    [
+        "redis-nothing-listens",
+        "sqlite-cannot-open",
+        "amqp-wrong-port",
+        "amqp-wrong-password",
+        "postgres-nothing-listens",
+        "postgres-no-database",
+    ],
 )
 def test_a_worker_on_an_unusable_broker_exits_with_one_line(tmp_path: Path, case: str) -> None:
     if case.startswith("amqp"):
         amqp_available()  # the real RabbitMQ must run for the wrong-password case to mean anything
+    if case == "postgres-no-database":
+        postgres_available()  # the real server must answer "no such database" for the case to mean anything
     url, expected = cases(tmp_path)[case]
     began = time.monotonic()
     proc = start(worker_env(tmp_path, url, CONVEYOR_STARTUP_TIMEOUT="2"))

@@ -1,9 +1,10 @@
 """Transactional enqueue on PostgreSQL, with a real worker: examples/postgres_orders.py (shown in docs/postgres.md)
-enqueues inside the caller's transaction with psycopg, SQLAlchemy and Django; a commit runs the task, a
+enqueues inside the caller's transaction with psycopg (sync and async), SQLAlchemy and Django; a commit runs the task, a
 rollback leaves no task."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import psycopg
 import pytest
@@ -56,6 +58,14 @@ def test_commit_runs_the_task_and_rollback_leaves_none_with_psycopg_sqlalchemy_a
     shop: tuple[ModuleType, str], postgres_db: str
 ) -> None:
     example, schema = shop
+
+    def place_async(sku: str, qty: int) -> Any:
+        async def run() -> Any:
+            async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as aconn:
+                return await example.place_order_async(aconn, sku, qty)
+
+        return asyncio.run(run())
+
     with psycopg.connect(postgres_db, autocommit=True) as conn:
         example.create_orders_table(conn)
         # Given a task enqueued in an open transaction: no worker sees it before the commit
@@ -68,6 +78,7 @@ def test_commit_runs_the_task_and_rollback_leaves_none_with_psycopg_sqlalchemy_a
         example.setup_django()
         for place in (
             lambda sku, qty: example.place_order(conn, sku, qty),
+            place_async,  # await ship.aapply_async(..., connection=aconn)
             example.place_order_sqlalchemy,
             example.place_order_django,
         ):
@@ -78,10 +89,10 @@ def test_commit_runs_the_task_and_rollback_leaves_none_with_psycopg_sqlalchemy_a
             assert shipped.get(timeout=15).startswith("order ")
         # Then the rolled-back orders left neither a row nor a task; each committed one ran once
         orders = conn.execute("SELECT sku FROM orders ORDER BY id").fetchall()
-        assert orders == [("mug",)] * 3
+        assert orders == [("mug",)] * 4
         wait_until(lambda: _queued(conn, schema) == 0, 10, "the queue to empty")
         results = conn.execute(f"SELECT count(*) FROM {schema}.results").fetchone()
-        assert results == (4,)  # order 0 and the three mugs: no task ran for a lamp
+        assert results == (5,)  # order 0 and the four mugs: no task ran for a lamp
 
 
 def _queued(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> int:
@@ -101,4 +112,6 @@ def test_connection_needs_the_postgres_broker(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigurationError, match="needs the PostgreSQL broker"):
         noop.apply_async((), connection=object())
+    with pytest.raises(ConfigurationError, match="needs the PostgreSQL broker"):
+        asyncio.run(noop.aapply_async((), connection=object()))
     app.close()

@@ -46,5 +46,15 @@ def check() -> None:
     add.apply_async((1, 2), link=add.s(1))
 
 
+async def check_async() -> None:
+    assert_type(await add.s(1, 2).adelay(), AsyncResult[int])
+    assert_type(await add.s(1).aapply_async((2,), countdown=1), AsyncResult[int])
+    await add.s(1, 2).aapply_async(colour="red")  # type: ignore[call-arg]
+    assert_type(await (add.s(1, 2) | add.s(3)).adelay(), AsyncResult[int])
+    assert_type(await group(add.s(1, 1), add.s(2, 2)).aapply_async(), GroupResult[int])
+    assert_type(await (await group(add.s(1, 1)).adelay()).aget(timeout=1), list[int])
+    assert_type(await chord([add.s(1, 1)], total.s()).adelay(), AsyncResult[int])
+
+
 @app.task(rate_limit=["10/s"])  # type: ignore[call-overload, untyped-decorator]
 def badly_limited() -> None: ...

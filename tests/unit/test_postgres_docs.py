@@ -15,6 +15,6 @@ def test_the_docs_examples_are_the_tested_example() -> None:
     section = doc.split("## Transactional enqueue", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     example = (ROOT / "examples" / "postgres_orders.py").read_text()
-    assert len(blocks) == 3  # psycopg, SQLAlchemy, Django
+    assert len(blocks) == 4  # psycopg, psycopg async, SQLAlchemy, Django
     for block in blocks:
         assert block in example, f"docs/postgres.md shows code that examples/postgres_orders.py does not have:\n{block}"

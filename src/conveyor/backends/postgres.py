@@ -6,12 +6,20 @@ commit; ``wait()`` registers with the process's LISTEN connection (``brokers/pos
 reads the record, and blocks on the notification: it wakes the moment the result lands, with no
 polling. Expired rows are invisible at once and deleted by a sweep every minute.
 
-Leases, claims and values (the coordination primitives) are rows of ``leases``, ``claims`` and ``kv``,
-each operation one statement (``INSERT ... ON CONFLICT``), atomic on the server, judged on its clock.
+Every write follows the revocation rule of :meth:`ResultBackend.set` in the same statement, so a
+revocation and a finished run never replace each other whatever the interleaving; only records that
+landed notify waiters. ``async_wait`` registers with the same listener and waits on a future of its
+loop, which the listener thread resolves: a coroutine is woken as a thread is, and never blocks the loop.
+
+Leases, claims, values, gathers and token buckets (the coordination primitives) are rows of ``leases``,
+``claims``, ``kv``, ``gathers`` (with ``gather_slots``) and ``buckets``, each operation one statement
+(``INSERT ... ON CONFLICT``, or one function call), atomic on the server, judged on its clock. Expired
+rows of every table are deleted by the same sweep as results.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,22 +58,30 @@ class PostgresResultBackend(ResultBackend):
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.set_many([(task_id, state, record)], ttl)
 
+    def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
+        return self._write([(task_id, state, record)], ttl) == 1
+
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
+        self._write(items, ttl)
+
+    def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> int:
+        """Upsert the records under the revocation rule (one ``cv_set_results`` call); return how many landed."""
         if not items:
-            return
+            return 0
         with self.db.connection() as conn:
-            conn.execute(
+            row = conn.execute(
                 self._q("SELECT {s}.cv_set_results(%s, %s, %s::bytea[], %s, %s)"),
                 ([i[0] for i in items], [str(i[1]) for i in items], [i[2] for i in items], ttl, _FINAL),
-            )
+            ).fetchone()
             self._sweep(conn)
+        return 0 if row is None else int(row[0])
 
     def _sweep(self, conn: psycopg.Connection[Any]) -> None:
         """Every SWEEP_EVERY seconds, delete expired results, claims and values (they are invisible already)."""
         if time.monotonic() < self._next_sweep:
             return
         self._next_sweep = time.monotonic() + SWEEP_EVERY
-        for table in ("results", "claims", "kv"):
+        for table in ("results", "claims", "kv", "gathers", "buckets"):  # a gather's slots go with it (cascade)
             conn.execute(
                 sql.SQL("DELETE FROM {s}.{t} WHERE expires_at <= {s}.cv_now()").format(
                     s=self._s, t=sql.Identifier(table)
@@ -83,6 +99,17 @@ class PostgresResultBackend(ResultBackend):
     def get(self, task_id: str) -> bytes | None:
         row = self._read(task_id)
         return None if row is None else row[1]
+
+    def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        if not task_ids:
+            return []
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT id, record FROM {s}.results WHERE id = ANY(%s) AND expires_at > {s}.cv_now()"),
+                (list(task_ids),),
+            ).fetchall()
+        found = {row[0]: bytes(row[1]) for row in rows}
+        return [found.get(task_id) for task_id in task_ids]
 
     def wait(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
@@ -102,6 +129,27 @@ class PostgresResultBackend(ResultBackend):
                     return waiter.record  # the final record came with the notification: no query
         finally:
             listener.unwatch(task_id, waiter)
+
+    async def async_wait(self, task_id: str, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        listener = self.db.listener()
+        if not listener.listening:  # just started: a thread waits for it, not the loop
+            await asyncio.to_thread(listener.wait_listening, min(timeout, 2.0))
+        loop = asyncio.get_running_loop()
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            waiter = listener.watch(task_id, woken)  # before the read: a result landing after it wakes us
+            try:
+                row = await asyncio.to_thread(self._read, task_id)
+                remaining = deadline - time.monotonic()
+                if (row is not None and row[0] in _FINAL) or remaining <= 0:
+                    return None if row is None else row[1]
+                await asyncio.wait([woken], timeout=min(remaining, WAIT_SLICE if listener.listening else 0.1))
+                if woken.done() and waiter.record is not None:
+                    return waiter.record  # the final record came with the notification: no query
+            finally:
+                listener.unwatch(task_id, waiter)
+                woken.cancel()
 
     def forget(self, task_id: str) -> None:
         with self.db.connection() as conn:
@@ -164,6 +212,34 @@ class PostgresResultBackend(ResultBackend):
     def delete_value(self, key: str) -> None:
         with self.db.connection() as conn:
             conn.execute(self._q("DELETE FROM {s}.kv WHERE key = %s"), (key,))
+
+    def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
+        with self.db.connection() as conn:
+            row = conn.execute(self._q("SELECT {s}.cv_gather(%s, %s, %s, %s)"), (key, index, value, ttl)).fetchone()
+            self._sweep(conn)
+        assert row is not None
+        return int(row[0])
+
+    def gathered(self, key: str) -> dict[int, bytes]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q(
+                    "SELECT s.idx, s.value FROM {s}.gathers g JOIN {s}.gather_slots s ON s.key = g.key "
+                    "WHERE g.key = %s AND g.expires_at > {s}.cv_now()"
+                ),
+                (key,),
+            ).fetchall()
+        return {int(idx): bytes(value) for idx, value in rows}
+
+    def delete_gather(self, key: str) -> None:
+        with self.db.connection() as conn:
+            conn.execute(self._q("DELETE FROM {s}.gathers WHERE key = %s"), (key,))
+
+    def take_token(self, bucket: str, rate: float, burst: float) -> float:
+        with self.db.connection() as conn:
+            row = conn.execute(self._q("SELECT {s}.cv_take_token(%s, %s, %s)"), (bucket, rate, burst)).fetchone()
+        assert row is not None
+        return float(row[0])
 
     def close(self) -> None:
         self.db.close()

@@ -22,10 +22,12 @@ Cost of a false alarm: a silence longer than STALL_GAP without any stall postpon
 every running lease by the silence. A dead worker's lease then expires later: at most one lease
 after regular traffic resumes. Regular traffic is an idle worker child (on Redis its reserve runs
 every RESERVE_WAIT = 1 s; on SQLite its read-only poll stamps every :data:`IDLE_STAMP` while leases
-are in flight) or, with every child busy, the heartbeats (every ``lease / 3``) and the supervisor's
-``recover()`` (every 2 s). With every child busy and ``lease / 3`` above STALL_GAP, the supervisor's
-2 s cadence is a false alarm each time: a dead worker's lease then waits until a child is idle
-again (nobody could have run its task sooner), and expires at most one lease after that.
+are in flight; on PostgreSQL its idle reserve, which sends no query while nothing happens, stamps every
+:data:`IDLE_WAKE` while leases are in flight) or, with every child busy, the heartbeats (every
+``lease / 3``) and the supervisor's ``recover()`` (every 2 s). With every child busy and ``lease / 3``
+above STALL_GAP, the supervisor's 2 s cadence is a false alarm each time: a dead worker's lease then
+waits until a child is idle again (nobody could have run its task sooner), and expires at most one
+lease after that.
 """
 
 from __future__ import annotations

@@ -187,6 +187,15 @@ class Broker(abc.ABC):
             f"{type(self).__name__} keeps its messages elsewhere"
         )
 
+    async def aenqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue_in` for a coroutine, with the caller's async database connection (PostgreSQL only).
+
+        Raises:
+            ConfigurationError: this broker cannot (the default), or ``connection`` is not one it can use.
+            DuplicateTaskId: as :meth:`enqueue`; the caller's transaction is then aborted.
+        """
+        return self.enqueue_in(connection, envelopes)  # the default refuses before touching anything
+
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         """:meth:`enqueue` for a coroutine: same promise, same errors, and the event loop runs on meanwhile.
 

@@ -111,6 +111,15 @@ class Chain(Canvas[R]):
         """``apply_async()``."""
         return self.apply_async()
 
+    async def aapply_async(self, *, app: App | None = None) -> AsyncResult[R]:
+        """:meth:`apply_async` for a coroutine: the first messages go out through ``app.asend``."""
+        result: AsyncResult[R] = await self._app(app).asend_workflow(self)
+        return result
+
+    async def adelay(self) -> AsyncResult[R]:
+        """``await aapply_async()``."""
+        return await self.aapply_async()
+
 
 class Group(Canvas[list[R]]):
     """Pieces run in parallel, sent in one batch; their results come back as a list, in order."""
@@ -137,6 +146,15 @@ class Group(Canvas[list[R]]):
     def delay(self) -> GroupResult[R]:
         """``apply_async()``."""
         return self.apply_async()
+
+    async def aapply_async(self, *, app: App | None = None) -> GroupResult[R]:
+        """:meth:`apply_async` for a coroutine: the first messages go out through ``app.asend``."""
+        result: GroupResult[R] = await self._app(app).asend_workflow(self)
+        return result
+
+    async def adelay(self) -> GroupResult[R]:
+        """``await aapply_async()``."""
+        return await self.aapply_async()
 
 
 class Chord(Canvas[R]):
@@ -170,6 +188,15 @@ class Chord(Canvas[R]):
     def delay(self) -> AsyncResult[R]:
         """``apply_async()``."""
         return self.apply_async()
+
+    async def aapply_async(self, *, app: App | None = None) -> AsyncResult[R]:
+        """:meth:`apply_async` for a coroutine: the first messages go out through ``app.asend``."""
+        result: AsyncResult[R] = await self._app(app).asend_workflow(self)
+        return result
+
+    async def adelay(self) -> AsyncResult[R]:
+        """``await aapply_async()``."""
+        return await self.aapply_async()
 
 
 def chain(*tasks: Canvas[Any]) -> Chain[Any]:

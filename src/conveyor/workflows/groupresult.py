@@ -6,6 +6,7 @@ process can rebuild it with ``app.group_result(group_id)``, as Celery's ``GroupR
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -74,25 +75,52 @@ class GroupResult(Generic[R]):
                 values.append(result._final_value(records[result.id], propagate))
         return values
 
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[R]:
+        """:meth:`get` for a coroutine: the same arguments, result and errors; the event loop runs on meanwhile.
+
+        It waits on the backend's ``async_wait`` (woken when a member's result lands) and reads members in
+        bulk off the loop. Cancelling it leaves nothing behind.
+        """
+        limit = DEFAULT_GET_TIMEOUT if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        backend = self._app.backend
+        pending = self._direct_ids()
+        records: dict[str, ResultRecord] = {}
+        while pending:
+            pending = _sort_final(pending, await asyncio.to_thread(backend.get_many, pending), records)
+            if pending:
+                await backend.async_wait(pending[0], self._remaining(deadline, limit, pending))
+        values: list[Any] = []
+        for result in self.results:
+            if isinstance(result, GroupResult):
+                values.append(await result.aget(timeout=max(0.0, deadline - time.monotonic()), propagate=propagate))
+            else:
+                values.append(result._final_value(records[result.id], propagate))
+        return values
+
+    def _direct_ids(self) -> list[str]:
+        return [r.id for r in self.results if not isinstance(r, GroupResult)]
+
+    def _remaining(self, deadline: float, limit: float, pending: list[str]) -> float:
+        """Seconds left before ``deadline``.
+
+        Raises:
+            ResultTimeout: none are left.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ResultTimeout(f"group {self.id} did not finish within {limit:g} s ({len(pending)} pending)")
+        return remaining
+
     def _final_records(self, deadline: float, limit: float) -> dict[str, ResultRecord]:
         """Every direct member's final record: read in bulk, waiting on one unfinished member at a time."""
         backend = self._app.backend
-        pending = [r.id for r in self.results if not isinstance(r, GroupResult)]
+        pending = self._direct_ids()
         records: dict[str, ResultRecord] = {}
         while pending:
-            unfinished = []
-            for task_id, raw in zip(pending, backend.get_many(pending), strict=True):
-                record = None if raw is None else decode_record(raw)
-                if record is not None and record.state.final:
-                    records[task_id] = record
-                else:
-                    unfinished.append(task_id)
-            pending = unfinished
-            if pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ResultTimeout(f"group {self.id} did not finish within {limit:g} s ({len(pending)} pending)")
-                backend.wait(pending[0], remaining)  # wakes when it lands; then read the rest again in bulk
+            pending = _sort_final(pending, backend.get_many(pending), records)
+            if pending:  # wait until it lands; then read the rest again in bulk
+                backend.wait(pending[0], self._remaining(deadline, limit, pending))
         return records
 
     def completed_count(self) -> int:
@@ -121,6 +149,18 @@ class GroupResult(Generic[R]):
         for r in self.results:
             r.forget()
         self._app.backend.delete_value(GROUP_KEY.format(self.id))
+
+
+def _sort_final(ids: list[str], raws: list[bytes | None], records: dict[str, ResultRecord]) -> list[str]:
+    """Put the final ones of these records in ``records``; return the ids still unfinished, in order."""
+    unfinished = []
+    for task_id, raw in zip(ids, raws, strict=True):
+        record = None if raw is None else decode_record(raw)
+        if record is not None and record.state.final:
+            records[task_id] = record
+        else:
+            unfinished.append(task_id)
+    return unfinished
 
 
 def save_group(app: App, group_id: str, ids: list[Ids]) -> None:

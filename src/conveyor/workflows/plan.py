@@ -21,6 +21,7 @@ recorded. The producer's own first messages need no such care.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +49,28 @@ NOTHING: Any = object()
 
 def send(app: App, piece: Canvas[Any]) -> Any:
     """Freeze ``piece``, send its first messages in one batch, and return its result handle."""
-    node = piece.freeze()
-    messages = start(app, node, NOTHING, [], None, parent=None)
+    node, messages = _first_messages(app, piece)
     if node["k"] == "g":
         save_group(app, node["id"], [result_ids(member) for member in node["tasks"]])
     if messages:
         app.send(messages)
     return result_of(app, node)
+
+
+async def asend(app: App, piece: Canvas[Any]) -> Any:
+    """:func:`send` for a coroutine: the batch goes out through ``app.asend``; the loop never waits on a server."""
+    node, messages = _first_messages(app, piece)
+    if node["k"] == "g":
+        await asyncio.to_thread(save_group, app, node["id"], [result_ids(member) for member in node["tasks"]])
+    if messages:
+        await app.asend(messages)
+    return result_of(app, node)
+
+
+def _first_messages(app: App, piece: Canvas[Any]) -> tuple[Node, list[Message]]:
+    """``piece`` frozen (every id chosen), and the messages that start it."""
+    node = piece.freeze()
+    return node, start(app, node, NOTHING, [], None, parent=None)
 
 
 def result_of(app: App, node: Node) -> Any:

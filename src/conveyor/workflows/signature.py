@@ -111,6 +111,41 @@ class Signature(Canvas[R]):
         Raises:
             TypeError: the arguments do not fit the task's function; nothing is sent.
         """
+        merged, target = self._merged(args, kwargs, app, options)
+        result: AsyncResult[R] = target.send_workflow(merged)
+        return result
+
+    async def aapply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        app: App | None = None,
+        **options: Unpack[SendOptions],
+    ) -> AsyncResult[R]:
+        """:meth:`apply_async` for a coroutine: sent through ``app.asend``, the event loop runs on meanwhile.
+
+        Raises:
+            TypeError: the arguments do not fit the task's function; nothing is sent.
+        """
+        merged, target = self._merged(args, kwargs, app, options)
+        result: AsyncResult[R] = await target.asend_workflow(merged)
+        return result
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
+        """``await aapply_async(args, kwargs)``."""
+        return await self.aapply_async(args, kwargs)
+
+    def _merged(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any] | None, app: App | None, options: Mapping[str, Any]
+    ) -> tuple[Signature[R], App]:
+        """This call with ``args`` put before its own and ``kwargs``/``options`` over its own, checked; and its app.
+
+        A task this process does not register is sent by name (as Celery's ``send_task``).
+
+        Raises:
+            TypeError: the arguments do not fit the task's function.
+        """
         merged: Signature[R] = Signature(
             self.task, (*args, *self.args), {**self.kwargs, **(kwargs or {})}, {**self.options, **options},
             self.immutable, self.app,
@@ -119,8 +154,7 @@ class Signature(Canvas[R]):
         task = target.tasks.get(self.task) or (self.app.tasks.get(self.task) if self.app is not None else None)
         if task is not None:  # a task known here is checked now; one sent by name, by the worker that runs it
             check_arguments(self.task, task.fn, merged.args, merged.kwargs)
-        result: AsyncResult[R] = target.send_workflow(merged)
-        return result
+        return merged, target
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult[R]:
         """``apply_async(args, kwargs)``: send this call with more arguments (put before its own)."""

@@ -1,10 +1,13 @@
-"""``connection=`` takes what users hold: a psycopg connection, a SQLAlchemy Connection or Session; nothing else."""
+"""``connection=`` takes what users hold: a psycopg connection (an AsyncConnection for ``aapply_async``), a
+SQLAlchemy Connection or Session; nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
@@ -60,3 +63,32 @@ def test_anything_else_is_a_configuration_error(app: App, tmp_path: Path) -> Non
     with sqlite3.connect(tmp_path / "x.db") as other, pytest.raises(ConfigurationError, match="psycopg 3 connection"):
         ship.apply_async((1,), connection=other)
     app.close()
+
+
+def test_aapply_async_takes_an_async_connection_in_its_transaction(app: App, postgres_db: str) -> None:
+    @app.task
+    def ship(order_id: int) -> None: ...
+
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(postgres_db, autocommit=True) as aconn:
+            # Rolled back: no task; committed: one
+            async with aconn.transaction(force_rollback=True):
+                await ship.aapply_async((1,), connection=aconn)
+            assert _queued(app) == 0
+            async with aconn.transaction():
+                await ship.aapply_async((2,), connection=aconn)
+                assert _queued(app) == 0  # not visible to others before the commit
+            assert _queued(app) == 1
+            # A held explicit id fails the caller's statement, as with a sync connection
+            with pytest.raises(DuplicateTaskId):
+                async with aconn.transaction():
+                    for _ in range(2):
+                        await ship.aapply_async((3,), connection=aconn, task_id="same")
+        # A sync connection is refused by the async call, naming the one to use
+        with psycopg.connect(postgres_db) as conn, pytest.raises(ConfigurationError, match="AsyncConnection"):
+            await ship.aapply_async((4,), connection=conn)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        app.close()

@@ -91,3 +91,33 @@ def test_db_migrate_on_an_engine_without_a_schema_says_so(tmp_path: Path) -> Non
     done = conveyor(f"sqlite:///{tmp_path / 'c.db'}", "db", "migrate", APP)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("nothing to migrate: sqlite:///")
+
+
+def test_a_version_1_schema_with_results_upgrades_to_the_workflow_primitives(
+    postgres_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.backends.postgres import PostgresResultBackend
+    from conveyor.states import State
+
+    # Given a schema at version 1 holding a result written by that version's cv_set_results
+    schema = f"u_{uuid.uuid4().hex[:10]}"
+    every = migrations.migrations()
+    monkeypatch.setattr(migrations, "migrations", lambda: every[:1])
+    assert [m.version for m in migrations.migrate(postgres_db, schema)] == [1]
+    with psycopg.connect(postgres_db, autocommit=True) as conn:
+        conn.execute(
+            f"SELECT {schema}.cv_set_results(%s, %s, %s::bytea[], %s, %s)",
+            (["old"], ["REVOKED"], [b"revoked"], 60.0, ["REVOKED"]),
+        )
+    # When it is migrated by this conveyor
+    monkeypatch.undo()
+    assert [m.version for m in migrations.migrate(postgres_db, schema)] == [2]
+    backend = PostgresResultBackend(f"{postgres_db}?schema={schema}")
+    try:
+        # Then the old result is there, under the revocation rule, and the new primitives work
+        assert backend.get("old") == b"revoked"
+        assert backend.try_set("old", State.SUCCESS, b"late", ttl=60) is False
+        assert backend.gather("chord", 0, b"x", ttl=60) == 1
+        assert backend.take_token("bucket", rate=1.0, burst=1.0) == 0.0
+    finally:
+        backend.close()

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
-from conveyor.brokers._stalls import STALL_GAP, STAMP_EVERY
+from conveyor.brokers._stalls import IDLE_WAKE, STALL_GAP, STAMP_EVERY
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.brokers.postgres.connection import PostgresConnection
 from conveyor.errors import ConfigurationError, DuplicateTaskId
@@ -55,10 +55,12 @@ class PostgresBroker(Broker):
         super().__init__(url, max_deliveries=max_deliveries)
         self.db = PostgresConnection(url)
         self._s = self.db.ident
-        # Per process: the listener generation of the last reserve that found nothing, and when (monotonic)
-        # the next scheduled message comes due or lease expires (None: none); an idle reserve skips its query
-        # while the generation has not moved and that time has not come.
-        self._idle_since: tuple[int, float | None] | None = None
+        # Per process: the listener generation of the last reserve that found nothing, when (monotonic)
+        # the next scheduled message comes due or lease expires (None: none), and whether leases were in
+        # flight; an idle reserve skips its query while the generation has not moved and that time has not
+        # come (with leases in flight it stamps the stall clock instead, at most every IDLE_WAKE seconds).
+        self._idle_since: tuple[int, float | None, bool] | None = None
+        self._stamp_due = 0.0  # monotonic: no stamp before (an idle loop may come round twice a wait)
 
     def __repr__(self) -> str:
         return f"PostgresBroker({self.db.url!r})"
@@ -90,36 +92,57 @@ class PostgresBroker(Broker):
             return []
         return self._enqueue(conn, envelopes)
 
+    async def aenqueue_in(self, connection: object, envelopes: Sequence[Envelope]) -> list[str]:
+        """:meth:`enqueue_in` with the caller's psycopg ``AsyncConnection``, inside its open transaction.
+
+        Raises:
+            ConfigurationError: ``connection`` is no psycopg (3) AsyncConnection.
+        """
+        if not isinstance(connection, psycopg.AsyncConnection):
+            raise ConfigurationError(
+                f"aapply_async(connection=) takes a psycopg 3 AsyncConnection (apply_async takes a sync one), "
+                f"got {type(connection).__name__}"
+            )
+        if not envelopes:
+            return []
+        query, params = self._enqueue_call(envelopes)
+        try:
+            cursor = await connection.cursor(row_factory=tuple_row).execute(query, params)
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise _duplicate(exc, envelopes) from None
+        assert row is not None
+        return list(row[0])
+
     def _enqueue(self, conn: psycopg.Connection[Any], envelopes: Sequence[Envelope]) -> list[str]:
+        query, params = self._enqueue_call(envelopes)
+        try:
+            row = conn.cursor(row_factory=tuple_row).execute(query, params).fetchone()
+        except psycopg.Error as exc:
+            raise _duplicate(exc, envelopes) from None
+        assert row is not None
+        return list(row[0])
+
+    def _enqueue_call(self, envelopes: Sequence[Envelope]) -> tuple[sql.Composed, tuple[list[Any], ...]]:
+        """The ``cv_enqueue`` call storing ``envelopes``, after refusing an id repeated within the batch.
+
+        Raises:
+            DuplicateTaskId: an id twice in the batch.
+        """
         seen: set[str] = set()
         for env in envelopes:
             if env.id in seen:
                 raise DuplicateTaskId(env.id)
             seen.add(env.id)
-        try:
-            row = (
-                conn.cursor(row_factory=tuple_row)
-                .execute(
-                    self._q("SELECT {s}.cv_enqueue(%s, %s, %s::smallint[], %s::float8[], %s::bytea[], %s::text[])"),
-                    (
-                        [e.id for e in envelopes],
-                        [e.queue for e in envelopes],
-                        [e.priority for e in envelopes],
-                        [e.eta for e in envelopes],
-                        [e.body for e in envelopes],
-                        [e.key for e in envelopes],
-                    ),
-                )
-                .fetchone()
-            )
-        except psycopg.errors.UniqueViolation as exc:  # a concurrent enqueue of the same id won the race
-            raise DuplicateTaskId(envelopes[0].id) from exc
-        except psycopg.Error as exc:
-            if exc.sqlstate == _HELD_ID:
-                raise DuplicateTaskId(str(exc.diag.message_primary)) from None
-            raise
-        assert row is not None
-        return list(row[0])
+        query = self._q("SELECT {s}.cv_enqueue(%s, %s, %s::smallint[], %s::float8[], %s::bytea[], %s::text[])")
+        return query, (
+            [e.id for e in envelopes],
+            [e.queue for e in envelopes],
+            [e.priority for e in envelopes],
+            [e.eta for e in envelopes],
+            [e.body for e in envelopes],
+            [e.key for e in envelopes],
+        )
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
@@ -149,7 +172,9 @@ class PostgresBroker(Broker):
                     self._idle_since = None
                     return taken
                 if generation is not None:
-                    self._idle_since = (generation, self._next_due())
+                    self._idle_since = (generation, *self._next_due())
+            elif self._idle_since is not None and self._idle_since[2] and time.monotonic() >= self._stamp_due:
+                self._stamp()
             remaining = deadline - time.monotonic()
             if remaining <= 0 or listener is None:
                 return []
@@ -157,9 +182,22 @@ class PostgresBroker(Broker):
                 time.sleep(min(remaining, 0.1))
                 continue
             assert self._idle_since is not None
-            due = self._idle_since[1]
+            _, due, in_flight = self._idle_since
             wait = remaining if due is None else min(remaining, max(0.0, due - time.monotonic()) + 0.001)
-            listener.wait_work(generation, wait)
+            listener.wait_work(generation, min(wait, IDLE_WAKE) if in_flight else wait)
+
+    def _stamp(self) -> None:
+        """Tell the stall clock (``cv_catch_up``) the server is serving, while leases of others are in flight.
+
+        An idle worker sends no reserve, and the supervisor's recover comes every 2 s, above STALL_GAP: that
+        silence would be taken for a stall of the server, and every running lease, a dead worker's too,
+        would be pushed back by it again and again (``brokers/_stalls.py``). One cheap call a second
+        (it writes only when ``seen`` is older than STAMP_EVERY) keeps the silence short, as an idle
+        Redis reserve does; with no lease in flight anywhere, an idle worker still sends nothing.
+        """
+        self._stamp_due = time.monotonic() + IDLE_WAKE / 2
+        with self.db.connection() as conn:
+            conn.execute(self._q("SELECT {s}.cv_catch_up({s}.cv_now(), %s, %s)"), (STALL_GAP, STAMP_EVERY))
 
     def _still_idle(self, generation: int | None) -> bool:
         """True when nothing was notified since the last empty reserve and nothing came due since."""
@@ -168,19 +206,22 @@ class PostgresBroker(Broker):
             return False
         return idle[1] is None or time.monotonic() < idle[1]
 
-    def _next_due(self) -> float | None:
-        """When (``time.monotonic()``) the next scheduled message comes due or the next lease expires; None: never.
+    def _next_due(self) -> tuple[float | None, bool]:
+        """When (``time.monotonic()``) the next scheduled message comes due or the next lease expires (None:
+        never), and whether any lease is in flight.
 
         Measured on the server's clock and turned into this process's monotonic clock, so skew does not matter.
         """
         with self.db.connection() as conn:
             row = conn.execute(
                 self._q(
-                    "SELECT LEAST((SELECT min(eta) FROM {s}.messages WHERE state = 1), "
-                    "(SELECT min(lease_until) FROM {s}.messages WHERE state = 2)) - {s}.cv_now()"
+                    "SELECT (SELECT min(eta) FROM {s}.messages WHERE state = 1) - {s}.cv_now(), "
+                    "(SELECT min(lease_until) FROM {s}.messages WHERE state = 2) - {s}.cv_now()"
                 )
             ).fetchone()
-        return None if row is None or row[0] is None else time.monotonic() + float(row[0])
+        found = [] if row is None else [float(v) for v in row if v is not None]
+        due = time.monotonic() + min(found) if found else None
+        return due, row is not None and row[1] is not None
 
     def _take(
         self, queues: Sequence[str], n: int, owner: str, lease: float, acks: Sequence[Delivery] = ()
@@ -387,6 +428,15 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         self._idle_since = None
         self.db.close()
+
+
+def _duplicate(exc: psycopg.Error, envelopes: Sequence[Envelope]) -> Exception:
+    """What a failed ``cv_enqueue`` raises: DuplicateTaskId for an id held already, else the error itself."""
+    if isinstance(exc, psycopg.errors.UniqueViolation):  # a concurrent enqueue of the same id won the race
+        return DuplicateTaskId(envelopes[0].id)
+    if exc.sqlstate == _HELD_ID:
+        return DuplicateTaskId(str(exc.diag.message_primary))
+    return exc
 
 
 def _driver_connection(connection: object) -> psycopg.Connection[Any]:

@@ -13,6 +13,7 @@ every result waiter, since notifications sent meanwhile were lost: they look aga
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -58,9 +59,18 @@ class Listener:
             self._cond.wait_for(lambda: self.generation != seen, timeout)
             return self.generation
 
-    def watch(self, task_id: str) -> ResultWaiter:
-        """A waiter woken when ``task_id``'s result lands (call before reading it; :meth:`unwatch` after)."""
-        waiter = ResultWaiter()
+    @property
+    def waiting(self) -> int:
+        """How many result waiters are registered (0 once every wait ended, cancelled ones included)."""
+        with self._cond:
+            return sum(len(waiters) for waiters in self._results.values())
+
+    def watch(self, task_id: str, future: asyncio.Future[None] | None = None) -> ResultWaiter:
+        """A waiter woken when ``task_id``'s result lands (call before reading it; :meth:`unwatch` after).
+
+        ``future`` (a coroutine's, on its loop) is resolved too, from this thread, through its loop.
+        """
+        waiter = ResultWaiter(future)
         with self._cond:
             self._results.setdefault(task_id, []).append(waiter)
         return waiter
@@ -131,16 +141,26 @@ class Listener:
 
 
 class ResultWaiter:
-    """One wait() on one task id: an event, and the final record when the notification carried it."""
+    """One wait on one task id: an event (and a coroutine's future), and the final record when the
+    notification carried it."""
 
-    def __init__(self) -> None:
+    def __init__(self, future: asyncio.Future[None] | None = None) -> None:
         self.event = threading.Event()
         self.record: bytes | None = None
+        self.future = future
 
     def wake(self, record: bytes | None) -> None:
         if record is not None:
             self.record = record
         self.event.set()
+        if self.future is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits any more
+                self.future.get_loop().call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _decode(encoded: str) -> bytes | None:
