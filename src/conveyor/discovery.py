@@ -17,8 +17,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from conveyor.errors import ConfigurationError
+from conveyor.message import Message
+from conveyor.results import Entry, entry, not_registered
+
+if TYPE_CHECKING:
+    from conveyor.app import App
 
 #: The module name ``autodiscover`` looks for in each package, as in Celery.
 TASKS_MODULE = "tasks"
@@ -61,3 +67,21 @@ def _discover(package: str) -> list[str]:
         if info.name.rpartition(".")[2] == TASKS_MODULE:
             found.append(_import(info.name, "autodiscover"))
     return found
+
+
+def unknown_task(app: App, message: Message) -> tuple[str, Entry]:
+    """Why a message's task cannot run in this worker and how to fix it, and the FAILURE its producer reads.
+
+    The worker never imported the module that declares the task: the message is dead-lettered (to be
+    requeued once the worker knows the task) and its result says so, so ``get()`` raises instead of
+    waiting on PENDING.
+    """
+    name = message.task
+    module = name.rpartition(".")[0]
+    known = ", ".join(sorted(app.tasks)) or "none"
+    fix = f"App(..., include=[{module!r}])" if module else "App(..., include=[...])"
+    why = (
+        f"task {name!r} is not registered on app {app.name!r}: the worker never imported the module that declares it; "
+        f"add {fix} (or autodiscover=[...]), restart the worker, then `conveyor dlq requeue` it (known: {known})"
+    )
+    return why, entry(message.id, not_registered(message, why))

@@ -93,6 +93,11 @@ def not_registered(message: Message, reason: str) -> ResultRecord:
     )  # fmt: skip
 
 
+def doomed(task: str, error: ErrorInfo) -> ResultRecord:
+    """A workflow step that will never run because an earlier one failed (``error``): FAILURE, with that error."""
+    return ResultRecord(state=State.FAILURE, task=task, error=error, errors=[error], finished=time.time())
+
+
 def revoked(reason: str, terminate: bool) -> ResultRecord:
     """A revocation (``AsyncResult.revoke``): the task must not run, and with ``terminate`` must stop if running."""
     return ResultRecord(state=State.REVOKED, note=reason, terminate=terminate, finished=time.time())

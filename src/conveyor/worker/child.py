@@ -9,7 +9,7 @@ thread, N threads, or N coroutines on one event loop); this module keeps what ev
 - the ChildBoard (shared memory the supervisor reads) and the LeaseKeeper (the heartbeat);
 - the pipe, in typed events (worker/events.py): counts of finished tasks in bulk, TaskStarted and
   TaskFinished only for tasks the supervisor must know about (hard time limit, long run), Retiring;
-- per-child limits (``max_tasks_per_child``, ``max_memory_per_child``) checked between tasks;
+- per-child limits checked between tasks (worker/childlimits.py); notes for the event log (eventnotes.py);
 - what to do when a delivery cannot run or be recorded (backend down: give it back and pause).
 """
 
@@ -27,9 +27,7 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import TYPE_CHECKING, Any
-
-import psutil
+from typing import Any
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
@@ -38,26 +36,14 @@ from conveyor.logging import flush_all as flush_logs
 from conveyor.message import Message
 from conveyor.pausing import PausedQueues
 from conveyor.task import BaseTask
-from conveyor.worker.events import (
-    ChildEvent,
-    Counts,
-    Ended,
-    EndedTask,
-    Received,
-    Retiring,
-    TaskFinished,
-    TaskStarted,
-    encode_event,
-    happened,
-)
+from conveyor.worker.childlimits import limited, retire_reason
+from conveyor.worker.eventnotes import EventNotes
+from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskFinished, TaskStarted, encode_event
 from conveyor.worker.executor import BackendDown, Executor, Outcome
-from conveyor.worker.leases import LeaseKeeper
+from conveyor.worker.leases import LeaseKeeper, owner_of
 from conveyor.worker.outage import Outage, wait_until_up
 from conveyor.worker.settle import GaveUp, Settler
 from conveyor.worker.shared import ChildBoard
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("conveyor.worker")
 
@@ -89,15 +75,6 @@ class ChildConfig:
     pool: str = "process"
     #: Report each delivery's events to the supervisor (for the event log, or for its metrics).
     observe: bool = True
-
-
-def owner_of(worker_id: str, pid: int) -> str:
-    """The lease owner name of a child process; the supervisor releases it when the child dies.
-
-    ``worker_id`` is ``hostname.pid.nonce``: the random nonce keeps owners apart for workers in
-    separate PID namespaces with one hostname (containers), whose pids repeat.
-    """
-    return f"{worker_id}/{pid}"
 
 
 def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoard | None = None) -> None:
@@ -147,12 +124,10 @@ class Child:
         self._counts_due = 0.0
         #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second.
         self.paused = PausedQueues(app.backend, config.queues)
-        #: Events not sent yet (only when the app publishes events): see :class:`~conveyor.worker.events.Happened`.
-        self.events = config.observe
-        self._received: list[Received] = []
-        self._ended: list[EndedTask] = []
+        #: What the pools noted for the event log, sent with the counts (only when the app observes).
+        self.notes = EventNotes(config.observe)
         self._backend = Outage("result backend")
-        self._limited = app.settings.max_tasks_per_child is not None or app.settings.max_memory_per_child is not None
+        self._limited = limited(app.settings)
 
     @property
     def serving(self) -> bool:
@@ -204,7 +179,7 @@ class Child:
         if reported:
             self.send(TaskFinished(outcome.id, outcome.task, outcome.ended, outcome.runtime))
         else:
-            self.note_ended(outcome)
+            self.notes.ended(outcome)
         if not outcome.ended.processed:  # given back, or a finished task's dropped copy: nothing ran
             return
         with self._tally_lock:
@@ -216,21 +191,10 @@ class Child:
         if self._limited:
             self._check_limits(run)
 
-    def received(self, deliveries: list[Delivery]) -> None:
-        """Note freshly reserved deliveries for the event log (nothing when events are off)."""
-        if self.events and deliveries:
-            now = time.time()
-            self._received.extend((d.id, d.queue, d.deliveries, now) for d in deliveries)
-
-    def note_ended(self, outcome: Outcome) -> None:
-        """Note a delivery that ended without a start report, for the event log (nothing when events are off)."""
-        if self.events:
-            self._ended.append((outcome.id, outcome.task, outcome.ended, outcome.runtime, time.time()))
-
     def flush_events(self) -> None:
         """Send what was noted for the event log since the last flush (one pipe message)."""
-        if self._received or self._ended:  # list swaps are atomic: a thread appending now lands in the new list
-            report, self._received, self._ended = happened(self._received, self._ended), [], []
+        report = self.notes.take()
+        if report is not None:
             self.send(report)
 
     def send(self, event: ChildEvent) -> None:
@@ -242,7 +206,7 @@ class Child:
     def flush_counts(self, force: bool = False) -> None:
         """Send the counts of finished tasks, at most every COUNTS_EVERY seconds (a message wakes the supervisor)."""
         now = time.monotonic()
-        if not (self._processed or self._received or self._ended) or not (force or now >= self._counts_due):
+        if not (self._processed or self.notes) or not (force or now >= self._counts_due):
             return
         with self._tally_lock:
             counts, self._processed, self._failed = Counts(self._processed, self._failed), 0, 0
@@ -266,15 +230,8 @@ class Child:
             self.backend_down = False
 
     def _check_limits(self, tasks_run: int) -> None:
-        """Retire this child between tasks once it ran too many tasks or grew too large."""
-        settings = self.app.settings
-        reason = None
-        if settings.max_tasks_per_child is not None and tasks_run >= settings.max_tasks_per_child:
-            reason = f"ran {tasks_run} tasks (max_tasks_per_child)"
-        elif settings.max_memory_per_child is not None:
-            rss_mib = psutil.Process().memory_info().rss / 1_048_576
-            if rss_mib > settings.max_memory_per_child:
-                reason = f"uses {rss_mib:.0f} MiB (max_memory_per_child {settings.max_memory_per_child} MiB)"
+        """Retire this child between tasks once it ran too many tasks or grew too large (worker/childlimits.py)."""
+        reason = retire_reason(self.app.settings, tasks_run)
         if reason is not None and not self.stopping:
             self.stopping = True
             self.send(Retiring(reason))

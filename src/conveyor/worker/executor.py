@@ -1,30 +1,30 @@
 """Executor: the short path every delivery takes; each feature is a middleware (``middleware.py``).
 
-open → convert the arguments (``conveyor.typed``) → before_run → around_call(call) → after_success | after_failure →
-settle → after_settle (docs/worker.md). Arguments that do not convert fail the task and dead-letter the message.
-Bad input is dead-lettered. Two exceptions leave, for the pool to give the delivery back uncounted:
-``BackendDown`` (the backend failed before the task ran) and ``GaveUp`` (it ran; its outcome was not recorded).
+open → convert the arguments (``typed.py``) → before_run → around_call(call) → after_success | after_failure →
+settle → after_settle (docs/worker.md). Bad input (arguments that do not convert too) is dead-lettered. Two
+exceptions leave, for the pool to give the delivery back uncounted: ``BackendDown`` (the backend failed before
+the task ran) and ``GaveUp`` (it ran; its outcome was not recorded).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import threading
 from typing import Any
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
+from conveyor.discovery import unknown_task
 from conveyor.errors import BrokerError, DecodeError, SignatureError
 from conveyor.logging import quick_log
 from conveyor.middleware import Bury, Defer, Job, OnStart, Outcome, Skip, Verdict
-from conveyor.results import entry, error_info, not_registered
+from conveyor.results import error_info
 from conveyor.revocation import Terminated
+from conveyor.worker.arun import run_on_loop
 from conveyor.worker.eventloops import ThreadLoops
 from conveyor.worker.events import Ended
 from conveyor.worker.settle import BackendDown, GaveUp, ImmediateSettler, Settler
-from conveyor.worker.timelimits import Calls, Threads, within_hard_limit
+from conveyor.worker.timelimits import Calls, Threads
 
 __all__ = ["BackendDown", "Executor", "GaveUp", "Outcome"]
 
@@ -58,11 +58,10 @@ class Executor:
 
     def run(self, delivery: Delivery) -> Outcome:
         """Take one delivery from reserved to settled (acked, retried or dead-lettered)."""
-        job = self._admit(delivery)
+        job = self.admit(delivery)
         if isinstance(job, Outcome):
             return job
-        if self._on_start is not None:
-            self._on_start(job.delivery, job.message, job.task)
+        self.started(job)
         try:
             value = (
                 self._loops.get().run_until_complete(self.chain.acall(job))
@@ -70,33 +69,19 @@ class Executor:
                 else self.chain.call(job)
             )
         except Exception as exc:
-            return self._failed(job, exc)
-        return self._completed(job, value)
+            return self.failed(job, exc)
+        return self.completed(job, value)
 
     async def arun(self, delivery: Delivery, calls: Calls | None = None, threads: Threads | None = None) -> Outcome:
-        """:meth:`run` on the asyncio pool's loop; blocking steps hop to its default executor (not a first attempt's
-        success into a batching settler). The call is its own asyncio task (a sync task's runs on ``threads``)
-        under its hard limit, in ``calls`` while it runs: cancel it there to terminate it."""
-        job = await asyncio.to_thread(self._admit, delivery)
-        if isinstance(job, Outcome):
-            return job
+        """:meth:`run` on the asyncio pool's running loop: see :func:`conveyor.worker.arun.run_on_loop`."""
+        return await run_on_loop(self, delivery, calls, threads)
+
+    def started(self, job: Job) -> None:
+        """Tell the pool (``on_start``) that the job's call begins now: from here a crash counts a delivery."""
         if self._on_start is not None:
             self._on_start(job.delivery, job.message, job.task)
-        loop = asyncio.get_running_loop()
-        call: asyncio.Future[Any]
-        if job.task.is_async:
-            call = loop.create_task(self.chain.acall(job))
-        else:  # a thread of ``threads``, in a copy of this context
-            call = loop.run_in_executor(threads, contextvars.copy_context().run, self.chain.call, job)
-        try:
-            value = await within_hard_limit(job, call, calls)
-        except Exception as exc:
-            return await asyncio.to_thread(self._failed, job, exc)
-        if job.message.attempt == 0 and self.settler.batched:  # nothing to read or write now: no hop
-            return self._completed(job, value)
-        return await asyncio.to_thread(self._completed, job, value)
 
-    def _admit(self, delivery: Delivery) -> Job | Outcome:
+    def admit(self, delivery: Delivery) -> Job | Outcome:
         """Decode, look up and run the before_run hooks: the job to call, or how the delivery ended unrun."""
         if not self._started:
             self.start()
@@ -106,9 +91,8 @@ class Executor:
             why = "rejected" if isinstance(exc, SignatureError) else "undecodable message"
             return Outcome(delivery.id, "?", self.settler.reject(delivery, f"{why}: {exc}"), 0.0)
         task = self.app.tasks.get(message.task)
-        if task is None:
-            why = unknown_task(self.app, message.task)
-            record = entry(message.id, not_registered(message, why))  # its producer sees FAILURE, not PENDING
+        if task is None:  # dead-lettered, and its producer sees FAILURE, not PENDING (discovery.py says why)
+            why, record = unknown_task(self.app, message)
             return Outcome(delivery.id, message.task, self.settler.reject(delivery, why, record), 0.0)
         job = Job(delivery, message, task, self.worker, self.settler)
         types = task.types
@@ -116,29 +100,29 @@ class Executor:
             try:
                 job.args, job.kwargs = types.arguments(message.args, message.kwargs)
             except DecodeError as exc:  # it would fail so again: FAILURE recorded, the message kept as a dead letter
-                return self._failed(job, exc, Bury(str(exc)))
+                return self.failed(job, exc, Bury(str(exc)))
         try:
             for hook in self.chain.before_run:
                 hook(job)
         except BrokerError as exc:  # nothing ran: given back uncounted
             raise BackendDown(str(exc)) from exc
         except Exception as exc:
-            return self._failed(job, exc)
+            return self.failed(job, exc)
         return job
 
-    def _completed(self, job: Job, value: Any) -> Outcome:
+    def completed(self, job: Job, value: Any) -> Outcome:
         """Run the after_success hooks, then hand the result (if any) and the ack to the settler."""
         try:
             for hook in self.chain.after_success:
                 hook(job, value)
         except Exception as exc:
-            return self._failed(job, exc)
+            return self.failed(job, exc)
         runtime = job.elapsed()
         quick_log(log, logging.INFO, "task %s[%s] succeeded in %.4fs", job.message.task, job.id, runtime)  # cheap
         deferred = self.settler.finish(job.delivery, job.result)
         return self.chain.settled(job, Outcome(job.id, job.message.task, Ended.SUCCESS, runtime, deferred))
 
-    def _failed(self, job: Job, exc: Exception, verdict: Verdict | None = None) -> Outcome:
+    def failed(self, job: Job, exc: Exception, verdict: Verdict | None = None) -> Outcome:
         """Settle a job that raised: not run (Skip), terminated, or as ``verdict`` (or the after_failure hooks) say."""
         if isinstance(exc, BackendDown | GaveUp):
             raise exc
@@ -160,14 +144,3 @@ class Executor:
             self._started = False
             self.chain.lifecycle(self.chain.on_child_stop, self.app)
         self._loops.close()
-
-
-def unknown_task(app: App, name: str) -> str:
-    """Why a message for task ``name`` cannot run here, and how to fix it (dead-letter reason and FAILURE error)."""
-    module = name.rpartition(".")[0]
-    known = ", ".join(sorted(app.tasks)) or "none"
-    fix = f"App(..., include=[{module!r}])" if module else "App(..., include=[...])"
-    return (
-        f"task {name!r} is not registered on app {app.name!r}: the worker never imported the module that declares it; "
-        f"add {fix} (or autodiscover=[...]), restart the worker, then `conveyor dlq requeue` it (known: {known})"
-    )

@@ -28,6 +28,15 @@ from conveyor.errors import BrokerError
 log = logging.getLogger("conveyor.worker")
 
 
+def owner_of(worker_id: str, pid: int) -> str:
+    """The lease owner name of a child process; the supervisor releases it when the child dies.
+
+    ``worker_id`` is ``hostname.pid.nonce``: the random nonce keeps owners apart for workers in
+    separate PID namespaces with one hostname (containers), whose pids repeat.
+    """
+    return f"{worker_id}/{pid}"
+
+
 class LeaseKeeper:
     """Extends the leases of the deliveries it holds, on a daemon thread.
 

@@ -33,7 +33,7 @@ from conveyor.errors import BrokerError
 from conveyor.results import past_hard_limit
 from conveyor.settings import redact_url
 from conveyor.states import ResultRecord, State, decode_record, encode_record
-from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main, owner_of
+from conveyor.worker.child import STOP_SIGNALS, ChildConfig, child_main
 from conveyor.worker.events import (
     ChildEvent,
     Counts,
@@ -44,6 +44,7 @@ from conveyor.worker.events import (
     TaskStarted,
     decode_event,
 )
+from conveyor.worker.leases import owner_of
 from conveyor.worker.observer import Observer
 from conveyor.worker.outage import Outage
 from conveyor.worker.pools import pool_class

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor.errors import ConfigurationError, DuplicateTaskId
 from conveyor.message import decode_value, encode_value
 from conveyor.result import AsyncResult
-from conveyor.states import ErrorInfo, ResultRecord, State, encode_record
+from conveyor.results import doomed, entry
+from conveyor.states import ErrorInfo, State
 from conveyor.workflows.canvas import Node
 from conveyor.workflows.groupresult import GroupResult, save_group
 
@@ -241,8 +242,7 @@ def _doom(
 ) -> None:
     """Record every task of a continuation that will never run as FAILURE, and send their errbacks."""
     for node in _signatures(follow["n"]):
-        record = ResultRecord(state=State.FAILURE, task=node["task"], error=error, errors=[error])
-        records.append((node["id"], State.FAILURE, encode_record(record)))
+        records.append(entry(node["id"], doomed(node["task"], error)))
         for err in node.get("err", ()):
             out += _errback(app, err, failed_id)
         for piece in node.get("link", ()):

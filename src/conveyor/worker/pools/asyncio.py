@@ -34,14 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import psutil
-
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.pausing import CHECK_EVERY
 from conveyor.states import State, decode_record
 from conveyor.task import BaseTask
+from conveyor.worker.childlimits import memory_reason
 from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
@@ -179,7 +178,7 @@ class AsyncioChild:
             time.sleep(min(RESERVE_WAIT, CHECK_EVERY))
             return []
         fresh = self.app.broker.reserve(queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
-        self.child.received(fresh)
+        self.child.notes.received(fresh)
         return fresh
 
     def _start_all(self, deliveries: list[Delivery]) -> None:
@@ -278,7 +277,7 @@ class AsyncioChild:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
 
     def _count(self, outcome: Outcome) -> None:
-        self.child.note_ended(outcome)
+        self.child.notes.ended(outcome)
         if not outcome.ended.processed:  # a finished task's dropped copy: nothing ran
             return
         self._counts[0] += 1
@@ -382,12 +381,9 @@ class AsyncioChild:
         return found
 
     def _check_memory(self) -> None:
-        limit = self.app.settings.max_memory_per_child
-        if limit is None or self.stopping:
-            return
-        rss_mib = psutil.Process().memory_info().rss / 1_048_576
-        if rss_mib > limit:
-            self._retire(f"uses {rss_mib:.0f} MiB (max_memory_per_child {limit} MiB)")
+        reason = None if self.stopping else memory_reason(self.app.settings)  # worker/childlimits.py
+        if reason is not None:
+            self._retire(reason)
 
     def _send_counts(self) -> None:
         processed, failed = self._counts

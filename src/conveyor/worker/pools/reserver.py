@@ -111,5 +111,5 @@ class Reserver:
             raise
         child.keeper.release_all(acks)
         child.keeper.hold_all(fresh)
-        child.received(fresh)
+        child.notes.received(fresh)
         return fresh
