@@ -203,7 +203,7 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
     ``skip_delays=False``, or another broker, waits them out. A task that sends another task while
     it runs only enqueues it; the drain that runs it runs the new one next, as a worker would.
     """
-    send = app.send
+    send, asend = app.send, app.asend
     local = threading.local()
 
     def send_and_run(messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
@@ -216,7 +216,11 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
                 local.draining = False
         return ids
 
-    async def asend_and_run(messages: Sequence[Message]) -> list[str]:
+    async def asend_and_run(messages: Sequence[Message], *, connection: object | None = None) -> list[str]:
+        if connection is not None:  # an async connection: the sync send cannot use it, the real asend can
+            ids = await asend(messages, connection=connection)
+            drain(app, timeout=timeout, skip_delays=skip_delays and isinstance(app.broker, MemoryBroker))
+            return ids
         return send_and_run(messages)  # eager: the tasks run here, in the caller's thread, as for send()
 
     setattr(app, "send", send_and_run)  # noqa: B010 - an instance attribute shadows the method until the end
