@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from conveyor.backends.base import ResultBackend
+from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.brokers.postgres.connection import PostgresConnection
 from conveyor.states import FINAL_STATES, State
 
@@ -168,6 +168,13 @@ class PostgresResultBackend(ResultBackend):
             ).fetchone()
         return row is not None and row[0] == owner
 
+    def lease_holder(self, name: str) -> str | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q("SELECT owner FROM {s}.leases WHERE name = %s AND expires_at > {s}.cv_now()"), (name,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
     def release_lease(self, name: str, owner: str) -> None:
         with self.db.connection() as conn:
             conn.execute(self._q("DELETE FROM {s}.leases WHERE name = %s AND owner = %s"), (name, owner))
@@ -240,6 +247,36 @@ class PostgresResultBackend(ResultBackend):
             row = conn.execute(self._q("SELECT {s}.cv_take_token(%s, %s, %s)"), (bucket, rate, burst)).fetchone()
         assert row is not None
         return float(row[0])
+
+    def append_events(self, batch: bytes, ttl: float) -> None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                self._q("INSERT INTO {s}.events (at, batch) VALUES ({s}.cv_now(), %s) RETURNING seq"), (batch,)
+            ).fetchone()
+            seq = 0 if row is None else int(row[0])
+            conn.execute(
+                self._q("DELETE FROM {s}.events WHERE seq <= %s OR at < {s}.cv_now() - %s"), (seq - MAX_BATCHES, ttl)
+            )
+
+    def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT seq, batch FROM {s}.events WHERE seq > %s ORDER BY seq LIMIT %s"),
+                (int(after or 0), limit),
+            ).fetchall()
+        return [(str(seq), bytes(batch)) for seq, batch in rows]
+
+    def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                self._q("SELECT seq, batch FROM {s}.events ORDER BY seq DESC LIMIT %s"), (limit,)
+            ).fetchall()
+        return [(str(seq), bytes(batch)) for seq, batch in reversed(rows)]
+
+    def last_event_cursor(self) -> str | None:
+        with self.db.connection() as conn:
+            row = conn.execute(self._q("SELECT max(seq) FROM {s}.events")).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def close(self) -> None:
         self.db.close()
