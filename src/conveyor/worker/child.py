@@ -6,9 +6,9 @@ thread, N threads, or N coroutines on one event loop); this module keeps what ev
 - signals: SIGTERM stops reserving at once; what runs finishes, what has not started goes back;
 - dying with the supervisor (Linux PR_SET_PDEATHSIG), so a ``kill -9`` of the worker leaves no
   orphan holding leases, and not serving at all if the supervisor died before that was armed;
-- the ChildBoard (shared memory the supervisor reads) and the LeaseKeeper (the heartbeat);
-- the pipe, in typed events (worker/events.py): counts of finished tasks in bulk, TaskStarted and
-  TaskFinished only for tasks the supervisor must know about (hard time limit, long run), Retiring;
+- the ChildBoard (shared memory the supervisor reads), the LeaseKeeper (the heartbeat) and the pipe,
+  in typed events (worker/events.py): counts in bulk every half second (also during a long task),
+  a task's start and end only when the supervisor must know (hard time limit, long run), Retiring;
 - per-child limits checked between tasks (worker/childlimits.py); notes for the event log (eventnotes.py);
 - what to do when a delivery cannot run or be recorded (backend down: give it back and pause).
 """
@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -34,6 +33,7 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.logging import flush_all as flush_logs
 from conveyor.message import Message
+from conveyor.middleware import OnStart
 from conveyor.pausing import PausedQueues
 from conveyor.task import BaseTask
 from conveyor.worker.childlimits import limited, retire_reason
@@ -57,9 +57,6 @@ _PR_SET_PDEATHSIG = 1
 #: Signals the supervisor blocks across fork() and a child unblocks once its own handlers are installed:
 #: until then the child would run its copy of the supervisor's handlers and lose the signal.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
-
-#: Called by the executor just before a task's function runs (the pool decides whether to report it).
-StartHook = Callable[[Delivery, Message, BaseTask[Any, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +89,7 @@ def child_main(app: App, config: ChildConfig, conn: Connection, board: ChildBoar
     # The supervisor forked us with these blocked; one that arrived since is delivered now, to our handlers.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     child.keeper.start()
+    threading.Thread(target=child.flush_while_serving, name="conveyor-counts", daemon=True).start()
     try:
         pool.serve()
     finally:
@@ -138,7 +136,7 @@ class Child:
         """Stop reserving; finish what runs (the SIGTERM handler)."""
         self.stopping = True
 
-    def executor(self, settler: Settler, on_start: StartHook) -> Executor:
+    def executor(self, settler: Settler, on_start: OnStart) -> Executor:
         """The executor a pool runs deliveries with (its settler, its start hook)."""
         return Executor(self.app, self.config.worker_id, settler, on_start=on_start)
 
@@ -214,6 +212,12 @@ class Child:
         if counts.processed:
             self.send(counts)
         self.flush_events()
+
+    def flush_while_serving(self) -> None:
+        """Send counts and events every COUNTS_EVERY seconds, also while a long task holds the pool's loop."""
+        while not self.stopping:
+            time.sleep(COUNTS_EVERY)
+            self.flush_counts()
 
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""
