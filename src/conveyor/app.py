@@ -32,7 +32,7 @@ from conveyor.codec import codec_for
 from conveyor.errors import ConfigurationError, ResultMissing, TaskNotRegistered
 from conveyor.logging import LoggingSetup
 from conveyor.message import Message
-from conveyor.middleware import HookChain, Middleware
+from conveyor.middleware import HookChain, Middleware, send_hooks
 from conveyor.result import AsyncResult
 from conveyor.routing import Routes
 from conveyor.scheduler.entries import Entry, PeriodicOptions, build_entry
@@ -126,6 +126,8 @@ class App:
         self.logging_setup: LoggingSetup | None = None
         self.middleware: list[Middleware] = []
         self._chain: HookChain | None = None
+        #: The middleware's ``before_send`` hooks (usually none), derived once, not on each send.
+        self._send_hooks = send_hooks(self.middleware)
         for m in middleware:
             self.add_middleware(m)
         self.tasks: dict[str, BaseTask[Any, Any]] = {}
@@ -177,6 +179,7 @@ class App:
             named = ", ".join(f"{option} ({owners[option]})" for option in taken)
             raise ConfigurationError(f"{type(middleware).__name__} declares task option(s) owned already: {named}")
         self.middleware.append(middleware)
+        self._send_hooks = send_hooks(self.middleware)
 
     def on_setup_logging(self, fn: LoggingSetup) -> LoggingSetup:
         """Decorator: ``fn(level)`` sets up logging in worker and beat processes instead of conveyor.
@@ -336,16 +339,12 @@ class App:
 
     def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
         """Encode every message (before anything is sent: one bad argument sends nothing)."""
-        for hook in self._send_hooks():  # the middleware's producer side (trace context in the headers, say)
+        for hook in self._send_hooks:  # the middleware's producer side (trace context in the headers, say)
             for message in messages:
                 hook(message)
         limit = self.settings.max_message_size
         encode = self.codec.encode
         return [Envelope(m.id, m.queue, encode(m, limit), m.priority, m.eta, m.key, m.explicit_id) for m in messages]
-
-    def _send_hooks(self) -> list[Callable[[Message], None]]:
-        """The ``before_send`` hooks of the app's middleware that override it (usually none: nothing to call)."""
-        return [m.before_send for m in self.middleware if type(m).before_send is not Middleware.before_send]
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schemas of the broker and the result backend (``conveyor db migrate``).

@@ -316,6 +316,12 @@ def _overrides(middleware: Middleware, hook: str) -> bool:
     return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
+def send_hooks(middleware: Sequence[Middleware]) -> tuple[Callable[[Message], None], ...]:
+    """The ``before_send`` hooks of the middleware that override it, in order (a producer's side of the chain:
+    it is not finalized, so the app keeps this tuple itself and rebuilds it when middleware is added)."""
+    return tuple(m.before_send for m in middleware if _overrides(m, "before_send"))
+
+
 class HookChain:
     """For each hook, the bound methods of only the middleware that override it, in call order.
 
