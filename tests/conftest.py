@@ -101,11 +101,15 @@ def amqp_available() -> None:
 
 
 @pytest.fixture(scope="session")
-def amqp_run_vhost() -> Iterator[RunVhost]:
-    """The RabbitMQ vhost of this test process (one per xdist worker), made at first use, deleted at the end."""
+def amqp_run_vhost(pytestconfig: pytest.Config) -> RunVhost:
+    """The RabbitMQ vhost of this test process (one per xdist worker), made at first use, deleted at the end.
+
+    Deleted when the session ends (``add_cleanup``), not in the teardown of the process' last test,
+    whose timeout it would count against (10 s in tests/unit: a loaded machine's rabbitmqctl passes that).
+    """
     vhost = RunVhost(AMQP_URL)
-    yield vhost
-    vhost.close()
+    pytestconfig.add_cleanup(vhost.close)
+    return vhost
 
 
 @pytest.fixture
@@ -144,17 +148,25 @@ def postgres_available() -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_db() -> Iterator[str]:
-    """A database of this test run (of this xdist process) alone, dropped at the end: its URL."""
+def postgres_db(pytestconfig: pytest.Config) -> str:
+    """A database of this test run (of this xdist process) alone, dropped at the end: its URL.
+
+    Dropped when the session ends (``add_cleanup``, as the vhost above): dropping a database that
+    holds a schema per test took more than the 10 s of the unit test that happened to run last.
+    """
     postgres_available()
     import psycopg
 
     name = f"conveyor_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"{POSTGRES_URL}/{name}"
-    with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def drop() -> None:
+        with psycopg.connect(f"{POSTGRES_URL}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    pytestconfig.add_cleanup(drop)
+    return f"{POSTGRES_URL}/{name}"
 
 
 def postgres_schema_url(database_url: str) -> str:

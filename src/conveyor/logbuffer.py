@@ -126,7 +126,21 @@ class BufferedStreamHandler(logging.Handler):
             wake.wait()
             stop.wait(self.interval)  # let the batch gather (close() cuts it short)
             wake.clear()
-            self.flush()
+            # Not flush(): logging.shutdown() calls close() holding the lock, and close() joins this
+            # thread, so waiting here for the lock held the exit up for the join's whole timeout (a
+            # second per worker stop). Once stopped, give up: close() wrote the lines.
+            while not self._lock().acquire(timeout=0.05):
+                if stop.is_set():
+                    return
+            try:
+                self._write()
+            finally:
+                self.release()
+
+    def _lock(self) -> threading.RLock:
+        lock = self.lock
+        assert lock is not None  # createLock() in Handler.__init__
+        return lock
 
     def _after_fork_in_child(self) -> None:
         """The flusher thread did not survive the fork; the lines were written before it."""

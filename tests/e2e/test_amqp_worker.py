@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -11,6 +11,7 @@ import pytest
 from conveyor import App, BrokerUnavailable
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
+from tests.rabbitmq_server import PrivateRabbitMQ, private_rabbitmq
 from tests.vhosts import rabbitmqctl
 
 
@@ -74,23 +75,26 @@ def test_status_from_another_process_sees_the_tasks_a_worker_runs(
     assert worker.stop() == 0
 
 
-def rabbitmq_answers() -> bool:
-    """Whether the RabbitMQ node accepts AMQP connections (guest on the default vhost)."""
-    import pika
+@pytest.fixture
+def private_node(e2e_env: dict[str, str]) -> Iterator[PrivateRabbitMQ]:
+    """A RabbitMQ node of this test alone, which the test's workers and app use instead of the shared one.
 
-    try:
-        pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2F")).close()
-    except pika.exceptions.AMQPError:
-        return False
-    return True
+    Listed before ``e2e_app`` and ``start_worker`` in a test's arguments, so they read its URL.
+    """
+    with private_rabbitmq() as node:
+        e2e_env["CONVEYOR_BROKER_URL"] = node.url + "?prefix=cvtest-restart"
+        yield node
 
 
 @pytest.mark.slow
-@pytest.mark.exclusive  # it restarts the shared RabbitMQ: nothing else may run meanwhile
 @pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(240)  # booting the private node takes seconds of a loaded machine
 def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_meanwhile(
-    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+    private_node: PrivateRabbitMQ,
+    e2e_env: dict[str, str],
+    e2e_app: App,
+    start_worker: Callable[..., WorkerProcess],
+    records: Path,
 ) -> None:
     # Given a worker running a task, with 20 more waiting (durable queues, persistent messages)
     worker = start_worker("-c", "1")
@@ -99,13 +103,12 @@ def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_mean
     wait_until(lambda: runs_of(records, "during") == 1, 15, "the task to start")
     try:
         # When the RabbitMQ application stops (the node restarts its broker: every connection drops)
-        rabbitmqctl("stop_app")
+        private_node.stop_app()
         # Then a producer is told so clearly, after its bounded retry, rather than hanging
         with pytest.raises(BrokerUnavailable):
             enqueue(e2e_app, "record", "while-down")
     finally:
-        rabbitmqctl("start_app")  # always: the tests after this one need the server
-    wait_until(rabbitmq_answers, 60, "RabbitMQ to accept connections again")
+        private_node.start_app()  # waits until it accepts connections again
     # And once it is back, the worker reconnects by itself and every task completes; nothing was lost
     assert running.get(timeout=60) == "during"
     assert [r.get(timeout=60) for r in waiting] == [f"w{i}" for i in range(20)]

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
+import croniter  # noqa: F401  # its import runs `file -b` (platform.architecture); conveyor imports it lazily
 import pytest
 
 #: Seconds one unit test may take (the whole tier must stay under 10 s on 2 cores).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -133,6 +134,28 @@ def test_the_buffered_handler_writes_in_batches_at_once_for_warnings_and_within_
     log.info("after close: written at once")
     log.removeHandler(handler)
     assert stream.getvalue().endswith("after close: written at once\n")
+
+
+def test_the_buffered_handler_closes_at_once_under_its_lock_as_logging_shutdown_closes_it() -> None:
+    # Given a handler whose flusher thread runs (a line waits on it, for up to 5 s)
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=5.0)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(logging.LogRecord("tests.unit.buffered", logging.INFO, "f.py", 1, "waiting", (), None))
+    assert handler._flusher is not None and handler._flusher.is_alive()
+    # When it is closed as logging.shutdown() closes every handler at exit: flush and close under its lock
+    began = time.monotonic()
+    handler.acquire()
+    try:
+        handler.flush()
+        handler.close()
+    finally:
+        handler.release()
+    # Then the line is written and the flusher is gone at once, not after the join's timeout (interval + 1 s):
+    # a worker used to take a second longer to exit than to stop
+    assert time.monotonic() - began < 2.5
+    assert stream.getvalue() == "waiting\n"
+    assert not handler._flusher.is_alive()
 
 
 def test_log_config_must_be_a_dict_and_an_app_takes_one_logging_set_up() -> None:

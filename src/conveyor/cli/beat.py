@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor.app import App
 from conveyor.cli._load import load_app
@@ -49,6 +47,9 @@ def beat(app: str, list_only: bool, loglevel: str | None, parent: int | None) ->
 
 def print_entries(app: App, rows: list[EntryInfo], *, with_state: bool = True) -> None:
     """The entries as a table (shared with ``conveyor status``, which adds the last slot recorded)."""
+    from rich.console import Console  # only when a table is printed: see cli/__init__.py
+    from rich.table import Table
+
     table = Table(title=f"periodic entries of {app.name}: {len(rows)}")
     columns = ["entry", "task", "schedule", "missed", "catch up", "next run"] + (["last fired"] if with_state else [])
     for column in columns:

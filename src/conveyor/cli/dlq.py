@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor.cli._load import load_app
 from conveyor.codec import Codec
@@ -26,6 +24,9 @@ def dlq() -> None:
 def list_(app: str, queue: str | None, limit: int) -> None:
     """List APP's dead letters, oldest first, with their reasons."""
     the_app = load_app(app, existing=True)
+    from rich.console import Console  # only when a table is printed: see cli/__init__.py
+    from rich.table import Table
+
     table = Table(title="dead letters")
     for column in ("id", "queue", "task", "when", "deliveries", "reason"):
         table.add_column(column)

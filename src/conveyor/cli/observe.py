@@ -7,8 +7,6 @@ import json
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor import eventlog, inspect
 from conveyor.app import App
@@ -98,6 +96,9 @@ def inspect_(app: str, what: str, as_json: bool) -> None:
 
 
 def _print_table(title: str, rows: list[dict[str, object]]) -> None:
+    from rich.console import Console  # only when a table is printed: see cli/__init__.py
+    from rich.table import Table
+
     table = Table(title=title)
     columns: list[str] = []
     for row in rows:

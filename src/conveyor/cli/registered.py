@@ -6,8 +6,6 @@ import json
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor.cli._load import load_app
 from conveyor.task import BaseTask
@@ -27,6 +25,9 @@ def tasks(app: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console  # only when a table is printed: see cli/__init__.py
+    from rich.table import Table
+
     table = Table(title=f"tasks of {the_app.name}: {len(rows)}")
     for column in ("task", "queue", "priority", "retries", "time limit", "kind"):
         table.add_column(column)

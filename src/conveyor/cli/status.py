@@ -6,8 +6,6 @@ import json
 import time
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from conveyor.cli._load import load_app
 from conveyor.cli.beat import print_entries
@@ -36,6 +34,9 @@ def status(app: str, as_json: bool) -> None:
             )
         )
         return
+    from rich.console import Console  # only when a table is printed: see cli/__init__.py
+    from rich.table import Table
+
     console = Console()
     table = Table(title=f"queues of {the_app.name} ({redact_url(the_app.settings.broker_url)})")
     for column in ("queue", "ready", "scheduled", "in flight", "dead"):

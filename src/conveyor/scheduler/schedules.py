@@ -21,10 +21,12 @@ import abc
 import dataclasses
 import datetime
 import zoneinfo
-
-from croniter import CroniterBadCronError, croniter
+from typing import TYPE_CHECKING
 
 from conveyor.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import croniter
 
 UTC = datetime.UTC
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
@@ -84,6 +86,17 @@ class Interval(Schedule):
         return f"every {self.every}"
 
 
+def _croniter(expression: str, start: datetime.datetime | None = None) -> croniter.croniter:
+    """croniter's iterator, imported at first use.
+
+    croniter and dateutil take ~65 ms of CPU to import; only an app with a :class:`Cron` entry pays
+    that, not every ``conveyor`` command (each one imports this module).
+    """
+    from croniter import croniter as iterator
+
+    return iterator(expression, start)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Cron(Schedule):
     """A cron expression (5 fields, or 6 with seconds last as croniter reads them) in time zone ``tz``.
@@ -96,20 +109,22 @@ class Cron(Schedule):
     tz: str = "UTC"
 
     def __post_init__(self) -> None:
+        from croniter import CroniterBadCronError  # see _croniter
+
         _zone(self.tz)
         try:
-            croniter(self.expression)
+            _croniter(self.expression)
         except (CroniterBadCronError, ValueError, TypeError) as exc:
             raise ConfigurationError(f"bad cron expression {self.expression!r}: {exc}") from None
 
     def next_fire(self, after: datetime.datetime) -> datetime.datetime:
         start = _aware(after).astimezone(_zone(self.tz))
-        found: datetime.datetime = croniter(self.expression, start).get_next(datetime.datetime)
+        found: datetime.datetime = _croniter(self.expression, start).get_next(datetime.datetime)
         return found.astimezone(UTC)
 
     def previous_fire(self, before: datetime.datetime) -> datetime.datetime:
         start = _aware(before).astimezone(_zone(self.tz))
-        found: datetime.datetime = croniter(self.expression, start).get_prev(datetime.datetime)
+        found: datetime.datetime = _croniter(self.expression, start).get_prev(datetime.datetime)
         return found.astimezone(UTC)
 
     def describe(self) -> str:

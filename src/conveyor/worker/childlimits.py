@@ -7,8 +7,6 @@ after a task ends, so the rule and its wording live in one place.
 
 from __future__ import annotations
 
-import psutil
-
 from conveyor.settings import Settings
 
 
@@ -29,5 +27,7 @@ def memory_reason(settings: Settings) -> str | None:
     limit = settings.max_memory_per_child
     if limit is None:
         return None
+    import psutil  # only a child with a memory limit measures itself
+
     rss_mib = psutil.Process().memory_info().rss / 1_048_576
     return f"uses {rss_mib:.0f} MiB (max_memory_per_child {limit} MiB)" if rss_mib > limit else None
