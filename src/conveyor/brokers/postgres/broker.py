@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -47,14 +48,20 @@ LISTEN_WAIT = 2.0
 class PostgresBroker(Broker):
     """A broker in a PostgreSQL schema; ``postgresql://`` or ``postgres://`` URLs (see ``connection.py``).
 
-    The schema must be migrated first (``conveyor db migrate APP``). ``store`` is not used: the schema
-    keeps every state the broker needs.
+    The schema must be migrated first (``conveyor db migrate APP``). The schema keeps every state the
+    broker needs; ``store`` (the app's result backend), when it is PostgreSQL on the same server, is told
+    that its worker result batches need not wait for the WAL flush (``PostgresResultBackend.set_many``):
+    the acks that follow them go to the same write-ahead log.
     """
 
     def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         self.db = PostgresConnection(url)
         self._s = self.db.ident
+        from conveyor.backends.postgres import PostgresResultBackend  # the backend imports this package
+
+        if isinstance(store, PostgresResultBackend) and _same_server(store.db.conninfo, self.db.conninfo):
+            store.flush_results = False
         # Per process: the listener generation of the last reserve that found nothing, when (monotonic)
         # the next scheduled message comes due or lease expires (None: none), and whether leases were in
         # flight; an idle reserve skips its query while the generation has not moved and that time has not
@@ -428,6 +435,13 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         self._idle_since = None
         self.db.close()
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two libpq URLs (``connection.parse_url``'s) reach the same server: equal but for the database
+    (one write-ahead log serves every database of a server). Anything else differing counts as another one."""
+    first, second = urlsplit(a), urlsplit(b)
+    return (first.netloc, first.query) == (second.netloc, second.query)
 
 
 def _duplicate(exc: psycopg.Error, envelopes: Sequence[Envelope]) -> Exception:
