@@ -243,6 +243,12 @@ class PostgresResultBackend(ResultBackend):
         with self.db.connection() as conn:
             conn.execute(self._q("DELETE FROM {s}.kv WHERE key = %s"), (key,))
 
+    def signal_workers(self) -> None:
+        """Notify the schema's work channel: idle workers of a PostgreSQL broker in this schema wake and read
+        their pause flags again (they send no query while nothing wakes them)."""
+        with self.db.connection() as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (f"cv:{self.db.schema}",))
+
     def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
         with self.db.connection() as conn:
             row = conn.execute(self._q("SELECT {s}.cv_gather(%s, %s, %s, %s)"), (key, index, value, ttl)).fetchone()
@@ -272,13 +278,18 @@ class PostgresResultBackend(ResultBackend):
         return float(row[0])
 
     def append_events(self, batch: bytes, ttl: float) -> None:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                self._q("INSERT INTO {s}.events (at, batch) VALUES ({s}.cv_now(), %s) RETURNING seq"), (batch,)
-            ).fetchone()
-            seq = 0 if row is None else int(row[0])
+        """Append a batch and trim the log, in one statement (one round trip, as a worker publishes every
+        half second and its idle heartbeat every two). Its commit does not wait for the WAL flush: the log
+        is for watching, and a server crash forgets at most its last fraction of a second."""
+        with self.db.connection() as conn:
             conn.execute(
-                self._q("DELETE FROM {s}.events WHERE seq <= %s OR at < {s}.cv_now() - %s"), (seq - MAX_BATCHES, ttl)
+                self._q(
+                    "WITH added AS (INSERT INTO {s}.events (at, batch) VALUES ({s}.cv_now(), %s) RETURNING seq), "
+                    "trimmed AS (DELETE FROM {s}.events WHERE seq <= (SELECT seq FROM added) - %s "
+                    "OR at < {s}.cv_now() - %s RETURNING 1) "
+                    "SELECT set_config('synchronous_commit', 'off', true)"
+                ),
+                (batch, MAX_BATCHES, ttl),
             )
 
     def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
