@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import psutil
@@ -40,9 +40,10 @@ class PrivatePostgres:
 
     Args:
         timeout: seconds :meth:`start` waits for the server to answer.
+        settings: server settings added to its postgresql.conf (``{"log_statement": "all"}``).
     """
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, settings: Mapping[str, str] | None = None) -> None:
         self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
         self.folder = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
         self.data = self.folder / "data"
@@ -52,6 +53,14 @@ class PrivatePostgres:
         if self._as:
             shutil.chown(self.folder, "postgres", "postgres")
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        if settings:
+            with (self.data / "postgresql.conf").open("a") as conf:
+                conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
+
+    @property
+    def log(self) -> Path:
+        """The server's log file (what ``log_statement`` and friends write)."""
+        return self.folder / "server.log"
 
     @property
     def url(self) -> str:
@@ -63,7 +72,7 @@ class PrivatePostgres:
     def start(self) -> None:
         """Start the server (again, after :meth:`crash`) and wait until it answers."""
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
-        log = str(self.folder / "server.log")
+        log = str(self.log)
         self._run(
             self.pg_ctl, "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", str(int(self.timeout)), "start"
         )
@@ -109,9 +118,9 @@ class PrivatePostgres:
 
 
 @contextlib.contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started :class:`PrivatePostgres`, stopped and deleted when the block ends."""
-    server = PrivatePostgres()
+def private_postgres(settings: Mapping[str, str] | None = None) -> Iterator[PrivatePostgres]:
+    """A started :class:`PrivatePostgres` (``settings`` added to its configuration), stopped and deleted at the end."""
+    server = PrivatePostgres(settings=settings)
     try:
         server.start()
         yield server

@@ -95,6 +95,14 @@ class Store(abc.ABC):
     def delete_value(self, key: str) -> None:
         """Delete the value under ``key`` (nothing happens when there is none)."""
 
+    def signal_workers(self) -> None:  # noqa: B027 - optional hook, nothing to signal by default
+        """Wake idle workers so they read their queue flags again (after a queue was paused or resumed).
+
+        The default does nothing: workers re-read the flags every second anyway. A backend whose broker
+        lets idle workers sleep without polling (PostgreSQL) signals them here instead
+        (:meth:`Broker.wake_version <conveyor.brokers.base.Broker.wake_version>`).
+        """
+
     @abc.abstractmethod
     def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
         """Put ``value`` in slot ``index`` of the gather ``key``; return how many slots are filled. One atomic step.

@@ -6,6 +6,11 @@ commit; ``wait()`` registers with the process's LISTEN connection (``brokers/pos
 reads the record, and blocks on the notification: it wakes the moment the result lands, with no
 polling. Expired rows are invisible at once and deleted by a sweep every minute.
 
+A worker's batch of results (``set_many``) commits without waiting for the WAL flush when the broker
+is PostgreSQL on the same server (the broker tells the backend so: :attr:`flush_results`); see
+:meth:`PostgresResultBackend.set_many` for why a crash then only runs the task again. With another
+broker (RabbitMQ, Redis) every result write waits for the flush, as the server's setting says.
+
 Every write follows the revocation rule of :meth:`ResultBackend.set` in the same statement, so a
 revocation and a finished run never replace each other whatever the interleaving; only records that
 landed notify waiters. ``async_wait`` registers with the same listener and waits on a future of its
@@ -45,6 +50,8 @@ class PostgresResultBackend(ResultBackend):
         self.db = PostgresConnection(url)
         self._s = self.db.ident
         self._next_sweep = time.monotonic() + SWEEP_EVERY
+        #: Whether ``set_many`` waits for the WAL flush; the PostgreSQL broker on the same server clears it.
+        self.flush_results = True
 
     def __repr__(self) -> str:
         return f"PostgresResultBackend({self.db.url!r})"
@@ -56,21 +63,37 @@ class PostgresResultBackend(ResultBackend):
         return self.db.migrate()
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
-        self.set_many([(task_id, state, record)], ttl)
+        self._write([(task_id, state, record)], ttl, flush=True)
 
     def try_set(self, task_id: str, state: State, record: bytes, ttl: float) -> bool:
-        return self._write([(task_id, state, record)], ttl) == 1
+        return self._write([(task_id, state, record)], ttl, flush=True) == 1
 
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
-        self._write(items, ttl)
+        """Write a worker's finished batch; without waiting for the WAL flush when :attr:`flush_results` is off.
 
-    def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> int:
-        """Upsert the records under the revocation rule (one ``cv_set_results`` call); return how many landed."""
+        The broker clears :attr:`flush_results` only when it is PostgreSQL on the same server, so the
+        batch's acks are committed after these results, in the same write-ahead log. A server crash that
+        forgets the results (the last fraction of a second of commits) then forgets the acks too: the
+        tasks are leased again and run again, which at-least-once allows, and write their results again.
+        Any later synchronous commit on the server (an enqueue, say) flushes them with it. The waiter is
+        woken at commit, a WAL flush sooner: the round trip of a task waits for one flush (its enqueue).
+        """
+        self._write(items, ttl, flush=self.flush_results)
+
+    def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float, *, flush: bool) -> int:
+        """Upsert the records under the revocation rule (one ``cv_set_results`` call); return how many landed.
+
+        ``flush=False``: the commit does not wait for the WAL flush (``synchronous_commit`` off for this
+        transaction only, set in the same statement).
+        """
         if not items:
             return 0
+        call = "SELECT {s}.cv_set_results(%s, %s, %s::bytea[], %s, %s)"
+        if not flush:  # read at commit, which ends this one-statement transaction (autocommit)
+            call += ", set_config('synchronous_commit', 'off', true)"
         with self.db.connection() as conn:
             row = conn.execute(
-                self._q("SELECT {s}.cv_set_results(%s, %s, %s::bytea[], %s, %s)"),
+                self._q(call),
                 ([i[0] for i in items], [str(i[1]) for i in items], [i[2] for i in items], ttl, _FINAL),
             ).fetchone()
             self._sweep(conn)
@@ -220,6 +243,12 @@ class PostgresResultBackend(ResultBackend):
         with self.db.connection() as conn:
             conn.execute(self._q("DELETE FROM {s}.kv WHERE key = %s"), (key,))
 
+    def signal_workers(self) -> None:
+        """Notify the schema's work channel: idle workers of a PostgreSQL broker in this schema wake and read
+        their pause flags again (they send no query while nothing wakes them)."""
+        with self.db.connection() as conn:
+            conn.execute("SELECT pg_notify(%s, '')", (f"cv:{self.db.schema}",))
+
     def gather(self, key: str, index: int, value: bytes, ttl: float) -> int:
         with self.db.connection() as conn:
             row = conn.execute(self._q("SELECT {s}.cv_gather(%s, %s, %s, %s)"), (key, index, value, ttl)).fetchone()
@@ -249,13 +278,18 @@ class PostgresResultBackend(ResultBackend):
         return float(row[0])
 
     def append_events(self, batch: bytes, ttl: float) -> None:
-        with self.db.transaction() as conn:
-            row = conn.execute(
-                self._q("INSERT INTO {s}.events (at, batch) VALUES ({s}.cv_now(), %s) RETURNING seq"), (batch,)
-            ).fetchone()
-            seq = 0 if row is None else int(row[0])
+        """Append a batch and trim the log, in one statement (one round trip, as a worker publishes every
+        half second and its idle heartbeat every two). Its commit does not wait for the WAL flush: the log
+        is for watching, and a server crash forgets at most its last fraction of a second."""
+        with self.db.connection() as conn:
             conn.execute(
-                self._q("DELETE FROM {s}.events WHERE seq <= %s OR at < {s}.cv_now() - %s"), (seq - MAX_BATCHES, ttl)
+                self._q(
+                    "WITH added AS (INSERT INTO {s}.events (at, batch) VALUES ({s}.cv_now(), %s) RETURNING seq), "
+                    "trimmed AS (DELETE FROM {s}.events WHERE seq <= (SELECT seq FROM added) - %s "
+                    "OR at < {s}.cv_now() - %s RETURNING 1) "
+                    "SELECT set_config('synchronous_commit', 'off', true)"
+                ),
+                (batch, MAX_BATCHES, ttl),
             )
 
     def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:

@@ -378,6 +378,16 @@ class Broker(abc.ABC):
         """
         self.stats()
 
+    def wake_version(self) -> int | None:
+        """A number that moves whenever idle workers of this process were woken: a message landed, the
+        store signalled them (:meth:`Store.signal_workers <conveyor.backends.base.Store.signal_workers>`),
+        or the broker reconnected. None (the default) when the broker cannot tell.
+
+        A worker child re-reads its queues' pause flags only when this moved since its last read
+        (``pausing.PausedQueues``), so an idle worker on PostgreSQL sends no query for them.
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""
 

@@ -1,9 +1,13 @@
-"""The PostgreSQL backend's sweep deletes what expired of every table: results, gathers with their slots, buckets."""
+"""The PostgreSQL backend's sweep deletes what expired of every table (results, gathers with their slots,
+buckets), and each event append trims the log."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
+from conveyor.backends import postgres as postgres_backend
 from conveyor.backends.postgres import PostgresResultBackend
 from conveyor.states import State
 from tests.conftest import postgres_schema_url
@@ -30,5 +34,18 @@ def test_the_sweep_deletes_expired_results_gathers_slots_and_buckets(postgres_db
                 for table, key in (("results", "id"), ("gathers", "key"), ("gather_slots", "key"), ("buckets", "name"))
             }
         assert left == {"results": ["new"], "gathers": ["chord-live"], "gather_slots": ["chord-live"], "buckets": []}
+    finally:
+        backend.close()
+
+
+def test_an_event_append_trims_the_log_to_its_newest_batches(postgres_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a log bounded to 5 batches (MAX_BATCHES, made small), appended to 12 times
+    monkeypatch.setattr(postgres_backend, "MAX_BATCHES", 5)
+    backend = PostgresResultBackend(postgres_schema_url(postgres_db))
+    try:
+        for i in range(12):
+            backend.append_events(f"b{i}".encode(), ttl=3600)
+        # Then the one statement of each append kept the newest five, in order
+        assert [batch for _, batch in backend.read_events(None, 100)] == [f"b{i}".encode() for i in range(7, 12)]
     finally:
         backend.close()

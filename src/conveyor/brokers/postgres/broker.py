@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import sql
@@ -47,19 +48,33 @@ LISTEN_WAIT = 2.0
 class PostgresBroker(Broker):
     """A broker in a PostgreSQL schema; ``postgresql://`` or ``postgres://`` URLs (see ``connection.py``).
 
-    The schema must be migrated first (``conveyor db migrate APP``). ``store`` is not used: the schema
-    keeps every state the broker needs.
+    The schema must be migrated first (``conveyor db migrate APP``). The schema keeps every state the
+    broker needs; ``store`` (the app's result backend), when it is PostgreSQL on the same server, is told
+    that its worker result batches need not wait for the WAL flush (``PostgresResultBackend.set_many``):
+    the acks that follow them go to the same write-ahead log.
     """
 
     def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         self.db = PostgresConnection(url)
         self._s = self.db.ident
+        from conveyor.backends.postgres import PostgresResultBackend  # the backend imports this package
+
+        if isinstance(store, PostgresResultBackend) and _same_server(store.db.conninfo, self.db.conninfo):
+            store.flush_results = False
+        # The store's signal_workers notifies this schema's channel (same database, same schema): then
+        # wake_version tells a worker child when to read its pause flags again.
+        here = (self.db.conninfo, self.db.schema)
+        self._store_signals = isinstance(store, PostgresResultBackend) and (store.db.conninfo, store.db.schema) == here
         # Per process: the listener generation of the last reserve that found nothing, when (monotonic)
-        # the next scheduled message comes due or lease expires (None: none), and whether leases were in
-        # flight; an idle reserve skips its query while the generation has not moved and that time has not
-        # come (with leases in flight it stamps the stall clock instead, at most every IDLE_WAKE seconds).
-        self._idle_since: tuple[int, float | None, bool] | None = None
+        # the next scheduled message comes due or lease expires (None: none), whether leases were in
+        # flight, and the count of acks before that reserve; an idle reserve skips its query while the
+        # generation has not moved and that time has not come (with leases in flight it stamps the stall
+        # clock instead, at most every IDLE_WAKE seconds, until the stamp finds none in flight).
+        self._idle_since: tuple[int, float | None, bool, int] | None = None
+        # Acks through ack() (the asyncio pool's) since this process started: an idle reserve that saw
+        # leases in flight looks again after one, since the lease it saw may have been that one.
+        self._acks = 0
         self._stamp_due = 0.0  # monotonic: no stamp before (an idle loop may come round twice a wait)
 
     def __repr__(self) -> str:
@@ -166,15 +181,18 @@ class PostgresBroker(Broker):
         while True:
             generation = listener.generation if listener is not None and listener.listening else None
             if acks or not self._still_idle(generation):
-                taken = self._take(queues, n, owner, lease, acks)
+                acked = self._acks
+                taken, next_due = self._take(queues, n, owner, lease, acks, due=generation is not None)
                 acks = ()
                 if taken:
                     self._idle_since = None
                     return taken
                 if generation is not None:
-                    self._idle_since = (generation, *self._next_due())
+                    due, in_flight = next_due
+                    self._idle_since = (generation, due, in_flight, acked)
             elif self._idle_since is not None and self._idle_since[2] and time.monotonic() >= self._stamp_due:
-                self._stamp()
+                due, in_flight = self._stamp()
+                self._idle_since = (self._idle_since[0], due, in_flight, self._idle_since[3])
             remaining = deadline - time.monotonic()
             if remaining <= 0 or listener is None:
                 return []
@@ -182,71 +200,97 @@ class PostgresBroker(Broker):
                 time.sleep(min(remaining, 0.1))
                 continue
             assert self._idle_since is not None
-            _, due, in_flight = self._idle_since
+            _, due, in_flight, _ = self._idle_since
             wait = remaining if due is None else min(remaining, max(0.0, due - time.monotonic()) + 0.001)
             listener.wait_work(generation, min(wait, IDLE_WAKE) if in_flight else wait)
 
-    def _stamp(self) -> None:
-        """Tell the stall clock (``cv_catch_up``) the server is serving, while leases of others are in flight.
+    def wake_version(self) -> int | None:
+        """The listener's generation, when the app's store signals this schema's channel (else None).
+
+        It moves with every notification on ``cv:<schema>`` (a message landed, a queue was paused or
+        resumed: ``PostgresResultBackend.signal_workers``) and when the listener reconnects.
+        """
+        if not self._store_signals:
+            return None
+        listener = self.db.listener()
+        return listener.generation if listener.listening else None
+
+    def _stamp(self) -> tuple[float | None, bool]:
+        """Tell the stall clock (``cv_catch_up``) the server is serving, while leases of others are in flight;
+        return what :meth:`_take` returns for an empty reserve (the next due time, any lease in flight).
 
         An idle worker sends no reserve, and the supervisor's recover comes every 2 s, above STALL_GAP: that
         silence would be taken for a stall of the server, and every running lease, a dead worker's too,
         would be pushed back by it again and again (``brokers/_stalls.py``). One cheap call a second
         (it writes only when ``seen`` is older than STAMP_EVERY) keeps the silence short, as an idle
-        Redis reserve does; with no lease in flight anywhere, an idle worker still sends nothing.
+        Redis reserve does; once no lease is in flight anywhere (their tasks were acked), it stops and an
+        idle worker sends nothing again.
         """
         self._stamp_due = time.monotonic() + IDLE_WAKE / 2
         with self.db.connection() as conn:
-            conn.execute(self._q("SELECT {s}.cv_catch_up({s}.cv_now(), %s, %s)"), (STALL_GAP, STAMP_EVERY))
+            row = conn.execute(
+                self._q("SELECT {s}.cv_catch_up({s}.cv_now(), %s, %s), " + _NEXT_DUE), (STALL_GAP, STAMP_EVERY, [])
+            ).fetchone()
+        return _due(None if row is None else row[1:])
 
     def _still_idle(self, generation: int | None) -> bool:
-        """True when nothing was notified since the last empty reserve and nothing came due since."""
+        """True when nothing was notified since the last empty reserve, nothing came due since, and (when it
+        saw leases in flight) this process acked nothing since."""
         idle = self._idle_since
         if generation is None or idle is None or idle[0] != generation:
             return False
+        if idle[2] and idle[3] != self._acks:  # it saw leases in flight; one of them may be acked now
+            return False
         return idle[1] is None or time.monotonic() < idle[1]
 
-    def _next_due(self) -> tuple[float | None, bool]:
-        """When (``time.monotonic()``) the next scheduled message comes due or the next lease expires (None:
-        never), and whether any lease is in flight.
-
-        Measured on the server's clock and turned into this process's monotonic clock, so skew does not matter.
-        """
-        with self.db.connection() as conn:
-            row = conn.execute(
-                self._q(
-                    "SELECT (SELECT min(eta) FROM {s}.messages WHERE state = 1) - {s}.cv_now(), "
-                    "(SELECT min(lease_until) FROM {s}.messages WHERE state = 2) - {s}.cv_now()"
-                )
-            ).fetchone()
-        found = [] if row is None else [float(v) for v in row if v is not None]
-        due = time.monotonic() + min(found) if found else None
-        return due, row is not None and row[1] is not None
-
     def _take(
-        self, queues: Sequence[str], n: int, owner: str, lease: float, acks: Sequence[Delivery] = ()
-    ) -> list[Delivery]:
+        self,
+        queues: Sequence[str],
+        n: int,
+        owner: str,
+        lease: float,
+        acks: Sequence[Delivery] = (),
+        *,
+        due: bool = False,
+    ) -> tuple[list[Delivery], tuple[float | None, bool]]:
+        """Ack ``acks``, recover, and lease up to ``n`` messages: one ``cv_reserve`` call, one round trip.
+
+        With ``due``, a reserve that finds nothing also says, in the same statement, when (this process's
+        ``time.monotonic()``) the next scheduled message comes due or the next lease expires (None: never)
+        and whether any lease is in flight: what an idle reserve waits for, with no query of its own.
+        Measured on the server's clock, so skew does not matter. That part reads the statement's snapshot,
+        taken before ``cv_reserve`` ran: the messages it acks are left out, and one it recovered or promoted
+        (for another queue) only makes the wait end at once and the next reserve look again.
+        """
         token = uuid.uuid4().hex
+        args: tuple[Any, ...] = (
+            list(queues),
+            n,
+            owner,
+            token,
+            lease,
+            self.max_deliveries,
+            REQUEUES_PER_DELIVERY * self.max_deliveries,
+            STALL_GAP,
+            STAMP_EVERY,
+            [d.id for d in acks],
+            [d.token for d in acks],
+        )
+        reserve = "SELECT * FROM {s}.cv_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        if due:  # _NEXT_DUE's one parameter: the acked ids, whose leases are gone
+            reserve = (
+                "WITH r AS MATERIALIZED (" + reserve + ") "
+                "SELECT *, NULL::float8, NULL::float8 FROM r UNION ALL "
+                "SELECT NULL, NULL, NULL, NULL, NULL, NULL, " + _NEXT_DUE + " WHERE NOT EXISTS (SELECT FROM r)"
+            )
+            args += ([d.id for d in acks],)
         with self.db.connection() as conn:
-            rows = conn.execute(
-                self._q("SELECT * FROM {s}.cv_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"),
-                (
-                    list(queues),
-                    n,
-                    owner,
-                    token,
-                    lease,
-                    self.max_deliveries,
-                    REQUEUES_PER_DELIVERY * self.max_deliveries,
-                    STALL_GAP,
-                    STAMP_EVERY,
-                    [d.id for d in acks],
-                    [d.token for d in acks],
-                ),
-            ).fetchall()
+            rows = conn.execute(self._q(reserve), args).fetchall()
+        if due and len(rows) == 1 and rows[0][0] is None:
+            return [], _due(rows[0][6:])
         order = {q: i for i, q in enumerate(queues)}
         rows.sort(key=lambda r: (order[r[1]], -r[3], r[5]))  # RETURNING has no order: queue, priority, FIFO
-        return [Delivery(r[0], r[1], r[2], r[3], r[4], token, owner) for r in rows]
+        return [Delivery(r[0], r[1], r[2], r[3], r[4], token, owner) for r in rows], (None, False)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -259,6 +303,7 @@ class PostgresBroker(Broker):
                 ),
                 ([d.id for d in deliveries], [d.token for d in deliveries]),
             )
+        self._acks += 1
 
     def nack(self, delivery: Delivery, *, delay: float = 0.0, body: bytes | None = None) -> None:
         with self.db.connection() as conn:
@@ -428,6 +473,28 @@ class PostgresBroker(Broker):
     def close(self) -> None:
         self._idle_since = None
         self.db.close()
+
+
+#: Seconds (server clock) until the next scheduled message comes due and until the next lease expires
+#: (NULL: none), leases of the ids given as its parameter left out. Two columns of a query's select list.
+_NEXT_DUE = (
+    "(SELECT min(eta) FROM {s}.messages WHERE state = 1) - {s}.cv_now(), "
+    "(SELECT min(lease_until) FROM {s}.messages WHERE state = 2 AND id <> ALL (%s::text[])) - {s}.cv_now()"
+)
+
+
+def _due(row: Sequence[Any] | None) -> tuple[float | None, bool]:
+    """:data:`_NEXT_DUE`'s two columns as (when the first comes due on ``time.monotonic()``, None: never;
+    whether any lease is in flight)."""
+    found = [] if row is None else [float(v) for v in row if v is not None]
+    return (time.monotonic() + min(found) if found else None), row is not None and row[1] is not None
+
+
+def _same_server(a: str, b: str) -> bool:
+    """Whether two libpq URLs (``connection.parse_url``'s) reach the same server: equal but for the database
+    (one write-ahead log serves every database of a server). Anything else differing counts as another one."""
+    first, second = urlsplit(a), urlsplit(b)
+    return (first.netloc, first.query) == (second.netloc, second.query)
 
 
 def _duplicate(exc: psycopg.Error, envelopes: Sequence[Envelope]) -> Exception:
