@@ -22,12 +22,14 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 __all__ = ["Host", "Network", "netns_allowed", "network"]
 
 #: Capability bits (linux/capability.h) that ``ip netns add`` and veth links need.
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
+STATUS = Path("/proc/self/status")
 
 
 def _ip(*args: str, netns: str | None = None) -> str:
@@ -39,7 +41,7 @@ def _ip(*args: str, netns: str | None = None) -> str:
 
 
 def _capabilities() -> int:
-    with open("/proc/self/status") as status:
+    with STATUS.open() as status:
         for line in status:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
@@ -48,10 +50,14 @@ def _capabilities() -> int:
 
 def netns_allowed() -> str | None:
     """None when this process may make namespaces and links; otherwise why not (for a skip's reason)."""
-    if not os.path.exists("/proc/self/status") or shutil.which("ip") is None:
+    if not STATUS.exists() or shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed, or this is not Linux"
     caps = _capabilities()
-    missing = [name for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")) if not caps >> bit & 1]
+    missing = [
+        name
+        for bit, name in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"))
+        if not caps >> bit & 1
+    ]
     if missing:
         return f"network namespaces need {' and '.join(missing)} (run as root, or in a privileged container)"
     return None

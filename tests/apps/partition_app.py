@@ -4,7 +4,8 @@
 when a run starts and ``time i pid done`` when it ends (one ``O_APPEND`` write each), and returns the
 host that ran it, so the test can tell which run's result the backend kept. ``PARTITION_HOST`` names
 the host. A run of a task that started before (on any host: a rerun) sleeps ``rerun_sleep`` instead,
-so the test can heal the cut host while the reruns still hold their messages.
+so the test can heal the cut host while the reruns still hold their messages; ``PARTITION_SLEEP``, when
+set, replaces ``sleep`` on that host (the host the test will cut runs its tasks for longer).
 """
 
 from __future__ import annotations
@@ -38,6 +39,6 @@ def hop(i: int, sleep: float, rerun_sleep: float) -> str:
     host = os.environ["PARTITION_HOST"]
     rerun = _started_before(i)
     _log(host, f"{i} {os.getpid()} start")
-    time.sleep(rerun_sleep if rerun else sleep)
+    time.sleep(rerun_sleep if rerun else float(os.environ.get("PARTITION_SLEEP", sleep)))
     _log(host, f"{i} {os.getpid()} done")
     return host

@@ -13,8 +13,9 @@ is lost, and only the tasks the cut host was running ran twice.
 
 from __future__ import annotations
 
-import os
 import contextlib
+import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import pytest
 import redis
 
 from conveyor import App, State
-from conveyor.states import decode_record
+from conveyor.states import ResultRecord, decode_record
 from conveyor.testing import WorkerProcess
 from tests.apps import e2e_app, partition_app
 from tests.conftest import IN_CI, wait_until
@@ -38,10 +39,27 @@ pytestmark = [pytest.mark.exclusive, pytest.mark.slow]
 LEASE = 3.0
 TASKS = 60
 SLOTS = 3
-#: A first run is short (it ends during the cut: its result and ack wait for the link); a rerun is long,
-#: so the reruns still hold their messages when the cut host's late writes arrive.
-SLEEP, RERUN_SLEEP = 0.6, 12.0
+#: A first run takes 0.3 s (on the host to be cut: see VICTIM_SLEEPS); a rerun is long, so the reruns
+#: still hold their messages when the cut host's late writes arrive.
+SLEEP, RERUN_SLEEP = 0.3, 12.0
 PREFIX = "cvpart"
+#: How long the cut host's runs take, so that they end during the cut, either more than ``lease / 2``
+#: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
+#: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
+VICTIM_SLEEPS = [
+    pytest.param(2.2, id="finished-after-the-lease-was-in-doubt"),
+    pytest.param(
+        0.6,
+        id="result-write-sent-into-the-cut",
+        marks=pytest.mark.xfail(
+            reason="a result write already on its way when the link went down lands when it heals, over the "
+            "rerun's record (its ack is refused): fencing it needs the write bounded by the lease "
+            "(docs/guarantees.md)",
+            raises=AssertionError,
+            strict=True,
+        ),
+    ),
+]
 
 
 @pytest.fixture
@@ -99,8 +117,14 @@ def _start_worker(host: Host, env: dict[str, str], log: Path) -> WorkerProcess:
         "--pool", "thread", "-c", str(SLOTS), "-Q", f"default,{host.name}",
     )  # fmt: skip
     with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, env={**env, "PARTITION_HOST": host.name}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env={**env, "PARTITION_HOST": host.name}, stdout=out, stderr=subprocess.STDOUT
+        )
     return WorkerProcess(proc, log)
+
+
+def _wait_ready(worker: WorkerProcess) -> None:
+    wait_until(lambda: "ready" in worker.output(), 30, f"worker to be ready:\n{worker.output()}")
 
 
 def _runs(records: Path) -> dict[int, list[tuple[str, float, float | None]]]:
@@ -121,17 +145,41 @@ def _runs(records: Path) -> dict[int, list[tuple[str, float, float | None]]]:
 
 
 def _in_broker(client: redis.Redis) -> dict[str, int]:
+    """How many messages of the shared queue are ready, scheduled, in flight and dead (the broker's own sets)."""
     from conveyor.brokers.redis.keys import queue_keys
 
     keys = queue_keys(PREFIX, "default")
     return {what: int(client.zcard(getattr(keys, what))) for what in ("ready", "scheduled", "inflight", "dead")}
 
 
-@pytest.mark.timeout(90)
-def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its_late_writes_are_refused(
-    net: Network, tmp_path: Path
-) -> None:
-    # Given a broker host with a private Redis and three worker hosts, each a worker of 3 threads, lease 3 s
+@dataclasses.dataclass
+class Cluster:
+    """The hosts of :func:`net` at work: a private Redis on the broker host, a worker on each worker host."""
+
+    net: Network
+    hosts: list[Host]
+    workers: list[WorkerProcess]
+    app: App
+    client: redis.Redis
+    records: Path
+
+    def runs(self) -> dict[int, list[tuple[str, float, float | None]]]:
+        return _runs(self.records)
+
+    def running_on(self, host: Host) -> set[int]:
+        return {i for i, runs in self.runs().items() for h, _, end in runs if h == host.name and end is None}
+
+    def record(self, task_id: str) -> ResultRecord | None:
+        raw = self.app.backend.get(task_id)
+        return None if raw is None else decode_record(raw)
+
+
+@pytest.fixture(params=VICTIM_SLEEPS)
+def cluster(net: Network, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A private redis-server on the broker host and one worker (3 threads, lease 3 s) on each worker host.
+
+    The first worker host (the one the test cuts) runs each task for the time its parameter says.
+    """
     broker_host, *hosts = net.hosts
     server = _start_redis(broker_host, tmp_path)
     url = f"redis://{broker_host.address}:6379/0?prefix={PREFIX}"
@@ -146,99 +194,25 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
         "PYTHONPATH": str(ROOT),
     }
     env.pop("CONVEYOR_BACKEND_URL", None)  # results on the broker's Redis too: the cut host cannot reach them
-    workers = [_start_worker(host, env, tmp_path / f"{host.name}.out") for host in hosts]
+    victim_env = {**env, "PARTITION_SLEEP": str(request.param)}
+    workers = [
+        _start_worker(host, victim_env if host is hosts[0] else env, tmp_path / f"{host.name}.out") for host in hosts
+    ]
     app = App("partition", broker=url, backend=url)
     client = redis.Redis(host=broker_host.address, port=6379)
-    cut, victim = False, hosts[0]
     try:
         for worker in workers:
-            wait_until(lambda w=worker: "ready" in w.output(), 30, f"worker to be ready:\n{worker.output()}")
-        # When 60 tasks of 0.6 s are sent, and host w0 is cut off while it runs some of them
-        messages = [partition_app.hop.message((i, SLEEP, RERUN_SLEEP)) for i in range(TASKS)]
-        ids = app.send(messages)
-
-        def victim_running() -> set[int]:
-            return {i for i, rs in _runs(records).items() for host, _, end in rs if host == victim.name and end is None}
-
-        wait_until(lambda: len(victim_running()) >= 2, 20, f"{victim} to run tasks")
-        net.cut(victim)
-        cut, cut_at = True, time.time()
-        # (the tasks it had not finished when the link went down: only these may run twice)
-        caught = {
-            i for i, rs in _runs(records).items() for host, _, end in rs if host == victim.name and (end is None or end > cut_at)
-        }
-        assert caught, "the cut caught no running task on the cut host"
-
-        def others_took_over() -> bool:
-            runs = _runs(records)
-            return all(any(h != victim.name for h, _, _ in runs.get(i, [])) for i in caught)
-
-        # Then its tasks run again on the other hosts, once their lease ran out (never while it held them)
-        wait_until(others_took_over, 3 * LEASE + 10, "the cut host's tasks to start again elsewhere")
-        runs = _runs(records)
-        for i in caught:
-            rerun = next(start for host, start, _ in runs[i] if host != victim.name)
-            assert rerun > cut_at + LEASE * 2 / 3 - 0.1, f"task {i} ran again {rerun - cut_at:.2f}s after the cut, before its lease could end"
-        # and every other task completes meanwhile, on the hosts that can reach the broker
-        rest = set(range(TASKS)) - caught
-
-        def rest_done() -> bool:
-            runs = _runs(records)
-            return all(any(end is not None for _, _, end in runs.get(i, [])) for i in rest)
-
-        wait_until(rest_done, 30, "the other tasks to complete")
-        wait_until(lambda: _in_broker(client)["ready"] == 0, 10, "the ready queue to empty")
-        # When the link comes back while the reruns still hold their messages
-        net.heal(victim)
-        cut = False
-        # (a probe on a queue only the cut host serves runs once its reserver made a round trip again:
-        # that round trip wrote its late results, then sent its late acks, then reserved the probe)
-        probe = e2e_app.record.message(("probe",), queue=victim.name)
-        app.send([probe])
-        wait_until(
-            lambda: e2e_app.runs_of(records, "probe") == 1,
-            30,
-            f"the cut host's late results and acks to reach the broker:\n{workers[0].output()}",
-        )
-        runs = _runs(records)
-        still = {i for i in caught if any(h != victim.name and end is None for h, _, end in runs[i])}
-        assert still == caught, "a rerun ended before the cut host's late writes arrived: the check below proves nothing"
-        # Then its late acks were refused: every rerun still holds its message
-        assert _in_broker(client)["inflight"] == len(caught)
-        # and its late results were refused: no record says the cut host's run finished the task
-        for i in sorted(caught):
-            raw = app.backend.get(ids[i])
-            record = decode_record(raw) if raw is not None else None
-            assert record is None or record.state is not State.SUCCESS, (
-                f"task {i}: the cut host's late result replaced the rerun's record: {record}"
-            )
-        # When the reruns end
-        empty = {"ready": 0, "scheduled": 0, "inflight": 0, "dead": 0}
-        wait_until(lambda: _in_broker(client) == empty, 30, "the broker to empty")
-        # Then nothing was lost: every task has its SUCCESS, from a run that held its lease
-        for i, task_id in enumerate(ids):
-            raw = app.backend.get(task_id)
-            assert raw is not None, f"task {i} has no result"
-            record = decode_record(raw)
-            assert record.state is State.SUCCESS, f"task {i}: {record}"
-            if i in caught:
-                assert record.value != victim.name, f"task {i}: the result is the cut host's late one"
-        # and only the tasks the cut host was running ran twice (once there, once elsewhere)
-        runs = _runs(records)
-        twice = {i for i, rs in runs.items() if len(rs) > 1}
-        assert twice == caught, f"ran more than once: {sorted(twice)}; the cut host was running {sorted(caught)}"
-        assert all(len(runs[i]) == 2 for i in caught)
-        assert set(runs) == set(range(TASKS))
+            _wait_ready(worker)
+        yield Cluster(net, hosts, workers, app, client, records)
     finally:
-        if cut:
-            net.heal(victim)
+        for host in hosts:
+            net.heal(host)
         for worker in workers:
             if worker.proc.poll() is None:
                 worker.proc.terminate()
         for worker in workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=10)
-        for worker in workers:
             if worker.proc.poll() is None:
                 worker.proc.kill()
                 worker.proc.wait(timeout=10)
@@ -246,3 +220,102 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
         app.close()
         server.kill()
         server.wait(timeout=10)
+
+
+@pytest.mark.timeout(90)
+def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its_late_writes_are_refused(
+    cluster: Cluster,
+) -> None:
+    # Given three worker hosts at work on 60 tasks
+    ids = cluster.app.send([partition_app.hop.message((i, SLEEP, RERUN_SLEEP)) for i in range(TASKS)])
+    victim = cluster.hosts[0]
+    _wait_for_second_wave(cluster, victim)
+    # When host w0 is cut off while it runs some of them
+    cluster.net.cut(victim)
+    cut_at = time.time()
+    # (the tasks it had not finished when the link went down: only these may run twice)
+    caught = {
+        i
+        for i, runs in cluster.runs().items()
+        for host, _, end in runs
+        if host == victim.name and (end is None or end > cut_at)
+    }
+    assert caught, "the cut caught no running task on the cut host"
+    # Then they run again on the other hosts once their lease ran out, never while it held them
+    reruns = _wait_for_reruns(cluster, caught, victim)
+    for i, start in reruns.items():
+        assert start > cut_at + LEASE * 2 / 3 - 0.1, f"task {i} ran again {start - cut_at:.2f}s after the cut"
+    # and every other task completes meanwhile, on the hosts that reach the broker
+    rest = set(range(TASKS)) - caught
+    wait_until(
+        lambda: all(any(end is not None for _, _, end in cluster.runs().get(i, [])) for i in rest),
+        30,
+        "the other tasks to complete",
+    )
+    wait_until(lambda: _in_broker(cluster.client)["ready"] == 0, 10, "the ready queue to empty")
+    # When the link comes back while the reruns still hold their messages
+    cluster.net.heal(victim)
+    _wait_for_late_writes(cluster, victim)
+    runs = cluster.runs()
+    still = {i for i in caught if any(h != victim.name and end is None for h, _, end in runs[i])}
+    assert still == caught, "a rerun ended before the cut host's late writes arrived: the checks prove nothing"
+    # Then its late acks were refused: every rerun still holds its message
+    assert _in_broker(cluster.client)["inflight"] == len(caught)
+    # and its late results were refused: no record says a run finished the task
+    for i in sorted(caught):
+        record = cluster.record(ids[i])
+        assert record is None or record.state is not State.SUCCESS, f"task {i}: the cut host's late result landed"
+    # When the reruns end
+    empty = {"ready": 0, "scheduled": 0, "inflight": 0, "dead": 0}
+    wait_until(lambda: _in_broker(cluster.client) == empty, 30, "the broker to empty")
+    # Then nothing was lost: every task has its SUCCESS, from a run that held its lease
+    for i, task_id in enumerate(ids):
+        record = cluster.record(task_id)
+        assert record is not None and record.state is State.SUCCESS, f"task {i}: {record}"
+        assert i not in caught or record.value != victim.name, f"task {i}: the result is the cut host's late one"
+    # and only the tasks the cut host was running ran twice (once there, once elsewhere)
+    runs = cluster.runs()
+    assert set(runs) == set(range(TASKS))
+    twice = {i for i, task_runs in runs.items() if len(task_runs) > 1}
+    assert twice == caught, f"ran more than once: {sorted(twice)}; the cut host was running {sorted(caught)}"
+    assert all(len(runs[i]) == 2 for i in caught)
+
+
+def _wait_for_second_wave(cluster: Cluster, victim: Host) -> None:
+    """Wait until ``victim`` runs 2 tasks or more that it reserved after it settled its first ones.
+
+    Their leases began with that round trip (a worker's first reservation may have waited for work
+    for seconds, and the worker counts its lease from before that wait).
+    """
+
+    def second_wave() -> bool:
+        runs = [run for task_runs in cluster.runs().values() for run in task_runs if run[0] == victim.name]
+        first_end = min((end for _, _, end in runs if end is not None), default=None)
+        return first_end is not None and sum(end is None and start > first_end for _, start, end in runs) >= 2
+
+    wait_until(second_wave, 20, f"{victim} to run its second tasks")
+
+
+def _wait_for_reruns(cluster: Cluster, caught: set[int], victim: Host) -> dict[int, float]:
+    """Wait until each of ``caught`` started on another host than ``victim``; when each did."""
+
+    def started_elsewhere() -> dict[int, float]:
+        runs = cluster.runs()
+        return {i: start for i in caught for host, start, _ in runs.get(i, []) if host != victim.name}
+
+    wait_until(lambda: len(started_elsewhere()) == len(caught), 3 * LEASE + 10, "the cut tasks to run elsewhere")
+    return started_elsewhere()
+
+
+def _wait_for_late_writes(cluster: Cluster, victim: Host) -> None:
+    """Wait until the healed host's reserver made a round trip: it wrote (or dropped) its late results and acks.
+
+    A probe on a queue only that host serves runs once that round trip reserved it, after the
+    pending results and acks of the same round trip.
+    """
+    cluster.app.send([e2e_app.record.message(("probe",), queue=victim.name)])
+    wait_until(
+        lambda: e2e_app.runs_of(cluster.records, "probe") == 1,
+        30,
+        f"the healed host to make a round trip:\n{cluster.workers[0].output()}",
+    )
