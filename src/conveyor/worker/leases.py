@@ -157,21 +157,23 @@ class LeaseKeeper:
     def fence(self, deliveries: list[Delivery]) -> set[str]:
         """The ids among finished ``deliveries`` whose lease is lost: their results and acks must be dropped.
 
-        A delivery reserved or extended less than ``lease / 2`` ago is held for sure and costs nothing;
-        the others (heartbeats failed meanwhile: a network cut, a broker outage) are extended now, and
-        those the broker no longer leases to this owner (their message was redelivered) are answered.
+        A delivery reserved or extended less than ``lease / 2`` ago is held for sure and costs nothing.
+        If one is in doubt (heartbeats failed meanwhile: a network cut, a broker outage), this beats
+        now, for every held delivery as a heartbeat would, and answers those of ``deliveries`` the broker
+        no longer leases to this owner (their message was redelivered).
 
         Raises:
             BrokerError: the broker did not answer (settle later: the leases stay in doubt until it does).
         """
         now = time.monotonic()
         with self._lock:
-            doubtful = [d for d in deliveries if now - self._sure.get(d.id, -1e18) >= self.lease / 2]
-        if not doubtful:
+            doubt = any(now - self._sure.get(d.id, -1e18) >= self.lease / 2 for d in deliveries)
+        if not doubt:
             return set()
-        lost = self.broker.extend(doubtful, self.lease)
-        self._extended(doubtful, lost, now)
-        return set(lost)
+        held = self.held()
+        lost = self.broker.extend(held, self.lease, self._running() if self._running else ())
+        self._extended(held, lost, now)
+        return set(lost) & {d.id for d in deliveries}
 
     def _extended(self, deliveries: list[Delivery], lost: list[str], sent: float) -> None:
         """The leases of ``deliveries`` but ``lost`` now run ``lease`` seconds past a request sent at ``sent``."""
