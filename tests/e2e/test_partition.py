@@ -43,6 +43,9 @@ SLOTS = 3
 #: still hold their messages when the cut host's late writes arrive.
 SLEEP, RERUN_SLEEP = 0.3, 12.0
 PREFIX = "cvpart"
+#: The thread pool (one process per worker: four hosts' processes start at once); E2E_EVERY_POOL=1 adds the
+#: process and asyncio pools (the fence is the same code on each: worker/pools/reserver.py, asyncio.py).
+POOLS = ["thread", "process", "asyncio"] if os.environ.get("E2E_EVERY_POOL") == "1" else ["thread"]
 #: How long the cut host's runs take, so that they end during the cut, either more than ``lease / 2``
 #: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
 #: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
@@ -110,11 +113,11 @@ def _start_redis(host: Host, folder: Path) -> subprocess.Popen[bytes]:
     return server
 
 
-def _start_worker(host: Host, env: dict[str, str], log: Path) -> WorkerProcess:
+def _start_worker(host: Host, env: dict[str, str], log: Path, pool: str) -> WorkerProcess:
     """A worker on ``host`` serving the shared queue, then a queue of that host alone (for the probe below)."""
     command = host.command(
         sys.executable, "-m", "conveyor", "worker", "tests.apps.partition_app:app",
-        "--pool", "thread", "-c", str(SLOTS), "-Q", f"default,{host.name}",
+        "--pool", pool, "-c", str(SLOTS), "-Q", f"default,{host.name}",
     )  # fmt: skip
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -174,8 +177,14 @@ class Cluster:
         return None if raw is None else decode_record(raw)
 
 
+@pytest.fixture(params=POOLS)
+def worker_pool(request: pytest.FixtureRequest) -> str:
+    pool: str = request.param
+    return pool
+
+
 @pytest.fixture(params=VICTIM_SLEEPS)
-def cluster(net: Network, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(net: Network, tmp_path: Path, worker_pool: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A private redis-server on the broker host and one worker (3 threads, lease 3 s) on each worker host.
 
     The first worker host (the one the test cuts) runs each task for the time its parameter says.
@@ -196,7 +205,8 @@ def cluster(net: Network, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     env.pop("CONVEYOR_BACKEND_URL", None)  # results on the broker's Redis too: the cut host cannot reach them
     victim_env = {**env, "PARTITION_SLEEP": str(request.param)}
     workers = [
-        _start_worker(host, victim_env if host is hosts[0] else env, tmp_path / f"{host.name}.out") for host in hosts
+        _start_worker(host, victim_env if host is hosts[0] else env, tmp_path / f"{host.name}.out", worker_pool)
+        for host in hosts
     ]
     app = App("partition", broker=url, backend=url)
     client = redis.Redis(host=broker_host.address, port=6379)
