@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.cli import RESULTS_DIR, _load_average, _prepare_workdir, run_driver
@@ -47,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-worker-n", type=int, default=400, help="tasks per worker process (default 400)")
     parser.add_argument("--runs", type=int, default=3, help="runs (medians are reported; default 3)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds one point of one system may take")
+    parser.add_argument("--table", type=Path, help="print the table of a saved run (its JSON records) and exit")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(_from_file(args.table, args.threads, os.cpu_count() or 1))
+        return 0
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS or IO_THREADS not in SYSTEMS[s].workloads]
     if unknown:
@@ -113,10 +118,10 @@ def _point(system: str, w: int, run: int, url: str, args: argparse.Namespace, wo
 def table(
     points: dict[tuple[str, int], list[dict[str, Any]]], systems: list[str], counts: list[int], threads: int, cores: int
 ) -> str:
-    """The scaling table: medians per (system, W), efficiency against W x rate(1), and the ceiling named."""
+    """The scaling table: medians per (system, W), efficiency against W x rate(1), the profile, the ceiling named."""
     head = (
         f"{'W':>3} {'system':<15} {'tasks/s':>8} {'ideal':>7} {'eff.':>5} {'slots':>6} {'broker':>7} {'workers':>8} "
-        f"{'machine':>8}  ceiling"
+        f"{'machine':>8} {'ms/task':>8} {'cpu cap':>8}  ceiling"
     )
     lines = [head, "-" * len(head)]
     for w in counts:
@@ -133,27 +138,43 @@ def table(
             base = [r["figures"]["steady_rate"] for r in points.get((system, 1), []) if r.get("status") == "ok"]
             ideal = w * statistics.median(base) if base else float("nan")
             slots = w * threads / IO_BLOCK_SECONDS
+            per_task = 10 * (workers + broker) / rate  # ms of CPU (workers and broker) per task
+            cap = cores * 1000 / per_task if per_task > 0 else float("inf")
             lines.append(
                 f"{w:>3} {system:<15} {rate:>8.0f} {ideal:>7.0f} {rate / ideal:>5.0%} {slots:>6.0f} {broker:>6.0f}% "
-                f"{workers:>7.0f}% {machine:>7.0f}%  {ceiling(rate, slots, broker, machine, cores)}"
+                f"{workers:>7.0f}% {machine:>7.0f}% {per_task:>8.2f} {cap:>8.0f}  "
+                f"{ceiling(rate, slots, broker, workers, machine, cores)}"
             )
     lines.append(
         f"tasks/s: steady drain rate (10-90 %), median of runs; ideal: W x the 1-worker rate; slots: W x {threads} "
-        f"threads / 20 ms; broker, workers, machine (every process): CPU in % of one core ({cores} cores) over "
-        "the same window."
+        f"threads / 20 ms; broker, workers, machine (every process on it): CPU in % of one core ({cores} cores) over "
+        "the same window; ms/task: CPU of workers and broker per task; cpu cap: the rate at which they would fill "
+        f"all {cores} cores alone."
     )
     return "\n".join(lines)
 
 
-def ceiling(rate: float, slots: float, broker: float, machine: float, cores: int) -> str:
-    """What bounds this point: the broker's one core, the machine's cores, or the slots; else none of them."""
+def ceiling(rate: float, slots: float, broker: float, workers: float, machine: float, cores: int) -> str:
+    """What bounds this point: the broker's one core, the slots, or the machine's cores; else none of them."""
     if broker >= BROKER_BOUND:
         return f"broker (redis-server {broker:.0f}% of its core)"
-    if machine >= CPU_BOUND * cores:
-        return f"CPU (machine {machine:.0f}% of {cores * 100}%)"
-    if rate >= 0.85 * slots:
+    if rate >= 0.8 * slots:
         return "slots (W x threads / 20 ms)"
+    if machine >= CPU_BOUND * cores:
+        share = (workers + broker) / machine
+        return f"CPU (machine {machine:.0f}% of {cores * 100}%, {share:.0%} of it this system's)"
     return "none saturated (round-trip latency)"
+
+
+def _from_file(path: Path, threads: int, cores: int) -> str:
+    """The table of a saved run (``bench/results/scaling.json``)."""
+    records = json.loads(path.read_text())
+    points: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for record in records:
+        points.setdefault((record["system"], record["workers"]), []).append(record)
+    systems = list(dict.fromkeys(r["system"] for r in records))
+    counts = sorted({r["workers"] for r in records})
+    return table(points, systems, counts, threads, cores)
 
 
 if __name__ == "__main__":
