@@ -26,12 +26,14 @@ import pytest
 import redis
 
 from conveyor import App, State
+from conveyor.brokers.base import QueueStats
 from conveyor.states import ResultRecord, decode_record
 from conveyor.testing import WorkerProcess
 from tests.apps import e2e_app, partition_app
-from tests.conftest import IN_CI, wait_until
+from tests.conftest import IN_CI, postgres_schema_url, wait_until
 from tests.e2e.conftest import ROOT
 from tests.netns import Host, Network, netns_allowed
+from tests.pg_server import PrivatePostgres
 
 #: Leases are timed to the second and four worker processes start at once: run alone (scripts/test).
 pytestmark = [pytest.mark.exclusive, pytest.mark.slow]
@@ -49,19 +51,20 @@ POOLS = ["thread", "process", "asyncio"] if os.environ.get("E2E_EVERY_POOL") == 
 #: How long the cut host's runs take, so that they end during the cut, either more than ``lease / 2``
 #: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
 #: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
-VICTIM_SLEEPS = [
-    pytest.param(2.2, id="finished-after-the-lease-was-in-doubt"),
-    pytest.param(
-        0.6,
-        id="result-write-sent-into-the-cut",
-        marks=pytest.mark.xfail(
-            reason="a result write already on its way when the link went down lands when it heals, over the "
-            "rerun's record (its ack is refused): fencing it needs the write bounded by the lease "
-            "(docs/guarantees.md)",
-            raises=AssertionError,
-            strict=True,
-        ),
-    ),
+IN_FLIGHT = pytest.mark.xfail(
+    reason="a result write already on its way when the link went down lands when it heals, over the rerun's "
+    "record (its ack is refused): fencing it needs the write bounded by the lease (docs/guarantees.md)",
+    raises=AssertionError,
+    strict=True,
+)
+#: (broker, how long the cut host's runs take): they end during the cut, either more than ``lease / 2``
+#: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
+#: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
+#: The broker (and result backend) is a private redis-server or PostgreSQL cluster on the broker host.
+SCENARIOS = [
+    pytest.param("redis", 2.2, id="redis-finished-after-the-lease-was-in-doubt"),
+    pytest.param("redis", 0.6, id="redis-result-write-sent-into-the-cut", marks=IN_FLIGHT),
+    pytest.param("postgres", 2.2, id="postgres-finished-after-the-lease-was-in-doubt"),
 ]
 
 
@@ -147,24 +150,43 @@ def _runs(records: Path) -> dict[int, list[tuple[str, float, float | None]]]:
     return runs
 
 
-def _in_broker(client: redis.Redis) -> dict[str, int]:
-    """How many messages of the shared queue are ready, scheduled, in flight and dead (the broker's own sets)."""
-    from conveyor.brokers.redis.keys import queue_keys
+def _in_broker(app: App) -> dict[str, int]:
+    """How many messages of the shared queue are ready, scheduled, in flight and dead."""
+    [stats] = [q for q in app.broker.stats() if q.queue == "default"] or [QueueStats("default")]
+    return {"ready": stats.ready, "scheduled": stats.scheduled, "inflight": stats.in_flight, "dead": stats.dead}
 
-    keys = queue_keys(PREFIX, "default")
-    return {what: int(client.zcard(getattr(keys, what))) for what in ("ready", "scheduled", "inflight", "dead")}
+
+@contextlib.contextmanager
+def _broker_on(host: Host, kind: str, folder: Path) -> Iterator[str]:
+    """A private broker and result backend on ``host``: its URL (Redis, or a migrated PostgreSQL schema)."""
+    if kind == "redis":
+        server = _start_redis(host, folder)
+        try:
+            yield f"redis://{host.address}:6379/0?prefix={PREFIX}"
+        finally:
+            server.kill()
+            server.wait(timeout=10)
+        return
+    cluster = PrivatePostgres(listen=host.address, within=host.command())
+    try:
+        cluster.start()
+        yield postgres_schema_url(cluster.url)
+    finally:
+        cluster.kill()
 
 
 @dataclasses.dataclass
 class Cluster:
-    """The hosts of :func:`net` at work: a private Redis on the broker host, a worker on each worker host."""
+    """The hosts of :func:`net` at work: a private broker on the broker host, a worker on each worker host."""
 
     net: Network
     hosts: list[Host]
     workers: list[WorkerProcess]
     app: App
-    client: redis.Redis
     records: Path
+
+    def in_broker(self) -> dict[str, int]:
+        return _in_broker(self.app)
 
     def runs(self) -> dict[int, list[tuple[str, float, float | None]]]:
         return _runs(self.records)
@@ -183,56 +205,56 @@ def worker_pool(request: pytest.FixtureRequest) -> str:
     return pool
 
 
-@pytest.fixture(params=VICTIM_SLEEPS)
-def cluster(net: Network, tmp_path: Path, worker_pool: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    """A private redis-server on the broker host and one worker (3 threads, lease 3 s) on each worker host.
+@pytest.fixture
+def cluster(net: Network, tmp_path: Path, worker_pool: str, broker_kind: str, victim_sleep: float) -> Iterator[Cluster]:
+    """A private broker on the broker host and one worker (3 threads, lease 3 s) on each worker host.
 
-    The first worker host (the one the test cuts) runs each task for the time its parameter says.
+    The first worker host (the one the test cuts) runs each task for ``victim_sleep`` seconds.
     """
     broker_host, *hosts = net.hosts
-    server = _start_redis(broker_host, tmp_path)
-    url = f"redis://{broker_host.address}:6379/0?prefix={PREFIX}"
     records = tmp_path / "records"
     records.mkdir()
-    env = {
-        **os.environ,
-        "CONVEYOR_BROKER_URL": url,
-        "CONVEYOR_LEASE": str(LEASE),
-        "CONVEYOR_SHUTDOWN_GRACE": "2",
-        "E2E_RECORD_DIR": str(records),
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("CONVEYOR_BACKEND_URL", None)  # results on the broker's Redis too: the cut host cannot reach them
-    victim_env = {**env, "PARTITION_SLEEP": str(request.param)}
-    workers = [
-        _start_worker(host, victim_env if host is hosts[0] else env, tmp_path / f"{host.name}.out", worker_pool)
-        for host in hosts
-    ]
-    app = App("partition", broker=url, backend=url)
-    client = redis.Redis(host=broker_host.address, port=6379)
-    try:
-        for worker in workers:
-            _wait_ready(worker)
-        yield Cluster(net, hosts, workers, app, client, records)
-    finally:
-        for host in hosts:
-            net.heal(host)
-        for worker in workers:
-            if worker.proc.poll() is None:
-                worker.proc.terminate()
-        for worker in workers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.proc.wait(timeout=10)
-            if worker.proc.poll() is None:
-                worker.proc.kill()
-                worker.proc.wait(timeout=10)
-        client.close()
-        app.close()
-        server.kill()
-        server.wait(timeout=10)
+    with _broker_on(broker_host, broker_kind, tmp_path) as url:
+        env = {
+            **os.environ,
+            "CONVEYOR_BROKER_URL": url,
+            "CONVEYOR_LEASE": str(LEASE),
+            "CONVEYOR_SHUTDOWN_GRACE": "2",
+            "E2E_RECORD_DIR": str(records),
+            "PYTHONPATH": str(ROOT),
+        }
+        env.pop("CONVEYOR_BACKEND_URL", None)  # results on the broker's server too: the cut host cannot reach them
+        victim_env = {**env, "PARTITION_SLEEP": str(victim_sleep)}
+        workers = [
+            _start_worker(host, victim_env if host is hosts[0] else env, tmp_path / f"{host.name}.out", worker_pool)
+            for host in hosts
+        ]
+        app = App("partition", broker=url, backend=url)
+        try:
+            for worker in workers:
+                _wait_ready(worker)
+            yield Cluster(net, hosts, workers, app, records)
+        finally:
+            for host in hosts:
+                net.heal(host)
+            _stop(workers)
+            app.close()
+
+
+def _stop(workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        if worker.proc.poll() is None:
+            worker.proc.terminate()
+    for worker in workers:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(timeout=10)
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(timeout=10)
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize(("broker_kind", "victim_sleep"), SCENARIOS)
 def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its_late_writes_are_refused(
     cluster: Cluster,
 ) -> None:
@@ -262,7 +284,7 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
         30,
         "the other tasks to complete",
     )
-    wait_until(lambda: _in_broker(cluster.client)["ready"] == 0, 10, "the ready queue to empty")
+    wait_until(lambda: cluster.in_broker()["ready"] == 0, 10, "the ready queue to empty")
     # When the link comes back while the reruns still hold their messages
     cluster.net.heal(victim)
     _wait_for_late_writes(cluster, victim)
@@ -270,14 +292,14 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
     still = {i for i in caught if any(h != victim.name and end is None for h, _, end in runs[i])}
     assert still == caught, "a rerun ended before the cut host's late writes arrived: the checks prove nothing"
     # Then its late acks were refused: every rerun still holds its message
-    assert _in_broker(cluster.client)["inflight"] == len(caught)
+    assert cluster.in_broker()["inflight"] == len(caught)
     # and its late results were refused: no record says a run finished the task
     for i in sorted(caught):
         record = cluster.record(ids[i])
         assert record is None or record.state is not State.SUCCESS, f"task {i}: the cut host's late result landed"
     # When the reruns end
     empty = {"ready": 0, "scheduled": 0, "inflight": 0, "dead": 0}
-    wait_until(lambda: _in_broker(cluster.client) == empty, 30, "the broker to empty")
+    wait_until(lambda: cluster.in_broker() == empty, 30, "the broker to empty")
     # Then nothing was lost: every task has its SUCCESS, from a run that held its lease
     for i, task_id in enumerate(ids):
         record = cluster.record(task_id)
