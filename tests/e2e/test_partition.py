@@ -1,8 +1,9 @@
 """A network partition across hosts: one worker host is cut off from the broker mid-load, then healed.
 
 The hosts are network namespaces joined by veth links to a bridge (``tests/netns.py``), made and
-removed by the test: a "broker" host running a private redis-server (never the shared one) and three
-worker hosts, each running a real ``conveyor worker``. The test process reaches the broker through the
+removed by the test: a "broker" host running a private redis-server or PostgreSQL cluster (never the
+shared ones; broker and result backend on it) and three worker hosts, each running a real
+``conveyor worker``. The test process reaches the broker through the
 bridge. Cutting a host takes its link down: its packets are dropped, nothing resets its connections.
 
 What it proves (docs/guarantees.md, "Leases and heartbeats"): the tasks the cut host was running run
