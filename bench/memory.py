@@ -1,4 +1,4 @@
-"""Peak resident memory of the workers' whole process trees, sampled while a workload runs, and their CPU time.
+"""Peak resident memory of the workers' whole process trees, sampled while a workload runs, and CPU profiles.
 
 A worker is often a supervisor with children (conveyor, Celery, Dramatiq), so the figure is the
 sum of the RSS of every process under each worker the driver started, sampled every
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 import psutil
+import redis
 
 #: Seconds between two samples (each reads /proc for every process in the trees).
 INTERVAL = 0.1
@@ -77,4 +79,61 @@ class PeakSampler:
         while True:
             self.peak = max(self.peak, tree_rss(self.pids))
             if self._stopped.wait(INTERVAL):
+                return
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """CPU seconds (user + system) the Redis server has used since it started (``INFO cpu``)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class CpuSampler:
+    """Samples the CPU seconds of the workers, the Redis server and the machine on a thread until :meth:`stop`.
+
+    :meth:`percent` then gives each one's CPU in % of one core over a window of the run (the steady
+    drain, say): the profile that names a scaling ceiling (the broker near 100 %, or the machine's cores).
+    """
+
+    def __init__(self, pids: list[int], redis_url: str, interval: float = 0.2) -> None:
+        self.pids = pids
+        self.interval = interval
+        # (perf_counter, workers' CPU s, broker CPU s, busy CPU s of the whole machine)
+        self.samples: list[tuple[float, float, float, float]] = []
+        self._client = redis.Redis.from_url(redis_url)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-cpu", daemon=True)
+
+    def start(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(5)
+        self._client.close()
+
+    def percent(self, start: float, end: float) -> tuple[float, float, float]:
+        """(workers', broker's, whole machine's) CPU in % of one core between the samples nearest ``start``, ``end``."""
+        if len(self.samples) < 2:
+            return 0.0, 0.0, 0.0
+        first = min(self.samples, key=lambda s: abs(s[0] - start))
+        last = min(self.samples, key=lambda s: abs(s[0] - end))
+        span = last[0] - first[0]
+        if span <= 0:
+            first, last = self.samples[0], self.samples[-1]
+            span = last[0] - first[0]
+        workers, broker, machine = (100 * (last[i] - first[i]) / span for i in (1, 2, 3))
+        return workers, broker, machine
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(redis.RedisError, psutil.Error):
+                now = time.perf_counter()
+                busy = psutil.cpu_times()
+                machine = sum(busy) - busy.idle - getattr(busy, "iowait", 0.0) - getattr(busy, "guest", 0.0)
+                machine -= getattr(busy, "guest_nice", 0.0)  # guest time is counted in user time already
+                sample = (now, tree_cpu_seconds(self.pids), redis_cpu_seconds(self._client), machine)
+                self.samples.append(sample)
+            if self._stopped.wait(self.interval):
                 return

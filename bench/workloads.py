@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from bench.memory import PeakSampler, tree_cpu_seconds
+from bench.memory import CpuSampler, PeakSampler, tree_cpu_seconds
 from bench.systems import (
     ADELAY,
     AIO_WAIT_SECONDS,
@@ -302,22 +302,32 @@ def _enqueue_chunks(driver: Driver, kind: str, n: int, batch_size: int, limits: 
         _check_deadline(limits, first, n, "enqueued")
 
 
-def _drain_sampled(driver: Driver, counter: Counter, n: int, limits: Limits) -> tuple[float, Drain, int]:
-    """Start the workers and drain n tasks while sampling their memory; return (spawned, drain, peak RSS bytes)."""
+def _drain_sampled(
+    driver: Driver, counter: Counter, n: int, limits: Limits, cpu: bool = False
+) -> tuple[float, Drain, int, tuple[float, float, float]]:
+    """Start the workers and drain n tasks while sampling their memory (and with ``cpu``, the CPU profile).
+
+    Returns (spawned, drain, peak RSS bytes, (workers', broker's, whole machine's busy) CPU in % of one
+    core over the steady 10-90 % window; zeros without ``cpu``).
+    """
     spawned = time.perf_counter()
     driver.start_workers()
     sampler = PeakSampler(driver.worker_pids()).start()
+    profile = CpuSampler(driver.worker_pids(), driver.config.redis_url).start() if cpu else None
     try:
         drain = wait_for_count(counter, n, spawned, limits, driver)
     finally:
         peak = sampler.stop()
-    return spawned, drain, peak
+        if profile is not None:
+            profile.stop()
+    percent = profile.percent(drain.at_10pct, drain.at_90pct) if profile is not None else (0.0, 0.0, 0.0)
+    return spawned, drain, peak, percent
 
 
 def io_threads(driver: Driver, counter: Counter, n: int, limits: Limits, batch_size: int) -> Outcome:
     """Workload 6: n tasks that block 20 ms (then count), queued; then 2 workers x 128 threads drain them."""
     _enqueue_chunks(driver, "io", n, batch_size, limits)
-    spawned, drain, peak = _drain_sampled(driver, counter, n, limits)
+    spawned, drain, peak, (workers_cpu, broker_cpu, machine_cpu) = _drain_sampled(driver, counter, n, limits, cpu=True)
     slots = driver.config.workers * driver.config.slots
     return Outcome(
         figures={
@@ -326,6 +336,9 @@ def io_threads(driver: Driver, counter: Counter, n: int, limits: Limits, batch_s
             "ceiling_rate": slots / IO_BLOCK_SECONDS,
             "startup_s": drain.first - spawned,
             "peak_rss_mb": peak / 2**20,
+            "workers_cpu_pct": workers_cpu,
+            "broker_cpu_pct": broker_cpu,
+            "machine_cpu_pct": machine_cpu,
         }
     )
 
@@ -339,7 +352,7 @@ def io_async(driver: Driver, counter: Counter, n: int, limits: Limits, batch_siz
     """
     _enqueue_chunks(driver, "aio", n, batch_size, limits)
     stall = Limits(limits.deadline, limits.startup, max(limits.stall, 3 * AIO_WAIT_SECONDS))
-    spawned, drain, peak = _drain_sampled(driver, counter, n, stall)
+    spawned, drain, peak, _ = _drain_sampled(driver, counter, n, stall)
     began = drain.first - AIO_WAIT_SECONDS
     return Outcome(
         figures={

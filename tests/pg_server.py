@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -41,18 +41,32 @@ class PrivatePostgres:
     Args:
         timeout: seconds :meth:`start` waits for the server to answer.
         settings: server settings added to its postgresql.conf (``{"log_statement": "all"}``).
+        listen: the address it listens on (a test host's, for the partition test).
+        within: a command prefix that :meth:`start` runs ``pg_ctl`` under (``ip netns exec NS``: the
+            server then lives in that network namespace).
     """
 
-    def __init__(self, timeout: float = 30.0, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        timeout: float = 30.0,
+        settings: Mapping[str, str] | None = None,
+        listen: str = "127.0.0.1",
+        within: Sequence[str] = (),
+    ) -> None:
         self.initdb, self.pg_ctl = _binary("initdb"), _binary("pg_ctl")
         self.folder = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
         self.timeout = timeout
+        self.listen = listen
+        self._within = list(within)
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
             shutil.chown(self.folder, "postgres", "postgres")
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        if listen != "127.0.0.1":  # initdb trusts local connections only: trust the test network too
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {listen}/24 trust\n")
         if settings:
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.writelines(f"{name} = '{value}'\n" for name, value in settings.items())
@@ -64,17 +78,29 @@ class PrivatePostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.listen}:{self.port}/postgres"
 
-    def _run(self, *command: str) -> None:
-        subprocess.run([*self._as, *command], check=True, capture_output=True, timeout=self.timeout)
+    def _run(self, *command: str, within: Sequence[str] = ()) -> None:
+        subprocess.run([*within, *self._as, *command], check=True, capture_output=True, timeout=self.timeout)
 
     def start(self) -> None:
         """Start the server (again, after :meth:`crash`) and wait until it answers."""
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=on"
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses={self.listen} -c fsync=on"
         log = str(self.log)
+        timeout = str(int(self.timeout))
         self._run(
-            self.pg_ctl, "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", str(int(self.timeout)), "start"
+            self.pg_ctl,
+            "-D",
+            str(self.data),
+            "-l",
+            log,
+            "-o",
+            options,
+            "-w",
+            "-t",
+            timeout,
+            "start",
+            within=self._within,
         )
         wait_until(self._answers, self.timeout, f"the private PostgreSQL on port {self.port} to answer")
 

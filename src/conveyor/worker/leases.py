@@ -14,12 +14,20 @@ the broker's bound on uncounted returns (``REQUEUES_PER_DELIVERY``) still buries
 A task that holds the GIL (a long C call) starves this thread; each beat therefore stamps the
 child's shared board, and the supervisor extends the child's leases itself while the stamp is
 stale (``Broker.extend_owner``; see worker/shared.py).
+
+Fencing (:meth:`LeaseKeeper.fence`): before a finished task's result is written, the pool asks which
+of the finished deliveries lost their lease meanwhile (a network cut longer than the lease: the
+message ran again elsewhere). Their results and acks are dropped, so a late write never replaces the
+record of the run that holds the lease. Only a delivery whose lease is in doubt costs a round trip:
+one reserved or extended less than ``lease / 2`` ago is surely held (the broker's deadline is at
+least ``lease`` after the request left), which is every delivery while heartbeats succeed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 
 from conveyor.brokers import Broker, Delivery
@@ -64,6 +72,8 @@ class LeaseKeeper:
         self._held: dict[str, Delivery] = {}
         self._acking: set[str] = set()  # being acked: still extended, but no longer reported lost
         self._suspect: set[str] = set()  # found lost by the last beat, still held: reported if found again
+        # monotonic time before the last request that reserved or extended each held delivery's lease
+        self._sure: dict[str, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="conveyor-heartbeat", daemon=True)
@@ -78,21 +88,27 @@ class LeaseKeeper:
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 1)
 
-    def hold(self, delivery: Delivery) -> None:
-        """Start keeping ``delivery`` leased."""
-        with self._lock:
-            self._held[delivery.id] = delivery
+    def hold(self, delivery: Delivery, since: float | None = None) -> None:
+        """Start keeping ``delivery`` leased; ``since``: ``time.monotonic()`` before the reserve that took it."""
+        self.hold_all([delivery], since)
 
-    def hold_all(self, deliveries: Iterable[Delivery]) -> None:
-        """Start keeping every one of ``deliveries`` leased (a reserved batch: one lock, not one per task)."""
+    def hold_all(self, deliveries: Iterable[Delivery], since: float | None = None) -> None:
+        """Start keeping every one of ``deliveries`` leased (a reserved batch: one lock, not one per task).
+
+        ``since`` is ``time.monotonic()`` taken before the reserve call that returned them (its lease runs
+        from the broker's receipt of it); None: now.
+        """
+        at = time.monotonic() if since is None else since
         with self._lock:
             for delivery in deliveries:
                 self._held[delivery.id] = delivery
+                self._sure[delivery.id] = at
 
     def release(self, delivery: Delivery) -> None:
         """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
         with self._lock:
             self._held.pop(delivery.id, None)
+            self._sure.pop(delivery.id, None)
             self._acking.discard(delivery.id)
 
     def release_all(self, deliveries: Iterable[Delivery]) -> None:
@@ -100,6 +116,7 @@ class LeaseKeeper:
         with self._lock:
             for delivery in deliveries:
                 self._held.pop(delivery.id, None)
+                self._sure.pop(delivery.id, None)
                 self._acking.discard(delivery.id)
 
     def acking(self, deliveries: list[Delivery]) -> None:
@@ -126,14 +143,45 @@ class LeaseKeeper:
         """Extend every held lease now."""
         held = self.held()
         if held:
+            sent = time.monotonic()
             try:
                 lost = self.broker.extend(held, self.lease, self._running() if self._running else ())
             except BrokerError as exc:
                 log.warning("heartbeat failed, will retry in %.1fs: %s", self.interval, exc)
                 return
+            self._extended(held, lost, sent)
             self._report_lost(lost)
         if self._on_beat is not None:
             self._on_beat()
+
+    def fence(self, deliveries: list[Delivery]) -> set[str]:
+        """The ids among finished ``deliveries`` whose lease is lost: their results and acks must be dropped.
+
+        A delivery reserved or extended less than ``lease / 2`` ago is held for sure and costs nothing.
+        If one is in doubt (heartbeats failed meanwhile: a network cut, a broker outage), this beats
+        now, for every held delivery as a heartbeat would, and answers those of ``deliveries`` the broker
+        no longer leases to this owner (their message was redelivered).
+
+        Raises:
+            BrokerError: the broker did not answer (settle later: the leases stay in doubt until it does).
+        """
+        now = time.monotonic()
+        with self._lock:
+            doubt = any(now - self._sure.get(d.id, -1e18) >= self.lease / 2 for d in deliveries)
+        if not doubt:
+            return set()
+        held = self.held()
+        lost = self.broker.extend(held, self.lease, self._running() if self._running else ())
+        self._extended(held, lost, now)
+        return set(lost) & {d.id for d in deliveries}
+
+    def _extended(self, deliveries: list[Delivery], lost: list[str], sent: float) -> None:
+        """The leases of ``deliveries`` but ``lost`` now run ``lease`` seconds past a request sent at ``sent``."""
+        gone = set(lost)
+        with self._lock:
+            for delivery in deliveries:
+                if delivery.id in self._sure:
+                    self._sure[delivery.id] = -1e18 if delivery.id in gone else sent
 
     def _report_lost(self, lost: list[str]) -> None:
         # A delivery acked while the extend was on its way is not lost: it is released right after its

@@ -67,6 +67,25 @@ class Pending:
     results: list[FinalResult] = dataclasses.field(default_factory=list)
     acks: list[Delivery] = dataclasses.field(default_factory=list)
 
+    def drop_lost(self, lost: set[str]) -> list[Delivery]:
+        """Remove the results and acks of the deliveries whose lease was lost (``LeaseKeeper.fence``); return those.
+
+        Their messages were redelivered, so the run that holds the lease now records the outcome: a
+        late result from this run must not replace its record (its ack would be refused anyway).
+        """
+        if not lost:
+            return []
+        dropped = [d for d in self.acks if d.id in lost]
+        self.acks = [d for d in self.acks if d.id not in lost]
+        self.results = [r for r in self.results if r[0] not in lost]
+        for delivery in dropped:
+            log.warning(
+                "message %s finished after its lease was lost (redelivered elsewhere): its result and ack are "
+                "dropped; the run holding the lease records the outcome",
+                delivery.id,
+            )
+        return dropped
+
 
 class Settler:
     """Records outcomes of tasks that ran. Safe to share between a child's threads.

@@ -88,6 +88,7 @@ class AsyncioChild:
         self.executor = Executor(app, config.worker_id, self.settler, on_start=self._on_start)
         self.calls: dict[str, asyncio.Future[Any]] = {}  # running calls by delivery id (terminate cancels them)
         self._started: dict[str, float] = {}  # monotonic start of each running call
+        self._reserved_at = 0.0  # monotonic time before the last reserve (the leases it took run from after it)
         self._sync_started: dict[str, BaseTask[Any, Any]] = {}  # running sync tasks: each holds a thread
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
@@ -177,6 +178,7 @@ class AsyncioChild:
         if not queues:  # every queue it serves is paused
             time.sleep(min(RESERVE_WAIT, CHECK_EVERY))
             return []
+        self._reserved_at = time.monotonic()  # the leases of what it returns run from after this
         fresh = self.app.broker.reserve(queues, n, owner=self.owner, lease=config.lease, timeout=RESERVE_WAIT)
         self.child.notes.received(fresh)
         return fresh
@@ -186,7 +188,7 @@ class AsyncioChild:
             if self.stopping or self._backend_down:  # reserved but not started: back to the queue at once
                 self._io.submit(self._return_unstarted, deliveries[position:])
                 return
-            self.keeper.hold(delivery)
+            self.keeper.hold(delivery, since=self._reserved_at)
             task = asyncio.create_task(self._run_one(delivery, self._free_slots.pop()))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -320,6 +322,8 @@ class AsyncioChild:
             self._settling.answered()
 
     def _settle(self, pending: Pending) -> None:
+        # fencing: a run whose lease was lost meanwhile (a network cut) records nothing (LeaseKeeper.fence)
+        self.keeper.release_all(pending.drop_lost(self.keeper.fence(pending.acks)))
         if pending.results:
             self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
             pending.results = []  # landed: a failed ack retries the acks only

@@ -8,7 +8,10 @@
 The result always lands before the ack (at-least-once): if the write fails, results and acks go
 back to the settler and stay held (heartbeated); if the ack fails, the acks go back. Either way
 the next round trip retries them, with a capped backoff and one log line per outage: a task
-that ran is never left to its lease (that would count a delivery and run it again).
+that ran is never left to its lease (that would count a delivery and run it again). A finished task
+whose lease was lost meanwhile (a network cut longer than the lease: it ran again elsewhere) is
+dropped before the write (``LeaseKeeper.fence``): its late result never replaces the record of the
+run holding the lease.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ class Reserver:
     def _settle_and_reserve(self, n: int, timeout: float) -> list[Delivery]:
         pending = self.settler.take()
         child = self.child
+        try:  # fencing: a run whose lease was lost meanwhile (a network cut) records nothing
+            child.keeper.release_all(pending.drop_lost(child.keeper.fence(pending.acks)))
+        except BrokerError:
+            self.settler.restore(pending)
+            raise
         if pending.results:
             try:
                 child.app.backend.set_many(pending.results, child.app.settings.result_ttl)
@@ -95,6 +103,7 @@ class Reserver:
         child.keeper.acking(acks)
         config = child.config
         queues = child.paused.serving() if n > 0 else ()
+        reserved_at = time.monotonic()
         try:
             if not queues:
                 if acks:
@@ -110,6 +119,6 @@ class Reserver:
             self.settler.restore(Pending(acks=acks))  # their results landed; the acks are retried
             raise
         child.keeper.release_all(acks)
-        child.keeper.hold_all(fresh)
+        child.keeper.hold_all(fresh, since=reserved_at)
         child.notes.received(fresh)
         return fresh
