@@ -25,11 +25,13 @@ Connection errors and timeouts are retried with backoff for ``retry_for`` second
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import hiredis
 import redis
 import redis.asyncio
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
@@ -37,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.typing import EncodableT
 
 from conveyor.brokers.redis.retry import next_pause, unavailable
@@ -82,11 +84,125 @@ _PACKED: dict[type[Any], type[Any]] = {
 
 @dataclass
 class _LoopClients:
-    """One event loop's clients: short commands and scripts, blocking pops; the scripts registered on the first."""
+    """One event loop's clients: short commands and scripts, blocking pops; the scripts registered on the first.
+
+    ``lane`` is the loop's pipelined connection for ``GET`` and ``EVALSHA`` (:class:`_Lane`), opened by
+    ``opening`` on first use and again after it failed.
+    """
 
     fast: redis.asyncio.Redis
     blocking: redis.asyncio.Redis
     scripts: dict[str, AsyncScript]
+    lane: _Lane | None = None
+    opening: asyncio.Task[_Lane] | None = field(default=None, repr=False)
+
+
+class _Lane(asyncio.Protocol):
+    """One connection of an event loop on which every coroutine's ``GET`` and ``EVALSHA`` are pipelined.
+
+    redis.asyncio opens it (TLS, AUTH, ``HELLO``, ``SELECT``: :meth:`AsyncRedis._open_lane`); then this
+    protocol takes its transport over. A command is written at once and its reply resolves the
+    caller's future from ``data_received``, replies in the order sent: two event-loop turns per
+    command, no pool checkout, lock or reader task, and concurrent callers share the connection's
+    round trips. A caller that was cancelled leaves its future behind; its reply is read and dropped
+    when it comes, so the connection stays usable. One timer (``watchdog``) fails the lane when its
+    oldest command got no reply for ``timeout`` seconds; a failed lane answers every waiting future
+    with a ``ConnectionError`` (retried by :meth:`AsyncRedis.call`) and the next command opens a new one.
+    """
+
+    def __init__(self, conn: Connection, transport: asyncio.Transport, timeout: float) -> None:
+        self.conn = conn  #: redis.asyncio's connection: its writer holds the transport (closed by ``disconnect``)
+        self.failure: redis.ConnectionError | redis.TimeoutError | None = None
+        self._transport = transport
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes (none asked for) are skipped
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: Commands held for one write at the end of this loop turn (while others are in flight).
+        self._batch: list[bytes] = []
+
+    def command(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one packed command; the future of its reply (an error reply is a ``ResponseError`` value).
+
+        Raises:
+            redis.ConnectionError: the lane failed (the caller retries on a new one).
+        """
+        if self.failure is not None:
+            raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
+        future = self._loop.create_future()
+        if self._batch:
+            self._batch.append(packed)
+        elif self._waiting:  # others in flight: this turn's commands go out in one write (one syscall)
+            self._batch.append(packed)
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(packed)
+        sent = self._loop.time()
+        self._waiting.append((future, sent))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(sent + self._timeout, self._check)
+        return future
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if self.failure is None:
+            self._transport.write(b"".join(batch))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except InvalidResponse as exc:
+                self.fail(redis.ConnectionError(f"invalid reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if self._push is not None and isinstance(reply, self._push):
+                continue
+            if not self._waiting:
+                self.fail(redis.ConnectionError(f"a reply nobody asked for: {reply!r:.100}"))
+                return
+            future, _ = self._waiting.popleft()
+            if not future.done():  # else its caller was cancelled: the reply is dropped
+                future.set_result(reply)
+
+    def eof_received(self) -> bool | None:
+        self.fail(redis.ConnectionError("Redis closed the connection"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        failure = redis.ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        failure.__cause__ = exc
+        self.fail(failure)
+
+    def _check(self) -> None:
+        """The watchdog: fail the lane if its oldest command waited ``timeout`` seconds, else look again then."""
+        self._watchdog = None
+        if self._waiting and self.failure is None:
+            due = self._waiting[0][1] + self._timeout
+            if self._loop.time() >= due:
+                self.fail(redis.TimeoutError(f"no reply within {self._timeout:g} s"))
+            else:
+                self._watchdog = self._loop.call_at(due, self._check)
+
+    def fail(self, failure: redis.ConnectionError | redis.TimeoutError) -> None:
+        """Close the lane: every waiting command fails with ``failure``, later ones are refused."""
+        if self.failure is not None:
+            return
+        self.failure = failure
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._transport.close()
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                error = type(failure)(str(failure))
+                error.__cause__ = failure.__cause__
+                future.set_exception(error)
 
 
 class AsyncRedis:
@@ -150,24 +266,26 @@ class AsyncRedis:
         return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-        """Await ``op`` within ``timeout`` (``socket_timeout``), retrying connection errors and timeouts.
+        """Await ``op`` within ``timeout`` seconds, retrying connection errors and timeouts.
 
-        Retries go on with backoff for ``retry_for`` seconds.
+        Retries go on with backoff for ``retry_for`` seconds. ``timeout=None``: ``op`` times itself (a
+        lane command: the lane's watchdog), so no ``asyncio.timeout`` timer is set for it.
 
         Raises:
             BrokerUnavailable: Redis did not answer within ``retry_for`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
-        limit = self.socket_timeout if timeout is None else timeout
         delay = 0.0
         while True:
             self.in_use += 1
             try:
-                async with asyncio.timeout(limit):
+                if timeout is None:
+                    return await op()
+                async with asyncio.timeout(timeout):
                     return await op()
             except TimeoutError as exc:  # this call's own timeout (an outer one arrives as CancelledError)
-                failure: Exception = redis.TimeoutError(f"no reply within {limit:g} s")
+                failure: Exception = redis.TimeoutError(f"no reply within {timeout:g} s")
                 failure.__cause__ = exc
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 failure = exc
@@ -180,24 +298,90 @@ class AsyncRedis:
             delay = next_pause(delay)
 
     async def get(self, key: str) -> bytes | None:
-        """GET ``key`` with retries; the raw value."""
-        return cast("bytes | None", await self.call(lambda: self._clients().fast.get(key)))  # the clients never decode
+        """GET ``key`` on the loop's lane, with retries; the raw value."""
+        reply = await self._on_lane(self._clients(), _pack("GET", key))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return cast("bytes | None", reply)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """One script with retries: EVALSHA of the registered script; after NOSCRIPT, the script loads and runs again.
 
-        This is adelay's one call, so it goes straight to a pooled connection (:func:`_send_and_read`).
+        This is adelay's one call: an ``EVALSHA`` on the loop's lane (:class:`_Lane`).
         """
+        own = self._clients()
+        script = own.scripts[name]
+        reply = await self._on_lane(own, _pack("EVALSHA", script.sha, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise reply
+            # The server lost its scripts (a restart, SCRIPT FLUSH): load it and run it again.
+            return await self.call(lambda: script(keys=keys, args=args), timeout=self.socket_timeout)
+        return reply
 
-        async def evalsha() -> Any:
-            clients = self._clients()
-            script = clients.scripts[name]
+    async def _on_lane(self, own: _LoopClients, packed: bytes) -> Any:
+        """One packed command on the loop's lane, retried; its reply (an error reply as a ``ResponseError``).
+
+        The hot path is inline (an open lane: write, await the reply's future); the first command of a
+        loop, and one whose lane failed, go through :meth:`call` and :meth:`_lane`.
+        """
+        lane = own.lane
+        if lane is not None and lane.failure is None:
+            self.in_use += 1
             try:
-                return await _send_and_read(clients.fast, "EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # the server lost its scripts (a restart, SCRIPT FLUSH)
-                return await script(keys=keys, args=args)
+                return await lane.command(packed)
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # the lane failed under it: again on a new one, with retries
+            finally:
+                self.in_use -= 1
 
-        return await self.call(evalsha)
+        async def on_a_lane() -> Any:
+            return await (await self._lane()).command(packed)
+
+        return await self.call(on_a_lane)
+
+    async def _lane(self) -> _Lane:
+        """The running loop's lane: open, or opened now (once for every coroutine that asks meanwhile)."""
+        clients = self._clients()
+        lane = clients.lane
+        if lane is not None and lane.failure is None:
+            return lane
+        if clients.opening is None:
+            clients.lane = None
+            opening = clients.opening = asyncio.ensure_future(self._open_lane(clients, lane))
+
+            def opened(task: asyncio.Task[_Lane]) -> None:
+                clients.opening = None
+                if not task.cancelled() and task.exception() is None:
+                    clients.lane = task.result()
+
+            opening.add_done_callback(opened)
+        return await asyncio.shield(clients.opening)  # a cancelled caller does not cancel the others' opening
+
+    async def _open_lane(self, clients: _LoopClients, failed: _Lane | None) -> _Lane:
+        """A connection redis.asyncio opens (TLS, AUTH, HELLO, SELECT, as its pool's), then taken over by a lane.
+
+        Raises:
+            redis.ConnectionError: no connection within ``connect_timeout`` plus ``socket_timeout``.
+        """
+        if failed is not None:
+            await failed.conn.disconnect(nowait=True)
+        conn = cast("Connection", clients.fast.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self._connect_timeout + self.socket_timeout):
+                await conn.connect()  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:
+            await conn.disconnect(nowait=True)
+            raise redis.ConnectionError(
+                f"no connection within {self._connect_timeout + self.socket_timeout:g} s"
+            ) from exc
+        writer = conn._writer  # redis.asyncio's StreamWriter: the one handle on the transport it opened
+        if writer is None:
+            raise redis.ConnectionError("redis.asyncio left the connection closed")
+        transport = cast("asyncio.Transport", writer.transport)
+        lane = _Lane(conn, transport, self.socket_timeout)
+        transport.set_protocol(lane)
+        return lane
 
     async def block_then_run(
         self, key: str, seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
@@ -233,22 +417,17 @@ class AsyncRedis:
         """Close this loop's connections (call it before the loop closes; they reopen when used again)."""
         own = self._loops.pop(asyncio.get_running_loop(), None)
         if own is not None:
+            if own.opening is not None:
+                own.opening.cancel()
+                await asyncio.gather(own.opening, return_exceptions=True)
+            if own.lane is not None:
+                own.lane.fail(redis.ConnectionError("closed by aclose()"))
+                await own.lane.conn.disconnect(nowait=True)
             await own.fast.aclose()
             await own.blocking.aclose()
 
 
-async def _send_and_read(client: redis.asyncio.Redis, *args: Arg) -> Any:
-    """One command on a connection of ``client``'s pool, its raw reply: the hot path's ``execute_command``.
-
-    ``execute_command`` adds a retry wrapper (off here), observability records and response
-    callbacks these replies do not need: together about a sixth of an ``adelay``'s CPU time. A
-    connection whose send or read failed or was cancelled is disconnected by redis.asyncio before it
-    goes back to the pool, which connects it again when next lent.
-    """
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_command(*args)
-        return await conn.read_response()
-    finally:
-        await pool.release(conn)
+def _pack(*args: Arg) -> bytes:
+    """One command in RESP, packed by hiredis (its name a single word: ``GET``, ``EVALSHA``)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # (its hint is a 1-tuple)
+    return packed
