@@ -3,7 +3,8 @@
 Concurrent coroutines share it: each gets its own reply although replies are matched by order
 alone, also when some of them were cancelled in flight; a server that stops answering is caught by
 the lane's watchdog (a clear BrokerUnavailable), and the next call after it recovers opens a new lane.
-On a private redis-server (it is frozen, and its client list must hold only this test's connections).
+A blocking wait borrows a lane of its own and gives it back when it returns. On a private
+redis-server (it is frozen, and its client list must hold only this test's connections).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conveyor import App, BrokerUnavailable
+from conveyor import App, BrokerUnavailable, ResultTimeout
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.broker import RedisBroker
 from tests.servers import private_redis
@@ -69,6 +70,17 @@ def test_concurrent_calls_share_one_connection_and_each_gets_its_own_reply(
                 assert await asyncio.to_thread(_async_connections, admin) == 1
                 # And the lane is still in step: a read after the cancelled ones gets its own reply
                 assert await aio.get("k299") == b"v299"
+                # A wait that ran out gives its blocking lane back, and the next wait reuses it
+                waits = app.backend._conn.aio  # type: ignore[attr-defined]
+                for _ in range(2):
+                    with pytest.raises(ResultTimeout):
+                        await app.result("never").aget(timeout=0.2)
+                    assert waits.lent() == 0
+                    assert len(waits._loops[asyncio.get_running_loop()].idle) == 1
+                connections = len(await asyncio.to_thread(admin.client_list))
+                with pytest.raises(ResultTimeout):
+                    await app.result("never").aget(timeout=0.2)
+                assert len(await asyncio.to_thread(admin.client_list)) == connections
 
                 # When the server stops answering with a call in flight
                 server.freeze()

@@ -1,22 +1,29 @@
 """The asyncio side of a Redis connection: the async producer's enqueue and result reads, on the event loop.
 
-:class:`AsyncRedis` runs on ``redis.asyncio`` (redis-py with hiredis), one pair of clients per event
-loop: a client for short commands and scripts, and a client for blocking pops, so a ``BLPOP`` that
-waits seconds never holds a connection a quick ``EVALSHA`` needs. A redis.asyncio client belongs to
-the loop that opened its connections, hence one pair per loop (a FastAPI process has one; tests run
-several ``asyncio.run`` in a row). Scripts are registered on the loop's client (``EVALSHA``, loaded
-again after ``NOSCRIPT``); a wake-up's ``BLPOP`` and the script behind it go out in one pipeline.
+:class:`AsyncRedis` opens its connections with ``redis.asyncio`` (redis-py: TLS, AUTH, ``HELLO``,
+``SELECT``, client name, as the URL says) and then talks on them through :class:`_Lane`, an asyncio
+protocol that takes the connection's transport over: commands packed by hiredis, replies parsed by
+hiredis in ``data_received`` and handed to the callers' futures in the order sent (issue 15: through
+redis.asyncio's pool and ``execute_command`` an ``adelay`` cost about twice a sync ``delay``).
 
-Two tunings keep ``await task.adelay()`` near ``task.delay()`` (issue 15): the connections pack
-commands with hiredis (redis-py's ``HiredisRespSerializer``; redis.asyncio packs in Python), and the
-enqueue's ``EVALSHA`` is sent and read on a pooled connection directly, without ``execute_command``'s
-retry wrapper, observability records and response callbacks.
+Each event loop has its own connections (a transport belongs to its loop; a FastAPI process has one
+loop, tests run several ``asyncio.run`` in a row):
 
-Timeouts are this module's, not the clients': the clients get no ``socket_timeout`` (on Python 3.11
-redis.asyncio wraps every write in ``asyncio.wait_for``, a task per command) and each call runs in one
-``asyncio.timeout`` instead. A cancelled or timed-out command leaves its connection closed by
-redis.asyncio (it disconnects on any exception during a read) and handed back to its pool, so no
-half-read reply is read by the next command and no connection stays borrowed.
+- one **lane** for short commands, shared by every coroutine: ``adelay``'s ``EVALSHA enqueue.lua``
+  and ``aget``'s ``GET``. Concurrent commands are pipelined on it (those of one loop turn go out in
+  one write while others are in flight), so a hundred concurrent ``adelay`` share round trips and
+  syscalls instead of checking out a hundred pooled connections.
+- **blocking lanes**, one per waiting ``aget`` at a time: the ``BLPOP`` on a result's wake-up list
+  and the script behind it go out in one write; the lane goes back to the loop's idle list when its
+  replies are in (:data:`IDLE_LANES` are kept), so a wait that lasts seconds never holds up a command.
+
+Scripts are registered on the loop's redis.asyncio client (``EVALSHA``; after ``NOSCRIPT`` the
+script is loaded and run through that client). Timeouts are this module's: a lane's watchdog (one
+timer per lane, not one per command) fails the lane when its oldest command got no reply within
+``socket_timeout`` (a blocking pop: its block time plus ``socket_timeout``); a failed lane fails every
+command waiting on it and the next command opens a new one. A cancelled command on the shared lane
+leaves its reply to be read and dropped (the lane stays in step); a cancelled blocking pop closes
+its lane.
 
 Connection errors and timeouts are retried with backoff for ``retry_for`` seconds, then raise
 :class:`~conveyor.errors.BrokerUnavailable`, as on the sync side; redis-py's own retry is off.
@@ -34,67 +41,37 @@ from typing import Any, TypeVar, cast
 import hiredis
 import redis
 import redis.asyncio
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
-from redis.typing import EncodableT
+from redis.exceptions import InvalidResponse, ResponseError
 
 from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
 
-
-class _HiredisPacking:
-    """Commands packed by hiredis, with redis-py's own serializer for its sync connections.
-
-    redis.asyncio packs in Python, argument by argument: for an enqueue's ~17 arguments that was
-    about a sixth of an ``adelay``'s CPU time.
-    """
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: EncodableT) -> list[bytes]:
-        packed: list[bytes] = self._packer.pack(*args)  # type: ignore[arg-type]  # (its hint is wrong: *args: List)
-        return packed
-
-
-class _PackedConnection(_HiredisPacking, Connection):
-    pass
-
-
-class _PackedSSLConnection(_HiredisPacking, SSLConnection):
-    pass
-
-
-class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
-    pass
-
-
-#: The connection class a URL's scheme selects -> the same with hiredis packing.
-_PACKED: dict[type[Any], type[Any]] = {
-    Connection: _PackedConnection,
-    SSLConnection: _PackedSSLConnection,
-    UnixDomainSocketConnection: _PackedUnixConnection,
-}
+#: Blocking lanes a loop keeps open between waits (more are opened while more coroutines wait at once).
+IDLE_LANES = 64
 
 
 @dataclass
 class _LoopClients:
-    """One event loop's clients: short commands and scripts, blocking pops; the scripts registered on the first.
+    """One event loop's connections: its lane, its blocking lanes, and a client for the scripts and connections.
 
     ``lane`` is the loop's pipelined connection for ``GET`` and ``EVALSHA`` (:class:`_Lane`), opened by
-    ``opening`` on first use and again after it failed.
+    ``opening`` on first use and again after it failed. A blocking pop takes a lane of its own from
+    ``idle`` (or opens one) and gives it back when its replies are in (``lent`` counts those out).
+    ``client`` opens the lanes' connections (its pool's settings) and loads a script the server lost.
     """
 
-    fast: redis.asyncio.Redis
-    blocking: redis.asyncio.Redis
+    client: redis.asyncio.Redis
     scripts: dict[str, AsyncScript]
     lane: _Lane | None = None
     opening: asyncio.Task[_Lane] | None = field(default=None, repr=False)
+    idle: list[_Lane] = field(default_factory=list)
+    lent: int = 0
 
 
 class _Lane(asyncio.Protocol):
@@ -139,11 +116,37 @@ class _Lane(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         else:
             self._transport.write(packed)
-        sent = self._loop.time()
-        self._waiting.append((future, sent))
+        due = self._loop.time() + self._timeout
+        self._waiting.append((future, due))
         if self._watchdog is None:
-            self._watchdog = self._loop.call_at(sent + self._timeout, self._check)
+            self._watchdog = self._loop.call_at(due, self._check)
         return future
+
+    def commands(self, packed: bytes, replies: int, timeout: float) -> list[asyncio.Future[Any]]:
+        """Write ``replies`` packed commands in one write (a blocking pop and what follows it), each answered
+        within ``timeout`` seconds; the futures of their replies.
+
+        Raises:
+            redis.ConnectionError: the lane failed.
+        """
+        if self.failure is not None:
+            raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
+        if self._batch:
+            self._flush()
+        self._transport.write(packed)
+        due = self._loop.time() + timeout
+        futures = [self._loop.create_future() for _ in range(replies)]
+        self._waiting.extend((future, due) for future in futures)
+        if self._watchdog is None or due < self._watchdog.when():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = self._loop.call_at(due, self._check)
+        return futures
+
+    @property
+    def idle(self) -> bool:
+        """Open, with no reply outstanding (a blocking lane can be lent again)."""
+        return self.failure is None and not self._waiting
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
@@ -182,9 +185,9 @@ class _Lane(asyncio.Protocol):
         """The watchdog: fail the lane if its oldest command waited ``timeout`` seconds, else look again then."""
         self._watchdog = None
         if self._waiting and self.failure is None:
-            due = self._waiting[0][1] + self._timeout
+            due = self._waiting[0][1]
             if self._loop.time() >= due:
-                self.fail(redis.TimeoutError(f"no reply within {self._timeout:g} s"))
+                self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
             else:
                 self._watchdog = self._loop.call_at(due, self._check)
 
@@ -245,16 +248,17 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            fast, blocking = self._client(), self._client()
-            scripts = {name: fast.register_script(source) for name, source in self._sources.items()}
-            own = self._loops[loop] = _LoopClients(fast, blocking, scripts)
+            client = self._client()
+            scripts = {name: client.register_script(source) for name, source in self._sources.items()}
+            own = self._loops[loop] = _LoopClients(client, scripts)
         return own
 
     def _client(self) -> redis.asyncio.Redis:
-        """A client with a pool of its own, on the URL's server, database and credentials.
+        """A client with a pool of its own, on the URL's server, database and credentials: it opens the lanes'
+        connections and runs a script the server lost.
 
-        redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (``call`` times
-        each call: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
+        redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (the lanes time
+        their commands: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
         """
         options: dict[str, Any] = {
             "socket_timeout": None,
@@ -262,7 +266,6 @@ class AsyncRedis:
             "retry": Retry(NoBackoff(), 0),
             **parse_url(self._url),
         }
-        options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
         return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
@@ -366,7 +369,7 @@ class AsyncRedis:
         """
         if failed is not None:
             await failed.conn.disconnect(nowait=True)
-        conn = cast("Connection", clients.fast.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+        conn = cast("Connection", clients.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
         try:
             async with asyncio.timeout(self._connect_timeout + self.socket_timeout):
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -388,30 +391,65 @@ class AsyncRedis:
     ) -> tuple[bool, Any]:
         """BLPOP ``key`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
 
-        Both go out in one pipeline on a connection of the blocking client; Redis runs the script the
-        moment the pop returns.
+        Both go out in one write on a blocking lane of the loop (lent to this call alone); Redis runs the
+        script the moment the pop returns. A call cancelled or failed with the pop in flight closes its
+        lane (it would block whoever came next); one that returns gives it back for the next wait.
 
         Returns:
             (a token was popped, the script's reply).
         """
         wait = min(seconds, self.max_block)
+        own = self._clients()
+        script = own.scripts[name]
+        packed = _pack("BLPOP", key, wait) + _pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
         async def attempt() -> tuple[bool, Any]:
-            clients = self._clients()
-            script = clients.scripts[name]
-            pipe = clients.blocking.pipeline(transaction=False)
-            pipe.blpop([key], timeout=wait)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            popped, reply = await pipe.execute(raise_on_error=False)
-            if isinstance(popped, Exception):
+            lane = await self._lend(own)
+            try:
+                popped_at, reply_at = lane.commands(packed, 2, wait + self.socket_timeout)
+                popped, reply = await popped_at, await reply_at
+            except BaseException:
+                lane.fail(redis.ConnectionError("a blocking pop was cancelled or failed"))
+                await lane.conn.disconnect(nowait=True)
+                raise
+            finally:
+                own.lent -= 1
+            self._give_back(own, lane)
+            if isinstance(popped, ResponseError):
                 raise popped
-            if isinstance(reply, NoScriptError):  # the pop is done: the script loads again and runs alone
-                reply = await script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
-                raise reply
+            if isinstance(reply, ResponseError):
+                if not str(reply).startswith("NOSCRIPT"):
+                    raise reply
+                # The pop is done: the script loads again and runs alone.
+                async with asyncio.timeout(self.socket_timeout):
+                    reply = await script(keys=keys, args=args)
             return popped is not None, reply
 
-        return await self.call(attempt, timeout=wait + self.socket_timeout)
+        return await self.call(attempt)
+
+    async def _lend(self, own: _LoopClients) -> _Lane:
+        """An idle blocking lane of the loop, or a new one; counted in ``lent`` until given back."""
+        while own.idle:
+            lane = own.idle.pop()
+            if lane.idle:
+                own.lent += 1
+                return lane
+            await lane.conn.disconnect(nowait=True)  # it failed while idle (the server closed it)
+        lane = await self._open_lane(own, None)
+        own.lent += 1
+        return lane
+
+    def _give_back(self, own: _LoopClients, lane: _Lane) -> None:
+        """Keep ``lane`` for the next blocking pop (up to :data:`IDLE_LANES`), or close it."""
+        if lane.idle and len(own.idle) < IDLE_LANES and self._loops.get(asyncio.get_running_loop()) is own:
+            own.idle.append(lane)
+        else:
+            lane.fail(redis.ConnectionError("closed: enough idle connections"))
+
+    def lent(self) -> int:
+        """Blocking lanes of the running loop lent to a wait and not given back."""
+        own = self._loops.get(asyncio.get_running_loop())
+        return 0 if own is None else own.lent
 
     async def aclose(self) -> None:
         """Close this loop's connections (call it before the loop closes; they reopen when used again)."""
@@ -420,11 +458,11 @@ class AsyncRedis:
             if own.opening is not None:
                 own.opening.cancel()
                 await asyncio.gather(own.opening, return_exceptions=True)
-            if own.lane is not None:
-                own.lane.fail(redis.ConnectionError("closed by aclose()"))
-                await own.lane.conn.disconnect(nowait=True)
-            await own.fast.aclose()
-            await own.blocking.aclose()
+            for lane in [*own.idle, *([own.lane] if own.lane is not None else [])]:
+                lane.fail(redis.ConnectionError("closed by aclose()"))
+                await lane.conn.disconnect(nowait=True)
+            own.idle.clear()
+            await own.client.aclose()
 
 
 def _pack(*args: Arg) -> bytes:
