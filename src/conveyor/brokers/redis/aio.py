@@ -53,7 +53,7 @@ T = TypeVar("T")
 Arg = str | bytes | int | float
 
 #: Blocking lanes a loop keeps open between waits (more are opened while more coroutines wait at once).
-IDLE_LANES = 64
+IDLE_LANES = 256
 
 
 @dataclass
