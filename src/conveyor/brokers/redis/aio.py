@@ -387,9 +387,9 @@ class AsyncRedis:
         return lane
 
     async def block_then_run(
-        self, key: str, seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
+        self, pop: Sequence[str], seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
     ) -> tuple[bool, Any]:
-        """BLPOP ``key`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
+        """BLPOP the lists ``pop`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
 
         Both go out in one write on a blocking lane of the loop (lent to this call alone); Redis runs the
         script the moment the pop returns. A call cancelled or failed with the pop in flight closes its
@@ -401,7 +401,7 @@ class AsyncRedis:
         wait = min(seconds, self.max_block)
         own = self._clients()
         script = own.scripts[name]
-        packed = _pack("BLPOP", key, wait) + _pack("EVALSHA", script.sha, len(keys), *keys, *args)
+        packed = _pack("BLPOP", *pop, wait) + _pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
         async def attempt() -> tuple[bool, Any]:
             lane = await self._lend(own)
