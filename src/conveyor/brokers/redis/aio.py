@@ -414,7 +414,7 @@ class AsyncRedis:
                 raise
             finally:
                 own.lent -= 1
-            self._give_back(own, lane)
+            await self._give_back(own, lane)
             if isinstance(popped, ResponseError):
                 raise popped
             if isinstance(reply, ResponseError):
@@ -439,12 +439,13 @@ class AsyncRedis:
         own.lent += 1
         return lane
 
-    def _give_back(self, own: _LoopClients, lane: _Lane) -> None:
-        """Keep ``lane`` for the next blocking pop (up to :data:`IDLE_LANES`), or close it."""
+    async def _give_back(self, own: _LoopClients, lane: _Lane) -> None:
+        """Keep ``lane`` for the next blocking pop (up to :data:`IDLE_LANES`), or close it (also after ``aclose``)."""
         if lane.idle and len(own.idle) < IDLE_LANES and self._loops.get(asyncio.get_running_loop()) is own:
             own.idle.append(lane)
         else:
             lane.fail(redis.ConnectionError("closed: enough idle connections"))
+            await lane.conn.disconnect(nowait=True)
 
     def lent(self) -> int:
         """Blocking lanes of the running loop lent to a wait and not given back."""
