@@ -78,7 +78,8 @@ class _Lane(asyncio.Protocol):
     """One connection of an event loop on which every coroutine's ``GET`` and ``EVALSHA`` are pipelined.
 
     redis.asyncio opens it (TLS, AUTH, ``HELLO``, ``SELECT``: :meth:`AsyncRedis._open_lane`); then this
-    protocol takes its transport over. A command is written at once and its reply resolves the
+    protocol takes its transport over. A command is written at once (while others are in flight: with
+    the loop turn's other commands, in one write at the end of the turn) and its reply resolves the
     caller's future from ``data_received``, replies in the order sent: two event-loop turns per
     command, no pool checkout, lock or reader task, and concurrent callers share the connection's
     round trips. A caller that was cancelled leaves its future behind; its reply is read and dropped
@@ -150,7 +151,7 @@ class _Lane(asyncio.Protocol):
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []
-        if self.failure is None:
+        if batch and self.failure is None:
             self._transport.write(b"".join(batch))
 
     def data_received(self, data: bytes) -> None:
