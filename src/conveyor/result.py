@@ -167,16 +167,18 @@ class AsyncResult(Generic[R]):
     async def aupdates(self, every: float = UPDATES_EVERY) -> AsyncIterator[ResultRecord]:
         """Each new state of the task (state, progress and note), until and including its final record.
 
-        The final record arrives the moment it is written; progress between is read every ``every``
-        seconds and yielded only when something changed. Stop iterating whenever you like (the
-        client went away): nothing is left behind. Nothing is yielded while no record exists yet.
+        The final record arrives the moment it is written. On Redis every write is pushed (each
+        progress note wakes the stream); on the other engines progress is read every ``every`` seconds
+        and yielded only when something changed. Stop iterating whenever you like (the client went
+        away): nothing is left behind. Nothing is yielded while no record exists yet.
 
         Args:
-            every: seconds between two reads while the task runs.
+            every: seconds between two reads while the task runs (on Redis: at most this long between
+                two reads when nothing was written).
         """
         last: bytes | None = None
         while True:
-            raw = await self._app.backend.async_wait(self.id, every)
+            raw = await self._app.backend.async_changed(self.id, last, every)
             if raw is not None and raw != last:
                 last = raw
                 record = decode_record(raw)

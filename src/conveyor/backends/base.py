@@ -260,6 +260,16 @@ class ResultBackend(Store):
         """
         return await asyncio.to_thread(self.wait, task_id, timeout)
 
+    async def async_changed(self, task_id: str, last: bytes | None, timeout: float) -> bytes | None:
+        """The record once it is no longer ``last`` (a progress note, a new state), or the latest one after
+        ``timeout`` seconds: what ``aupdates()`` waits on.
+
+        The default is :meth:`async_wait`, woken by a final write only: a progress note shows when the
+        timeout passes. An engine that pushes every write (Redis) returns as soon as it changed.
+        Cancelling the coroutine leaves nothing behind, as for :meth:`async_wait`.
+        """
+        return await self.async_wait(task_id, timeout)
+
     def ping(self) -> None:
         """Return once the backend answers (a worker checks at start-up); the default reads a record.
 

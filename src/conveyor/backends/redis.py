@@ -29,6 +29,7 @@ from conveyor.backends.base import MAX_BATCHES, ResultBackend
 from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url
 from conveyor.brokers.redis.keys import (
     bucket_key,
+    changed_key,
     claim_key,
     events_key,
     gather_key,
@@ -36,6 +37,7 @@ from conveyor.brokers.redis.keys import (
     notify_key,
     result_key,
     value_key,
+    watch_key,
 )
 from conveyor.states import FINAL_STATES, State
 
@@ -43,7 +45,7 @@ from conveyor.states import FINAL_STATES, State
 MIN_BLOCK = 0.002
 _FINAL = frozenset(state.value.encode() for state in FINAL_STATES)
 #: Lua scripts of the coordination primitives (``brokers/redis/scripts/``), each on one key.
-SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "result_set", "token_take")
+SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "result_set", "token_take", "watch")
 
 
 class RedisResultBackend(ResultBackend):
@@ -137,9 +139,26 @@ class RedisResultBackend(ResultBackend):
             if remaining <= 0:
                 break
             # The pop, then the read (passing the token on to the next waiter), in one round trip.
-            _, raw = await aio.block_then_run(notify, max(MIN_BLOCK, remaining), "pass_on", [key, notify], [self._ttl])
+            _, raw = await aio.block_then_run(
+                [notify], max(MIN_BLOCK, remaining), "pass_on", [key, notify], [self._ttl]
+            )
             state, record = _split(raw)
         return record
+
+    async def async_changed(self, task_id: str, last: bytes | None, timeout: float) -> bytes | None:
+        """Pushed: the stream marks the record watched (``watch.lua``, which reads it too), and while it is,
+        every write pushes a token onto ``{prefix:r:ID}:changed``; the stream BLPOPs that list and the
+        final write's ``notify`` list together."""
+        aio = self._conn.aio
+        key, notify = result_key(self.prefix, task_id), notify_key(self.prefix, task_id)
+        block = max(MIN_BLOCK, min(timeout, self.max_block))
+        mark = _ms(block + self.socket_timeout)  # outlives the pop that follows
+        state, record = _split(await aio.run("watch", [key, watch_key(self.prefix, task_id)], [mark]))
+        if record != last or state in _FINAL:
+            return record
+        changed = changed_key(self.prefix, task_id)
+        _, raw = await aio.block_then_run([changed, notify], block, "pass_on", [key, notify], [self._ttl])
+        return _split(raw)[1]
 
     def forget(self, task_id: str) -> None:
         keys = (result_key(self.prefix, task_id), notify_key(self.prefix, task_id))
@@ -233,8 +252,14 @@ class RedisResultBackend(ResultBackend):
         await self._conn.aclose()
 
     def _write_call(self, task_id: str, state: State, record: bytes, ttl: float) -> ScriptCall:
-        """The result_set.lua call storing a record (a final state leaves one wake-up token, others clear them)."""
-        keys = [result_key(self.prefix, task_id), notify_key(self.prefix, task_id)]
+        """The result_set.lua call storing a record (a final state leaves one wake-up token, others clear them;
+        any write leaves a token for a stream watching the record)."""
+        keys = [
+            result_key(self.prefix, task_id),
+            notify_key(self.prefix, task_id),
+            watch_key(self.prefix, task_id),
+            changed_key(self.prefix, task_id),
+        ]
         ttl_ms = _ms(ttl)
         final = "1" if state in FINAL_STATES else "0"
         args = [

@@ -1,22 +1,29 @@
 """The asyncio side of a Redis connection: the async producer's enqueue and result reads, on the event loop.
 
-:class:`AsyncRedis` runs on ``redis.asyncio`` (redis-py with hiredis), one pair of clients per event
-loop: a client for short commands and scripts, and a client for blocking pops, so a ``BLPOP`` that
-waits seconds never holds a connection a quick ``EVALSHA`` needs. A redis.asyncio client belongs to
-the loop that opened its connections, hence one pair per loop (a FastAPI process has one; tests run
-several ``asyncio.run`` in a row). Scripts are registered on the loop's client (``EVALSHA``, loaded
-again after ``NOSCRIPT``); a wake-up's ``BLPOP`` and the script behind it go out in one pipeline.
+:class:`AsyncRedis` opens its connections with ``redis.asyncio`` (redis-py: TLS, AUTH, ``HELLO``,
+``SELECT``, client name, as the URL says) and then talks on them through :class:`_Lane`, an asyncio
+protocol that takes the connection's transport over: commands packed by hiredis, replies parsed by
+hiredis in ``data_received`` and handed to the callers' futures in the order sent (issue 15: through
+redis.asyncio's pool and ``execute_command`` an ``adelay`` cost about twice a sync ``delay``).
 
-Two tunings keep ``await task.adelay()`` near ``task.delay()`` (issue 15): the connections pack
-commands with hiredis (redis-py's ``HiredisRespSerializer``; redis.asyncio packs in Python), and the
-enqueue's ``EVALSHA`` is sent and read on a pooled connection directly, without ``execute_command``'s
-retry wrapper, observability records and response callbacks.
+Each event loop has its own connections (a transport belongs to its loop; a FastAPI process has one
+loop, tests run several ``asyncio.run`` in a row):
 
-Timeouts are this module's, not the clients': the clients get no ``socket_timeout`` (on Python 3.11
-redis.asyncio wraps every write in ``asyncio.wait_for``, a task per command) and each call runs in one
-``asyncio.timeout`` instead. A cancelled or timed-out command leaves its connection closed by
-redis.asyncio (it disconnects on any exception during a read) and handed back to its pool, so no
-half-read reply is read by the next command and no connection stays borrowed.
+- one **lane** for short commands, shared by every coroutine: ``adelay``'s ``EVALSHA enqueue.lua``
+  and ``aget``'s ``GET``. Concurrent commands are pipelined on it (those of one loop turn go out in
+  one write while others are in flight), so a hundred concurrent ``adelay`` share round trips and
+  syscalls instead of checking out a hundred pooled connections.
+- **blocking lanes**, one per waiting ``aget`` at a time: the ``BLPOP`` on a result's wake-up list
+  and the script behind it go out in one write; the lane goes back to the loop's idle list when its
+  replies are in (:data:`IDLE_LANES` are kept), so a wait that lasts seconds never holds up a command.
+
+Scripts are registered on the loop's redis.asyncio client (``EVALSHA``; after ``NOSCRIPT`` the
+script is loaded and run through that client). Timeouts are this module's: a lane's watchdog (one
+timer per lane, not one per command) fails the lane when its oldest command got no reply within
+``socket_timeout`` (a blocking pop: its block time plus ``socket_timeout``); a failed lane fails every
+command waiting on it and the next command opens a new one. A cancelled command on the shared lane
+leaves its reply to be read and dropped (the lane stays in step); a cancelled blocking pop closes
+its lane.
 
 Connection errors and timeouts are retried with backoff for ``retry_for`` seconds, then raise
 :class:`~conveyor.errors.BrokerUnavailable`, as on the sync side; redis-py's own retry is off.
@@ -25,68 +32,181 @@ Connection errors and timeouts are retried with backoff for ``retry_for`` second
 from __future__ import annotations
 
 import asyncio
+import collections
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+import hiredis
 import redis
 import redis.asyncio
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection, parse_url
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
-from redis.typing import EncodableT
+from redis.exceptions import InvalidResponse, ResponseError
 
 from conveyor.brokers.redis.retry import next_pause, unavailable
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
 
-
-class _HiredisPacking:
-    """Commands packed by hiredis, with redis-py's own serializer for its sync connections.
-
-    redis.asyncio packs in Python, argument by argument: for an enqueue's ~17 arguments that was
-    about a sixth of an ``adelay``'s CPU time.
-    """
-
-    _packer = HiredisRespSerializer()
-
-    def pack_command(self, *args: EncodableT) -> list[bytes]:
-        packed: list[bytes] = self._packer.pack(*args)  # type: ignore[arg-type]  # (its hint is wrong: *args: List)
-        return packed
-
-
-class _PackedConnection(_HiredisPacking, Connection):
-    pass
-
-
-class _PackedSSLConnection(_HiredisPacking, SSLConnection):
-    pass
-
-
-class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
-    pass
-
-
-#: The connection class a URL's scheme selects -> the same with hiredis packing.
-_PACKED: dict[type[Any], type[Any]] = {
-    Connection: _PackedConnection,
-    SSLConnection: _PackedSSLConnection,
-    UnixDomainSocketConnection: _PackedUnixConnection,
-}
+#: Blocking lanes a loop keeps open between waits (more are opened while more coroutines wait at once).
+IDLE_LANES = 256
 
 
 @dataclass
 class _LoopClients:
-    """One event loop's clients: short commands and scripts, blocking pops; the scripts registered on the first."""
+    """One event loop's connections: its lane, its blocking lanes, and a client for the scripts and connections.
 
-    fast: redis.asyncio.Redis
-    blocking: redis.asyncio.Redis
+    ``lane`` is the loop's pipelined connection for ``GET`` and ``EVALSHA`` (:class:`_Lane`), opened by
+    ``opening`` on first use and again after it failed. A blocking pop takes a lane of its own from
+    ``idle`` (or opens one) and gives it back when its replies are in (``lent`` counts those out).
+    ``client`` opens the lanes' connections (its pool's settings) and loads a script the server lost.
+    """
+
+    client: redis.asyncio.Redis
     scripts: dict[str, AsyncScript]
+    lane: _Lane | None = None
+    opening: asyncio.Task[_Lane] | None = field(default=None, repr=False)
+    idle: list[_Lane] = field(default_factory=list)
+    lent: int = 0
+
+
+class _Lane(asyncio.Protocol):
+    """One connection of an event loop on which every coroutine's ``GET`` and ``EVALSHA`` are pipelined.
+
+    redis.asyncio opens it (TLS, AUTH, ``HELLO``, ``SELECT``: :meth:`AsyncRedis._open_lane`); then this
+    protocol takes its transport over. A command is written at once (while others are in flight: with
+    the loop turn's other commands, in one write at the end of the turn) and its reply resolves the
+    caller's future from ``data_received``, replies in the order sent: two event-loop turns per
+    command, no pool checkout, lock or reader task, and concurrent callers share the connection's
+    round trips. A caller that was cancelled leaves its future behind; its reply is read and dropped
+    when it comes, so the connection stays usable. One timer (``watchdog``) fails the lane when its
+    oldest command got no reply for ``timeout`` seconds; a failed lane answers every waiting future
+    with a ``ConnectionError`` (retried by :meth:`AsyncRedis.call`) and the next command opens a new one.
+    """
+
+    def __init__(self, conn: Connection, transport: asyncio.Transport, timeout: float) -> None:
+        self.conn = conn  #: redis.asyncio's connection: its writer holds the transport (closed by ``disconnect``)
+        self.failure: redis.ConnectionError | redis.TimeoutError | None = None
+        self._transport = transport
+        self._timeout = timeout
+        self._loop = asyncio.get_running_loop()
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes (none asked for) are skipped
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        #: Commands held for one write at the end of this loop turn (while others are in flight).
+        self._batch: list[bytes] = []
+
+    def command(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one packed command; the future of its reply (an error reply is a ``ResponseError`` value).
+
+        Raises:
+            redis.ConnectionError: the lane failed (the caller retries on a new one).
+        """
+        if self.failure is not None:
+            raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
+        future = self._loop.create_future()
+        if self._batch:
+            self._batch.append(packed)
+        elif self._waiting:  # others in flight: this turn's commands go out in one write (one syscall)
+            self._batch.append(packed)
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(packed)
+        due = self._loop.time() + self._timeout
+        self._waiting.append((future, due))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(due, self._check)
+        return future
+
+    def commands(self, packed: bytes, replies: int, timeout: float) -> list[asyncio.Future[Any]]:
+        """Write ``replies`` packed commands in one write (a blocking pop and what follows it), each answered
+        within ``timeout`` seconds; the futures of their replies.
+
+        Raises:
+            redis.ConnectionError: the lane failed.
+        """
+        if self.failure is not None:
+            raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
+        if self._batch:
+            self._flush()
+        self._transport.write(packed)
+        due = self._loop.time() + timeout
+        futures = [self._loop.create_future() for _ in range(replies)]
+        self._waiting.extend((future, due) for future in futures)
+        if self._watchdog is None or due < self._watchdog.when():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = self._loop.call_at(due, self._check)
+        return futures
+
+    @property
+    def idle(self) -> bool:
+        """Open, with no reply outstanding (a blocking lane can be lent again)."""
+        return self.failure is None and not self._waiting
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch and self.failure is None:
+            self._transport.write(b"".join(batch))
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except InvalidResponse as exc:
+                self.fail(redis.ConnectionError(f"invalid reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if self._push is not None and isinstance(reply, self._push):
+                continue
+            if not self._waiting:
+                self.fail(redis.ConnectionError(f"a reply nobody asked for: {reply!r:.100}"))
+                return
+            future, _ = self._waiting.popleft()
+            if not future.done():  # else its caller was cancelled: the reply is dropped
+                future.set_result(reply)
+
+    def eof_received(self) -> bool | None:
+        self.fail(redis.ConnectionError("Redis closed the connection"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        failure = redis.ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        failure.__cause__ = exc
+        self.fail(failure)
+
+    def _check(self) -> None:
+        """The watchdog: fail the lane if its oldest command waited ``timeout`` seconds, else look again then."""
+        self._watchdog = None
+        if self._waiting and self.failure is None:
+            due = self._waiting[0][1]
+            if self._loop.time() >= due:
+                self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
+            else:
+                self._watchdog = self._loop.call_at(due, self._check)
+
+    def fail(self, failure: redis.ConnectionError | redis.TimeoutError) -> None:
+        """Close the lane: every waiting command fails with ``failure``, later ones are refused."""
+        if self.failure is not None:
+            return
+        self.failure = failure
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._transport.close()
+        while self._waiting:
+            future, _ = self._waiting.popleft()
+            if not future.done():
+                error = type(failure)(str(failure))
+                error.__cause__ = failure.__cause__
+                future.set_exception(error)
 
 
 class AsyncRedis:
@@ -129,16 +249,17 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            fast, blocking = self._client(), self._client()
-            scripts = {name: fast.register_script(source) for name, source in self._sources.items()}
-            own = self._loops[loop] = _LoopClients(fast, blocking, scripts)
+            client = self._client()
+            scripts = {name: client.register_script(source) for name, source in self._sources.items()}
+            own = self._loops[loop] = _LoopClients(client, scripts)
         return own
 
     def _client(self) -> redis.asyncio.Redis:
-        """A client with a pool of its own, on the URL's server, database and credentials.
+        """A client with a pool of its own, on the URL's server, database and credentials: it opens the lanes'
+        connections and runs a script the server lost.
 
-        redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (``call`` times
-        each call: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
+        redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (the lanes time
+        their commands: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
         """
         options: dict[str, Any] = {
             "socket_timeout": None,
@@ -146,28 +267,29 @@ class AsyncRedis:
             "retry": Retry(NoBackoff(), 0),
             **parse_url(self._url),
         }
-        options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
         return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
-        """Await ``op`` within ``timeout`` (``socket_timeout``), retrying connection errors and timeouts.
+        """Await ``op`` within ``timeout`` seconds, retrying connection errors and timeouts.
 
-        Retries go on with backoff for ``retry_for`` seconds.
+        Retries go on with backoff for ``retry_for`` seconds. ``timeout=None``: ``op`` times itself (a
+        lane command: the lane's watchdog), so no ``asyncio.timeout`` timer is set for it.
 
         Raises:
             BrokerUnavailable: Redis did not answer within ``retry_for`` seconds.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_for
-        limit = self.socket_timeout if timeout is None else timeout
         delay = 0.0
         while True:
             self.in_use += 1
             try:
-                async with asyncio.timeout(limit):
+                if timeout is None:
+                    return await op()
+                async with asyncio.timeout(timeout):
                     return await op()
             except TimeoutError as exc:  # this call's own timeout (an outer one arrives as CancelledError)
-                failure: Exception = redis.TimeoutError(f"no reply within {limit:g} s")
+                failure: Exception = redis.TimeoutError(f"no reply within {timeout:g} s")
                 failure.__cause__ = exc
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 failure = exc
@@ -180,75 +302,172 @@ class AsyncRedis:
             delay = next_pause(delay)
 
     async def get(self, key: str) -> bytes | None:
-        """GET ``key`` with retries; the raw value."""
-        return cast("bytes | None", await self.call(lambda: self._clients().fast.get(key)))  # the clients never decode
+        """GET ``key`` on the loop's lane, with retries; the raw value."""
+        reply = await self._on_lane(self._clients(), _pack("GET", key))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return cast("bytes | None", reply)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """One script with retries: EVALSHA of the registered script; after NOSCRIPT, the script loads and runs again.
 
-        This is adelay's one call, so it goes straight to a pooled connection (:func:`_send_and_read`).
+        This is adelay's one call: an ``EVALSHA`` on the loop's lane (:class:`_Lane`).
         """
+        own = self._clients()
+        script = own.scripts[name]
+        reply = await self._on_lane(own, _pack("EVALSHA", script.sha, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError):
+            if not str(reply).startswith("NOSCRIPT"):
+                raise reply
+            # The server lost its scripts (a restart, SCRIPT FLUSH): load it and run it again.
+            return await self.call(lambda: script(keys=keys, args=args), timeout=self.socket_timeout)
+        return reply
 
-        async def evalsha() -> Any:
-            clients = self._clients()
-            script = clients.scripts[name]
+    async def _on_lane(self, own: _LoopClients, packed: bytes) -> Any:
+        """One packed command on the loop's lane, retried; its reply (an error reply as a ``ResponseError``).
+
+        The hot path is inline (an open lane: write, await the reply's future); the first command of a
+        loop, and one whose lane failed, go through :meth:`call` and :meth:`_lane`.
+        """
+        lane = own.lane
+        if lane is not None and lane.failure is None:
+            self.in_use += 1
             try:
-                return await _send_and_read(clients.fast, "EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:  # the server lost its scripts (a restart, SCRIPT FLUSH)
-                return await script(keys=keys, args=args)
+                return await lane.command(packed)
+            except (redis.ConnectionError, redis.TimeoutError):
+                pass  # the lane failed under it: again on a new one, with retries
+            finally:
+                self.in_use -= 1
 
-        return await self.call(evalsha)
+        async def on_a_lane() -> Any:
+            return await (await self._lane()).command(packed)
+
+        return await self.call(on_a_lane)
+
+    async def _lane(self) -> _Lane:
+        """The running loop's lane: open, or opened now (once for every coroutine that asks meanwhile)."""
+        clients = self._clients()
+        lane = clients.lane
+        if lane is not None and lane.failure is None:
+            return lane
+        if clients.opening is None:
+            clients.lane = None
+            opening = clients.opening = asyncio.ensure_future(self._open_lane(clients, lane))
+
+            def opened(task: asyncio.Task[_Lane]) -> None:
+                clients.opening = None
+                if not task.cancelled() and task.exception() is None:
+                    clients.lane = task.result()
+
+            opening.add_done_callback(opened)
+        return await asyncio.shield(clients.opening)  # a cancelled caller does not cancel the others' opening
+
+    async def _open_lane(self, clients: _LoopClients, failed: _Lane | None) -> _Lane:
+        """A connection redis.asyncio opens (TLS, AUTH, HELLO, SELECT, as its pool's), then taken over by a lane.
+
+        Raises:
+            redis.ConnectionError: no connection within ``connect_timeout`` plus ``socket_timeout``.
+        """
+        if failed is not None:
+            await failed.conn.disconnect(nowait=True)
+        conn = cast("Connection", clients.client.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+        try:
+            async with asyncio.timeout(self._connect_timeout + self.socket_timeout):
+                await conn.connect()  # type: ignore[no-untyped-call]
+        except TimeoutError as exc:
+            await conn.disconnect(nowait=True)
+            raise redis.ConnectionError(
+                f"no connection within {self._connect_timeout + self.socket_timeout:g} s"
+            ) from exc
+        writer = conn._writer  # redis.asyncio's StreamWriter: the one handle on the transport it opened
+        if writer is None:
+            raise redis.ConnectionError("redis.asyncio left the connection closed")
+        transport = cast("asyncio.Transport", writer.transport)
+        lane = _Lane(conn, transport, self.socket_timeout)
+        transport.set_protocol(lane)
+        return lane
 
     async def block_then_run(
-        self, key: str, seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
+        self, pop: Sequence[str], seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
     ) -> tuple[bool, Any]:
-        """BLPOP ``key`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
+        """BLPOP the lists ``pop`` for up to ``seconds`` (at most ``max_block``), then run a script: one round trip.
 
-        Both go out in one pipeline on a connection of the blocking client; Redis runs the script the
-        moment the pop returns.
+        Both go out in one write on a blocking lane of the loop (lent to this call alone); Redis runs the
+        script the moment the pop returns. A call cancelled or failed with the pop in flight closes its
+        lane (it would block whoever came next); one that returns gives it back for the next wait.
 
         Returns:
             (a token was popped, the script's reply).
         """
         wait = min(seconds, self.max_block)
+        own = self._clients()
+        script = own.scripts[name]
+        packed = _pack("BLPOP", *pop, wait) + _pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
         async def attempt() -> tuple[bool, Any]:
-            clients = self._clients()
-            script = clients.scripts[name]
-            pipe = clients.blocking.pipeline(transaction=False)
-            pipe.blpop([key], timeout=wait)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            popped, reply = await pipe.execute(raise_on_error=False)
-            if isinstance(popped, Exception):
+            lane = await self._lend(own)
+            try:
+                popped_at, reply_at = lane.commands(packed, 2, wait + self.socket_timeout)
+                popped, reply = await popped_at, await reply_at
+            except BaseException:
+                lane.fail(redis.ConnectionError("a blocking pop was cancelled or failed"))
+                await lane.conn.disconnect(nowait=True)
+                raise
+            finally:
+                own.lent -= 1
+            await self._give_back(own, lane)
+            if isinstance(popped, ResponseError):
                 raise popped
-            if isinstance(reply, NoScriptError):  # the pop is done: the script loads again and runs alone
-                reply = await script(keys=keys, args=args)
-            elif isinstance(reply, Exception):
-                raise reply
+            if isinstance(reply, ResponseError):
+                if not str(reply).startswith("NOSCRIPT"):
+                    raise reply
+                # The pop is done: the script loads again and runs alone.
+                async with asyncio.timeout(self.socket_timeout):
+                    reply = await script(keys=keys, args=args)
             return popped is not None, reply
 
-        return await self.call(attempt, timeout=wait + self.socket_timeout)
+        return await self.call(attempt)
+
+    async def _lend(self, own: _LoopClients) -> _Lane:
+        """An idle blocking lane of the loop, or a new one; counted in ``lent`` until given back."""
+        while own.idle:
+            lane = own.idle.pop()
+            if lane.idle:
+                own.lent += 1
+                return lane
+            await lane.conn.disconnect(nowait=True)  # it failed while idle (the server closed it)
+        lane = await self._open_lane(own, None)
+        own.lent += 1
+        return lane
+
+    async def _give_back(self, own: _LoopClients, lane: _Lane) -> None:
+        """Keep ``lane`` for the next blocking pop (up to :data:`IDLE_LANES`), or close it (also after ``aclose``)."""
+        if lane.idle and len(own.idle) < IDLE_LANES and self._loops.get(asyncio.get_running_loop()) is own:
+            own.idle.append(lane)
+        else:
+            lane.fail(redis.ConnectionError("closed: enough idle connections"))
+            await lane.conn.disconnect(nowait=True)
+
+    def lent(self) -> int:
+        """Blocking lanes of the running loop lent to a wait and not given back."""
+        own = self._loops.get(asyncio.get_running_loop())
+        return 0 if own is None else own.lent
 
     async def aclose(self) -> None:
         """Close this loop's connections (call it before the loop closes; they reopen when used again)."""
         own = self._loops.pop(asyncio.get_running_loop(), None)
         if own is not None:
-            await own.fast.aclose()
-            await own.blocking.aclose()
+            if own.opening is not None:
+                own.opening.cancel()
+                await asyncio.gather(own.opening, return_exceptions=True)
+            for lane in [*own.idle, *([own.lane] if own.lane is not None else [])]:
+                lane.fail(redis.ConnectionError("closed by aclose()"))
+                await lane.conn.disconnect(nowait=True)
+            own.idle.clear()
+            await own.client.aclose()
 
 
-async def _send_and_read(client: redis.asyncio.Redis, *args: Arg) -> Any:
-    """One command on a connection of ``client``'s pool, its raw reply: the hot path's ``execute_command``.
-
-    ``execute_command`` adds a retry wrapper (off here), observability records and response
-    callbacks these replies do not need: together about a sixth of an ``adelay``'s CPU time. A
-    connection whose send or read failed or was cancelled is disconnected by redis.asyncio before it
-    goes back to the pool, which connects it again when next lent.
-    """
-    pool = client.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await conn.send_command(*args)
-        return await conn.read_response()
-    finally:
-        await pool.release(conn)
+def _pack(*args: Arg) -> bytes:
+    """One command in RESP, packed by hiredis (its name a single word: ``GET``, ``EVALSHA``)."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # (its hint is a 1-tuple)
+    return packed

@@ -114,6 +114,16 @@ def notify_key(prefix: str, task_id: str) -> str:
     return f"{{{prefix}:r:{task_id}}}:notify"
 
 
+def watch_key(prefix: str, task_id: str) -> str:
+    """STRING ``1`` with a PX ttl while a coroutine streams the task's updates (``aupdates``; its record's slot)."""
+    return f"{{{prefix}:r:{task_id}}}:watch"
+
+
+def changed_key(prefix: str, task_id: str) -> str:
+    """LIST holding one token after a write of the task's record while it is watched (same slot as its record)."""
+    return f"{{{prefix}:r:{task_id}}}:changed"
+
+
 def lease_key(prefix: str, name: str) -> str:
     """STRING owner with a PX ttl: the coordination lease ``name`` (result backend, e.g. the beat leader)."""
     return f"{{{prefix}:lease:{name}}}"

@@ -3,11 +3,13 @@
 --
 -- KEYS[1]: {prefix:r:ID}         STRING  "STATE\nrecord", expiring with a PX ttl
 -- KEYS[2]: {prefix:r:ID}:notify  LIST    one wake-up token once the record is final
+-- KEYS[3]: {prefix:r:ID}:watch   STRING  exists while a coroutine streams the task's updates (aupdates)
+-- KEYS[4]: {prefix:r:ID}:changed LIST    one token after a write while watched: progress is pushed too
 -- ARGV[1]: the new state (PENDING, STARTED, RETRY, SUCCESS, FAILURE, REVOKED)
 -- ARGV[2]: the value to store: "STATE\nrecord"
 -- ARGV[3]: its ttl in milliseconds
 -- ARGV[4]: "1" when the new state is final (leave a wake-up token), else "0" (clear old tokens)
--- ARGV[5]: the wake-up token's ttl in milliseconds
+-- ARGV[5]: the wake-up tokens' ttl in milliseconds
 --
 -- A live REVOKED record is replaced only by REVOKED; a REVOKED write does not replace SUCCESS or
 -- FAILURE. Returns 1 when the record was stored, 0 when the rule refused it (nothing changed).
@@ -27,5 +29,10 @@ redis.call('DEL', KEYS[2])
 if ARGV[4] == '1' then
   redis.call('RPUSH', KEYS[2], '1')
   redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('RPUSH', KEYS[4], '1')
+  redis.call('LTRIM', KEYS[4], 0, 0)
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
 end
 return 1
