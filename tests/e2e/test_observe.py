@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -9,11 +10,13 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 from starlette.testclient import TestClient
 
 from conveyor import App, State, eventlog, inspect, pausing
 from conveyor.dashboard import create_app
+from conveyor.message import Message
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
 from tests.e2e.test_cli import APP, cli
@@ -110,3 +113,38 @@ def test_every_pool_reports_events_and_honours_a_pause(
     assert runs_of(records, "held") == 0, f"the {pool} pool took a task from a paused queue"
     pausing.resume(e2e_app.backend, "default")
     assert held.get(timeout=15) == "held"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("e2e_env", ["redis"], indirect=True)
+def test_every_pool_publishes_every_task_event(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], pool: str
+) -> None:
+    """received, started (a long async task), succeeded, failed, retried, revoked, dead-lettered: on each pool."""
+    from tests.apps import e2e_app as tasks
+
+    def send(message: Message) -> str:
+        [task_id] = e2e_app.send([message])
+        return task_id
+
+    start_worker("--pool", pool, "-c", "2")
+    ok = enqueue(e2e_app, "record", "ok")
+    long = enqueue(e2e_app, "async_nap", "long", 1.5)  # long enough for every pool to report its start
+    failed = enqueue(e2e_app, "boom", "bad")
+    retried = enqueue(e2e_app, "boom_retried", "again").id
+    revoked = send(msgspec.structs.replace(tasks.app.tasks["record"].message(("late",)), expires=time.time() - 1))
+    dead = send(msgspec.structs.replace(tasks.app.tasks["record"].message(("lost",)), task="no.such.task"))
+    wanted = {
+        ("task-received", ok.id),
+        ("task-succeeded", ok.id),
+        ("task-started", long.id),
+        ("task-succeeded", long.id),
+        ("task-failed", failed.id),
+        ("task-retried", retried),
+        ("task-failed", retried),
+        ("task-revoked", revoked),
+        ("task-dead-lettered", dead),
+    }
+    with contextlib.suppress(AssertionError):  # then name what is missing
+        wait_until(lambda: wanted <= _seen(e2e_app), 20, "every kind of task event")
+    assert wanted - _seen(e2e_app) == set(), f"events missing on the {pool} pool"
