@@ -51,6 +51,18 @@ class TaskStarted(msgspec.Struct, tag=True, array_like=True):
     attempt: int
 
 
+class TaskRunning(msgspec.Struct, tag=True, array_like=True):
+    """A task started that the supervisor does not watch (the asyncio pool: its child enforces limits itself).
+
+    For the event log and nothing else: sent at once for a task with a hard time limit, else once it runs
+    long; its end is counted in bulk like any unreported task's.
+    """
+
+    id: str
+    task: str
+    queue: str
+
+
 class TaskFinished(msgspec.Struct, tag=True, array_like=True):
     """A task whose start was reported ended."""
 
@@ -106,7 +118,7 @@ class Retiring(msgspec.Struct, tag=True, array_like=True):
     reason: str
 
 
-ChildEvent = TaskStarted | TaskFinished | Counts | Happened | Retiring
+ChildEvent = TaskStarted | TaskRunning | TaskFinished | Counts | Happened | Retiring
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ChildEvent)

@@ -17,7 +17,7 @@ from conveyor.app import App
 from conveyor.brokers import WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.eventlog import FINAL_KINDS, PUBLISH_EVERY, Event, encode_batch
-from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted, unpack
+from conveyor.worker.events import Ended, Happened, TaskFinished, TaskRunning, TaskStarted, unpack
 from conveyor.worker.outage import Outage
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class Observer:
             if FINAL_KINDS.get(how) is not None:
                 self.metrics.ended_one(task, how.value, runtime)
 
-    def started(self, event: TaskStarted) -> None:
+    def started(self, event: TaskStarted | TaskRunning) -> None:
         """A task whose start a child reported (a hard time limit, or a long run)."""
         self._add(Event("task-started", time.time(), self.worker_id, id=event.id, task=event.task, queue=event.queue))
 
