@@ -1,10 +1,19 @@
-"""Prometheus metrics: a worker's task counters and runtimes, and the broker's gauges read at scrape time.
+"""Prometheus metrics: task counters and runtimes, and the broker's gauges read at scrape time.
 
-A worker's supervisor owns one :class:`WorkerMetrics` registry. Its children never touch it: what
-they did reaches the supervisor as events over their pipes (worker/events.py), so the counts are
-right with any number of child processes and need no shared multiprocess directory. The dashboard
-serves the broker gauges alone (:func:`broker_registry`), read through the same calls as
-``conveyor status``; it keeps no counter a restart would lose.
+One set of series, two sources:
+
+- a worker's ``--metrics-port``: its supervisor owns one :class:`WorkerMetrics` registry. Its
+  children never touch it: what they did reaches the supervisor as events over their pipes
+  (worker/events.py), so the counts are right with any number of child processes and need no
+  shared multiprocess directory. Per worker, from its start (a restart starts them at 0, as any
+  Prometheus counter).
+- the dashboard's ``/metrics`` (:func:`dashboard_registry`): the same task series for the whole
+  system, read at scrape time from counters the engine keeps (``Store.add_counts``): each worker
+  adds its :class:`Tally` there with each event batch it publishes (every half second), so the
+  dashboard keeps nothing in memory, any number of dashboards agree, and a restart of either loses
+  nothing. Written only while events are on (``App(events=...)``).
+
+Both serve the broker's gauges (:class:`BrokerCollector`), read through the same calls as ``conveyor status``.
 
 Served over plain HTTP by :class:`MetricsServer` on the supervisor's own thread (it answers between
 two ticks of its loop): no thread is ever running when the supervisor forks a child.
@@ -18,18 +27,64 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from conveyor.errors import BrokerError, ConfigurationError
+from conveyor.tally import COUNTS_KEY, RAN, RUNTIME_BUCKETS, SEP
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from conveyor.app import App
 
-#: Buckets of the runtime histogram, in seconds (no-op tasks to long jobs).
-RUNTIME_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
+
+def _task_families() -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    return (
+        CounterMetricFamily("conveyor_tasks", "Deliveries ended, per task and final state.", labels=["task", "state"]),
+        HistogramMetricFamily("conveyor_task_runtime_seconds", "Seconds each task ran.", labels=["task"]),
+        CounterMetricFamily("conveyor_received", "Deliveries reserved, per queue.", labels=["queue"]),
+        CounterMetricFamily(
+            "conveyor_redeliveries",
+            "Deliveries of a message handed out before (a crash, a lost lease).",
+            labels=["queue"],
+        ),
+    )
+
+
+class EngineCountsCollector(Collector):
+    """The task series of the whole system, read at each scrape from the counters the engine keeps."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            counts = self.app.backend.counts(COUNTS_KEY)
+        except (BrokerError, NotImplementedError):  # conveyor_broker_up tells an outage; a store without counters
+            return []
+        tasks, runtime, received, redeliveries = _task_families()
+        buckets: dict[str, list[float]] = {}
+        sums: dict[str, float] = {}
+        for name, value in sorted(counts.items()):
+            kind, *labels = name.split(SEP)
+            if kind == "t" and len(labels) == 2:
+                tasks.add_metric(labels, value)
+            elif kind == "b" and len(labels) == 2 and labels[1].isdigit() and int(labels[1]) <= len(RUNTIME_BUCKETS):
+                buckets.setdefault(labels[0], [0.0] * (len(RUNTIME_BUCKETS) + 1))[int(labels[1])] += value
+            elif kind == "s" and len(labels) == 1:
+                sums[labels[0]] = value
+            elif kind == "q" and len(labels) == 1:
+                received.add_metric(labels, value)
+            elif kind == "d" and len(labels) == 1:
+                redeliveries.add_metric(labels, value)
+        for task, per_bucket in buckets.items():
+            cumulative, total = [], 0.0
+            for bound, n in zip((*RUNTIME_BUCKETS, float("inf")), per_bucket, strict=True):
+                total += n
+                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), total))
+            runtime.add_metric([task], cumulative, sums.get(task, 0.0))
+        return [tasks, runtime, received, redeliveries]
 
 
 class BrokerCollector(Collector):
@@ -59,9 +114,16 @@ class BrokerCollector(Collector):
 
 
 def broker_registry(app: App) -> CollectorRegistry:
-    """A registry with the broker gauges only (what the dashboard serves at ``/metrics``)."""
+    """A registry with the broker gauges only."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(app))
+    return registry
+
+
+def dashboard_registry(app: App) -> CollectorRegistry:
+    """What the dashboard serves at ``/metrics``: the system's task series from the engine, and the broker gauges."""
+    registry = broker_registry(app)
+    registry.register(EngineCountsCollector(app))
     return registry
 
 
@@ -95,7 +157,7 @@ class WorkerMetrics:
     def ended_one(self, task: str, state: str, runtime: float) -> None:
         """Count a delivery that ended in ``state`` (SUCCESS, FAILURE, RETRY, REVOKED, DEAD, ABANDONED)."""
         self.tasks.labels(task, state).inc()
-        if state in ("SUCCESS", "FAILURE", "RETRY"):  # it ran
+        if state in RAN:
             self.runtime.labels(task).observe(runtime)
 
 

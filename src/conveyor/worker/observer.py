@@ -5,6 +5,8 @@ The children tell their supervisor what their tasks did (worker/events.py: ``Hap
 :class:`~conveyor.eventlog.Event` records and appends it to the result backend's event log every
 ``PUBLISH_EVERY`` seconds: one write per worker per half second, whatever the throughput. A failed
 write is logged once per outage and the batch dropped (events are for watching, not for delivery).
+With each batch it adds its :class:`~conveyor.tally.Tally` to the engine's counters (what the
+dashboard's ``/metrics`` serves); those are kept through an outage and added once the engine answers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from conveyor.app import App
 from conveyor.brokers import WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.eventlog import FINAL_KINDS, PUBLISH_EVERY, Event, encode_batch
+from conveyor.tally import COUNTS_KEY, Tally
 from conveyor.worker.events import Ended, Happened, TaskFinished, TaskRunning, TaskStarted, unpack
 from conveyor.worker.outage import Outage
 
@@ -47,20 +50,28 @@ class Observer:
         self._compact: list[bytes] = []  # the children's reports, forwarded as they came
         self._due = 0.0
         self._outage = Outage("event log")
+        self._tally: Tally | None = Tally() if self.publishing else None
 
     def happened(self, report: Happened) -> None:
         """A child's batch of received and ended deliveries: forwarded as it is, decoded only for metrics."""
         if self.publishing:
             self._compact.append(report.payload)
             self._trim()
-        if self.metrics is None:
+        metrics, tally = self.metrics, self._tally
+        if metrics is None and tally is None:
             return
         received, ended = unpack(report)
         for _, queue, deliveries, _ in received:
-            self.metrics.received_one(queue, deliveries)
+            if tally is not None:
+                tally.received(queue, deliveries)
+            if metrics is not None:
+                metrics.received_one(queue, deliveries)
         for _, task, how, runtime, _ in ended:
-            if FINAL_KINDS.get(how) is not None:
-                self.metrics.ended_one(task, how.value, runtime)
+            if how in FINAL_KINDS:
+                if tally is not None:
+                    tally.ended(task, how.value, runtime)
+                if metrics is not None:
+                    metrics.ended_one(task, how.value, runtime)
 
     def started(self, event: TaskStarted | TaskRunning) -> None:
         """A task whose start a child reported (a hard time limit, or a long run)."""
@@ -94,15 +105,27 @@ class Observer:
             return
         self._due = now + PUBLISH_EVERY
         batch, compact, self._batch, self._compact = self._batch, self._compact, [], []
+        counts = self._tally.take() if self._tally else {}
         try:
             self.app.backend.append_events(encode_batch(batch, self.worker_id, compact), self.app.settings.events_ttl)
+            self._add_counts(counts)
         except NotImplementedError as exc:
             log.warning("events are off: %s", exc)
             self.publishing = False
+            self._tally = None
         except BrokerError as exc:
             self._outage.failed(exc, "publishing events")
+            if self._tally is not None:  # counters are totals: what was not added goes with the next batch
+                self._tally.restore(counts)
         else:
             self._outage.answered()
+
+    def _add_counts(self, counts: dict[str, float]) -> None:
+        try:
+            self.app.backend.add_counts(COUNTS_KEY, counts)
+        except NotImplementedError as exc:  # a store with an event log but no counters: the log goes on
+            log.warning("the dashboard's task series are off: %s", exc)
+            self._tally = None
 
     def _ended(self, task_id: str, task: str, ended: Ended, runtime: float, at: float) -> None:
         kind = FINAL_KINDS.get(ended)
@@ -110,6 +133,8 @@ class Observer:
             return
         if self.metrics is not None:
             self.metrics.ended_one(task, ended.value, runtime)
+        if self._tally is not None:
+            self._tally.ended(task, ended.value, runtime)
         self._add(Event(kind, at, self.worker_id, id=task_id, task=task, runtime=runtime))
 
     def _add(self, event: Event) -> None:
