@@ -21,17 +21,18 @@ two ticks of its loop): no thread is ever running when the supervisor forks a ch
 
 from __future__ import annotations
 
+import itertools
 import selectors
 import wsgiref.simple_server
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from conveyor.errors import BrokerError, ConfigurationError
-from conveyor.tally import COUNTS_KEY, RAN, RUNTIME_BUCKETS, SEP
+from conveyor.tally import COUNTS_KEY, RUNTIME_BUCKETS, add, parse
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -52,38 +53,50 @@ def _task_families() -> tuple[CounterMetricFamily, HistogramMetricFamily, Counte
     )
 
 
-class EngineCountsCollector(Collector):
-    """The task series of the whole system, read at each scrape from the counters the engine keeps."""
+class TaskSeries(Collector):
+    """The task series, made at each scrape from a set of counter totals (tally.py).
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    Args:
+        read: returns the totals: a worker's own (in its supervisor's memory), or the engine's for the
+            whole system (``Store.add_counts``; an engine that does not answer yields no task series, and
+            ``conveyor_broker_up`` tells the outage).
+    """
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self.read = read
 
     def collect(self) -> Iterable[Metric]:
         try:
-            counts = self.app.backend.counts(COUNTS_KEY)
-        except (BrokerError, NotImplementedError):  # conveyor_broker_up tells an outage; a store without counters
+            counts = self.read()
+        except (BrokerError, NotImplementedError):
             return []
-        tasks, runtime, received, redeliveries = _task_families()
+        tasks = CounterMetricFamily(
+            "conveyor_tasks", "Deliveries ended, per task and final state.", labels=["task", "state"]
+        )
+        runtime = HistogramMetricFamily("conveyor_task_runtime_seconds", "Seconds each task ran.", labels=["task"])
+        received = CounterMetricFamily("conveyor_received", "Deliveries reserved, per queue.", labels=["queue"])
+        redeliveries = CounterMetricFamily(
+            "conveyor_redeliveries",
+            "Deliveries of a message handed out before (a crash, a lost lease).",
+            labels=["queue"],
+        )
         buckets: dict[str, list[float]] = {}
         sums: dict[str, float] = {}
-        for name, value in sorted(counts.items()):
-            kind, *labels = name.split(SEP)
-            if kind == "t" and len(labels) == 2:
+        for kind, labels, value in parse(counts):
+            if kind == "t":
                 tasks.add_metric(labels, value)
-            elif kind == "b" and len(labels) == 2 and labels[1].isdigit() and int(labels[1]) <= len(RUNTIME_BUCKETS):
+            elif kind == "b" and labels[1].isdigit() and int(labels[1]) <= len(RUNTIME_BUCKETS):
                 buckets.setdefault(labels[0], [0.0] * (len(RUNTIME_BUCKETS) + 1))[int(labels[1])] += value
-            elif kind == "s" and len(labels) == 1:
+            elif kind == "s":
                 sums[labels[0]] = value
-            elif kind == "q" and len(labels) == 1:
+            elif kind == "q":
                 received.add_metric(labels, value)
-            elif kind == "d" and len(labels) == 1:
+            elif kind == "d":
                 redeliveries.add_metric(labels, value)
         for task, per_bucket in buckets.items():
-            cumulative, total = [], 0.0
-            for bound, n in zip((*RUNTIME_BUCKETS, float("inf")), per_bucket, strict=True):
-                total += n
-                cumulative.append(("+Inf" if bound == float("inf") else repr(bound), total))
-            runtime.add_metric([task], cumulative, sums.get(task, 0.0))
+            cumulative = itertools.accumulate(per_bucket)
+            bounds = [repr(bound) for bound in RUNTIME_BUCKETS] + ["+Inf"]
+            runtime.add_metric([task], list(zip(bounds, cumulative, strict=True)), sums.get(task, 0.0))
         return [tasks, runtime, received, redeliveries]
 
 
@@ -123,42 +136,21 @@ def broker_registry(app: App) -> CollectorRegistry:
 def dashboard_registry(app: App) -> CollectorRegistry:
     """What the dashboard serves at ``/metrics``: the system's task series from the engine, and the broker gauges."""
     registry = broker_registry(app)
-    registry.register(EngineCountsCollector(app))
+    registry.register(TaskSeries(lambda: app.backend.counts(COUNTS_KEY)))
     return registry
 
 
 class WorkerMetrics:
-    """One worker's metrics; updated by its supervisor from its children's events."""
+    """One worker's metrics: its task series from the totals its supervisor adds up, and the broker gauges."""
 
     def __init__(self, app: App) -> None:
+        self.totals: dict[str, float] = {}
         self.registry = broker_registry(app)
-        self.tasks = Counter(
-            "conveyor_tasks", "Deliveries this worker ended, per task and final state.", ["task", "state"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.runtime = Histogram(
-            "conveyor_task_runtime_seconds", "Seconds each task ran.", ["task"], buckets=RUNTIME_BUCKETS,
-            registry=self.registry,
-        )  # fmt: skip
-        self.received = Counter(
-            "conveyor_received", "Deliveries this worker reserved.", ["queue"], registry=self.registry
-        )
-        self.redeliveries = Counter(
-            "conveyor_redeliveries", "Deliveries of a message handed out before (a crash, a lost lease).", ["queue"],
-            registry=self.registry,
-        )  # fmt: skip
+        self.registry.register(TaskSeries(lambda: self.totals))
 
-    def received_one(self, queue: str, deliveries: int) -> None:
-        """Count a reserved delivery (a redelivery when it was handed out before)."""
-        self.received.labels(queue).inc()
-        if deliveries > 1:
-            self.redeliveries.labels(queue).inc()
-
-    def ended_one(self, task: str, state: str, runtime: float) -> None:
-        """Count a delivery that ended in ``state`` (SUCCESS, FAILURE, RETRY, REVOKED, DEAD, ABANDONED)."""
-        self.tasks.labels(task, state).inc()
-        if state in RAN:
-            self.runtime.labels(task).observe(runtime)
+    def add(self, counts: Mapping[str, float]) -> None:
+        """Add a report's counts (tally.py) to this worker's totals."""
+        add(self.totals, counts)
 
 
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
