@@ -56,6 +56,15 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
         [sys.executable, "-m", "conveyor", "events", APP, "--json", "--for", "120"],
         cwd=ROOT, env=e2e_env, stdout=tail_out, stderr=subprocess.STDOUT,
     )  # fmt: skip
+
+    def tail_follows() -> bool:  # a marker appended after it read the log's end shows up in it
+        e2e_app.backend.append_events(
+            eventlog.encode_batch([eventlog.Event("worker-heartbeat", time.time(), "mark")]), 60
+        )
+        time.sleep(0.5)
+        return '"mark"' in (tmp_path / "tail.jsonl").read_text()
+
+    wait_until(tail_follows, 60, "conveyor events to follow the log")
     worker = start_worker("-c", "2", "--metrics-port", "0")
     found = re.search(r"metrics on http://0.0.0.0:(\d+)/metrics", worker.output())
     assert found is not None, worker.output()
