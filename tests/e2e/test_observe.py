@@ -212,3 +212,18 @@ def test_every_pool_publishes_every_task_event(
     with contextlib.suppress(AssertionError):  # then name what is missing
         wait_until(lambda: wanted <= _seen(e2e_app), 20, "every kind of task event")
     assert wanted - _seen(e2e_app) == set(), f"events missing on the {pool} pool"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("e2e_env", ["redis"], indirect=True)
+def test_a_hard_limited_async_task_reports_its_start_at_once(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """On the asyncio pool the start of a task with a hard time limit reaches the log before its limit ends it."""
+    start_worker("--pool", "asyncio", "-c", "2")
+    hung = enqueue(e2e_app, "async_hang", "hung")  # time_limit=1.0: cancelled after a second, FAILURE
+    wait_until(lambda: ("task-failed", hung.id) in _seen(e2e_app), 20, "the hard limit to end the task")
+    events = {e.kind: e for e in eventlog.read(e2e_app.backend, None)[0] if e.id == hung.id}
+    started = events["task-started"]
+    assert started.task == "async_hang" and started.queue == "default"
+    assert started.at < events["task-failed"].at - 0.5  # reported as it started, not once it ran long
