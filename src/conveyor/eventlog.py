@@ -10,7 +10,7 @@ through the log with an opaque cursor, so a restarted reader loses nothing the l
 Kinds::
 
     task-received       a worker reserved the task (its deliveries count, its queue)
-    task-started        a task with a hard time limit started, or one that runs long (process and thread pools)
+    task-started        a task with a hard time limit started, or one that runs long (every pool)
     task-succeeded      task-failed  task-retried  task-revoked  task-dead-lettered
     task-abandoned      it ran; its outcome could not be settled (it runs again when its lease ends)
     worker-online       worker-heartbeat (every few seconds)  worker-offline

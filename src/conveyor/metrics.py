@@ -1,10 +1,19 @@
-"""Prometheus metrics: a worker's task counters and runtimes, and the broker's gauges read at scrape time.
+"""Prometheus metrics: task counters and runtimes, and the broker's gauges read at scrape time.
 
-A worker's supervisor owns one :class:`WorkerMetrics` registry. Its children never touch it: what
-they did reaches the supervisor as events over their pipes (worker/events.py), so the counts are
-right with any number of child processes and need no shared multiprocess directory. The dashboard
-serves the broker gauges alone (:func:`broker_registry`), read through the same calls as
-``conveyor status``; it keeps no counter a restart would lose.
+One set of series, two sources:
+
+- a worker's ``--metrics-port``: its supervisor owns one :class:`WorkerMetrics` registry. Its
+  children never touch it: what they did reaches the supervisor as events over their pipes
+  (worker/events.py), so the counts are right with any number of child processes and need no
+  shared multiprocess directory. Per worker, from its start (a restart starts them at 0, as any
+  Prometheus counter).
+- the dashboard's ``/metrics`` (:func:`dashboard_registry`): the same task series for the whole
+  system, read at scrape time from counters the engine keeps (``Store.add_counts``): each worker
+  adds its :class:`Tally` there with each event batch it publishes (every half second), so the
+  dashboard keeps nothing in memory, any number of dashboards agree, and a restart of either loses
+  nothing. Written only while events are on (``App(events=...)``).
+
+Both serve the broker's gauges (:class:`BrokerCollector`), read through the same calls as ``conveyor status``.
 
 Served over plain HTTP by :class:`MetricsServer` on the supervisor's own thread (it answers between
 two ticks of its loop): no thread is ever running when the supervisor forks a child.
@@ -12,24 +21,83 @@ two ticks of its loop): no thread is ever running when the supervisor forks a ch
 
 from __future__ import annotations
 
+import itertools
 import selectors
 import wsgiref.simple_server
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from conveyor.errors import BrokerError, ConfigurationError
+from conveyor.tally import COUNTS_KEY, RUNTIME_BUCKETS, add, parse
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from conveyor.app import App
 
-#: Buckets of the runtime histogram, in seconds (no-op tasks to long jobs).
-RUNTIME_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0)
+
+def _task_families() -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+    return (
+        CounterMetricFamily("conveyor_tasks", "Deliveries ended, per task and final state.", labels=["task", "state"]),
+        HistogramMetricFamily("conveyor_task_runtime_seconds", "Seconds each task ran.", labels=["task"]),
+        CounterMetricFamily("conveyor_received", "Deliveries reserved, per queue.", labels=["queue"]),
+        CounterMetricFamily(
+            "conveyor_redeliveries",
+            "Deliveries of a message handed out before (a crash, a lost lease).",
+            labels=["queue"],
+        ),
+    )
+
+
+class TaskSeries(Collector):
+    """The task series, made at each scrape from a set of counter totals (tally.py).
+
+    Args:
+        read: returns the totals: a worker's own (in its supervisor's memory), or the engine's for the
+            whole system (``Store.add_counts``; an engine that does not answer yields no task series, and
+            ``conveyor_broker_up`` tells the outage).
+    """
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            counts = self.read()
+        except (BrokerError, NotImplementedError):
+            return []
+        tasks = CounterMetricFamily(
+            "conveyor_tasks", "Deliveries ended, per task and final state.", labels=["task", "state"]
+        )
+        runtime = HistogramMetricFamily("conveyor_task_runtime_seconds", "Seconds each task ran.", labels=["task"])
+        received = CounterMetricFamily("conveyor_received", "Deliveries reserved, per queue.", labels=["queue"])
+        redeliveries = CounterMetricFamily(
+            "conveyor_redeliveries",
+            "Deliveries of a message handed out before (a crash, a lost lease).",
+            labels=["queue"],
+        )
+        buckets: dict[str, list[float]] = {}
+        sums: dict[str, float] = {}
+        for kind, labels, value in parse(counts):
+            if kind == "t":
+                tasks.add_metric(labels, value)
+            elif kind == "b" and labels[1].isdigit() and int(labels[1]) <= len(RUNTIME_BUCKETS):
+                buckets.setdefault(labels[0], [0.0] * (len(RUNTIME_BUCKETS) + 1))[int(labels[1])] += value
+            elif kind == "s":
+                sums[labels[0]] = value
+            elif kind == "q":
+                received.add_metric(labels, value)
+            elif kind == "d":
+                redeliveries.add_metric(labels, value)
+        for task, per_bucket in buckets.items():
+            cumulative = itertools.accumulate(per_bucket)
+            bounds = [repr(bound) for bound in RUNTIME_BUCKETS] + ["+Inf"]
+            runtime.add_metric([task], list(zip(bounds, cumulative, strict=True)), sums.get(task, 0.0))
+        return [tasks, runtime, received, redeliveries]
 
 
 class BrokerCollector(Collector):
@@ -59,44 +127,30 @@ class BrokerCollector(Collector):
 
 
 def broker_registry(app: App) -> CollectorRegistry:
-    """A registry with the broker gauges only (what the dashboard serves at ``/metrics``)."""
+    """A registry with the broker gauges only."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BrokerCollector(app))
     return registry
 
 
+def dashboard_registry(app: App) -> CollectorRegistry:
+    """What the dashboard serves at ``/metrics``: the system's task series from the engine, and the broker gauges."""
+    registry = broker_registry(app)
+    registry.register(TaskSeries(lambda: app.backend.counts(COUNTS_KEY)))
+    return registry
+
+
 class WorkerMetrics:
-    """One worker's metrics; updated by its supervisor from its children's events."""
+    """One worker's metrics: its task series from the totals its supervisor adds up, and the broker gauges."""
 
     def __init__(self, app: App) -> None:
+        self.totals: dict[str, float] = {}
         self.registry = broker_registry(app)
-        self.tasks = Counter(
-            "conveyor_tasks", "Deliveries this worker ended, per task and final state.", ["task", "state"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.runtime = Histogram(
-            "conveyor_task_runtime_seconds", "Seconds each task ran.", ["task"], buckets=RUNTIME_BUCKETS,
-            registry=self.registry,
-        )  # fmt: skip
-        self.received = Counter(
-            "conveyor_received", "Deliveries this worker reserved.", ["queue"], registry=self.registry
-        )
-        self.redeliveries = Counter(
-            "conveyor_redeliveries", "Deliveries of a message handed out before (a crash, a lost lease).", ["queue"],
-            registry=self.registry,
-        )  # fmt: skip
+        self.registry.register(TaskSeries(lambda: self.totals))
 
-    def received_one(self, queue: str, deliveries: int) -> None:
-        """Count a reserved delivery (a redelivery when it was handed out before)."""
-        self.received.labels(queue).inc()
-        if deliveries > 1:
-            self.redeliveries.labels(queue).inc()
-
-    def ended_one(self, task: str, state: str, runtime: float) -> None:
-        """Count a delivery that ended in ``state`` (SUCCESS, FAILURE, RETRY, REVOKED, DEAD, ABANDONED)."""
-        self.tasks.labels(task, state).inc()
-        if state in ("SUCCESS", "FAILURE", "RETRY"):  # it ran
-            self.runtime.labels(task).observe(runtime)
+    def add(self, counts: Mapping[str, float]) -> None:
+        """Add a report's counts (tally.py) to this worker's totals."""
+        add(self.totals, counts)
 
 
 class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):

@@ -48,6 +48,12 @@ def boom(tag: str) -> None:
     raise RuntimeError(f"boom {tag}")
 
 
+@app.task(name="boom_retried", retries=1, backoff=0.05)
+def boom_retried(tag: str) -> None:
+    """Fail twice: retried once (at once, nearly), then failed for good."""
+    raise RuntimeError(f"boom {tag}")
+
+
 @app.task(name="hang", time_limit=1.0)
 def hang(tag: str) -> None:
     with (_record_dir() / f"{tag}.runs").open("a") as f:

@@ -77,3 +77,13 @@ def test_drain_publishes_events_on_the_memory_engine() -> None:
         ("task-received", result.id, ""),
         ("task-succeeded", result.id, "double"),
     ]
+
+
+def test_counters_add_up_across_writers_and_only_grow(backend: ResultBackend) -> None:
+    assert backend.counts("metrics") == {}
+    backend.add_counts("metrics", {"a\x1fSUCCESS": 2, "a\x1fruntime": 0.25})
+    backend.add_counts("metrics", {"a\x1fSUCCESS": 1, "b\x1fFAILURE": 1})
+    backend.add_counts("metrics", {})
+    backend.add_counts("other", {"x": 5})
+    assert backend.counts("metrics") == {"a\x1fSUCCESS": 3.0, "a\x1fruntime": 0.25, "b\x1fFAILURE": 1.0}
+    assert backend.counts("other") == {"x": 5.0}

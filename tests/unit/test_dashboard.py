@@ -81,3 +81,16 @@ def test_the_command_refuses_a_public_address_without_a_token() -> None:
     assert result.exit_code == 2 and "--token" in result.output
     help_text = CliRunner().invoke(main, ["--help"]).output
     assert all(command in help_text for command in ("dashboard", "events", "inspect", "queue"))
+
+
+def test_metrics_serve_the_task_series_the_engine_counts(app: App) -> None:
+    from conveyor.testing import drain
+
+    drain(app)
+    text = TestClient(create_app(app)).get("/metrics").text
+    assert 'conveyor_tasks_total{state="SUCCESS",task="charge"} 1.0' in text
+    assert 'conveyor_task_runtime_seconds_bucket{le="+Inf",task="charge"} 1.0' in text
+    assert 'conveyor_task_runtime_seconds_count{task="charge"} 1.0' in text
+    assert 'conveyor_received_total{queue="billing"} 1.0' in text
+    # A second dashboard (or this one restarted) reads the same counters: nothing lived in the first one's memory
+    assert 'conveyor_tasks_total{state="SUCCESS",task="charge"} 1.0' in TestClient(create_app(app)).get("/metrics").text

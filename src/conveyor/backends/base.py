@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Self
 
 from conveyor.states import State, decode_record
@@ -158,6 +158,18 @@ class Store(abc.ABC):
     def last_event_cursor(self) -> str | None:
         """The cursor of the newest event-log entry (read after it to see only what comes next); None when empty."""
         raise NotImplementedError(f"{type(self).__name__} keeps no event log")
+
+    def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
+        """Add each value of ``counts`` to the counter of that name in the counter set ``key`` (a new one starts at 0).
+
+        Counters never expire and only grow (Prometheus counters kept by the engine: conveyor/metrics.py);
+        each addition is atomic, so any number of workers add to one set at once.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no counters")
+
+    def counts(self, key: str) -> dict[str, float]:
+        """Every counter of the counter set ``key`` by name (empty when nothing was added)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no counters")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store reconnects if used again."""

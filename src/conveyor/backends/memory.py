@@ -11,6 +11,7 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Mapping
 
 from conveyor.backends.base import MAX_BATCHES, Reading, ResultBackend, Wakers, await_woken, replaces
 from conveyor.states import FINAL_STATES, State
@@ -30,6 +31,7 @@ class MemoryResultBackend(ResultBackend):
         self.wakers = Wakers()
         self._events: collections.deque[tuple[int, float, bytes]] = collections.deque(maxlen=MAX_BATCHES)
         self._event_seq = itertools.count(1)
+        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
 
     def set(self, task_id: str, state: State, record: bytes, ttl: float) -> None:
         self.try_set(task_id, state, record, ttl)
@@ -175,6 +177,14 @@ class MemoryResultBackend(ResultBackend):
     def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
         with self._cond:
             return [(str(seq), batch) for seq, _, batch in list(self._events)[-limit:]]
+
+    def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
+        with self._cond:
+            self._counts[key].update(counts)
+
+    def counts(self, key: str) -> dict[str, float]:
+        with self._cond:
+            return dict(self._counts.get(key, {}))
 
     def last_event_cursor(self) -> str | None:
         with self._cond:

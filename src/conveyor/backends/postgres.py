@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -291,6 +291,24 @@ class PostgresResultBackend(ResultBackend):
                 ),
                 (batch, MAX_BATCHES, ttl),
             )
+
+    def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
+        if not counts:
+            return
+        names = sorted(counts)  # one order for every writer: concurrent upserts cannot deadlock
+        with self.db.connection() as conn:
+            conn.execute(
+                self._q(
+                    "INSERT INTO {s}.counters (key, name, value) SELECT %s, n, v FROM unnest(%s::text[], %s::float8[]) "
+                    "AS u(n, v) ON CONFLICT (key, name) DO UPDATE SET value = {s}.counters.value + excluded.value"
+                ),
+                (key, names, [float(counts[n]) for n in names]),
+            )
+
+    def counts(self, key: str) -> dict[str, float]:
+        with self.db.connection() as conn:
+            rows = conn.execute(self._q("SELECT name, value FROM {s}.counters WHERE key = %s"), (key,)).fetchall()
+        return {str(name): float(value) for name, value in rows}
 
     def read_events(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
         with self.db.connection() as conn:

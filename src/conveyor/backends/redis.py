@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from redis.client import Pipeline
@@ -31,6 +31,7 @@ from conveyor.brokers.redis.keys import (
     bucket_key,
     changed_key,
     claim_key,
+    counts_key,
     events_key,
     gather_key,
     lease_key,
@@ -239,6 +240,22 @@ class RedisResultBackend(ResultBackend):
         key = events_key(self.prefix)
         entries = cast("list[list[Any]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", limit))
         return [(entry_id.decode(), fields[1]) for entry_id, fields in reversed(entries)]
+
+    def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
+        if not counts:
+            return
+        name = counts_key(self.prefix, key)
+
+        def add(pipe: Pipeline) -> None:
+            for field, value in counts.items():
+                pipe.hincrbyfloat(name, field, value)
+
+        self._conn.run_many([], transaction=True, extra=add)
+
+    def counts(self, key: str) -> dict[str, float]:
+        raw = self._conn.command("HGETALL", counts_key(self.prefix, key))  # RESP2: [field, value, field, ...]
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+        return {bytes(field).decode(): float(value) for field, value in pairs}
 
     def last_event_cursor(self) -> str | None:
         key = events_key(self.prefix)

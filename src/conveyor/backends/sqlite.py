@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from conveyor.backends.base import MAX_BATCHES, Reading, ResultBackend, Wakers, await_woken, wait_woken
 from conveyor.brokers.sqlite.connection import SQLiteConnection
@@ -255,6 +255,21 @@ class SQLiteResultBackend(ResultBackend):
         with self.db.errors():
             rows = self.db.get().execute("SELECT seq, batch FROM events ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
         return [(str(seq), bytes(batch)) for seq, batch in reversed(rows)]
+
+    def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
+        if not counts:
+            return
+        with self.db.write() as conn:
+            conn.executemany(
+                "INSERT INTO counters (key, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (key, name) DO UPDATE SET value = value + excluded.value",
+                [(key, name, value) for name, value in counts.items()],
+            )
+
+    def counts(self, key: str) -> dict[str, float]:
+        with self.db.errors():
+            rows = self.db.get().execute("SELECT name, value FROM counters WHERE key = ?", (key,)).fetchall()
+        return {name: float(value) for name, value in rows}
 
     def last_event_cursor(self) -> str | None:
         with self.db.errors():

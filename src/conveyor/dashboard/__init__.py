@@ -2,8 +2,9 @@
 
 Pages (HTML shells filled by ``static/dashboard.js`` from ``/api/<page>`` every second): overview,
 queues (pause, resume, purge), workers, tasks (search; one task's record), dead letters (requeue,
-purge), periodic entries; and ``/metrics`` for Prometheus (the broker's gauges). Every action is a
-POST guarded against CSRF (security.py). Assets ship in the package: no CDN, works offline.
+purge), periodic entries; and ``/metrics`` for Prometheus (the task series from the engine's
+counters, the broker's gauges: metrics.py). Every action is a POST guarded against CSRF
+(security.py). Assets ship in the package: no CDN, works offline.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from conveyor import pausing
 from conveyor.app import App
 from conveyor.dashboard import views
 from conveyor.dashboard.security import csrf_token, guard
-from conveyor.metrics import broker_registry
+from conveyor.metrics import dashboard_registry
 
 __all__ = ["create_app"]
 
@@ -93,7 +94,7 @@ def create_app(app: App, token: str | None = None) -> Starlette:
         await run_in_threadpool(action, [str(i) for i in form.getlist("id")] or None)  # none ticked: all of them
         return RedirectResponse("/dead", status_code=303)
 
-    registry = broker_registry(app)
+    registry = dashboard_registry(app)
 
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

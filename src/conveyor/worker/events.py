@@ -11,6 +11,8 @@ import enum
 
 import msgspec
 
+from conveyor.tally import count
+
 
 class Ended(enum.StrEnum):
     """How one delivery ended in this worker (not a task state: DEAD and RETURNED have no result)."""
@@ -51,6 +53,18 @@ class TaskStarted(msgspec.Struct, tag=True, array_like=True):
     attempt: int
 
 
+class TaskRunning(msgspec.Struct, tag=True, array_like=True):
+    """A task started that the supervisor does not watch (the asyncio pool: its child enforces limits itself).
+
+    For the event log and nothing else: sent at once for a task with a hard time limit, else once it runs
+    long; its end is counted in bulk like any unreported task's.
+    """
+
+    id: str
+    task: str
+    queue: str
+
+
 class TaskFinished(msgspec.Struct, tag=True, array_like=True):
     """A task whose start was reported ended."""
 
@@ -74,16 +88,18 @@ EndedTask = tuple[str, str, Ended, float, float]
 
 
 class Happened(msgspec.Struct, tag=True, array_like=True):
-    """What a child's tasks did since its last report, for the event log (sent with the counts, per batch).
+    """What a child's tasks did since its last report, for the event log and the metrics (sent with the counts).
 
     ``payload`` is ``[received, ended]`` already encoded (:func:`happened`): the supervisor appends it
     to the event log as it is, without building a record per task (the log's readers expand it, see
-    ``conveyor/eventlog.py``); it decodes it only to count for its Prometheus metrics.
-    Only sent when the app publishes events or serves metrics. A task whose start was reported ends in a
-    TaskFinished instead.
+    ``conveyor/eventlog.py``). ``counts`` are its counter increments (tally.py), counted by the child in
+    bulk, so the supervisor only adds them up for its Prometheus metrics and the engine's counters: it
+    never decodes the payload. Only sent when the app publishes events or serves metrics. A task whose
+    start was reported ends in a TaskFinished instead.
     """
 
     payload: bytes
+    counts: dict[str, float] = {}
 
 
 _payload_encoder = msgspec.msgpack.Encoder()
@@ -91,8 +107,8 @@ _payload_decoder = msgspec.msgpack.Decoder(tuple[list[Received], list[EndedTask]
 
 
 def happened(received: list[Received], ended: list[EndedTask]) -> Happened:
-    """The report of these received and ended deliveries."""
-    return Happened(_payload_encoder.encode((received, ended)))
+    """The report of these received and ended deliveries, with their counts."""
+    return Happened(_payload_encoder.encode((received, ended)), count(received, ended))
 
 
 def unpack(report: Happened) -> tuple[list[Received], list[EndedTask]]:
@@ -106,7 +122,7 @@ class Retiring(msgspec.Struct, tag=True, array_like=True):
     reason: str
 
 
-ChildEvent = TaskStarted | TaskFinished | Counts | Happened | Retiring
+ChildEvent = TaskStarted | TaskRunning | TaskFinished | Counts | Happened | Retiring
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(ChildEvent)

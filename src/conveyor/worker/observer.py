@@ -5,6 +5,8 @@ The children tell their supervisor what their tasks did (worker/events.py: ``Hap
 :class:`~conveyor.eventlog.Event` records and appends it to the result backend's event log every
 ``PUBLISH_EVERY`` seconds: one write per worker per half second, whatever the throughput. A failed
 write is logged once per outage and the batch dropped (events are for watching, not for delivery).
+With each batch it adds its children's counts (tally.py) to the engine's counters (what the
+dashboard's ``/metrics`` serves); those are kept through an outage and added once the engine answers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from conveyor.app import App
 from conveyor.brokers import WorkerInfo
 from conveyor.errors import BrokerError
 from conveyor.eventlog import FINAL_KINDS, PUBLISH_EVERY, Event, encode_batch
-from conveyor.worker.events import Ended, Happened, TaskFinished, TaskStarted, unpack
+from conveyor.tally import COUNTS_KEY, add, count
+from conveyor.worker.events import Ended, Happened, TaskFinished, TaskRunning, TaskStarted
 from conveyor.worker.outage import Outage
 
 if TYPE_CHECKING:
@@ -47,22 +50,20 @@ class Observer:
         self._compact: list[bytes] = []  # the children's reports, forwarded as they came
         self._due = 0.0
         self._outage = Outage("event log")
+        self._counting = self.publishing  # the engine's counters get this worker's counts (tally.py)
+        self._counts: dict[str, float] = {}  # what the next batch adds to them
 
     def happened(self, report: Happened) -> None:
-        """A child's batch of received and ended deliveries: forwarded as it is, decoded only for metrics."""
+        """A child's batch of received and ended deliveries: forwarded as it is, its counts added up (never decoded)."""
         if self.publishing:
             self._compact.append(report.payload)
             self._trim()
-        if self.metrics is None:
-            return
-        received, ended = unpack(report)
-        for _, queue, deliveries, _ in received:
-            self.metrics.received_one(queue, deliveries)
-        for _, task, how, runtime, _ in ended:
-            if FINAL_KINDS.get(how) is not None:
-                self.metrics.ended_one(task, how.value, runtime)
+            if self._counting:
+                add(self._counts, report.counts)
+        if self.metrics is not None:
+            self.metrics.add(report.counts)
 
-    def started(self, event: TaskStarted) -> None:
+    def started(self, event: TaskStarted | TaskRunning) -> None:
         """A task whose start a child reported (a hard time limit, or a long run)."""
         self._add(Event("task-started", time.time(), self.worker_id, id=event.id, task=event.task, queue=event.queue))
 
@@ -94,22 +95,37 @@ class Observer:
             return
         self._due = now + PUBLISH_EVERY
         batch, compact, self._batch, self._compact = self._batch, self._compact, [], []
+        counts, self._counts = self._counts, {}
         try:
             self.app.backend.append_events(encode_batch(batch, self.worker_id, compact), self.app.settings.events_ttl)
+            self._add_counts(counts)
         except NotImplementedError as exc:
             log.warning("events are off: %s", exc)
             self.publishing = False
         except BrokerError as exc:
             self._outage.failed(exc, "publishing events")
+            add(self._counts, counts)  # counters are totals: what was not added goes with the next batch
         else:
             self._outage.answered()
+
+    def _add_counts(self, counts: dict[str, float]) -> None:
+        if not self._counting:
+            return
+        try:
+            self.app.backend.add_counts(COUNTS_KEY, counts)
+        except NotImplementedError as exc:  # a store with an event log but no counters: the log goes on
+            log.warning("the dashboard's task series are off: %s", exc)
+            self._counting = False
 
     def _ended(self, task_id: str, task: str, ended: Ended, runtime: float, at: float) -> None:
         kind = FINAL_KINDS.get(ended)
         if kind is None:
             return
+        counts = count([], [(task_id, task, ended, runtime, at)])
         if self.metrics is not None:
-            self.metrics.ended_one(task, ended.value, runtime)
+            self.metrics.add(counts)
+        if self.publishing and self._counting:
+            add(self._counts, counts)
         self._add(Event(kind, at, self.worker_id, id=task_id, task=task, runtime=runtime))
 
     def _add(self, event: Event) -> None:

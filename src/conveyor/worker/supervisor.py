@@ -41,6 +41,7 @@ from conveyor.worker.events import (
     Happened,
     Retiring,
     TaskFinished,
+    TaskRunning,
     TaskStarted,
     decode_event,
 )
@@ -299,6 +300,8 @@ class Supervisor:
         elif isinstance(event, TaskStarted):
             delivery = Delivery(event.id, event.queue, b"", event.priority, event.deliveries, event.token, child.owner)
             child.running[event.id] = _Running(event.task, event.deadline, delivery, event.attempt)
+            self.observer.started(event)
+        elif isinstance(event, TaskRunning):  # not watched: its child enforces its limits
             self.observer.started(event)
         elif isinstance(event, TaskFinished):
             child.running.pop(event.id, None)

@@ -134,6 +134,11 @@ def claim_key(prefix: str, key: str) -> str:
     return f"{{{prefix}:claim:{key}}}"
 
 
+def counts_key(prefix: str, key: str) -> str:
+    """HASH name -> float: the counter set ``key`` (Store.add_counts), no expiry."""
+    return f"{{{prefix}:counts:{key}}}"
+
+
 def events_key(prefix: str) -> str:
     """STREAM of event batches (conveyor/eventlog.py), one field ``b``; capped at MAX_BATCHES and trimmed by age."""
     return f"{{{prefix}:events}}"

@@ -125,3 +125,12 @@ CREATE TABLE IF NOT EXISTS events (
     at    REAL NOT NULL,
     batch BLOB NOT NULL
 );
+
+-- counters: Prometheus counters the engine keeps (Store.add_counts: conveyor/metrics.py), one row per
+-- (set, name); they only grow, and never expire (a few rows per task name).
+CREATE TABLE IF NOT EXISTS counters (
+    key   TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (key, name)
+) WITHOUT ROWID;

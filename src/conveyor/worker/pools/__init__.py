@@ -29,7 +29,9 @@ the pipe, per-child limits); a pool owns its loop and must keep these promises:
 5. *Report through the child.* ``child.ended(outcome, reported)`` for every delivery that
    ended; ``child.started(...)`` sent at once for a task with a hard ``time_limit`` (the
    supervisor kills the child at its deadline) and for a task that runs long (terminate-
-   revocation); a TaskFinished follows a reported start, anything else is counted in bulk.
+   revocation); a TaskFinished follows a reported start, anything else is counted in bulk. A pool
+   that enforces limits itself (asyncio) sends ``TaskRunning`` instead: the event log hears of
+   the start, the supervisor watches nothing.
 6. *Stop cleanly.* When ``child.serving`` turns false: return every unstarted delivery at once
    (``child.return_unstarted``), let running tasks finish (the supervisor enforces the grace
    period), settle what finished, and return. On ``child.backend_down`` give back what has not

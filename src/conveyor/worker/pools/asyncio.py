@@ -41,7 +41,7 @@ from conveyor.pausing import CHECK_EVERY
 from conveyor.states import State, decode_record
 from conveyor.task import BaseTask
 from conveyor.worker.childlimits import memory_reason
-from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring
+from conveyor.worker.events import ChildEvent, Counts, Ended, Retiring, TaskRunning
 from conveyor.worker.executor import BackendDown, Executor, Outcome
 from conveyor.worker.outage import FIRST_BACKOFF, Outage, next_backoff
 from conveyor.worker.pools import Pool
@@ -65,6 +65,8 @@ RESERVE_BATCH = 256
 REVOCATION_CHECK = 1.0
 #: Seconds between the counts of finished tasks sent to the supervisor.
 COUNTS_EVERY = 0.5
+#: Seconds a task runs before its start goes to the event log (as on the thread pool; a hard time limit: at once).
+LONG_TASK = 0.5
 #: The id read to find out whether the result backend answers again.
 _PROBE_ID = "conveyor-backend-probe"
 
@@ -89,6 +91,8 @@ class AsyncioChild:
         self.calls: dict[str, asyncio.Future[Any]] = {}  # running calls by delivery id (terminate cancels them)
         self._started: dict[str, float] = {}  # monotonic start of each running call
         self._reserved_at = 0.0  # monotonic time before the last reserve (the leases it took run from after it)
+        # Running tasks whose start is not in the event log yet: monotonic start, task, queue (only when observed)
+        self._unreported: dict[str, tuple[float, str, str]] = {}
         self._sync_started: dict[str, BaseTask[Any, Any]] = {}  # running sync tasks: each holds a thread
         self._deadlines: dict[str, tuple[Delivery, Message, BaseTask[Any, Any], float]] = {}
         self._free_slots = list(range(config.slots - 1, -1, -1))
@@ -230,6 +234,7 @@ class AsyncioChild:
         finally:
             del self._slots[delivery.id]
             self._started.pop(delivery.id, None)
+            self._unreported.pop(delivery.id, None)
             self._let_go_of_stuck_thread(delivery.id, outcome)
             self._deadlines.pop(delivery.id, None)
             self.board.idle(slot)
@@ -277,6 +282,19 @@ class AsyncioChild:
             self._sync_started[delivery.id] = task
         if task.options.time_limit is not None:
             self._deadlines[delivery.id] = (delivery, message, task, now + task.options.time_limit)
+        if self.child.notes.enabled:  # the event log hears of a start at once for a hard limit, else if it runs long
+            if task.options.time_limit is not None:
+                self._send(TaskRunning(delivery.id, message.task, delivery.queue))
+            else:
+                self._unreported[delivery.id] = (now, message.task, delivery.queue)
+
+    def _report_long_tasks(self) -> None:
+        """Send the start of each task running past LONG_TASK to the event log (a pipe message each, once)."""
+        since = time.monotonic() - LONG_TASK
+        long = [msg_id for msg_id, (started, _, _) in self._unreported.items() if started <= since]
+        for msg_id in long:
+            _, task, queue = self._unreported.pop(msg_id)
+            self._send(TaskRunning(msg_id, task, queue))
 
     def _count(self, outcome: Outcome) -> None:
         self.child.notes.ended(outcome)
@@ -357,6 +375,7 @@ class AsyncioChild:
         while True:
             await asyncio.sleep(COUNTS_EVERY)
             self.watch.tick()
+            self._report_long_tasks()
             self._send_counts()
             self._check_memory()
             if time.monotonic() >= next_revocation:
