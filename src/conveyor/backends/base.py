@@ -95,6 +95,22 @@ class Store(abc.ABC):
     def delete_value(self, key: str) -> None:
         """Delete the value under ``key`` (nothing happens when there is none)."""
 
+    def location(self) -> str | None:
+        """Where this store commits, as an engine-specific string a broker built with it may compare with its own.
+
+        None (the default): nothing a broker shares. The PostgreSQL backend answers its server and schema,
+        so that a PostgreSQL broker on the same server knows the two share one write-ahead log.
+        """
+        return None
+
+    def beside_acks(self) -> None:  # noqa: B027 - optional hook, nothing to change by default
+        """Told by the broker built with this store: its acks commit after this store's result writes, to
+        the same write-ahead log, so a crash that forgets a result forgets its ack too (the task runs again).
+
+        The default ignores it. The PostgreSQL backend then writes worker result batches without waiting
+        for the WAL flush.
+        """
+
     def signal_workers(self) -> None:  # noqa: B027 - optional hook, nothing to signal by default
         """Wake idle workers so they read their queue flags again (after a queue was paused or resumed).
 

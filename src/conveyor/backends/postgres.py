@@ -56,6 +56,14 @@ class PostgresResultBackend(ResultBackend):
     def __repr__(self) -> str:
         return f"PostgresResultBackend({self.db.url!r})"
 
+    def location(self) -> str:
+        """The libpq URL of its database, with its schema as the fragment (``postgresql://...#conveyor``)."""
+        return f"{self.db.conninfo}#{self.db.schema}"
+
+    def beside_acks(self) -> None:
+        """The PostgreSQL broker on the same server acks after these writes: result batches skip the flush."""
+        self.flush_results = False
+
     def _q(self, text: str) -> sql.Composed:
         return sql.SQL(text).format(s=self._s)
 

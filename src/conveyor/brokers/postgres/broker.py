@@ -50,7 +50,7 @@ class PostgresBroker(Broker):
 
     The schema must be migrated first (``conveyor db migrate APP``). The schema keeps every state the
     broker needs; ``store`` (the app's result backend), when it is PostgreSQL on the same server, is told
-    that its worker result batches need not wait for the WAL flush (``PostgresResultBackend.set_many``):
+    that its worker result batches need not wait for the WAL flush (``Store.beside_acks``):
     the acks that follow them go to the same write-ahead log.
     """
 
@@ -58,14 +58,17 @@ class PostgresBroker(Broker):
         super().__init__(url, max_deliveries=max_deliveries)
         self.db = PostgresConnection(url)
         self._s = self.db.ident
-        from conveyor.backends.postgres import PostgresResultBackend  # the backend imports this package
-
-        if isinstance(store, PostgresResultBackend) and _same_server(store.db.conninfo, self.db.conninfo):
-            store.flush_results = False
+        # A PostgreSQL store says where it commits (Store.location: its libpq URL, the schema as fragment).
+        place = store.location() if store is not None else None
+        conninfo, _, schema = (place or "").partition("#")
+        if store is not None and conninfo.startswith("postgresql:") and _same_server(conninfo, self.db.conninfo):
+            store.beside_acks()
         # The store's signal_workers notifies this schema's channel (same database, same schema): then
         # wake_version tells a worker child when to read its pause flags again.
-        here = (self.db.conninfo, self.db.schema)
-        self._store_signals = isinstance(store, PostgresResultBackend) and (store.db.conninfo, store.db.schema) == here
+        self._store_signals = conninfo.startswith("postgresql:") and (conninfo, schema) == (
+            self.db.conninfo,
+            self.db.schema,
+        )
         # Per process: the listener generation of the last reserve that found nothing, when (monotonic)
         # the next scheduled message comes due or lease expires (None: none), whether leases were in
         # flight, and the count of acks before that reserve; an idle reserve skips its query while the
