@@ -1,4 +1,4 @@
-"""Dramatiq's side of the benchmark: RedisBroker (or RabbitmqBroker for ``dramatiq-amqp``), Results on Redis for ``echo``.
+"""Dramatiq's side of the benchmark: RedisBroker or (dramatiq-amqp) RabbitmqBroker; Results on Redis for ``echo``.
 
 Worker: ``dramatiq bench.systems.dramatiq_tasks -p 2 -t 1`` (2 processes of one thread each: two
 tasks at once, like every other system; Dramatiq logs no line per task). io-threads: ``-p 2 -t 128``.

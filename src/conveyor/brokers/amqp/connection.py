@@ -2,16 +2,15 @@
 
 pika's ``BlockingConnection`` is not thread-safe, and an AMQP acknowledgement must go on the
 channel that received the delivery, so every operation of a process goes through one connection
-under one lock (:meth:`AMQPConnection.call`). It carries up to three channels:
+under one lock (:meth:`AMQPConnection.call`). It carries up to two channels:
 
 - the **main** channel, transactional (``tx.select``): the ready queues' consumers, and every
   "publish a copy, acknowledge the original" step (``tx.commit-ok`` makes both land together);
 - the **confirm** channel (publisher confirms), opened on the first plain enqueue: a batch is
-  published in one go and :meth:`AMQPConnection.wait_confirms` waits for RabbitMQ's acks of all of it;
-- the **eta** channel, transactional, whose consumers take the messages whose delay level ran out
-  (``.eta`` queues) and promote them (see docs/amqp.md).
+  published in one go and :meth:`AMQPConnection.wait_confirms` waits for RabbitMQ's acks of all of it.
 
-A channel that fails takes the whole connection with it (all three are reopened together), so one
+(The ``.eta`` queues are consumed on a connection of their own: promoter.py.) A channel that fails
+takes the whole connection with it (both are reopened together), so one
 generation number tells which deliveries are still held.
 
 A connection or channel that fails is dropped and reopened with backoff for at most ``retry_for``
@@ -47,6 +46,10 @@ RETRYABLE = (
     ConnectionError,
     OSError,
 )
+
+
+#: Seconds a publisher waits for RabbitMQ's confirms before it raises BrokerUnavailable.
+CONFIRM_TIMEOUT = 30.0
 
 
 class Confirms:
@@ -101,6 +104,9 @@ class AMQPConnection:
             self.params.blocked_connection_timeout = retry_for
         self.printable = printable
         self.retry_for = retry_for
+        #: Seconds to wait for publisher confirms (RabbitMQ confirms a persistent message once it is on
+        #: disk: a busy disk can take seconds, as it would for a tx.commit).
+        self.confirm_timeout = max(CONFIRM_TIMEOUT, retry_for)
         self.lock = threading.RLock()
         #: Bumped each time a channel is opened; deliveries of an older generation are lost.
         self.generation = 0
@@ -108,9 +114,10 @@ class AMQPConnection:
         self._channel: BlockingChannel | None = None
         self._confirm: BlockingChannel | None = None
         self.confirms = Confirms()
-        self._eta: BlockingChannel | None = None
         self._pid = 0
         self._on_fork = on_fork
+        #: Called under the lock before each operation, with the channel and the operation.
+        self.before_call: Callable[[BlockingChannel, Callable[[BlockingChannel], Any]], None] | None = None
 
     def call(self, op: Callable[[BlockingChannel], T], retry: Callable[[], bool] | None = None) -> T:
         """Run ``op`` on the channel under the lock, reopening and retrying after connection faults.
@@ -128,7 +135,10 @@ class AMQPConnection:
         with self.lock:
             while True:
                 try:
-                    return op(self._open())
+                    channel = self._open()
+                    if self.before_call is not None:
+                        self.before_call(channel, op)
+                    return op(channel)
                 except pika.exceptions.ChannelClosedByBroker as exc:
                     self.drop()
                     raise BrokerError(
@@ -160,7 +170,7 @@ class AMQPConnection:
         """Forget the connection (closing it if this process opened it); the next call opens a new one."""
         with self.lock:
             conn, self._conn, self._channel = self._conn, None, None
-            self._confirm = self._eta = None
+            self._confirm = None
             if conn is not None and self._pid == os.getpid():
                 with contextlib.suppress(Exception):  # it is being thrown away either way
                     conn.close()
@@ -172,7 +182,7 @@ class AMQPConnection:
                 _abandon(self._conn)
             if self._pid and self._on_fork is not None:
                 self._on_fork()
-            self._conn = self._channel = self._confirm = self._eta = None
+            self._conn = self._channel = self._confirm = None
             self._pid = os.getpid()
             self.generation += 1
         if self._channel is None or not self._channel.is_open:
@@ -210,12 +220,12 @@ class AMQPConnection:
         """Wait until RabbitMQ confirmed every publish of the confirm channel.
 
         Raises:
-            BrokerUnavailable: RabbitMQ nacked a message, or did not confirm within ``retry_for``
-                seconds; the channel's fate is unknown, so the connection is dropped.
+            BrokerUnavailable: RabbitMQ nacked a message, or did not confirm within
+                :attr:`confirm_timeout` seconds; the channel's fate is unknown, so the connection is dropped.
             pika.exceptions.AMQPConnectionError: the connection closed before the confirms came.
         """
         confirms = self.confirms
-        self.wait_for(lambda: not confirms.pending, self.retry_for)
+        self.wait_for(lambda: not confirms.pending, self.confirm_timeout)
         if confirms.nacked or confirms.pending:
             nacked, missing = confirms.nacked, len(confirms.pending)
             self.drop()
@@ -224,15 +234,6 @@ class AMQPConnection:
                 f"RabbitMQ at {self.printable} {what}; the batch may be partly stored: send it again "
                 "(a message may then run twice)"
             )
-
-    def eta_channel(self, prefetch: int) -> BlockingChannel:
-        """The transactional channel whose consumers promote scheduled messages (call inside :meth:`call`)."""
-        if self._eta is None or not self._eta.is_open:
-            channel = self.connection.channel()
-            channel.tx_select()
-            channel.basic_qos(prefetch_count=prefetch)
-            self._eta = channel
-        return self._eta
 
     def wait_for(self, ready: Callable[[], bool], timeout: float) -> None:
         """Process I/O (and pika's callbacks) until ``ready()`` or ``timeout`` seconds passed.
