@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -111,4 +113,42 @@ def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_mean
     assert [r.get(timeout=60) for r in waiting] == [f"w{i}" for i in range(20)]
     assert runs_of(records, "while-down") == 0
     assert enqueue(e2e_app, "record", "after").get(timeout=30) == "after"
+    assert worker.stop() == 0
+
+
+def _received_packets(vhost: str) -> dict[str, int]:
+    """Packets RabbitMQ received on each connection of ``vhost`` (read live from the sockets)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "-p", vhost, "name", "recv_cnt", "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    rows = [line.rsplit("\t", 1) for line in out.splitlines() if "\t" in line]
+    return {name: int(count) for name, count in rows}
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.parametrize("pool_name", ["process", "thread"])
+@pytest.mark.timeout(120)
+def test_an_idle_worker_sends_rabbitmq_nothing_but_heartbeats(
+    pool_name: str, e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker that ran a countdown task (its queues consumed, its .eta promoter connected) and is idle
+    worker = start_worker("-c", "2", "--pool", pool_name)
+    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
+    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
+    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
+    time.sleep(1.0)  # the last acks and counts settle
+    # When 3 seconds pass with nothing to do
+    before = _received_packets(vhost)
+    time.sleep(3.0)
+    after = _received_packets(vhost)
+    # Then RabbitMQ received at most an AMQP heartbeat on each connection (it used to get a basic.get every 50 ms)
+    assert len(after) >= 2, after  # the child's connection and its promoter's, at least
+    grown = {name: after[name] - before.get(name, 0) for name in after}
+    assert {name: packets for name, packets in grown.items() if packets > 1} == {}
+    # And it still takes work at once
+    assert enqueue(e2e_app, "record", "after", 0).get(timeout=30) == "after"
     assert worker.stop() == 0

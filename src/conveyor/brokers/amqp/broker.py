@@ -402,7 +402,8 @@ class AMQPBroker(Broker):
             moved = self._expire(ch)
             for queue in sorted(self._declared):
                 moved += self._promote(ch, queue_names(self.prefix, queue))
-            ch.tx_commit()
+            if moved:  # nothing to commit otherwise: an idle supervisor's heartbeat sends RabbitMQ nothing
+                ch.tx_commit()
             return moved
 
         return self._conn.call(op)
