@@ -212,6 +212,9 @@ class AMQPBroker(Broker):
             for queue in {e.queue for e in envelopes}:
                 self._declare(ch, queue)
             confirm = self._conn.confirm_channel()
+            # A close RabbitMQ sent while the connection sat idle shows here, before anything is sent
+            # (then the call reconnects and retries); no round trip.
+            self._conn.connection.process_data_events(0)
             now = time.time()
             sent = True
             for env in envelopes:
