@@ -562,11 +562,17 @@ class AMQPBroker(Broker):
         self._return_inbox(ch, list(self._inbox))
 
     def _return_inbox(self, ch: BlockingChannel, pushed: list[Pushed]) -> None:
-        """Give pushed, unhanded deliveries back as identical copies (a reject would mark them redelivered)."""
+        """Give pushed, unhanded deliveries back as identical copies (a reject would mark them redelivered).
+
+        One RabbitMQ already redelivered is counted first, exactly as a reserve taking it would.
+        """
         if not pushed:
             return
         for p in pushed:
             self._inbox.remove(p)
+            if p.method.redelivered:  # a copy must not lose what the flag says: count it as a reserve would
+                self._recount(ch, p.queue, meta_of(p.props), p.method.delivery_tag, p.body)
+                continue
             keep_unmarked(ch, queue_names(self.prefix, p.queue).ready, p.props, p.body)
             ch.basic_ack(p.method.delivery_tag)
         ch.tx_commit()
