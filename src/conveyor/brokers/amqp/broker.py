@@ -3,18 +3,22 @@
 How the contract maps onto AMQP (docs/amqp.md has the full story):
 
 - **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
-  transactional channel; ``enqueue`` returns after ``tx.commit-ok``, when RabbitMQ has the batch.
-- **reserve**: ``basic.get`` (pull), at most ``n`` messages, queues in the order given: nothing is
-  prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
-  while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
+  confirm channel in one write; ``enqueue`` returns once RabbitMQ confirmed the whole batch (keyed
+  batches: a transaction, ``tx.commit-ok``). A fault after publishing raises BrokerUnavailable.
+- **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
+  held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
+  free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
+  delivery stays unacknowledged on this process's channel while the task runs, so RabbitMQ requeues
+  it the moment the process dies (its connection closes).
 - **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
   stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``), counted
   in heartbeats of this process, so a stall of the whole process (a task holding the GIL) expires nothing.
 - **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
   RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered) only if
   its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
-- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
-  reserving worker promotes due messages and sends the others to the next level: never early.
+- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, whose
+  consumer (the promoter thread, ``promoter.py``) sends due messages to ready and the others to the
+  next level: never early.
 - **dead letters, cancel, purge, stats, registry**: see ``admin.py`` and ``scan.py``.
 - **shared state**: RabbitMQ keeps messages only, so the broker is built with a store (the app's result
   backend) that holds its idempotency claims (``claims.py``), worker heartbeats (``admin.py``) and
