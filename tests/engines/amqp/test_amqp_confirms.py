@@ -7,6 +7,7 @@ passing RabbitMQ's bytes back (the confirm is held) and then cuts both sockets.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from conveyor.brokers import Envelope
 from conveyor.brokers.amqp import AMQPBroker
 from conveyor.errors import BrokerUnavailable
 from tests.conftest import wait_until
+from tests.vhosts import rabbitmqctl
 
 
 def env(body: bytes = b"x") -> Envelope:
@@ -111,4 +113,24 @@ def test_a_batch_is_confirmed_as_a_whole(amqp_test_url: str) -> None:
         assert [d.id for d in got] == ids
         producer.ack(got)
     finally:
+        producer.close()
+
+
+def test_a_nacked_publish_raises_broker_unavailable(amqp_test_url: str, amqp_vhost: str) -> None:
+    # Given a queue that RabbitMQ refuses to take messages into (a policy: max length 0, reject-publish)
+    producer = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())
+    policy = f"cvtest-nack-{uuid.uuid4().hex[:8]}"
+    pattern = f"^{re.escape(producer.prefix)}\\.q\\.full$"
+    definition = '{"max-length": 0, "overflow": "reject-publish"}'
+    rabbitmqctl("set_policy", "-p", amqp_vhost, "--apply-to", "queues", policy, pattern, definition)
+    try:
+        producer.enqueue([env()])  # the default queue takes it
+        # When a message is sent to the full queue, Then RabbitMQ's nack reaches the caller
+        with pytest.raises(BrokerUnavailable, match="nacked 1 message"):
+            producer.enqueue([Envelope(id=uuid.uuid4().hex, queue="full", body=b"x", explicit_id=False)])
+        # And the producer goes on working
+        producer.enqueue([env()])
+        assert producer.stats()[0].ready == 2
+    finally:
+        rabbitmqctl("clear_policy", "-p", amqp_vhost, policy)
         producer.close()
