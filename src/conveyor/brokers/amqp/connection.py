@@ -224,12 +224,21 @@ class AMQPConnection:
                 :attr:`confirm_timeout` seconds; the channel's fate is unknown, so the connection is dropped.
             pika.exceptions.AMQPConnectionError: the connection closed before the confirms came.
         """
-        confirms = self.confirms
-        self.wait_for(lambda: not confirms.pending, self.confirm_timeout)
+        confirms, channel = self.confirms, self._confirm
+
+        def closed() -> bool:  # RabbitMQ closed the channel: no confirm will come
+            return channel is None or not channel.is_open
+
+        self.wait_for(lambda: not confirms.pending or closed(), self.confirm_timeout)
         if confirms.nacked or confirms.pending:
             nacked, missing = confirms.nacked, len(confirms.pending)
             self.drop()
-            what = f"nacked {nacked} message(s)" if nacked else f"did not confirm {missing} message(s) in time"
+            if nacked:
+                what = f"nacked {nacked} message(s)"
+            elif closed():
+                what = f"closed the confirm channel before it confirmed {missing} message(s)"
+            else:
+                what = f"did not confirm {missing} message(s) within {self.confirm_timeout:g} s"
             raise BrokerUnavailable(
                 f"RabbitMQ at {self.printable} {what}; the batch may be partly stored: send it again "
                 "(a message may then run twice)"
