@@ -24,6 +24,8 @@ MARKER = ".bench-requirements"
 REQUIREMENTS: dict[str, list[str]] = {
     "celery": ["celery[redis]>=5.3", "hiredis", "psutil"],
     "dramatiq": ["dramatiq[redis]>=1.15", "hiredis", "psutil"],
+    # Dramatiq on RabbitMQ (its RabbitmqBroker, on pika); results and the counter stay on the run's Redis.
+    "dramatiq-amqp": ["dramatiq[rabbitmq,redis]>=1.15", "hiredis", "psutil"],
     "rq": ["rq>=1.15", "hiredis", "psutil"],
     "huey": ["huey>=2.5", "redis>=4.5", "hiredis", "psutil"],
     "arq": ["arq>=0.25", "hiredis", "psutil"],

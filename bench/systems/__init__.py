@@ -86,6 +86,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("celery", "celery", "celery", "", (*CLASSIC_WORKLOADS, IO_THREADS, *WORKFLOWS)),
         SystemSpec("celery-amqp", "celery", "celery", "amqp"),
         SystemSpec("dramatiq", "dramatiq", "dramatiq", "", (*CLASSIC_WORKLOADS, IO_THREADS, IO_ASYNC)),
+        SystemSpec("dramatiq-amqp", "dramatiq", "dramatiq-amqp", "amqp"),
         SystemSpec("rq", "rq", "rq"),
         SystemSpec("huey", "huey", "huey", "", (*CLASSIC_WORKLOADS, IO_THREADS)),
         SystemSpec("arq", "arq", "arq", "", (*CLASSIC_WORKLOADS, IO_ASYNC)),

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
-from bench.systems import IO_ASYNC, IO_THREADS
-from bench.systems.base import Driver, Unavailable
+from bench.systems import BROKER_URL_ENV, IO_ASYNC, IO_THREADS
+from bench.systems._rabbit import Vhost
+from bench.systems.base import Driver, DriverConfig, Unavailable
 
 
 class DramatiqDriver(Driver):
-    """Dramatiq with RedisBroker and the Redis results backend."""
+    """Dramatiq with RedisBroker, or (variant ``amqp``) RabbitmqBroker in a fresh vhost; results on Redis."""
+
+    def __init__(self, config: DriverConfig) -> None:
+        super().__init__(config)
+        self.vhost = Vhost(config.label) if config.variant == "amqp" else None
+        if self.vhost is not None:  # read by dramatiq_tasks when it is imported, here and in the workers
+            os.environ[BROKER_URL_ENV] = self.vhost.url
 
     batch_note = "group([actor.message(i) ...]).run(): one enqueue script call per message"
 
@@ -30,7 +38,8 @@ class DramatiqDriver(Driver):
     def describe(self) -> str:
         processes, threads = self._shape()
         extra = ", AsyncIO middleware" if self.config.workload == IO_ASYNC else ""
-        return f"RedisBroker, {processes} processes x {threads} threads, Results(RedisBackend) for echo{extra}"
+        broker = "RabbitmqBroker (pika, publisher confirms off), Redis results" if self.vhost else "RedisBroker"
+        return f"{broker}, {processes} processes x {threads} threads, Results(RedisBackend) for echo{extra}"
 
     def _shape(self) -> tuple[int, int]:
         if self.config.workload in (IO_THREADS, IO_ASYNC):
@@ -38,7 +47,10 @@ class DramatiqDriver(Driver):
         return self.config.concurrency, 1
 
     def worker_env(self) -> dict[str, str]:
-        return {"BENCH_DRAMATIQ_ASYNCIO": "1"} if self.config.workload == IO_ASYNC else {}
+        env = {"BENCH_DRAMATIQ_ASYNCIO": "1"} if self.config.workload == IO_ASYNC else {}
+        if self.vhost is not None:
+            env[BROKER_URL_ENV] = self.vhost.url
+        return env
 
     def worker_commands(self) -> list[list[str]]:
         processes, threads = self._shape()
@@ -69,6 +81,8 @@ class DramatiqDriver(Driver):
         tasks = getattr(self, "tasks", None)
         if tasks is not None:
             tasks.broker.close()
+        if self.vhost is not None:
+            self.vhost.delete()
 
 
 DRIVER = DramatiqDriver

@@ -1,4 +1,4 @@
-"""Dramatiq's side of the benchmark: RedisBroker, Results middleware on Redis for ``echo`` only.
+"""Dramatiq's side of the benchmark: RedisBroker or (dramatiq-amqp) RabbitmqBroker; Results on Redis for ``echo``.
 
 Worker: ``dramatiq bench.systems.dramatiq_tasks -p 2 -t 1`` (2 processes of one thread each: two
 tasks at once, like every other system; Dramatiq logs no line per task). io-threads: ``-p 2 -t 128``.
@@ -19,7 +19,7 @@ from dramatiq.middleware import AsyncIO
 from dramatiq.results import Results
 from dramatiq.results.backends.redis import RedisBackend
 
-from bench.systems import AIO_WAIT_SECONDS, IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
+from bench.systems import AIO_WAIT_SECONDS, BROKER_URL_ENV, IO_BLOCK_SECONDS, REDIS_URL_ENV, SLEEP_SECONDS
 from bench.systems._counter import incr
 
 #: Set to 1 by the driver for io-async: adds the AsyncIO middleware (an event loop thread per process).
@@ -27,7 +27,13 @@ ASYNCIO_ENV = "BENCH_DRAMATIQ_ASYNCIO"
 
 _url = os.environ[REDIS_URL_ENV]
 
-broker = RedisBroker(url=_url)
+# The dramatiq-amqp variant sets BENCH_BROKER_URL to its RabbitMQ vhost; results stay on Redis.
+if os.environ.get(BROKER_URL_ENV):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker: dramatiq.Broker = RabbitmqBroker(url=os.environ[BROKER_URL_ENV])
+else:
+    broker = RedisBroker(url=_url)
 broker.add_middleware(Results(backend=RedisBackend(url=_url)))
 if os.environ.get(ASYNCIO_ENV) == "1":
     broker.add_middleware(AsyncIO())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import psutil
 import pytest
 
 from conveyor import App, BrokerUnavailable
@@ -114,4 +118,53 @@ def test_worker_survives_a_rabbitmq_restart_and_producers_get_a_clear_error_mean
     assert [r.get(timeout=60) for r in waiting] == [f"w{i}" for i in range(20)]
     assert runs_of(records, "while-down") == 0
     assert enqueue(e2e_app, "record", "after").get(timeout=30) == "after"
+    assert worker.stop() == 0
+
+
+def _received_packets(vhost: str, ports: set[int]) -> dict[str, int]:
+    """Packets RabbitMQ received on each connection of ``vhost`` from one of the local ``ports`` (read live)."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "-p", vhost, "peer_port", "recv_cnt", "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    return {port: int(count) for port, count in rows if int(port) in ports}
+
+
+def _worker_ports(pid: int, server_port: int) -> set[int]:
+    """Local ports of the TCP connections to RabbitMQ of a worker's processes (supervisor and children)."""
+    root = psutil.Process(pid)
+    ports = set()
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            ports |= {c.laddr.port for c in proc.net_connections(kind="tcp") if c.raddr and c.raddr.port == server_port}
+    return ports
+
+
+@pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
+@pytest.mark.parametrize("pool_name", ["process", "thread"])
+@pytest.mark.timeout(120)
+def test_an_idle_worker_sends_rabbitmq_nothing_but_heartbeats(
+    pool_name: str, e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker that ran a countdown task (its queues consumed, its .eta promoter connected) and is idle
+    worker = start_worker("-c", "2", "--pool", pool_name)
+    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
+    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
+    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
+    time.sleep(1.0)  # the last acks and counts settle
+    # When 3 seconds pass with nothing to do
+    ports = _worker_ports(worker.pid, urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).port or 5672)
+    before = _received_packets(vhost, ports)
+    time.sleep(3.0)
+    after = _received_packets(vhost, ports)
+    # Then RabbitMQ received at most an AMQP heartbeat on each connection (it used to get a basic.get every 50 ms)
+    assert len(after) >= 2, after  # at least a child's own connection and its promoter's
+    grown = {name: after[name] - before.get(name, 0) for name in after}
+    assert {name: packets for name, packets in grown.items() if packets > 1} == {}
+    # And it still takes work at once
+    assert enqueue(e2e_app, "record", "after", 0).get(timeout=30) == "after"
     assert worker.stop() == 0

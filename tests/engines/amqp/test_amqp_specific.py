@@ -257,3 +257,32 @@ def test_a_message_released_for_a_dead_owner_is_given_back_once_not_again_at_its
     assert (stats.ready, stats.in_flight) == (0, 1)
     broker.ack([again])
     assert broker.stats()[0].in_flight == 0
+
+
+def test_a_waiting_reserve_is_pushed_no_more_than_its_free_slots(amqp_test_url: str) -> None:
+    # Given ten waiting messages, and a worker that takes two with a waiting (pushed) reserve
+    producer = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())
+    worker = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())
+    other = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())
+    try:
+        producer.enqueue([env(body=str(i).encode()) for i in range(10)])
+        taken: list[Delivery] = []
+        deadline = time.monotonic() + 10
+        while len(taken) < 2 and time.monotonic() < deadline:
+            taken += worker.reserve(["default"], 2 - len(taken), owner="w", lease=30, timeout=1)
+        assert [d.body for d in taken] == [b"0", b"1"]
+        # Then RabbitMQ pushed it nothing more while it holds them: the other eight are free for anyone
+        time.sleep(0.3)
+        rest = other.reserve(["default"], 10, owner="o", lease=30)
+        assert [d.body for d in rest] == [str(i).encode() for i in range(2, 10)]
+        other.ack(rest)
+        # And after a partial batch (one message for four free slots), later messages are not pushed to it
+        producer.enqueue([env(body=b"lone")])
+        [lone] = worker.reserve(["default"], 4, owner="w", lease=30, timeout=5)
+        producer.enqueue([env(body=b"later")])
+        time.sleep(0.3)
+        assert [d.body for d in other.reserve(["default"], 4, owner="o", lease=30)] == [b"later"]
+        worker.ack([*taken, lone])
+    finally:
+        for broker in (producer, worker, other):
+            broker.close()

@@ -3,18 +3,22 @@
 How the contract maps onto AMQP (docs/amqp.md has the full story):
 
 - **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
-  transactional channel; ``enqueue`` returns after ``tx.commit-ok``, when RabbitMQ has the batch.
-- **reserve**: ``basic.get`` (pull), at most ``n`` messages, queues in the order given: nothing is
-  prefetched beyond the free slots. The delivery stays unacknowledged on this process's channel
-  while the task runs, so RabbitMQ requeues it the moment the process dies (its connection closes).
+  confirm channel in one write; ``enqueue`` returns once RabbitMQ confirmed the whole batch (keyed
+  batches: a transaction, ``tx.commit-ok``). A fault after publishing raises BrokerUnavailable.
+- **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
+  held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
+  free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
+  delivery stays unacknowledged on this process's channel while the task runs, so RabbitMQ requeues
+  it the moment the process dies (its connection closes).
 - **lease**: a deadline kept here; ``extend`` pushes it (and answers AMQP heartbeats). A process that
   stops heartbeating a delivery gives it back when its lease runs out (``reserve``/``recover``), counted
   in heartbeats of this process, so a stall of the whole process (a task holding the GIL) expires nothing.
 - **deliveries / max_deliveries**: each copy carries a header with the deliveries before it. A copy
   RabbitMQ redelivers after a connection closed is counted and republished (or dead-lettered) only if
   its task had started (its STARTED result record says so): a crash never charges prefetched batch-mates.
-- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, where a
-  reserving worker promotes due messages and sends the others to the next level: never early.
+- **eta / delays**: fixed-TTL delay-level queues that dead-letter into an ``.eta`` queue, whose
+  consumer (the promoter thread, ``promoter.py``) sends due messages to ready and the others to the
+  next level: never early.
 - **dead letters, cancel, purge, stats, registry**: see ``admin.py`` and ``scan.py``.
 - **shared state**: RabbitMQ keeps messages only, so the broker is built with a store (the app's result
   backend) that holds its idempotency claims (``claims.py``), worker heartbeats (``admin.py``) and
@@ -23,11 +27,13 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -36,9 +42,10 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.amqp.admin import Admin
 from conveyor.brokers.amqp.claims import StoreClaims, claims_of
-from conveyor.brokers.amqp.connection import AMQPConnection
+from conveyor.brokers.amqp.connection import RETRYABLE, AMQPConnection
 from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
 from conveyor.brokers.amqp.names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers.amqp.promoter import Promoter
 from conveyor.brokers.amqp.redelivery import (
     REQUEUES_PER_DELIVERY,
     STALL,
@@ -51,12 +58,13 @@ from conveyor.brokers.amqp.scan import (
     Meta,
     add_to_registry,
     dead_properties,
+    keep_unmarked,
     meta_of,
     properties,
     scan,
 )
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
-from conveyor.errors import BrokerError, ConfigurationError
+from conveyor.errors import BrokerError, BrokerUnavailable, ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -77,6 +85,18 @@ HOP_SLACK = 0.01
 PROMOTE_EVERY = 0.01
 #: Tokens of deliveries this process settled, remembered so a late heartbeat does not report them lost.
 SETTLED_KEEP = 4096
+#: Seconds a waiting reserve holds the connection's lock at a time (other threads take it in between).
+PUSH_SLICE = 0.1
+
+
+@dataclasses.dataclass(eq=False)
+class Pushed:
+    """A delivery RabbitMQ pushed to this channel that no reserve handed out yet."""
+
+    queue: str
+    method: Basic.Deliver
+    props: BasicProperties
+    body: bytes
 
 
 class AMQPBroker(Broker):
@@ -140,6 +160,13 @@ class AMQPBroker(Broker):
         self._admin = Admin(self._conn, self.prefix, store, self._declared)
         self._board = InFlightBoard(store, self.prefix)
         self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
+        # Push consumption (docs/amqp.md, "reserve"): consumers of this connection's generation.
+        self._consume_generation = -1
+        self._consumers: dict[str, str] = {}  # conveyor queue -> consumer tag on the main channel
+        self._inbox: list[Pushed] = []  # deliveries pushed and not handed out yet (at most the window)
+        self._promoter = Promoter(self._conn.params, self.prefix)  # consumes the .eta queues (promoter.py)
+        self._conn.before_call = self._before_call
+        self._window = 0  # the main channel's prefetch (basic.qos, global): held + free slots
 
     def __repr__(self) -> str:
         return f"AMQPBroker({self.url!r}, prefix={self.prefix!r})"
@@ -162,6 +189,9 @@ class AMQPBroker(Broker):
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
+        if not claimed:
+            self._enqueue_confirmed(fresh)
+            return answer
         try:
             self._conn.call(op)
         except BaseException:
@@ -170,11 +200,94 @@ class AMQPBroker(Broker):
         self._keys.landed(claimed, fresh)
         return answer
 
+    def _enqueue_confirmed(self, envelopes: Sequence[Envelope]) -> None:
+        """Publish a batch on the confirm channel in one write and wait for RabbitMQ's acks of all of it.
+
+        A fault before the first publish is retried like any operation. Once a message went out,
+        nothing is retried: a connection lost before the confirms, a nack, or no confirm within
+        ``retry_for`` raises BrokerUnavailable (the batch may be partly stored; nothing is lost
+        without the caller knowing). Batches with idempotency keys or explicit ids go through the
+        transactional channel instead (claims.py needs "stored or not", never "maybe").
+        """
+        sent = False
+
+        def op(ch: BlockingChannel) -> None:
+            nonlocal sent
+            for queue in {e.queue for e in envelopes}:
+                self._declare(ch, queue)
+            confirm = self._conn.confirm_channel()
+            # A close RabbitMQ sent while the connection sat idle shows here, before anything is sent
+            # (then the call reconnects and retries); no round trip.
+            self._conn.connection.process_data_events(0)
+            now = time.time()
+            sent = True
+            for env in envelopes:
+                entry = Meta(env.id, env.priority, 0, env.eta, None)
+                self._publish(confirm, env.queue, entry, env.body, now)
+                self._conn.confirms.published()
+            self._conn.wait_confirms()
+
+        try:
+            self._conn.call(op, retry=lambda: not sent)
+        except BrokerError:
+            raise
+        except RETRYABLE as exc:  # lost after publishing: its fate is unknown, so the caller must hear of it
+            self._conn.drop()
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self.url} closed the connection before it confirmed {len(envelopes)} message(s) "
+                f"({type(exc).__name__}: {exc}); the batch may be partly stored: send it again (a message may "
+                "then run twice)"
+            ) from exc
+
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0
     ) -> list[Delivery]:
         if n <= 0 or not queues:
             return []
+        if timeout > 0:
+            return self._reserve_pushed(queues, n, owner, lease, timeout)
+        return self._reserve_pulled(queues, n, owner, lease, timeout)
+
+    def ack_and_reserve(
+        self,
+        acks: Sequence[Delivery],
+        queues: Sequence[str],
+        n: int,
+        *,
+        owner: str,
+        lease: float,
+        timeout: float = 0.0,
+    ) -> list[Delivery]:
+        """Ack, then reserve; the prefetch window is set once, by the reserve (no basic.qos for the ack)."""
+        if acks:
+            self._ack(acks, shrink=n <= 0 or not queues)
+        return self.reserve(queues, n, owner=owner, lease=lease, timeout=timeout)
+
+    def _reserve_pushed(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, timeout: float
+    ) -> list[Delivery]:
+        """A waiting reserve: RabbitMQ pushes (``basic.consume``) at most ``n`` beyond what this process holds.
+
+        The wait is cut in slices of :data:`PUSH_SLICE` so other threads (the heartbeat) get the lock;
+        an idle process sends nothing meanwhile (AMQP heartbeats aside).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            start = time.monotonic()
+            wait = min(PUSH_SLICE, max(0.0, deadline - start))
+            out = self._conn.call(
+                functools.partial(self._push_once, queues=queues, n=n, owner=owner, lease=lease, wait=wait)
+            )
+            self._publish_counts()
+            now = time.monotonic()
+            if out or now >= deadline:
+                return out
+            self._forgive_stall(now - start - wait)
+
+    def _reserve_pulled(
+        self, queues: Sequence[str], n: int, owner: str, lease: float, timeout: float
+    ) -> list[Delivery]:
+        """A look at what is ready now: ``basic.get`` queue by queue, in order (exact, one round trip each)."""
         deadline = time.monotonic() + timeout
         pause = POLL_MIN
         while True:
@@ -193,12 +306,17 @@ class AMQPBroker(Broker):
             pause = min(pause * 2, POLL_MAX)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self._ack(deliveries, shrink=True)
+
+    def _ack(self, deliveries: Sequence[Delivery], *, shrink: bool) -> None:
         def op(ch: BlockingChannel) -> list[Meta]:
             done = []
             for held in self._pop_held(deliveries):
                 ch.basic_ack(held.tag)
                 done.append(held.entry)
             ch.tx_commit()
+            if shrink:
+                self._shrink_window(ch)
             return done
 
         self._release_keys(self._conn.call(op), ids=True)
@@ -213,6 +331,7 @@ class AMQPBroker(Broker):
                 self._publish(ch, delivery.queue, entry, held.delivery.body if body is None else body, now)
                 ch.basic_ack(held.tag)
                 ch.tx_commit()
+            self._shrink_window(ch)
 
         self._conn.call(op)
         self._publish_counts()
@@ -251,6 +370,7 @@ class AMQPBroker(Broker):
                 self._bury(ch, held, reason, body)
                 done.append(held.entry)
             ch.tx_commit()
+            self._shrink_window(ch)
             return done
 
         self._release_keys(self._conn.call(op))
@@ -289,12 +409,179 @@ class AMQPBroker(Broker):
             moved = self._expire(ch)
             for queue in sorted(self._declared):
                 moved += self._promote(ch, queue_names(self.prefix, queue))
-            ch.tx_commit()
+            if moved:  # nothing to commit otherwise: an idle supervisor's heartbeat sends RabbitMQ nothing
+                ch.tx_commit()
             return moved
 
         return self._conn.call(op)
 
-    # -- the reserve step --------------------------------------------------------------------
+    # -- the reserve step, pushed ------------------------------------------------------------
+
+    def _push_once(
+        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float, wait: float
+    ) -> list[Delivery]:
+        """One slice of a waiting reserve, under the lock.
+
+        Sets the window (``basic.qos`` global: held + ``n``), makes sure this channel consumes the
+        ready queues of ``queues`` (and the promoter thread their ``.eta`` queues), waits up to ``wait``
+        for a push, and hands out what came, queues in the order given. A partial batch shrinks the
+        window back to what is held, so nothing waits in this process's buffer while its slots run.
+        """
+        self._sync_consumers()
+        moved = self._expire(ch)
+        if self._admin.register(ch, "owner", owner):
+            self._owners.add(owner)
+            self._publish_counts()
+            moved += 1
+        for queue in queues:
+            self._declare(ch, queue)
+        if moved:
+            ch.tx_commit()
+        self._set_window(ch, len(self._live_held()) + n)
+        self._consume(ch, queues)
+        self._promoter.serve(queues)
+        conn = self._conn.connection
+        conn.process_data_events(0)
+        out = self._take_inbox(ch, queues, n, owner, lease)
+        if not out and wait > 0:
+            conn.process_data_events(wait)
+            out = self._take_inbox(ch, queues, n, owner, lease)
+        if 0 < len(out) < n:
+            self._shrink_window(ch, queues=queues, n=n - len(out), out=out, owner=owner, lease=lease)
+        return out
+
+    def _before_call(self, ch: BlockingChannel, op: Callable[[BlockingChannel], object]) -> None:
+        """Before any operation but a waiting reserve: a process holding nothing stops consuming.
+
+        A waiting reserve that got nothing leaves its consumers on (a worker comes straight back, and an
+        idle worker must not cancel and re-consume every second). If the process does something else
+        next instead (a script, a producer), what RabbitMQ pushed meanwhile goes back first.
+        """
+        if (
+            self._consumers
+            and not (isinstance(op, functools.partial) and op.func == self._push_once)
+            and self._consume_generation == self._conn.generation
+            and not self._live_held()
+        ):
+            self._stop_consuming(ch)
+
+    def _sync_consumers(self) -> None:
+        """Forget consumers (and pushed deliveries) of an older connection: RabbitMQ requeued those."""
+        generation = self._conn.generation
+        if self._consume_generation != generation:
+            self._consume_generation = generation
+            self._consumers.clear()
+            self._inbox.clear()
+            self._window = 0
+
+    def _set_window(self, ch: BlockingChannel, window: int) -> None:
+        window = max(window, 1)  # 0 would mean "no limit"
+        if window != self._window:
+            ch.basic_qos(prefetch_count=window, global_qos=True)
+            self._window = window
+
+    def _consume(self, ch: BlockingChannel, queues: Sequence[str]) -> None:
+        """Consume the ready queues of ``queues``; stop consuming the others (paused ones)."""
+        for queue in queues:
+            if queue not in self._consumers:
+                self._consumers[queue] = ch.basic_consume(queue_names(self.prefix, queue).ready, self._pusher(queue))
+        gone = [q for q in self._consumers if q not in queues]
+        if gone:
+            self._cancel(ch, gone)
+            self._return_inbox(ch, [p for p in self._inbox if p.queue in gone])  # back unmarked
+
+    def _cancel(self, ch: BlockingChannel, queues: Sequence[str]) -> None:
+        """Cancel the consumers of ``queues``.
+
+        What arrived is taken into the inbox first (the caller gives it back unmarked); pika rejects with
+        requeue what arrives before the cancel-ok, and a reject on a transactional channel waits for the
+        commit, which follows at once.
+        """
+        self._conn.connection.process_data_events(0)
+        for queue in queues:
+            ch.basic_cancel(self._consumers.pop(queue))
+        ch.tx_commit()
+
+    def _pusher(self, queue: str) -> Callable[[BlockingChannel, Basic.Deliver, BasicProperties, bytes], None]:
+        def on_message(_ch: BlockingChannel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
+            self._inbox.append(Pushed(queue, method, props, body))
+
+        return on_message
+
+    def _take_inbox(
+        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float
+    ) -> list[Delivery]:
+        """Hand out up to ``n`` pushed deliveries, queues in the order given (RabbitMQ orders each queue)."""
+        if not self._inbox:
+            return []
+        order = {q: i for i, q in enumerate(queues)}
+        self._inbox.sort(key=lambda p: order.get(p.queue, len(order)))  # stable: arrival order within a queue
+        out: list[Delivery] = []
+        rotated = False
+        while self._inbox and len(out) < n and self._inbox[0].queue in order:
+            pushed = self._inbox.pop(0)
+            delivery = self._take(ch, pushed.queue, pushed.method, pushed.props, pushed.body, owner, lease)
+            if delivery is None:
+                rotated = True
+            else:
+                out.append(delivery)
+        if rotated:
+            ch.tx_commit()
+        return out
+
+    def _shrink_window(
+        self,
+        ch: BlockingChannel,
+        *,
+        queues: Sequence[str] = (),
+        n: int = 0,
+        out: list[Delivery] | None = None,
+        owner: str = "",
+        lease: float = 0.0,
+    ) -> None:
+        """Bring the window down to what this process holds, so nothing more is pushed while its slots are busy.
+
+        Outside a reserve (``out`` None) with nothing held, the consumers are cancelled instead: a
+        window cannot be 0, and a process that stopped reserving must not keep a message. Deliveries
+        pushed before RabbitMQ applied the new window are handed out (up to ``n`` more, into ``out``)
+        or, outside a reserve, given back unmarked.
+        """
+        if not self._consumers or self._consume_generation != self._conn.generation:
+            return
+        held = len(self._live_held())
+        if out is None and held == 0:  # nothing runs and no reserve waits: stop consuming altogether
+            self._stop_consuming(ch)
+            return
+        if self._window > max(held, 1):
+            self._set_window(ch, held)
+        self._conn.connection.process_data_events(0)
+        if out is not None and n > 0:
+            out.extend(self._take_inbox(ch, queues, n, owner, lease))
+        if self._inbox:
+            self._return_inbox(ch, list(self._inbox))
+
+    def _stop_consuming(self, ch: BlockingChannel) -> None:
+        """Cancel every consumer and give back what they pushed (the next waiting reserve consumes again)."""
+        self._cancel(ch, list(self._consumers))
+        self._return_inbox(ch, list(self._inbox))
+
+    def _return_inbox(self, ch: BlockingChannel, pushed: list[Pushed]) -> None:
+        """Give pushed, unhanded deliveries back as identical copies (a reject would mark them redelivered).
+
+        One RabbitMQ already redelivered is counted first, exactly as a reserve taking it would.
+        """
+        if not pushed:
+            return
+        for p in pushed:
+            self._inbox.remove(p)
+            if p.method.redelivered:  # a copy must not lose what the flag says: count it as a reserve would
+                self._recount(ch, p.queue, meta_of(p.props), p.method.delivery_tag, p.body)
+                continue
+            keep_unmarked(ch, queue_names(self.prefix, p.queue).ready, p.props, p.body)
+            ch.basic_ack(p.method.delivery_tag)
+        ch.tx_commit()
+
+    # -- the reserve step, pulled --------------------------------------------------------------
 
     def _reserve_once(
         self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float
@@ -315,7 +602,8 @@ class AMQPBroker(Broker):
                 moved += self._promote(ch, queue_names(self.prefix, queue))
         if moved:
             ch.tx_commit()
-        out: list[Delivery] = []
+        self._sync_consumers()
+        out = self._take_inbox(ch, queues, n, owner, lease)
         rotated = False
         for queue in queues:
             ready = queue_names(self.prefix, queue).ready
@@ -336,7 +624,7 @@ class AMQPBroker(Broker):
         self,
         ch: BlockingChannel,
         queue: str,
-        method: Basic.GetOk,
+        method: Basic.GetOk | Basic.Deliver,
         props: BasicProperties,
         body: bytes,
         owner: str,
@@ -604,7 +892,11 @@ class AMQPBroker(Broker):
         self._conn.call(lambda ch: None)  # opens the connection and the channel: host, port, credentials, vhost
 
     def close(self) -> None:
+        self._promoter.stop()
         with self._conn.lock:
+            if self._consumers and self._consume_generation == self._conn.generation:
+                with contextlib.suppress(Exception):  # best effort: a closing connection requeues them anyway
+                    self._conn.call(self._stop_consuming)
             self._held.clear()  # the channel closes: RabbitMQ requeues them
         self._publish_counts(force=True)
         self._conn.drop()
