@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import msgspec
+
 from conveyor.context import TaskContext, reset_context, set_context
 from conveyor.states import State
 
@@ -149,9 +151,11 @@ class Job:
         return f"<Job {self.message.task}[{self.message.id}] attempt {self.message.attempt}>"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one delivery ended: what ``after_settle`` hooks and ``testing.drain`` see, reported to the supervisor."""
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """How one delivery ended: what ``after_settle`` hooks and ``testing.drain`` see, reported to the supervisor.
+
+    Immutable like a frozen dataclass; a struct because one is made per task (see ``Delivery``).
+    """
 
     id: str
     task: str
