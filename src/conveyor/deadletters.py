@@ -11,16 +11,22 @@ the executor before any middleware sees them: there is no job to hand a hook.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.middleware import Bury, Job, Middleware
 from conveyor.results import describe, type_name
+
+if TYPE_CHECKING:
+    from conveyor.task import BaseTask
 
 
 class DeadLetters(Middleware):
     """Buries the message of a task declared with ``dead_letter_on_failure=True`` when it fails for good."""
 
     options: ClassVar[frozenset[str]] = frozenset({"dead_letter_on_failure"})
+
+    def wants(self, task: BaseTask[Any, Any], hook: str) -> bool:
+        return bool(task.options.dead_letter_on_failure)
 
     def after_failure(self, job: Job, exc: Exception) -> Bury | None:
         if not job.task.options.dead_letter_on_failure:

@@ -14,7 +14,8 @@ every ``lease / 3`` seconds while it runs and released when it ends; a worker ki
 and its slot lapses with its lease. A task that finds no slot free is given back for a short,
 jittered delay.
 
-The :class:`FlowControl` middleware owns the three options; tasks that use none pay one attribute test.
+The :class:`FlowControl` middleware owns the three options; tasks that use none pay nothing (its hooks are left
+out of their plan, see ``middleware.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from conveyor.middleware import Defer, Job, Middleware, Outcome
 
 if TYPE_CHECKING:
     from conveyor.app import App
+    from conveyor.task import BaseTask
 
 log = logging.getLogger("conveyor.worker")
 
@@ -134,6 +136,12 @@ class FlowControl(Middleware):
     def __init__(self, app: App) -> None:
         self.app = app
         self._renewer = _Renewer(app)
+
+    def wants(self, task: BaseTask[Any, Any], hook: str) -> bool:
+        options = task.options
+        if hook == "after_settle":  # releases a concurrency slot
+            return options.concurrency_key is not None
+        return options.rate_limit is not None or options.concurrency_key is not None
 
     def before_run(self, job: Job) -> None:
         options = job.task.options

@@ -84,6 +84,21 @@ class BufferedStreamHandler(logging.Handler):
                 self._start_flusher()
             self._wake.set()
 
+    def emit_line(self, line: str, level: int) -> None:
+        """Hold a line formatted without a record (``conveyor.logging.quick_log``), as :meth:`emit` holds one."""
+        self.acquire()
+        try:
+            lines = self._lines
+            lines.append(line)
+            if level >= self.flush_level or len(lines) >= self.max_lines or self._closed:
+                self._write()
+            elif len(lines) == 1:
+                if self._flusher is None:
+                    self._start_flusher()
+                self._wake.set()
+        finally:
+            self.release()
+
     def flush(self) -> None:
         """Write every waiting line now."""
         self.acquire()

@@ -76,13 +76,49 @@ def quick_log(logger: logging.Logger, level: int, msg: str, *args: object) -> No
     standard one has, those fields naming this function and taken from a per-process template (see
     :class:`_QuickRecords`). The record is then handled like any other (filters, handlers, propagation).
     With a record factory that is not conveyor's (a user's), the standard ``makeRecord`` path is used.
+
+    With conveyor's own set-up untouched (:func:`default_setup`: the record would reach exactly one
+    handler, a :class:`BufferedStreamHandler` with a :class:`LineFormatter` of :data:`FORMAT`, through
+    no filter), no record is made at all: the same line is written straight into the handler's buffer
+    (:func:`_direct_handler` says when; ``docs/logging.md``).
     """
     if logger.isEnabledFor(level):
         if logging.getLogRecordFactory() is _our_factory:
+            handler = _direct_handler(logger, level)
+            if handler is not None:
+                formatter: LineFormatter = handler.formatter  # type: ignore[assignment]  # checked exactly
+                handler.emit_line(formatter.line(level, msg % args if args else str(msg)), level)
+                return
             record = _quick.make(logger.name, level, msg, args)
         else:
             record = logger.makeRecord(logger.name, level, __file__, 0, msg, args, None, "quick_log")
         logger.handle(record)
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> BufferedStreamHandler | None:
+    """The one handler a record of ``logger`` at ``level`` would reach, when the line can skip the record.
+
+    That is: no filter on ``logger``, it is not disabled, and the loggers it propagates through hold
+    exactly one handler in all, a :class:`BufferedStreamHandler` (exactly) without filters whose level
+    lets the record through, formatting with a :class:`LineFormatter` (exactly) of :data:`FORMAT` and
+    the default date format. Anything else (a user's handler or filter, dictConfig) gets a real record.
+    """
+    if logger.filters or logger.disabled:
+        return None
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    if type(found) is not BufferedStreamHandler or found.filters or level < found.level:
+        return None
+    formatter = found.formatter
+    if type(formatter) is not LineFormatter or not formatter.direct:
+        return None
+    return found
 
 
 class _QuickRecords:
@@ -94,11 +130,20 @@ class _QuickRecords:
 
     def __init__(self) -> None:
         self._template: dict[str, Any] | None = None
+        self._process: str | None = None
         self._start = 0.0
 
     def reset(self) -> None:
         """Forget the template (after a fork: the pid and process name changed)."""
         self._template = None
+        self._process = None
+
+    def process(self) -> str:
+        """``[processName pid] `` as :data:`FORMAT` writes it for a record made in this process now."""
+        if self._process is None:
+            template = self._template if self._template is not None else self._build()
+            self._process = f"[{template['processName']} {template['process']}] "
+        return self._process
 
     def _build(self) -> dict[str, Any]:
         standard = logging.LogRecord("", logging.INFO, __file__, 0, "", (), None, "quick_log")
@@ -226,6 +271,26 @@ class LineFormatter(logging.Formatter):
         super().__init__(fmt, datefmt)
         self._second: tuple[int, str] = (-1, "")
         self._uses_time = self.usesTime()
+        #: conveyor's own line: :meth:`line` may build it without a record (see :func:`quick_log`).
+        self.direct = fmt == FORMAT and datefmt is None
+
+    def line(self, level: int, message: str) -> str:
+        """The line :meth:`format` makes of a record logged now at ``level`` with ``message`` (no traceback).
+
+        Only for :data:`FORMAT` (``direct``): the process fields come from the quick records' per-process
+        template, the task from the running task's context, as the record factory would set them.
+        """
+        now_ns = time.time_ns()
+        second = now_ns // 1_000_000_000
+        cached, text = self._second
+        if second != cached:
+            text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = (second, text)
+        msecs = (now_ns % 1_000_000_000) // 1_000_000
+        process = _quick.process()
+        ctx = context_or_none()
+        task = "" if ctx is None else f"{ctx.task}[{ctx.id}]: "
+        return f"{text},{msecs:03d} {logging.getLevelName(level):<7} {process}{task}{message}"
 
     def format(self, record: logging.LogRecord) -> str:
         task_id = getattr(record, "task_id", None)

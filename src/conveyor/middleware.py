@@ -5,7 +5,10 @@ limits) is a :class:`Middleware` in its own module, and so is anything a user ad
 session per task, metrics, error reporting). A middleware overrides only the hooks it needs;
 :class:`HookChain` is built once, when the app is finalized, and keeps for each hook a tuple of
 only the middleware that override it, so a message costs nothing for the hooks nobody uses (no
-``getattr`` over every middleware per message, unlike Dramatiq's ``emit_before``).
+``getattr`` over every middleware per message, unlike Dramatiq's ``emit_before``). Per task, the
+chain then keeps a :class:`Plan`: only the hooks that have something to do for that task
+(:meth:`Middleware.wants`, asked once per task and hook) and, for a message that carries none of a
+middleware's :attr:`~Middleware.message_fields` (a task outside any workflow), not that middleware's.
 
 Order: the app's built-in middleware come first, then the user's, in the order added.
 
@@ -24,10 +27,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
 
 from conveyor.context import TaskContext, reset_context, set_context
 from conveyor.states import State
@@ -70,6 +76,7 @@ class Job:
         settler: records this job's outcome; ``settler.durably(...)`` retries a backend step that
             comes after the task ran until it lands.
         state: a free dict for middleware to keep per-task data between hooks (a timer, a session).
+        plan: the hooks this job passes (:meth:`HookChain.plan`), set by the executor; None: every hook.
     """
 
     # __weakref__: FlowControl renews a concurrency slot only while its job lives (see flowcontrol.py).
@@ -81,6 +88,7 @@ class Job:
         "id",
         "kwargs",
         "message",
+        "plan",
         "progress",
         "result",
         "settler",
@@ -105,6 +113,7 @@ class Job:
         self.result: tuple[str, State, bytes] | None = None
         self.progress: Callable[[float, str], None] = _no_progress
         self._state: dict[str, Any] | None = None
+        self.plan: Plan | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -142,9 +151,11 @@ class Job:
         return f"<Job {self.message.task}[{self.message.id}] attempt {self.message.attempt}>"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one delivery ended: what ``after_settle`` hooks and ``testing.drain`` see, reported to the supervisor."""
+class Outcome(msgspec.Struct, frozen=True, gc=False):
+    """How one delivery ended: what ``after_settle`` hooks and ``testing.drain`` see, reported to the supervisor.
+
+    Immutable like a frozen dataclass; a struct because one is made per task (see ``Delivery``).
+    """
 
     id: str
     task: str
@@ -233,6 +244,10 @@ class Middleware:
     """
 
     options: ClassVar[frozenset[str]] = frozenset()
+    #: Fields of :class:`~conveyor.message.Message` without which this middleware has nothing to do for a
+    #: message: when all of them are empty (None, ``[]``, ``{}``) its task hooks are left out for that message
+    #: (Workflows: ``parent_id``, ``links``, ``chord``, ``link_errors``). Empty (the default): every message.
+    message_fields: ClassVar[tuple[str, ...]] = ()
 
     # -- producer side -----------------------------------------------------------------------
 
@@ -262,6 +277,16 @@ class Middleware:
         A ``BrokerError`` raised here means nothing ran: the delivery goes back uncounted and
         the worker pauses until the result backend answers. Any other exception fails the task.
         """
+
+    def wants(self, task: BaseTask[Any, Any], hook: str) -> bool:
+        """Whether task hook ``hook`` (``"before_run"``, ``"after_success"``...) has anything to do for ``task``.
+
+        Asked once per task and hook when the task's first message arrives, never per message: say no
+        for a task that uses none of this middleware's options (FlowControl: no ``rate_limit`` and no
+        ``concurrency_key``), and that task pays nothing for the hook. The answer may depend only on
+        the task (its options), not on a message.
+        """
+        return True
 
     def wraps(self, task: BaseTask[Any, Any]) -> bool:
         """Whether ``around_call``/``around_acall`` wrap ``task``'s calls; asked once per task for sync calls.
@@ -308,6 +333,8 @@ HOOKS = (
     "after_failure",
     "after_settle",
 )
+#: The hooks of one task, resolved per task into a :class:`Plan`.
+_TASK_HOOKS = ("before_run", "around_call", "after_success", "after_failure", "after_settle")
 #: Hooks that run last to first.
 _REVERSED = frozenset({"on_worker_stop", "on_child_stop", "after_success", "after_failure", "after_settle"})
 
@@ -320,6 +347,18 @@ def send_hooks(middleware: Sequence[Middleware]) -> tuple[Callable[[Message], No
     """The ``before_send`` hooks of the middleware that override it, in order (a producer's side of the chain:
     it is not finalized, so the app keeps this tuple itself and rebuilds it when middleware is added)."""
     return tuple(m.before_send for m in middleware if _overrides(m, "before_send"))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """The task hooks one kind of message of one task passes, in call order (see :meth:`HookChain.plan`)."""
+
+    before_run: tuple[Callable[[Job], None], ...]
+    after_success: tuple[Callable[[Job, Any], None], ...]
+    after_failure: tuple[Callable[[Job, Exception], Verdict | None], ...]
+    after_settle: tuple[Callable[[Job, Outcome], None], ...]
+    #: The one context to enter around the task's sync call: none, one hook's, or every hook's nested.
+    context: Callable[[Job], AbstractContextManager[None]] | None
 
 
 class HookChain:
@@ -360,17 +399,31 @@ class HookChain:
         wraps = [m for m in self.middleware if _overrides(m, "around_call") or _overrides(m, "around_acall")]
         self.around_acall: tuple[Callable[[Job], AbstractContextManager[None] | AbstractAsyncContextManager[None]], ...]
         self.around_acall = tuple(m.around_acall if _overrides(m, "around_acall") else m.around_call for m in wraps)
-        self._wrapping = tuple(ordered["around_call"])
+        self._ordered = {hook: tuple(ordered[hook]) for hook in _TASK_HOOKS}
         self._async_wrapping = tuple(zip(wraps, self.around_acall, strict=True))
-        #: Per task: the context to enter around its sync call (None: no middleware wraps it), resolved once.
-        self._contexts: dict[BaseTask[Any, Any], Callable[[Job], AbstractContextManager[None]] | None] = {}
+        gated = [m for m in self.middleware if m.message_fields]
+        fields = tuple(dict.fromkeys(field for m in gated for field in m.message_fields))
+        #: Reads a message's gating fields at once (a tuple: any() of it tells whether the full plan applies).
+        self._gate = operator.attrgetter(*fields, *fields[:1]) if fields else None
+        self._gated = frozenset(gated)
+        #: Per task: (the plan of a message without any gating field, the plan of one with), resolved once.
+        self._plans: dict[BaseTask[Any, Any], tuple[Plan, Plan]] = {}
+
+    def plan(self, task: BaseTask[Any, Any], message: Message) -> Plan:
+        """The hooks a message of ``task`` passes: resolved once per task (:meth:`Middleware.wants`), and
+        without the middleware whose :attr:`~Middleware.message_fields` the message leaves empty."""
+        plans = self._plans.get(task)
+        if plans is None:
+            plans = self._resolve(task)
+        gate = self._gate
+        return plans[1] if gate is not None and any(gate(message)) else plans[0]
 
     def call(self, job: Job) -> Any:
         """Call a sync task with its arguments, in its context (``current_context()``) and every ``around_call``."""
         token = set_context(job.context())
         task = job.task
         try:
-            context = self._contexts[task] if task in self._contexts else self._resolve(task)
+            context = (job.plan or self.plan(task, job.message)).context
             if context is None:
                 return task.fn(*job.args, **job.kwargs)
             with context(job):
@@ -389,25 +442,42 @@ class HookChain:
 
     def verdict(self, job: Job, exc: Exception) -> Verdict:
         """Ask the ``after_failure`` hooks, innermost first; the first verdict wins, else :class:`Fail`."""
-        for hook in self.after_failure:
+        for hook in (job.plan or self.plan(job.task, job.message)).after_failure:
             verdict = hook(job, exc)
             if verdict is not None:
                 return verdict
         return _FAIL
 
-    def _resolve(self, task: BaseTask[Any, Any]) -> Callable[[Job], AbstractContextManager[None]] | None:
-        """The one context to enter around ``task``'s sync calls: none, one hook's, or every hook's nested."""
-        hooks = tuple(m.around_call for m in self._wrapping if m.wraps(task))
-        context = None if not hooks else hooks[0] if len(hooks) == 1 else _nested(hooks)
-        self._contexts[task] = context
-        return context
+    def _resolve(self, task: BaseTask[Any, Any]) -> tuple[Plan, Plan]:
+        """``task``'s two plans: without and with the gated middleware (see :meth:`plan`)."""
+        ordered, gated = self._ordered, self._gated
+
+        def chosen(hook: str, plain: bool) -> list[Middleware]:
+            return [m for m in ordered[hook] if not (plain and m in gated) and m.wants(task, hook)]
+
+        def plan(plain: bool) -> Plan:
+            wrapping = tuple(m.around_call for m in chosen("around_call", plain) if m.wraps(task))
+            context = None if not wrapping else wrapping[0] if len(wrapping) == 1 else _nested(wrapping)
+
+            def bound(hook: str) -> tuple[Any, ...]:
+                return tuple(getattr(m, hook) for m in chosen(hook, plain))
+
+            return Plan(
+                bound("before_run"), bound("after_success"), bound("after_failure"), bound("after_settle"), context
+            )
+
+        plans = self._plans[task] = (plan(True), plan(False))
+        return plans
 
     @contextlib.asynccontextmanager
     async def acall_context(self, job: Job) -> Any:
         """Enter every ``around_acall`` (or ``around_call``) context on the running loop."""
+        task, gated = job.task, self._gate is not None and any(self._gate(job.message))
         async with contextlib.AsyncExitStack() as stack:
             for middleware, hook in self._async_wrapping:
-                if not middleware.wraps(job.task):
+                if middleware in self._gated and not gated:
+                    continue
+                if not (middleware.wraps(task) and middleware.wants(task, "around_call")):
                     continue
                 manager = hook(job)
                 if isinstance(manager, AbstractAsyncContextManager):
@@ -424,9 +494,10 @@ class HookChain:
 
     def settled(self, job: Job, outcome: Outcome) -> Outcome:
         """Run the ``after_settle`` hooks, innermost first; one that raises is logged, and the rest still run."""
-        if not self.after_settle:
+        hooks = (job.plan or self.plan(job.task, job.message)).after_settle
+        if not hooks:
             return outcome
-        for hook in self.after_settle:
+        for hook in hooks:
             try:
                 hook(job, outcome)
             except Exception:

@@ -25,6 +25,7 @@ from conveyor.states import ErrorInfo, ResultRecord, State, decode_record, encod
 if TYPE_CHECKING:
     from conveyor.app import App
     from conveyor.message import Message
+    from conveyor.task import BaseTask
 
 #: A record ready for the backend: (task id, state, encoded record).
 Entry = tuple[str, State, bytes]
@@ -183,6 +184,10 @@ class Results(Middleware):
         self.app = app
         self.track_started = app.settings.track_started
         self.ttl = app.settings.result_ttl
+
+    def wants(self, task: BaseTask[Any, Any], hook: str) -> bool:
+        # before_run always: it gives the job its progress writer (ctx.progress() writes even with ignore_result).
+        return hook != "after_success" or not task.options.ignore_result
 
     def before_run(self, job: Job) -> None:
         # ctx.progress() is the task's own call: a backend outage raises to the task.

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import re
 import time
 import warnings
 from collections.abc import Iterator
@@ -183,3 +185,79 @@ def test_configure_calls_the_apps_own_set_up_with_the_level_and_refuses_a_bad_lo
     bad: dict[str, Any] = {"version": 1, "handlers": {"h": {"class": "no.such.Handler"}}}
     with pytest.raises(ConfigurationError, match="log_config of app 'y' cannot be applied: Unable to configure"):
         configure(App("y", broker="memory://", log_config=bad), None)
+
+
+class Anything(logging.Filter):
+    """A filter that lets every record through (its presence alone sends quick_log the record way)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_line_written_without_a_record_is_the_line_a_record_makes(
+    task_fields: None, inside: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.logging as ours
+
+    made: list[str] = []
+    make = ours._quick.make
+
+    def counting(name: str, level: int, msg: str, args: tuple[object, ...]) -> logging.LogRecord:
+        made.append(msg)
+        return make(name, level, msg, args)
+
+    monkeypatch.setattr(ours._quick, "make", counting)
+    # Given conveyor's own set-up (one BufferedStreamHandler with a LineFormatter, on a parent logger)
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=60.0)
+    handler.setFormatter(LineFormatter())
+    parent, log = logging.getLogger("tests.direct"), logging.getLogger("tests.direct.worker")
+    parent.handlers[:], parent.propagate = [handler], False
+    parent.setLevel(logging.INFO)
+    ctx = TaskContext("abc123", "shop.add", 0, 0, 1, "default", {})
+    token = set_context(ctx) if inside else None
+    try:
+        # When the per-task line goes the direct way, then (a filter on the logger) the record way
+        quick_log(log, logging.INFO, "task %s[%s] succeeded in %.4fs", "shop.add", "abc123", 0.5)
+        assert made == []  # no record made
+        log.addFilter(Anything())
+        quick_log(log, logging.INFO, "task %s[%s] succeeded in %.4fs", "shop.add", "abc123", 0.5)
+        quick_log(log, logging.DEBUG, "below the level: nothing")
+        handler.flush()
+    finally:
+        if token is not None:
+            reset_context(token)
+        log.filters.clear()
+        parent.handlers.clear()
+        handler.close()
+    assert len(made) == 1
+    # Then both lines are the same but for the time (to the millisecond) they were made
+    direct, recorded = stream.getvalue().splitlines()
+    assert direct[23:] == recorded[23:]
+    task = "shop.add[abc123]: " if inside else ""
+    assert recorded[23:] == f" INFO    [MainProcess {os.getpid()}] {task}task shop.add[abc123] succeeded in 0.5000s"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", direct[:23])
+    assert abs(time.mktime(time.strptime(direct[:19], "%Y-%m-%d %H:%M:%S")) - time.time()) < 5
+
+
+def test_a_user_handler_or_format_gets_a_real_record(task_fields: None) -> None:
+    # Given the buffered handler with another format, and beside it a handler of the user's
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, interval=60.0)
+    handler.setFormatter(LineFormatter("%(levelname)s %(funcName)s %(message)s"))
+    keep = Keep()
+    log = logging.getLogger("tests.direct.other")
+    log.handlers[:], log.propagate = [handler], False
+    log.setLevel(logging.INFO)
+    try:
+        quick_log(log, logging.INFO, "one %s", 1)
+        log.addHandler(keep)
+        quick_log(log, logging.INFO, "two %s", 2)
+        handler.flush()
+    finally:
+        log.handlers.clear()
+        handler.close()
+    # Then each line was made from a record (its fields are there), and the user's handler got its record
+    assert stream.getvalue() == "INFO quick_log one 1\nINFO quick_log two 2\n"
+    assert [r.getMessage() for r in keep.records] == ["two 2"]

@@ -391,3 +391,109 @@ def test_a_pool_that_never_calls_start_still_gets_on_child_start_once() -> None:
     executor.close()
     assert seen.count("a:child_start") == 1 and seen[0] == "a:child_start" and seen[-1] == "a:child_stop"
     app.close()
+
+
+class Watcher(Middleware):
+    """Records the tasks it sees, for the tasks whose name ends in ``watched`` only (``wants``)."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def wants(self, task: Any, hook: str) -> bool:
+        return bool(task.name.endswith("watched"))
+
+    def before_run(self, job: Job) -> None:
+        self.seen.append(f"before_run:{job.task.name}")
+
+    def after_settle(self, job: Job, outcome: Outcome) -> None:
+        self.seen.append(f"after_settle:{job.task.name}")
+
+
+def test_a_middleware_that_wants_no_hook_for_a_task_is_left_out_of_that_task_only(url: str) -> None:
+    # Given a middleware that wants only the tasks named *watched
+    seen: list[str] = []
+    app = App("wants", broker=url, middleware=[Watcher(seen)])
+
+    @app.task(name="t.watched")
+    def watched() -> int:
+        return 1
+
+    @app.task(name="t.plain")
+    def plain() -> int:
+        return 2
+
+    # When both run
+    results = [plain.delay(), watched.delay(), plain.delay()]
+    drain(app)
+
+    # Then both ran, and the middleware saw the watched task only
+    assert [r.get(timeout=5) for r in results] == [2, 1, 2]
+    assert seen == ["before_run:t.watched", "after_settle:t.watched"]
+    app.close()
+
+
+def hook_owners(hooks: tuple[Any, ...]) -> list[str]:
+    return [type(hook.__self__).__name__ for hook in hooks]
+
+
+def test_a_plan_leaves_out_the_features_a_task_and_its_message_do_not_use() -> None:
+    app = App("plans", broker="memory://")
+
+    @app.task(ignore_result=True)
+    def noop() -> None: ...
+
+    @app.task(rate_limit="100/s", concurrency_key=lambda: "k", max_concurrency=1, dead_letter_on_failure=True)
+    def limited() -> None: ...
+
+    @app.task
+    def step(x: int) -> int:
+        return x + 1
+
+    hooks = app.finalize()
+    # A no-op task outside any workflow: no FlowControl, no Workflows, no result to write, no dead letter
+    plain = hooks.plan(noop, noop.message())
+    assert hook_owners(plain.before_run) == ["Revocation", "Results"]
+    assert hook_owners(plain.after_success) == []
+    assert hook_owners(plain.after_failure) == ["Retries"]
+    assert hook_owners(plain.after_settle) == []
+    assert plain.context is None
+    # A task with the options keeps each feature's hooks
+    full = hooks.plan(limited, limited.message())
+    assert hook_owners(full.before_run) == ["Revocation", "FlowControl", "Results"]
+    assert hook_owners(full.after_failure) == ["Retries", "DeadLetters"]
+    assert hook_owners(full.after_settle) == ["FlowControl"]
+    # A message of a chain gets the Workflows hooks; the same task sent alone does not
+    linked = step.message((0,))
+    linked.links.append({"task": step.name})
+    assert hook_owners(hooks.plan(step, linked).before_run) == ["Revocation", "Workflows", "Results"]
+    assert hook_owners(hooks.plan(step, linked).after_success) == ["Results", "Workflows"]
+    assert hook_owners(hooks.plan(step, step.message((0,))).after_success) == ["Results"]
+    app.close()
+
+
+def test_tasks_that_use_a_feature_still_get_it_beside_tasks_that_skip_it() -> None:
+    from conveyor import chain
+
+    # Given a rate-limited task (a burst of one token), a chain, and plain tasks, all in one drain
+    app = App("still", broker="memory://")
+
+    @app.task(rate_limit="1/h")
+    def rare(i: int) -> int:
+        return i
+
+    @app.task
+    def step(x: int) -> int:
+        return x + 1
+
+    plain = [step.delay(10), step.delay(20)]
+    rare_runs = [rare.delay(1), rare.delay(2)]
+    chained = chain(step.s(0), step.s(), step.s()).apply_async()
+    outcomes = drain(app, include_scheduled=False)
+
+    # Then the chain ran to its end, the plain tasks ran, and only one run of the rate-limited task was allowed
+    assert chained.get(timeout=5) == 3
+    assert [r.get(timeout=5) for r in plain] == [11, 21]
+    rare_ended = [o.ended for o in outcomes if o.task == rare.name]
+    assert sorted(rare_ended, key=str) == sorted([Ended.SUCCESS, Ended.RETURNED], key=str)
+    assert rare_runs[0].get(timeout=5) == 1
+    app.close()

@@ -95,6 +95,7 @@ class Executor:
             why, record = unknown_task(self.app, message)
             return Outcome(delivery.id, message.task, self.settler.reject(delivery, why, record), 0.0)
         job = Job(delivery, message, task, self.worker, self.settler)
+        plan = job.plan = self.chain.plan(task, message)  # only the hooks this task's message needs
         types = task.types
         if types.typed:
             try:
@@ -102,7 +103,7 @@ class Executor:
             except DecodeError as exc:  # it would fail so again: FAILURE recorded, the message kept as a dead letter
                 return self.failed(job, exc, Bury(str(exc)))
         try:
-            for hook in self.chain.before_run:
+            for hook in plan.before_run:
                 hook(job)
         except BrokerError as exc:  # nothing ran: given back uncounted
             raise BackendDown(str(exc)) from exc
@@ -113,7 +114,7 @@ class Executor:
     def completed(self, job: Job, value: Any) -> Outcome:
         """Run the after_success hooks, then hand the result (if any) and the ack to the settler."""
         try:
-            for hook in self.chain.after_success:
+            for hook in (job.plan or self.chain.plan(job.task, job.message)).after_success:
                 hook(job, value)
         except Exception as exc:
             return self.failed(job, exc)

@@ -52,13 +52,16 @@ class ChildBoard:
 
     def running(self, slot: int, task_id: str) -> None:
         """Record that ``slot`` started the delivery ``task_id``."""
-        raw = task_id.encode() + b"\0"
-        if len(raw) == 1 or len(raw) > SLOT_WIDTH or raw.index(b"\0") < len(raw) - 1 or raw.startswith(_UNKNOWN):
-            raw = _UNKNOWN + b"\0"
-        if self._view is None:
-            self._view = memoryview(self._ids).cast("B")
+        raw = task_id.encode()
+        if not raw or len(raw) >= SLOT_WIDTH or b"\0" in raw or raw[0] == _UNKNOWN[0]:
+            raw = _UNKNOWN
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(self._ids).cast("B")
         start = slot * SLOT_WIDTH
-        self._view[start : start + len(raw)] = raw
+        end = start + len(raw)
+        view[start:end] = raw
+        view[end] = 0
 
     def idle(self, slot: int) -> None:
         """Record that ``slot`` runs nothing now."""

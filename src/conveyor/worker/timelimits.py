@@ -56,6 +56,10 @@ class TimeLimits(Middleware):
     def wraps(self, task: BaseTask[Any, Any]) -> bool:
         return task.options.soft_time_limit is not None
 
+    def wants(self, task: BaseTask[Any, Any], hook: str) -> bool:
+        # after_failure: only a task with a hard limit can raise HardTimeLimit (around_call: see wraps).
+        return hook != "after_failure" or task.options.time_limit is not None
+
     def after_failure(self, job: Job, exc: Exception) -> Fail | None:
         return _FAIL if isinstance(exc, HardTimeLimit) else None
 

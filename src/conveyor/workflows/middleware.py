@@ -17,7 +17,7 @@ left waiting because Redis blinked.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from conveyor.middleware import Job, Middleware, Outcome, Skip
 from conveyor.results import error_info
@@ -39,7 +39,12 @@ def _in_workflow(job: Job) -> bool:
 
 
 class Workflows(Middleware):
-    """Sends what follows a task of a chain, group or chord, and fails it when the task fails."""
+    """Sends what follows a task of a chain, group or chord, and fails it when the task fails.
+
+    A message outside any workflow (none of these fields set) skips this middleware's hooks altogether.
+    """
+
+    message_fields: ClassVar[tuple[str, ...]] = ("parent_id", "links", "chord", "link_errors")
 
     def __init__(self, app: App) -> None:
         self.app = app

@@ -189,7 +189,8 @@ def test_broker_reconnects_by_itself_after_a_restart_and_loses_nothing(tmp_path:
         # And every message is still there, ready or in flight
         assert sum(s.ready for s in broker.stats()) == 400
         assert sum(s.in_flight for s in broker.stats()) == 100
-        # And scripts load again even after the server loses them (redis-py's Script reloads on NOSCRIPT)
+        # And scripts load again even after the server loses them (redis-py's Script reloads on NOSCRIPT; the
+        # pipelined ack over both queues below, run_many without a Pipeline, loads them all and runs again)
         redis.Redis(port=server.port).script_flush()
         rest = broker.reserve(["a", "b"], 1000, owner="w", lease=60)
         assert {d.id for d in held} | {d.id for d in rest} == ids

@@ -23,7 +23,6 @@ from conveyor.message import Message
 from conveyor.task import BaseTask
 from conveyor.worker.backlog import PREFETCH_HOLD, Backlog
 from conveyor.worker.child import RESERVE_WAIT, Child
-from conveyor.worker.events import TaskStarted
 from conveyor.worker.pools import Pool
 from conveyor.worker.pools.reserver import Reserver
 from conveyor.worker.settle import BatchSettler
@@ -47,9 +46,10 @@ class ProcessPool(Pool):
         self.executor = child.executor(self.settler, self._on_start)
         self.reserver = Reserver(child, self.settler)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task)
-        # The running task's start report: sent at once for a hard limit, else only once it runs long.
+        # The running task's start report: sent at once for a hard limit, else only once it runs long
+        # (then made from what the task started with: most tasks never need one).
         self._report_lock = threading.Lock()
-        self._start_event: TaskStarted | None = None
+        self._start_event: tuple[Delivery, Message, BaseTask[Any, Any]] | None = None
         self._start_sent = False
         self._task_is_long = False  # the watch found the running task past PREFETCH_HOLD
         # The last reservation was not a full batch: the next one may wait for work, so counts and events
@@ -96,22 +96,21 @@ class ProcessPool(Pool):
         self.child.ended(outcome, reported)
 
     def _on_start(self, delivery: Delivery, message: Message, task: BaseTask[Any, Any]) -> None:
-        event = self.child.started(delivery, message, task)
         with self._report_lock:
             # The supervisor must know the deadline of a hard time limit from the start; a task the
             # watch already found long (slow to decode or to record STARTED) reports at once too.
-            if event.deadline is not None or self._task_is_long:
-                self.child.send(event)
+            if task.options.time_limit is not None or self._task_is_long:
+                self.child.send(self.child.started(delivery, message, task))
                 self._start_sent = True
             else:
-                self._start_event = event
+                self._start_event = (delivery, message, task)
 
     def _on_long_task(self) -> None:
         """The running task passed PREFETCH_HOLD: free its batch-mates, settle, report its start."""
         with self._report_lock:
             self._task_is_long = True  # if the task has not reached its start yet, it reports it at once
             if self._start_event is not None and not self._start_sent:
-                self.child.send(self._start_event)
+                self.child.send(self.child.started(*self._start_event))  # no hard limit: no deadline to date
                 self._start_sent = True
         self.child.return_unstarted(self.backlog.take_unstarted())
         with contextlib.suppress(BrokerError):  # they stay pending and held; the main loop retries and logs

@@ -32,10 +32,11 @@ if #ids > 0 then
   for i, id in ipairs(ids) do
     local m = MSG .. id
     local token = string.format('%d', base + i)
-    local deliveries = redis.call('HINCRBY', m, 'deliveries', 1)
-    redis.call('HSET', m, 'token', token, 'owner', owner)
-    redis.call('HDEL', m, 'started')
-    local f = redis.call('HMGET', m, 'body', 'priority')
+    -- One read and one write per message (a 'started' mark, rare, costs one more call).
+    local f = redis.call('HMGET', m, 'body', 'priority', 'deliveries', 'started')
+    local deliveries = (tonumber(f[3]) or 0) + 1
+    redis.call('HSET', m, 'deliveries', string.format('%d', deliveries), 'token', token, 'owner', owner)
+    if f[4] then redis.call('HDEL', m, 'started') end
     taken[#taken + 1] = id
     taken[#taken + 1] = f[1]
     taken[#taken + 1] = f[2]
