@@ -120,8 +120,7 @@ class Child:
         self._tally_lock = threading.Lock()
         self._processed = self._failed = self.tasks_run = 0  # counts not sent yet; tasks run in all
         self._counts_due = 0.0
-        #: The queues to reserve from: config.queues less the paused ones (pausing.py), re-read every second
-        #: (on PostgreSQL only after a wake-up: an idle child sends no query for them).
+        #: The queues to reserve from: config.queues less the paused ones, re-read as pausing.py says.
         self.paused = PausedQueues(app.backend, config.queues, app.broker.wake_version)
         #: What the pools noted for the event log, sent with the counts (only when the app observes).
         self.notes = EventNotes(config.observe)
