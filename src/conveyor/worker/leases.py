@@ -90,17 +90,29 @@ class LeaseKeeper:
                 self._held[delivery.id] = delivery
 
     def release(self, delivery: Delivery) -> None:
-        """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
+        """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered).
+
+        Only that lease: a newer lease of the same message (given back, then reserved again by this
+        process before this call) stays held.
+        """
         with self._lock:
-            self._held.pop(delivery.id, None)
-            self._acking.discard(delivery.id)
+            self._drop(delivery)
 
     def release_all(self, deliveries: Iterable[Delivery]) -> None:
-        """Stop keeping every one of ``deliveries`` leased (an acked batch)."""
+        """Stop keeping every one of ``deliveries`` leased (an acked batch); newer leases of them stay held."""
         with self._lock:
             for delivery in deliveries:
-                self._held.pop(delivery.id, None)
-                self._acking.discard(delivery.id)
+                self._drop(delivery)
+
+    def _drop(self, delivery: Delivery) -> None:
+        # Under the lock. A message given back (nack) can be reserved again by this process while the
+        # give-back is still on its way: the pool's loop reserves while the backlog watch returns the
+        # batch-mates of a long task one by one. The new lease (new token) must not be dropped by the
+        # give-back's release, or nothing extends it and the task runs twice while this worker lives.
+        held = self._held.get(delivery.id)
+        if held is not None and held.token == delivery.token:
+            del self._held[delivery.id]
+            self._acking.discard(delivery.id)
 
     def acking(self, deliveries: list[Delivery]) -> None:
         """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.
