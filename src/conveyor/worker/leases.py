@@ -82,12 +82,16 @@ class LeaseKeeper:
         """Start keeping ``delivery`` leased."""
         with self._lock:
             self._held[delivery.id] = delivery
+            self._acking.discard(delivery.id)  # a new lease (the old one may have been given back)
 
     def hold_all(self, deliveries: Iterable[Delivery]) -> None:
         """Start keeping every one of ``deliveries`` leased (a reserved batch: one lock, not one per task)."""
         with self._lock:
+            acking = self._acking
             for delivery in deliveries:
                 self._held[delivery.id] = delivery
+                if acking:
+                    acking.discard(delivery.id)
 
     def release(self, delivery: Delivery) -> None:
         """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered).
@@ -115,7 +119,8 @@ class LeaseKeeper:
             self._acking.discard(delivery.id)
 
     def acking(self, deliveries: list[Delivery]) -> None:
-        """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.
+        """``deliveries`` are being acked (or given back): keep them leased (the ack may fail) but do not
+        report them lost.
 
         An ack and reserve in one call waits for new work after the ack; a beat in between would
         otherwise find the acked deliveries gone and warn that they may run twice.
