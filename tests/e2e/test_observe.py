@@ -158,6 +158,8 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
     assert slow.get(timeout=20) == "slow"
     assert worker.stop() == 0
     assert ("worker-offline", "") in _seen(e2e_app)
+    # And each task ran once on the live worker (the records file notes every start)
+    assert [runs_of(records, tag) for tag in ("ok0", "ok1", "ok2", "bad", "slow", "held")] == [1] * 6
 
 
 @pytest.mark.timeout(120)

@@ -7,6 +7,7 @@ Each test runs on SQLite and on Redis (the e2e_env fixture), with a 2 s lease.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,5 +33,34 @@ def test_a_long_task_gives_its_prefetched_batch_mates_to_the_other_child(
     assert [runs_of(records, f"s{i}") for i in range(20)] == [1] * 20
     # And the long task ends normally, with nothing left in flight
     assert long.get(timeout=15) == "long"
+    wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "every task to be acknowledged")
+    assert worker.stop() == 0
+
+
+def test_a_task_given_back_and_taken_again_by_the_same_child_stays_leased_to_it(
+    e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a batch sent at once: a short task, a long one (three leases), and many short ones behind
+    from tests.apps import e2e_app as tasks
+
+    record = tasks.app.tasks["record"]
+    fillers = [record.message((f"f{i}",)) for i in range(60)]
+    first, long = record.message(("first",)), record.message(("long", 6.0))
+    e2e_env["CONVEYOR_PREFETCH"] = "100"  # one child reserves the whole batch
+    e2e_app.send([first, long, *fillers])
+    # When one worker child reserves it all: the short task runs, its batch-mates go back to the
+    # queue one by one, and the child, done with the short task, reserves them again meanwhile
+    # (the same messages, new leases), the long one first
+    worker = start_worker("-c", "1")
+    wait_until(lambda: runs_of(records, "long") == 1, 10, "the long task to start")
+    # And a second worker is there to take any message whose lease runs out
+    start_worker("-c", "1")
+    # Then the long task stays leased to the child running it (its heartbeat extends the new lease,
+    # not the old one the child gave back): it runs once, however long it runs
+    assert e2e_app.result(long.id).get(timeout=20) == "long"
+    assert [e2e_app.result(m.id).get(timeout=20) for m in fillers] == [f"f{i}" for i in range(60)]
+    time.sleep(1.0)  # a copy taken after a lost lease would have started by now (a lease is 2 s)
+    assert runs_of(records, "long") == 1, "the long task ran twice on a live worker"
+    assert [runs_of(records, f"f{i}") for i in range(60)] == [1] * 60
     wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "every task to be acknowledged")
     assert worker.stop() == 0

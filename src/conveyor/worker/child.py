@@ -221,6 +221,8 @@ class Child:
 
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""
+        # One nack per task: a heartbeat meanwhile finds the ones given back gone, which is no lost lease.
+        self.keeper.acking(deliveries)
         for delivery in deliveries:
             with contextlib.suppress(BrokerError):
                 self.app.broker.nack(delivery)

@@ -100,27 +100,42 @@ class LeaseKeeper:
         """
         at = time.monotonic() if since is None else since
         with self._lock:
+            acking = self._acking
             for delivery in deliveries:
                 self._held[delivery.id] = delivery
                 self._sure[delivery.id] = at
+                if acking:
+                    acking.discard(delivery.id)  # a new lease (the old one may have been given back)
 
     def release(self, delivery: Delivery) -> None:
-        """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered)."""
+        """Stop keeping ``delivery`` leased (it was acked, nacked or dead-lettered).
+
+        Only that lease: a newer lease of the same message (given back, then reserved again by this
+        process before this call) stays held.
+        """
         with self._lock:
-            self._held.pop(delivery.id, None)
+            self._drop(delivery)
+
+    def release_all(self, deliveries: Iterable[Delivery]) -> None:
+        """Stop keeping every one of ``deliveries`` leased (an acked batch); newer leases of them stay held."""
+        with self._lock:
+            for delivery in deliveries:
+                self._drop(delivery)
+
+    def _drop(self, delivery: Delivery) -> None:
+        # Under the lock. A message given back (nack) can be reserved again by this process while the
+        # give-back is still on its way: the pool's loop reserves while the backlog watch returns the
+        # batch-mates of a long task one by one. The new lease (new token) must not be dropped by the
+        # give-back's release, or nothing extends it and the task runs twice while this worker lives.
+        held = self._held.get(delivery.id)
+        if held is not None and held.token == delivery.token:
+            del self._held[delivery.id]
             self._sure.pop(delivery.id, None)
             self._acking.discard(delivery.id)
 
-    def release_all(self, deliveries: Iterable[Delivery]) -> None:
-        """Stop keeping every one of ``deliveries`` leased (an acked batch)."""
-        with self._lock:
-            for delivery in deliveries:
-                self._held.pop(delivery.id, None)
-                self._sure.pop(delivery.id, None)
-                self._acking.discard(delivery.id)
-
     def acking(self, deliveries: list[Delivery]) -> None:
-        """``deliveries`` are being acked: keep them leased (the ack may fail) but do not report them lost.
+        """``deliveries`` are being acked (or given back): keep them leased (the ack may fail) but do not
+        report them lost.
 
         An ack and reserve in one call waits for new work after the ack; a beat in between would
         otherwise find the acked deliveries gone and warn that they may run twice.
