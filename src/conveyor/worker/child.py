@@ -30,7 +30,6 @@ from typing import Any
 
 from conveyor.app import App
 from conveyor.brokers import Delivery
-from conveyor.errors import BrokerError
 from conveyor.logging import flush_all as flush_logs
 from conveyor.message import Message
 from conveyor.middleware import OnStart
@@ -221,12 +220,7 @@ class Child:
 
     def return_unstarted(self, deliveries: list[Delivery]) -> None:
         """Give reserved tasks that did not start back to the queue, at their place, at once."""
-        # One nack per task: a heartbeat meanwhile finds the ones given back gone, which is no lost lease.
-        self.keeper.acking(deliveries)
-        for delivery in deliveries:
-            with contextlib.suppress(BrokerError):
-                self.app.broker.nack(delivery)
-        self.keeper.release_all(deliveries)
+        self.keeper.give_back(deliveries)
         if deliveries:
             log.debug("returned %d unstarted task(s) to the queue", len(deliveries))
 

@@ -25,6 +25,7 @@ least ``lease`` after the request left), which is every delivery while heartbeat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -132,6 +133,18 @@ class LeaseKeeper:
             del self._held[delivery.id]
             self._sure.pop(delivery.id, None)
             self._acking.discard(delivery.id)
+
+    def give_back(self, deliveries: list[Delivery]) -> None:
+        """Nack ``deliveries`` (reserved, not started) back to their queue and stop keeping them leased.
+
+        One nack per task, so a heartbeat meanwhile finds the ones given back gone: they count as being
+        settled, not as lost leases. A nack the broker refuses leaves that lease to expire.
+        """
+        self.acking(deliveries)
+        for delivery in deliveries:
+            with contextlib.suppress(BrokerError):
+                self.broker.nack(delivery)
+        self.release_all(deliveries)
 
     def acking(self, deliveries: list[Delivery]) -> None:
         """``deliveries`` are being acked (or given back): keep them leased (the ack may fail) but do not
