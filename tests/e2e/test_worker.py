@@ -128,9 +128,9 @@ def test_an_idle_worker_stops_at_once_not_when_its_reserve_wait_ends(
     began = time.monotonic()
     assert worker.stop() == 0
     took = time.monotonic() - began
-    # Then it exits well before a child would notice the stop at the end of its wait (RESERVE_WAIT, 1 s:
-    # four children's waits end within the first 0.7 s of it all together in one stop of 4 in 100): the
-    # stop cuts the wait short
+    # Then it exits well before its children would notice the stop at the end of their waits (RESERVE_WAIT,
+    # 1 s; a stop that waited them out took 0.9-2.0 s here, under load): the stop cuts the waits short
+    # (0.07-0.23 s under load), and the process leaves without the interpreter's teardown
     assert took < 0.7, f"the stop took {took:.2f} s:\n{worker.output()}"
     assert "stopped: 0 task(s) processed" in worker.output()
 
