@@ -147,9 +147,11 @@ class Listener:
         self._stop.set()
         conn = self._conn
         if conn is not None:  # else the wait for notifications would end only after STOP_CHECK seconds
-            with contextlib.suppress(OSError, psycopg.Error):
-                with socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock:  # a dup
-                    sock.shutdown(socket.SHUT_RDWR)
+            with (
+                contextlib.suppress(OSError, psycopg.Error),
+                socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock,  # a dup of its socket
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(RuntimeError):
             self._thread.join(STOP_CHECK + 1)
 
