@@ -296,6 +296,24 @@ class RedisConnection:
             raise result
         return result
 
+    def push_token(self, key: str, ttl_ms: int) -> None:
+        """LPUSH a token to ``key`` (gone after ``ttl_ms`` if nobody pops it): one try, errors ignored.
+
+        For a signal handler: it opens a connection of its own (no pool, no lock, no retry), since the
+        interrupted thread may hold a connection or the pool's lock, and closes it after.
+        """
+        pool = self.client.connection_pool
+        options = {**pool.connection_kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+        conn = pool.connection_class(**options)
+        try:
+            conn.send_packed_command(conn.pack_commands([("LPUSH", key, b"1"), ("PEXPIRE", key, ttl_ms)]))
+            conn.read_response()
+            conn.read_response()
+        except (redis.RedisError, OSError):
+            pass  # the wait then ends at its timeout
+        finally:
+            conn.disconnect()
+
     def load_scripts(self) -> None:
         """SCRIPT LOAD every registered script (after the server lost its script cache)."""
         pipe = self.client.pipeline(transaction=False)
