@@ -109,7 +109,6 @@ class Child:
         self.owner = owner_of(config.worker_id, os.getpid())
         self.keeper = LeaseKeeper(app.broker, config.lease, on_beat=board.stamp, running=board.running_now)
         self.stopping = False
-        self._broker = app.broker  # built now: the SIGTERM handler must not build it (that takes a lock)
         #: Set when the backend failed before a task started: take no work until it answers again.
         self.backend_down = False
         # The supervisor as fork() recorded it, not getppid(): a child whose supervisor died before
@@ -133,15 +132,10 @@ class Child:
         return not self.stopping and os.getppid() == self._parent
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
-        """Stop reserving; finish what runs (the SIGTERM handler).
-
-        An idle child sits in a blocking reserve (up to RESERVE_WAIT): the broker ends that wait now,
-        so the child stops at once; what the cut-short reserve took goes back with the unstarted rest.
-        """
-        if self.stopping:
-            return
-        self.stopping = True
-        self._broker.stop_waiting()
+        """Stop reserving and end an idle reserve's wait at once (the SIGTERM handler); finish what runs."""
+        if not self.stopping:  # the keeper's broker is built already: a signal handler must not build one (a lock)
+            self.stopping = True
+            self.keeper.broker.stop_waiting()  # what the cut-short reserve took goes back with the unstarted rest
 
     def executor(self, settler: Settler, on_start: OnStart) -> Executor:
         """The executor a pool runs deliveries with (its settler, its start hook)."""
