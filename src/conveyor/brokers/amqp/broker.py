@@ -280,7 +280,7 @@ class AMQPBroker(Broker):
             )
             self._publish_counts()
             now = time.monotonic()
-            if out or now >= deadline:
+            if out or now >= deadline or self.waits_stopped:  # stop_waiting: a stopping worker's wait ends now
                 return out
             self._forgive_stall(now - start - wait)
 

@@ -52,9 +52,10 @@ class Listener:
         self._thread.start()
 
     def wait_listening(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until the connection listens; True when it does."""
+        """Wait up to ``timeout`` seconds until the connection listens (or waits are stopped); True when it listens."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.listening, timeout)
+            self._cond.wait_for(lambda: self.listening or self.waits_stopped, timeout)
+            return self.listening
 
     def wait_work(self, seen: int, timeout: float) -> int:
         """Block until the generation moves past ``seen`` or ``timeout`` seconds passed; return the generation."""
