@@ -16,7 +16,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from conveyor.brokers.amqp.connection import AMQPConnection
-from conveyor.brokers.amqp.names import declarations, queue_names, registry_name
+from conveyor.brokers.amqp.names import declarations, queue_names, registry_name, type_arguments
 from conveyor.brokers.amqp.scan import (
     Decide,
     Meta,
@@ -44,8 +44,12 @@ class Admin:
         declared: the conveyor queues the broker declared in this process (always listed).
     """
 
-    def __init__(self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str]) -> None:
+    def __init__(
+        self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str], queue_type: str = "classic"
+    ) -> None:
         self._conn = conn
+        self._queue_type = queue_type
+        self.registry_args = type_arguments(queue_type)
         self._prefix = prefix
         self._store = store
         self._declared = declared
@@ -140,7 +144,7 @@ class Admin:
         names = queue_names(self._prefix, queue)
         count = {
             name: int(ch.queue_declare(name, durable=True, arguments=args).method.message_count)
-            for name, args in declarations(names)
+            for name, args in declarations(names, self._queue_type)
         }
         return count[names.ready], sum(count[name] for name in names.scheduled), count[names.dead]
 
@@ -199,7 +203,7 @@ class Admin:
         """Add a registry entry once per process (in the caller's transaction); True when it did now."""
         if (kind, name) in self._added:
             return False
-        ch.queue_declare(self.registry, durable=True)
+        ch.queue_declare(self.registry, durable=True, arguments=self.registry_args)
         add_to_registry(ch, self.registry, kind, name)
         self._added.add((kind, name))
         return True
@@ -236,7 +240,7 @@ class Admin:
         return sorted(live, key=lambda w: w.id)
 
     def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        ch.queue_declare(self.registry, durable=True)
+        ch.queue_declare(self.registry, durable=True, arguments=self.registry_args)
         entries = read_registry(ch, self.registry, forget)
         ch.tx_commit()
         return entries

@@ -11,6 +11,10 @@ Everything here is pure. Per conveyor queue ``NAME`` under the URL's ``prefix`` 
     PREFIX.q.NAME.dead         dead letters, with the reason in their headers
     PREFIX.registry            one message per known queue name and worker id (see scan.py)
 
+With ``queue_type=quorum`` in the URL every one of them (the registry too) is a quorum queue
+(``x-queue-type: quorum``) and the ready queue has no ``x-max-priority``: RabbitMQ 3.10's quorum
+queues have no priorities (docs/amqp.md, "Quorum queues").
+
 Every message of a level queue has the same TTL, so they expire in arrival order: RabbitMQ's
 per-message-TTL head-of-line problem cannot hold a short delay behind a long one.
 """
@@ -26,6 +30,8 @@ from typing import Any
 DEFAULT_PREFIX = "conveyor"
 #: Highest priority conveyor uses (0-9): the ready queue's ``x-max-priority``.
 MAX_PRIORITY = 9
+#: The ``queue_type`` URL values: classic (the default) or quorum.
+QUEUE_TYPES = ("classic", "quorum")
 #: Delay levels are ``LEVEL_BASE ** K`` milliseconds, K = 0..MAX_LEVEL (4**17 ms is about 199 days).
 LEVEL_BASE = 4
 MAX_LEVEL = 17
@@ -81,24 +87,33 @@ def registry_name(prefix: str) -> str:
     return f"{prefix}.registry"
 
 
-def declarations(names: QueueNames) -> list[tuple[str, dict[str, Any]]]:
+def type_arguments(queue_type: str) -> dict[str, Any]:
+    """The arguments every queue of ``queue_type`` carries: none for classic, ``x-queue-type`` for quorum."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+
+
+def declarations(names: QueueNames, queue_type: str = "classic") -> list[tuple[str, dict[str, Any]]]:
     """(queue, arguments) of every queue of one conveyor queue, the ready queue last.
 
-    The ready queue is declared last, so a queue that exists proves its whole topology does.
+    The ready queue is declared last, so a queue that exists proves its whole topology does. Quorum
+    queues take the same TTL and dead-letter arguments (RabbitMQ 3.10 has both for them) and no
+    ``x-max-priority``; no ``x-delivery-limit`` either (conveyor counts deliveries itself).
     """
-    out: list[tuple[str, dict[str, Any]]] = [(names.eta, {}), (names.dead, {})]
+    kind = type_arguments(queue_type)
+    out: list[tuple[str, dict[str, Any]]] = [(names.eta, dict(kind)), (names.dead, dict(kind))]
     for k, level in enumerate(names.levels):
         out.append(
             (
                 level,
                 {
+                    **kind,
                     "x-message-ttl": level_ms(k),
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": names.eta,
                 },
             )
         )
-    out.append((names.ready, {"x-max-priority": MAX_PRIORITY}))
+    out.append((names.ready, dict(kind) if kind else {"x-max-priority": MAX_PRIORITY}))
     return out
 
 
