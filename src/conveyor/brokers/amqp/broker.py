@@ -196,6 +196,7 @@ class AMQPBroker(Broker):
         self._inbox: list[Pushed] = []  # deliveries pushed and not handed out yet (at most the window)
         self._promoter = Promoter(self._conn.params, self.prefix)  # consumes the .eta queues (promoter.py)
         self._conn.before_call = self._before_call
+        self._idle_pause = POLL_MIN  # a polling reserve's next pause (quorum queues; see _reserve_pulled)
         self._window = 0  # the main channel's prefetch (basic.qos, global): held + free slots
 
     def __repr__(self) -> str:
@@ -324,17 +325,20 @@ class AMQPBroker(Broker):
     ) -> list[Delivery]:
         """A look at what is ready now: ``basic.get`` queue by queue, in order (exact, one round trip each).
 
-        With a wait (quorum queues only) it looks again after 2 ms, doubling to :data:`POLL_MAX`.
+        With a wait (quorum queues only) it looks again after 2 ms, doubling to :data:`POLL_MAX`; the
+        pause carries over to the next reserve until one finds something, so an idle worker, whose
+        reserves each wait about a second, looks every 50 ms and not in a burst at each call.
         ``promote`` False: the ``.eta`` queues are left to the promoter thread.
         """
         deadline = time.monotonic() + timeout
-        pause = POLL_MIN
+        pause = self._idle_pause
         while True:
             out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease, promote))
             self._publish_counts()
             now = time.monotonic()
             remaining = deadline - now
             if out or remaining <= 0:
+                self._idle_pause = POLL_MIN if out else pause
                 return out
             if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
                 self._next_hop = INF
