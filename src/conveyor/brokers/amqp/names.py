@@ -100,6 +100,9 @@ def declarations(names: QueueNames, queue_type: str = "classic") -> list[tuple[s
     ``x-max-priority``; no ``x-delivery-limit`` either (conveyor counts deliveries itself).
     """
     kind = type_arguments(queue_type)
+    # A quorum level dead-letters at least once (RabbitMQ 3.10+; it requires reject-publish, which
+    # never applies without a length limit): a node lost between a TTL and its dead-lettering loses nothing.
+    safe = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"} if kind else {}
     out: list[tuple[str, dict[str, Any]]] = [(names.eta, dict(kind)), (names.dead, dict(kind))]
     for k, level in enumerate(names.levels):
         out.append(
@@ -107,6 +110,7 @@ def declarations(names: QueueNames, queue_type: str = "classic") -> list[tuple[s
                 level,
                 {
                     **kind,
+                    **safe,
                     "x-message-ttl": level_ms(k),
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": names.eta,
