@@ -93,7 +93,7 @@ def delete_queues(url: str, prefixes: Iterable[str]) -> None:
                 if (props.headers or {}).get(H_KIND) in ("queue", b"queue"):
                     known.add(body.decode("utf-8", "replace"))
             for queue in sorted(known):
-                for name, _ in declarations(queue_names(prefix, queue)):
+                for name, _ in declarations(queue_names(prefix, queue, quorum=True), "quorum"):  # either type's
                     channel.queue_delete(name)
             channel.queue_delete(registry)
     finally:

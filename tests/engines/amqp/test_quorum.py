@@ -2,9 +2,10 @@
 
 The conformance suites' tests are imported here and run with a quorum URL (``url_for("amqp-quorum")``:
 the test's vhost and prefix plus ``queue_type=quorum``); ``broker_kind`` stays ``"amqp"`` so their
-RabbitMQ branches apply. One conformance test does not hold on 3.10 quorum queues, which have no
-priorities: ``test_priority_first_then_fifo`` is replaced by the test that priorities are FIFO there
-(docs/amqp.md, "Quorum queues"). The kill -9 worker tests are in tests/e2e/test_quorum_worker.py.
+RabbitMQ branches apply. 3.10 quorum queues have no priorities: conveyor maps
+the ten levels to three bands, a quorum queue each, so the suite's priority test (9s, 5s, 0s) holds,
+and ``test_priorities_map_to_three_bands_fifo_within_a_band`` says what is lost: the order within a
+band (docs/amqp.md, "Quorum queues"). The kill -9 worker tests are in tests/e2e/test_quorum_worker.py.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ OWNER = "quorum-test"
 # The two suites, collected again in this module (so they use the fixtures below).
 for _suite in (broker_suite, executor_suite):
     for _name, _value in vars(_suite).items():
-        if _name.startswith("test_") and _name != "test_priority_first_then_fifo":
+        if _name.startswith("test_"):
             globals()[_name] = _value
 app = executor_suite.app  # the executor suite's app fixture (built on broker_url/backend_url below)
 
@@ -51,29 +52,31 @@ def env(queue: str = "default", body: bytes = b"x", **kw: object) -> Envelope:
     return Envelope(id=uuid.uuid4().hex, queue=queue, body=body, **kw)  # type: ignore[arg-type]
 
 
-def test_priorities_are_ignored_on_quorum_queues_fifo_order_holds(broker: Broker) -> None:
-    # Given messages of mixed priority on quorum queues (RabbitMQ 3.10: no priorities)
-    broker.enqueue([env(priority=p, body=str(i).encode()) for i, p in enumerate([0, 5, 9, 5, 0, 9])])
+def test_priorities_map_to_three_bands_fifo_within_a_band(broker: Broker) -> None:
+    # Given messages of every priority on quorum queues (RabbitMQ 3.10: no priorities), in this order
+    priorities = [0, 7, 3, 9, 4, 8, 6, 1, 5, 2]
+    broker.enqueue([env(priority=p, body=str(p).encode()) for p in priorities])
     # When all are reserved
     got = broker.reserve(["default"], 10, owner=OWNER, lease=5)
-    # Then they come in the order sent, their priority carried unchanged
-    assert [d.body for d in got] == [b"0", b"1", b"2", b"3", b"4", b"5"]
-    assert [d.priority for d in got] == [0, 5, 9, 5, 0, 9]
+    # Then band 7-9 comes first, then 4-6, then 0-3, each band in the order sent, priorities carried unchanged
+    assert [d.priority for d in got] == [7, 9, 8, 4, 6, 5, 0, 3, 1, 2]
+    assert [d.body for d in got] == [str(d.priority).encode() for d in got]
 
 
 def test_every_queue_of_a_conveyor_queue_is_a_durable_quorum_queue(broker: AMQPBroker, amqp_vhost: str) -> None:
     assert broker.queue_type == "quorum"
     broker.enqueue([env()])
-    names = queue_names(broker.prefix, "default")
+    names = queue_names(broker.prefix, "default", quorum=True)
     conn = pika.BlockingConnection(pika.URLParameters(amqp_url(amqp_vhost)))
     try:
         ch = conn.channel()
         # A passive declare answers for a queue that exists; the type check is an active one:
         # declaring with x-queue-type quorum succeeds only on an equivalent (quorum) queue.
-        for name in (names.ready, names.eta, names.dead, *names.levels, f"{broker.prefix}.registry"):
+        assert names.bands == (f"{names.ready}.p7", f"{names.ready}.p4", names.ready)
+        for name in (*names.bands, names.eta, names.dead, *names.levels, f"{broker.prefix}.registry"):
             ch.queue_declare(name, passive=True)
-        ch.queue_declare(names.ready, durable=True, arguments={"x-queue-type": "quorum"})
-        ch.queue_declare(names.eta, durable=True, arguments={"x-queue-type": "quorum"})
+        for name in (*names.bands, names.eta):
+            ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
         with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-queue-type"):
             ch.queue_declare(names.dead, durable=True)  # as a classic queue: refused
     finally:

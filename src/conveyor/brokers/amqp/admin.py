@@ -49,6 +49,7 @@ class Admin:
     ) -> None:
         self._conn = conn
         self._queue_type = queue_type
+        self._quorum = queue_type == "quorum"  # a ready queue per priority band (names.py)
         self.registry_args = type_arguments(queue_type)
         self._prefix = prefix
         self._store = store
@@ -67,7 +68,7 @@ class Admin:
                 found.append(dead_letter_of(name, props, body))
                 return False
 
-            self.scan_all([queue_names(self._prefix, name).dead], keep)
+            self.scan_all([queue_names(self._prefix, name, self._quorum).dead], keep)
         found.sort(key=lambda letter: letter.dead_at)
         return found[:limit]
 
@@ -81,7 +82,12 @@ class Admin:
                 if wanted is not None and entry.id not in wanted:
                     return False
                 fresh = Meta(entry.id, entry.priority, 0, explicit=entry.explicit)
-                ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
+                ch.basic_publish(
+                    "",
+                    queue_names(self._prefix, queue, self._quorum).ready_for(entry.priority),
+                    body,
+                    properties(fresh),
+                )
                 return True
 
             return decide
@@ -109,14 +115,14 @@ class Admin:
         removed: list[Meta] = []
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
-            ready = queue_names(self._prefix, queue).ready
+            ready = queue_names(self._prefix, queue, self._quorum).bands
 
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
                 entry = meta_of(props)
                 if entry.id in wanted:
                     removed.append(entry)
-                elif name == ready:
-                    keep_unmarked(ch, ready, props, body)
+                elif name in ready:
+                    keep_unmarked(ch, name, props, body)
                 else:
                     return False  # scheduled: a requeue keeps its TTL, and no one reads its redelivered flag
                 return True
@@ -141,12 +147,13 @@ class Admin:
 
     def counts(self, ch: BlockingChannel, queue: str) -> tuple[int, int, int]:
         """(ready, scheduled, dead) of a declared queue, from ``queue.declare`` answers."""
-        names = queue_names(self._prefix, queue)
+        names = queue_names(self._prefix, queue, self._quorum)
         count = {
             name: int(ch.queue_declare(name, durable=True, arguments=args).method.message_count)
             for name, args in declarations(names, self._queue_type)
         }
-        return count[names.ready], sum(count[name] for name in names.scheduled), count[names.dead]
+        ready = sum(count[name] for name in names.bands)
+        return ready, sum(count[name] for name in names.scheduled), count[names.dead]
 
     def scan_each(
         self, rabbit_queues: Callable[[str], list[str]], decider: Callable[[BlockingChannel, str, str], Decide]
@@ -177,11 +184,11 @@ class Admin:
         return self._conn.call(op)
 
     def _waiting(self, queue: str) -> list[str]:
-        names = queue_names(self._prefix, queue)
-        return [names.ready, *names.scheduled]
+        names = queue_names(self._prefix, queue, self._quorum)
+        return [*names.bands, *names.scheduled]
 
     def _dead(self, queue: str) -> list[str]:
-        return [queue_names(self._prefix, queue).dead]
+        return [queue_names(self._prefix, queue, self._quorum).dead]
 
     # -- registry and workers ----------------------------------------------------------------
 

@@ -194,7 +194,9 @@ class AMQPBroker(Broker):
         self._consume_generation = -1
         self._consumers: dict[str, str] = {}  # conveyor queue -> consumer tag on the main channel
         self._inbox: list[Pushed] = []  # deliveries pushed and not handed out yet (at most the window)
-        self._promoter = Promoter(self._conn.params, self.prefix)  # consumes the .eta queues (promoter.py)
+        self._promoter = Promoter(
+            self._conn.params, self.prefix, self.queue_type == "quorum"
+        )  # consumes the .eta queues (promoter.py)
         self._conn.before_call = self._before_call
         self._idle_pause = POLL_MIN  # a polling reserve's next pause (quorum queues; see _reserve_pulled)
         self._window = 0  # the main channel's prefetch (basic.qos, global): held + free slots
@@ -451,7 +453,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             moved = self._expire(ch)
             for queue in sorted(self._declared):
-                moved += self._promote(ch, queue_names(self.prefix, queue))
+                moved += self._promote(ch, self._names(queue))
             if moved:  # nothing to commit otherwise: an idle supervisor's heartbeat sends RabbitMQ nothing
                 ch.tx_commit()
             return moved
@@ -527,7 +529,7 @@ class AMQPBroker(Broker):
         """Consume the ready queues of ``queues``; stop consuming the others (paused ones)."""
         for queue in queues:
             if queue not in self._consumers:
-                self._consumers[queue] = ch.basic_consume(queue_names(self.prefix, queue).ready, self._pusher(queue))
+                self._consumers[queue] = ch.basic_consume(self._names(queue).ready, self._pusher(queue))
         gone = [q for q in self._consumers if q not in queues]
         if gone:
             self._cancel(ch, gone)
@@ -620,7 +622,7 @@ class AMQPBroker(Broker):
             if p.method.redelivered:  # a copy must not lose what the flag says: count it as a reserve would
                 self._recount(ch, p.queue, meta_of(p.props), p.method.delivery_tag, p.body)
                 continue
-            keep_unmarked(ch, queue_names(self.prefix, p.queue).ready, p.props, p.body)
+            keep_unmarked(ch, self._names(p.queue).ready, p.props, p.body)
             ch.basic_ack(p.method.delivery_tag)
         ch.tx_commit()
 
@@ -642,23 +644,23 @@ class AMQPBroker(Broker):
         for queue in queues:
             self._declare(ch, queue)
             if promote:
-                moved += self._promote(ch, queue_names(self.prefix, queue))
+                moved += self._promote(ch, self._names(queue))
         if moved:
             ch.tx_commit()
         self._sync_consumers()
         out = self._take_inbox(ch, queues, n, owner, lease)
         rotated = False
         for queue in queues:
-            ready = queue_names(self.prefix, queue).ready
-            while len(out) < n:
-                method, props, body = ch.basic_get(ready)
-                if method is None or props is None or body is None:
-                    break
-                delivery = self._take(ch, queue, method, props, body, owner, lease)
-                if delivery is None:
-                    rotated = True
-                else:
-                    out.append(delivery)
+            for ready in self._names(queue).bands:  # one ready queue, or (quorum) its bands, highest first
+                while len(out) < n:
+                    method, props, body = ch.basic_get(ready)
+                    if method is None or props is None or body is None:
+                        break
+                    delivery = self._take(ch, queue, method, props, body, owner, lease)
+                    if delivery is None:
+                        rotated = True
+                    else:
+                        out.append(delivery)
         if rotated:
             ch.tx_commit()
         return out
@@ -711,7 +713,7 @@ class AMQPBroker(Broker):
             self._bury(ch, held, why)
             self._release_keys([entry])
             return
-        ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(requeued))
+        ch.basic_publish("", self._names(queue).ready_for(entry.priority), body, properties(requeued))
         ch.basic_ack(tag)
 
     def _expire(self, ch: BlockingChannel) -> int:
@@ -758,7 +760,7 @@ class AMQPBroker(Broker):
             self._release_keys([held.entry])
             return
         entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
-        ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
+        ch.basic_publish("", self._names(d.queue).ready_for(entry.priority), d.body, properties(entry))
         ch.basic_ack(held.tag)
 
     def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
@@ -774,12 +776,14 @@ class AMQPBroker(Broker):
     # -- publishing --------------------------------------------------------------------------
 
     def _publish(self, ch: BlockingChannel, queue: str, entry: Meta, body: bytes, now: float) -> None:
-        self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
+        self._publish_to(ch, self._names(queue), entry, body, now)
 
     def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
         if entry.eta is None or entry.eta <= now:
-            ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
+            ch.basic_publish(
+                "", names.ready_for(entry.priority), body, properties(dataclasses.replace(entry, eta=None))
+            )
             return
         level = level_for(entry.eta - now)
         ch.basic_publish("", names.levels[level], body, properties(entry))
@@ -788,15 +792,19 @@ class AMQPBroker(Broker):
     def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery
         props = dead_properties(held.entry, d.deliveries, reason)
-        ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
+        ch.basic_publish("", self._names(d.queue).dead, d.body if body is None else body, props)
         ch.basic_ack(held.tag)
+
+    def _names(self, queue: str) -> QueueNames:
+        """The RabbitMQ queues of ``queue`` (on quorum queues, a ready queue per priority band)."""
+        return queue_names(self.prefix, queue, self.queue_type == "quorum")
 
     def _declare(self, ch: BlockingChannel, queue: str) -> None:
         """Declare a conveyor queue's topology and register its name, once per process."""
         if queue in self._declared:
             return
         registry = (self._admin.registry, self._admin.registry_args)
-        for name, arguments in [registry, *declarations(queue_names(self.prefix, queue), self.queue_type)]:
+        for name, arguments in [registry, *declarations(self._names(queue), self.queue_type)]:
             try:
                 ch.queue_declare(name, durable=True, arguments=arguments)
             except pika.exceptions.ChannelClosedByBroker as exc:

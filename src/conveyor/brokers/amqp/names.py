@@ -13,7 +13,9 @@ Everything here is pure. Per conveyor queue ``NAME`` under the URL's ``prefix`` 
 
 With ``queue_type=quorum`` in the URL every one of them (the registry too) is a quorum queue
 (``x-queue-type: quorum``) and the ready queue has no ``x-max-priority``: RabbitMQ 3.10's quorum
-queues have no priorities (docs/amqp.md, "Quorum queues").
+queues have no priorities, so priorities 7-9 and 4-6 have ready queues of their own,
+``PREFIX.q.NAME.p7`` and ``PREFIX.q.NAME.p4`` (``QueueNames.bands``), read before ``PREFIX.q.NAME``
+(docs/amqp.md, "Quorum queues").
 
 Every message of a level queue has the same TTL, so they expire in arrival order: RabbitMQ's
 per-message-TTL head-of-line problem cannot hold a short delay behind a long one.
@@ -55,6 +57,11 @@ H_DEAD_AT = "x-conveyor-dead-at"
 H_KIND = "x-conveyor-kind"
 
 
+#: Quorum queues (RabbitMQ 3.10: no priorities): the lowest priority of each band, highest band first.
+#: Priorities 7-9 go to ``PREFIX.q.NAME.p7``, 4-6 to ``PREFIX.q.NAME.p4``, 0-3 to ``PREFIX.q.NAME``.
+BANDS = (7, 4, 0)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueNames:
     """The RabbitMQ queues of one conveyor queue (see the module docstring)."""
@@ -63,6 +70,18 @@ class QueueNames:
     eta: str
     dead: str
     levels: tuple[str, ...]
+    #: The ready queues, highest priority first: ``(ready,)`` on classic queues (``x-max-priority``
+    #: orders them), one per band of :data:`BANDS` on quorum queues (the lowest band is ``ready``).
+    bands: tuple[str, ...] = ()
+
+    def ready_for(self, priority: int) -> str:
+        """The ready queue of a message of ``priority``."""
+        if len(self.bands) <= 1:
+            return self.ready
+        for band, name in zip(BANDS, self.bands, strict=True):
+            if priority >= band:
+                return name
+        return self.ready
 
     @property
     def scheduled(self) -> tuple[str, ...]:
@@ -71,7 +90,7 @@ class QueueNames:
 
 
 @functools.lru_cache(maxsize=1024)
-def queue_names(prefix: str, queue: str) -> QueueNames:
+def queue_names(prefix: str, queue: str, quorum: bool = False) -> QueueNames:
     """The RabbitMQ queue names of ``queue`` under ``prefix`` (cached: asked on every call)."""
     ready = f"{prefix}.q.{queue}"
     return QueueNames(
@@ -79,6 +98,7 @@ def queue_names(prefix: str, queue: str) -> QueueNames:
         eta=f"{ready}.eta",
         dead=f"{ready}.dead",
         levels=tuple(f"{ready}.delay.{k}" for k in range(MAX_LEVEL + 1)),
+        bands=tuple(f"{ready}.p{band}" if band else ready for band in BANDS) if quorum else (ready,),
     )
 
 
@@ -117,6 +137,7 @@ def declarations(names: QueueNames, queue_type: str = "classic") -> list[tuple[s
                 },
             )
         )
+    out.extend((band, dict(kind)) for band in names.bands if band != names.ready)
     out.append((names.ready, dict(kind) if kind else {"x-max-priority": MAX_PRIORITY}))
     return out
 
