@@ -6,8 +6,9 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
   confirm channel in one write; ``enqueue`` returns once RabbitMQ confirmed the whole batch (keyed
   batches: a transaction, ``tx.commit-ok``). A fault after publishing raises BrokerUnavailable.
 - **quorum queues** (``queue_type=quorum`` in the URL): every queue declared ``x-queue-type: quorum``,
-  priorities in three bands (a ready queue each, names.py), and a waiting reserve polls (``basic.get``) instead of being pushed, because quorum
-  queues refuse the channel-wide ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues").
+  priorities in three bands (a ready queue each, names.py), and a waiting reserve polls
+  (``basic.get``) instead of being pushed, because quorum queues refuse the channel-wide
+  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues").
 - **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
   held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
   free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
