@@ -484,6 +484,13 @@ def _amqp_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
 
 
 @contextlib.contextmanager
+def _amqp_quorum_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """As ``_amqp_url``, on RabbitMQ quorum queues (``queue_type=quorum``)."""
+    with _amqp_url(workdir) as (url, results):
+        yield f"{url}?queue_type=quorum", results
+
+
+@contextlib.contextmanager
 def _postgres_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
     """A PostgreSQL database of this run with a migrated schema (dropped afterwards); results in it too."""
     import psycopg
@@ -508,6 +515,7 @@ BROKERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[tuple[str,
     "sqlite": _sqlite_url,
     "redis": _redis_url,
     "amqp": _amqp_url,
+    "amqp-quorum": _amqp_quorum_url,
     "postgres": _postgres_url,
 }
 

@@ -195,6 +195,9 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "amqp":
         url: str = request.getfixturevalue("amqp_test_url")
         return url
+    if kind == "amqp-quorum":  # RabbitMQ quorum queues (tests/engines/amqp/test_quorum.py)
+        quorum: str = request.getfixturevalue("amqp_test_url")
+        return f"{quorum}&queue_type=quorum"
     if kind == "postgres":
         database: str = request.getfixturevalue("postgres_db")
         return postgres_schema_url(database)
@@ -203,7 +206,7 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
 
 def backend_url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     """The result backend paired with a broker of ``kind``: its own engine, or SQLite for RabbitMQ."""
-    return f"sqlite:///{tmp_path / 'results.db'}" if kind == "amqp" else url_for(kind, tmp_path, request)
+    return f"sqlite:///{tmp_path / 'results.db'}" if kind.startswith("amqp") else url_for(kind, tmp_path, request)
 
 
 @pytest.fixture(params=BROKER_KINDS)

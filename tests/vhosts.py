@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 
 import pika
+import pika.exceptions
 
 from conveyor.brokers.amqp.names import H_KIND, declarations, queue_names, registry_name
 
@@ -79,7 +80,11 @@ def delete_queues(url: str, prefixes: Iterable[str]) -> None:
         channel = connection.channel()
         for prefix in prefixes:
             registry = registry_name(prefix)
-            channel.queue_declare(registry, durable=True)  # creates an empty one if the test declared nothing
+            try:  # passive: the registry may be classic or quorum (queue_type=quorum)
+                channel.queue_declare(registry, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:  # 404: the test declared nothing under it
+                channel = connection.channel()
+                continue
             known: set[str] = set()
             while True:
                 method, props, body = channel.basic_get(registry, auto_ack=True)
@@ -88,7 +93,7 @@ def delete_queues(url: str, prefixes: Iterable[str]) -> None:
                 if (props.headers or {}).get(H_KIND) in ("queue", b"queue"):
                     known.add(body.decode("utf-8", "replace"))
             for queue in sorted(known):
-                for name, _ in declarations(queue_names(prefix, queue)):
+                for name, _ in declarations(queue_names(prefix, queue, quorum=True), "quorum"):  # either type's
                     channel.queue_delete(name)
             channel.queue_delete(registry)
     finally:

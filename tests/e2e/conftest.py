@@ -85,7 +85,7 @@ def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
         PYTHONPATH=str(ROOT),
     )
     env.pop("CONVEYOR_BACKEND_URL", None)
-    if request.param == "amqp":  # RabbitMQ is no result store
+    if request.param.startswith("amqp"):  # RabbitMQ is no result store (amqp-quorum: its quorum queues)
         env["CONVEYOR_BACKEND_URL"] = backend_url_for(request.param, tmp_path, request)
     yield env
 

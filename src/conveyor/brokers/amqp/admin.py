@@ -16,7 +16,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from conveyor.brokers.amqp.connection import AMQPConnection
-from conveyor.brokers.amqp.names import declarations, queue_names, registry_name
+from conveyor.brokers.amqp.names import declarations, queue_names, registry_name, type_arguments
 from conveyor.brokers.amqp.scan import (
     Decide,
     Meta,
@@ -44,8 +44,13 @@ class Admin:
         declared: the conveyor queues the broker declared in this process (always listed).
     """
 
-    def __init__(self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str]) -> None:
+    def __init__(
+        self, conn: AMQPConnection, prefix: str, store: Store, declared: set[str], queue_type: str = "classic"
+    ) -> None:
         self._conn = conn
+        self._queue_type = queue_type
+        self._quorum = queue_type == "quorum"  # a ready queue per priority band (names.py)
+        self.registry_args = type_arguments(queue_type)
         self._prefix = prefix
         self._store = store
         self._declared = declared
@@ -63,7 +68,7 @@ class Admin:
                 found.append(dead_letter_of(name, props, body))
                 return False
 
-            self.scan_all([queue_names(self._prefix, name).dead], keep)
+            self.scan_all([queue_names(self._prefix, name, self._quorum).dead], keep)
         found.sort(key=lambda letter: letter.dead_at)
         return found[:limit]
 
@@ -77,7 +82,12 @@ class Admin:
                 if wanted is not None and entry.id not in wanted:
                     return False
                 fresh = Meta(entry.id, entry.priority, 0, explicit=entry.explicit)
-                ch.basic_publish("", queue_names(self._prefix, queue).ready, body, properties(fresh))
+                ch.basic_publish(
+                    "",
+                    queue_names(self._prefix, queue, self._quorum).ready_for(entry.priority),
+                    body,
+                    properties(fresh),
+                )
                 return True
 
             return decide
@@ -105,14 +115,14 @@ class Admin:
         removed: list[Meta] = []
 
         def decider(ch: BlockingChannel, queue: str, name: str) -> Decide:
-            ready = queue_names(self._prefix, queue).ready
+            ready = queue_names(self._prefix, queue, self._quorum).bands
 
             def decide(method: Basic.GetOk, props: BasicProperties, body: bytes) -> bool:
                 entry = meta_of(props)
                 if entry.id in wanted:
                     removed.append(entry)
-                elif name == ready:
-                    keep_unmarked(ch, ready, props, body)
+                elif name in ready:
+                    keep_unmarked(ch, name, props, body)
                 else:
                     return False  # scheduled: a requeue keeps its TTL, and no one reads its redelivered flag
                 return True
@@ -137,12 +147,13 @@ class Admin:
 
     def counts(self, ch: BlockingChannel, queue: str) -> tuple[int, int, int]:
         """(ready, scheduled, dead) of a declared queue, from ``queue.declare`` answers."""
-        names = queue_names(self._prefix, queue)
+        names = queue_names(self._prefix, queue, self._quorum)
         count = {
             name: int(ch.queue_declare(name, durable=True, arguments=args).method.message_count)
-            for name, args in declarations(names)
+            for name, args in declarations(names, self._queue_type)
         }
-        return count[names.ready], sum(count[name] for name in names.scheduled), count[names.dead]
+        ready = sum(count[name] for name in names.bands)
+        return ready, sum(count[name] for name in names.scheduled), count[names.dead]
 
     def scan_each(
         self, rabbit_queues: Callable[[str], list[str]], decider: Callable[[BlockingChannel, str, str], Decide]
@@ -173,11 +184,11 @@ class Admin:
         return self._conn.call(op)
 
     def _waiting(self, queue: str) -> list[str]:
-        names = queue_names(self._prefix, queue)
-        return [names.ready, *names.scheduled]
+        names = queue_names(self._prefix, queue, self._quorum)
+        return [*names.bands, *names.scheduled]
 
     def _dead(self, queue: str) -> list[str]:
-        return [queue_names(self._prefix, queue).dead]
+        return [queue_names(self._prefix, queue, self._quorum).dead]
 
     # -- registry and workers ----------------------------------------------------------------
 
@@ -199,7 +210,7 @@ class Admin:
         """Add a registry entry once per process (in the caller's transaction); True when it did now."""
         if (kind, name) in self._added:
             return False
-        ch.queue_declare(self.registry, durable=True)
+        ch.queue_declare(self.registry, durable=True, arguments=self.registry_args)
         add_to_registry(ch, self.registry, kind, name)
         self._added.add((kind, name))
         return True
@@ -236,7 +247,7 @@ class Admin:
         return sorted(live, key=lambda w: w.id)
 
     def _scan_registry(self, ch: BlockingChannel, forget: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
-        ch.queue_declare(self.registry, durable=True)
+        ch.queue_declare(self.registry, durable=True, arguments=self.registry_args)
         entries = read_registry(ch, self.registry, forget)
         ch.tx_commit()
         return entries

@@ -5,6 +5,10 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 - **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
   confirm channel in one write; ``enqueue`` returns once RabbitMQ confirmed the whole batch (keyed
   batches: a transaction, ``tx.commit-ok``). A fault after publishing raises BrokerUnavailable.
+- **quorum queues** (``queue_type=quorum`` in the URL): every queue declared ``x-queue-type: quorum``,
+  priorities in three bands (a ready queue each, names.py), and a waiting reserve polls
+  (``basic.get``) instead of being pushed, because quorum queues refuse the channel-wide
+  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues").
 - **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
   held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
   free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
@@ -35,7 +39,9 @@ import os
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
@@ -44,7 +50,15 @@ from conveyor.brokers.amqp.admin import Admin
 from conveyor.brokers.amqp.claims import StoreClaims, claims_of
 from conveyor.brokers.amqp.connection import RETRYABLE, AMQPConnection
 from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
-from conveyor.brokers.amqp.names import DEFAULT_PREFIX, QueueNames, declarations, level_for, level_ms, queue_names
+from conveyor.brokers.amqp.names import (
+    DEFAULT_PREFIX,
+    QUEUE_TYPES,
+    QueueNames,
+    declarations,
+    level_for,
+    level_ms,
+    queue_names,
+)
 from conveyor.brokers.amqp.promoter import Promoter
 from conveyor.brokers.amqp.redelivery import (
     REQUEUES_PER_DELIVERY,
@@ -87,6 +101,22 @@ PROMOTE_EVERY = 0.01
 SETTLED_KEEP = 4096
 #: Seconds a waiting reserve holds the connection's lock at a time (other threads take it in between).
 PUSH_SLICE = 0.1
+
+
+def split_queue_type(url: str) -> tuple[str, str]:
+    """(the URL without ``queue_type=``, the queue type: ``classic`` unless the URL says ``quorum``).
+
+    Raises:
+        ConfigurationError: ``queue_type`` is neither ``classic`` nor ``quorum``.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for name, value in query if name == "queue_type"]
+    queue_type = given[-1] if given else "classic"
+    if queue_type not in QUEUE_TYPES:
+        raise ConfigurationError(f"queue_type={queue_type!r} in an AMQP URL: use classic (the default) or quorum")
+    rest = urlencode([(name, value) for name, value in query if name != "queue_type"])
+    return parts._replace(query=rest).geturl(), queue_type
 
 
 @dataclasses.dataclass(eq=False)
@@ -141,6 +171,7 @@ class AMQPBroker(Broker):
             )
         self._store = store
         pika_url, self.prefix, self.url = split_prefix(url, DEFAULT_PREFIX, "AMQP")
+        pika_url, self.queue_type = split_queue_type(pika_url)
         self._conn = AMQPConnection(
             pika_url,
             self.url,
@@ -157,15 +188,18 @@ class AMQPBroker(Broker):
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
         land_wait = self.claim_land_wait if claim_land_wait is None else claim_land_wait
         self._keys = StoreClaims(store, self.prefix, land_wait)
-        self._admin = Admin(self._conn, self.prefix, store, self._declared)
+        self._admin = Admin(self._conn, self.prefix, store, self._declared, self.queue_type)
         self._board = InFlightBoard(store, self.prefix)
         self._counts_paused_until = 0.0  # monotonic time before which a failed counts write is not retried
         # Push consumption (docs/amqp.md, "reserve"): consumers of this connection's generation.
         self._consume_generation = -1
         self._consumers: dict[str, str] = {}  # conveyor queue -> consumer tag on the main channel
         self._inbox: list[Pushed] = []  # deliveries pushed and not handed out yet (at most the window)
-        self._promoter = Promoter(self._conn.params, self.prefix)  # consumes the .eta queues (promoter.py)
+        self._promoter = Promoter(
+            self._conn.params, self.prefix, self.queue_type == "quorum"
+        )  # consumes the .eta queues (promoter.py)
         self._conn.before_call = self._before_call
+        self._idle_pause = POLL_MIN  # a polling reserve's next pause (quorum queues; see _reserve_pulled)
         self._window = 0  # the main channel's prefetch (basic.qos, global): held + free slots
 
     def __repr__(self) -> str:
@@ -244,6 +278,11 @@ class AMQPBroker(Broker):
     ) -> list[Delivery]:
         if n <= 0 or not queues:
             return []
+        if timeout > 0 and self.queue_type == "quorum":
+            # Quorum queues refuse a channel-wide basic.qos: poll, and let the promoter thread
+            # consume the .eta queues (so the polls do not look at them).
+            self._promoter.serve(queues)
+            return self._reserve_pulled(queues, n, owner, lease, timeout, promote=False)
         if timeout > 0:
             return self._reserve_pushed(queues, n, owner, lease, timeout)
         return self._reserve_pulled(queues, n, owner, lease, timeout)
@@ -285,17 +324,24 @@ class AMQPBroker(Broker):
             self._forgive_stall(now - start - wait)
 
     def _reserve_pulled(
-        self, queues: Sequence[str], n: int, owner: str, lease: float, timeout: float
+        self, queues: Sequence[str], n: int, owner: str, lease: float, timeout: float, *, promote: bool = True
     ) -> list[Delivery]:
-        """A look at what is ready now: ``basic.get`` queue by queue, in order (exact, one round trip each)."""
+        """A look at what is ready now: ``basic.get`` queue by queue, in order (exact, one round trip each).
+
+        With a wait (quorum queues only) it looks again after 2 ms, doubling to :data:`POLL_MAX`; the
+        pause carries over to the next reserve until one finds something, so an idle worker, whose
+        reserves each wait about a second, looks every 50 ms and not in a burst at each call.
+        ``promote`` False: the ``.eta`` queues are left to the promoter thread.
+        """
         deadline = time.monotonic() + timeout
-        pause = POLL_MIN
+        pause = self._idle_pause
         while True:
-            out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease))
+            out = self._conn.call(lambda ch: self._reserve_once(ch, queues, n, owner, lease, promote))
             self._publish_counts()
             now = time.monotonic()
             remaining = deadline - now
             if out or remaining <= 0 or self.waits_stopped:
+                self._idle_pause = POLL_MIN if out else pause
                 return out
             if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
                 self._next_hop = INF
@@ -408,7 +454,7 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> int:
             moved = self._expire(ch)
             for queue in sorted(self._declared):
-                moved += self._promote(ch, queue_names(self.prefix, queue))
+                moved += self._promote(ch, self._names(queue))
             if moved:  # nothing to commit otherwise: an idle supervisor's heartbeat sends RabbitMQ nothing
                 ch.tx_commit()
             return moved
@@ -484,7 +530,7 @@ class AMQPBroker(Broker):
         """Consume the ready queues of ``queues``; stop consuming the others (paused ones)."""
         for queue in queues:
             if queue not in self._consumers:
-                self._consumers[queue] = ch.basic_consume(queue_names(self.prefix, queue).ready, self._pusher(queue))
+                self._consumers[queue] = ch.basic_consume(self._names(queue).ready, self._pusher(queue))
         gone = [q for q in self._consumers if q not in queues]
         if gone:
             self._cancel(ch, gone)
@@ -577,19 +623,19 @@ class AMQPBroker(Broker):
             if p.method.redelivered:  # a copy must not lose what the flag says: count it as a reserve would
                 self._recount(ch, p.queue, meta_of(p.props), p.method.delivery_tag, p.body)
                 continue
-            keep_unmarked(ch, queue_names(self.prefix, p.queue).ready, p.props, p.body)
+            keep_unmarked(ch, self._names(p.queue).ready, p.props, p.body)
             ch.basic_ack(p.method.delivery_tag)
         ch.tx_commit()
 
     # -- the reserve step, pulled --------------------------------------------------------------
 
     def _reserve_once(
-        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float
+        self, ch: BlockingChannel, queues: Sequence[str], n: int, owner: str, lease: float, scan_eta: bool = True
     ) -> list[Delivery]:
         """Expire leases, promote due messages, then take up to ``n`` ready ones; one lock hold."""
         moved = self._expire(ch)
         now = time.monotonic()
-        promote = now >= self._next_promote or now >= self._next_hop
+        promote = scan_eta and (now >= self._next_promote or now >= self._next_hop)
         if promote:
             self._next_promote = now + PROMOTE_EVERY
         if self._admin.register(ch, "owner", owner):
@@ -599,23 +645,23 @@ class AMQPBroker(Broker):
         for queue in queues:
             self._declare(ch, queue)
             if promote:
-                moved += self._promote(ch, queue_names(self.prefix, queue))
+                moved += self._promote(ch, self._names(queue))
         if moved:
             ch.tx_commit()
         self._sync_consumers()
         out = self._take_inbox(ch, queues, n, owner, lease)
         rotated = False
         for queue in queues:
-            ready = queue_names(self.prefix, queue).ready
-            while len(out) < n:
-                method, props, body = ch.basic_get(ready)
-                if method is None or props is None or body is None:
-                    break
-                delivery = self._take(ch, queue, method, props, body, owner, lease)
-                if delivery is None:
-                    rotated = True
-                else:
-                    out.append(delivery)
+            for ready in self._names(queue).bands:  # one ready queue, or (quorum) its bands, highest first
+                while len(out) < n:
+                    method, props, body = ch.basic_get(ready)
+                    if method is None or props is None or body is None:
+                        break
+                    delivery = self._take(ch, queue, method, props, body, owner, lease)
+                    if delivery is None:
+                        rotated = True
+                    else:
+                        out.append(delivery)
         if rotated:
             ch.tx_commit()
         return out
@@ -668,7 +714,7 @@ class AMQPBroker(Broker):
             self._bury(ch, held, why)
             self._release_keys([entry])
             return
-        ch.basic_publish("", queue_names(self.prefix, queue).ready, body, properties(requeued))
+        ch.basic_publish("", self._names(queue).ready_for(entry.priority), body, properties(requeued))
         ch.basic_ack(tag)
 
     def _expire(self, ch: BlockingChannel) -> int:
@@ -715,7 +761,7 @@ class AMQPBroker(Broker):
             self._release_keys([held.entry])
             return
         entry = dataclasses.replace(held.entry, before=d.deliveries, eta=None)
-        ch.basic_publish("", queue_names(self.prefix, d.queue).ready, d.body, properties(entry))
+        ch.basic_publish("", self._names(d.queue).ready_for(entry.priority), d.body, properties(entry))
         ch.basic_ack(held.tag)
 
     def _promote(self, ch: BlockingChannel, names: QueueNames) -> int:
@@ -731,12 +777,14 @@ class AMQPBroker(Broker):
     # -- publishing --------------------------------------------------------------------------
 
     def _publish(self, ch: BlockingChannel, queue: str, entry: Meta, body: bytes, now: float) -> None:
-        self._publish_to(ch, queue_names(self.prefix, queue), entry, body, now)
+        self._publish_to(ch, self._names(queue), entry, body, now)
 
     def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
         if entry.eta is None or entry.eta <= now:
-            ch.basic_publish("", names.ready, body, properties(dataclasses.replace(entry, eta=None)))
+            ch.basic_publish(
+                "", names.ready_for(entry.priority), body, properties(dataclasses.replace(entry, eta=None))
+            )
             return
         level = level_for(entry.eta - now)
         ch.basic_publish("", names.levels[level], body, properties(entry))
@@ -745,16 +793,32 @@ class AMQPBroker(Broker):
     def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery
         props = dead_properties(held.entry, d.deliveries, reason)
-        ch.basic_publish("", queue_names(self.prefix, d.queue).dead, d.body if body is None else body, props)
+        ch.basic_publish("", self._names(d.queue).dead, d.body if body is None else body, props)
         ch.basic_ack(held.tag)
+
+    def _names(self, queue: str) -> QueueNames:
+        """The RabbitMQ queues of ``queue`` (on quorum queues, a ready queue per priority band)."""
+        return queue_names(self.prefix, queue, self.queue_type == "quorum")
 
     def _declare(self, ch: BlockingChannel, queue: str) -> None:
         """Declare a conveyor queue's topology and register its name, once per process."""
         if queue in self._declared:
             return
-        ch.queue_declare(self._admin.registry, durable=True)
-        for name, arguments in declarations(queue_names(self.prefix, queue)):
-            ch.queue_declare(name, durable=True, arguments=arguments)
+        registry = (self._admin.registry, self._admin.registry_args)
+        for name, arguments in [registry, *declarations(self._names(queue), self.queue_type)]:
+            try:
+                ch.queue_declare(name, durable=True, arguments=arguments)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 406 or "x-queue-type" not in exc.reply_text:
+                    raise
+                self._conn.drop()  # the channel is closed; the next call opens a new one
+                other = "classic" if self.queue_type == "quorum" else "quorum"
+                raise ConfigurationError(
+                    f"RabbitMQ queue {name!r} exists as a {other} queue and this broker's URL asks for "
+                    f"{self.queue_type} queues (RabbitMQ cannot change a queue's type): drain it and delete "
+                    f"the queues of conveyor queue {queue!r} (prefix {self.prefix!r}) to switch, or use "
+                    f"queue_type={other} (or another prefix=); RabbitMQ said: {exc.reply_text}"
+                ) from exc
         add_to_registry(ch, self._admin.registry, "queue", queue)
         ch.tx_commit()
         self._declared.add(queue)

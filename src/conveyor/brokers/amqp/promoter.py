@@ -44,7 +44,7 @@ def publish_to(ch: BlockingChannel, names: QueueNames, body: bytes, props: Basic
     entry = meta_of(props)
     if entry.eta is None or entry.eta <= now:
         entry = dataclasses.replace(entry, eta=None)
-        ch.basic_publish("", names.ready, body, properties(entry))
+        ch.basic_publish("", names.ready_for(entry.priority), body, properties(entry))
         return
     ch.basic_publish("", names.levels[level_for(entry.eta - now)], body, properties(entry))
 
@@ -57,9 +57,10 @@ class Promoter:
         prefix: the broker's queue prefix.
     """
 
-    def __init__(self, params: pika.URLParameters, prefix: str) -> None:
+    def __init__(self, params: pika.URLParameters, prefix: str, quorum: bool = False) -> None:
         self.params = params
         self.prefix = prefix
+        self.quorum = quorum  # a ready queue per priority band (names.py)
         self._lock = threading.Lock()
         self._wanted: set[str] = set()
         self._thread: threading.Thread | None = None
@@ -106,7 +107,7 @@ class Promoter:
                 with self._lock:
                     todo = [q for q in self._wanted if q not in consumed]
                 for queue in todo:
-                    names = queue_names(self.prefix, queue)
+                    names = queue_names(self.prefix, queue, self.quorum)
 
                     def on_message(
                         _ch: BlockingChannel,
