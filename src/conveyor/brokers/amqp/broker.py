@@ -2,9 +2,8 @@
 
 How the contract maps onto AMQP (docs/amqp.md has the full story):
 
-- **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), published on a
-  confirm channel in one write; ``enqueue`` returns once RabbitMQ confirmed the whole batch (keyed
-  batches: a transaction, ``tx.commit-ok``). A fault after publishing raises BrokerUnavailable.
+- **enqueue**: persistent messages on durable classic queues (``x-max-priority`` 9), a batch
+  published in one transaction: ``enqueue`` returns at ``tx.commit-ok`` (RabbitMQ stored all of it).
 - **quorum queues** (``queue_type=quorum`` in the URL): every queue declared ``x-queue-type: quorum``,
   priorities in three bands (a ready queue each, names.py), and a waiting reserve polls
   (``basic.get``) instead of being pushed, because quorum queues refuse the channel-wide
@@ -48,7 +47,7 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.amqp.admin import Admin
 from conveyor.brokers.amqp.claims import StoreClaims, claims_of
-from conveyor.brokers.amqp.connection import RETRYABLE, AMQPConnection
+from conveyor.brokers.amqp.connection import AMQPConnection
 from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
 from conveyor.brokers.amqp.names import (
     DEFAULT_PREFIX,
@@ -78,7 +77,7 @@ from conveyor.brokers.amqp.scan import (
     scan,
 )
 from conveyor.brokers.base import Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
-from conveyor.errors import BrokerError, BrokerUnavailable, ConfigurationError
+from conveyor.errors import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -223,9 +222,6 @@ class AMQPBroker(Broker):
                 self._publish(ch, env.queue, entry, env.body, now)
             ch.tx_commit()
 
-        if not claimed:
-            self._enqueue_confirmed(fresh)
-            return answer
         try:
             self._conn.call(op)
         except BaseException:
@@ -233,45 +229,6 @@ class AMQPBroker(Broker):
             raise
         self._keys.landed(claimed, fresh)
         return answer
-
-    def _enqueue_confirmed(self, envelopes: Sequence[Envelope]) -> None:
-        """Publish a batch on the confirm channel in one write and wait for RabbitMQ's acks of all of it.
-
-        A fault before the first publish is retried like any operation. Once a message went out,
-        nothing is retried: a connection lost before the confirms, a nack, or no confirm within
-        ``retry_for`` raises BrokerUnavailable (the batch may be partly stored; nothing is lost
-        without the caller knowing). Batches with idempotency keys or explicit ids go through the
-        transactional channel instead (claims.py needs "stored or not", never "maybe").
-        """
-        sent = False
-
-        def op(ch: BlockingChannel) -> None:
-            nonlocal sent
-            for queue in {e.queue for e in envelopes}:
-                self._declare(ch, queue)
-            confirm = self._conn.confirm_channel()
-            # A close RabbitMQ sent while the connection sat idle shows here, before anything is sent
-            # (then the call reconnects and retries); no round trip.
-            self._conn.connection.process_data_events(0)
-            now = time.time()
-            sent = True
-            for env in envelopes:
-                entry = Meta(env.id, env.priority, 0, env.eta, None)
-                self._publish(confirm, env.queue, entry, env.body, now)
-                self._conn.confirms.published()
-            self._conn.wait_confirms()
-
-        try:
-            self._conn.call(op, retry=lambda: not sent)
-        except BrokerError:
-            raise
-        except RETRYABLE as exc:  # lost after publishing: its fate is unknown, so the caller must hear of it
-            self._conn.drop()
-            raise BrokerUnavailable(
-                f"RabbitMQ at {self.url} closed the connection before it confirmed {len(envelopes)} message(s) "
-                f"({type(exc).__name__}: {exc}); the batch may be partly stored: send it again (a message may "
-                "then run twice)"
-            ) from exc
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0

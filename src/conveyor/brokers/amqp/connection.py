@@ -2,16 +2,11 @@
 
 pika's ``BlockingConnection`` is not thread-safe, and an AMQP acknowledgement must go on the
 channel that received the delivery, so every operation of a process goes through one connection
-under one lock (:meth:`AMQPConnection.call`). It carries up to two channels:
-
-- the **main** channel, transactional (``tx.select``): the ready queues' consumers, and every
-  "publish a copy, acknowledge the original" step (``tx.commit-ok`` makes both land together);
-- the **confirm** channel (publisher confirms), opened on the first plain enqueue: a batch is
-  published in one go and :meth:`AMQPConnection.wait_confirms` waits for RabbitMQ's acks of all of it.
-
-(The ``.eta`` queues are consumed on a connection of their own: promoter.py.) A channel that fails
-takes the whole connection with it (both are reopened together), so one
-generation number tells which deliveries are still held.
+under one lock (:meth:`AMQPConnection.call`). Its one channel is transactional (``tx.select``): the
+ready queues' consumers, enqueued batches, and every "publish a copy, acknowledge the original" step
+(``tx.commit-ok`` makes both land together). (The ``.eta`` queues are consumed on a connection of
+their own: promoter.py.) A channel that fails takes the connection with it, so one generation number
+tells which deliveries are still held.
 
 A connection or channel that fails is dropped and reopened with backoff for at most ``retry_for``
 seconds, then :class:`~conveyor.errors.BrokerUnavailable` is raised. Each (re)opening starts a new
@@ -32,7 +27,6 @@ from typing import Any, TypeVar
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from pika.spec import Basic
 
 from conveyor.errors import BrokerError, BrokerUnavailable
 
@@ -46,33 +40,6 @@ RETRYABLE = (
     ConnectionError,
     OSError,
 )
-
-
-#: Seconds a publisher waits for RabbitMQ's confirms before it raises BrokerUnavailable.
-CONFIRM_TIMEOUT = 30.0
-
-
-class Confirms:
-    """Publisher confirms of one confirm channel: the delivery tags still waiting, and the nacks seen."""
-
-    def __init__(self) -> None:
-        self.sent = 0
-        self.pending: set[int] = set()
-        self.nacked = 0
-
-    def published(self) -> None:
-        """Note one publish (RabbitMQ numbers them 1, 2, ... on a confirm channel)."""
-        self.sent += 1
-        self.pending.add(self.sent)
-
-    def on_frame(self, frame: Any) -> None:
-        """pika's ``ack_nack_callback``: a ``basic.ack`` or ``basic.nack`` for one tag, or all up to it."""
-        method = frame.method
-        tag = method.delivery_tag
-        done = {t for t in self.pending if t <= tag} if method.multiple else {tag} & self.pending
-        self.pending -= done
-        if isinstance(method, Basic.Nack):
-            self.nacked += len(done)
 
 
 class AMQPConnection:
@@ -104,16 +71,11 @@ class AMQPConnection:
             self.params.blocked_connection_timeout = retry_for
         self.printable = printable
         self.retry_for = retry_for
-        #: Seconds to wait for publisher confirms (RabbitMQ confirms a persistent message once it is on
-        #: disk: a busy disk can take seconds, as it would for a tx.commit).
-        self.confirm_timeout = max(CONFIRM_TIMEOUT, retry_for)
         self.lock = threading.RLock()
         #: Bumped each time a channel is opened; deliveries of an older generation are lost.
         self.generation = 0
         self._conn: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._confirm: BlockingChannel | None = None
-        self.confirms = Confirms()
         self._pid = 0
         self._on_fork = on_fork
         #: Called under the lock before each operation, with the channel and the operation.
@@ -170,7 +132,6 @@ class AMQPConnection:
         """Forget the connection (closing it if this process opened it); the next call opens a new one."""
         with self.lock:
             conn, self._conn, self._channel = self._conn, None, None
-            self._confirm = None
             if conn is not None and self._pid == os.getpid():
                 with contextlib.suppress(Exception):  # it is being thrown away either way
                     conn.close()
@@ -182,7 +143,7 @@ class AMQPConnection:
                 _abandon(self._conn)
             if self._pid and self._on_fork is not None:
                 self._on_fork()
-            self._conn = self._channel = self._confirm = None
+            self._conn = self._channel = None
             self._pid = os.getpid()
             self.generation += 1
         if self._channel is None or not self._channel.is_open:
@@ -199,67 +160,6 @@ class AMQPConnection:
         """The open connection (call inside :meth:`call` only)."""
         assert self._conn is not None
         return self._conn
-
-    def confirm_channel(self) -> BlockingChannel:
-        """The channel in publisher-confirm mode (call inside :meth:`call`); opened on first use."""
-        if self._confirm is None or not self._confirm.is_open:
-            conn = self.connection
-            channel = conn.channel()
-            self.confirms = confirms = Confirms()
-            selected: list[object] = []
-            # pika's blocking wrapper waits for each confirm in turn; the channel underneath lets a
-            # batch go out in one write and its acks come back together (wait_confirms).
-            channel._impl.confirm_delivery(ack_nack_callback=confirms.on_frame, callback=selected.append)
-            self.wait_for(lambda: bool(selected), self.retry_for)
-            if not selected:
-                raise pika.exceptions.AMQPConnectionError("no confirm.select-ok from RabbitMQ")
-            self._confirm = channel
-        return self._confirm
-
-    def wait_confirms(self) -> None:
-        """Wait until RabbitMQ confirmed every publish of the confirm channel.
-
-        Raises:
-            BrokerUnavailable: RabbitMQ nacked a message, or did not confirm within
-                :attr:`confirm_timeout` seconds; the channel's fate is unknown, so the connection is dropped.
-            pika.exceptions.AMQPConnectionError: the connection closed before the confirms came.
-        """
-        confirms, channel = self.confirms, self._confirm
-
-        def closed() -> bool:  # RabbitMQ closed the channel: no confirm will come
-            return channel is None or not channel.is_open
-
-        self.wait_for(lambda: not confirms.pending or closed(), self.confirm_timeout)
-        if confirms.nacked or confirms.pending:
-            nacked, missing = confirms.nacked, len(confirms.pending)
-            self.drop()
-            if nacked:
-                what = f"nacked {nacked} message(s)"
-            elif closed():
-                what = f"closed the confirm channel before it confirmed {missing} message(s)"
-            else:
-                what = f"did not confirm {missing} message(s) within {self.confirm_timeout:g} s"
-            raise BrokerUnavailable(
-                f"RabbitMQ at {self.printable} {what}; the batch may be partly stored: send it again "
-                "(a message may then run twice)"
-            )
-
-    def wait_for(self, ready: Callable[[], bool], timeout: float) -> None:
-        """Process I/O (and pika's callbacks) until ``ready()`` or ``timeout`` seconds passed.
-
-        Uses the blocking adapter's internal wait: its public ``process_data_events(t)`` returns early
-        only for events it dispatches itself, not for the low-level callbacks confirms arrive through.
-        """
-        conn = self.connection
-        if ready():
-            return
-        deadline = time.monotonic() + timeout
-        ioloop = conn._impl.ioloop
-        timer = ioloop.call_later(timeout, lambda: None)  # wakes the poll at the deadline
-        try:
-            conn._flush_output(lambda: ready() or time.monotonic() >= deadline)
-        finally:
-            ioloop.remove_timeout(timer)
 
 
 #: Connections inherited across ``fork()``. They stay referenced so their finalizers never run in the
