@@ -208,9 +208,10 @@ def live_backend_entries(app: App, broker_kind: str) -> list[str]:
             keys = [k.decode() for k in client.scan_iter(match=f"{{{backend.prefix}:*", count=1000)]
         finally:
             client.close()
-        # The broker's own queue structures live beside them ({prefix:q:NAME}), and the event log, which keeps its
-        # own window (events_ttl, docs/observability.md); results and bookkeeping must be gone
-        own = (f"{{{backend.prefix}:q:", f"{{{backend.prefix}:events}}")
+        # The broker's own queue structures live beside them ({prefix:q:NAME}), the event log, which keeps its
+        # own window (events_ttl, docs/observability.md), and the metrics counters, which only grow (the
+        # dashboard's task series); results and bookkeeping must be gone
+        own = (f"{{{backend.prefix}:q:", f"{{{backend.prefix}:events}}", f"{{{backend.prefix}:counts:")
         return sorted(k for k in keys if not k.startswith(own))
     if isinstance(backend, SQLiteResultBackend):
         conn = sqlite3.connect(backend.db.path)

@@ -183,7 +183,7 @@ class PostgresBroker(Broker):
             listener.wait_listening(min(timeout, LISTEN_WAIT))
         while True:
             generation = listener.generation if listener is not None and listener.listening else None
-            if acks or not self._still_idle(generation):
+            if acks or self.waits_stopped or not self._still_idle(generation):  # a stopped wait looks once
                 acked = self._acks
                 taken, next_due = self._take(queues, n, owner, lease, acks, due=generation is not None)
                 acks = ()
