@@ -47,7 +47,8 @@ SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "result_set", "token_tak
 
 
 class RedisResultBackend(ResultBackend):
-    """Results in Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+    """Results in Redis; ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` and ``redis+cluster://``
+    URLs (``brokers/redis/topology.py``) with an optional ``prefix=``.
 
     Args:
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
@@ -214,12 +215,12 @@ class RedisResultBackend(ResultBackend):
         start = "-" if after is None else f"({after}"
         # The raw reply: [[id, [b"b", batch]], ...], bytes throughout.
         entries = cast("list[list[Any]]", self._conn.command("XRANGE", key, start, "+", "COUNT", limit))
-        return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
+        return [(entry_id.decode(), _batch(fields)) for entry_id, fields in entries]
 
     def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
         key = events_key(self.prefix)
         entries = cast("list[list[Any]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", limit))
-        return [(entry_id.decode(), fields[1]) for entry_id, fields in reversed(entries)]
+        return [(entry_id.decode(), _batch(fields)) for entry_id, fields in reversed(entries)]
 
     def last_event_cursor(self) -> str | None:
         key = events_key(self.prefix)
@@ -271,6 +272,11 @@ class RedisResultBackend(ResultBackend):
 
         raw = self._conn.run_many([], extra=read_and_push)[0]
         return _split(raw)
+
+
+def _batch(fields: Any) -> bytes:
+    """The batch of one stream entry: raw ``[b"b", batch]``, or ``{b"b": batch}`` from redis-py's cluster client."""
+    return cast("bytes", fields[b"b"] if isinstance(fields, dict) else fields[1])
 
 
 def _split(raw: bytes | None) -> tuple[bytes | None, bytes | None]:

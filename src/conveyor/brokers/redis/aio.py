@@ -41,6 +41,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
 from conveyor.brokers.redis.retry import next_pause, unavailable
+from conveyor.brokers.redis.topology import async_client, parse
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -93,7 +94,8 @@ class AsyncRedis:
     """Async commands and scripts on one Redis server, for coroutines of any event loop.
 
     Args:
-        url: a redis-py URL (no ``prefix``): ``redis://``, ``rediss://``, ``unix://``.
+        url: a redis-py URL (no ``prefix``): ``redis://``, ``rediss://``, ``unix://``, or a
+            ``redis+sentinel://`` or ``redis+cluster://`` one (``topology.py``).
         printable: the URL without its password, for error messages.
         retry_for: seconds a call keeps retrying connection errors before BrokerUnavailable.
         socket_timeout: seconds any one command may take.
@@ -118,6 +120,7 @@ class AsyncRedis:
         self.socket_timeout = socket_timeout
         self.max_block = max_block
         self._url = url
+        self._topology = parse(url)
         self._connect_timeout = connect_timeout
         self._sources = scripts
         #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
@@ -140,6 +143,14 @@ class AsyncRedis:
         redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (``call`` times
         each call: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
         """
+        if self._topology.kind != "single":  # Sentinel or Cluster: redis-py's clients, its own packing
+            client = async_client(
+                self._topology,
+                socket_timeout=None,
+                socket_connect_timeout=self._connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            return cast("redis.asyncio.Redis", client)  # the commands conveyor uses are the same on both
         options: dict[str, Any] = {
             "socket_timeout": None,
             "socket_connect_timeout": self._connect_timeout,
@@ -245,6 +256,8 @@ async def _send_and_read(client: redis.asyncio.Redis, *args: Arg) -> Any:
     connection whose send or read failed or was cancelled is disconnected by redis.asyncio before it
     goes back to the pool, which connects it again when next lent.
     """
+    if not hasattr(client, "connection_pool"):  # Redis Cluster: the client routes the command by slot
+        return await client.execute_command(*args)  # type: ignore[no-untyped-call]
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:

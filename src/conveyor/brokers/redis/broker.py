@@ -37,10 +37,14 @@ RECOVER_BATCH = 1000
 INF = float("inf")
 #: Seconds added to a wait for the next eta or lease deadline, so the wake-up finds it due.
 DUE_SLACK = 0.001
+#: Longest blocking wait on Redis Cluster for a reserve over several queues: a BLPOP cannot span
+#: slots, so it waits on the first queue's signal only and looks at the others this often.
+CLUSTER_POLL = 0.1
 
 
 class RedisBroker(Broker):
-    """A broker on Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+    """A broker on Redis; ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` and ``redis+cluster://``
+    URLs (``topology.py``) with an optional ``prefix=``.
 
     Args:
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
@@ -328,6 +332,8 @@ class RedisBroker(Broker):
         """
         signals = [self._keys(q).signal for q in queues]
         wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
+        if self._conn.clustered and len(queues) > 1:  # one slot per BLPOP: the first queue's, polling the rest
+            signals, wait = signals[:1], min(wait, CLUSTER_POLL)
         call = self._reserve_call(queues[0], n, owner, lease)
         result = self._conn.call(lambda: self._conn.block_then_run(signals, wait, *call))
         out: list[Delivery] = []

@@ -16,21 +16,23 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.connection import AbstractConnection
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 from redis.retry import Retry
 
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
 from conveyor.brokers.redis.retry import next_pause, unavailable
+from conveyor.brokers.redis.topology import parse, sync_client
 
 T = TypeVar("T")
 
@@ -80,8 +82,11 @@ def load_script_source(name: str) -> str:
 class RedisConnection:
     """Two redis-py clients (ordinary commands, blocking pops), the retry loop and the scripts.
 
+    On Redis Cluster (``redis+cluster://``) the hot path goes through redis-py's cluster client
+    (its routing by slot and MOVED handling) instead of a connection of this thread's own.
+
     Args:
-        url: a redis-py URL (no ``prefix``).
+        url: a redis-py URL, or a ``redis+sentinel://`` or ``redis+cluster://`` one (no ``prefix``).
         printable: the URL without its password, for error messages.
         retry_for: seconds a call keeps retrying connection errors before BrokerUnavailable.
         socket_timeout: seconds any one command may take.
@@ -105,8 +110,15 @@ class RedisConnection:
         self.retry_for = retry_for
         self.max_block = max_block
         options: dict[str, Any] = {"socket_connect_timeout": connect_timeout, "retry": Retry(NoBackoff(), 0)}
-        self.client = redis.Redis.from_url(url, socket_timeout=socket_timeout, **options)
-        self.blocking = redis.Redis.from_url(url, socket_timeout=max_block + socket_timeout, **options)
+        self.topology = parse(url)
+        #: True on Redis Cluster: no command may span slots (callers split their MULTIs and blocking pops).
+        self.clustered = self.topology.clustered
+        self._sentinel = self.topology.kind == "sentinel"
+        # Typed as redis.Redis: RedisCluster offers the same commands and pipelines conveyor uses.
+        self.client = cast("redis.Redis", sync_client(self.topology, socket_timeout=socket_timeout, **options))
+        self.blocking = cast(
+            "redis.Redis", sync_client(self.topology, socket_timeout=max_block + socket_timeout, **options)
+        )
         self.scripts: dict[str, Script] = {
             name: self.client.register_script(load_script_source(name)) for name in scripts
         }
@@ -172,10 +184,17 @@ class RedisConnection:
         wrapper, observability hooks, response callbacks, none of which these replies need)
         costs about as much as the round trip itself; this keeps only the send and the read. A
         socket error disconnects the connection and reaches :meth:`call`, which retries; the
-        connection reconnects on its next command.
+        connection reconnects on its next command. On Cluster, the cluster client routes the command.
         """
+        if self.clustered:
+            return self.client.execute_command(*command)  # type: ignore[no-untyped-call]
         conn = self._own_connection()
         try:
+            if self._sentinel:
+                # A command sent on an unconnected connection opens it with connect_check_health,
+                # past SentinelManagedConnection.connect: it would dial the default localhost:6379
+                # instead of asking the sentinels for the master. connect() asks them (no-op when open).
+                conn.connect()  # type: ignore[no-untyped-call]
             # hiredis packs directly: redis-py's packer re-checks every argument's type first, which
             # cost as much as the rest of the Python on an enqueue (issue 6).
             packed = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]  # its stub declares a 1-tuple
@@ -219,6 +238,8 @@ class RedisConnection:
     def _run_pipeline(
         self, calls: Sequence[ScriptCall], transaction: bool, extra: Callable[[Pipeline], object] | None
     ) -> list[Any]:
+        if self.clustered:
+            return self._run_on_cluster(calls, transaction, extra)
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=transaction)
             for name, keys, args in calls:
@@ -235,6 +256,58 @@ class RedisConnection:
             return results
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _run_on_cluster(
+        self, calls: Sequence[ScriptCall], transaction: bool, extra: Callable[[Pipeline], object] | None
+    ) -> list[Any]:
+        """:meth:`_run_pipeline` on Redis Cluster: the scripts in one pipeline per node, then ``extra``.
+
+        redis-py's cluster pipeline refuses EVALSHA, so the scripts go out on a plain pipeline to
+        the primary of each one's slot (their KEYS share one slot), one round trip per node;
+        ``extra`` runs after them on a cluster pipeline (a MULTI there must stay in one slot).
+        """
+        results: list[Any] = [None] * len(calls)
+        by_node: dict[str, list[int]] = {}
+        cluster = cast("redis.cluster.RedisCluster", self.client)
+        for i, (_, keys, _) in enumerate(calls):
+            by_node.setdefault(cluster.get_node_from_key(keys[0]).name, []).append(i)
+        for indexes in by_node.values():
+            commands = [
+                ("EVALSHA", self.scripts[calls[i][0]].sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
+                for i in indexes
+            ]
+            for i, reply in zip(indexes, self._on_node(self.client, calls[indexes[0]][1][0], commands), strict=True):
+                results[i] = reply
+        if extra is not None:
+            pipe = self.client.pipeline(transaction=transaction)
+            extra(pipe)
+            results += pipe.execute()
+        return results
+
+    def _on_node(self, client: redis.Redis, key: str, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Pipeline ``commands`` to the cluster node that serves ``key``; after NOSCRIPT, load and run them again.
+
+        A MOVED or ASK reply (slots moved since redis-py last looked) makes the client read the
+        slot map again and counts as a connection fault, so :meth:`call` retries.
+        """
+        cluster = cast("redis.cluster.RedisCluster", client)
+        node_client = cluster.get_redis_connection(cluster.get_node_from_key(key))
+        for attempt in range(2):
+            pipe = node_client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                self.load_scripts()
+                continue
+            for reply in replies:
+                if isinstance(reply, (MovedError, AskError, TryAgainError, ClusterDownError)):
+                    cluster.nodes_manager.initialize()
+                    raise redis.ConnectionError(f"the cluster moved: {reply}") from reply
+                if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                    raise reply
+            return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def block_then_run(
         self,
         lists: Sequence[str],
@@ -248,6 +321,10 @@ class RedisConnection:
         Redis runs the script the moment the pop returns (a token arrived or the time ran out), so a
         wake-up and the work it triggers cost one round trip. Not a MULTI: inside one, BLPOP would not block.
         """
+        if self.clustered:  # a plain pipeline to the node of the script's slot (the lists share it)
+            pop = ("BLPOP", *lists, timeout)
+            run = ("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args)
+            return self._on_node(self.blocking, keys[0], [pop, run])[1]
         pipe = self.blocking.pipeline(transaction=False)
         pipe.blpop(lists, timeout=timeout)
         pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
@@ -260,6 +337,10 @@ class RedisConnection:
 
     def load_scripts(self) -> None:
         """SCRIPT LOAD every registered script (after the server lost its script cache)."""
+        if self.clustered:  # redis-py sends SCRIPT LOAD to every primary, but not from a pipeline
+            for script in self.scripts.values():
+                self.client.script_load(script.script)
+            return
         pipe = self.client.pipeline(transaction=False)
         for script in self.scripts.values():
             pipe.script_load(script.script)

@@ -1,0 +1,229 @@
+"""Private highly available Redis set-ups for tests: a Sentinel group and a 3-master Redis Cluster.
+
+- :class:`SentinelGroup`: a master and one replica (two ``redis-server``s) watched by three
+  ``redis-server --sentinel`` processes (quorum 2, master down after 1 s), all on free local ports in
+  the test's folder. :meth:`SentinelGroup.kill_master` kills the master with SIGKILL, as a crash
+  would, and waits until the sentinels promoted the replica.
+- :class:`LocalCluster`: three ``redis-server --cluster-enabled yes`` joined by
+  ``redis-cli --cluster create`` (no replicas), each master holding a third of the slots.
+
+Both stop every process they started when their ``with`` block ends. Neither touches the shared Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+
+from tests.conftest import server_missing, wait_until
+from tests.servers import PrivateRedis, free_port
+
+#: The Sentinel service name of every SentinelGroup.
+SERVICE = "conveyor-ha"
+
+
+def _require(*binaries: str) -> None:
+    for binary in binaries:
+        if shutil.which(binary) is None:
+            server_missing(binary, "the binary is not installed")
+
+
+class SentinelGroup:
+    """Master + replica + three sentinels; :attr:`url` is the ``redis+sentinel://`` URL (no prefix)."""
+
+    def __init__(self, folder: Path, *, down_after_ms: int = 1000, timeout: float = 20.0) -> None:
+        _require("redis-server")
+        self.folder = folder
+        self.timeout = timeout
+        self.down_after_ms = down_after_ms
+        (folder / "master").mkdir()
+        (folder / "replica").mkdir()
+        self.master = PrivateRedis(folder / "master")
+        self.replica = PrivateRedis(folder / "replica", args=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{SERVICE}"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        for i, port in enumerate(self.sentinel_ports):
+            folder = self.folder / f"sentinel-{i}"
+            folder.mkdir()
+            conf = folder / "sentinel.conf"  # Sentinel rewrites its configuration file: one each
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {folder}\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {SERVICE} 10000\n"
+                f"sentinel parallel-syncs {SERVICE} 1\n"
+            )
+            command = ["redis-server", str(conf), "--sentinel"]
+            self.sentinels.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_until(self._ready, self.timeout, "the sentinels to see the replica and each other")
+
+    def _ready(self) -> bool:
+        """Every sentinel knows the master, its replica (linked) and the two other sentinels."""
+        try:
+            for port in self.sentinel_ports:
+                client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+                try:
+                    replicas = client.sentinel_slaves(SERVICE)  # parsed by redis-py: one dict each
+                    others = client.sentinel_sentinels(SERVICE)
+                finally:
+                    client.close()
+                if len(replicas) != 1 or len(others) != 2:
+                    return False
+                if any(replicas[0].get(flag) for flag in ("is_sdown", "is_odown", "is_disconnected")):
+                    return False
+            return self.replica_synced()
+        except redis.RedisError:
+            return False
+
+    def replica_synced(self) -> bool:
+        """The replica's link to the master is up."""
+        client = redis.Redis(port=self.replica.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            info = client.info("replication")
+        finally:
+            client.close()
+        return bool(info.get("master_link_status") == "up")
+
+    def master_port(self) -> int:
+        """The port the first sentinel that answers names as the master's."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                _, master = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+                return int(master)
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        raise AssertionError("no sentinel answered")
+
+    def kill_master(self) -> None:
+        """SIGKILL the master and wait until the sentinels name the replica as the new master."""
+        assert self.master_port() == self.master.port
+        self.master.kill()
+        wait_until(lambda: self.master_port() == self.replica.port, self.timeout, "the sentinels to fail over")
+        self.master, self.replica = self.replica, self.master
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+        self.master.kill()
+        self.replica.kill()
+
+
+class LocalCluster:
+    """Three cluster-enabled redis-servers made one cluster; :attr:`url` is the ``redis+cluster://`` URL."""
+
+    def __init__(self, folder: Path, *, timeout: float = 20.0) -> None:
+        _require("redis-server", "redis-cli")
+        self.folder = folder
+        self.timeout = timeout
+        self.ports = [_cluster_port() for _ in range(3)]
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self) -> None:
+        for port in self.ports:
+            folder = self.folder / f"node-{port}"
+            folder.mkdir()
+            command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+            command += ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"]
+            command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for port in self.ports:
+            wait_until(lambda port=port: _pings(port), self.timeout, f"cluster node {port} to answer")
+        create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
+        create += ["--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
+        wait_until(self._ok, self.timeout, "the cluster state to be ok on every node")
+
+    def _ok(self) -> bool:
+        for port in self.ports:
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                if client.cluster("info").get("cluster_state") != "ok":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+        return True
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too (so at most 55535)."""
+    for _ in range(1000):
+        port = free_port()
+        if port <= 55535 and _free(port + 10000):
+            return port
+    raise AssertionError("no free port pair for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _pings(port: int) -> bool:
+    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def sentinel_group(folder: Path, **options: float) -> Iterator[SentinelGroup]:
+    """A started :class:`SentinelGroup`, every process killed when the block ends."""
+    group = SentinelGroup(folder, **options)  # type: ignore[arg-type]
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@contextlib.contextmanager
+def local_cluster(folder: Path) -> Iterator[LocalCluster]:
+    """A started :class:`LocalCluster`, every node killed when the block ends."""
+    cluster = LocalCluster(folder)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+__all__ = ["SERVICE", "LocalCluster", "SentinelGroup", "local_cluster", "sentinel_group"]
