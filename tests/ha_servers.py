@@ -13,11 +13,13 @@ Both stop every process they started when their ``with`` block ends. Neither tou
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -78,8 +80,8 @@ class SentinelGroup:
             for port in self.sentinel_ports:
                 client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
                 try:
-                    replicas = client.sentinel_slaves(SERVICE)  # parsed by redis-py: one dict each
-                    others = client.sentinel_sentinels(SERVICE)
+                    replicas = client.sentinel_slaves(SERVICE)  # one dict each
+                    others = cast("list[dict[str, Any]]", client.sentinel_sentinels(SERVICE))
                 finally:
                     client.close()
                 if len(replicas) != 1 or len(others) != 2:
@@ -104,8 +106,9 @@ class SentinelGroup:
         for port in self.sentinel_ports:
             client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
             try:
-                _, master = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
-                return int(master)
+                master = cast("tuple[str, int] | None", client.sentinel_get_master_addr_by_name(SERVICE))
+                if master is not None:
+                    return int(master[1])
             except redis.RedisError:
                 continue
             finally:
@@ -151,7 +154,7 @@ class LocalCluster:
             command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
             self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in self.ports:
-            wait_until(lambda port=port: _pings(port), self.timeout, f"cluster node {port} to answer")
+            wait_until(functools.partial(_pings, port), self.timeout, f"cluster node {port} to answer")
         create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
         create += ["--cluster-replicas", "0", "--cluster-yes"]
         subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)

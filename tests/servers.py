@@ -40,9 +40,7 @@ class PrivateRedis:
         args: more redis-server options (``--replicaof HOST PORT``).
     """
 
-    def __init__(
-        self, folder: Path, *, durable: bool = False, timeout: float = 5.0, args: Sequence[str] = ()
-    ) -> None:
+    def __init__(self, folder: Path, *, durable: bool = False, timeout: float = 5.0, args: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
             server_missing("redis-server", "the binary is not installed")
         self.folder = folder

@@ -88,6 +88,8 @@ class _LoopClients:
     fast: redis.asyncio.Redis
     blocking: redis.asyncio.Redis
     scripts: dict[str, AsyncScript]
+    #: The sentinels' clients of both (Sentinel only), closed with them.
+    sentinels: list[redis.asyncio.Redis]
 
 
 class AsyncRedis:
@@ -132,25 +134,25 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            fast, blocking = self._client(), self._client()
+            (fast, sentinels), (blocking, more) = self._client(), self._client()
             scripts = {name: fast.register_script(source) for name, source in self._sources.items()}
-            own = self._loops[loop] = _LoopClients(fast, blocking, scripts)
+            own = self._loops[loop] = _LoopClients(fast, blocking, scripts, sentinels + more)
         return own
 
-    def _client(self) -> redis.asyncio.Redis:
-        """A client with a pool of its own, on the URL's server, database and credentials.
+    def _client(self) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
+        """A client with a pool of its own, on the URL's server, database and credentials; and its sentinels' clients.
 
         redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (``call`` times
         each call: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
         """
         if self._topology.kind != "single":  # Sentinel or Cluster: redis-py's clients, its own packing
-            client = async_client(
+            client, sentinels = async_client(
                 self._topology,
                 socket_timeout=None,
                 socket_connect_timeout=self._connect_timeout,
                 retry=Retry(NoBackoff(), 0),
             )
-            return cast("redis.asyncio.Redis", client)  # the commands conveyor uses are the same on both
+            return cast("redis.asyncio.Redis", client), sentinels  # the commands conveyor uses are the same on both
         options: dict[str, Any] = {
             "socket_timeout": None,
             "socket_connect_timeout": self._connect_timeout,
@@ -158,7 +160,7 @@ class AsyncRedis:
             **parse_url(self._url),
         }
         options["connection_class"] = _PACKED[options.get("connection_class", Connection)]
-        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
+        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options)), []
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Await ``op`` within ``timeout`` (``socket_timeout``), retrying connection errors and timeouts.
@@ -226,6 +228,13 @@ class AsyncRedis:
         async def attempt() -> tuple[bool, Any]:
             clients = self._clients()
             script = clients.scripts[name]
+            if self._topology.clustered:  # redis-py's cluster pipeline refuses EVALSHA: two round trips
+                popped = await clients.blocking.blpop([key], timeout=wait)
+                try:
+                    reply = await _send_and_read(clients.fast, "EVALSHA", script.sha, len(keys), *keys, *args)
+                except NoScriptError:  # this node has not seen the script yet
+                    reply = await script(keys=keys, args=args)
+                return popped is not None, reply
             pipe = clients.blocking.pipeline(transaction=False)
             pipe.blpop([key], timeout=wait)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -246,6 +255,8 @@ class AsyncRedis:
         if own is not None:
             await own.fast.aclose()
             await own.blocking.aclose()
+            for sentinel in own.sentinels:
+                await sentinel.aclose()
 
 
 async def _send_and_read(client: redis.asyncio.Redis, *args: Arg) -> Any:

@@ -115,10 +115,11 @@ class RedisConnection:
         self.clustered = self.topology.clustered
         self._sentinel = self.topology.kind == "sentinel"
         # Typed as redis.Redis: RedisCluster offers the same commands and pipelines conveyor uses.
-        self.client = cast("redis.Redis", sync_client(self.topology, socket_timeout=socket_timeout, **options))
-        self.blocking = cast(
-            "redis.Redis", sync_client(self.topology, socket_timeout=max_block + socket_timeout, **options)
-        )
+        client, sentinels = sync_client(self.topology, socket_timeout=socket_timeout, **options)
+        blocking, more = sync_client(self.topology, socket_timeout=max_block + socket_timeout, **options)
+        self.client, self.blocking = cast("redis.Redis", client), cast("redis.Redis", blocking)
+        #: The sentinels' clients (Sentinel only), closed with the others.
+        self._sentinels = sentinels + more
         self.scripts: dict[str, Script] = {
             name: self.client.register_script(load_script_source(name)) for name in scripts
         }
@@ -269,7 +270,7 @@ class RedisConnection:
         by_node: dict[str, list[int]] = {}
         cluster = cast("redis.cluster.RedisCluster", self.client)
         for i, (_, keys, _) in enumerate(calls):
-            by_node.setdefault(cluster.get_node_from_key(keys[0]).name, []).append(i)
+            by_node.setdefault(cluster.get_node_from_key(keys[0]).name, []).append(i)  # type: ignore[no-untyped-call]
         for indexes in by_node.values():
             commands = [
                 ("EVALSHA", self.scripts[calls[i][0]].sha, len(calls[i][1]), *calls[i][1], *calls[i][2])
@@ -290,11 +291,11 @@ class RedisConnection:
         slot map again and counts as a connection fault, so :meth:`call` retries.
         """
         cluster = cast("redis.cluster.RedisCluster", client)
-        node_client = cluster.get_redis_connection(cluster.get_node_from_key(key))
+        node_client = cluster.get_redis_connection(cluster.get_node_from_key(key))  # type: ignore[no-untyped-call]
         for attempt in range(2):
             pipe = node_client.pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
             replies: list[Any] = pipe.execute(raise_on_error=False)
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                 self.load_scripts()
@@ -355,6 +356,8 @@ class RedisConnection:
         """Disconnect both pools and this process's own connections; each reconnects on its next command."""
         self.client.close()
         self.blocking.close()
+        for sentinel in self._sentinels:
+            sentinel.close()
         with self._owned_lock:
             mine = [conn for pid, conn in self._owned if pid == os.getpid()]
         for conn in mine:

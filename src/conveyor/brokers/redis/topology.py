@@ -125,31 +125,43 @@ def _host(item: str, default_port: int, url: str) -> tuple[str, int]:
         raise ConfigurationError(f"bad host:port {item!r} in a Redis URL") from None
 
 
-def sync_client(topology: Topology, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:
-    """A redis-py client for ``topology`` with ``options`` (timeouts, retry) for every connection."""
+def sync_client(
+    topology: Topology, **options: Any
+) -> tuple[redis.Redis | redis.cluster.RedisCluster, list[redis.Redis]]:
+    """A redis-py client for ``topology`` with ``options`` (timeouts, retry) for every connection.
+
+    Returns:
+        The client, and the clients of the sentinels it asks (to close with it).
+    """
     if topology.kind == "single":
-        return redis.Redis.from_url(topology.url, **options)
+        return redis.Redis.from_url(topology.url, **options), []
     if topology.kind == "sentinel":
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             list(topology.hosts), sentinel_kwargs=_sentinel_kwargs(topology, options), **options
         )
         master = sentinel.master_for(topology.service, redis_class=redis.Redis, **topology.options)  # type: ignore[no-untyped-call]
-        return cast("redis.Redis", master)
+        return cast("redis.Redis", master), list(sentinel.sentinels)
     nodes = [redis.cluster.ClusterNode(host, port) for host, port in topology.hosts]  # type: ignore[no-untyped-call]
-    return redis.cluster.RedisCluster(startup_nodes=nodes, **topology.options, **options)
+    return redis.cluster.RedisCluster(startup_nodes=nodes, **topology.options, **options), []
 
 
-def async_client(topology: Topology, **options: Any) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
-    """The redis.asyncio client for a Sentinel or Cluster ``topology`` (one server: ``aio.py`` builds its own)."""
+def async_client(
+    topology: Topology, **options: Any
+) -> tuple[redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster, list[redis.asyncio.Redis]]:
+    """The redis.asyncio client for a Sentinel or Cluster ``topology`` (one server: ``aio.py`` builds its own).
+
+    Returns:
+        The client, and the clients of the sentinels it asks (to close with it).
+    """
     if topology.kind == "sentinel":
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             list(topology.hosts), sentinel_kwargs=_sentinel_kwargs(topology, options), **options
         )
         master = sentinel.master_for(topology.service, redis_class=redis.asyncio.Redis, **topology.options)
-        return cast("redis.asyncio.Redis", master)
+        return cast("redis.asyncio.Redis", master), list(sentinel.sentinels)
     if topology.kind == "cluster":
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in topology.hosts]
-        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **topology.options, **options)
+        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **topology.options, **options), []
     raise AssertionError(topology.kind)
 
 
