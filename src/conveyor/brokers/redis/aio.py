@@ -40,7 +40,7 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
 from redis.typing import EncodableT
 
-from conveyor.brokers.redis.retry import next_pause, unavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable, unconfirmed
 from conveyor.brokers.redis.topology import async_client, parse
 
 T = TypeVar("T")
@@ -212,6 +212,35 @@ class AsyncRedis:
 
         return await self.call(evalsha)
 
+    async def run_confirmed(
+        self, name: str, keys: Sequence[str], args: Sequence[Arg], replicas: int, timeout: float
+    ) -> Any:
+        """One script, then ``WAIT replicas timeout`` on the same connection (one round trip); see the sync side.
+
+        Raises:
+            BrokerUnavailable: fewer than ``replicas`` replicas confirmed the write within ``timeout`` seconds.
+        """
+        wait = ("WAIT", replicas, max(1, int(timeout * 1000)))
+
+        async def attempt() -> Any:
+            clients = self._clients()
+            script = clients.scripts[name]
+            for first in (True, False):
+                reply, acked = await _send_and_read_all(
+                    clients.fast, [("EVALSHA", script.sha, len(keys), *keys, *args), wait]
+                )
+                if isinstance(reply, NoScriptError) and first:
+                    await clients.fast.script_load(script.script)
+                    continue
+                if isinstance(reply, Exception):
+                    raise reply
+                if int(acked) < replicas:
+                    raise unconfirmed(self.printable, replicas, int(acked), timeout)
+                return reply
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await self.call(attempt, timeout=self.socket_timeout + timeout)
+
     async def block_then_run(
         self, key: str, seconds: float, name: str, keys: Sequence[str], args: Sequence[Arg]
     ) -> tuple[bool, Any]:
@@ -274,5 +303,22 @@ async def _send_and_read(client: redis.asyncio.Redis, *args: Arg) -> Any:
     try:
         await conn.send_command(*args)
         return await conn.read_response()
+    finally:
+        await pool.release(conn)
+
+
+async def _send_and_read_all(client: redis.asyncio.Redis, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    """``commands`` pipelined on one pooled connection of ``client``, every reply read (an error reply as a value)."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command(conn.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except redis.ResponseError as exc:  # read whole: the next reply follows
+                replies.append(exc)
+        return replies
     finally:
         await pool.release(conn)

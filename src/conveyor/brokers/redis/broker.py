@@ -24,7 +24,8 @@ from conveyor.brokers.redis.claims import KeyIndex
 from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
 from conveyor.brokers.redis.enqueue import MessageStore
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
-from conveyor.errors import DuplicateTaskId
+from conveyor.brokers.redis.topology import take_params
+from conveyor.errors import ConfigurationError, DuplicateTaskId
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -47,7 +48,9 @@ class RedisBroker(Broker):
     URLs (``topology.py``) with an optional ``prefix=``.
 
     Args:
-        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
+        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key;
+            ``wait=N`` (with ``wait_timeout=`` seconds, default 1) makes every enqueue wait until N
+            replicas hold it (``WAIT``), raising BrokerUnavailable when fewer confirm in time.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
         store: not used: Redis keeps every state the broker needs.
         retry_for: overrides :attr:`retry_for` for this broker.
@@ -73,6 +76,7 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         client_url, self.prefix, self.url = split_url(url)
+        client_url, confirm = _confirm_option(client_url)
         self._conn = RedisConnection(
             client_url,
             self.url,
@@ -84,7 +88,9 @@ class RedisBroker(Broker):
         )
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
-        self._store = MessageStore(self._conn, self.prefix, self._claims)
+        if confirm is not None and self._conn.clustered:
+            raise ConfigurationError("wait= (replica confirmation of enqueues) is not offered on Redis Cluster yet")
+        self._store = MessageStore(self._conn, self.prefix, self._claims, confirm)
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, prefix={self.prefix!r})"
@@ -367,6 +373,23 @@ class RedisBroker(Broker):
     def _release(self, queues: Sequence[str], released: Sequence[Sequence[bytes]]) -> None:
         for queue, pairs in zip(queues, released, strict=True):
             self._claims.release(queue, pairs)
+
+
+def _confirm_option(url: str) -> tuple[str, tuple[int, float] | None]:
+    """The URL without ``wait=`` and ``wait_timeout=``, and (replicas, seconds) when ``wait`` asks for replicas.
+
+    Raises:
+        ConfigurationError: a value that is not a number, or a timeout that is not positive.
+    """
+    rest, taken = take_params(url, ("wait", "wait_timeout"))
+    try:
+        replicas = int(taken.get("wait", "0") or "0")
+        timeout = float(taken.get("wait_timeout", "1") or "1")
+    except ValueError:
+        raise ConfigurationError(f"wait= and wait_timeout= take numbers in a Redis URL, not {taken}") from None
+    if replicas < 0 or not timeout > 0:
+        raise ConfigurationError(f"wait= needs replicas >= 0 and wait_timeout= seconds > 0, not {taken}")
+    return rest, ((replicas, timeout) if replicas else None)
 
 
 def _wake_in(next_due: float) -> float:

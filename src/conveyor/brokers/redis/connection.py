@@ -31,7 +31,7 @@ from redis.retry import Retry
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
-from conveyor.brokers.redis.retry import next_pause, unavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable, unconfirmed
 from conveyor.brokers.redis.topology import parse, sync_client
 
 T = TypeVar("T")
@@ -173,6 +173,73 @@ class RedisConnection:
             return self._send_and_read(("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:  # the server lost its scripts: redis-py's Script loads this one and runs it
             return script(keys=keys, args=args)
+
+    def run_confirmed(
+        self, name: str, keys: Sequence[str], args: Sequence[str | bytes | int | float], replicas: int, timeout: float
+    ) -> Any:
+        """Run one script, then ``WAIT replicas timeout`` on the same connection: one round trip.
+
+        Raises:
+            BrokerUnavailable: fewer than ``replicas`` replicas confirmed the write within ``timeout``
+                seconds (the script's writes did happen on the master: a failover may still lose them).
+        """
+        script = self.scripts[name]
+        wait = ("WAIT", replicas, max(1, int(timeout * 1000)))
+
+        def attempt() -> Any:
+            for first in (True, False):
+                reply, acked = self._send_and_read_all([("EVALSHA", script.sha, len(keys), *keys, *args), wait])
+                if isinstance(reply, NoScriptError) and first:
+                    self.load_scripts()
+                    continue
+                if isinstance(reply, Exception):
+                    raise reply
+                if int(acked) < replicas:
+                    raise unconfirmed(self.printable, replicas, int(acked), timeout)
+                return reply
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return self.call(attempt)
+
+    def confirm(self, key: str, replicas: int, timeout: float) -> None:
+        """Wait until ``replicas`` replicas hold every write the server took so far (its replication offset).
+
+        WAIT counts the writes of its own connection; one idempotent write (``SET key 1``: a queue's
+        registry marker) on this thread's connection first brings its offset up to the server's,
+        so the writes other connections made before (a MULTI of ``run_many``) are covered too.
+
+        Raises:
+            BrokerUnavailable: fewer than ``replicas`` confirmed within ``timeout`` seconds.
+        """
+        wait = ("WAIT", replicas, max(1, int(timeout * 1000)))
+
+        def attempt() -> None:
+            _, acked = self._send_and_read_all([("SET", key, b"1"), wait])
+            if int(acked) < replicas:
+                raise unconfirmed(self.printable, replicas, int(acked), timeout)
+
+        self.call(attempt)
+
+    def _send_and_read_all(self, commands: Sequence[Sequence[str | bytes | int | float]]) -> list[Any]:
+        """Send ``commands`` pipelined on this thread's connection and read every reply (an error reply as a value)."""
+        if self.clustered:
+            raise AssertionError("cluster connections have no connection of their own")  # pragma: no cover
+        conn = self._own_connection()
+        try:
+            if self._sentinel:
+                conn.connect()  # type: ignore[no-untyped-call]  # see _send_and_read
+            packed = [hiredis.pack_command(tuple(command)) for command in commands]  # type: ignore[arg-type]
+            conn.send_packed_command(packed, check_health=False)  # type: ignore[no-untyped-call]
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # read whole: go on with the next reply
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
 
     def command(self, *args: str | bytes | int | float) -> Any:
         """Run one plain command (e.g. ``GET key``) with retries; the raw reply (bytes, not decoded)."""

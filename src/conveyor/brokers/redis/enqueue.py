@@ -31,8 +31,12 @@ from conveyor.errors import DuplicateTaskId
 class MessageStore:
     """Runs enqueue.lua, raises DuplicateTaskId for a held id and keeps the queue registry whole."""
 
-    def __init__(self, conn: RedisConnection, prefix: str, claims: KeyIndex) -> None:
+    def __init__(
+        self, conn: RedisConnection, prefix: str, claims: KeyIndex, confirm: tuple[int, float] | None = None
+    ) -> None:
         self._conn = conn
+        #: (replicas, seconds): every enqueue waits for that many replicas to hold it (``wait=`` in the URL).
+        self._confirm = confirm
         self._prefix = prefix
         self._registry = global_keys(prefix).queues
         self._claims = claims
@@ -50,12 +54,18 @@ class MessageStore:
         queue = envelopes[0].queue
         if queue in self._known and (len(envelopes) == 1 or all(e.queue == queue for e in envelopes)):
             keys = queue_keys(self._prefix, queue)  # delay(): one EVALSHA, nothing else
-            self._check(queue, self._conn.run("enqueue", keys.enqueue_keys, enqueue_args(keys, attempt, envelopes)))
+            args = enqueue_args(keys, attempt, envelopes)
+            if self._confirm is None:
+                self._check(queue, self._conn.run("enqueue", keys.enqueue_keys, args))
+            else:  # the EVALSHA and a WAIT, pipelined
+                self._check(queue, self._conn.run_confirmed("enqueue", keys.enqueue_keys, args, *self._confirm))
             return
         groups: dict[str, list[Envelope]] = {}
         for env in envelopes:
             groups.setdefault(env.queue, []).append(env)
         self._store_many(groups, attempt)
+        if self._confirm is not None:
+            self._conn.confirm(queue_keys(self._prefix, queue).registered, *self._confirm)
 
     def is_known(self, queue: str) -> bool:
         """True once this process registered ``queue`` (its enqueues are then one script call)."""
@@ -69,7 +79,12 @@ class MessageStore:
         """
         keys = queue_keys(self._prefix, envelope.queue)
         args = enqueue_args(keys, os.urandom(8), [envelope])
-        duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        if self._confirm is None:
+            duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        else:
+            duplicate, unregistered = await self._conn.aio.run_confirmed(
+                "enqueue", keys.enqueue_keys, args, *self._confirm
+            )
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any, Literal, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 import redis.asyncio
@@ -104,6 +104,20 @@ def parse(url: str) -> Topology:
     return Topology(
         "sentinel", hosts=hosts, service=unquote(path[0]), options=options, sentinel_options=sentinel_options
     )
+
+
+def take_params(url: str, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``url`` without the query parameters ``names`` (conveyor's own, unknown to redis-py), and their values."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    taken = {name: value for name, value in query if name in names}
+    rest = urlencode([(name, value) for name, value in query if name not in names])
+    return _keep_slashes(parts._replace(query=rest)), taken
+
+
+def _keep_slashes(parts: SplitResult) -> str:
+    """urlunsplit that keeps ``//`` when the authority is empty (``unix:///path``)."""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
 
 
 def _credentials(userinfo: str) -> dict[str, Any]:
