@@ -17,9 +17,9 @@ import pytest
 from conveyor.backends import ResultBackend
 from conveyor.backends import from_url as backend_from_url
 from tests.conftest import url_for
-from tests.e2e.conftest import e2e_app, start_worker  # the worker fixtures, over the HA URLs below
+from tests.e2e.conftest import e2e_app, records, start_worker  # the worker fixtures, over the HA URLs below
 
-__all__ = ["HA_KINDS", "e2e_app", "start_worker"]
+__all__ = ["HA_KINDS", "e2e_app", "records", "start_worker"]
 
 HA_KINDS = ["redis-sentinel", "redis-cluster"]
 
@@ -56,3 +56,10 @@ def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
     )
     env.pop("CONVEYOR_BACKEND_URL", None)
     yield env
+
+
+@pytest.fixture(params=["process"])
+def pool(request: pytest.FixtureRequest) -> str:
+    """The process pool only: a pool's code is the same on every broker (tests/e2e runs the others on Redis)."""
+    param: str = request.param
+    return param

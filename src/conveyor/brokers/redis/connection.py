@@ -421,8 +421,15 @@ class RedisConnection:
 
     def close(self) -> None:
         """Disconnect both pools and this process's own connections; each reconnects on its next command."""
-        self.client.close()
-        self.blocking.close()
+        for client in (self.client, self.blocking):
+            if self.clustered:
+                # RedisCluster.close() forgets the cluster's nodes (the client is dead after it): only
+                # disconnect each node's pool, which reconnects on its next command as redis.Redis does.
+                for node in cast("redis.cluster.RedisCluster", client).get_nodes():  # type: ignore[no-untyped-call]
+                    if node.redis_connection is not None:
+                        node.redis_connection.connection_pool.disconnect()
+            else:
+                client.close()
         for sentinel in self._sentinels:
             sentinel.close()
         with self._owned_lock:
