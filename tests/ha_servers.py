@@ -139,7 +139,7 @@ class LocalCluster:
         self.folder = folder
         self.timeout = timeout
         self.ports = [_cluster_port() for _ in range(3)]
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -147,18 +147,31 @@ class LocalCluster:
 
     def start(self) -> None:
         for port in self.ports:
-            folder = self.folder / f"node-{port}"
-            folder.mkdir()
-            command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
-            command += ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"]
-            command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
-            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            (self.folder / f"node-{port}").mkdir()
+            self._start_node(port)
         for port in self.ports:
             wait_until(functools.partial(_pings, port), self.timeout, f"cluster node {port} to answer")
         create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
         create += ["--cluster-replicas", "0", "--cluster-yes"]
         subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
         wait_until(self._ok, self.timeout, "the cluster state to be ok on every node")
+
+    def _start_node(self, port: int) -> None:
+        """Start the node on ``port`` in its folder (no persistence: a restarted node comes back empty)."""
+        folder = self.folder / f"node-{port}"
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+        command += ["--save", "", "--appendonly", "no", "--cluster-enabled", "yes"]
+        command += ["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"]
+        self.processes[port] = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def restart_node_empty(self, port: int) -> None:
+        """Kill -9 the node on ``port`` and start it again: it keeps its slots (nodes.conf) and loses its data."""
+        process = self.processes[port]
+        process.kill()
+        process.wait(timeout=10)
+        self._start_node(port)
+        wait_until(functools.partial(_pings, port), self.timeout, f"cluster node {port} to answer again")
+        wait_until(self._ok, self.timeout, "the cluster state to be ok again")
 
     def _ok(self) -> bool:
         for port in self.ports:
@@ -173,7 +186,7 @@ class LocalCluster:
         return True
 
     def stop(self) -> None:
-        for process in self.processes:
+        for process in self.processes.values():
             if process.poll() is None:
                 process.kill()
                 process.wait(timeout=10)

@@ -17,13 +17,14 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
 
 from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.brokers.redis.claims import KeyIndex
 from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
 from conveyor.brokers.redis.enqueue import MessageStore
-from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker
 from conveyor.brokers.redis.topology import take_params
 from conveyor.errors import ConfigurationError, DuplicateTaskId
 
@@ -366,9 +367,45 @@ class RedisBroker(Broker):
         return sum(int(n) for n in self._run_each([self._call(script, q, *args) for q in self._queues()]))
 
     def _queues(self) -> list[str]:
+        if self._conn.clustered:
+            return self._cluster_queues()
         # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
         members = cast("set[bytes]", self._conn.call(lambda: self._conn.client.smembers(self._global.queues)))
         return sorted(m.decode() for m in members)
+
+    def _cluster_queues(self) -> list[str]:
+        """The registry on Redis Cluster, rebuilt from the queues' markers when its node lost it.
+
+        The registry's node and a queue's node can lose data apart (a restart without persistence,
+        a failover to a replica behind): a queue's marker then survives while its registry entry is
+        gone, and enqueue.lua, seeing the marker, would never register it again. So the registry
+        carries ``scanned``, set only by a rebuild: where it is missing (a new prefix, or the node
+        lost it with the registry) this SCANs every primary for markers once and adds their queues.
+        """
+
+        def read(pipe: Pipeline) -> None:  # one slot, one round trip
+            pipe.smembers(self._global.queues)
+            pipe.exists(self._global.scanned)
+
+        members, scanned = self._conn.run_many([], extra=read)
+        names = {m.decode() for m in members}
+        if not scanned:
+            found = self._conn.call(self._scan_markers)
+            if found:
+                self._conn.call(lambda: self._conn.client.sadd(self._global.queues, *found))
+            self._conn.call(lambda: self._conn.client.set(self._global.scanned, b"1"))
+            names |= found
+        return sorted(names)
+
+    def _scan_markers(self) -> set[str]:
+        """Every queue whose ``registered`` marker is on some primary of the cluster (one SCAN per node)."""
+        cluster = cast("RedisCluster", self._conn.client)
+        pattern = marker_pattern(self.prefix)
+        found: set[str] = set()
+        for node in cluster.get_primaries():  # type: ignore[no-untyped-call]
+            client = cluster.get_redis_connection(node)
+            found.update(queue_of_marker(self.prefix, key) for key in client.scan_iter(match=pattern, count=1000))
+        return found
 
     def _release(self, queues: Sequence[str], released: Sequence[Sequence[bytes]]) -> None:
         for queue, pairs in zip(queues, released, strict=True):
