@@ -112,6 +112,11 @@ def test_kill_9_of_the_master_mid_load_producers_and_workers_go_on_and_no_confir
                 "every confirmed task to run after the failover",
             )
             assert all(worker.proc.poll() is None for worker in workers)
+            # and results are written to and read from the new master too
+            from tests.apps import e2e_app
+
+            [task_id] = app.send([e2e_app.app.tasks["record"].message(("after-failover",))])
+            assert app.result(task_id).get(timeout=30) == "after-failover"
             assert len(marks(records)) > at_failover
             seen = collections.Counter(marks(records))
             twice = sum(1 for count in seen.values() if count > 1)
