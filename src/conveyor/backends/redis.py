@@ -26,7 +26,7 @@ from typing import Any, cast
 from redis.client import Pipeline
 
 from conveyor.backends.base import MAX_BATCHES, ResultBackend
-from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url, without_broker_params
 from conveyor.brokers.redis.keys import (
     bucket_key,
     claim_key,
@@ -37,7 +37,6 @@ from conveyor.brokers.redis.keys import (
     result_key,
     value_key,
 )
-from conveyor.brokers.redis.topology import take_params
 from conveyor.states import FINAL_STATES, State
 
 #: Shortest blocking wait in seconds: Redis reads a BLPOP timeout in milliseconds and 0 means forever.
@@ -70,7 +69,7 @@ class RedisResultBackend(ResultBackend):
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, retry_for: float | None = None) -> None:
         client_url, self.prefix, self.url = split_url(url)
-        client_url, _ = take_params(client_url, ("wait", "wait_timeout"))  # the broker's enqueue option
+        client_url = without_broker_params(client_url)  # wait= confirms the broker's enqueues only
         self._conn = RedisConnection(
             client_url,
             self.url,

@@ -22,7 +22,14 @@ from redis.cluster import RedisCluster
 from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.brokers.redis.claims import KeyIndex
-from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.connection import (
+    BROKER_ONLY_PARAMS,
+    GLOBAL_SCRIPTS,
+    QUEUE_SCRIPTS,
+    RedisConnection,
+    ScriptCall,
+    split_url,
+)
 from conveyor.brokers.redis.enqueue import MessageStore
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker
 from conveyor.brokers.redis.topology import take_params
@@ -418,7 +425,7 @@ def _confirm_option(url: str) -> tuple[str, tuple[int, float] | None]:
     Raises:
         ConfigurationError: a value that is not a number, or a timeout that is not positive.
     """
-    rest, taken = take_params(url, ("wait", "wait_timeout"))
+    rest, taken = take_params(url, BROKER_ONLY_PARAMS)
     try:
         replicas = int(taken.get("wait", "0") or "0")
         timeout = float(taken.get("wait_timeout", "1") or "1")

@@ -32,7 +32,7 @@ from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
 from conveyor.brokers.redis.retry import next_pause, unavailable, unconfirmed
-from conveyor.brokers.redis.topology import parse, sync_client
+from conveyor.brokers.redis.topology import parse, sync_client, take_params
 
 T = TypeVar("T")
 
@@ -68,6 +68,15 @@ def split_url(url: str) -> tuple[str, str, str]:
         ConfigurationError: the ``prefix`` parameter is empty.
     """
     return split_prefix(url, DEFAULT_PREFIX, "Redis")
+
+
+#: Query parameters of the broker alone (enqueue confirmation, ``wait=``): the result backend ignores them.
+BROKER_ONLY_PARAMS = ("wait", "wait_timeout")
+
+
+def without_broker_params(url: str) -> str:
+    """``url`` without the broker's own parameters, for the result backend sharing the broker's URL."""
+    return take_params(url, BROKER_ONLY_PARAMS)[0]
 
 
 def load_script_source(name: str) -> str:
