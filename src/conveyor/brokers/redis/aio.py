@@ -186,6 +186,11 @@ class AsyncRedis:
                 failure = exc
             finally:
                 self.in_use -= 1
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A cancellation arrived while a library layer turned it into a connection error (seen
+                # with Sentinel connections opening under load): never retry a cancelled task's call.
+                raise asyncio.CancelledError from failure
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise unavailable(self.printable, self.retry_for, failure) from failure
