@@ -132,3 +132,58 @@ def test_kill_9_of_the_master_mid_load_producers_and_workers_go_on_and_no_confir
                 worker.stop()
             kill_leftovers(workers)
             app.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_the_async_producer_goes_on_through_a_failover_and_keeps_every_confirmed_enqueue(tmp_path: Path) -> None:
+    import asyncio
+
+    with sentinel_group(tmp_path) as group:
+        url = f"{group.url}?prefix=afailover&wait=1&wait_timeout=2"
+        app = App("afailover", broker=url, backend=url)
+
+        @app.task
+        def noop(i: int) -> int:
+            return i
+
+        confirmed: list[str] = []
+        unavailable = 0
+
+        async def produce(stop: asyncio.Event) -> None:
+            nonlocal unavailable
+            i = 0
+            while not stop.is_set():
+                try:
+                    confirmed.append((await noop.adelay(i)).id)
+                except BrokerUnavailable:
+                    unavailable += 1
+                    await asyncio.sleep(0.05)
+                i += 1
+
+        async def scenario() -> None:
+            try:
+                stop = asyncio.Event()
+                # Given a coroutine sending one adelay() after another through the Sentinel master
+                producer = asyncio.create_task(produce(stop))
+                while len(confirmed) < 200:
+                    await asyncio.sleep(0.01)
+                # When the master is killed (-9), the replica promoted, and the old server restarted as replica
+                await asyncio.to_thread(group.kill_master)
+                await asyncio.to_thread(group.replica.start)
+                await asyncio.to_thread(wait_until, group.replica_synced, 30, "the restarted server to replicate")
+                before = len(confirmed)
+                while len(confirmed) < before + 200:  # Then the producer goes on on the new master
+                    await asyncio.sleep(0.01)
+                stop.set()
+                await asyncio.wait_for(producer, 30)
+            finally:
+                await app.aclose()
+
+        try:
+            asyncio.run(scenario())
+            # and every enqueue it was told succeeded is on the new master (cancel finds each one)
+            assert sorted(app.broker.cancel(confirmed)) == sorted(confirmed)
+            print(f"\nasync producer: {len(confirmed)} confirmed, all kept; {unavailable} BrokerUnavailable")
+        finally:
+            app.close()
