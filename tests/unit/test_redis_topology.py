@@ -58,3 +58,10 @@ def test_wait_takes_replicas_and_a_timeout_off_the_url() -> None:
     with pytest.raises(ConfigurationError):
         _confirm_option("redis://h/0?wait=1&wait_timeout=0")
     assert take_params("redis://h/0?a=1&b=2", ("a",)) == ("redis://h/0?b=2", {"a": "1"})
+
+
+def test_wait_is_refused_on_cluster_before_any_connection() -> None:
+    from conveyor.brokers import from_url
+
+    with pytest.raises(ConfigurationError, match="not offered on Redis Cluster"):
+        from_url("redis+cluster://127.0.0.1:1?wait=1")

@@ -126,3 +126,12 @@ def _registry_node_loses_its_data(cluster: LocalCluster) -> None:
         assert sorted(d.id for d in broker.reserve([names[1]], 5, owner="w", lease=30)) == ["after", f"id-{names[1]}"]
     finally:
         broker.close()
+
+
+def test_an_unreachable_cluster_is_broker_unavailable_after_retry_for() -> None:
+    from conveyor.brokers.redis import RedisBroker
+    from conveyor.errors import BrokerUnavailable
+    from tests.servers import free_port
+
+    with pytest.raises(BrokerUnavailable, match=r"did not answer within 0\.2 s"):
+        RedisBroker(f"redis+cluster://127.0.0.1:{free_port()}", retry_for=0.2)

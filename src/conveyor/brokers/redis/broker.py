@@ -32,7 +32,7 @@ from conveyor.brokers.redis.connection import (
 )
 from conveyor.brokers.redis.enqueue import MessageStore
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker
-from conveyor.brokers.redis.topology import take_params
+from conveyor.brokers.redis.topology import parse, take_params
 from conveyor.errors import ConfigurationError, DuplicateTaskId
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class RedisBroker(Broker):
         super().__init__(url, max_deliveries=max_deliveries)
         client_url, self.prefix, self.url = split_url(url)
         client_url, confirm = _confirm_option(client_url)
+        if confirm is not None and parse(client_url).clustered:  # before RedisCluster connects to its nodes
+            raise ConfigurationError("wait= (replica confirmation of enqueues) is not offered on Redis Cluster yet")
         self._conn = RedisConnection(
             client_url,
             self.url,
@@ -96,8 +98,6 @@ class RedisBroker(Broker):
         )
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
-        if confirm is not None and self._conn.clustered:
-            raise ConfigurationError("wait= (replica confirmation of enqueues) is not offered on Redis Cluster yet")
         self._store = MessageStore(self._conn, self.prefix, self._claims, confirm)
 
     def __repr__(self) -> str:

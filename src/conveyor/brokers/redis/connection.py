@@ -25,14 +25,21 @@ from redis.backoff import NoBackoff
 from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.connection import AbstractConnection
-from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.keys import DEFAULT_PREFIX
 from conveyor.brokers.redis.retry import next_pause, unavailable, unconfirmed
-from conveyor.brokers.redis.topology import parse, sync_client, take_params
+from conveyor.brokers.redis.topology import Topology, parse, sync_client, take_params
 
 T = TypeVar("T")
 
@@ -77,6 +84,15 @@ BROKER_ONLY_PARAMS = ("wait", "wait_timeout")
 def without_broker_params(url: str) -> str:
     """``url`` without the broker's own parameters, for the result backend sharing the broker's URL."""
     return take_params(url, BROKER_ONLY_PARAMS)[0]
+
+
+def _connected(topology: Topology, **options: Any) -> tuple[Any, list[redis.Redis]]:
+    """:func:`sync_client`; RedisCluster connects to learn its nodes when built, and a cluster it cannot
+    reach counts as a connection fault (so it is retried, then BrokerUnavailable), as on one server."""
+    try:
+        return sync_client(topology, **options)
+    except RedisClusterException as exc:
+        raise redis.ConnectionError(str(exc)) from exc
 
 
 def load_script_source(name: str) -> str:
@@ -124,8 +140,10 @@ class RedisConnection:
         self.clustered = self.topology.clustered
         self._sentinel = self.topology.kind == "sentinel"
         # Typed as redis.Redis: RedisCluster offers the same commands and pipelines conveyor uses.
-        client, sentinels = sync_client(self.topology, socket_timeout=socket_timeout, **options)
-        blocking, more = sync_client(self.topology, socket_timeout=max_block + socket_timeout, **options)
+        client, sentinels = self.call(lambda: _connected(self.topology, socket_timeout=socket_timeout, **options))
+        blocking, more = self.call(
+            lambda: _connected(self.topology, socket_timeout=max_block + socket_timeout, **options)
+        )
         self.client, self.blocking = cast("redis.Redis", client), cast("redis.Redis", blocking)
         #: The sentinels' clients (Sentinel only), closed with the others.
         self._sentinels = sentinels + more
