@@ -171,6 +171,8 @@ class AsyncRedis:
             BrokerUnavailable: Redis did not answer within ``retry_for`` seconds.
         """
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()  # cancel requests made before this call
         deadline = loop.time() + self.retry_for
         limit = self.socket_timeout if timeout is None else timeout
         delay = 0.0
@@ -178,7 +180,13 @@ class AsyncRedis:
             self.in_use += 1
             try:
                 async with asyncio.timeout(limit):
-                    return await op()
+                    result = await op()
+                if task is not None and task.cancelling() > cancels:
+                    # Cancelled while the command ran, and a library layer swallowed it (asyncio.wait_for
+                    # on Python 3.11 returns its inner result when that result and the cancel meet):
+                    # the caller asked to stop, so stop, instead of waiting on with the cancel lost.
+                    raise asyncio.CancelledError
+                return result
             except TimeoutError as exc:  # this call's own timeout (an outer one arrives as CancelledError)
                 failure: Exception = redis.TimeoutError(f"no reply within {limit:g} s")
                 failure.__cause__ = exc
@@ -186,8 +194,7 @@ class AsyncRedis:
                 failure = exc
             finally:
                 self.in_use -= 1
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if task is not None and task.cancelling() > cancels:
                 # A cancellation arrived while a library layer turned it into a connection error (seen
                 # with Sentinel connections opening under load): never retry a cancelled task's call.
                 raise asyncio.CancelledError from failure

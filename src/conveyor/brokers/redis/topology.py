@@ -18,6 +18,7 @@ TLS to sentinels or cluster nodes is not offered yet (``rediss+sentinel`` is ref
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, Literal, cast
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
@@ -171,12 +172,38 @@ def async_client(
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             list(topology.hosts), sentinel_kwargs=_sentinel_kwargs(topology, options), **options
         )
+        for client in sentinel.sentinels:  # no connection is open yet: each opens as a _SentinelConnection
+            client.connection_pool.connection_class = _SentinelConnection
         master = sentinel.master_for(topology.service, redis_class=redis.asyncio.Redis, **topology.options)
         return cast("redis.asyncio.Redis", master), list(sentinel.sentinels)
     if topology.kind == "cluster":
         nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in topology.hosts]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **topology.options, **options), []
     raise AssertionError(topology.kind)
+
+
+class _SentinelConnection(redis.asyncio.Connection):
+    """A sentinel's async connection whose sends are bounded by ``asyncio.timeout``, not ``asyncio.wait_for``.
+
+    redis.asyncio wraps each send in ``asyncio.wait_for`` when the connection has a ``socket_timeout``
+    (a sentinel's has: a stopped sentinel must not hold up the discovery of the master). On Python
+    3.11, ``wait_for`` returns its inner call's result when that result and a cancel of the caller
+    arrive in the same loop step, and the cancel is lost: a cancelled ``aget`` whose connection was
+    asking a sentinel for the master (any first call on a loop, any reconnect) then waited on for its
+    whole timeout. ``asyncio.timeout`` never loses a cancel. The send, with the connect and handshake
+    it may start, runs within one ``socket_timeout``; the reads keep redis.asyncio's own timeout.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        limit = self.socket_timeout
+        self.socket_timeout = None  # the parent's send then writes without wait_for
+        try:
+            async with asyncio.timeout(limit):
+                await super().send_packed_command(command, check_health)
+        except TimeoutError:  # this send's own timeout (a cancel from outside stays a CancelledError)
+            raise redis.TimeoutError("Timeout writing to a sentinel") from None
+        finally:
+            self.socket_timeout = limit
 
 
 def _sentinel_kwargs(topology: Topology, options: dict[str, Any]) -> dict[str, Any]:
