@@ -171,10 +171,12 @@ def redis_sentinel_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """A private Sentinel group (master, replica, three sentinels) for this test process: its URL.
 
     Tests share it through a prefix each (``redis-sentinel`` kind); a test that fails over makes its own.
+    This one never fails over: its sentinels need not know each other, and take a master that does
+    not answer for 1 s (a starved process on a loaded machine) for down only after 30 s.
     """
     from tests.ha_servers import sentinel_group
 
-    with sentinel_group(tmp_path_factory.mktemp("sentinel")) as group:
+    with sentinel_group(tmp_path_factory.mktemp("sentinel"), down_after_ms=30000, failover=False) as group:
         yield group.url
 
 
