@@ -504,11 +504,15 @@ def _postgres_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
 
 @contextlib.contextmanager
 def _redis_sentinel_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
-    """A private Sentinel group (master, replica, three sentinels) of this run, killed afterwards."""
+    """A private Sentinel group (master, replica, three sentinels) of this run, killed afterwards.
+
+    Its faults are the workers' (no failover here): the sentinels take the master for down only
+    after 30 s of silence, so a server starved by a kill storm cannot start one.
+    """
     from tests.ha_servers import sentinel_group
 
     (workdir / "sentinel").mkdir()
-    with sentinel_group(workdir / "sentinel") as group:
+    with sentinel_group(workdir / "sentinel", down_after_ms=30000, failover=False) as group:
         yield f"{group.url}?prefix=chaos", None
 
 

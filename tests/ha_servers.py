@@ -28,6 +28,9 @@ from tests.servers import PrivateRedis, free_port
 
 #: The Sentinel service name of every SentinelGroup.
 SERVICE = "conveyor-ha"
+#: A master sends its data to a new replica at once: by default it waits 5 s for more replicas to
+#: sync in one go (diskless sync), at every start and after every failover.
+_SYNC_AT_ONCE = ["--repl-diskless-sync-delay", "0"]
 
 
 def _require(*binaries: str) -> None:
@@ -51,12 +54,9 @@ class SentinelGroup:
         self.failover = failover
         (folder / "master").mkdir()
         (folder / "replica").mkdir()
-        # A master sends its data to a new replica at once: by default it waits 5 s for more replicas
-        # to sync in one go (diskless sync), at every start and after every failover.
-        at_once = ["--repl-diskless-sync-delay", "0"]
-        self.master = PrivateRedis(folder / "master", args=at_once)
+        self.master = PrivateRedis(folder / "master", args=_SYNC_AT_ONCE)
         self.replica = PrivateRedis(
-            folder / "replica", args=[*at_once, "--replicaof", "127.0.0.1", str(self.master.port)]
+            folder / "replica", args=[*_SYNC_AT_ONCE, "--replicaof", "127.0.0.1", str(self.master.port)]
         )
         self.sentinel_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
@@ -131,6 +131,17 @@ class SentinelGroup:
         self.master.kill()
         wait_until(lambda: self.master_port() == self.replica.port, self.timeout, "the sentinels to fail over")
         self.master, self.replica = self.replica, self.master
+
+    def restart_old_master(self) -> None:
+        """Start the server :meth:`kill_master` killed again, as the new master's replica, and wait until it synced.
+
+        As its supervisor would, configured from the sentinels' answer: restarted as it was, it would
+        come back a master and the sentinels would turn it into a replica only at their next look
+        (up to 10 s).
+        """
+        self.replica.args = [*_SYNC_AT_ONCE, "--replicaof", "127.0.0.1", str(self.master.port)]
+        self.replica.start()
+        wait_until(self.replica_synced, 30, "the restarted server to replicate the new master")
 
     def stop(self) -> None:
         for process in self.sentinels:
