@@ -3,7 +3,10 @@
 - :class:`SentinelGroup`: a master and one replica (two ``redis-server``s) watched by three
   ``redis-server --sentinel`` processes (quorum 2, master down after 1 s), all on free local ports in
   the test's folder. :meth:`SentinelGroup.kill_master` kills the master with SIGKILL, as a crash
-  would, and waits until the sentinels promoted the replica.
+  would, and waits until the sentinels promoted the replica; :meth:`SentinelGroup.restart_old_master`
+  brings the killed server back as the new master's replica. The group each test process shares is
+  made with ``failover=False`` (ready without the sentinels knowing each other) and
+  ``down_after_ms=30000`` (a starved master is not failed over under the tests).
 - :class:`LocalCluster`: three ``redis-server --cluster-enabled yes`` joined by
   ``redis-cli --cluster create`` (no replicas), each master holding a third of the slots.
 
