@@ -170,15 +170,52 @@ class LocalCluster:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
 
     def start(self) -> None:
+        """Start the nodes and join them; on new ports again when a port was taken meanwhile (at most 3 tries).
+
+        A free port is only free when looked at: another test process (other suites run beside this
+        one) may bind it before the node does. The node then exits, and its port answers for
+        someone else's server, which ``--cluster create`` refuses.
+        """
+        for attempt in range(3):
+            failure = self._start_once()
+            if failure is None:
+                return
+            self.stop()
+            if attempt == 2:
+                raise AssertionError(f"the cluster did not form on new ports 3 times; last: {failure}")
+            self.ports = [_cluster_port() for _ in range(3)]
+            self.processes = {}
+
+    def _start_once(self) -> str | None:
+        """Start and join the nodes on :attr:`ports`; None when the cluster is ok, else what failed."""
         for port in self.ports:
             (self.folder / f"node-{port}").mkdir()
             self._start_node(port)
         for port in self.ports:
-            wait_until(functools.partial(_pings, port), self.timeout, f"cluster node {port} to answer")
+            wait_until(functools.partial(self._own_node_answers, port), self.timeout, f"cluster node {port} to answer")
+            if self.processes[port].poll() is not None:
+                return f"node {port} exited (its port taken?)"
         create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports)]
         create += ["--cluster-replicas", "0", "--cluster-yes"]
-        subprocess.run(create, check=True, capture_output=True, timeout=self.timeout)
+        done = subprocess.run(create, capture_output=True, timeout=self.timeout)
+        if done.returncode != 0:
+            said = (done.stdout + done.stderr).decode(errors="replace")[-500:]
+            return f"{' '.join(create)}: exit {done.returncode}: {said}"
         wait_until(self._ok, self.timeout, "the cluster state to be ok on every node")
+        return None
+
+    def _own_node_answers(self, port: int) -> bool:
+        """The node on ``port`` answers and is this cluster's process (or it exited: the caller looks)."""
+        process = self.processes[port]
+        if process.poll() is not None:
+            return True
+        client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.2)
+        try:
+            return int(client.info("server")["process_id"]) == process.pid
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def _start_node(self, port: int) -> None:
         """Start the node on ``port`` in its folder (no persistence: a restarted node comes back empty)."""
