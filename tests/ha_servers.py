@@ -85,7 +85,20 @@ class SentinelGroup:
             )
             command = ["redis-server", str(conf), "--sentinel"]
             self.sentinels.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_until(self._ready, self.timeout, "the sentinels to see the replica and each other")
+        try:
+            wait_until(self._ready, self.timeout, "the sentinels to see the replica and each other")
+        except AssertionError as exc:  # say which process is gone (a port taken meanwhile?) for the next look
+            exited = [
+                f"sentinel :{port}"
+                for port, p in zip(self.sentinel_ports, self.sentinels, strict=True)
+                if p.poll() is not None
+            ]
+            exited += [
+                f"{role} :{server.port}"
+                for role, server in (("master", self.master), ("replica", self.replica))
+                if server.process is None or server.process.poll() is not None
+            ]
+            raise AssertionError(f"{exc}; exited: {', '.join(exited) or 'none'}") from None
 
     def _ready(self) -> bool:
         """Every sentinel knows the master, its replica (linked) and the two other sentinels."""
