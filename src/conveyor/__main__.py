@@ -1,5 +1,5 @@
 """``python -m conveyor`` runs the command line."""
 
-from conveyor.cli import main
+from conveyor.cli import run
 
-main()
+run()

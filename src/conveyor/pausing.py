@@ -13,11 +13,14 @@ signal the workers through the store (:meth:`Store.signal_workers`), after the f
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 
 from conveyor.backends.base import Store
 from conveyor.errors import BrokerError
+
+log = logging.getLogger("conveyor.worker")
 
 #: Seconds a worker child trusts what it last read of the flags.
 CHECK_EVERY = 1.0
@@ -77,6 +80,18 @@ class PausedQueues:
                 stopped = paused(self.store, self.queues)
             except BrokerError:
                 return self._serving
-            self._serving = tuple(q for q in self.queues if q not in stopped)
+            serving = tuple(q for q in self.queues if q not in stopped)
+            if serving != self._serving:
+                self._log_change(serving)
+            self._serving = serving
             self._read_at = version
         return self._serving
+
+    def _log_change(self, serving: tuple[str, ...]) -> None:
+        """One line per change this child saw: it no longer reserves from a queue, or does again."""
+        stopped = [q for q in self._serving if q not in serving]
+        started = [q for q in serving if q not in self._serving]
+        if stopped:
+            log.info("not reserving from paused queue(s) %s", ",".join(stopped))
+        if started:
+            log.info("reserving from resumed queue(s) %s again", ",".join(started))

@@ -389,6 +389,28 @@ def test_reserve_waits_for_a_message_up_to_its_timeout(broker: Broker) -> None:
     assert time.monotonic() - started < 1.5
 
 
+def test_stop_waiting_ends_a_waiting_reserve_at_once_and_later_ones_take_what_is_ready_without_waiting(
+    broker: Broker,
+) -> None:
+    # Given a reserve waiting up to 10 s on an empty queue
+    timer = threading.Timer(0.3, broker.stop_waiting)  # a worker child's SIGTERM handler calls it
+    timer.start()
+    started = time.monotonic()
+    got = broker.reserve(["default"], 1, owner=OWNER, lease=5, timeout=10)
+    timer.join()
+    # Then stop_waiting from another thread ends that wait at once
+    assert got == []
+    assert time.monotonic() - started < 2.0
+    # And a later reserve does not wait, yet still takes what is ready
+    started = time.monotonic()
+    assert broker.reserve(["default"], 1, owner=OWNER, lease=5, timeout=10) == []
+    assert time.monotonic() - started < 1.0
+    broker.enqueue([env(body=b"ready")])
+    taken = broker.reserve(["default"], 1, owner=OWNER, lease=5, timeout=10)
+    assert [d.body for d in taken] == [b"ready"]
+    broker.ack(taken)
+
+
 def test_concurrent_reservers_never_share_a_message(broker: Broker) -> None:
     # Given 400 messages and 4 threads reserving in small batches
     broker.enqueue([env(body=str(i).encode()) for i in range(400)])

@@ -46,6 +46,17 @@ def _seen(app: App) -> set[tuple[str, str]]:
     return {(e.kind, e.id) for e in eventlog.read(app.backend, None)[0]}
 
 
+def _wait_until_seen_paused(worker: WorkerProcess, children: int) -> None:
+    """Wait until each child logged that it reserves no more from the paused queue ``default``.
+
+    A child reads the flags right before a reserve, at most every second, and logs a change: from that
+    line on, it leaves the queue out of every reservation (a reserve waiting as the pause came ends
+    first, within its 1 s wait, which is why a fixed sleep had to be 3 s).
+    """
+    line = "not reserving from paused queue(s) default"
+    wait_until(lambda: worker.output().count(line) >= children, 10, f"{children} child(ren) to log {line!r}")
+
+
 @pytest.mark.timeout(150)  # a dozen CLI processes: each one takes seconds on a loaded machine
 def test_events_inspect_metrics_and_pause_on_every_broker(
     e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, tmp_path: Path
@@ -149,9 +160,9 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
     # When the queue is paused, workers stop taking from it; resumed, they take its task
     assert "paused queue default" in cli(e2e_env, "queue", "pause", APP, "default").stdout
     assert [q.paused for q in inspect.queues(e2e_app) if q.stats.queue == "default"] == [True]
-    time.sleep(3.0)  # a child re-reads the flags every second; a reserve already waiting ends within a second
+    _wait_until_seen_paused(worker, children=2)
     held = enqueue(e2e_app, "record", "held")
-    time.sleep(2.0)
+    time.sleep(1.0)  # an idle worker serving the queue takes a new task within milliseconds (the enqueue wakes it)
     assert runs_of(records, "held") == 0 and held.state is State.PENDING
     cli(e2e_env, "queue", "resume", APP, "default")
     assert held.get(timeout=10) == "held"
@@ -167,15 +178,15 @@ def test_events_inspect_metrics_and_pause_on_every_broker(
 def test_every_pool_reports_events_and_honours_a_pause(
     e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path, pool: str
 ) -> None:
-    start_worker("--pool", pool, "-c", "2")
+    worker = start_worker("--pool", pool, "-c", "2")
     first = enqueue(e2e_app, "record", "first")
     assert first.get(timeout=20) == "first"
     wanted = {("task-received", first.id), ("task-succeeded", first.id)}
     wait_until(lambda: wanted <= _seen(e2e_app), 5, f"the events of a task on the {pool} pool")
     pausing.pause(e2e_app.backend, "default")
-    time.sleep(3.0)  # a child re-reads the flags every second; a reserve already waiting ends within a second
+    _wait_until_seen_paused(worker, children=2 if pool == "process" else 1)
     held = enqueue(e2e_app, "record", "held")
-    time.sleep(2.0)
+    time.sleep(1.0)  # an idle worker serving the queue takes a new task within milliseconds (the enqueue wakes it)
     assert runs_of(records, "held") == 0, f"the {pool} pool took a task from a paused queue"
     pausing.resume(e2e_app.backend, "default")
     assert held.get(timeout=15) == "held"

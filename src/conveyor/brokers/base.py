@@ -151,6 +151,9 @@ class Broker(abc.ABC):
             (memory, SQLite, Redis) do not use it.
     """
 
+    #: Set by :meth:`stop_waiting`: a reserve of this broker object no longer waits for work.
+    waits_stopped: bool = False
+
     def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
         self.max_deliveries = max_deliveries
 
@@ -392,6 +395,20 @@ class Broker(abc.ABC):
         (``pausing.PausedQueues``), so an idle worker on PostgreSQL sends no query for them.
         """
         return None
+
+    def stop_waiting(self) -> None:
+        """From now on a reserve returns without waiting for work, and one waiting now returns early.
+
+        A worker child's SIGTERM handler calls it, so a child idle in its blocking reserve stops at
+        once instead of when the wait's timeout ends. A cut-short reserve returns what it took (the
+        worker gives it back), and it still takes what is ready. Not undone: it is for a process
+        that stops. Safe from a signal handler and from any thread: it takes no lock that the
+        interrupted thread may hold. Each engine ends its own wait: SQLite's and RabbitMQ's polls
+        look at the flag between naps (at most 50 ms), PostgreSQL's wakes its listener's waiters,
+        Redis pushes a token to the list the blocked pop also waits on. The default only sets the
+        flag (an engine that does not look at it ends its wait at the timeout).
+        """
+        self.waits_stopped = True
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections. The broker may be used again afterwards (it reconnects)."""

@@ -104,9 +104,14 @@ class MemoryBroker(Broker):
                 self._recover_locked(time.time())
                 out = self._take_locked(queues, n, owner, lease)
                 remaining = deadline - time.monotonic()
-                if out or remaining <= 0:
+                if out or remaining <= 0 or self.waits_stopped:
                     return out
                 self._cond.wait(min(remaining, self._next_wakeup()))
+
+    def stop_waiting(self) -> None:
+        super().stop_waiting()
+        with self._cond:  # an RLock: safe in a signal handler that interrupted this thread's own wait
+            self._cond.notify_all()
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         with self._cond:

@@ -51,3 +51,10 @@ main.add_command(events)
 main.add_command(inspect_)
 main.add_command(queue)
 main.add_command(dashboard)
+
+
+def run() -> None:
+    """The ``conveyor`` command and ``python -m conveyor``: :func:`main`, then an exit without the teardown."""
+    from conveyor.cli._exit import run as run_and_exit
+
+    run_and_exit(main)

@@ -132,8 +132,10 @@ class Child:
         return not self.stopping and os.getppid() == self._parent
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
-        """Stop reserving; finish what runs (the SIGTERM handler)."""
-        self.stopping = True
+        """Stop reserving and end an idle reserve's wait at once (the SIGTERM handler); finish what runs."""
+        if not self.stopping:  # the keeper's broker is built already: a signal handler must not build one (a lock)
+            self.stopping = True
+            self.keeper.broker.stop_waiting()  # what the cut-short reserve took goes back with the unstarted rest
 
     def executor(self, settler: Settler, on_start: OnStart) -> Executor:
         """The executor a pool runs deliveries with (its settler, its start hook)."""

@@ -280,7 +280,7 @@ class AMQPBroker(Broker):
             )
             self._publish_counts()
             now = time.monotonic()
-            if out or now >= deadline:
+            if out or now >= deadline or self.waits_stopped:  # stop_waiting: a stopping worker's wait ends now
                 return out
             self._forgive_stall(now - start - wait)
 
@@ -295,7 +295,7 @@ class AMQPBroker(Broker):
             self._publish_counts()
             now = time.monotonic()
             remaining = deadline - now
-            if out or remaining <= 0:
+            if out or remaining <= 0 or self.waits_stopped:
                 return out
             if self._next_hop < now - HOP_SLACK:  # that level ran out a while ago: back to plain polling
                 self._next_hop = INF

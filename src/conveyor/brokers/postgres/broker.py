@@ -197,7 +197,7 @@ class PostgresBroker(Broker):
                 due, in_flight = self._stamp()
                 self._idle_since = (self._idle_since[0], due, in_flight, self._idle_since[3])
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or listener is None:
+            if remaining <= 0 or listener is None or self.waits_stopped:
                 return []
             if generation is None:  # not listening (server restarting): look again shortly
                 time.sleep(min(remaining, 0.1))
@@ -206,6 +206,12 @@ class PostgresBroker(Broker):
             _, due, in_flight, _ = self._idle_since
             wait = remaining if due is None else min(remaining, max(0.0, due - time.monotonic()) + 0.001)
             listener.wait_work(generation, min(wait, IDLE_WAKE) if in_flight else wait)
+
+    def stop_waiting(self) -> None:
+        super().stop_waiting()
+        listener = self.db.started_listener()
+        if listener is not None:
+            listener.stop_waits()
 
     def wake_version(self) -> int | None:
         """The listener's generation, when the app's store signals this schema's channel (else None).

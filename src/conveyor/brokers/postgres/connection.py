@@ -167,6 +167,10 @@ class PostgresConnection:
                 self._listener = Listener(self.conninfo, self.schema)
             return self._listener
 
+    def started_listener(self) -> Listener | None:
+        """This process's LISTEN connection if one was started (None: nothing waits on it)."""
+        return self._listener
+
     def close(self) -> None:
         """Close this process's pool and listener; they reopen on next use."""
         with self._lock:

@@ -18,6 +18,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -41,6 +42,8 @@ class Listener:
         self.result_channel = f"cv:{schema}:r"
         self.generation = 0
         self.listening = False
+        #: Set by :meth:`stop_waits`: every wait_work returns at once from then on.
+        self.waits_stopped = False
         self._cond = threading.Condition()
         self._results: dict[str, list[ResultWaiter]] = {}
         self._stop = threading.Event()
@@ -49,15 +52,22 @@ class Listener:
         self._thread.start()
 
     def wait_listening(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until the connection listens; True when it does."""
+        """Wait up to ``timeout`` seconds until the connection listens (or waits are stopped); True when it listens."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.listening, timeout)
+            self._cond.wait_for(lambda: self.listening or self.waits_stopped, timeout)
+            return self.listening
 
     def wait_work(self, seen: int, timeout: float) -> int:
         """Block until the generation moves past ``seen`` or ``timeout`` seconds passed; return the generation."""
         with self._cond:
-            self._cond.wait_for(lambda: self.generation != seen, timeout)
+            self._cond.wait_for(lambda: self.generation != seen or self.waits_stopped, timeout)
             return self.generation
+
+    def stop_waits(self) -> None:
+        """End the work waits in progress and every later one at once (safe in a signal handler: an RLock)."""
+        with self._cond:
+            self.waits_stopped = True
+            self._cond.notify_all()
 
     @property
     def waiting(self) -> int:
@@ -134,8 +144,15 @@ class Listener:
             self._wake_all(listening=False)
 
     def close(self) -> None:
-        """Stop the thread (within STOP_CHECK seconds) and close its connection."""
+        """Stop the thread and close its connection (at once: its socket is shut down under its wait)."""
         self._stop.set()
+        conn = self._conn
+        if conn is not None:  # else the wait for notifications would end only after STOP_CHECK seconds
+            with (
+                contextlib.suppress(OSError, psycopg.Error),
+                socket.fromfd(conn.fileno(), socket.AF_INET, socket.SOCK_STREAM) as sock,  # a dup of its socket
+            ):
+                sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(RuntimeError):
             self._thread.join(STOP_CHECK + 1)
 

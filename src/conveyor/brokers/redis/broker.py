@@ -12,6 +12,7 @@ workers with skewed clocks agree; an ``eta`` is the producer's Unix time, compar
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -31,7 +32,7 @@ from conveyor.brokers.redis.connection import (
     split_url,
 )
 from conveyor.brokers.redis.enqueue import MessageStore
-from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker, wake_key
 from conveyor.brokers.redis.topology import parse, take_params
 from conveyor.errors import ConfigurationError, DuplicateTaskId
 
@@ -44,6 +45,8 @@ MIN_BLOCK = 0.002
 RECOVER_BATCH = 1000
 #: "No eta or lease deadline ahead": the wait is bounded by the caller's timeout and max_block only.
 INF = float("inf")
+#: Milliseconds a stop's wake-up token lives if no pop takes it (see RedisBroker.stop_waiting).
+WAKE_TOKEN_TTL_MS = 10_000
 #: Seconds added to a wait for the next eta or lease deadline, so the wake-up finds it due.
 DUE_SLACK = 0.001
 #: Longest blocking wait on Redis Cluster for a reserve over several queues: a BLPOP cannot span
@@ -99,6 +102,8 @@ class RedisBroker(Broker):
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
         self._store = MessageStore(self._conn, self.prefix, self._claims, confirm)
+        self._wake_key: str | None = None  # the list the last blocked pop of this process waited on too
+        self._wake_pid, self._wake_id = 0, ""
 
     def __repr__(self) -> str:
         return f"RedisBroker({self.url!r}, prefix={self.prefix!r})"
@@ -161,8 +166,30 @@ class RedisBroker(Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            out, next_due = self._wait_then_reserve(queues, n, owner, lease, min(remaining, _wake_in(next_due)))
+            # Named before the flag is read: a stop_waiting() after the read pushes to this key (see there).
+            self._wake_key = wake = self._wake_key_of(queues[0])
+            if self.waits_stopped:
+                break
+            wait = min(remaining, _wake_in(next_due))
+            out, next_due = self._wait_then_reserve(queues, n, owner, lease, wait, wake)
         return out
+
+    def stop_waiting(self) -> None:
+        """Also end a blocked pop in progress: a token to the list only this process's pop waits on.
+
+        A reserve names that list before it reads the flag, so a stop between the two finds the
+        list named and its token ends the pop at once (a token pushed before the pop began is popped at once).
+        """
+        super().stop_waiting()
+        key = self._wake_key
+        if key is not None:
+            self._conn.push_token(key, WAKE_TOKEN_TTL_MS)
+
+    def _wake_key_of(self, queue: str) -> str:
+        """This process's own wake-up list, in ``queue``'s slot (a blocked pop's keys share one slot on a Cluster)."""
+        if self._wake_pid != os.getpid():  # forked children each get their own
+            self._wake_pid, self._wake_id = os.getpid(), f"{os.getpid()}-{os.urandom(4).hex()}"
+        return wake_key(self._keys(queue), self._wake_id)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         groups = _by_queue(deliveries)
@@ -337,17 +364,17 @@ class RedisBroker(Broker):
         return out, next_due
 
     def _wait_then_reserve(
-        self, queues: Sequence[str], n: int, owner: str, lease: float, seconds: float
+        self, queues: Sequence[str], n: int, owner: str, lease: float, seconds: float, wake: str
     ) -> tuple[list[Delivery], float]:
         """Block on the queues' signal lists, then reserve; the first queue's reserve rides in the same pipeline.
 
         An enqueue, nack or requeue pushes a token that ends the BLPOP at once, and Redis then runs the
         pipelined reserve script straight away: a wake-up costs no extra round trip.
         """
-        signals = [self._keys(q).signal for q in queues]
+        signals = [wake] + [self._keys(q).signal for q in queues]  # first: a stop's token leaves the queues' own
         wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
         if self._conn.clustered and len(queues) > 1:  # one slot per BLPOP: the first queue's, polling the rest
-            signals, wait = signals[:1], min(wait, CLUSTER_POLL)
+            signals, wait = signals[:2], min(wait, CLUSTER_POLL)  # the wake-up list is in the first queue's slot
         call = self._reserve_call(queues[0], n, owner, lease)
         result = self._conn.call(lambda: self._conn.block_then_run(signals, wait, *call))
         out: list[Delivery] = []

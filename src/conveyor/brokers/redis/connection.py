@@ -451,6 +451,37 @@ class RedisConnection:
             raise result
         return result
 
+    def push_token(self, key: str, ttl_ms: int) -> None:
+        """LPUSH a token to ``key`` (gone after ``ttl_ms`` if nobody pops it): one try, errors ignored.
+
+        For a signal handler: it opens a connection of its own (no pool, no lock, no retry), since the
+        interrupted thread may hold a connection or the pool's lock, and closes it after. On Cluster, to
+        the node of ``key``'s slot; on Sentinel, to the master the pool found last (asking the sentinels
+        would take their pools' locks).
+        """
+        client = self.client
+        if self.clustered:
+            cluster = cast("redis.cluster.RedisCluster", client)
+            client = cluster.get_redis_connection(cluster.get_node_from_key(key))  # type: ignore[no-untyped-call]
+        pool = client.connection_pool
+        options = {**pool.connection_kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+        if self._sentinel:
+            address = getattr(pool, "master_address", None)
+            if address is None:  # no command went out yet: nothing can be blocked
+                return
+            options.pop("connection_pool", None)
+            conn: Any = redis.connection.Connection(**{**options, "host": address[0], "port": address[1]})  # type: ignore[no-untyped-call]
+        else:
+            conn = pool.connection_class(**options)
+        try:
+            conn.send_packed_command(conn.pack_commands([("LPUSH", key, b"1"), ("PEXPIRE", key, ttl_ms)]))
+            conn.read_response()
+            conn.read_response()
+        except (redis.RedisError, OSError):
+            pass  # the wait then ends at its timeout
+        finally:
+            conn.disconnect()
+
     def load_scripts(self) -> None:
         """SCRIPT LOAD every registered script (after the server lost its script cache)."""
         if self.clustered:  # redis-py sends SCRIPT LOAD to every primary, but not from a pipeline

@@ -100,6 +100,14 @@ def queue_keys(prefix: str, queue: str) -> QueueKeys:
     )
 
 
+def wake_key(keys: QueueKeys, waiter: str) -> str:
+    """The wake-up list of one reserving process (``waiter``) in the slot of the queue whose ``keys`` these are.
+
+    A stopping worker child pushes a token to it to end its own blocked pop (``RedisBroker.stop_waiting``).
+    """
+    return keys.signal.removesuffix("signal") + f"wake:{waiter}"
+
+
 def global_keys(prefix: str) -> GlobalKeys:
     """The global bookkeeping keys under ``prefix``."""
     tag = f"{{{prefix}}}"

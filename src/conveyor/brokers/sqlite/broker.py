@@ -152,7 +152,7 @@ class SQLiteBroker(Broker):
                 if taken:
                     return taken
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.waits_stopped:
                 return []
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, POLL_MAX)
