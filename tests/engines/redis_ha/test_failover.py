@@ -191,3 +191,61 @@ def test_the_async_producer_goes_on_through_a_failover_and_keeps_every_confirmed
             print(f"\nasync producer: {len(confirmed)} confirmed, all kept; {unavailable} BrokerUnavailable")
         finally:
             app.close()
+
+
+def test_an_async_lane_on_a_demoted_master_reopens_on_the_new_master(tmp_path: Path) -> None:
+    """A manual failover leaves the old master running, as a replica: the loop's lanes, open on it, must
+    reopen through the sentinels on the new master (a lane that reconnected to its old address would
+    get READONLY from then on). Sentinel closes the demoted server's client connections (CLIENT KILL),
+    so here the lanes see a closed connection; a READONLY reply on a Sentinel lane is handled the same
+    way (``aio._demoted``: the lane fails, the call retries on a new one) but this test does not reach it."""
+    import asyncio
+
+    import redis
+
+    from tests.ha_servers import SERVICE
+
+    with sentinel_group(tmp_path) as group:
+        url = f"{group.url}?prefix=demoted&wait=1&wait_timeout=2"
+        app = App("demoted", broker=url, backend=url)
+
+        @app.task
+        def noop(i: int) -> int:
+            return i
+
+        def fail_over() -> None:
+            old = group.master
+            sentinel = redis.Redis(port=group.sentinel_ports[0], socket_timeout=2)
+            try:
+                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+            finally:
+                sentinel.close()
+            wait_until(lambda: group.master_port() == group.replica.port, 20, "the sentinels to fail over")
+            demoted = redis.Redis(port=old.port, socket_timeout=2)
+            try:
+                wait_until(lambda: demoted.info("replication")["role"] == "slave", 20, "the old master to turn replica")
+            finally:
+                demoted.close()
+            group.master, group.replica = group.replica, old
+
+        async def scenario() -> list[str]:
+            try:
+                # Given a loop whose lanes are open on the master (one enqueue, one read)
+                first = (await noop.adelay(1)).id
+                await app.result(first).astate()
+                # When a manual failover turns that master into a replica, still running
+                await asyncio.to_thread(fail_over)
+                # Then the next enqueues and reads go to the new master, without an error
+                async with asyncio.timeout(15):
+                    ids = [(await noop.adelay(i)).id for i in range(2, 5)]
+                    await app.result(ids[0]).astate()
+                return [first, *ids]
+            finally:
+                await app.aclose()
+
+        try:
+            ids = asyncio.run(scenario())
+            # and the three sent after the failover are on the new master (cancel finds each one)
+            assert sorted(app.broker.cancel(ids[1:])) == sorted(ids[1:])
+        finally:
+            app.close()
