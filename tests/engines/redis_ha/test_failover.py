@@ -217,7 +217,7 @@ def test_an_async_lane_on_a_demoted_master_reopens_on_the_new_master(tmp_path: P
             old = group.master
             sentinel = redis.Redis(port=group.sentinel_ports[0], socket_timeout=2)
             try:
-                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                sentinel.sentinel_failover(SERVICE)
             finally:
                 sentinel.close()
             wait_until(lambda: group.master_port() == group.replica.port, 20, "the sentinels to fail over")
