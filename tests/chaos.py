@@ -509,11 +509,37 @@ def _postgres_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.contextmanager
+def _redis_sentinel_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """A private Sentinel group (master, replica, three sentinels) of this run, killed afterwards.
+
+    Its faults are the workers' (no failover here): the sentinels take the master for down only
+    after 30 s of silence, so a server starved by a kill storm cannot start one.
+    """
+    from tests.ha_servers import sentinel_group
+
+    (workdir / "sentinel").mkdir()
+    with sentinel_group(workdir / "sentinel", down_after_ms=30000, failover=False) as group:
+        yield f"{group.url}?prefix=chaos", None
+
+
+@contextlib.contextmanager
+def _redis_cluster_url(workdir: Path) -> Iterator[tuple[str, str | None]]:
+    """A private 3-master Redis Cluster of this run, killed afterwards."""
+    from tests.ha_servers import local_cluster
+
+    (workdir / "cluster").mkdir()
+    with local_cluster(workdir / "cluster") as cluster:
+        yield f"{cluster.url}?prefix=chaos", None
+
+
 #: Broker kind → a context manager giving an isolated broker URL and, where the broker is no result
 #: store, a backend URL, under a work directory (and cleaning up).
 BROKERS: dict[str, Callable[[Path], contextlib.AbstractContextManager[tuple[str, str | None]]]] = {
     "sqlite": _sqlite_url,
     "redis": _redis_url,
+    "redis-sentinel": _redis_sentinel_url,
+    "redis-cluster": _redis_cluster_url,
     "amqp": _amqp_url,
     "amqp-quorum": _amqp_quorum_url,
     "postgres": _postgres_url,

@@ -178,6 +178,29 @@ def postgres_schema_url(database_url: str) -> str:
     return f"{database_url}?schema={schema}"
 
 
+@pytest.fixture(scope="session")
+def redis_sentinel_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Sentinel group (master, replica, three sentinels) for this test process: its URL.
+
+    Tests share it through a prefix each (``redis-sentinel`` kind); a test that fails over makes its own.
+    This one never fails over: its sentinels need not know each other, and take a master that does
+    not answer for 1 s (a starved process on a loaded machine) for down only after 30 s.
+    """
+    from tests.ha_servers import sentinel_group
+
+    with sentinel_group(tmp_path_factory.mktemp("sentinel"), down_after_ms=30000, failover=False) as group:
+        yield group.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private 3-master Redis Cluster for this test process: its URL (``redis-cluster`` kind)."""
+    from tests.ha_servers import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.url
+
+
 def amqp_url(vhost: str) -> str:
     """The test AMQP URL of ``vhost`` (without a prefix: see :func:`amqp_test_url`)."""
     return f"{AMQP_URL}/{urllib.parse.quote(vhost, safe='')}"
@@ -192,6 +215,9 @@ def url_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "redis":
         prefix: str = request.getfixturevalue("redis_prefix")
         return f"{REDIS_URL}?prefix={prefix}"
+    if kind in ("redis-sentinel", "redis-cluster"):  # private servers of this test process, gone at its end
+        base: str = request.getfixturevalue(f"{kind.replace('-', '_')}_session")
+        return f"{base}?prefix=cvtest-{uuid.uuid4().hex[:12]}"
     if kind == "amqp":
         url: str = request.getfixturevalue("amqp_test_url")
         return url

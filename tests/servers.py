@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import redis
@@ -37,9 +37,10 @@ class PrivateRedis:
         folder: where the server keeps its files (its append-only file, when durable).
         durable: append-only with fsync on every write (else nothing is kept).
         timeout: seconds :meth:`start` waits for the first answer and :meth:`kill` for the exit.
+        args: more redis-server options (``--replicaof HOST PORT``).
     """
 
-    def __init__(self, folder: Path, *, durable: bool = False, timeout: float = 5.0) -> None:
+    def __init__(self, folder: Path, *, durable: bool = False, timeout: float = 5.0, args: Sequence[str] = ()) -> None:
         if shutil.which("redis-server") is None:
             server_missing("redis-server", "the binary is not installed")
         self.folder = folder
@@ -47,6 +48,7 @@ class PrivateRedis:
         self.durable = durable
         self.timeout = timeout
         self.process: subprocess.Popen[bytes] | None = None
+        self.args = list(args)
 
     @property
     def url(self) -> str:
@@ -58,6 +60,7 @@ class PrivateRedis:
         command += ["--save", "", "--appendonly", "yes" if self.durable else "no"]
         if self.durable:
             command += ["--appendfsync", "always"]
+        command += self.args
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
         try:

@@ -17,6 +17,8 @@ _BACKENDS: Registry = {
     "redis": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
     "rediss": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
     "unix": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
+    "redis+sentinel": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
+    "redis+cluster": ("conveyor.backends.redis", "RedisResultBackend", "redis"),
     "postgresql": ("conveyor.backends.postgres", "PostgresResultBackend", "postgres"),
     "postgres": ("conveyor.backends.postgres", "PostgresResultBackend", "postgres"),
 }

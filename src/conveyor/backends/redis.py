@@ -26,7 +26,7 @@ from typing import Any, cast
 from redis.client import Pipeline
 
 from conveyor.backends.base import MAX_BATCHES, ResultBackend
-from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.connection import RedisConnection, ScriptCall, split_url, without_broker_params
 from conveyor.brokers.redis.keys import (
     bucket_key,
     changed_key,
@@ -50,7 +50,8 @@ SCRIPTS = ("lease_acquire", "lease_release", "pass_on", "result_set", "token_tak
 
 
 class RedisResultBackend(ResultBackend):
-    """Results in Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+    """Results in Redis; ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` and ``redis+cluster://``
+    URLs (``brokers/redis/topology.py``) with an optional ``prefix=``.
 
     Args:
         url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
@@ -71,6 +72,7 @@ class RedisResultBackend(ResultBackend):
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, retry_for: float | None = None) -> None:
         client_url, self.prefix, self.url = split_url(url)
+        client_url = without_broker_params(client_url)  # wait= confirms the broker's enqueues only
         self._conn = RedisConnection(
             client_url,
             self.url,
@@ -234,12 +236,12 @@ class RedisResultBackend(ResultBackend):
         start = "-" if after is None else f"({after}"
         # The raw reply: [[id, [b"b", batch]], ...], bytes throughout.
         entries = cast("list[list[Any]]", self._conn.command("XRANGE", key, start, "+", "COUNT", limit))
-        return [(entry_id.decode(), fields[1]) for entry_id, fields in entries]
+        return [(entry_id.decode(), _batch(fields)) for entry_id, fields in entries]
 
     def newest_events(self, limit: int) -> list[tuple[str, bytes]]:
         key = events_key(self.prefix)
         entries = cast("list[list[Any]]", self._conn.command("XREVRANGE", key, "+", "-", "COUNT", limit))
-        return [(entry_id.decode(), fields[1]) for entry_id, fields in reversed(entries)]
+        return [(entry_id.decode(), _batch(fields)) for entry_id, fields in reversed(entries)]
 
     def add_counts(self, key: str, counts: Mapping[str, float]) -> None:
         if not counts:
@@ -313,6 +315,11 @@ class RedisResultBackend(ResultBackend):
 
         raw = self._conn.run_many([], extra=read_and_push)[0]
         return _split(raw)
+
+
+def _batch(fields: Any) -> bytes:
+    """The batch of one stream entry: raw ``[b"b", batch]``, or ``{b"b": batch}`` from redis-py's cluster client."""
+    return cast("bytes", fields[b"b"] if isinstance(fields, dict) else fields[1])
 
 
 def _split(raw: bytes | None) -> tuple[bytes | None, bytes | None]:

@@ -25,6 +25,8 @@ _BROKERS: Registry = {
     "redis": ("conveyor.brokers.redis", "RedisBroker", "redis"),
     "rediss": ("conveyor.brokers.redis", "RedisBroker", "redis"),
     "unix": ("conveyor.brokers.redis", "RedisBroker", "redis"),
+    "redis+sentinel": ("conveyor.brokers.redis", "RedisBroker", "redis"),
+    "redis+cluster": ("conveyor.brokers.redis", "RedisBroker", "redis"),
     "amqp": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
     "amqps": ("conveyor.brokers.amqp", "AMQPBroker", "amqp"),
     "postgresql": ("conveyor.brokers.postgres", "PostgresBroker", "postgres"),

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from conveyor import App, State
@@ -90,3 +91,56 @@ def test_scripts_reload_after_a_flush_and_a_cancelled_wait_gives_its_connection_
         finally:
             flusher.close()
             app.close()
+
+
+def test_a_cancel_a_library_layer_swallowed_still_ends_the_call() -> None:
+    """A cancel asked while a call ran ends it with CancelledError, even when the awaited layer dropped it.
+
+    asyncio.wait_for on Python 3.11 returns its inner result when that result and a cancel of its
+    caller meet in one loop step (redis.asyncio uses it for every send on a connection with a socket
+    timeout): the call then returned and a cancelled aget waited on. No server is needed: the op is
+    such a layer. A call made by a task handling an earlier cancel (a clean-up) still returns.
+    """
+    aio = AsyncRedis(
+        "redis://127.0.0.1:1/0",
+        "redis://127.0.0.1:1/0",
+        retry_for=5,
+        socket_timeout=5,
+        connect_timeout=1,
+        max_block=5,
+        scripts={},
+    )
+
+    async def swallowing() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:  # the layer's result, the cancel dropped
+            return "result"
+        return "slept"
+
+    async def clean_up_after_a_cancel() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return await aio.call(lambda: asyncio.sleep(0, result="cleaned"))
+        return "slept"
+
+    async def scenario() -> None:
+        # Given a call whose op swallows a cancel
+        call = asyncio.create_task(aio.call(swallowing))
+        await asyncio.sleep(0.05)
+        # When its task is cancelled
+        call.cancel()
+        # Then the call ends with CancelledError at once, nothing left in use
+        async with asyncio.timeout(5):
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert aio.in_use == 0
+        # And a call made while handling an earlier cancel is not taken for a cancelled one
+        cleaner = asyncio.create_task(clean_up_after_a_cancel())
+        await asyncio.sleep(0.05)
+        cleaner.cancel()
+        async with asyncio.timeout(5):
+            assert await cleaner == "cleaned"
+
+    asyncio.run(scenario())

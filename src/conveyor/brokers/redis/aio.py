@@ -25,8 +25,16 @@ command waiting on it and the next command opens a new one. A cancelled command 
 leaves its reply to be read and dropped (the lane stays in step); a cancelled blocking pop closes
 its lane.
 
+On Sentinel (``redis+sentinel://``) the lanes are the same: their connections come from the master
+client's ``SentinelConnectionPool``, whose connections ask the sentinels for the master's address as
+they open, so a lane that failed over (its server gone, or a ``READONLY`` reply from a master turned
+replica) reopens on the new master. ``wait=N`` (:meth:`AsyncRedis.run_confirmed`) sends the script
+and ``WAIT`` in one write on a lent lane. On Redis Cluster (``redis+cluster://``) there are no lanes:
+redis.asyncio's ``RedisCluster`` routes each command to its slot's node, within one ``asyncio.timeout``.
+
 Connection errors and timeouts are retried with backoff for ``retry_for`` seconds, then raise
-:class:`~conveyor.errors.BrokerUnavailable`, as on the sync side; redis-py's own retry is off.
+:class:`~conveyor.errors.BrokerUnavailable`, as on the sync side; redis-py's own retry is off. A
+cancelled caller's call ends with ``CancelledError`` even when a library layer swallowed the cancel.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ import redis
 import redis.asyncio
 from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import InvalidResponse, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 
-from conveyor.brokers.redis.retry import next_pause, unavailable
+from conveyor.brokers.redis.retry import next_pause, unavailable, unconfirmed
+from conveyor.brokers.redis.topology import async_client, parse
 
 T = TypeVar("T")
 Arg = str | bytes | int | float
@@ -61,13 +71,16 @@ class _LoopClients:
     """One event loop's connections: its lane, its blocking lanes, and a client for the scripts and connections.
 
     ``lane`` is the loop's pipelined connection for ``GET`` and ``EVALSHA`` (:class:`_Lane`), opened by
-    ``opening`` on first use and again after it failed. A blocking pop takes a lane of its own from
-    ``idle`` (or opens one) and gives it back when its replies are in (``lent`` counts those out).
-    ``client`` opens the lanes' connections (its pool's settings) and loads a script the server lost.
+    ``opening`` on first use and again after it failed. A blocking pop (or a confirmed enqueue) takes a
+    lane of its own from ``idle`` (or opens one) and gives it back when its replies are in (``lent``
+    counts those out). ``client`` opens the lanes' connections (its pool's settings: on Sentinel, the
+    master's pool) and loads a script the server lost; on Cluster it runs every command (no lanes).
+    ``sentinels`` are the sentinels' clients (Sentinel only), closed with it.
     """
 
     client: redis.asyncio.Redis
     scripts: dict[str, AsyncScript]
+    sentinels: list[redis.asyncio.Redis] = field(default_factory=list)
     lane: _Lane | None = None
     opening: asyncio.Task[_Lane] | None = field(default=None, repr=False)
     idle: list[_Lane] = field(default_factory=list)
@@ -213,7 +226,8 @@ class AsyncRedis:
     """Async commands and scripts on one Redis server, for coroutines of any event loop.
 
     Args:
-        url: a redis-py URL (no ``prefix``): ``redis://``, ``rediss://``, ``unix://``.
+        url: a redis-py URL (no ``prefix``): ``redis://``, ``rediss://``, ``unix://``, or a
+            ``redis+sentinel://`` or ``redis+cluster://`` one (``topology.py``).
         printable: the URL without its password, for error messages.
         retry_for: seconds a call keeps retrying connection errors before BrokerUnavailable.
         socket_timeout: seconds any one command may take.
@@ -238,6 +252,9 @@ class AsyncRedis:
         self.socket_timeout = socket_timeout
         self.max_block = max_block
         self._url = url
+        self._topology = parse(url)
+        #: Redis Cluster: redis.asyncio's cluster client runs every command (no lanes).
+        self._clustered = self._topology.clustered
         self._connect_timeout = connect_timeout
         self._sources = scripts
         #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
@@ -249,45 +266,64 @@ class AsyncRedis:
         loop = asyncio.get_running_loop()
         own = self._loops.get(loop)
         if own is None:
-            client = self._client()
+            client, sentinels = self._client()
             scripts = {name: client.register_script(source) for name, source in self._sources.items()}
-            own = self._loops[loop] = _LoopClients(client, scripts)
+            own = self._loops[loop] = _LoopClients(client, scripts, sentinels)
         return own
 
-    def _client(self) -> redis.asyncio.Redis:
+    def _client(self) -> tuple[redis.asyncio.Redis, list[redis.asyncio.Redis]]:
         """A client with a pool of its own, on the URL's server, database and credentials: it opens the lanes'
-        connections and runs a script the server lost.
+        connections and runs a script the server lost; and the clients of the sentinels it asks (Sentinel).
 
         redis-py's own retry is off (``call`` retries) and so is its ``socket_timeout`` (the lanes time
         their commands: redis.asyncio would wrap each write in ``asyncio.wait_for``, a task per command).
         """
+        if self._topology.kind != "single":  # Sentinel (its master's pool opens the lanes) or Cluster
+            client, sentinels = async_client(
+                self._topology,
+                socket_timeout=None,
+                socket_connect_timeout=self._connect_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            return cast("redis.asyncio.Redis", client), sentinels  # the commands conveyor uses are the same on both
         options: dict[str, Any] = {
             "socket_timeout": None,
             "socket_connect_timeout": self._connect_timeout,
             "retry": Retry(NoBackoff(), 0),
             **parse_url(self._url),
         }
-        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
+        return redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options)), []
 
     async def call(self, op: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """Await ``op`` within ``timeout`` seconds, retrying connection errors and timeouts.
 
         Retries go on with backoff for ``retry_for`` seconds. ``timeout=None``: ``op`` times itself (a
-        lane command: the lane's watchdog), so no ``asyncio.timeout`` timer is set for it.
+        lane command: the lane's watchdog), so no ``asyncio.timeout`` timer is set for it. A cancel of
+        the calling task that arrived while ``op`` ran ends the call with ``CancelledError`` even when a
+        library layer swallowed it (returned a result, or turned it into a connection error).
 
         Raises:
             BrokerUnavailable: Redis did not answer within ``retry_for`` seconds.
         """
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()  # cancel requests made before this call
         deadline = loop.time() + self.retry_for
         delay = 0.0
         while True:
             self.in_use += 1
             try:
                 if timeout is None:
-                    return await op()
-                async with asyncio.timeout(timeout):
-                    return await op()
+                    result = await op()
+                else:
+                    async with asyncio.timeout(timeout):
+                        result = await op()
+                if task is not None and task.cancelling() > cancels:
+                    # Cancelled while the command ran, and a library layer swallowed it (asyncio.wait_for
+                    # on Python 3.11 returns its inner result when that result and the cancel meet):
+                    # the caller asked to stop, so stop, instead of waiting on with the cancel lost.
+                    raise asyncio.CancelledError
+                return result
             except TimeoutError as exc:  # this call's own timeout (an outer one arrives as CancelledError)
                 failure: Exception = redis.TimeoutError(f"no reply within {timeout:g} s")
                 failure.__cause__ = exc
@@ -295,6 +331,10 @@ class AsyncRedis:
                 failure = exc
             finally:
                 self.in_use -= 1
+            if task is not None and task.cancelling() > cancels:
+                # A cancellation arrived while a library layer turned it into a connection error (seen
+                # with Sentinel connections opening under load): never retry a cancelled task's call.
+                raise asyncio.CancelledError from failure
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise unavailable(self.printable, self.retry_for, failure) from failure
@@ -302,8 +342,11 @@ class AsyncRedis:
             delay = next_pause(delay)
 
     async def get(self, key: str) -> bytes | None:
-        """GET ``key`` on the loop's lane, with retries; the raw value."""
-        reply = await self._on_lane(self._clients(), _pack("GET", key))
+        """GET ``key`` on the loop's lane (Cluster: through the cluster client), with retries; the raw value."""
+        own = self._clients()
+        if self._clustered:
+            return cast("bytes | None", await self.call(lambda: own.client.get(key), timeout=self.socket_timeout))
+        reply = await self._on_lane(own, _pack("GET", key))
         if isinstance(reply, ResponseError):
             raise reply
         return cast("bytes | None", reply)
@@ -311,10 +354,15 @@ class AsyncRedis:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """One script with retries: EVALSHA of the registered script; after NOSCRIPT, the script loads and runs again.
 
-        This is adelay's one call: an ``EVALSHA`` on the loop's lane (:class:`_Lane`).
+        This is adelay's one call: an ``EVALSHA`` on the loop's lane (:class:`_Lane`); on Cluster, through
+        the cluster client (routed to the node of the keys' slot).
         """
         own = self._clients()
         script = own.scripts[name]
+        if self._clustered:
+            return await self.call(
+                lambda: _cluster_evalsha(own.client, script, keys, args), timeout=self.socket_timeout
+            )
         reply = await self._on_lane(own, _pack("EVALSHA", script.sha, len(keys), *keys, *args))
         if isinstance(reply, ResponseError):
             if not str(reply).startswith("NOSCRIPT"):
@@ -333,14 +381,20 @@ class AsyncRedis:
         if lane is not None and lane.failure is None:
             self.in_use += 1
             try:
-                return await lane.command(packed)
+                reply = await lane.command(packed)
+                if not isinstance(reply, ResponseError) or not _demoted(lane, reply):
+                    return reply
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the lane failed under it: again on a new one, with retries
             finally:
                 self.in_use -= 1
 
         async def on_a_lane() -> Any:
-            return await (await self._lane()).command(packed)
+            lane = await self._lane()
+            reply = await lane.command(packed)
+            if isinstance(reply, ResponseError) and _demoted(lane, reply):
+                raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
+            return reply
 
         return await self.call(on_a_lane)
 
@@ -364,6 +418,8 @@ class AsyncRedis:
 
     async def _open_lane(self, clients: _LoopClients, failed: _Lane | None) -> _Lane:
         """A connection redis.asyncio opens (TLS, AUTH, HELLO, SELECT, as its pool's), then taken over by a lane.
+
+        On Sentinel the pool's connection asks the sentinels for the master's address first.
 
         Raises:
             redis.ConnectionError: no connection within ``connect_timeout`` plus ``socket_timeout``.
@@ -394,7 +450,9 @@ class AsyncRedis:
 
         Both go out in one write on a blocking lane of the loop (lent to this call alone); Redis runs the
         script the moment the pop returns. A call cancelled or failed with the pop in flight closes its
-        lane (it would block whoever came next); one that returns gives it back for the next wait.
+        lane (it would block whoever came next); one that returns gives it back for the next wait. On
+        Cluster the pop and the script are two round trips through the cluster client (its pipeline
+        refuses ``EVALSHA``); ``pop`` and ``keys`` are all of one slot.
 
         Returns:
             (a token was popped, the script's reply).
@@ -402,20 +460,17 @@ class AsyncRedis:
         wait = min(seconds, self.max_block)
         own = self._clients()
         script = own.scripts[name]
+        if self._clustered:
+
+            async def popped_then_run() -> tuple[bool, Any]:
+                popped = await own.client.blpop(list(pop), timeout=wait)
+                return popped is not None, await _cluster_evalsha(own.client, script, keys, args)
+
+            return await self.call(popped_then_run, timeout=wait + self.socket_timeout)
         packed = _pack("BLPOP", *pop, wait) + _pack("EVALSHA", script.sha, len(keys), *keys, *args)
 
         async def attempt() -> tuple[bool, Any]:
-            lane = await self._lend(own)
-            try:
-                popped_at, reply_at = lane.commands(packed, 2, wait + self.socket_timeout)
-                popped, reply = await popped_at, await reply_at
-            except BaseException:
-                lane.fail(redis.ConnectionError("a blocking pop was cancelled or failed"))
-                await lane.conn.disconnect(nowait=True)
-                raise
-            finally:
-                own.lent -= 1
-            await self._give_back(own, lane)
+            popped, reply = await self._on_lent_lane(own, packed, 2, wait + self.socket_timeout)
             if isinstance(popped, ResponseError):
                 raise popped
             if isinstance(reply, ResponseError):
@@ -427,6 +482,71 @@ class AsyncRedis:
             return popped is not None, reply
 
         return await self.call(attempt)
+
+    async def run_confirmed(
+        self, name: str, keys: Sequence[str], args: Sequence[Arg], replicas: int, timeout: float
+    ) -> Any:
+        """One script, then ``WAIT replicas timeout``: both in one write on a lent lane (one round trip).
+
+        A lane of its own (as a blocking pop's), so the ``WAIT`` never holds up the shared lane's
+        commands; ``WAIT`` counts the replicas that have this connection's script write. Not on Cluster
+        (``wait=`` is refused there before connecting).
+
+        Raises:
+            BrokerUnavailable: fewer than ``replicas`` replicas confirmed the write within ``timeout``
+                seconds (the script's writes did happen on the master: a failover may still lose them).
+        """
+        if self._clustered:
+            raise AssertionError("wait= is refused on Redis Cluster")  # pragma: no cover
+        own = self._clients()
+        script = own.scripts[name]
+        packed = _pack("EVALSHA", script.sha, len(keys), *keys, *args) + _pack(
+            "WAIT", replicas, max(1, int(timeout * 1000))
+        )
+
+        async def attempt() -> Any:
+            for first in (True, False):
+                reply, acked = await self._on_lent_lane(own, packed, 2, self.socket_timeout + timeout)
+                if isinstance(reply, ResponseError):
+                    if first and str(reply).startswith("NOSCRIPT"):  # the server lost its scripts: load, again
+                        async with asyncio.timeout(self.socket_timeout):
+                            await own.client.script_load(script.script)
+                        continue
+                    raise reply
+                if isinstance(acked, ResponseError):
+                    raise acked
+                if int(acked) < replicas:
+                    raise unconfirmed(self.printable, replicas, int(acked), timeout)
+                return reply
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return await self.call(attempt)
+
+    async def _on_lent_lane(self, own: _LoopClients, packed: bytes, replies: int, timeout: float) -> list[Any]:
+        """``replies`` packed commands in one write on a lane lent to this call; their replies (error replies
+        as ``ResponseError`` values), all within ``timeout`` seconds.
+
+        A call cancelled or failed with replies outstanding closes the lane; one whose replies are in
+        gives it back (closed instead if the server turned replica: a failover).
+
+        Raises:
+            redis.ConnectionError: the lane failed, or its server is a replica now (Sentinel).
+        """
+        lane = await self._lend(own)
+        try:
+            futures = lane.commands(packed, replies, timeout)
+            results = [await future for future in futures]
+        except BaseException:
+            lane.fail(redis.ConnectionError("a lent lane's call was cancelled or failed"))
+            await lane.conn.disconnect(nowait=True)
+            raise
+        finally:
+            own.lent -= 1
+        if any(isinstance(result, ResponseError) and _demoted(lane, result) for result in results):
+            await lane.conn.disconnect(nowait=True)
+            raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
+        await self._give_back(own, lane)
+        return results
 
     async def _lend(self, own: _LoopClients) -> _Lane:
         """An idle blocking lane of the loop, or a new one; counted in ``lent`` until given back."""
@@ -465,6 +585,30 @@ class AsyncRedis:
                 await lane.conn.disconnect(nowait=True)
             own.idle.clear()
             await own.client.aclose()
+            for sentinel in own.sentinels:
+                await sentinel.aclose()
+
+
+def _demoted(lane: _Lane, reply: ResponseError) -> bool:
+    """A ``READONLY`` reply on a Sentinel-found master's lane: the server became a replica (a failover).
+
+    The lane is failed, so the retry opens a new one, whose connection asks the sentinels for the new
+    master (redis.asyncio's ``SentinelManagedConnection`` does the same on its own reads).
+    """
+    if not isinstance(lane.conn, SentinelManagedConnection) or not str(reply).startswith("READONLY"):
+        return False
+    lane.fail(redis.ConnectionError(f"the master became a replica: {reply}"))
+    return True
+
+
+async def _cluster_evalsha(
+    client: redis.asyncio.Redis, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]
+) -> Any:
+    """EVALSHA through the cluster client (routed to the keys' slot); the script loads after NOSCRIPT."""
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+    except NoScriptError:  # this node has not seen the script yet, or lost it
+        return await script(keys=keys, args=args)
 
 
 def _pack(*args: Arg) -> bytes:

@@ -18,14 +18,23 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.client import Pipeline
+from redis.cluster import RedisCluster
 
 from conveyor.brokers._stalls import IDLE_WAKE
 from conveyor.brokers.base import REQUEUES_PER_DELIVERY, Broker, DeadLetter, Delivery, Envelope, QueueStats, WorkerInfo
 from conveyor.brokers.redis.claims import KeyIndex
-from conveyor.brokers.redis.connection import GLOBAL_SCRIPTS, QUEUE_SCRIPTS, RedisConnection, ScriptCall, split_url
+from conveyor.brokers.redis.connection import (
+    BROKER_ONLY_PARAMS,
+    GLOBAL_SCRIPTS,
+    QUEUE_SCRIPTS,
+    RedisConnection,
+    ScriptCall,
+    split_url,
+)
 from conveyor.brokers.redis.enqueue import MessageStore
-from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys, wake_key
-from conveyor.errors import DuplicateTaskId
+from conveyor.brokers.redis.keys import QueueKeys, global_keys, marker_pattern, queue_keys, queue_of_marker, wake_key
+from conveyor.brokers.redis.topology import parse, take_params
+from conveyor.errors import ConfigurationError, DuplicateTaskId
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -40,13 +49,19 @@ INF = float("inf")
 WAKE_TOKEN_TTL_MS = 10_000
 #: Seconds added to a wait for the next eta or lease deadline, so the wake-up finds it due.
 DUE_SLACK = 0.001
+#: Longest blocking wait on Redis Cluster for a reserve over several queues: a BLPOP cannot span
+#: slots, so it waits on the first queue's signal only and looks at the others this often.
+CLUSTER_POLL = 0.1
 
 
 class RedisBroker(Broker):
-    """A broker on Redis; ``redis://``, ``rediss://`` and ``unix://`` URLs with an optional ``prefix=``.
+    """A broker on Redis; ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` and ``redis+cluster://``
+    URLs (``topology.py``) with an optional ``prefix=``.
 
     Args:
-        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key.
+        url: a redis-py URL; its ``prefix`` query parameter (default ``conveyor``) starts every key;
+            ``wait=N`` (with ``wait_timeout=`` seconds, default 1) makes every enqueue wait until N
+            replicas hold it (``WAIT``), raising BrokerUnavailable when fewer confirm in time.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
         store: not used: Redis keeps every state the broker needs.
         retry_for: overrides :attr:`retry_for` for this broker.
@@ -72,6 +87,9 @@ class RedisBroker(Broker):
     ) -> None:
         super().__init__(url, max_deliveries=max_deliveries)
         client_url, self.prefix, self.url = split_url(url)
+        client_url, confirm = _confirm_option(client_url)
+        if confirm is not None and parse(client_url).clustered:  # before RedisCluster connects to its nodes
+            raise ConfigurationError("wait= (replica confirmation of enqueues) is not offered on Redis Cluster yet")
         self._conn = RedisConnection(
             client_url,
             self.url,
@@ -83,7 +101,7 @@ class RedisBroker(Broker):
         )
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
-        self._store = MessageStore(self._conn, self.prefix, self._claims)
+        self._store = MessageStore(self._conn, self.prefix, self._claims, confirm)
         self._wake_key: str | None = None  # the list the last blocked pop of this process waited on too
         self._wake_pid, self._wake_id = 0, ""
 
@@ -355,6 +373,8 @@ class RedisBroker(Broker):
         """
         signals = [wake] + [self._keys(q).signal for q in queues]  # first: a stop's token leaves the queues' own
         wait = max(MIN_BLOCK, min(seconds, self._conn.max_block))
+        if self._conn.clustered and len(queues) > 1:  # one slot per BLPOP: the first queue's, polling the rest
+            signals, wait = signals[:2], min(wait, CLUSTER_POLL)  # the wake-up list is in the first queue's slot
         call = self._reserve_call(queues[0], n, owner, lease)
         result = self._conn.call(lambda: self._conn.block_then_run(signals, wait, *call))
         out: list[Delivery] = []
@@ -381,13 +401,66 @@ class RedisBroker(Broker):
         return sum(int(n) for n in self._run_each([self._call(script, q, *args) for q in self._queues()]))
 
     def _queues(self) -> list[str]:
+        if self._conn.clustered:
+            return self._cluster_queues()
         # decode_responses is off, so redis-py hands back bytes; its stubs cannot know that.
         members = cast("set[bytes]", self._conn.call(lambda: self._conn.client.smembers(self._global.queues)))
         return sorted(m.decode() for m in members)
 
+    def _cluster_queues(self) -> list[str]:
+        """The registry on Redis Cluster, rebuilt from the queues' markers when its node lost it.
+
+        The registry's node and a queue's node can lose data apart (a restart without persistence,
+        a failover to a replica behind): a queue's marker then survives while its registry entry is
+        gone, and enqueue.lua, seeing the marker, would never register it again. So the registry
+        carries ``scanned``, set only by a rebuild: where it is missing (a new prefix, or the node
+        lost it with the registry) this SCANs every primary for markers once and adds their queues.
+        """
+
+        def read(pipe: Pipeline) -> None:  # one slot, one round trip
+            pipe.smembers(self._global.queues)
+            pipe.exists(self._global.scanned)
+
+        members, scanned = self._conn.run_many([], extra=read)
+        names = {m.decode() for m in members}
+        if not scanned:
+            found = self._conn.call(self._scan_markers)
+            if found:
+                self._conn.call(lambda: self._conn.client.sadd(self._global.queues, *found))
+            self._conn.call(lambda: self._conn.client.set(self._global.scanned, b"1"))
+            names |= found
+        return sorted(names)
+
+    def _scan_markers(self) -> set[str]:
+        """Every queue whose ``registered`` marker is on some primary of the cluster (one SCAN per node)."""
+        cluster = cast("RedisCluster", self._conn.client)
+        pattern = marker_pattern(self.prefix)
+        found: set[str] = set()
+        for node in cluster.get_primaries():  # type: ignore[no-untyped-call]
+            client = cluster.get_redis_connection(node)
+            found.update(queue_of_marker(self.prefix, key) for key in client.scan_iter(match=pattern, count=1000))
+        return found
+
     def _release(self, queues: Sequence[str], released: Sequence[Sequence[bytes]]) -> None:
         for queue, pairs in zip(queues, released, strict=True):
             self._claims.release(queue, pairs)
+
+
+def _confirm_option(url: str) -> tuple[str, tuple[int, float] | None]:
+    """The URL without ``wait=`` and ``wait_timeout=``, and (replicas, seconds) when ``wait`` asks for replicas.
+
+    Raises:
+        ConfigurationError: a value that is not a number, or a timeout that is not positive.
+    """
+    rest, taken = take_params(url, BROKER_ONLY_PARAMS)
+    try:
+        replicas = int(taken.get("wait", "0") or "0")
+        timeout = float(taken.get("wait_timeout", "1") or "1")
+    except ValueError:
+        raise ConfigurationError(f"wait= and wait_timeout= take numbers in a Redis URL, not {taken}") from None
+    if replicas < 0 or not timeout > 0:
+        raise ConfigurationError(f"wait= needs replicas >= 0 and wait_timeout= seconds > 0, not {taken}")
+    return rest, ((replicas, timeout) if replicas else None)
 
 
 def _wake_in(next_due: float) -> float:

@@ -31,8 +31,12 @@ from conveyor.errors import DuplicateTaskId
 class MessageStore:
     """Runs enqueue.lua, raises DuplicateTaskId for a held id and keeps the queue registry whole."""
 
-    def __init__(self, conn: RedisConnection, prefix: str, claims: KeyIndex) -> None:
+    def __init__(
+        self, conn: RedisConnection, prefix: str, claims: KeyIndex, confirm: tuple[int, float] | None = None
+    ) -> None:
         self._conn = conn
+        #: (replicas, seconds): every enqueue waits for that many replicas to hold it (``wait=`` in the URL).
+        self._confirm = confirm
         self._prefix = prefix
         self._registry = global_keys(prefix).queues
         self._claims = claims
@@ -50,12 +54,18 @@ class MessageStore:
         queue = envelopes[0].queue
         if queue in self._known and (len(envelopes) == 1 or all(e.queue == queue for e in envelopes)):
             keys = queue_keys(self._prefix, queue)  # delay(): one EVALSHA, nothing else
-            self._check(queue, self._conn.run("enqueue", keys.enqueue_keys, enqueue_args(keys, attempt, envelopes)))
+            args = enqueue_args(keys, attempt, envelopes)
+            if self._confirm is None:
+                self._check(queue, self._conn.run("enqueue", keys.enqueue_keys, args))
+            else:  # the EVALSHA and a WAIT, pipelined
+                self._check(queue, self._conn.run_confirmed("enqueue", keys.enqueue_keys, args, *self._confirm))
             return
         groups: dict[str, list[Envelope]] = {}
         for env in envelopes:
             groups.setdefault(env.queue, []).append(env)
         self._store_many(groups, attempt)
+        if self._confirm is not None:
+            self._conn.confirm(queue_keys(self._prefix, queue).registered, *self._confirm)
 
     def is_known(self, queue: str) -> bool:
         """True once this process registered ``queue`` (its enqueues are then one script call)."""
@@ -69,9 +79,14 @@ class MessageStore:
         """
         keys = queue_keys(self._prefix, envelope.queue)
         args = enqueue_args(keys, os.urandom(8), [envelope])
-        duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        if self._confirm is None:
+            duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        else:
+            duplicate, unregistered = await self._conn.aio.run_confirmed(
+                "enqueue", keys.enqueue_keys, args, *self._confirm
+            )
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
-            await asyncio.to_thread(self._conn.run_many, [], extra=self._registration([envelope.queue]))
+            await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:
             raise DuplicateTaskId(duplicate.decode())
 
@@ -79,7 +94,7 @@ class MessageStore:
         """Act on enqueue.lua's answer: register the queue again if its marker is gone; raise on a held id."""
         duplicate, unregistered = result
         if unregistered:
-            self._conn.run_many([], extra=self._registration([queue]))
+            self._register([queue])
         if duplicate:
             raise DuplicateTaskId(duplicate.decode())
 
@@ -103,11 +118,19 @@ class MessageStore:
             for q, es in groups.items()
         ]
         new = [q for q in queues if q not in self._known]
-        results = self._conn.run_many(calls, transaction=True, extra=self._registration(new))
+        if self._conn.clustered:
+            # No MULTI may span slots: register first (the registry, then the markers), then store.
+            # A queue is in the registry before any of its messages; a producer that dies between
+            # the two leaves a registered, empty queue (harmless). Not one transaction: see docs/redis.md.
+            if new:
+                self._conn.run_many([], extra=lambda pipe: pipe.sadd(self._registry, *new))
+            results = self._conn.run_many(calls, extra=self._markers(new))
+        else:
+            results = self._conn.run_many(calls, transaction=True, extra=self._registration(new))
         answers = [(duplicate.decode(), int(unregistered)) for duplicate, unregistered in results[: len(calls)]]
         missing = [q for q, (_, unregistered) in zip(queues, answers, strict=True) if unregistered and q not in new]
         if missing:
-            self._conn.run_many([], extra=self._registration(missing))
+            self._register(missing)
         refused = [duplicate for duplicate, _ in answers if duplicate]
         if refused:
             self._unstore({q: groups[q] for q, (duplicate, _) in zip(queues, answers, strict=True) if not duplicate})
@@ -141,6 +164,23 @@ class MessageStore:
         results: list[Any] = self._conn.run_many(calls)
         for q, (_, released) in zip(groups, results, strict=True):
             self._claims.release(q, released)
+
+    def _register(self, queues: Sequence[str]) -> None:
+        """Register ``queues`` again: one pipeline, or on Cluster the registry then the markers (two slots)."""
+        if self._conn.clustered:
+            self._conn.run_many([], extra=lambda pipe: pipe.sadd(self._registry, *queues))
+            self._conn.run_many([], extra=self._markers(queues))
+        else:
+            self._conn.run_many([], extra=self._registration(queues))
+
+    def _markers(self, queues: Sequence[str]) -> Callable[[Pipeline], None]:
+        """Pipeline commands that SET each queue's marker (after the SADD to the registry went through)."""
+
+        def mark(pipe: Pipeline) -> None:
+            for q in queues:
+                pipe.set(queue_keys(self._prefix, q).registered, b"1")
+
+        return mark
 
     def _registration(self, queues: Sequence[str]) -> Callable[[Pipeline], None]:
         """Pipeline commands that register ``queues``: SADD to the registry, then SET each queue's marker.

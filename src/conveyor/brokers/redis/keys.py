@@ -71,12 +71,16 @@ class GlobalKeys:
         keys: HASH idempotency key -> claim ``<claimed_at_ms>|<holder>`` (see :func:`holder`).
         workers: ZSET worker id -> heartbeat expiry (server Unix seconds).
         workers_info: HASH worker id -> WorkerInfo JSON.
+        scanned: STRING ``1`` (Redis Cluster only): the registry was rebuilt from the queues'
+            ``registered`` markers by a SCAN of every node. It lives beside the registry, so a node
+            that loses the registry loses it too, and the next reader of the registry scans again.
     """
 
     queues: str
     keys: str
     workers: str
     workers_info: str
+    scanned: str
 
 
 @functools.lru_cache(maxsize=1024)
@@ -108,8 +112,24 @@ def global_keys(prefix: str) -> GlobalKeys:
     """The global bookkeeping keys under ``prefix``."""
     tag = f"{{{prefix}}}"
     return GlobalKeys(
-        queues=f"{tag}:queues", keys=f"{tag}:keys", workers=f"{tag}:workers", workers_info=f"{tag}:workers:info"
+        queues=f"{tag}:queues",
+        keys=f"{tag}:keys",
+        workers=f"{tag}:workers",
+        workers_info=f"{tag}:workers:info",
+        scanned=f"{tag}:queues:scanned",
     )
+
+
+def marker_pattern(prefix: str) -> str:
+    """SCAN pattern of every queue's ``registered`` marker under ``prefix`` (glob characters escaped)."""
+    escaped = "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
+    return f"{{{escaped}:q:*}}:registered"
+
+
+def queue_of_marker(prefix: str, key: bytes) -> str:
+    """The queue name of a ``registered`` marker key found by :func:`marker_pattern`."""
+    head, tail = f"{{{prefix}:q:".encode(), b"}:registered"
+    return key[len(head) : len(key) - len(tail)].decode()
 
 
 def result_key(prefix: str, task_id: str) -> str:

@@ -16,3 +16,11 @@ def next_pause(pause: float) -> float:
 def unavailable(printable: str, retry_for: float, exc: BaseException) -> BrokerUnavailable:
     """The error raised once ``retry_for`` seconds of retries did not get an answer."""
     return BrokerUnavailable(f"Redis at {printable} did not answer within {retry_for:g} s: {exc}")
+
+
+def unconfirmed(printable: str, replicas: int, acked: int, timeout: float) -> BrokerUnavailable:
+    """The error raised when ``WAIT`` saw fewer replicas confirm an enqueue than the URL's ``wait=`` asks."""
+    return BrokerUnavailable(
+        f"Redis at {printable}: the enqueue reached {acked} of {replicas} replica(s) within {timeout:g} s "
+        "(it is stored on the master; a failover before it replicates would lose it)"
+    )
