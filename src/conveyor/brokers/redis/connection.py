@@ -339,38 +339,39 @@ class RedisConnection:
         Python as the rest of a worker's round trip; this sends the packed commands in one write and reads
         one reply each. An error reply is read whole and kept in its place, so the connection stays in step.
         """
-        for attempt in range(2):
-            commands = [("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args) for name, keys, args in calls]
-            results = self._send_and_read_all(commands)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                self.load_scripts()
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-        raise AssertionError("unreachable")  # pragma: no cover
+        commands = [("EVALSHA", self.scripts[name].sha, len(keys), *keys, *args) for name, keys, args in calls]
+        return self._reloading(lambda: self._send_and_read_all(commands))
 
     def _run_pipeline(
         self, calls: Sequence[ScriptCall], transaction: bool, extra: Callable[[Pipeline], object] | None
     ) -> list[Any]:
         if self.clustered:
             return self._run_on_cluster(calls, transaction, extra)
-        for attempt in range(2):
+
+        def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=transaction)
             for name, keys, args in calls:
                 pipe.evalsha(self.scripts[name].sha, len(keys), *keys, *args)
             if extra is not None:
                 extra(pipe)
             results: list[Any] = pipe.execute(raise_on_error=False)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                self.load_scripts()
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
             return results
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        return self._reloading(send)
+
+    def _reloading(self, send: Callable[[], list[Any]]) -> list[Any]:
+        """``send()``'s replies; after a NOSCRIPT reply the scripts load and it is sent once more.
+
+        The scripts are idempotent, so sending the whole batch again is safe. An error reply raises.
+        """
+        results = send()
+        if any(isinstance(r, NoScriptError) for r in results):
+            self.load_scripts()
+            results = send()
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     def _run_on_cluster(
         self, calls: Sequence[ScriptCall], transaction: bool, extra: Callable[[Pipeline], object] | None
