@@ -69,25 +69,31 @@ class WorkerProcess(testing.WorkerProcess):
         wait_until(lambda: text in self.output(), timeout, f"worker log to contain {text!r}:\n{self.output()}")
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
-def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for a worker and for this test's app: broker URL (and backend), record dir, short lease."""
+def worker_env(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+    """Environment for a worker and for the test's app on broker ``kind``: broker URL (and backend), record
+    dir, short lease. The e2e fixture below and other tiers' ``e2e_env`` (tests/engines/redis_ha) build on it."""
     from tests.conftest import backend_url_for, url_for
 
     records = tmp_path / "records"
     records.mkdir()
     env = dict(os.environ)
     env.update(
-        CONVEYOR_BROKER_URL=url_for(request.param, tmp_path, request),
+        CONVEYOR_BROKER_URL=url_for(kind, tmp_path, request),
         CONVEYOR_LEASE="2",
         CONVEYOR_SHUTDOWN_GRACE="10",
         E2E_RECORD_DIR=str(records),
         PYTHONPATH=str(ROOT),
     )
     env.pop("CONVEYOR_BACKEND_URL", None)
-    if request.param.startswith("amqp"):  # RabbitMQ is no result store (amqp-quorum: its quorum queues)
-        env["CONVEYOR_BACKEND_URL"] = backend_url_for(request.param, tmp_path, request)
-    yield env
+    if kind.startswith("amqp"):  # RabbitMQ is no result store (amqp-quorum: its quorum queues)
+        env["CONVEYOR_BACKEND_URL"] = backend_url_for(kind, tmp_path, request)
+    return env
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
+def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a worker and for this test's app (:func:`worker_env`), one broker kind per run."""
+    yield worker_env(request.param, tmp_path, request)
 
 
 @pytest.fixture

@@ -39,23 +39,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultBa
 
 @pytest.fixture(params=HA_KINDS)
 def e2e_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment for a worker and for the test's app on one HA topology (as tests/e2e/conftest.py's)."""
-    import os
+    """Environment for a worker and for the test's app on one HA topology (tests/e2e/conftest.py's worker_env)."""
+    from tests.e2e.conftest import worker_env
 
-    from tests.e2e.conftest import ROOT
-
-    records = tmp_path / "records"
-    records.mkdir()
-    env = dict(os.environ)
-    env.update(
-        CONVEYOR_BROKER_URL=url_for(request.param, tmp_path, request),
-        CONVEYOR_LEASE="2",
-        CONVEYOR_SHUTDOWN_GRACE="10",
-        E2E_RECORD_DIR=str(records),
-        PYTHONPATH=str(ROOT),
-    )
-    env.pop("CONVEYOR_BACKEND_URL", None)
-    yield env
+    yield worker_env(request.param, tmp_path, request)
 
 
 @pytest.fixture(params=["process"])
