@@ -144,6 +144,18 @@ def _worker_ports(pid: int, server_port: int) -> set[int]:
     return ports
 
 
+def warmed_idle_worker(
+    pool_name: str, e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
+) -> tuple[WorkerProcess, str, set[int]]:
+    """A worker that ran a task and a countdown (its queues consumed, its .eta promoter connected), now
+    idle; with its vhost and the local ports of its RabbitMQ connections, for :func:`_received_packets`."""
+    worker = start_worker("-c", "2", "--pool", pool_name)
+    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
+    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
+    url = urlsplit(e2e_env["CONVEYOR_BROKER_URL"])
+    return worker, unquote(url.path.lstrip("/")), _worker_ports(worker.pid, url.port or 5672)
+
+
 @pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)
 @pytest.mark.parametrize("pool_name", ["process", "thread"])
 @pytest.mark.timeout(120)
@@ -151,11 +163,7 @@ def test_an_idle_worker_sends_rabbitmq_nothing_but_heartbeats(
     pool_name: str, e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     # Given a worker that ran a countdown task (its queues consumed, its .eta promoter connected) and is idle
-    worker = start_worker("-c", "2", "--pool", pool_name)
-    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
-    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
-    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
-    ports = _worker_ports(worker.pid, urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).port or 5672)
+    worker, vhost, ports = warmed_idle_worker(pool_name, e2e_env, e2e_app, start_worker)
     # The last acks, window changes and counts settle (a loaded machine may take seconds): a quiet second
     settled, before = time.monotonic() + 15, _received_packets(vhost, ports)
     while time.monotonic() < settled:

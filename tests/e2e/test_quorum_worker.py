@@ -10,14 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
 from conveyor import App
 from tests.e2e import test_worker as worker_suite
 from tests.e2e.conftest import WorkerProcess, enqueue
-from tests.e2e.test_amqp_worker import _received_packets, _worker_ports
+from tests.e2e.test_amqp_worker import _received_packets, warmed_idle_worker
 
 quorum = pytest.mark.parametrize("e2e_env", ["amqp-quorum"], indirect=True)
 pools = pytest.mark.parametrize("quorum_pool", ["process", "thread"])
@@ -67,13 +66,9 @@ def test_an_idle_worker_on_quorum_queues_polls_about_twenty_times_a_second_per_c
     pool_name: str, e2e_env: dict[str, str], e2e_app: App, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     # Given an idle worker on quorum queues that ran a task and a countdown
-    worker = start_worker("-c", "2", "--pool", pool_name)
-    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
-    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
-    vhost = unquote(urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).path.lstrip("/"))
+    worker, vhost, ports = warmed_idle_worker(pool_name, e2e_env, e2e_app, start_worker)
     time.sleep(1.0)  # its polls back off to the longest pause
     # When 3 seconds pass with nothing to do
-    ports = _worker_ports(worker.pid, urlsplit(e2e_env["CONVEYOR_BROKER_URL"]).port or 5672)
     before = _received_packets(vhost, ports)
     time.sleep(IDLE_SECONDS)
     after = _received_packets(vhost, ports)
