@@ -93,3 +93,25 @@ def test_max_tasks_per_child_retires_a_thread_child_between_tasks_and_nothing_is
     assert "retired: ran" in worker.output()
     assert "died with" not in worker.output()
     assert worker.stop() == 0
+
+
+def test_threads_running_short_tasks_keep_their_ready_tasks_instead_of_giving_them_back(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a thread worker with 16 threads, which keeps a margin of 4 tasks ready beyond them
+    from tests.apps import e2e_app as tasks
+
+    worker = start_worker(*pool_args("thread", 16), "--loglevel", "DEBUG")
+    # When 640 tasks of 20 ms are queued at once: threads that start together end together, 20 ms later
+    mark = tasks.app.tasks["mark"]
+    e2e_app.send([mark.message((i, 0.02)) for i in range(640)])
+    wait_until(lambda: len(tasks.marks(records)) >= 640, 60, "every task to run")
+    # Then each ran once, and the ready tasks stayed with the threads taking them: a lull of a few ms
+    # between the ends of tasks that started together is no long task (a give-back costs a round trip
+    # per task and leaves threads idle until the next reservation); at most a stall of the whole
+    # machine gives a margin back now and then
+    assert sorted(tasks.marks(records)) == list(range(640))
+    gave_back = worker.output().count("unstarted task(s) to the queue")
+    assert gave_back <= 3, f"the ready tasks went back to the queue {gave_back} times"
+    wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "every task to be acknowledged")
+    assert worker.stop() == 0

@@ -17,8 +17,9 @@ the pipe, per-child limits); a pool owns its loop and must keep these promises:
 
 1. *No prefetch starvation.* Never hold a reserved, unstarted task while every slot is busy
    with a long task: the process pool gives its prefetched batch back once a task runs
-   ``PREFETCH_HOLD`` (worker/backlog.py); the thread pool reserves nothing while every thread
-   runs, and gives its margin of ready tasks back when no thread took one for ``PREFETCH_HOLD``.
+   ``PREFETCH_HOLD`` (worker/backlog.py); the thread pool reserves only its margin while every
+   thread runs (topped up while threads take from it), and gives the ready tasks back when no
+   thread took one for ``READY_HOLD`` (worker/pools/thread.py).
 2. *Hold what it reserved.* Every reserved delivery is held by ``child.keeper`` (heartbeated)
    from reservation to ack or nack, including finished ones whose ack is pending.
 3. *Mark what runs.* ``child.board.running(slot, id)`` before a task starts, ``idle(slot)`` after

@@ -11,12 +11,13 @@ only for a hard time limit, at once, or for a task running past ``LONG_TASK``), 
 of its own (results land in one ``set_many`` and acks ride on the next reservation), and one
 hand-off through a C queue.
 
-The reserver keeps a few deliveries ready beyond the free slots (``MARGIN``), so a thread that
-ends a task takes the next one at once instead of waiting for a round trip; it reserves nothing
-while every thread runs a task (a task queued meanwhile stays in the queue). Those must not wait
-behind long tasks (no prefetch starvation): when no thread took a ready delivery for
-``PREFETCH_HOLD`` (every slot busy), the ready ones go back to the queue at once, where idle
-workers take them, and the reserver keeps no margin until a slot frees.
+The reserver keeps a margin of deliveries ready beyond the free slots (``MARGIN``) and tops it up
+once it runs low (``REFILL_AT``), also while every thread runs a task, as long as threads keep
+taking them: a thread that ends a task takes the next one at once, never waiting for a round trip,
+and the reserver wakes once per few tasks, not once per task. Ready deliveries must not wait behind
+long tasks (no prefetch starvation): when no thread took one for ``READY_HOLD`` (every slot busy),
+the ready ones go back to the queue at once, where idle workers take them, and the reserver keeps
+no margin until a thread ends a task.
 
 What threads share has a cost: a task that crashes the process, a hard time limit, or
 ``revoke(terminate=True)`` kills the child, and every task it was running goes back to the
@@ -37,7 +38,6 @@ from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
-from conveyor.worker.backlog import PREFETCH_HOLD
 from conveyor.worker.child import RESERVE_WAIT, Child
 from conveyor.worker.executor import Outcome
 from conveyor.worker.pools import Pool
@@ -52,6 +52,15 @@ LOOK_EVERY = 0.1
 #: Deliveries kept ready beyond the free slots, as a fraction of the slots (none below 4 slots: a
 #: one-slot worker's ready task would sit reserved behind the running one, where revoke cannot reach it).
 MARGIN = 0.25
+#: Top the margin up once no more than this fraction of it is ready (threads keep taking the rest
+#: while the round trip is under way).
+REFILL_AT = 0.5
+#: Seconds the ready deliveries wait, while every thread runs a task and none takes one, before they go
+#: back to the queue. Longer than the process pool's PREFETCH_HOLD (a single task that runs past it is
+#: long): many threads running tasks of tens of ms that started together end together, so a lull of a
+#: few ms between ends is their normal rhythm, not a sign of long tasks; giving the margin back then
+#: costs a round trip per delivery and leaves threads idle until the next reservation lands.
+READY_HOLD = 0.05
 #: Seconds a reservation waits for work while tasks run: results of tasks that end meanwhile wait
 #: at most about this long to be written.
 SETTLE_WAIT = 0.05
@@ -89,9 +98,10 @@ class ThreadPool(Pool):
         self._slots = [_Slot() for _ in range(slots)]
         self._lock = threading.Lock()
         self._outstanding = 0  # reserved and not ended: waiting in the ready queue or running
-        self._freed = threading.Event()  # a slot freed: the reserver may reserve again
+        self._wake = threading.Event()  # a thread ended a task and the ready ones ran low: reserve again
         self._margin = int(slots * MARGIN)
-        self._margin_on = True  # off once ready deliveries went back unstarted, until a slot frees
+        self._refill_at = int(self._margin * REFILL_AT)
+        self._margin_on = True  # off once ready deliveries went back unstarted, until a thread ends a task
         self._last_take = 0.0  # monotonic time a thread last took a ready delivery
         self._local = threading.local()
         self._next_look = 0.0
@@ -118,15 +128,13 @@ class ThreadPool(Pool):
                 child.wait_for_backend()
                 continue
             self._report_long_tasks()
-            if self._freed.is_set():
-                self._freed.clear()
+            if self._wake.is_set():  # a thread ended a task (threads take ready ones again)
+                self._wake.clear()
                 self._margin_on = True
-            # No reservation while every thread runs a task: a task queued now stays revocable in the
-            # queue, and an idle worker takes it.
-            busy = self._outstanding - self._ready.qsize() >= slots
-            want = 0 if busy else slots + (self._margin if self._margin_on else 0) - self._outstanding
-            if want <= 0:
-                self._wait_for_a_slot()
+            ready = self._ready.qsize()
+            want = slots + (self._margin if self._margin_on else 0) - self._outstanding
+            if want <= 0 or not (self._outstanding - ready < slots or self._refill(ready)):
+                self._wait_for_a_slot(ready)
                 continue
             # While tasks run, a short wait: the results of those that end meanwhile are written soon.
             if self._outstanding == 0:  # idle: the reserve may wait for work, so counts and events go first
@@ -138,13 +146,21 @@ class ThreadPool(Pool):
                 self._ready.put(delivery)
             child.flush_counts()
 
-    def _wait_for_a_slot(self) -> None:
-        """Every slot is busy: wait for one to free; give the ready deliveries back if none frees in time."""
-        if self._ready.empty():
-            self._freed.wait(LOOK_EVERY)
+    def _refill(self, ready: int) -> bool:
+        """Every thread runs a task: top the margin up only once it ran low and while threads take from it.
+
+        A task queued while every thread runs long tasks stays revocable in the queue, where a worker with
+        an idle thread takes it; and such a pool sends no reservation until a thread ends a task.
+        """
+        return self._margin_on and ready <= self._refill_at and time.monotonic() - self._last_take < READY_HOLD
+
+    def _wait_for_a_slot(self, ready: int) -> None:
+        """Every slot is busy: wait for a thread to end a task; give the ready ones back if none takes one in time."""
+        if not ready:
+            self._wake.wait(LOOK_EVERY)
             return
-        if not self._freed.wait(PREFETCH_HOLD) and time.monotonic() - self._last_take >= PREFETCH_HOLD:
-            self._margin_on = False  # until a slot frees: else the same deliveries come straight back
+        if not self._wake.wait(READY_HOLD) and time.monotonic() - self._last_take >= READY_HOLD:
+            self._margin_on = False  # until a thread ends a task: else the same deliveries come straight back
             self._return_queued()
 
     def _report_long_tasks(self) -> None:
@@ -176,8 +192,8 @@ class ThreadPool(Pool):
         for _ in self._threads:
             self._ready.put(None)
         while any(thread.is_alive() for thread in self._threads):
-            self._freed.wait(LOOK_EVERY)
-            self._freed.clear()
+            self._wake.wait(LOOK_EVERY)
+            self._wake.clear()
             self._report_long_tasks()
             with contextlib.suppress(BrokerError):  # retried on the next pass, and at the end
                 self.reserver.settle()
@@ -211,8 +227,9 @@ class ThreadPool(Pool):
         with self._lock:
             reported, state.begun, state.reported = state.reported, None, False
             self._outstanding -= 1
-        if not self._freed.is_set():  # the reserver clears it before it looks at the free slots
-            self._freed.set()
+        # Wake the reserver only when the ready ones ran low (it clears the event before it looks at them).
+        if self._ready.qsize() <= self._refill_at and not self._wake.is_set():
+            self._wake.set()
         if outcome is None:
             return
         if not outcome.deferred:
