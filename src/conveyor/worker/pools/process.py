@@ -68,7 +68,10 @@ class ProcessPool(Pool):
 
     def _loop(self) -> None:
         child, backlog = self.child, self.backlog
-        while child.serving:
+        # ``stopping`` (an attribute) between tasks; ``serving`` (a getppid() system call) before each reservation
+        # only: a supervisor that dies kills its child (PR_SET_PDEATHSIG), so the call only catches an orphan
+        # from the start, which has nothing prefetched yet.
+        while not child.stopping:
             if child.backend_down:  # give back what did not start, take nothing until the backend answers
                 child.return_unstarted(backlog.take_unstarted())
                 child.wait_for_backend()
@@ -77,6 +80,8 @@ class ProcessPool(Pool):
             if delivery is not None:
                 self._run(delivery)
                 continue
+            if not child.serving:
+                break
             child.flush_counts(force=self._draining)  # before a reserve that may wait: events stay fresh
             fresh = self.reserver.round_trip(child.config.prefetch, RESERVE_WAIT)
             self._draining = len(fresh) < child.config.prefetch

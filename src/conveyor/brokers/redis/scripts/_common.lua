@@ -23,7 +23,9 @@ local MSG = ARGV[1]
 -- costing an LTRIM on every push (issue 6).
 local SIGNAL_CAP = 64
 -- Promotions and lease recoveries done per call, so one call never blocks the server for long.
-local RECOVER_BATCH = 1000
+-- A string: a Lua number given to redis.call is formatted with snprintf('%.17g') on every call,
+-- which costs more than the command it bounds (so are the other numeric arguments below).
+local RECOVER_BATCH = '1000'
 -- Arguments per variadic command: stays under Lua's unpack() limit (LUAI_MAXCSTACK, 8000).
 local CHUNK = 4000
 
@@ -34,6 +36,11 @@ end
 
 local function fmt(x)
   return string.format('%.6f', x)
+end
+
+-- An integer as redis.call's argument (string.format's integer path, not redis.call's '%.17g').
+local function int(x)
+  return string.format('%d', x)
 end
 
 -- Run CMD KEY ARGS... in chunks; ARGS is a flat list (pairs stay whole since CHUNK is even).
@@ -50,7 +57,7 @@ local function signal(count)
   local tokens = {}
   for i = 1, count do tokens[i] = '1' end
   if redis.call('LPUSH', SIGNAL, unpack(tokens)) > 2 * SIGNAL_CAP then
-    redis.call('LTRIM', SIGNAL, 0, SIGNAL_CAP - 1)
+    redis.call('LTRIM', SIGNAL, '0', int(SIGNAL_CAP - 1))
   end
 end
 
@@ -84,9 +91,9 @@ local function redeliver(id, why, now, max_deliveries, released)
   end
 end
 
--- Promote due scheduled messages to ready; returns how many moved.
-local function promote_due(now)
-  local due = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now, 'LIMIT', 0, RECOVER_BATCH)
+-- Promote due scheduled messages to ready; returns how many moved. NOW_S: fmt(now), if the caller has it.
+local function promote_due(now, now_s)
+  local due = redis.call('ZRANGEBYSCORE', SCHEDULED, '-inf', now_s or fmt(now), 'LIMIT', '0', RECOVER_BATCH)
   if #due == 0 then return 0 end
   for _, id in ipairs(due) do make_ready(id) end
   chunked('ZREM', SCHEDULED, due)
@@ -113,9 +120,9 @@ local function expire(id, now, max_deliveries, max_requeues, released)
   end
 end
 
--- Recover expired leases; returns how many moved (redelivered or dead-lettered).
-local function recover_expired(now, max_deliveries, max_requeues, released)
-  local expired = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now, 'LIMIT', 0, RECOVER_BATCH)
+-- Recover expired leases; returns how many moved (redelivered or dead-lettered). NOW_S: fmt(now), if known.
+local function recover_expired(now, max_deliveries, max_requeues, released, now_s)
+  local expired = redis.call('ZRANGEBYSCORE', INFLIGHT, '-inf', now_s or fmt(now), 'LIMIT', '0', RECOVER_BATCH)
   if #expired == 0 then return 0 end
   chunked('ZREM', INFLIGHT, expired)
   for _, id in ipairs(expired) do
@@ -127,9 +134,9 @@ end
 -- Seconds until the next scheduled message is due or the next lease expires ('-1': neither).
 local function next_due(now)
   local soonest = nil
-  local s = redis.call('ZRANGE', SCHEDULED, 0, 0, 'WITHSCORES')
+  local s = redis.call('ZRANGE', SCHEDULED, '0', '0', 'WITHSCORES')
   if s[2] then soonest = tonumber(s[2]) end
-  local f = redis.call('ZRANGE', INFLIGHT, 0, 0, 'WITHSCORES')
+  local f = redis.call('ZRANGE', INFLIGHT, '0', '0', 'WITHSCORES')
   if f[2] and (soonest == nil or tonumber(f[2]) < soonest) then soonest = tonumber(f[2]) end
   if soonest == nil then return '-1' end
   return fmt(math.max(soonest - now, 0))

@@ -13,29 +13,32 @@
 -- stale token never wakes a reserve for nothing; one token left when ready still holds messages, so
 -- the next blocked reserve wakes too).
 -- Returns {next_due, released, taken}:
---   next_due: seconds until the next eta or lease deadline ('-1': none), to bound a blocking wait;
+--   next_due: seconds until the next eta or lease deadline ('-1': none), to bound a blocking wait
+--             (looked up only when nothing was taken: the caller waits only then);
 --   released: flat {key, id, ...} of idempotency keys freed by dead-lettering;
 --   taken:    flat {id, body, priority, deliveries, token, ...}.
 
 local owner, n, lease, max_deliveries = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_requeues = tonumber(ARGV[6])
 local now = server_now()
+local now_s = fmt(now)
 local released, taken = {}, {}
-promote_due(now)
+promote_due(now, now_s)
 catch_up(KEYS[7], now)
-recover_expired(now, max_deliveries, max_requeues, released)
-local ids = redis.call('ZRANGE', READY, 0, n - 1)
+recover_expired(now, max_deliveries, max_requeues, released, now_s)
+local ids = redis.call('ZRANGE', READY, '0', int(n - 1))
 if #ids > 0 then
   chunked('ZREM', READY, ids)
-  local base = redis.call('INCRBY', SEQ, #ids) - #ids
-  local deadline, leases = now + lease, {}
+  local base = redis.call('INCRBY', SEQ, int(#ids)) - #ids
+  -- Formatted once: every lease of the batch ends together (a number would be formatted per message).
+  local deadline, leases = fmt(now + lease), {}
   for i, id in ipairs(ids) do
     local m = MSG .. id
-    local token = string.format('%d', base + i)
+    local token = int(base + i)
     -- One read and one write per message (a 'started' mark, rare, costs one more call).
     local f = redis.call('HMGET', m, 'body', 'priority', 'deliveries', 'started')
     local deliveries = (tonumber(f[3]) or 0) + 1
-    redis.call('HSET', m, 'deliveries', string.format('%d', deliveries), 'token', token, 'owner', owner)
+    redis.call('HSET', m, 'deliveries', int(deliveries), 'token', token, 'owner', owner)
     if f[4] then redis.call('HDEL', m, 'started') end
     taken[#taken + 1] = id
     taken[#taken + 1] = f[1]
@@ -52,4 +55,5 @@ if redis.call('ZCARD', READY) == 0 then
 elseif redis.call('LLEN', SIGNAL) == 0 then
   signal(1)
 end
-return {next_due(now), released, taken}
+-- A call that took messages is never followed by a wait: the next deadline is only looked up when none.
+return {#ids > 0 and '-1' or next_due(now), released, taken}
