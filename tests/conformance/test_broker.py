@@ -127,6 +127,21 @@ def test_nack_returns_it_without_counting_the_delivery(broker: Broker) -> None:
     assert again.token != d.token
 
 
+def test_give_back_returns_reserved_messages_uncounted(broker: Broker) -> None:
+    # Given three reserved messages, one of which its owner acked
+    broker.enqueue([env(body=str(i).encode()) for i in range(3)])
+    taken = broker.reserve(["default"], 3, owner=OWNER, lease=5)
+    broker.ack(taken[:1])
+    # When the worker gives the three back in one call (the acked one's lease is gone: ignored)
+    broker.give_back(taken)
+    # Then the two unacked ones are ready again, their delivery not counted, and nothing else is
+    again = broker.reserve(["default"], 3, owner=OWNER, lease=5)
+    assert sorted(d.body for d in again) == [b"1", b"2"]
+    assert [d.deliveries for d in again] == [1, 1]
+    assert stats_of(broker) == (0, 0, 2, 0)
+    broker.ack(again)
+
+
 def test_nack_with_delay_schedules_it_with_the_new_body(broker: Broker) -> None:
     broker.enqueue([env(body=b"attempt-0")])
     [d] = broker.reserve(["default"], 1, owner=OWNER, lease=5)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
-from conveyor.errors import ConfigurationError
+from conveyor.errors import BrokerError, ConfigurationError
 
 if TYPE_CHECKING:
     from conveyor.backends.base import ResultBackend
@@ -258,6 +258,26 @@ class Broker(abc.ABC):
         This delivery does not count toward ``max_deliveries``. ``body`` replaces the stored
         body (a retry carries ``attempt + 1``). A lost lease is ignored.
         """
+
+    def give_back(self, deliveries: Sequence[Delivery]) -> None:
+        """:meth:`nack` each of ``deliveries`` (no delay, body unchanged): reserved tasks that did not start.
+
+        The worker returns a long task's prefetched batch-mates this way. The default makes one call per
+        delivery; a broker whose nack is a round trip with a disk write (AMQP) gives them back in one.
+        A lost lease is ignored. The default tries every one and raises the first error; a delivery
+        that did not go back returns when its lease ends.
+
+        Raises:
+            BrokerError: some (or all) of them were not given back.
+        """
+        failed: list[BrokerError] = []
+        for delivery in deliveries:
+            try:
+                self.nack(delivery)
+            except BrokerError as exc:
+                failed.append(exc)
+        if failed:
+            raise failed[0]
 
     @abc.abstractmethod
     def extend(self, deliveries: Sequence[Delivery], lease: float, running: Collection[str] = ()) -> list[str]:

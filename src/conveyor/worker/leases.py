@@ -137,13 +137,13 @@ class LeaseKeeper:
     def give_back(self, deliveries: list[Delivery]) -> None:
         """Nack ``deliveries`` (reserved, not started) back to their queue and stop keeping them leased.
 
-        One nack per task, so a heartbeat meanwhile finds the ones given back gone: they count as being
-        settled, not as lost leases. A nack the broker refuses leaves that lease to expire.
+        One call (``Broker.give_back``); meanwhile a heartbeat counts the ones given back as being
+        settled, not as lost leases. A give-back the broker refuses leaves those leases to expire.
         """
         self.acking(deliveries)
-        for delivery in deliveries:
+        if deliveries:
             with contextlib.suppress(BrokerError):
-                self.broker.nack(delivery)
+                self.broker.give_back(deliveries)
         self.release_all(deliveries)
 
     def acking(self, deliveries: list[Delivery]) -> None:

@@ -45,6 +45,7 @@ class Held:
     generation: int
     deadline: float  # time.monotonic()
     beat: int = 0  # the broker's heartbeat count when it was taken or last extended
+    pushed: bool = False  # came by basic.deliver (a consumer), not by basic.get-ok: see AMQPBroker._ack_held
 
 
 def expired(held: Held, now: float, beats: int) -> bool:
