@@ -94,6 +94,36 @@ class PrivateRabbitMQ:
         self._ctl("start_app")
         self._wait_up()
 
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (a crash: no shutdown, nothing flushed by RabbitMQ), and wait for it to go.
+
+        :meth:`start` boots it again on the same folder, name and port.
+        """
+        assert self.process is not None
+        vm = self._vm_pid()
+        os.kill(vm, signal.SIGKILL)
+        self.process.wait(timeout=60)  # the wrapper exits with the VM
+        wait_until(lambda: not Path(f"/proc/{vm}").exists(), 30, f"the node's VM (pid {vm}) to exit")
+
+    def ctl(self, *args: str) -> None:
+        """Run ``rabbitmqctl -n NODE ARGS`` (``set_policy``, ...)."""
+        self._ctl(*args)
+
+    def _vm_pid(self) -> int:
+        """The pid of the node's Erlang VM (``beam.smp``), found by its environment (the wrapper runs it via su)."""
+        marker = f"RABBITMQ_NODENAME={self.node}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if b"beam" in (entry / "cmdline").read_bytes().split(b"\0")[0] and marker in (
+                    entry / "environ"
+                ).read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:  # gone, or not ours to read
+                continue
+        raise AssertionError(f"no Erlang VM found for node {self.node}")
+
     def close(self) -> None:
         """Stop the node (hard if it does not stop in time) and remove its folder."""
         if self.process is not None and self.process.poll() is None:

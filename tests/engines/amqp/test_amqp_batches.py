@@ -67,3 +67,20 @@ def test_acks_settle_only_their_own_deliveries(amqp_test_url: str, pushed: bool)
     finally:
         worker.close()
         producer.close()
+
+
+def test_bodies_of_every_size_arrive_whole_in_one_batch(amqp_test_url: str) -> None:
+    # Given a producer (enqueue writes a batch's frames itself, bodies cut at the connection's frame size)
+    producer = AMQPBroker.from_url(amqp_test_url, store=MemoryResultBackend())
+    try:
+        big = bytes(range(256)) * 1600  # 409,600 bytes: four body frames at RabbitMQ's default frame_max
+        bodies = [b"", b"x", big, b"y" * 131_064, b"z" * 131_065, b"tail"]
+        # When one batch carries an empty body, small ones, and bodies around and over one frame
+        ids = producer.enqueue([env(body) for body in bodies])
+        # Then each arrives whole, in order
+        got = producer.reserve(["default"], 10, owner="w", lease=30)
+        assert [d.id for d in got] == ids
+        assert [d.body for d in got] == bodies
+        producer.ack(got)
+    finally:
+        producer.close()

@@ -222,9 +222,13 @@ class AMQPBroker(Broker):
             now = time.time()
             for env in fresh:
                 self._declare(ch, env.queue)
+            publishes = []
+            for env in fresh:
                 entry = Meta(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
-                self._publish(ch, env.queue, entry, env.body, now)
-            ch.tx_commit()
+                queue, props = self._route(self._names(env.queue), entry, now)
+                publishes.append((queue, props, env.body))
+            self._conn.queue_publishes(ch, publishes)  # the whole batch in one write, sent with the commit
+            ch.tx_commit()  # one wait for the batch (docs/amqp.md, "What one delay() waits for")
 
         try:
             self._conn.call(op)
@@ -793,14 +797,16 @@ class AMQPBroker(Broker):
 
     def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
+        queue, props = self._route(names, entry, now)
+        ch.basic_publish("", queue, body, props)
+
+    def _route(self, names: QueueNames, entry: Meta, now: float) -> tuple[str, BasicProperties]:
+        """(RabbitMQ queue, properties) of a message: its ready queue, or the delay level that fits its eta."""
         if entry.eta is None or entry.eta <= now:
-            ch.basic_publish(
-                "", names.ready_for(entry.priority), body, properties(dataclasses.replace(entry, eta=None))
-            )
-            return
+            return names.ready_for(entry.priority), properties(dataclasses.replace(entry, eta=None))
         level = level_for(entry.eta - now)
-        ch.basic_publish("", names.levels[level], body, properties(entry))
         self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
+        return names.levels[level], properties(entry)
 
     def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery

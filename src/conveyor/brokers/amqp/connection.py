@@ -21,12 +21,14 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pika
 import pika.exceptions
+from pika import frame, spec
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.spec import BasicProperties
 
 from conveyor.errors import BrokerError, BrokerUnavailable
 
@@ -154,6 +156,31 @@ class AMQPConnection:
             self._channel.tx_select()
             self.generation += 1
         return self._channel
+
+    def queue_publishes(self, ch: BlockingChannel, publishes: Sequence[tuple[str, BasicProperties, bytes]]) -> None:
+        """Queue a ``basic.publish`` to the default exchange of each (queue, properties, body) as one write.
+
+        Call inside :meth:`call`, followed by a synchronous method (``tx_commit``), which sends them and
+        waits. pika's blocking ``basic_publish`` writes each message at once as three frames (three
+        ``send`` calls) and turns its I/O loop: for one ``delay()`` that was four writes and two turns
+        with the commit, now two writes and one turn. The frames are pika's own classes (``pika.frame``,
+        bodies cut at the connection's frame size as pika cuts them); the internals used are the blocking
+        connection's ``_impl`` and its ``_body_max_length`` and ``_output_marshaled_frames``, which
+        buffers the bytes as pika's ``basic_publish`` does (a closed connection drops them, and the
+        commit then fails and the call retries).
+        """
+        if not publishes:
+            return
+        if not ch.is_open:
+            raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
+        impl = self.connection._impl
+        number, most = ch.channel_number, impl._body_max_length
+        frames = []
+        for queue, props, body in publishes:
+            frames.append(frame.Method(number, spec.Basic.Publish(exchange="", routing_key=queue)).marshal())
+            frames.append(frame.Header(number, len(body), props).marshal())
+            frames.extend(frame.Body(number, body[at : at + most]).marshal() for at in range(0, len(body), most))
+        impl._output_marshaled_frames([b"".join(frames)])
 
     @property
     def connection(self) -> BlockingConnection:
