@@ -43,6 +43,8 @@ class MessageStore:
         #: Queues this process registered with its first enqueue to them (one MULTI); later enqueues
         #: skip that, and enqueue.lua tells when the server lost the registry.
         self._known: set[str] = set()
+        #: Queue -> the packed start of its one-message enqueue.lua call (:meth:`astore_one`).
+        self._heads: dict[str, bytes] = {}
 
     def store(self, envelopes: Sequence[Envelope]) -> None:
         """Store ``envelopes``: all or none.
@@ -74,16 +76,32 @@ class MessageStore:
     async def astore_one(self, envelope: Envelope) -> None:
         """Store one message of a known queue from a coroutine: one EVALSHA on the loop's connection.
 
+        The command is packed here: the queue's part once (:meth:`AsyncRedis.script_head`), the
+        message's part per call (:func:`packed_enqueue_one`). A generated id is its own attempt
+        (see there): no random bytes to draw.
+
         Raises:
             DuplicateTaskId: an id its queue still holds; nothing is stored.
         """
-        keys = queue_keys(self._prefix, envelope.queue)
-        args = enqueue_args(keys, os.urandom(8), [envelope])
-        if self._confirm is None:
-            duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        aio = self._conn.aio
+        queue = envelope.queue
+        keys = queue_keys(self._prefix, queue)
+        attempt = os.urandom(8) if envelope.explicit_id else envelope.id.encode()
+        if self._confirm is not None or aio.clustered:
+            args = enqueue_args(keys, attempt, [envelope])
+            if self._confirm is None:
+                duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, args)
+            else:
+                duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, args, *self._confirm)
         else:
-            duplicate, unregistered = await self._conn.aio.run_confirmed(
-                "enqueue", keys.enqueue_keys, args, *self._confirm
+            head = self._heads.get(queue)
+            if head is None:
+                head = self._heads[queue] = aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
+            duplicate, unregistered = await aio.run_packed(
+                "enqueue",
+                keys.enqueue_keys,
+                packed_enqueue_one(head, attempt, envelope),
+                lambda: enqueue_args(keys, attempt, [envelope]),
             )
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
@@ -210,3 +228,38 @@ def enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope])
         key = "" if env.key is None else "=" + env.key
         args += [env.id, env.body, str(env.priority), eta, key]
     return args
+
+
+#: The packed end of a one-message enqueue.lua call with no eta and no key, by priority.
+_PLAIN_ENDS = {p: b"$1\r\n%d\r\n$0\r\n\r\n$0\r\n\r\n" % p for p in range(10)}
+
+
+def packed_enqueue_one(head: bytes, attempt: bytes, envelope: Envelope) -> bytes:
+    """One message's enqueue.lua call, packed (RESP): ``head`` (the queue's part), then the attempt and the
+    message's five arguments, as :func:`enqueue_args` lists them.
+
+    A generated id, unique and random, serves as the call's attempt: a message held under it can
+    only have been stored by this very call (a retry after a lost reply), so it tells a retry as
+    random bytes would. An explicit ``task_id`` cannot (another call may have stored it).
+    """
+    ident = envelope.id.encode()
+    body = envelope.body
+    end = _PLAIN_ENDS.get(envelope.priority) if envelope.eta is None and envelope.key is None else None
+    if end is None:
+        eta = b"" if envelope.eta is None else repr(float(envelope.eta)).encode()
+        key = b"" if envelope.key is None else ("=" + envelope.key).encode()
+        prio = str(envelope.priority).encode()
+        end = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(prio), prio, len(eta), eta, len(key), key)
+    return b"".join(
+        (
+            head,
+            b"$%d\r\n" % len(attempt),
+            attempt,
+            b"\r\n$%d\r\n" % len(ident),
+            ident,
+            b"\r\n$%d\r\n" % len(body),
+            body,
+            b"\r\n",
+            end,
+        )
+    )
