@@ -255,8 +255,9 @@ class AsyncRedis:
         self.max_block = max_block
         self._url = url
         self._topology = parse(url)
-        #: Redis Cluster: redis.asyncio's cluster client runs every command (no lanes).
-        self._clustered = self._topology.clustered
+        #: Redis Cluster: redis.asyncio's cluster client runs every command (no lanes, so :meth:`run_packed`
+        #: would pack for nothing: its callers use :meth:`run`).
+        self.clustered = self._topology.clustered
         self._connect_timeout = connect_timeout
         self._sources = scripts
         #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
@@ -265,11 +266,6 @@ class AsyncRedis:
         #: The clients of the loop that called last: most processes have one loop, and the weak dictionary's
         #: lookup (a weak reference made per call) is a tenth of an adelay's own work.
         self._recent: _LoopClients | None = None
-
-    @property
-    def clustered(self) -> bool:
-        """Redis Cluster: no lanes (a packed command would be packed for nothing; use :meth:`run`)."""
-        return self._clustered
 
     def _clients(self) -> _LoopClients:
         """The running loop's clients, made on its first call."""
@@ -358,7 +354,7 @@ class AsyncRedis:
     async def get(self, key: str) -> bytes | None:
         """GET ``key`` on the loop's lane (Cluster: through the cluster client), with retries; the raw value."""
         own = self._clients()
-        if self._clustered:
+        if self.clustered:
             return cast("bytes | None", await self.call(lambda: own.client.get(key), timeout=self.socket_timeout))
         reply = await self._on_lane(own, _pack("GET", key))
         if isinstance(reply, ResponseError):
@@ -373,7 +369,7 @@ class AsyncRedis:
         """
         own = self._clients()
         script = own.scripts[name]
-        if self._clustered:
+        if self.clustered:
             return await self.call(
                 lambda: _cluster_evalsha(own.client, script, keys, args), timeout=self.socket_timeout
             )
@@ -513,7 +509,7 @@ class AsyncRedis:
         wait = min(seconds, self.max_block)
         own = self._clients()
         script = own.scripts[name]
-        if self._clustered:
+        if self.clustered:
 
             async def popped_then_run() -> tuple[bool, Any]:
                 popped = await own.client.blpop(list(pop), timeout=wait)
@@ -549,7 +545,7 @@ class AsyncRedis:
             BrokerUnavailable: fewer than ``replicas`` replicas confirmed the write within ``timeout``
                 seconds (the script's writes did happen on the master: a failover may still lose them).
         """
-        if self._clustered:
+        if self.clustered:
             raise AssertionError("wait= is refused on Redis Cluster")  # pragma: no cover
         own = self._clients()
         script = own.scripts[name]

@@ -22,6 +22,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from conveyor.brokers.base import Envelope
+from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.claims import KeyIndex
 from conveyor.brokers.redis.connection import RedisConnection
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
@@ -45,6 +46,7 @@ class MessageStore:
         self._known: set[str] = set()
         #: Queue -> the packed start of its one-message enqueue.lua call (:meth:`astore_one`).
         self._heads: dict[str, bytes] = {}
+        self._aio: AsyncRedis | None = None  #: ``conn.aio``, kept (the property is a call)
 
     def store(self, envelopes: Sequence[Envelope]) -> None:
         """Store ``envelopes``: all or none.
@@ -83,26 +85,26 @@ class MessageStore:
         Raises:
             DuplicateTaskId: an id its queue still holds; nothing is stored.
         """
-        aio = self._conn.aio
+        aio = self._aio
+        if aio is None:
+            aio = self._aio = self._conn.aio
         queue = envelope.queue
         keys = queue_keys(self._prefix, queue)
-        attempt = os.urandom(8) if envelope.explicit_id else envelope.id.encode()
-        if self._confirm is not None or aio.clustered:
-            args = enqueue_args(keys, attempt, [envelope])
-            if self._confirm is None:
-                duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, args)
-            else:
-                duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, args, *self._confirm)
+        random = os.urandom(8) if envelope.explicit_id else None
+
+        def args() -> list[str | bytes]:  # the same attempt on every try of this call
+            return enqueue_args(keys, envelope.id.encode() if random is None else random, [envelope])
+
+        if self._confirm is not None:
+            duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, args(), *self._confirm)
+        elif aio.clustered:  # no lanes: nothing to pack
+            duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, args())
         else:
             head = self._heads.get(queue)
             if head is None:
                 head = self._heads[queue] = aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
-            duplicate, unregistered = await aio.run_packed(
-                "enqueue",
-                keys.enqueue_keys,
-                packed_enqueue_one(head, attempt, envelope),
-                lambda: enqueue_args(keys, attempt, [envelope]),
-            )
+            packed = packed_enqueue_one(head, random, envelope)
+            duplicate, unregistered = await aio.run_packed("enqueue", keys.enqueue_keys, packed, args)
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:
@@ -234,32 +236,35 @@ def enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope])
 _PLAIN_ENDS = {p: b"$1\r\n%d\r\n$0\r\n\r\n$0\r\n\r\n" % p for p in range(10)}
 
 
-def packed_enqueue_one(head: bytes, attempt: bytes, envelope: Envelope) -> bytes:
+def packed_enqueue_one(head: bytes, attempt: bytes | None, envelope: Envelope) -> bytes:
     """One message's enqueue.lua call, packed (RESP): ``head`` (the queue's part), then the attempt and the
     message's five arguments, as :func:`enqueue_args` lists them.
 
-    A generated id, unique and random, serves as the call's attempt: a message held under it can
-    only have been stored by this very call (a retry after a lost reply), so it tells a retry as
-    random bytes would. An explicit ``task_id`` cannot (another call may have stored it).
+    ``attempt`` None: the message's id is the attempt. A generated id (``explicit_id`` False), unique
+    and random, can: a message held under it can only have been stored by this very call (a retry
+    after a lost reply), so it tells a retry as random bytes would. An explicit ``task_id`` cannot
+    (another call may have stored it): it takes random bytes.
     """
-    ident = envelope.id.encode()
     body = envelope.body
-    end = _PLAIN_ENDS.get(envelope.priority) if envelope.eta is None and envelope.key is None else None
-    if end is None:
-        eta = b"" if envelope.eta is None else repr(float(envelope.eta)).encode()
-        key = b"" if envelope.key is None else ("=" + envelope.key).encode()
-        prio = str(envelope.priority).encode()
-        end = b"$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(prio), prio, len(eta), eta, len(key), key)
+    if attempt is None:
+        if envelope.eta is None and envelope.key is None and envelope.priority in _PLAIN_ENDS:
+            # adelay(): the id twice (id and attempt), the body's length, a cached end: one f-string, one encode.
+            ident = envelope.id
+            size = len(ident)  # a generated id: 32 hex digits, ASCII (one byte a character)
+            text = f"${size}\r\n{ident}\r\n${size}\r\n{ident}\r\n${len(body)}\r\n"
+            return b"".join((head, text.encode(), body, b"\r\n", _PLAIN_ENDS[envelope.priority]))
+        attempt = envelope.id.encode()
+    ident_bytes = envelope.id.encode()
+    eta = b"" if envelope.eta is None else repr(float(envelope.eta)).encode()
+    key = b"" if envelope.key is None else ("=" + envelope.key).encode()
+    prio = str(envelope.priority).encode()
     return b"".join(
         (
             head,
-            b"$%d\r\n" % len(attempt),
-            attempt,
-            b"\r\n$%d\r\n" % len(ident),
-            ident,
-            b"\r\n$%d\r\n" % len(body),
+            b"$%d\r\n%b\r\n" % (len(attempt), attempt),
+            b"$%d\r\n%b\r\n" % (len(ident_bytes), ident_bytes),
+            b"$%d\r\n" % len(body),
             body,
-            b"\r\n",
-            end,
+            b"\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(prio), prio, len(eta), eta, len(key), key),
         )
     )
