@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,8 +45,8 @@ class MessageStore:
         #: Queues this process registered with its first enqueue to them (one MULTI); later enqueues
         #: skip that, and enqueue.lua tells when the server lost the registry.
         self._known: set[str] = set()
-        #: Queue -> the packed start of its one-message enqueue.lua call (:meth:`astore_one`).
-        self._heads: dict[str, bytes] = {}
+        #: Queue -> its keys and the packed start of its one-message enqueue.lua call (:meth:`astore_one`).
+        self._hot: dict[str, tuple[QueueKeys, bytes]] = {}
         self._aio: AsyncRedis | None = None  #: ``conn.aio``, kept (the property is a call)
 
     def store(self, envelopes: Sequence[Envelope]) -> None:
@@ -88,23 +89,23 @@ class MessageStore:
         aio = self._aio
         if aio is None:
             aio = self._aio = self._conn.aio
-        queue = envelope.queue
-        keys = queue_keys(self._prefix, queue)
         random = os.urandom(8) if envelope.explicit_id else None
-
-        def args() -> list[str | bytes]:  # the same attempt on every try of this call
-            return enqueue_args(keys, envelope.id.encode() if random is None else random, [envelope])
-
-        if self._confirm is not None:
-            duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, args(), *self._confirm)
-        elif aio.clustered:  # no lanes: nothing to pack
-            duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, args())
-        else:
-            head = self._heads.get(queue)
-            if head is None:
-                head = self._heads[queue] = aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
+        hot = self._hot.get(envelope.queue)
+        if hot is None and self._confirm is None and not aio.clustered:  # (with wait= or on Cluster: run())
+            keys = queue_keys(self._prefix, envelope.queue)
+            hot = self._hot[envelope.queue] = keys, aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
+        if hot is not None:
+            keys, head = hot
             packed = packed_enqueue_one(head, random, envelope)
+            args = functools.partial(_attempt_args, keys, random, envelope)  # the same attempt on every try
             duplicate, unregistered = await aio.run_packed("enqueue", keys.enqueue_keys, packed, args)
+        else:
+            keys = queue_keys(self._prefix, envelope.queue)
+            argv = _attempt_args(keys, random, envelope)
+            if self._confirm is not None:
+                duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, argv, *self._confirm)
+            else:  # Cluster: no lanes, nothing to pack
+                duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, argv)
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:
@@ -230,6 +231,11 @@ def enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope])
         key = "" if env.key is None else "=" + env.key
         args += [env.id, env.body, str(env.priority), eta, key]
     return args
+
+
+def _attempt_args(keys: QueueKeys, random: bytes | None, envelope: Envelope) -> list[str | bytes]:
+    """:func:`enqueue_args` of one message whose attempt is ``random``, or its id (None: a generated id)."""
+    return enqueue_args(keys, envelope.id.encode() if random is None else random, [envelope])
 
 
 #: The packed end of a one-message enqueue.lua call with no eta and no key, by priority.
