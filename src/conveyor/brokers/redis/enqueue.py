@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from conveyor.brokers.base import Envelope
+from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.claims import KeyIndex
 from conveyor.brokers.redis.connection import RedisConnection
 from conveyor.brokers.redis.keys import QueueKeys, global_keys, queue_keys
@@ -43,6 +45,9 @@ class MessageStore:
         #: Queues this process registered with its first enqueue to them (one MULTI); later enqueues
         #: skip that, and enqueue.lua tells when the server lost the registry.
         self._known: set[str] = set()
+        #: Queue -> its keys and the packed start of its one-message enqueue.lua call (:meth:`astore_one`).
+        self._hot: dict[str, tuple[QueueKeys, bytes]] = {}
+        self._aio: AsyncRedis | None = None  #: ``conn.aio``, kept (the property is a call)
 
     def store(self, envelopes: Sequence[Envelope]) -> None:
         """Store ``envelopes``: all or none.
@@ -74,17 +79,33 @@ class MessageStore:
     async def astore_one(self, envelope: Envelope) -> None:
         """Store one message of a known queue from a coroutine: one EVALSHA on the loop's connection.
 
+        The command is packed here: the queue's part once (:meth:`AsyncRedis.script_head`), the
+        message's part per call (:func:`packed_enqueue_one`). A generated id is its own attempt
+        (see there): no random bytes to draw.
+
         Raises:
             DuplicateTaskId: an id its queue still holds; nothing is stored.
         """
-        keys = queue_keys(self._prefix, envelope.queue)
-        args = enqueue_args(keys, os.urandom(8), [envelope])
-        if self._confirm is None:
-            duplicate, unregistered = await self._conn.aio.run("enqueue", keys.enqueue_keys, args)
+        aio = self._aio
+        if aio is None:
+            aio = self._aio = self._conn.aio
+        random = os.urandom(8) if envelope.explicit_id else None
+        hot = self._hot.get(envelope.queue)
+        if hot is None and self._confirm is None and not aio.clustered:  # (with wait= or on Cluster: run())
+            keys = queue_keys(self._prefix, envelope.queue)
+            hot = self._hot[envelope.queue] = keys, aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
+        if hot is not None:
+            keys, head = hot
+            packed = packed_enqueue_one(head, random, envelope)
+            args = functools.partial(_attempt_args, keys, random, envelope)  # the same attempt on every try
+            duplicate, unregistered = await aio.run_packed("enqueue", keys.enqueue_keys, packed, args)
         else:
-            duplicate, unregistered = await self._conn.aio.run_confirmed(
-                "enqueue", keys.enqueue_keys, args, *self._confirm
-            )
+            keys = queue_keys(self._prefix, envelope.queue)
+            argv = _attempt_args(keys, random, envelope)
+            if self._confirm is not None:
+                duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, argv, *self._confirm)
+            else:  # Cluster: no lanes, nothing to pack
+                duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, argv)
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:
@@ -210,3 +231,46 @@ def enqueue_args(keys: QueueKeys, attempt: bytes, envelopes: Sequence[Envelope])
         key = "" if env.key is None else "=" + env.key
         args += [env.id, env.body, str(env.priority), eta, key]
     return args
+
+
+def _attempt_args(keys: QueueKeys, random: bytes | None, envelope: Envelope) -> list[str | bytes]:
+    """:func:`enqueue_args` of one message whose attempt is ``random``, or its id (None: a generated id)."""
+    return enqueue_args(keys, envelope.id.encode() if random is None else random, [envelope])
+
+
+#: The packed end of a one-message enqueue.lua call with no eta and no key, by priority.
+_PLAIN_ENDS = {p: b"$1\r\n%d\r\n$0\r\n\r\n$0\r\n\r\n" % p for p in range(10)}
+
+
+def packed_enqueue_one(head: bytes, attempt: bytes | None, envelope: Envelope) -> bytes:
+    """One message's enqueue.lua call, packed (RESP): ``head`` (the queue's part), then the attempt and the
+    message's five arguments, as :func:`enqueue_args` lists them.
+
+    ``attempt`` None: the message's id is the attempt. A generated id (``explicit_id`` False), unique
+    and random, can: a message held under it can only have been stored by this very call (a retry
+    after a lost reply), so it tells a retry as random bytes would. An explicit ``task_id`` cannot
+    (another call may have stored it): it takes random bytes.
+    """
+    body = envelope.body
+    if attempt is None:
+        if envelope.eta is None and envelope.key is None and envelope.priority in _PLAIN_ENDS:
+            # adelay(): the id twice (id and attempt), the body's length, a cached end: one f-string, one encode.
+            ident = envelope.id
+            size = len(ident)  # a generated id: 32 hex digits, ASCII (one byte a character)
+            text = f"${size}\r\n{ident}\r\n${size}\r\n{ident}\r\n${len(body)}\r\n"
+            return b"".join((head, text.encode(), body, b"\r\n", _PLAIN_ENDS[envelope.priority]))
+        attempt = envelope.id.encode()
+    ident_bytes = envelope.id.encode()
+    eta = b"" if envelope.eta is None else repr(float(envelope.eta)).encode()
+    key = b"" if envelope.key is None else ("=" + envelope.key).encode()
+    prio = str(envelope.priority).encode()
+    return b"".join(
+        (
+            head,
+            b"$%d\r\n%b\r\n" % (len(attempt), attempt),
+            b"$%d\r\n%b\r\n" % (len(ident_bytes), ident_bytes),
+            b"$%d\r\n" % len(body),
+            body,
+            b"\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(prio), prio, len(eta), eta, len(key), key),
+        )
+    )
