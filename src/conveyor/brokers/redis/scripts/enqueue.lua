@@ -3,7 +3,8 @@
 -- KEYS[1..6]: T:ready, T:scheduled, T:inflight, T:dead, T:seq, T:signal  (T = {prefix:q:NAME})
 -- KEYS[7]:    T:registered  (STRING marker: this queue is in {prefix}:queues, see below)
 -- ARGV[1]:    T:m:  (message hash prefix)
--- ARGV[2]:    attempt: random bytes, new for each enqueue call and the same on its retries
+-- ARGV[2]:    attempt: unique to one enqueue call and the same on its retries (random bytes, or the
+--             call's generated task id, itself random: async producer, brokers/redis/enqueue.py)
 -- ARGV[3..]:  five per message: id, body, priority (0-9), eta ('' = now; Unix seconds), key ('' = none, else '=' .. key)
 --
 -- Writes T:m:ID = {body, priority, seq, score, deliveries=0, attempt, key?}; ZADD T:ready (score) or
