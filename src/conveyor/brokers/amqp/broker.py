@@ -317,9 +317,9 @@ class AMQPBroker(Broker):
             for held in self._pop_held(deliveries):
                 ch.basic_ack(held.tag)
                 done.append(held.entry)
-            ch.tx_commit()
             if shrink:
-                self._shrink_window(ch)
+                self._shrink_window(ch)  # before the commit (see there)
+            ch.tx_commit()
             return done
 
         self._release_keys(self._conn.call(op), ids=True)
@@ -333,7 +333,9 @@ class AMQPBroker(Broker):
                 entry = dataclasses.replace(held.entry, eta=eta)  # same count: this delivery does not count
                 self._publish(ch, delivery.queue, entry, held.delivery.body if body is None else body, now)
                 ch.basic_ack(held.tag)
+                self._shrink_window(ch)  # before the commit (see there)
                 ch.tx_commit()
+                return
             self._shrink_window(ch)
 
         self._conn.call(op)
@@ -372,8 +374,8 @@ class AMQPBroker(Broker):
             for held in self._pop_held([delivery]):
                 self._bury(ch, held, reason, body)
                 done.append(held.entry)
+            self._shrink_window(ch)  # before the commit (see there)
             ch.tx_commit()
-            self._shrink_window(ch)
             return done
 
         self._release_keys(self._conn.call(op))
@@ -548,6 +550,13 @@ class AMQPBroker(Broker):
         window cannot be 0, and a process that stopped reserving must not keep a message. Deliveries
         pushed before RabbitMQ applied the new window are handed out (up to ``n`` more, into ``out``)
         or, outside a reserve, given back unmarked.
+
+        An ack, nack or dead-letter calls it *before* committing its acknowledgements: until the commit
+        RabbitMQ still counts them unacknowledged, so the window stays full and it pushes nothing while
+        the window shrinks or the consumers are cancelled. Committed first, they opened the window for a
+        moment: RabbitMQ pushed a message (often the nacked one's own copy), and one that arrived during
+        the cancel was rejected back by pika, marked redelivered, and charged a delivery it never ran if
+        the result backend could not say otherwise (start_to_count).
         """
         if not self._consumers or self._consume_generation != self._conn.generation:
             return
