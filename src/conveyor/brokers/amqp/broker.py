@@ -7,7 +7,8 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 - **quorum queues** (``queue_type=quorum`` in the URL): every queue declared ``x-queue-type: quorum``,
   priorities in three bands (a ready queue each, names.py), and a waiting reserve polls
   (``basic.get``) instead of being pushed, because quorum queues refuse the channel-wide
-  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues").
+  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues"). A process's first message to each
+  quorum queue goes through a confirm channel, sent again while the queue rejects it (``confirmed.py``).
 - **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
   held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
   free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
@@ -47,6 +48,7 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.amqp.admin import Admin
 from conveyor.brokers.amqp.claims import StoreClaims, claims_of
+from conveyor.brokers.amqp.confirmed import publish_confirmed
 from conveyor.brokers.amqp.connection import AMQPConnection
 from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
 from conveyor.brokers.amqp.names import (
@@ -118,6 +120,17 @@ def split_queue_type(url: str) -> tuple[str, str]:
     return parts._replace(query=rest).geturl(), queue_type
 
 
+def _send(
+    queue: str, body: bytes, props: BasicProperties, sent: tuple[set[str], set[str], str], ch: BlockingChannel
+) -> None:
+    """Publish one message on a confirm channel (NackError if the queue rejects it); once confirmed, note
+    its id as stored and its queue as accepting (``sent``: ids stored, queues accepting, this message's id)."""
+    ch.basic_publish("", queue, body, props)
+    stored, accepting, msg_id = sent
+    stored.add(msg_id)
+    accepting.add(queue)
+
+
 @dataclasses.dataclass(eq=False)
 class Pushed:
     """A delivery RabbitMQ pushed to this channel that no reserve handed out yet."""
@@ -182,6 +195,7 @@ class AMQPBroker(Broker):
         self._beats = 0  # extend calls of this process: the clock local leases expire by
         self._settled: dict[str, None] = {}  # tokens acked, nacked or buried here (oldest first)
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
+        self._accepting: set[str] = set()  # quorum queues this process sent a message to (confirmed.py)
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
@@ -214,12 +228,32 @@ class AMQPBroker(Broker):
         else:
             answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
 
+        confirmed: set[str] = set()  # ids already stored through a confirm (a retried op skips them)
+
         def op(ch: BlockingChannel) -> None:
             now = time.time()
+            first: list[tuple[str, Callable[[BlockingChannel], None]]] = []
+            later: list[tuple[str, bytes, BasicProperties]] = []
             for env in fresh:
                 self._declare(ch, env.queue)
                 entry = Meta(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
-                self._publish(ch, env.queue, entry, env.body, now)
+                target, props = self._route(self._names(env.queue), entry, now)
+                if env.id in confirmed:
+                    continue
+                if (
+                    self.queue_type == "quorum"
+                    and target not in self._accepting
+                    and target not in {q for q, _ in first}
+                ):
+                    # Its first message from this process: a queue being created may reject it (confirmed.py).
+                    sent = (confirmed, self._accepting, env.id)
+                    first.append((target, functools.partial(_send, target, env.body, props, sent)))
+                else:
+                    later.append((target, env.body, props))
+            if first:
+                publish_confirmed(self._conn.connection, first, self._conn.retry_for)
+            for target, body, props in later:  # after the confirms: behind the first messages, into running queues
+                ch.basic_publish("", target, body, props)
             ch.tx_commit()
 
         try:
@@ -747,14 +781,16 @@ class AMQPBroker(Broker):
 
     def _publish_to(self, ch: BlockingChannel, names: QueueNames, entry: Meta, body: bytes, now: float) -> None:
         """Publish to the ready queue, or to the delay level that fits what remains of the eta."""
+        target, props = self._route(names, entry, now)
+        ch.basic_publish("", target, body, props)
+
+    def _route(self, names: QueueNames, entry: Meta, now: float) -> tuple[str, BasicProperties]:
+        """The RabbitMQ queue and properties of a message: its ready queue, or the delay level for its eta."""
         if entry.eta is None or entry.eta <= now:
-            ch.basic_publish(
-                "", names.ready_for(entry.priority), body, properties(dataclasses.replace(entry, eta=None))
-            )
-            return
+            return names.ready_for(entry.priority), properties(dataclasses.replace(entry, eta=None))
         level = level_for(entry.eta - now)
-        ch.basic_publish("", names.levels[level], body, properties(entry))
         self._next_hop = min(self._next_hop, time.monotonic() + level_ms(level) / 1000)
+        return names.levels[level], properties(entry)
 
     def _bury(self, ch: BlockingChannel, held: Held, reason: str, body: bytes | None = None) -> None:
         d = held.delivery
