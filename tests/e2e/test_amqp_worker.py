@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import psutil
 import pytest
 
-from conveyor import App, BrokerUnavailable
+from conveyor import App, BrokerUnavailable, ResultTimeout
 from tests.apps.e2e_app import runs_of
 from tests.e2e.conftest import WorkerProcess, enqueue, wait_until
 from tests.rabbitmq_server import PrivateRabbitMQ, private_rabbitmq
@@ -134,6 +135,34 @@ def _received_packets(vhost: str, ports: set[int]) -> dict[str, int]:
     return {port: int(count) for port, count in rows if int(port) in ports}
 
 
+#: Erlang run by ``rabbitmqctl eval``: the packets RabbitMQ received on each connection of vhost VHOST over
+#: MS milliseconds, as "PORT:COUNT " pairs (peer port, packets). Both counts are read inside the node, so the
+#: window is exact: ``rabbitmqctl`` itself takes seconds to start on a loaded machine, before the window.
+_PACKETS_OVER = (
+    'Vhost = <<"VHOST">>, '
+    "Read = fun() -> maps:from_list([{proplists:get_value(peer_port, I), proplists:get_value(recv_cnt, I)} "
+    "|| I <- rabbit_networking:connection_info_all([vhost, peer_port, recv_cnt]), "
+    "proplists:get_value(vhost, I) =:= Vhost]) end, "
+    "A = Read(), timer:sleep(MS), B = Read(), "
+    'lists:flatten([io_lib:format("~b:~b ", [P, N - maps:get(P, A, 0)]) || {P, N} <- maps:to_list(B)]).'
+)
+
+
+def _packets_over(vhost: str, ports: set[int], seconds: float) -> dict[str, int]:
+    """Packets RabbitMQ received over exactly ``seconds`` on each connection of ``vhost`` from one of ``ports``.
+
+    Two :func:`_received_packets` reads around a sleep span the sleep plus up to two ``rabbitmqctl`` runs
+    (each read happens somewhere in a run, 2.1-2.6 s at load 23-27): an idle quorum worker (about 76 packets a second)
+    showed 272-330 packets "in 3 s" and failed a bound of 270.
+    """
+    code = _PACKETS_OVER.replace("VHOST", vhost).replace("MS", str(round(seconds * 1000)))
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "eval", code], check=True, capture_output=True, text=True, timeout=60 + seconds
+    ).stdout
+    pairs = [item.split(":") for item in out.strip().strip('"').split()]
+    return {port: int(count) for port, count in pairs if int(port) in ports}
+
+
 def _worker_ports(pid: int, server_port: int) -> set[int]:
     """Local ports of the TCP connections to RabbitMQ of a worker's processes (supervisor and children)."""
     root = psutil.Process(pid)
@@ -149,11 +178,33 @@ def warmed_idle_worker(
 ) -> tuple[WorkerProcess, str, set[int]]:
     """A worker that ran a task and a countdown (its queues consumed, its .eta promoter connected), now
     idle; with its vhost and the local ports of its RabbitMQ connections, for :func:`_received_packets`."""
+    e2e_env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT makes a stuck child print every thread's stack (see below)
     worker = start_worker("-c", "2", "--pool", pool_name)
-    assert enqueue(e2e_app, "record", "warm", 0).get(timeout=30) == "warm"
-    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
     url = urlsplit(e2e_env["CONVEYOR_BROKER_URL"])
-    return worker, unquote(url.path.lstrip("/")), _worker_ports(worker.pid, url.port or 5672)
+    vhost = unquote(url.path.lstrip("/"))
+    first = enqueue(e2e_app, "record", "warm", 0)
+    try:
+        assert first.get(timeout=30) == "warm"
+    except ResultTimeout as exc:  # seen once in CI (quorum queues, thread pool): say where the task was
+        raise AssertionError(_stuck_worker_report(worker, vhost)) from exc
+    assert enqueue(e2e_app, "record", "late", 0, countdown=0.3).get(timeout=30) == "late"
+    return worker, vhost, _worker_ports(worker.pid, url.port or 5672)
+
+
+def _stuck_worker_report(worker: WorkerProcess, vhost: str) -> str:
+    """The queues of ``vhost`` (ready and unacknowledged counts) and the worker's log, after SIGABRT to its
+    children: with PYTHONFAULTHANDLER set, each prints every thread's stack there as it dies."""
+    queues = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    for child in psutil.Process(worker.pid).children():
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGABRT)
+    time.sleep(2.0)  # the stacks reach the log
+    return f"the worker's first task did not run within 30 s; queues of {vhost}:\n{queues}\nlog:\n{worker.output()}"
 
 
 @pytest.mark.parametrize("e2e_env", ["amqp"], indirect=True)

@@ -7,7 +7,8 @@ How the contract maps onto AMQP (docs/amqp.md has the full story):
 - **quorum queues** (``queue_type=quorum`` in the URL): every queue declared ``x-queue-type: quorum``,
   priorities in three bands (a ready queue each, names.py), and a waiting reserve polls
   (``basic.get``) instead of being pushed, because quorum queues refuse the channel-wide
-  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues").
+  ``basic.qos`` the push window needs (docs/amqp.md, "Quorum queues"). A process's first message to each
+  quorum queue goes through a confirm channel, sent again while the queue rejects it (``confirmed.py``).
 - **reserve**: with a wait, pushed (``basic.consume``) under a channel-wide ``basic.qos`` window of
   held + ``n``, shrunk back to what is held after a partial batch: nothing is prefetched beyond the
   free slots, and an idle worker sends nothing. Without a wait, ``basic.get`` (an exact look). The
@@ -47,6 +48,7 @@ from pika.spec import Basic, BasicProperties
 from conveyor.brokers._urls import split_prefix
 from conveyor.brokers.amqp.admin import Admin
 from conveyor.brokers.amqp.claims import StoreClaims, claims_of
+from conveyor.brokers.amqp.confirmed import publish_confirmed
 from conveyor.brokers.amqp.connection import AMQPConnection
 from conveyor.brokers.amqp.inflight import Counts, InFlightBoard, add
 from conveyor.brokers.amqp.names import (
@@ -121,6 +123,17 @@ def split_queue_type(url: str) -> tuple[str, str]:
     return parts._replace(query=rest).geturl(), queue_type
 
 
+def _send(
+    queue: str, body: bytes, props: BasicProperties, sent: tuple[set[str], set[str], str], ch: BlockingChannel
+) -> None:
+    """Publish one message on a confirm channel (NackError if the queue rejects it); once confirmed, note
+    its id as stored and its queue as accepting (``sent``: ids stored, queues accepting, this message's id)."""
+    ch.basic_publish("", queue, body, props)
+    stored, accepting, msg_id = sent
+    stored.add(msg_id)
+    accepting.add(queue)
+
+
 @dataclasses.dataclass(eq=False)
 class Pushed:
     """A delivery RabbitMQ pushed to this channel that no reserve handed out yet."""
@@ -185,6 +198,7 @@ class AMQPBroker(Broker):
         self._beats = 0  # extend calls of this process: the clock local leases expire by
         self._settled: dict[str, None] = {}  # tokens acked, nacked or buried here (oldest first)
         self._declared: set[str] = set()  # conveyor queues declared (and registered) by this process
+        self._accepting: set[str] = set()  # quorum queues this process sent a message to (confirmed.py)
         self._next_hop = INF  # monotonic time a delay level this process used runs out
         self._next_promote = 0.0  # monotonic time reserve next looks at the .eta queues
         self._owners: set[str] = set()  # lease owners this process served (their in-flight is counted live)
@@ -218,17 +232,31 @@ class AMQPBroker(Broker):
         else:
             answer, fresh, claimed = [e.id for e in envelopes], list(envelopes), []
 
+        confirmed: set[str] = set()  # ids already stored through a confirm (a retried op skips them)
+
         def op(ch: BlockingChannel) -> None:
             now = time.time()
+            first: list[tuple[str, Callable[[BlockingChannel], None]]] = []
             for env in fresh:
                 self._declare(ch, env.queue)
-            publishes = []
+            publishes: list[tuple[str, BasicProperties, bytes]] = []
             for env in fresh:
                 entry = Meta(env.id, env.priority, 0, env.eta, env.key, explicit=env.explicit_id)
                 queue, props = self._route(self._names(env.queue), entry, now)
-                publishes.append((queue, props, env.body))
-            self._conn.queue_publishes(ch, publishes)  # the whole batch in one write, sent with the commit
-            ch.tx_commit()  # one wait for the batch (docs/amqp.md, "What one delay() waits for")
+                if env.id in confirmed:
+                    continue
+                if self.queue_type == "quorum" and queue not in self._accepting and queue not in {q for q, _ in first}:
+                    # Its first message from this process: a queue being created may reject it (confirmed.py).
+                    sent = (confirmed, self._accepting, env.id)
+                    first.append((queue, functools.partial(_send, queue, env.body, props, sent)))
+                else:
+                    publishes.append((queue, props, env.body))
+            if first:
+                publish_confirmed(self._conn.connection, first, self._conn.retry_for)
+            # after the confirms: behind the first messages, into running queues; the rest of the batch in
+            # one write, sent with the commit: one wait for the batch (docs/amqp.md, "What one delay() waits for")
+            self._conn.queue_publishes(ch, publishes)
+            ch.tx_commit()
 
         try:
             self._conn.call(op)
@@ -323,9 +351,9 @@ class AMQPBroker(Broker):
         def op(ch: BlockingChannel) -> list[Meta]:
             done = self._pop_held(deliveries)
             self._ack_held(ch, done)
-            ch.tx_commit()
             if shrink:
-                self._shrink_window(ch)
+                self._shrink_window(ch)  # before the commit (see there)
+            ch.tx_commit()
             return [held.entry for held in done]
 
         self._release_keys(self._conn.call(op), ids=True)
@@ -371,7 +399,9 @@ class AMQPBroker(Broker):
                 self._publish(ch, held.delivery.queue, entry, held.delivery.body if body is None else body, now)
             self._ack_held(ch, done)
             if done:
+                self._shrink_window(ch)  # before the commit (see there)
                 ch.tx_commit()
+                return
             self._shrink_window(ch)
 
         self._conn.call(op)
@@ -410,8 +440,8 @@ class AMQPBroker(Broker):
             for held in self._pop_held([delivery]):
                 self._bury(ch, held, reason, body)
                 done.append(held.entry)
+            self._shrink_window(ch)  # before the commit (see there)
             ch.tx_commit()
-            self._shrink_window(ch)
             return done
 
         self._release_keys(self._conn.call(op))
@@ -606,6 +636,13 @@ class AMQPBroker(Broker):
         window cannot be 0, and a process that stopped reserving must not keep a message. Deliveries
         pushed before RabbitMQ applied the new window are handed out (up to ``n`` more, into ``out``)
         or, outside a reserve, given back unmarked.
+
+        An ack, nack or dead-letter calls it *before* committing its acknowledgements: until the commit
+        RabbitMQ still counts them unacknowledged, so the window stays full and it pushes nothing while
+        the window shrinks or the consumers are cancelled. Committed first, they opened the window for a
+        moment: RabbitMQ pushed a message (often the nacked one's own copy), and one that arrived during
+        the cancel was rejected back by pika, marked redelivered, and charged a delivery it never ran if
+        the result backend could not say otherwise (start_to_count).
         """
         if not self._consumers or self._consume_generation != self._conn.generation:
             return
