@@ -31,13 +31,20 @@ def runs_of(record_dir: Path, tag: str) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+def release(record_dir: Path, tag: str) -> None:
+    """End the sleep of every run of ``record`` tagged ``tag``, running or to come: a rerun need not wait it out."""
+    (record_dir / f"{tag}.release").touch()
+
+
 @app.task(name="record")
 def record(tag: str, sleep: float = 0.0) -> str:
-    """Note that this run started (with the pid running it), sleep, return the tag."""
+    """Note that this run started (with the pid running it), sleep (less once the test released the tag), return it."""
     with (_record_dir() / f"{tag}.runs").open("a") as f:
         f.write(f"{os.getpid()}\n")
-    if sleep:
-        time.sleep(sleep)
+    released = _record_dir() / f"{tag}.release"
+    deadline = time.monotonic() + sleep
+    while (left := deadline - time.monotonic()) > 0 and not released.exists():
+        time.sleep(min(left, 0.05))
     return tag
 
 
