@@ -7,9 +7,15 @@ Each test runs on SQLite and on Redis (the e2e_env fixture), with a 2 s lease.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from conveyor import App, State
 from tests.apps.e2e_app import runs_of
@@ -62,5 +68,55 @@ def test_a_task_given_back_and_taken_again_by_the_same_child_stays_leased_to_it(
     time.sleep(1.0)  # a copy taken after a lost lease would have started by now (a lease is 2 s)
     assert runs_of(records, "long") == 1, "the long task ran twice on a live worker"
     assert [runs_of(records, f"f{i}") for i in range(60)] == [1] * 60
+    wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "every task to be acknowledged")
+    assert worker.stop() == 0
+
+
+def _pin_to_cpu0_with_hogs(worker: WorkerProcess, hogs: int) -> list[subprocess.Popen[bytes]]:
+    """Pin the worker's processes to CPU 0 and start ``hogs`` busy loops there: its child is preempted often."""
+    pids = [worker.pid] + [
+        int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == worker.pid
+    ]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, {0})
+            os.setpriority(os.PRIO_PROCESS, pid, 5)
+    started = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    for hog in started:
+        os.sched_setaffinity(hog.pid, {0})
+    return started
+
+
+def _parent(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_preempted_child_running_short_tasks_keeps_its_prefetched_batch(
+    e2e_app: App, start_worker: Callable[..., WorkerProcess], records: Path
+) -> None:
+    # Given a process worker with one child, sharing one CPU with three busy loops: the scheduler takes the
+    # CPU away from it for milliseconds at a time, also in the middle of a task
+    from tests.apps import e2e_app as tasks
+
+    worker = start_worker("--pool", "process", "-c", "1", "--loglevel", "DEBUG")
+    hogs = _pin_to_cpu0_with_hogs(worker, 3)
+    try:
+        # When 1200 no-op tasks are queued at once
+        mark = tasks.app.tasks["mark"]
+        e2e_app.send([mark.message((i,)) for i in range(1200)])
+        wait_until(lambda: len(tasks.marks(records)) >= 1200, 60, "every task to run")
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(timeout=5)
+    # Then each ran once, and the child kept its prefetched batches: a task that waited for the CPU has not
+    # run long (a give-back costs a round trip per task, and the child reserves them again)
+    assert sorted(tasks.marks(records)) == list(range(1200))
+    gave_back = worker.output().count("unstarted task(s) to the queue")
+    assert gave_back <= 3, f"the prefetched tasks went back to the queue {gave_back} times"
     wait_until(lambda: depth(e2e_app) == (0, 0, 0, 0), 15, "every task to be acknowledged")
     assert worker.stop() == 0

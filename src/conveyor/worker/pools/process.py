@@ -4,11 +4,12 @@
         ▲                                                   │ backlog empty
         └── write pending results, then ack + reserve in one round trip ◄┘
 
-A task running longer than ``PREFETCH_HOLD`` gets its unstarted batch-mates returned to the
-queue at once (no starvation), its pending results written and acked, and its start reported to
-the supervisor (terminate-revocation); a task with a hard ``time_limit`` reports its start at once.
-Each task runs in the child's main thread, so a soft time limit interrupts even a blocking call,
-a hard one or a crash costs only this one slot, and CPU-bound tasks use every core.
+A task running longer than ``PREFETCH_HOLD`` (not counting its waits for a CPU) gets its unstarted
+batch-mates returned to the queue at once (no starvation), its pending results written and acked,
+and its start reported to the supervisor (terminate-revocation); a task with a hard ``time_limit``
+reports its start at once. Each task runs in the child's main thread, so a soft time limit
+interrupts even a blocking call, a hard one or a crash costs only this one slot, and CPU-bound
+tasks use every core.
 """
 
 from __future__ import annotations
