@@ -122,3 +122,21 @@ def test_the_worker_drops_the_ack_of_a_refused_write(pair: tuple[Broker, ResultB
     assert backend.get(mine.id) == b"mine"
     broker.ack(pending.acks)
     assert broker.extend([holder], 30) == []  # the holder's lease is untouched
+
+
+def test_a_started_record_is_fenced_and_still_yields_to_a_revocation(
+    pair: tuple[Broker, ResultBackend], broker_kind: str
+) -> None:
+    broker, backend = pair
+    # Given a message redelivered to worker b after worker a lost its lease
+    stale, holder = _redelivered(broker)
+    # When worker a's STARTED write arrives late
+    landed = backend.try_set_held(stale.id, State.STARTED, b"a started", TTL, (stale.queue, stale.token))
+    # Then it is refused for its lease where the backend sees the leases (the worker then skips the task)
+    assert landed is (None if broker_kind in FENCED else True)
+    # and the holder's lands, unless the task was revoked
+    assert backend.try_set_held(holder.id, State.STARTED, b"b started", TTL, (holder.queue, holder.token)) is True
+    assert backend.get(holder.id) == b"b started"
+    backend.set(holder.id, State.REVOKED, b"revoked", TTL)
+    assert backend.try_set_held(holder.id, State.STARTED, b"again", TTL, (holder.queue, holder.token)) is False
+    assert backend.get(holder.id) == b"revoked"

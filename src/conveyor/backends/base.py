@@ -283,6 +283,17 @@ class ResultBackend(Store):
         self.set_many(items, ttl)
         return []
 
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        """:meth:`try_set` for a worker's run, fenced by its delivery's ``(queue, lease token)`` like :meth:`set_held`.
+
+        Returns:
+            True when the record landed, False when the revocation rule refused it, None when the lease
+            is no longer held where the backend sees the leases (nothing changed).
+        """
+        return self.try_set(task_id, state, record, ttl)
+
     @abc.abstractmethod
     def get(self, task_id: str) -> bytes | None:
         """The stored record, or None if there is none (never stored, expired or forgotten)."""

@@ -121,7 +121,21 @@ class PostgresResultBackend(ResultBackend):
         if not self.fenced or not items:
             self.set_many(items, ttl)
             return []
-        call = _HELD_WRITE + ("" if self.flush_results else ", set_config('synchronous_commit', 'off', true)")
+        return self._held_write(items, ttl, leases, flush=self.flush_results)[0]
+
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        if not self.fenced:
+            return self.try_set(task_id, state, record, ttl)
+        refused, landed = self._held_write([(task_id, state, record)], ttl, [lease], flush=True)
+        return None if refused else landed == 1
+
+    def _held_write(
+        self, items: Sequence[tuple[str, State, bytes]], ttl: float, leases: Sequence[tuple[str, str]], *, flush: bool
+    ) -> tuple[list[str], int]:
+        """The fenced upsert (:data:`_HELD_WRITE`): the ids refused for their lease, and how many records landed."""
+        call = _HELD_WRITE + ("" if flush else ", set_config('synchronous_commit', 'off', true)")
         with self.db.connection() as conn:
             row = conn.execute(
                 self._q(call),
@@ -135,7 +149,7 @@ class PostgresResultBackend(ResultBackend):
                 },
             ).fetchone()
             self._sweep(conn)
-        return [] if row is None else list(row[0])
+        return ([], 0) if row is None else (list(row[0]), int(row[1]))
 
     def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float, *, flush: bool) -> int:
         """Upsert the records under the revocation rule (one ``cv_set_results`` call); return how many landed.

@@ -133,6 +133,16 @@ class RedisResultBackend(ResultBackend):
         replies = self._conn.run_many(calls) if calls else []
         return [item[0] for item, reply in zip(items, replies, strict=True) if reply == -1]
 
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        queue, token = lease
+        if not self.fenced or not token:
+            return self.try_set(task_id, state, record, ttl)
+        name, keys, args = self._write_call(task_id, state, record, ttl)
+        reply = self._conn.run(name, [*keys, queue_keys(self.prefix, queue).message + task_id], [*args, token])
+        return None if reply == -1 else bool(reply)
+
     def get(self, task_id: str) -> bytes | None:
         return self._read(task_id)[1]
 
