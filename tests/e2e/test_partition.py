@@ -9,7 +9,7 @@ bridge. Cutting a host takes its link down: its packets are dropped, nothing res
 What it proves (docs/guarantees.md, "Leases and heartbeats"): the tasks the cut host was running run
 again elsewhere once their lease ends, and not before; its late results and acks, sent when the link
 comes back, are refused (fenced by the lease token) while the reruns still hold the messages; nothing
-is lost, and only the tasks the cut host was running ran twice.
+is lost, and only the tasks the cut host was running (or had just finished, not yet settled) ran twice.
 """
 
 from __future__ import annotations
