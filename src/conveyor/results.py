@@ -200,7 +200,13 @@ class Results(Middleware):
             record = started(job, errors)
             # The backend refuses STARTED over REVOKED (backends/base.py): a task revoked after a worker
             # reserved it (prefetched) is not run, at no extra cost: this write happens anyway.
-            if not self.app.backend.try_set(job.id, record.state, encode_record(record), self.ttl):
+            # Fenced by the lease where the backend sees it (ResultBackend.set_held): a STARTED write that
+            # waited in a cut link must not land over the record of the run now holding the message.
+            lease = (job.delivery.queue, job.delivery.token)
+            landed = self.app.backend.try_set_held(job.id, record.state, encode_record(record), self.ttl, lease)
+            if landed is None:
+                raise Skip("its lease was lost before it started (redelivered elsewhere)", record=False)
+            if not landed:
                 raise Skip("revoked before it started", record=False, revoked=True)
 
     def after_success(self, job: Job, value: Any) -> None:

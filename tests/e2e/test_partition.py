@@ -9,7 +9,7 @@ bridge. Cutting a host takes its link down: its packets are dropped, nothing res
 What it proves (docs/guarantees.md, "Leases and heartbeats"): the tasks the cut host was running run
 again elsewhere once their lease ends, and not before; its late results and acks, sent when the link
 comes back, are refused (fenced by the lease token) while the reruns still hold the messages; nothing
-is lost, and only the tasks the cut host was running ran twice.
+is lost, and only the tasks the cut host was running (or had just finished, not yet settled) ran twice.
 """
 
 from __future__ import annotations
@@ -46,26 +46,22 @@ SLOTS = 3
 #: still hold their messages when the cut host's late writes arrive.
 SLEEP, RERUN_SLEEP = 0.3, 12.0
 PREFIX = "cvpart"
+#: Seconds before the cut within which a task the cut host finished may still be unsettled (its result and
+#: ack wait for the next round trip of its batch, or are on the wire): it may run again too.
+SETTLE_SLACK = 1.0
 #: The thread pool (one process per worker: four hosts' processes start at once); E2E_EVERY_POOL=1 adds the
 #: process and asyncio pools (the fence is the same code on each: worker/pools/reserver.py, asyncio.py).
 POOLS = ["thread", "process", "asyncio"] if os.environ.get("E2E_EVERY_POOL") == "1" else ["thread"]
-#: How long the cut host's runs take, so that they end during the cut, either more than ``lease / 2``
-#: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
-#: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
-IN_FLIGHT = pytest.mark.xfail(
-    reason="a result write already on its way when the link went down lands when it heals, over the rerun's "
-    "record (its ack is refused): fencing it needs the write bounded by the lease (docs/guarantees.md)",
-    raises=AssertionError,
-    strict=True,
-)
 #: (broker, how long the cut host's runs take): they end during the cut, either more than ``lease / 2``
 #: after their lease was last extended (the worker then checks the lease before it writes: fenced), or
-#: sooner (the result write leaves at once and waits in the cut link; it lands when the link heals).
+#: sooner (the result write leaves at once and waits in the cut link; when the link heals it reaches the
+#: server, which refuses it: the write checks the lease token in its own script, ResultBackend.set_held).
 #: The broker (and result backend) is a private redis-server or PostgreSQL cluster on the broker host.
 SCENARIOS = [
     pytest.param("redis", 2.2, id="redis-finished-after-the-lease-was-in-doubt"),
-    pytest.param("redis", 0.6, id="redis-result-write-sent-into-the-cut", marks=IN_FLIGHT),
+    pytest.param("redis", 0.6, id="redis-result-write-sent-into-the-cut"),
     pytest.param("postgres", 2.2, id="postgres-finished-after-the-lease-was-in-doubt"),
+    pytest.param("postgres", 0.6, id="postgres-result-write-sent-into-the-cut"),
 ]
 
 
@@ -274,6 +270,14 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
         if host == victim.name and (end is None or end > cut_at)
     }
     assert caught, "the cut caught no running task on the cut host"
+    # (and those it had finished just before, whose result and ack may still have been pending in its batch
+    # or on the wire: these may run twice too, as at-least-once allows)
+    unsettled = {
+        i
+        for i, runs in cluster.runs().items()
+        for host, _, end in runs
+        if host == victim.name and end is not None and cut_at - SETTLE_SLACK < end <= cut_at
+    }
     # Then they run again on the other hosts once their lease ran out, never while it held them
     reruns = _wait_for_reruns(cluster, caught, victim)
     for i, start in reruns.items():
@@ -290,12 +294,12 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
     cluster.net.heal(victim)
     _wait_for_late_writes(cluster, victim)
     runs = cluster.runs()
-    still = {i for i in caught if any(h != victim.name and end is None for h, _, end in runs[i])}
-    assert still == caught, "a rerun ended before the cut host's late writes arrived: the checks prove nothing"
+    still = {i for i in caught | unsettled if any(h != victim.name and end is None for h, _, end in runs[i])}
+    assert caught <= still, "a rerun ended before the cut host's late writes arrived: the checks prove nothing"
     # Then its late acks were refused: every rerun still holds its message
-    assert cluster.in_broker()["inflight"] == len(caught)
+    assert cluster.in_broker()["inflight"] == len(still)
     # and its late results were refused: no record says a run finished the task
-    for i in sorted(caught):
+    for i in sorted(still):
         record = cluster.record(ids[i])
         assert record is None or record.state is not State.SUCCESS, f"task {i}: the cut host's late result landed"
     # When the reruns end
@@ -305,13 +309,16 @@ def test_a_cut_off_worker_host_loses_its_tasks_to_others_after_the_lease_and_its
     for i, task_id in enumerate(ids):
         record = cluster.record(task_id)
         assert record is not None and record.state is State.SUCCESS, f"task {i}: {record}"
-        assert i not in caught or record.value != victim.name, f"task {i}: the result is the cut host's late one"
+        assert i not in still or record.value != victim.name, f"task {i}: the result is the cut host's late one"
     # and only the tasks the cut host was running ran twice (once there, once elsewhere)
     runs = cluster.runs()
     assert set(runs) == set(range(TASKS))
     twice = {i for i, task_runs in runs.items() if len(task_runs) > 1}
-    assert twice == caught, f"ran more than once: {sorted(twice)}; the cut host was running {sorted(caught)}"
-    assert all(len(runs[i]) == 2 for i in caught)
+    assert caught <= twice <= caught | unsettled, (
+        f"ran more than once: {sorted(twice)}; the cut host was running {sorted(caught)}, had just finished "
+        f"{sorted(unsettled)}"
+    )
+    assert all(len(runs[i]) == 2 for i in twice)
 
 
 def _wait_for_second_wave(cluster: Cluster, victim: Host) -> None:

@@ -111,6 +111,14 @@ class Store(abc.ABC):
         for the WAL flush.
         """
 
+    def beside_leases(self) -> None:  # noqa: B027 - optional hook, nothing to change by default
+        """Told by the broker built with this store: the broker's message leases live beside this store's
+        records (Redis: the same server, database and prefix, not a Cluster; PostgreSQL: the same schema),
+        so :meth:`ResultBackend.set_held` can check each lease in the result write's own atomic step.
+
+        The default ignores it (its writes are then fenced by the worker's check alone).
+        """
+
     def signal_workers(self) -> None:  # noqa: B027 - optional hook, nothing to signal by default
         """Wake idle workers so they read their queue flags again (after a queue was paused or resumed).
 
@@ -254,6 +262,37 @@ class ResultBackend(Store):
         """Store several records in one round trip where the engine allows it."""
         for task_id, state, record in items:
             self.set(task_id, state, record, ttl)
+
+    def set_held(
+        self, items: Sequence[tuple[str, State, bytes]], ttl: float, leases: Sequence[tuple[str, str]]
+    ) -> list[str]:
+        """:meth:`set_many` for a worker's finished tasks, each fenced by its lease where the backend sees the leases.
+
+        ``leases[i]`` is ``(queue, lease token)`` of the delivery whose run wrote ``items[i]`` (the task id
+        is the message id; an empty token writes that record unfenced). Once the broker built with this
+        store told it that it sees the broker's leases (:meth:`Store.beside_leases`), each record lands
+        only if its message is still leased under that token, checked in the write's own atomic step on
+        the server: a write from a run whose lease was lost (its message redelivered after a network cut,
+        say) is refused whenever it arrives, even one already on the wire when the link went down.
+        Elsewhere (the default, and a backend on another server than the broker) this is
+        :meth:`set_many`: only the worker's check before the write fences (``LeaseKeeper.fence``).
+
+        Returns:
+            The ids whose record was refused because their lease is no longer held (nothing changed).
+        """
+        self.set_many(items, ttl)
+        return []
+
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        """:meth:`try_set` for a worker's run, fenced by its delivery's ``(queue, lease token)`` like :meth:`set_held`.
+
+        Returns:
+            True when the record landed, False when the revocation rule refused it, None when the lease
+            is no longer held where the backend sees the leases (nothing changed).
+        """
+        return self.try_set(task_id, state, record, ttl)
 
     @abc.abstractmethod
     def get(self, task_id: str) -> bytes | None:

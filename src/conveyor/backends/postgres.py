@@ -41,6 +41,20 @@ SWEEP_EVERY = 60.0
 #: Longest single block of wait() in seconds before it reads again (a safety net; notifications wake it).
 WAIT_SLICE = 5.0
 _FINAL = [str(s) for s in FINAL_STATES]
+#: :meth:`PostgresResultBackend.set_held`: the records whose message is still in flight under the writer's
+#: token (an empty token: unfenced) are written, the others' ids returned; row locks held to the commit.
+_HELD_WRITE = """
+WITH w AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(states)s::text[], %(records)s::bytea[], %(tokens)s::text[])
+        WITH ORDINALITY AS w (id, state, record, token, n)
+), held AS (
+    SELECT w.n FROM w JOIN {s}.messages m ON m.id = w.id AND m.token = w.token AND m.state = 2 FOR SHARE OF m
+), ok AS (
+    SELECT w.* FROM w WHERE w.token = '' OR w.n IN (SELECT n FROM held)
+)
+SELECT ARRAY(SELECT id FROM w WHERE n NOT IN (SELECT n FROM ok) ORDER BY n),
+       {s}.cv_set_results(ARRAY(SELECT id FROM ok ORDER BY n), ARRAY(SELECT state FROM ok ORDER BY n),
+                          ARRAY(SELECT record FROM ok ORDER BY n), %(ttl)s, %(final)s)"""
 
 
 class PostgresResultBackend(ResultBackend):
@@ -52,6 +66,8 @@ class PostgresResultBackend(ResultBackend):
         self._next_sweep = time.monotonic() + SWEEP_EVERY
         #: Whether ``set_many`` waits for the WAL flush; the PostgreSQL broker on the same server clears it.
         self.flush_results = True
+        #: Whether :meth:`set_held` checks each lease in its write (the PostgreSQL broker in this schema said so).
+        self.fenced = False
 
     def __repr__(self) -> str:
         return f"PostgresResultBackend({self.db.url!r})"
@@ -87,6 +103,53 @@ class PostgresResultBackend(ResultBackend):
         woken at commit, a WAL flush sooner: the round trip of a task waits for one flush (its enqueue).
         """
         self._write(items, ttl, flush=self.flush_results)
+
+    def beside_leases(self) -> None:
+        """The PostgreSQL broker in this schema: :meth:`set_held` checks each message row's lease token."""
+        self.fenced = True
+
+    def set_held(
+        self, items: Sequence[tuple[str, State, bytes]], ttl: float, leases: Sequence[tuple[str, str]]
+    ) -> list[str]:
+        """One statement: lock the rows of the messages still leased under the writers' tokens, then
+        ``cv_set_results`` on those records alone, so a write that waited in a cut link is refused if the
+        message was redelivered (or acked) meanwhile.
+
+        ``FOR SHARE`` makes the check and the write one step: a reserve that hands the message to another
+        run waits for this commit, and one that committed first leaves a new token that fails the match.
+        """
+        if not self.fenced or not items:
+            self.set_many(items, ttl)
+            return []
+        return self._held_write(items, ttl, leases, flush=self.flush_results)[0]
+
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        if not self.fenced:
+            return self.try_set(task_id, state, record, ttl)
+        refused, landed = self._held_write([(task_id, state, record)], ttl, [lease], flush=True)
+        return None if refused else landed == 1
+
+    def _held_write(
+        self, items: Sequence[tuple[str, State, bytes]], ttl: float, leases: Sequence[tuple[str, str]], *, flush: bool
+    ) -> tuple[list[str], int]:
+        """The fenced upsert (:data:`_HELD_WRITE`): the ids refused for their lease, and how many records landed."""
+        call = _HELD_WRITE + ("" if flush else ", set_config('synchronous_commit', 'off', true)")
+        with self.db.connection() as conn:
+            row = conn.execute(
+                self._q(call),
+                {
+                    "ids": [i[0] for i in items],
+                    "states": [str(i[1]) for i in items],
+                    "records": [i[2] for i in items],
+                    "tokens": [token for _, token in leases],
+                    "ttl": ttl,
+                    "final": _FINAL,
+                },
+            ).fetchone()
+            self._sweep(conn)
+        return ([], 0) if row is None else (list(row[0]), int(row[1]))
 
     def _write(self, items: Sequence[tuple[str, State, bytes]], ttl: float, *, flush: bool) -> int:
         """Upsert the records under the revocation rule (one ``cv_set_results`` call); return how many landed.

@@ -36,6 +36,7 @@ from conveyor.brokers.redis.keys import (
     gather_key,
     lease_key,
     notify_key,
+    queue_keys,
     result_key,
     value_key,
     watch_key,
@@ -73,6 +74,7 @@ class RedisResultBackend(ResultBackend):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, retry_for: float | None = None) -> None:
         client_url, self.prefix, self.url = split_url(url)
         client_url = without_broker_params(client_url)  # wait= confirms the broker's enqueues only
+        self._client_url = client_url
         self._conn = RedisConnection(
             client_url,
             self.url,
@@ -82,6 +84,8 @@ class RedisResultBackend(ResultBackend):
             max_block=self.max_block,
             scripts=SCRIPTS,
         )
+        #: Whether :meth:`set_held` checks each lease in its write (the broker on this server said so).
+        self.fenced = False
 
     @property
     def _ttl(self) -> int:
@@ -99,6 +103,45 @@ class RedisResultBackend(ResultBackend):
     def set_many(self, items: Sequence[tuple[str, State, bytes]], ttl: float) -> None:
         if items:  # one pipeline of result_set.lua calls: one round trip, each write checked on the server
             self._conn.run_many([self._write_call(task_id, state, record, ttl) for task_id, state, record in items])
+
+    def location(self) -> str:
+        """The redis-py URL of its server and database, with the key prefix as the fragment."""
+        return f"{self._client_url}#{self.prefix}"
+
+    def beside_leases(self) -> None:
+        """The Redis broker on this server, database and prefix (not a Cluster): fence with its message hashes."""
+        self.fenced = True
+
+    def set_held(
+        self, items: Sequence[tuple[str, State, bytes]], ttl: float, leases: Sequence[tuple[str, str]]
+    ) -> list[str]:
+        """Each result_set.lua call also names the message's hash and the writer's token (KEYS[5], ARGV[6]).
+
+        The script refuses the write (-1) unless the hash still holds that token: one atomic step, so a
+        write that waited in a cut link is refused if the message was redelivered (or acked) meanwhile.
+        """
+        if not self.fenced:
+            self.set_many(items, ttl)
+            return []
+        calls = []
+        for (task_id, state, record), (queue, token) in zip(items, leases, strict=True):
+            call = self._write_call(task_id, state, record, ttl)
+            if token:
+                name, keys, args = call
+                call = (name, [*keys, queue_keys(self.prefix, queue).message + task_id], [*args, token])
+            calls.append(call)
+        replies = self._conn.run_many(calls) if calls else []
+        return [item[0] for item, reply in zip(items, replies, strict=True) if reply == -1]
+
+    def try_set_held(
+        self, task_id: str, state: State, record: bytes, ttl: float, lease: tuple[str, str]
+    ) -> bool | None:
+        queue, token = lease
+        if not self.fenced or not token:
+            return self.try_set(task_id, state, record, ttl)
+        name, keys, args = self._write_call(task_id, state, record, ttl)
+        reply = self._conn.run(name, [*keys, queue_keys(self.prefix, queue).message + task_id], [*args, token])
+        return None if reply == -1 else bool(reply)
 
     def get(self, task_id: str) -> bytes | None:
         return self._read(task_id)[1]

@@ -23,12 +23,13 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import ClassVar, TypeVar
 
 import msgspec
 
 from conveyor.app import App
+from conveyor.backends.base import ResultBackend
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.middleware import Bury, Defer, Job, Requeue, Verdict
@@ -67,7 +68,21 @@ class Pending:
     results: list[FinalResult] = dataclasses.field(default_factory=list)
     acks: list[Delivery] = dataclasses.field(default_factory=list)
 
-    def drop_lost(self, lost: set[str]) -> list[Delivery]:
+    def write_results(self, backend: ResultBackend, ttl: float) -> list[Delivery]:
+        """Write the pending results, each fenced by its delivery's lease; drop and return the refused ones.
+
+        The backend checks each lease in the write itself where it sees the broker's leases
+        (:meth:`ResultBackend.set_held`): a write that left before a network cut and lands after the
+        message was redelivered is refused then, which the worker's check before the write
+        (``LeaseKeeper.fence``) cannot see. Those deliveries' acks would be refused too: they are dropped.
+        """
+        if not self.results:
+            return []
+        held = {d.id: d for d in self.acks}
+        leases = [(d.queue, d.token) if (d := held.get(r[0])) is not None else ("", "") for r in self.results]
+        return self.drop_lost(backend.set_held(self.results, ttl, leases))
+
+    def drop_lost(self, lost: Collection[str]) -> list[Delivery]:
         """Remove the results and acks of the deliveries whose lease was lost (``LeaseKeeper.fence``); return those.
 
         Their messages were redelivered, so the run that holds the lease now records the outcome: a
@@ -109,11 +124,24 @@ class Settler:
         """Store ``result`` (if any), then ack ``delivery``; True when both are kept pending."""
         raise NotImplementedError
 
-    def store(self, result: FinalResult) -> None:
-        """Write one record of a task that ran, until it lands (see :meth:`durably`)."""
-        task_id, state, data = result
+    def store(self, result: FinalResult, delivery: Delivery | None = None) -> None:
+        """Write one record of a task that ran, until it lands (see :meth:`durably`).
+
+        With ``delivery``, the write is fenced by its lease where the backend sees the leases
+        (:meth:`ResultBackend.set_held`): refused, with a warning, once the message was redelivered.
+        """
         ttl = self.app.settings.result_ttl
-        self.durably("result write", lambda: self.app.backend.set(task_id, state, data, ttl))
+        if delivery is None:
+            task_id, state, data = result
+            self.durably("result write", lambda: self.app.backend.set(task_id, state, data, ttl))
+            return
+        lease = [(delivery.queue, delivery.token)]
+        if self.durably("result write", lambda: self.app.backend.set_held([result], ttl, lease)):
+            log.warning(
+                "message %s failed after its lease was lost (redelivered elsewhere): its %s record is refused",
+                delivery.id,
+                result[1],
+            )
 
     def failure(self, job: Job, error: ErrorInfo, verdict: Verdict) -> tuple[Ended, bool]:
         """Record a failed attempt as ``verdict`` says; return how it ended and whether it waits in a batch.
@@ -131,7 +159,7 @@ class Settler:
         if isinstance(verdict, Requeue):
             eta = time.time() + verdict.delay
             body = self.app.codec.encode(msgspec.structs.replace(m, attempt=m.attempt + 1, eta=eta))
-            self.store(entry(m.id, retrying(job, errors, eta)))
+            self.store(entry(m.id, retrying(job, errors, eta)), job.delivery)
             self.durably("retry", lambda: self.app.broker.nack(job.delivery, delay=verdict.delay, body=body))
             log.warning("task %s[%s] will retry in %.2fs %s", m.task, m.id, verdict.delay, verdict.reason)
             return Ended.RETRY, False
@@ -139,7 +167,7 @@ class Settler:
         log.error("task %s[%s] failed in %.4fs: %s: %s", m.task, m.id, ran, error.type, error.message)
         record = entry(m.id, failed(job, errors))
         if isinstance(verdict, Bury):
-            self.store(record)
+            self.store(record, job.delivery)
             self.durably("dead-letter", lambda: self.app.broker.dead_letter(job.delivery, verdict.reason))
             return Ended.FAILURE, False
         return Ended.FAILURE, self.finish(job.delivery, record)
@@ -237,7 +265,7 @@ class ImmediateSettler(Settler):
 
     def finish(self, delivery: Delivery, result: FinalResult | None) -> bool:
         if result is not None:
-            self.store(result)
+            self.store(result, delivery)
         self.durably("ack", lambda: self.app.broker.ack([delivery]))
         return False
 

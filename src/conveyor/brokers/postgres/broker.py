@@ -51,7 +51,9 @@ class PostgresBroker(Broker):
     The schema must be migrated first (``conveyor db migrate APP``). The schema keeps every state the
     broker needs; ``store`` (the app's result backend), when it is PostgreSQL on the same server, is told
     that its worker result batches need not wait for the WAL flush (``Store.beside_acks``):
-    the acks that follow them go to the same write-ahead log.
+    the acks that follow them go to the same write-ahead log; in the same schema too, it is told that it
+    sees the leases (``Store.beside_leases``): each worker result write then checks its message's lease
+    token in the same statement.
     """
 
     def __init__(self, url: str, *, max_deliveries: int = 5, store: ResultBackend | None = None) -> None:
@@ -69,6 +71,8 @@ class PostgresBroker(Broker):
             self.db.conninfo,
             self.db.schema,
         )
+        if store is not None and self._store_signals:  # its result writes can check this schema's leases
+            store.beside_leases()
         # Per process: the listener generation of the last reserve that found nothing, when (monotonic)
         # the next scheduled message comes due or lease expires (None: none), whether leases were in
         # flight, and the count of acks before that reserve; an idle reserve skips its query while the

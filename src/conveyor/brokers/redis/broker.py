@@ -63,7 +63,10 @@ class RedisBroker(Broker):
             ``wait=N`` (with ``wait_timeout=`` seconds, default 1) makes every enqueue wait until N
             replicas hold it (``WAIT``), raising BrokerUnavailable when fewer confirm in time.
         max_deliveries: deliveries after which an unacknowledged message is dead-lettered.
-        store: not used: Redis keeps every state the broker needs.
+        store: the app's result backend. Redis keeps every state the broker needs; a Redis store on the
+            same server, database and prefix (not a Cluster: a result and its message live in different
+            slots) is told so (``Store.beside_leases``), and then fences each worker's result write by
+            the message's lease token in the write's own script.
         retry_for: overrides :attr:`retry_for` for this broker.
     """
 
@@ -99,6 +102,8 @@ class RedisBroker(Broker):
             max_block=self.max_block,
             scripts=QUEUE_SCRIPTS + GLOBAL_SCRIPTS,
         )
+        if store is not None and not self._conn.clustered and store.location() == f"{client_url}#{self.prefix}":
+            store.beside_leases()
         self._global = global_keys(self.prefix)
         self._claims = KeyIndex(self._conn, self.prefix)
         self._store = MessageStore(self._conn, self.prefix, self._claims, confirm)

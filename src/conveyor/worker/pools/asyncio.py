@@ -342,8 +342,8 @@ class AsyncioChild:
     def _settle(self, pending: Pending) -> None:
         # fencing: a run whose lease was lost meanwhile (a network cut) records nothing (LeaseKeeper.fence)
         self.keeper.release_all(pending.drop_lost(self.keeper.fence(pending.acks)))
-        if pending.results:
-            self.app.backend.set_many(pending.results, self.app.settings.result_ttl)
+        if pending.results:  # each write fenced on the server too, where the backend sees the leases
+            self.keeper.release_all(pending.write_results(self.app.backend, self.app.settings.result_ttl))
             pending.results = []  # landed: a failed ack retries the acks only
         self.keeper.acking(pending.acks)
         self.app.broker.ack(pending.acks)

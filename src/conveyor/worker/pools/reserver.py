@@ -3,15 +3,16 @@
     finished tasks ──► BatchSettler (pending results + acks, deliveries still held)
                           │ take()
                           ▼
-    backend.set_many(results)  ──►  broker.ack_and_reserve(acks, free slots)  ──►  fresh deliveries, held
+    backend.set_held(results)  ──►  broker.ack_and_reserve(acks, free slots)  ──►  fresh deliveries, held
 
 The result always lands before the ack (at-least-once): if the write fails, results and acks go
 back to the settler and stay held (heartbeated); if the ack fails, the acks go back. Either way
 the next round trip retries them, with a capped backoff and one log line per outage: a task
 that ran is never left to its lease (that would count a delivery and run it again). A finished task
 whose lease was lost meanwhile (a network cut longer than the lease: it ran again elsewhere) is
-dropped before the write (``LeaseKeeper.fence``): its late result never replaces the record of the
-run holding the lease.
+dropped before the write (``LeaseKeeper.fence``), and a write that left before the cut and lands after
+it is refused by the backend where it sees the leases (``ResultBackend.set_held``): its late result
+never replaces the record of the run holding the lease.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class Reserver:
             self.settler.restore(pending)
             raise
         if pending.results:
-            try:
-                child.app.backend.set_many(pending.results, child.app.settings.result_ttl)
+            try:  # each write fenced on the server too, where the backend sees the leases (ResultBackend.set_held)
+                child.keeper.release_all(pending.write_results(child.app.backend, child.app.settings.result_ttl))
             except BrokerError:
                 self.settler.restore(pending)
                 raise

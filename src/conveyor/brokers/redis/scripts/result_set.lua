@@ -10,9 +10,17 @@
 -- ARGV[3]: its ttl in milliseconds
 -- ARGV[4]: "1" when the new state is final (leave a wake-up token), else "0" (clear old tokens)
 -- ARGV[5]: the wake-up tokens' ttl in milliseconds
+-- KEYS[5]: {prefix:q:QUEUE}:m:ID HASH    optional (a worker's fenced write, RedisResultBackend.set_held): the
+--                                        broker's message, whose 'token' field names its current lease
+-- ARGV[6]: with KEYS[5], the writer's lease token
 --
 -- A live REVOKED record is replaced only by REVOKED; a REVOKED write does not replace SUCCESS or
--- FAILURE. Returns 1 when the record was stored, 0 when the rule refused it (nothing changed).
+-- FAILURE. Returns 1 when the record was stored, 0 when the rule refused it, -1 when the writer's
+-- lease is no longer the message's (redelivered, or settled by another run): nothing changed.
+
+if KEYS[5] and redis.call('HGET', KEYS[5], 'token') ~= ARGV[6] then
+  return -1
+end
 
 local old = redis.call('GET', KEYS[1])
 if old then
