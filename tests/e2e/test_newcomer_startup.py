@@ -106,12 +106,18 @@ def test_a_beat_on_a_dead_broker_exits_with_one_line_too(tmp_path: Path) -> None
 
 
 def test_ctrl_c_during_the_start_up_check_stops_at_once(tmp_path: Path) -> None:
-    proc = start(worker_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", CONVEYOR_STARTUP_TIMEOUT="60"))
+    env = worker_env(tmp_path, f"redis://127.0.0.1:{free_port()}/0", CONVEYOR_STARTUP_TIMEOUT="60")
+    proc = start({**env, "PYTHONFAULTHANDLER": "1"})  # SIGABRT dumps every thread's stack (see below)
     # Wait (bounded) until the check runs: its ping thread exists (on a loaded machine the imports take seconds).
     wait_until(lambda: proc.poll() is None and psutil.Process(proc.pid).num_threads() >= 2, 30, "the start-up check")
     stopped = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # say where it hangs, and leave no process behind for the next test
+        proc.send_signal(signal.SIGABRT)
+        out, err = proc.communicate(timeout=10)
+        pytest.fail(f"the worker did not stop within 10 s of Ctrl-C; its threads when aborted:\n{err}")
     assert time.monotonic() - stopped < 2.0
     assert proc.returncode == 1
     assert "Traceback" not in err and "ready" not in out + err
