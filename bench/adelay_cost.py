@@ -22,8 +22,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import redis
-
+from bench.noop_cost import delete_prefix
 from conveyor import App
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -37,15 +36,6 @@ def make_app(prefix: str) -> App:
         """Nothing at all (never run: no worker)."""
 
     return app
-
-
-def _cleanup(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    for pattern in (f"{prefix}*", f"{{{prefix}*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-    client.close()
 
 
 def run(way: str, n: int, prefix: str, cleanup: bool = True) -> None:
@@ -68,7 +58,7 @@ def run(way: str, n: int, prefix: str, cleanup: bool = True) -> None:
     finally:
         app.close()
         if cleanup:  # (measure cleans up after the process: deleting N messages' keys costs per call too)
-            _cleanup(prefix)
+            delete_prefix(prefix)
 
 
 def _callgrind(way: str, n: int) -> int:
@@ -78,7 +68,7 @@ def _callgrind(way: str, n: int) -> int:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
         cmd += [sys.executable, "-m", "bench.adelay_cost", "run", way, str(n), "--prefix", prefix, "--keep"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        _cleanup(prefix)
+        delete_prefix(prefix)
         found = re.search(r"Collected : (\d+)", proc.stderr)
         if proc.returncode != 0 or found is None:
             raise SystemExit(f"callgrind run failed:\n{proc.stderr[-3000:]}")

@@ -65,12 +65,14 @@ def enqueue(n: int, prefix: str, vhost: str = "") -> None:
     app.close()
 
 
-def _cleanup(prefix: str) -> None:
+def delete_prefix(prefix: str) -> None:
+    """Delete every key of a run's prefix on ``REDIS_URL`` (plain and hash-tagged); also bench/adelay_cost.py's."""
     client = redis.Redis.from_url(REDIS_URL)
     for pattern in (f"{prefix}*", f"{{{prefix}*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
+    client.close()
 
 
 def drain(n: int, prefix: str, loglevel: str, vhost: str = "") -> None:
@@ -104,7 +106,7 @@ def drain(n: int, prefix: str, loglevel: str, vhost: str = "") -> None:
     threading.Thread(target=watch, daemon=True).start()
     child_main(app, config, writer)
     writer.close()
-    _cleanup(prefix)
+    delete_prefix(prefix)
 
 
 def _callgrind(n: int, loglevel: str, vhost: str = "") -> tuple[int, int]:
@@ -121,7 +123,7 @@ def _callgrind(n: int, loglevel: str, vhost: str = "") -> tuple[int, int]:
         main = Path(f"{out}-01")
         summary = re.search(r"^summary: (\d+)", main.read_text(), re.MULTILINE) if main.exists() else None
         if proc.returncode != 0 or found is None or summary is None:
-            _cleanup(prefix)
+            delete_prefix(prefix)
             raise SystemExit(f"callgrind run failed:\n{proc.stderr[-3000:]}")
         return int(found.group(1)), int(summary.group(1))
 

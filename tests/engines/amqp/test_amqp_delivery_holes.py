@@ -56,12 +56,12 @@ def started(results: ResultBackend, task_id: str) -> None:
     results.set(task_id, State.STARTED, encode_record(record), 60)
 
 
-def take_all(broker: AMQPBroker, n: int, timeout: float = 10) -> list[Delivery]:
-    """Reserve until ``n`` deliveries came (uncounted requeues take a look each)."""
+def take_all(broker: AMQPBroker, n: int, timeout: float = 10, *, owner: str = "w", wait: float = 0.2) -> list[Delivery]:
+    """Reserve until ``n`` deliveries came (uncounted requeues take a look each); each reserve waits ``wait``."""
     got: list[Delivery] = []
     deadline = time.monotonic() + timeout
     while len(got) < n and time.monotonic() < deadline:
-        got += broker.reserve(["default"], n - len(got), owner="w", lease=30, timeout=0.2)
+        got += broker.reserve(["default"], n - len(got), owner=owner, lease=30, timeout=wait)
     return got
 
 
@@ -251,7 +251,7 @@ def test_messages_nacked_over_and_over_while_the_store_is_down_are_never_charged
         for _ in range(ROUNDS):
             # When it takes them on a waiting reserve and gives them all back (a worker stopping, or one whose
             # backend failed before the tasks started: Child.return_unstarted)
-            taken = take_waiting(worker, 3)
+            taken = take_all(worker, 3, owner="w/1", wait=1)  # waiting (pushed) reserves
             # Then none ran, so none was ever charged: the last give-back stopped the consumer while
             # RabbitMQ pushed nothing, and nothing came back marked redelivered
             assert sorted((d.id, d.deliveries) for d in taken) == sorted((i, 1) for i in ids)
@@ -265,12 +265,3 @@ def test_messages_nacked_over_and_over_while_the_store_is_down_are_never_charged
 
 #: Rounds of the test above: before the fix about one in 25 stops let a pushed copy come back redelivered.
 ROUNDS = 60
-
-
-def take_waiting(broker: AMQPBroker, n: int, timeout: float = 10) -> list[Delivery]:
-    """Reserve on waiting (pushed) reserves until ``n`` deliveries came."""
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n and time.monotonic() < deadline:
-        got += broker.reserve(["default"], n - len(got), owner="w/1", lease=30, timeout=1)
-    return got
