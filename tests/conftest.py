@@ -45,6 +45,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def load_factor() -> float:
+    """How loaded the machine is: the 1-minute load average per CPU, at least 1.
+
+    For bounds a loaded machine stretches that are not themselves a promise (how late a thread is
+    scheduled): multiply them by it. A bound that is a documented promise stays fixed.
+    """
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
 def server_missing(what: str, why: str) -> None:
     """Skip locally, fail in CI: an unreachable server must never pass silently there."""
     message = f"{what} is not reachable: {why}"

@@ -65,7 +65,8 @@ class WorkerProcess(testing.WorkerProcess):
             proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         super().__init__(proc, log)
 
-    def wait_for_log(self, text: str, timeout: float = 15) -> None:
+    def wait_for_log(self, text: str, timeout: float = 40) -> None:
+        # 40 s: a worker's start-up ("ready") took 7-15 s on the loaded CI machine (load 15-25)
         wait_until(lambda: text in self.output(), timeout, f"worker log to contain {text!r}:\n{self.output()}")
 
 

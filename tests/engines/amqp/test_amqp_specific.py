@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import pika
 import pytest
+from pika.adapters.blocking_connection import BlockingChannel
 
 from conveyor import App
 from conveyor.backends import from_url as backend_from_url
@@ -24,8 +26,12 @@ from conveyor.backends.memory import MemoryResultBackend
 from conveyor.brokers import Broker, Delivery, Envelope, WorkerInfo
 from conveyor.brokers import from_url as broker_from_url
 from conveyor.brokers.amqp import AMQPBroker
+from conveyor.brokers.amqp import admin as admin_module
+from conveyor.brokers.amqp.names import queue_names
+from conveyor.brokers.amqp.scan import Decide, scan
 from conveyor.errors import BrokerUnavailable, ConfigurationError
 from conveyor.states import ResultRecord, State, encode_record
+from tests.conftest import amqp_url, load_factor, wait_until
 from tests.servers import free_port
 from tests.vhosts import rabbitmqctl
 
@@ -116,19 +122,21 @@ def test_countdowns_never_run_early_and_run_once(broker: AMQPBroker) -> None:
     later = env(body=b"hour", eta=now + 3600)
     soon = [env(body=f"{delay}".encode(), eta=now + delay) for delay in (1.5, 0.2, 0.9, 0.45)]
     broker.enqueue([later, *soon])
-    # When a worker reserves for 3 s
+    # When a worker reserves until it has them all (up to 10 s)
     seen: dict[bytes, float] = {}
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(seen) < len(soon):
         for d in broker.reserve(["default"], 10, owner="w", lease=30, timeout=0.3):
             assert d.body not in seen, "delivered twice"
             seen[d.body] = time.time()
             broker.ack([d])
-    # Then each ran once, never before its eta, and not much after it
+    # Then each ran once, never before its eta, and not much after it: 0.6 s on an idle machine, more
+    # on a loaded one, where the promoting thread and this one wait for a CPU (the lateness is no promise)
     assert sorted(seen) == sorted(e.body for e in soon)
+    late = 0.6 * load_factor()
     for e in soon:
         assert e.eta is not None
-        assert e.eta <= seen[e.body] < e.eta + 0.6
+        assert e.eta <= seen[e.body] < e.eta + late, f"{e.body!r} {seen[e.body] - e.eta:.2f}s after its eta"
     assert broker.stats()[0].scheduled == 1  # the hour-long one still waits
 
 
@@ -286,3 +294,45 @@ def test_a_waiting_reserve_is_pushed_no_more_than_its_free_slots(amqp_test_url: 
     finally:
         for broker in (producer, worker, other):
             broker.close()
+
+
+def test_cancel_finds_a_scheduled_message_that_moves_to_ready_while_it_scans(
+    broker: AMQPBroker, amqp_vhost: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a message due in 1 s, sitting in a delay level, and this process' promoter serving its queue
+    # (what a worker's pushed reserve starts; started alone here, so no consumer takes the promoted message)
+    broker._promoter.serve(["default"])
+    scheduled = env(body=b"later", eta=time.time() + 1.0)
+    broker.enqueue([scheduled])
+    # And RabbitMQ and the promoter moving it to the ready queue while cancel scans: made certain here by
+    # holding the scan, once it has looked at a ready queue and taken nothing yet, until the message is ready
+    ready = queue_names(broker.prefix, "default").ready
+    real_scan = scan
+    taken = 0
+
+    def scan_then_let_it_move(ch: BlockingChannel, queue: str, decide: Decide) -> int:
+        nonlocal taken
+        took = real_scan(ch, queue, decide)
+        taken += took
+        if queue == ready and not taken:
+            wait_until(lambda: ready_count(amqp_vhost, ready) == 1, 10, "the message to be promoted to ready")
+        return took
+
+    monkeypatch.setattr(admin_module, "scan", scan_then_let_it_move)
+    # When it is cancelled
+    found = broker.cancel([scheduled.id])
+    monkeypatch.undo()
+    # Then cancel found and deleted it: it was waiting all along
+    assert found == [scheduled.id]
+    [stats] = broker.stats()
+    assert (stats.ready, stats.scheduled) == (0, 0)
+    assert reserve_until(broker, 1) == []
+
+
+def ready_count(vhost: str, name: str) -> int:
+    """Messages ready in RabbitMQ queue ``name`` (not counting unacknowledged ones), over a connection of its own."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url(vhost)))
+    try:
+        return int(conn.channel().queue_declare(name, passive=True).method.message_count)
+    finally:
+        conn.close()

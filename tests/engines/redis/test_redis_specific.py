@@ -129,13 +129,22 @@ def test_unreachable_server_raises_broker_unavailable_in_bounded_time() -> None:
 
 
 def test_idle_reserve_wakes_as_soon_as_a_message_lands(broker: RedisBroker) -> None:
-    # Given a reserve blocked on an empty queue
+    # Then, five times, a reserve blocked on an empty queue returns a message enqueued meanwhile at once:
+    # a blocking pop, not a polling interval. The median of the five is held to 50 ms: a loaded machine
+    # can make one wake-up late (83 ms seen) by scheduling the thread late, not by waiting on a timer.
+    delays = sorted(wake_up_delay(broker) for _ in range(5))
+    assert delays[2] < 0.05, f"wake-up delays {[round(d, 3) for d in delays]}"
+
+
+def wake_up_delay(broker: RedisBroker) -> float:
+    """Seconds from an enqueue to the wake-up of a reserve that was blocked on the empty queue."""
     woke: list[float] = []
 
     def wait() -> None:
         got = broker.reserve(["default"], 1, owner="w", lease=30, timeout=5)
-        woke.append(time.monotonic())
-        assert len(got) == 1
+        if got:
+            woke.append(time.monotonic())
+            broker.ack(got)
 
     thread = threading.Thread(target=wait)
     thread.start()
@@ -144,8 +153,8 @@ def test_idle_reserve_wakes_as_soon_as_a_message_lands(broker: RedisBroker) -> N
     landed = time.monotonic()
     broker.enqueue([env()])
     thread.join(timeout=6)
-    # Then the reserve returns it at once: a blocking pop, not a polling interval
-    assert woke and woke[0] - landed < 0.05
+    assert woke, "the reserve did not return the message"
+    return woke[0] - landed
 
 
 def test_idempotency_key_spans_queues_and_survives_a_stale_claim(broker: RedisBroker, redis_prefix: str) -> None:

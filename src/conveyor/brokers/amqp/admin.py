@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from conveyor.backends.base import Store
 
 
+#: Scans cancel makes for ids it has not found yet: a second one finds a scheduled message that was
+#: between two queues (dead-lettered, or held by a promoter) as the first scan passed it (see ``_waiting``).
+CANCEL_PASSES = 2
+
+
 class Admin:
     """Scans and registry of one AMQP broker.
 
@@ -129,8 +134,11 @@ class Admin:
 
             return decide
 
-        if wanted:
+        for _ in range(CANCEL_PASSES):
+            if not wanted:
+                break
             self.scan_each(self._waiting, decider)
+            wanted -= {e.id for e in removed}
         gone = {e.id for e in removed}
         return [i for i in ids if i in gone], removed
 
@@ -184,8 +192,18 @@ class Admin:
         return self._conn.call(op)
 
     def _waiting(self, queue: str) -> list[str]:
+        """The RabbitMQ queues of waiting messages, in the order messages move through them.
+
+        A scheduled message moves on its own while a scan runs: from its delay level (RabbitMQ, at its
+        TTL) to the eta queue, and from there (a promoter) to a lower level or, once due, to a ready
+        queue. Scanned downstream first, the ready queues first, a message moved into them after their
+        turn was missed (revoke() answered False for a task waiting for its retry). Scanned the way
+        they move, the highest level first and the ready queues last, a message can only move ahead of
+        the scan; it is missed only if it is in between (dead-lettered, or held by a promoter) as the scan
+        passes it and lands behind it, which :data:`CANCEL_PASSES` makes rarer still.
+        """
         names = queue_names(self._prefix, queue, self._quorum)
-        return [*names.bands, *names.scheduled]
+        return [*reversed(names.levels), names.eta, *names.bands]
 
     def _dead(self, queue: str) -> list[str]:
         return [queue_names(self._prefix, queue, self._quorum).dead]
