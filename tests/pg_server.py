@@ -121,6 +121,8 @@ class PrivatePostgres:
         pidfile = self.data / "postmaster.pid"
         try:
             postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+            if str(self.data) not in " ".join(postmaster.cmdline()):
+                return []  # a stale pid file naming another process now (pid_max may be 32768): never signal it
             return [postmaster, *postmaster.children(recursive=True)]
         except (OSError, ValueError, psutil.Error):
             return []
