@@ -7,10 +7,14 @@ of its own on a free port, in its own folder, and stops it afterwards.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,13 +22,40 @@ import redis
 
 from tests.conftest import server_missing, wait_until
 
+# Ports handed to test servers: below the kernel's ephemeral range (32768-60999 here), so no bind(0)
+# and no outgoing connection of any process takes one while its server is down for a restart, and
+# each held by a lock file for the life of the process that took it, so no other test takes it either.
+# A kernel pick (bind to port 0) was free only at that instant: a test that killed its private server
+# and booted it again on the same port once found another test's new server listening there, and
+# talked to that one (an empty RabbitMQ node: "0 of 200 messages survived the crash").
+_PORTS = range(20000, 32000)
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "conveyor-test-ports"
+_held_ports: dict[int, int] = {}  # port -> the open lock file's descriptor, kept until this process exits
+
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port nobody listens on, that no other test process gets while this one lives."""
+    _PORT_LOCKS.mkdir(mode=0o777, exist_ok=True)
+    start = random.randrange(len(_PORTS))
+    for step in range(len(_PORTS)):
+        port = _PORTS[(start + step) % len(_PORTS)]
+        if port in _held_ports:
+            continue
+        fd = os.open(_PORT_LOCKS / f"{port}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another test process holds it
+            os.close(fd)
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # something outside the tests listens there
+                os.close(fd)
+                continue
+        _held_ports[port] = fd
         return port
+    raise AssertionError(f"no free port left in {_PORTS}")
 
 
 class PrivateRedis:

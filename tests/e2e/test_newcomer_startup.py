@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,9 @@ import pytest
 
 from tests.conftest import AMQP_URL, POSTGRES_URL, amqp_available, postgres_available, wait_until
 from tests.e2e.conftest import ROOT
+from tests.servers import free_port
 
 APP = "tests.apps.newcomer_app:app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def worker_env(tmp_path: Path, broker: str, **variables: str) -> dict[str, str]:
