@@ -109,6 +109,8 @@ class _Lane(asyncio.Protocol):
         self._transport = transport
         self._timeout = timeout
         self._loop = asyncio.get_running_loop()
+        #: A Sentinel-found master's connection: a ``READONLY`` reply there means a failover (see ``data_received``).
+        self._sentinel = isinstance(conn, SentinelManagedConnection)
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes (none asked for) are skipped
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
@@ -160,6 +162,11 @@ class _Lane(asyncio.Protocol):
         return futures
 
     @property
+    def awaited(self) -> int:
+        """Commands whose caller still awaits the reply (a cancelled caller's future is done: not counted)."""
+        return sum(1 for future, _ in self._waiting if not future.done())
+
+    @property
     def idle(self) -> bool:
         """Open, with no reply outstanding (a blocking lane can be lent again)."""
         return self.failure is None and not self._waiting
@@ -181,6 +188,12 @@ class _Lane(asyncio.Protocol):
                 return
             if self._push is not None and isinstance(reply, self._push):
                 continue
+            if self._sentinel and isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
+                # The master became a replica (a failover): this command and the others waiting fail with a
+                # ConnectionError, retried on a new lane, whose connection asks the sentinels for the new master
+                # (redis.asyncio's SentinelManagedConnection does the same on its own reads).
+                self.fail(redis.ConnectionError(f"the master became a replica: {reply}"))
+                return
             if not self._waiting:
                 self.fail(redis.ConnectionError(f"a reply nobody asked for: {reply!r:.100}"))
                 return
@@ -260,12 +273,22 @@ class AsyncRedis:
         self.clustered = self._topology.clustered
         self._connect_timeout = connect_timeout
         self._sources = scripts
-        #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
-        self.in_use = 0
+        #: Calls in :meth:`call` (retrying, or on a lent lane or the cluster client): see :attr:`in_use`.
+        self._calling = 0
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
         #: The clients of the loop that called last: most processes have one loop, and the weak dictionary's
         #: lookup (a weak reference made per call) is a tenth of an adelay's own work.
         self._recent: _LoopClients | None = None
+
+    @property
+    def in_use(self) -> int:
+        """Calls under way, over every loop: commands awaited on a loop's lane and calls in :meth:`call`.
+
+        0 once every call returned or was cancelled (a cancelled caller's command may still wait for its
+        reply on the lane: it is no longer counted).
+        """
+        lanes = sum(own.lane.awaited for own in list(self._loops.values()) if own.lane is not None)
+        return self._calling + lanes
 
     def _clients(self) -> _LoopClients:
         """The running loop's clients, made on its first call."""
@@ -321,7 +344,7 @@ class AsyncRedis:
         deadline = loop.time() + self.retry_for
         delay = 0.0
         while True:
-            self.in_use += 1
+            self._calling += 1
             try:
                 if timeout is None:
                     result = await op()
@@ -340,7 +363,7 @@ class AsyncRedis:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 failure = exc
             finally:
-                self.in_use -= 1
+                self._calling -= 1
             if task is not None and task.cancelling() > cancels:
                 # A cancellation arrived while a library layer turned it into a connection error (seen
                 # with Sentinel connections opening under load): never retry a cancelled task's call.
@@ -394,31 +417,55 @@ class AsyncRedis:
         count = 3 + len(keys) + len(fixed)
         return b"*%d\r\n%b" % (count + more, packed.removeprefix(b"*%d\r\n" % count))
 
-    async def run_packed(self, name: str, keys: Sequence[str], packed: bytes, args: Callable[[], Sequence[Arg]]) -> Any:
-        """:meth:`run` of a command the caller packed: :meth:`script_head`, then each argument as a RESP bulk string.
+    def send_packed(self, packed: bytes) -> asyncio.Future[Any] | None:
+        """Write a command the caller packed (:meth:`script_head`, then its arguments) on the running loop's lane.
 
-        This is ``adelay``'s one call: with the loop's lane open (every call but a loop's first), the
-        command is written and its reply awaited right here (no packing, no other coroutine). A loop's
-        first call, a failed lane, a server that lost its scripts (``NOSCRIPT``) or turned replica
-        (``READONLY``, Sentinel) and Redis Cluster go through :meth:`run`, with the arguments ``args()``
-        builds (the same as ``packed`` holds: the whole ARGV).
+        ``adelay``'s hot path, with no coroutine of its own (a frame to enter and resume per call): the
+        caller awaits the future of the raw reply, an error reply as a ``ResponseError`` value. The future
+        raises ``ConnectionError`` or ``TimeoutError`` if the lane failed (also when a Sentinel master
+        answered ``READONLY``: a failover). Anything but a plain reply goes to :meth:`run_again`, with the
+        same command's arguments. A cancelled caller's reply is read and dropped (the command may have run).
+
+        Returns:
+            None when the loop has no open lane (its first command, after a failure; always on Cluster):
+            :meth:`run` the command instead.
         """
-        own = self._clients()
+        own = self._recent
+        if own is None or own.loop() is not asyncio.get_running_loop():
+            own = self._clients()
         lane = own.lane
-        if lane is not None and lane.failure is None:
-            self.in_use += 1
-            try:
-                reply = await lane.command(packed)
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass  # the lane failed under it: again through run(), on a new one, with retries
-            else:
-                if not isinstance(reply, ResponseError):
-                    return reply
-                if not str(reply).startswith("NOSCRIPT") and not _demoted(lane, reply):
-                    raise reply
-            finally:
-                self.in_use -= 1
-        return await self.run(name, keys, args())
+        if lane is None or lane.failure is not None:
+            return None
+        return lane.command(packed)
+
+    async def run_again(self, reply: ResponseError | None, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """After :meth:`send_packed`: :meth:`run` the script with retries, unless its ``reply`` was an error to raise.
+
+        ``reply`` None: it was not sent (no open lane) or its lane failed. A ``NOSCRIPT`` reply: the server
+        lost its scripts; :meth:`run` loads it.
+
+        Raises:
+            ResponseError: ``reply``, an error reply of the script itself.
+        """
+        if reply is not None and not str(reply).startswith("NOSCRIPT"):
+            raise reply
+        return await self.run(name, keys, args)
+
+    async def run_packed(self, name: str, keys: Sequence[str], packed: bytes, args: Callable[[], Sequence[Arg]]) -> Any:
+        """:meth:`run` of a command the caller packed: :meth:`send_packed`, then :meth:`run_again` when needed.
+
+        ``args()`` builds the command's arguments (the same as ``packed`` holds: the whole ARGV) for
+        :meth:`run`: a loop's first call, a failed lane, a server that lost its scripts (``NOSCRIPT``) or
+        turned replica (``READONLY``, Sentinel), and Redis Cluster.
+        """
+        sent = self.send_packed(packed)
+        try:
+            reply = None if sent is None else await sent
+        except (redis.ConnectionError, redis.TimeoutError):  # the lane failed under it: run() opens a new one
+            reply = None
+        if reply is None or isinstance(reply, ResponseError):  # (a script that answers nil takes run()'s way)
+            return await self.run_again(reply, name, keys, args())
+        return reply
 
     async def _on_lane(self, own: _LoopClients, packed: bytes) -> Any:
         """One packed command on the loop's lane, retried; its reply (an error reply as a ``ResponseError``).
@@ -428,22 +475,14 @@ class AsyncRedis:
         """
         lane = own.lane
         if lane is not None and lane.failure is None:
-            self.in_use += 1
             try:
-                reply = await lane.command(packed)
-                if not isinstance(reply, ResponseError) or not _demoted(lane, reply):
-                    return reply
+                return await lane.command(packed)
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the lane failed under it: again on a new one, with retries
-            finally:
-                self.in_use -= 1
 
         async def on_a_lane() -> Any:
             lane = await self._lane()
-            reply = await lane.command(packed)
-            if isinstance(reply, ResponseError) and _demoted(lane, reply):
-                raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
-            return reply
+            return await lane.command(packed)
 
         return await self.call(on_a_lane)
 
@@ -591,9 +630,6 @@ class AsyncRedis:
             raise
         finally:
             own.lent -= 1
-        if any(isinstance(result, ResponseError) and _demoted(lane, result) for result in results):
-            await lane.conn.disconnect(nowait=True)
-            raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
         await self._give_back(own, lane)
         return results
 
@@ -638,18 +674,6 @@ class AsyncRedis:
             await own.client.aclose()
             for sentinel in own.sentinels:
                 await sentinel.aclose()
-
-
-def _demoted(lane: _Lane, reply: ResponseError) -> bool:
-    """A ``READONLY`` reply on a Sentinel-found master's lane: the server became a replica (a failover).
-
-    The lane is failed, so the retry opens a new one, whose connection asks the sentinels for the new
-    master (redis.asyncio's ``SentinelManagedConnection`` does the same on its own reads).
-    """
-    if not isinstance(lane.conn, SentinelManagedConnection) or not str(reply).startswith("READONLY"):
-        return False
-    lane.fail(redis.ConnectionError(f"the master became a replica: {reply}"))
-    return True
 
 
 async def _cluster_evalsha(
