@@ -18,9 +18,10 @@ loop, tests run several ``asyncio.run`` in a row):
   replies are in (:data:`IDLE_LANES` are kept), so a wait that lasts seconds never holds up a command.
 
 Scripts are registered on the loop's redis.asyncio client (``EVALSHA``; after ``NOSCRIPT`` the
-script is loaded and run through that client). Timeouts are this module's: a lane's watchdog (one
-timer per lane, not one per command) fails the lane when its oldest command got no reply within
-``socket_timeout`` (a blocking pop: its block time plus ``socket_timeout``); a failed lane fails every
+script is loaded and run through that client). Timeouts are this module's: one watchdog thread per
+process (:class:`_Watchdog`: no timer in any loop's schedule, which would cost every turn of the loop)
+fails a lane when its oldest command got no reply within ``socket_timeout`` (a blocking pop: its
+block time plus ``socket_timeout``), through the lane's own loop; a failed lane fails every
 command waiting on it and the next command opens a new one. A cancelled command on the shared lane
 leaves its reply to be read and dropped (the lane stays in step); a cancelled blocking pop closes
 its lane.
@@ -42,9 +43,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import os
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any, TypeVar, cast
 
 import hiredis
@@ -65,6 +69,78 @@ Arg = str | bytes | int | float
 
 #: Blocking lanes a loop keeps open between waits (more are opened while more coroutines wait at once).
 IDLE_LANES = 256
+
+
+class _Watchdog:
+    """One thread per process that times every lane's commands, so that no event loop holds a timer for them.
+
+    A timer in a loop's schedule costs every turn of that loop (it works out its select timeout and
+    scans its timers): about a twentieth of an ``adelay``, whose two turns had the lane's timer to
+    carry (issue 15). This thread sleeps until the oldest command of any lane is due (and looks again
+    at least every half ``socket_timeout``, so a lane that had nothing waiting is timed from its first
+    command); an overdue lane is handed to its own loop (``call_soon_threadsafe``), which fails it
+    unless the reply came meanwhile. It only reads the lanes; their loops change them.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: weakref.WeakSet[_Lane] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0  #: the process whose thread runs (a forked child starts its own)
+
+    def watch(self, lane: _Lane) -> None:
+        """Time ``lane``'s commands until it fails (or is collected); starts the thread on first use."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="conveyor-redis-watchdog", daemon=True).start()
+            self._lanes.add(lane)
+        self._wake.set()
+
+    def forget(self, lane: _Lane) -> None:
+        """Stop timing ``lane`` (it failed or closed)."""
+        with self._lock:
+            self._lanes.discard(lane)
+
+    def look_sooner(self) -> None:
+        """Look at the lanes now: a command was sent with a timeout shorter than its lane's own."""
+        self._wake.set()
+
+    def after_fork(self) -> None:
+        """In a forked child: no thread runs here and the lock may have been copied held; start afresh."""
+        self._lanes, self._lock, self._wake, self._pid = weakref.WeakSet(), threading.Lock(), threading.Event(), 0
+
+    def _run(self) -> None:
+        while True:
+            wake = self._look()
+            self._wake.wait(None if wake is None else max(0.0, wake - monotonic()))
+            self._wake.clear()
+
+    def _look(self) -> float | None:
+        """Hand each overdue lane to its loop; when to look next (None: no lane to time, until one comes)."""
+        with self._lock:
+            lanes = list(self._lanes)  # (strong references only while looking: a lane of a loop gone is collected)
+        if not lanes:
+            return None
+        now = monotonic()
+        wake = now + min(lane.timeout for lane in lanes) / 2
+        for lane in lanes:
+            due = lane.due()
+            if due is None or lane.poked:
+                continue
+            if due <= now:
+                lane.poked = True
+                try:
+                    lane.loop.call_soon_threadsafe(lane.check)
+                except RuntimeError:  # its loop closed without aclose(): nothing waits on it any more
+                    self.forget(lane)
+            else:
+                wake = min(wake, due)
+        return wake
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.after_fork)
 
 
 @dataclass
@@ -107,14 +183,15 @@ class _Lane(asyncio.Protocol):
         self.conn = conn  #: redis.asyncio's connection: its writer holds the transport (closed by ``disconnect``)
         self.failure: redis.ConnectionError | redis.TimeoutError | None = None
         self._transport = transport
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
+        self.timeout = timeout  #: seconds a command may wait for its reply (a blocking pop: more, see ``commands``)
+        self.loop = self._loop = asyncio.get_running_loop()
         #: A Sentinel-found master's connection: a ``READONLY`` reply there means a failover (see ``data_received``).
         self._sentinel = isinstance(conn, SentinelManagedConnection)
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes (none asked for) are skipped
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
-        self._watchdog: asyncio.TimerHandle | None = None
+        #: Set once the watchdog thread asked this lane's loop to look at an overdue command (one call at a time).
+        self.poked = False
         #: Commands held for one write at the end of this loop turn (while others are in flight).
         self._batch: list[bytes] = []
 
@@ -134,10 +211,7 @@ class _Lane(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         else:
             self._transport.write(packed)
-        due = self._loop.time() + self._timeout
-        self._waiting.append((future, due))
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_at(due, self._check)
+        self._waiting.append((future, monotonic() + self.timeout))
         return future
 
     def commands(self, packed: bytes, replies: int, timeout: float) -> list[asyncio.Future[Any]]:
@@ -152,13 +226,11 @@ class _Lane(asyncio.Protocol):
         if self._batch:
             self._flush()
         self._transport.write(packed)
-        due = self._loop.time() + timeout
+        due = monotonic() + timeout
         futures = [self._loop.create_future() for _ in range(replies)]
         self._waiting.extend((future, due) for future in futures)
-        if self._watchdog is None or due < self._watchdog.when():
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watchdog = self._loop.call_at(due, self._check)
+        if timeout < self.timeout:
+            _WATCHDOG.look_sooner()  # (the watchdog may be asleep until later than this due)
         return futures
 
     @property
@@ -210,24 +282,28 @@ class _Lane(asyncio.Protocol):
         failure.__cause__ = exc
         self.fail(failure)
 
-    def _check(self) -> None:
-        """The watchdog: fail the lane if its oldest command waited ``timeout`` seconds, else look again then."""
-        self._watchdog = None
-        if self._waiting and self.failure is None:
-            due = self._waiting[0][1]
-            if self._loop.time() >= due:
-                self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
-            else:
-                self._watchdog = self._loop.call_at(due, self._check)
+    def due(self) -> float | None:
+        """When the oldest command's reply is overdue (``time.monotonic``); None with nothing waiting.
+
+        Read by the watchdog thread (a deque's ends are safe to read from another thread).
+        """
+        try:
+            return None if self.failure is not None else self._waiting[0][1]
+        except IndexError:
+            return None
+
+    def check(self) -> None:
+        """On the lane's loop, asked by the watchdog thread: fail the lane if its oldest command is overdue."""
+        self.poked = False
+        if self._waiting and self.failure is None and monotonic() >= self._waiting[0][1]:
+            self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
 
     def fail(self, failure: redis.ConnectionError | redis.TimeoutError) -> None:
         """Close the lane: every waiting command fails with ``failure``, later ones are refused."""
         if self.failure is not None:
             return
         self.failure = failure
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        _WATCHDOG.forget(self)
         self._transport.close()
         while self._waiting:
             future, _ = self._waiting.popleft()
@@ -529,6 +605,7 @@ class AsyncRedis:
         transport = cast("asyncio.Transport", writer.transport)
         lane = _Lane(conn, transport, self.socket_timeout)
         transport.set_protocol(lane)
+        _WATCHDOG.watch(lane)
         return lane
 
     async def block_then_run(
