@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import os
 import threading
@@ -185,6 +186,10 @@ class _Lane(asyncio.Protocol):
         self._transport = transport
         self.timeout = timeout  #: seconds a command may wait for its reply (a blocking pop: more, see ``commands``)
         self.loop = self._loop = asyncio.get_running_loop()
+        #: The loop's ``create_future``; on asyncio's own loops the Future type itself (no Python frame per command).
+        self._future: Callable[[], asyncio.Future[Any]] = self._loop.create_future
+        if type(self._loop).create_future is asyncio.BaseEventLoop.create_future:
+            self._future = functools.partial(asyncio.Future, loop=self._loop)
         #: A Sentinel-found master's connection: a ``READONLY`` reply there means a failover (see ``data_received``).
         self._sentinel = isinstance(conn, SentinelManagedConnection)
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
@@ -203,7 +208,7 @@ class _Lane(asyncio.Protocol):
         """
         if self.failure is not None:
             raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
-        future = self._loop.create_future()
+        future = self._future()
         if self._batch:
             self._batch.append(packed)
         elif self._waiting:  # others in flight: this turn's commands go out in one write (one syscall)
