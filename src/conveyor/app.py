@@ -332,10 +332,17 @@ class App:
             BrokerUnavailable: the broker did not answer.
             DuplicateTaskId: an explicit ``task_id`` the broker still holds (nothing of the batch is sent).
         """
-        envelopes = self._envelopes(messages)
         if connection is not None:
-            return await self.broker.aenqueue_in(connection, envelopes)
-        return await self.broker.aenqueue(envelopes)
+            return await self.broker.aenqueue_in(connection, self._envelopes(messages))
+        return await self._asend(messages)
+
+    def _asend(self, messages: Sequence[Message]) -> Coroutine[Any, Any, list[str]]:
+        """:meth:`asend` without a connection and without a coroutine of its own: ``adelay``'s hot path.
+
+        The messages are encoded now (an EncodeError is raised here, before anything is sent); the
+        broker's coroutine that enqueues them is returned, for the caller to await at once.
+        """
+        return self.broker.aenqueue(self._envelopes(messages))
 
     def _envelopes(self, messages: Sequence[Message]) -> list[Envelope]:
         """Encode every message (before anything is sent: one bad argument sends nothing)."""

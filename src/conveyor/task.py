@@ -252,9 +252,10 @@ class BaseTask(Generic[P, R]):
             EncodeError: an argument does not serialize (the error names it).
             BrokerUnavailable: the broker did not answer; nothing is sent.
         """
-        # aapply_async's body, inline: one coroutine fewer to enter and resume on the hot path (issue 15).
+        # aapply_async's body, inline, and app.asend's (app._asend is no coroutine): on Redis this coroutine
+        # and the broker's are the only ones to enter and resume per call (issue 15).
         self.check_call(args, kwargs)
-        [task_id] = await self.app.asend([self.message(args, kwargs)])
+        [task_id] = await self.app._asend([self.message(args, kwargs)])
         return AsyncResult(task_id, self.app)
 
     @overload

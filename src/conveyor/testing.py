@@ -224,12 +224,14 @@ def eager(app: App, *, skip_delays: bool = True, timeout: float = 10.0) -> Itera
         return send_and_run(messages)  # eager: the tasks run here, in the caller's thread, as for send()
 
     setattr(app, "send", send_and_run)  # noqa: B010 - an instance attribute shadows the method until the end
-    setattr(app, "asend", asend_and_run)  # noqa: B010 - the same for adelay()/aapply_async()
+    setattr(app, "asend", asend_and_run)  # noqa: B010 - the same for aapply_async() and workflows
+    setattr(app, "_asend", asend_and_run)  # noqa: B010 - and adelay() (asend's hot path, no coroutine of its own)
     try:
         yield app
     finally:
         delattr(app, "send")
         delattr(app, "asend")
+        delattr(app, "_asend")
 
 
 class WorkerProcess:

@@ -19,6 +19,7 @@ import redis
 from conveyor import App, BrokerUnavailable, ResultTimeout
 from conveyor.brokers.redis.aio import AsyncRedis
 from conveyor.brokers.redis.broker import RedisBroker
+from tests.conftest import REDIS_URL
 from tests.servers import private_redis
 
 #: Seconds a command may go unanswered (the lane's watchdog) and seconds of retries, in this test.
@@ -103,3 +104,28 @@ def test_concurrent_calls_share_one_connection_and_each_gets_its_own_reply(
         finally:
             admin.close()
             app.close()
+
+
+def test_adelays_leave_their_event_loop_no_timer(redis_prefix: str) -> None:
+    """A timer in a loop's schedule costs every turn of that loop (about a twentieth of an adelay): the
+    lanes' commands are timed by one watchdog thread instead (the frozen server above shows it still does)."""
+    app = App("lane", broker=f"{REDIS_URL}?prefix={redis_prefix}")
+
+    @app.task
+    def noop(n: int) -> None:
+        pass
+
+    async def scenario() -> int:
+        try:
+            # Given adelays on a loop, over its lane
+            for i in range(3):
+                await noop.adelay(i)
+            # Then the loop's schedule holds no timer for them
+            return len(asyncio.get_running_loop()._scheduled)  # type: ignore[attr-defined]
+        finally:
+            await app.aclose()
+
+    try:
+        assert asyncio.run(scenario()) == 0
+    finally:
+        app.close()

@@ -198,7 +198,7 @@ def test_an_async_lane_on_a_demoted_master_reopens_on_the_new_master(tmp_path: P
     reopen through the sentinels on the new master (a lane that reconnected to its old address would
     get READONLY from then on). Sentinel closes the demoted server's client connections (CLIENT KILL),
     so here the lanes see a closed connection; a READONLY reply on a Sentinel lane is handled the same
-    way (``aio._demoted``: the lane fails, the call retries on a new one) but this test does not reach it."""
+    way (``_Lane.data_received``: the lane fails, the call retries on a new one) but this test does not reach it."""
     import asyncio
 
     import redis

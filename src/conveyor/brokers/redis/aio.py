@@ -18,9 +18,10 @@ loop, tests run several ``asyncio.run`` in a row):
   replies are in (:data:`IDLE_LANES` are kept), so a wait that lasts seconds never holds up a command.
 
 Scripts are registered on the loop's redis.asyncio client (``EVALSHA``; after ``NOSCRIPT`` the
-script is loaded and run through that client). Timeouts are this module's: a lane's watchdog (one
-timer per lane, not one per command) fails the lane when its oldest command got no reply within
-``socket_timeout`` (a blocking pop: its block time plus ``socket_timeout``); a failed lane fails every
+script is loaded and run through that client). Timeouts are this module's: one watchdog thread per
+process (:class:`_Watchdog`: no timer in any loop's schedule, which would cost every turn of the loop)
+fails a lane when its oldest command got no reply within ``socket_timeout`` (a blocking pop: its
+block time plus ``socket_timeout``), through the lane's own loop; a failed lane fails every
 command waiting on it and the next command opens a new one. A cancelled command on the shared lane
 leaves its reply to be read and dropped (the lane stays in step); a cancelled blocking pop closes
 its lane.
@@ -41,10 +42,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
+import os
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any, TypeVar, cast
 
 import hiredis
@@ -65,6 +70,78 @@ Arg = str | bytes | int | float
 
 #: Blocking lanes a loop keeps open between waits (more are opened while more coroutines wait at once).
 IDLE_LANES = 256
+
+
+class _Watchdog:
+    """One thread per process that times every lane's commands, so that no event loop holds a timer for them.
+
+    A timer in a loop's schedule costs every turn of that loop (it works out its select timeout and
+    scans its timers): about a twentieth of an ``adelay``, whose two turns had the lane's timer to
+    carry (issue 15). This thread sleeps until the oldest command of any lane is due (and looks again
+    at least every half ``socket_timeout``, so a lane that had nothing waiting is timed from its first
+    command); an overdue lane is handed to its own loop (``call_soon_threadsafe``), which fails it
+    unless the reply came meanwhile. It only reads the lanes; their loops change them.
+    """
+
+    def __init__(self) -> None:
+        self._lanes: weakref.WeakSet[_Lane] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pid = 0  #: the process whose thread runs (a forked child starts its own)
+
+    def watch(self, lane: _Lane) -> None:
+        """Time ``lane``'s commands until it fails (or is collected); starts the thread on first use."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="conveyor-redis-watchdog", daemon=True).start()
+            self._lanes.add(lane)
+        self._wake.set()
+
+    def forget(self, lane: _Lane) -> None:
+        """Stop timing ``lane`` (it failed or closed)."""
+        with self._lock:
+            self._lanes.discard(lane)
+
+    def look_sooner(self) -> None:
+        """Look at the lanes now: a command was sent with a timeout shorter than its lane's own."""
+        self._wake.set()
+
+    def after_fork(self) -> None:
+        """In a forked child: no thread runs here and the lock may have been copied held; start afresh."""
+        self._lanes, self._lock, self._wake, self._pid = weakref.WeakSet(), threading.Lock(), threading.Event(), 0
+
+    def _run(self) -> None:
+        while True:
+            wake = self._look()
+            self._wake.wait(None if wake is None else max(0.0, wake - monotonic()))
+            self._wake.clear()
+
+    def _look(self) -> float | None:
+        """Hand each overdue lane to its loop; when to look next (None: no lane to time, until one comes)."""
+        with self._lock:
+            lanes = list(self._lanes)  # (strong references only while looking: a lane of a loop gone is collected)
+        if not lanes:
+            return None
+        now = monotonic()
+        wake = now + min(lane.timeout for lane in lanes) / 2
+        for lane in lanes:
+            due = lane.due()
+            if due is None or lane.poked:
+                continue
+            if due <= now:
+                lane.poked = True
+                try:
+                    lane.loop.call_soon_threadsafe(lane.check)
+                except RuntimeError:  # its loop closed without aclose(): nothing waits on it any more
+                    self.forget(lane)
+            else:
+                wake = min(wake, due)
+        return wake
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.after_fork)
 
 
 @dataclass
@@ -107,12 +184,19 @@ class _Lane(asyncio.Protocol):
         self.conn = conn  #: redis.asyncio's connection: its writer holds the transport (closed by ``disconnect``)
         self.failure: redis.ConnectionError | redis.TimeoutError | None = None
         self._transport = transport
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
+        self.timeout = timeout  #: seconds a command may wait for its reply (a blocking pop: more, see ``commands``)
+        self.loop = self._loop = asyncio.get_running_loop()
+        #: The loop's ``create_future``; on asyncio's own loops the Future type itself (no Python frame per command).
+        self._future: Callable[[], asyncio.Future[Any]] = self._loop.create_future
+        if type(self._loop).create_future is asyncio.BaseEventLoop.create_future:
+            self._future = functools.partial(asyncio.Future, loop=self._loop)
+        #: A Sentinel-found master's connection: a ``READONLY`` reply there means a failover (see ``data_received``).
+        self._sentinel = isinstance(conn, SentinelManagedConnection)
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._push = getattr(hiredis, "PushNotification", None)  # RESP3 pushes (none asked for) are skipped
         self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
-        self._watchdog: asyncio.TimerHandle | None = None
+        #: Set once the watchdog thread asked this lane's loop to look at an overdue command (one call at a time).
+        self.poked = False
         #: Commands held for one write at the end of this loop turn (while others are in flight).
         self._batch: list[bytes] = []
 
@@ -124,7 +208,7 @@ class _Lane(asyncio.Protocol):
         """
         if self.failure is not None:
             raise redis.ConnectionError(f"the connection failed: {self.failure}") from self.failure
-        future = self._loop.create_future()
+        future = self._future()
         if self._batch:
             self._batch.append(packed)
         elif self._waiting:  # others in flight: this turn's commands go out in one write (one syscall)
@@ -132,10 +216,7 @@ class _Lane(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         else:
             self._transport.write(packed)
-        due = self._loop.time() + self._timeout
-        self._waiting.append((future, due))
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_at(due, self._check)
+        self._waiting.append((future, monotonic() + self.timeout))
         return future
 
     def commands(self, packed: bytes, replies: int, timeout: float) -> list[asyncio.Future[Any]]:
@@ -150,14 +231,17 @@ class _Lane(asyncio.Protocol):
         if self._batch:
             self._flush()
         self._transport.write(packed)
-        due = self._loop.time() + timeout
+        due = monotonic() + timeout
         futures = [self._loop.create_future() for _ in range(replies)]
         self._waiting.extend((future, due) for future in futures)
-        if self._watchdog is None or due < self._watchdog.when():
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-            self._watchdog = self._loop.call_at(due, self._check)
+        if timeout < self.timeout:
+            _WATCHDOG.look_sooner()  # (the watchdog may be asleep until later than this due)
         return futures
+
+    @property
+    def awaited(self) -> int:
+        """Commands whose caller still awaits the reply (a cancelled caller's future is done: not counted)."""
+        return sum(1 for future, _ in self._waiting if not future.done())
 
     @property
     def idle(self) -> bool:
@@ -181,6 +265,12 @@ class _Lane(asyncio.Protocol):
                 return
             if self._push is not None and isinstance(reply, self._push):
                 continue
+            if self._sentinel and isinstance(reply, ResponseError) and str(reply).startswith("READONLY"):
+                # The master became a replica (a failover): this command and the others waiting fail with a
+                # ConnectionError, retried on a new lane, whose connection asks the sentinels for the new master
+                # (redis.asyncio's SentinelManagedConnection does the same on its own reads).
+                self.fail(redis.ConnectionError(f"the master became a replica: {reply}"))
+                return
             if not self._waiting:
                 self.fail(redis.ConnectionError(f"a reply nobody asked for: {reply!r:.100}"))
                 return
@@ -197,24 +287,28 @@ class _Lane(asyncio.Protocol):
         failure.__cause__ = exc
         self.fail(failure)
 
-    def _check(self) -> None:
-        """The watchdog: fail the lane if its oldest command waited ``timeout`` seconds, else look again then."""
-        self._watchdog = None
-        if self._waiting and self.failure is None:
-            due = self._waiting[0][1]
-            if self._loop.time() >= due:
-                self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
-            else:
-                self._watchdog = self._loop.call_at(due, self._check)
+    def due(self) -> float | None:
+        """When the oldest command's reply is overdue (``time.monotonic``); None with nothing waiting.
+
+        Read by the watchdog thread (a deque's ends are safe to read from another thread).
+        """
+        try:
+            return None if self.failure is not None else self._waiting[0][1]
+        except IndexError:
+            return None
+
+    def check(self) -> None:
+        """On the lane's loop, asked by the watchdog thread: fail the lane if its oldest command is overdue."""
+        self.poked = False
+        if self._waiting and self.failure is None and monotonic() >= self._waiting[0][1]:
+            self.fail(redis.TimeoutError("no reply in time (the server stopped answering)"))
 
     def fail(self, failure: redis.ConnectionError | redis.TimeoutError) -> None:
         """Close the lane: every waiting command fails with ``failure``, later ones are refused."""
         if self.failure is not None:
             return
         self.failure = failure
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        _WATCHDOG.forget(self)
         self._transport.close()
         while self._waiting:
             future, _ = self._waiting.popleft()
@@ -260,12 +354,22 @@ class AsyncRedis:
         self.clustered = self._topology.clustered
         self._connect_timeout = connect_timeout
         self._sources = scripts
-        #: Commands sent and not answered yet, over every loop (0 once every call returned or was cancelled).
-        self.in_use = 0
+        #: Calls in :meth:`call` (retrying, or on a lent lane or the cluster client): see :attr:`in_use`.
+        self._calling = 0
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
         #: The clients of the loop that called last: most processes have one loop, and the weak dictionary's
         #: lookup (a weak reference made per call) is a tenth of an adelay's own work.
         self._recent: _LoopClients | None = None
+
+    @property
+    def in_use(self) -> int:
+        """Calls under way, over every loop: commands awaited on a loop's lane and calls in :meth:`call`.
+
+        0 once every call returned or was cancelled (a cancelled caller's command may still wait for its
+        reply on the lane: it is no longer counted).
+        """
+        lanes = sum(own.lane.awaited for own in list(self._loops.values()) if own.lane is not None)
+        return self._calling + lanes
 
     def _clients(self) -> _LoopClients:
         """The running loop's clients, made on its first call."""
@@ -321,7 +425,7 @@ class AsyncRedis:
         deadline = loop.time() + self.retry_for
         delay = 0.0
         while True:
-            self.in_use += 1
+            self._calling += 1
             try:
                 if timeout is None:
                     result = await op()
@@ -340,7 +444,7 @@ class AsyncRedis:
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 failure = exc
             finally:
-                self.in_use -= 1
+                self._calling -= 1
             if task is not None and task.cancelling() > cancels:
                 # A cancellation arrived while a library layer turned it into a connection error (seen
                 # with Sentinel connections opening under load): never retry a cancelled task's call.
@@ -394,31 +498,55 @@ class AsyncRedis:
         count = 3 + len(keys) + len(fixed)
         return b"*%d\r\n%b" % (count + more, packed.removeprefix(b"*%d\r\n" % count))
 
-    async def run_packed(self, name: str, keys: Sequence[str], packed: bytes, args: Callable[[], Sequence[Arg]]) -> Any:
-        """:meth:`run` of a command the caller packed: :meth:`script_head`, then each argument as a RESP bulk string.
+    def send_packed(self, packed: bytes) -> asyncio.Future[Any] | None:
+        """Write a command the caller packed (:meth:`script_head`, then its arguments) on the running loop's lane.
 
-        This is ``adelay``'s one call: with the loop's lane open (every call but a loop's first), the
-        command is written and its reply awaited right here (no packing, no other coroutine). A loop's
-        first call, a failed lane, a server that lost its scripts (``NOSCRIPT``) or turned replica
-        (``READONLY``, Sentinel) and Redis Cluster go through :meth:`run`, with the arguments ``args()``
-        builds (the same as ``packed`` holds: the whole ARGV).
+        ``adelay``'s hot path, with no coroutine of its own (a frame to enter and resume per call): the
+        caller awaits the future of the raw reply, an error reply as a ``ResponseError`` value. The future
+        raises ``ConnectionError`` or ``TimeoutError`` if the lane failed (also when a Sentinel master
+        answered ``READONLY``: a failover). Anything but a plain reply goes to :meth:`run_again`, with the
+        same command's arguments. A cancelled caller's reply is read and dropped (the command may have run).
+
+        Returns:
+            None when the loop has no open lane (its first command, after a failure; always on Cluster):
+            :meth:`run` the command instead.
         """
-        own = self._clients()
+        own = self._recent
+        if own is None or own.loop() is not asyncio.get_running_loop():
+            own = self._clients()
         lane = own.lane
-        if lane is not None and lane.failure is None:
-            self.in_use += 1
-            try:
-                reply = await lane.command(packed)
-            except (redis.ConnectionError, redis.TimeoutError):
-                pass  # the lane failed under it: again through run(), on a new one, with retries
-            else:
-                if not isinstance(reply, ResponseError):
-                    return reply
-                if not str(reply).startswith("NOSCRIPT") and not _demoted(lane, reply):
-                    raise reply
-            finally:
-                self.in_use -= 1
-        return await self.run(name, keys, args())
+        if lane is None or lane.failure is not None:
+            return None
+        return lane.command(packed)
+
+    async def run_again(self, reply: ResponseError | None, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """After :meth:`send_packed`: :meth:`run` the script with retries, unless its ``reply`` was an error to raise.
+
+        ``reply`` None: it was not sent (no open lane) or its lane failed. A ``NOSCRIPT`` reply: the server
+        lost its scripts; :meth:`run` loads it.
+
+        Raises:
+            ResponseError: ``reply``, an error reply of the script itself.
+        """
+        if reply is not None and not str(reply).startswith("NOSCRIPT"):
+            raise reply
+        return await self.run(name, keys, args)
+
+    async def run_packed(self, name: str, keys: Sequence[str], packed: bytes, args: Callable[[], Sequence[Arg]]) -> Any:
+        """:meth:`run` of a command the caller packed: :meth:`send_packed`, then :meth:`run_again` when needed.
+
+        ``args()`` builds the command's arguments (the same as ``packed`` holds: the whole ARGV) for
+        :meth:`run`: a loop's first call, a failed lane, a server that lost its scripts (``NOSCRIPT``) or
+        turned replica (``READONLY``, Sentinel), and Redis Cluster.
+        """
+        sent = self.send_packed(packed)
+        try:
+            reply = None if sent is None else await sent
+        except (redis.ConnectionError, redis.TimeoutError):  # the lane failed under it: run() opens a new one
+            reply = None
+        if reply is None or isinstance(reply, ResponseError):  # (a script that answers nil takes run()'s way)
+            return await self.run_again(reply, name, keys, args())
+        return reply
 
     async def _on_lane(self, own: _LoopClients, packed: bytes) -> Any:
         """One packed command on the loop's lane, retried; its reply (an error reply as a ``ResponseError``).
@@ -428,22 +556,14 @@ class AsyncRedis:
         """
         lane = own.lane
         if lane is not None and lane.failure is None:
-            self.in_use += 1
             try:
-                reply = await lane.command(packed)
-                if not isinstance(reply, ResponseError) or not _demoted(lane, reply):
-                    return reply
+                return await lane.command(packed)
             except (redis.ConnectionError, redis.TimeoutError):
                 pass  # the lane failed under it: again on a new one, with retries
-            finally:
-                self.in_use -= 1
 
         async def on_a_lane() -> Any:
             lane = await self._lane()
-            reply = await lane.command(packed)
-            if isinstance(reply, ResponseError) and _demoted(lane, reply):
-                raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
-            return reply
+            return await lane.command(packed)
 
         return await self.call(on_a_lane)
 
@@ -490,6 +610,7 @@ class AsyncRedis:
         transport = cast("asyncio.Transport", writer.transport)
         lane = _Lane(conn, transport, self.socket_timeout)
         transport.set_protocol(lane)
+        _WATCHDOG.watch(lane)
         return lane
 
     async def block_then_run(
@@ -591,9 +712,6 @@ class AsyncRedis:
             raise
         finally:
             own.lent -= 1
-        if any(isinstance(result, ResponseError) and _demoted(lane, result) for result in results):
-            await lane.conn.disconnect(nowait=True)
-            raise redis.ConnectionError("the master became a replica (a failover): reconnecting")
         await self._give_back(own, lane)
         return results
 
@@ -638,18 +756,6 @@ class AsyncRedis:
             await own.client.aclose()
             for sentinel in own.sentinels:
                 await sentinel.aclose()
-
-
-def _demoted(lane: _Lane, reply: ResponseError) -> bool:
-    """A ``READONLY`` reply on a Sentinel-found master's lane: the server became a replica (a failover).
-
-    The lane is failed, so the retry opens a new one, whose connection asks the sentinels for the new
-    master (redis.asyncio's ``SentinelManagedConnection`` does the same on its own reads).
-    """
-    if not isinstance(lane.conn, SentinelManagedConnection) or not str(reply).startswith("READONLY"):
-        return False
-    lane.fail(redis.ConnectionError(f"the master became a replica: {reply}"))
-    return True
 
 
 async def _cluster_evalsha(

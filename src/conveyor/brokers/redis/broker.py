@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from redis.client import Pipeline
@@ -135,16 +135,16 @@ class RedisBroker(Broker):
                 raise
         return answer
 
-    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+    def aenqueue(self, envelopes: Sequence[Envelope]) -> Coroutine[Any, Any, list[str]]:
         """On the event loop for ``adelay()``'s case (one message, no key, a queue this process registered).
 
         Every other batch (keys to claim, several queues, a queue's first enqueue) runs :meth:`enqueue`
-        in a thread: those take several round trips and happen once per queue or rarely.
+        in a thread: those take several round trips and happen once per queue or rarely. Not a coroutine
+        itself: it hands over the one that does the work (one frame fewer to enter and resume per call).
         """
         if len(envelopes) == 1 and envelopes[0].key is None and self._store.is_known(envelopes[0].queue):
-            await self._store.astore_one(envelopes[0])
-            return [envelopes[0].id]
-        return await super().aenqueue(envelopes)
+            return self._store.astore_one(envelopes[0])
+        return super().aenqueue(envelopes)
 
     def reserve(
         self, queues: Sequence[str], n: int, *, owner: str, lease: float, timeout: float = 0.0

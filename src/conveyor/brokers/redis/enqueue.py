@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import redis
 from redis.client import Pipeline
+from redis.exceptions import ResponseError
 
 from conveyor.brokers.base import Envelope
 from conveyor.brokers.redis.aio import AsyncRedis
@@ -76,12 +77,13 @@ class MessageStore:
         """True once this process registered ``queue`` (its enqueues are then one script call)."""
         return queue in self._known
 
-    async def astore_one(self, envelope: Envelope) -> None:
-        """Store one message of a known queue from a coroutine: one EVALSHA on the loop's connection.
+    async def astore_one(self, envelope: Envelope) -> list[str]:
+        """Store one message of a known queue from a coroutine: one EVALSHA on the loop's connection; its id.
 
         The command is packed here: the queue's part once (:meth:`AsyncRedis.script_head`), the
         message's part per call (:func:`packed_enqueue_one`). A generated id is its own attempt
-        (see there): no random bytes to draw.
+        (see there): no random bytes to draw. With the loop's lane open this coroutine awaits the
+        reply itself (:meth:`AsyncRedis.send_packed`): ``adelay`` runs two coroutines, its own and this.
 
         Raises:
             DuplicateTaskId: an id its queue still holds; nothing is stored.
@@ -96,20 +98,27 @@ class MessageStore:
             hot = self._hot[envelope.queue] = keys, aio.script_head("enqueue", keys.enqueue_keys, [keys.message], 6)
         if hot is not None:
             keys, head = hot
-            packed = packed_enqueue_one(head, random, envelope)
-            args = functools.partial(_attempt_args, keys, random, envelope)  # the same attempt on every try
-            duplicate, unregistered = await aio.run_packed("enqueue", keys.enqueue_keys, packed, args)
+            sent = aio.send_packed(packed_enqueue_one(head, random, envelope))
+            try:
+                reply = None if sent is None else await sent
+            except (redis.ConnectionError, redis.TimeoutError):  # the lane failed: run() retries on a new one
+                reply = None
+            if reply is None or isinstance(reply, ResponseError):  # (enqueue.lua answers a list)
+                argv = _attempt_args(keys, random, envelope)  # the same attempt as the packed command's
+                reply = await aio.run_again(reply, "enqueue", keys.enqueue_keys, argv)
         else:
             keys = queue_keys(self._prefix, envelope.queue)
             argv = _attempt_args(keys, random, envelope)
             if self._confirm is not None:
-                duplicate, unregistered = await aio.run_confirmed("enqueue", keys.enqueue_keys, argv, *self._confirm)
+                reply = await aio.run_confirmed("enqueue", keys.enqueue_keys, argv, *self._confirm)
             else:  # Cluster: no lanes, nothing to pack
-                duplicate, unregistered = await aio.run("enqueue", keys.enqueue_keys, argv)
+                reply = await aio.run("enqueue", keys.enqueue_keys, argv)
+        duplicate, unregistered = reply
         if unregistered:  # the server lost its data: register the queue again (rare), off the loop
             await asyncio.to_thread(self._register, [envelope.queue])
         if duplicate:
             raise DuplicateTaskId(duplicate.decode())
+        return [envelope.id]
 
     def _check(self, queue: str, result: list[bytes]) -> None:
         """Act on enqueue.lua's answer: register the queue again if its marker is gone; raise on a held id."""
@@ -254,11 +263,20 @@ def packed_enqueue_one(head: bytes, attempt: bytes | None, envelope: Envelope) -
     body = envelope.body
     if attempt is None:
         if envelope.eta is None and envelope.key is None and envelope.priority in _PLAIN_ENDS:
-            # adelay(): the id twice (id and attempt), the body's length, a cached end: one f-string, one encode.
-            ident = envelope.id
-            size = len(ident)  # a generated id: 32 hex digits, ASCII (one byte a character)
-            text = f"${size}\r\n{ident}\r\n${size}\r\n{ident}\r\n${len(body)}\r\n"
-            return b"".join((head, text.encode(), body, b"\r\n", _PLAIN_ENDS[envelope.priority]))
+            # adelay(): the id twice (id and attempt), the body, a cached end: one formatting of bytes.
+            ident = envelope.id.encode()
+            size = len(ident)
+            end = _PLAIN_ENDS[envelope.priority]
+            return b"%b$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n%b" % (
+                head,
+                size,
+                ident,
+                size,
+                ident,
+                len(body),
+                body,
+                end,
+            )
         attempt = envelope.id.encode()
     ident_bytes = envelope.id.encode()
     eta = b"" if envelope.eta is None else repr(float(envelope.eta)).encode()
