@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,7 +178,8 @@ def main() -> None:
     parser.add_argument("--attach", default="", help="a shell command run mid-drain (see the module doc)")
     parser.add_argument("--bare", action="store_true", help="the task's INCR alone in -c processes: the ceiling")
     args = parser.parse_args()
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="noop-tree-")))
+    workdir = Path(tempfile.mkdtemp(prefix="noop-tree-"))
+    server = RedisServer(workdir)
     env = {"CONVEYOR_BROKER_URL": server.url, "CONVEYOR_EVENTS": args.events, REDIS_URL_ENV: server.url}
     os.environ.update(env)
     client = redis.Redis.from_url(server.url)
@@ -204,6 +206,7 @@ def main() -> None:
             worker.wait(60)
         client.close()
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
