@@ -14,6 +14,10 @@ workload (``bench.systems.conveyor_tasks.noop``: each INCRs the completion count
 - ``INFO stats`` ``total_reads_processed``: the server's read events per task, about its round trips
   (each task's own INCR is one, so conveyor's share is what is above 1).
 
+``--bare`` runs, instead of a worker, the task's body alone: ``-c`` forked processes each INCRing the counter
+(through the same redis-py client as the task module) until N, on the same kind of private server. That is the
+ceiling of the workload for any task queue on this machine at this moment: the no-op task's own round trip.
+
 ``--attach CMD`` runs a shell command mid-drain and waits for it; ``{child}`` (first child), ``{child_1}``,
 ``{supervisor}`` and ``{redis_server}`` are replaced by pids, e.g.
 ``--attach "perf stat -e task-clock,context-switches -p {child} -- sleep 3"`` or
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +138,37 @@ def _wait_for(client: redis.Redis, count: int, timeout: float) -> None:
         time.sleep(0.005)
 
 
+def _bare_child(share: int) -> None:
+    from bench.systems._counter import incr
+
+    for _ in range(share):
+        incr()
+    os._exit(0)
+
+
+def bare(n: int, slots: int, server: RedisServer, client: redis.Redis) -> None:
+    """The task's body without a queue: ``slots`` processes INCRing the counter, n times in all."""
+    pids = []
+    first = time.perf_counter()
+    before = _cpu(psutil.Process(server.proc.pid))[0]
+    for i in range(slots):
+        pid = os.fork()
+        if pid == 0:
+            _bare_child(n // slots + (i < n % slots))
+        pids.append(pid)
+    children = 0.0
+    for pid in pids:
+        _, _, usage = os.wait4(pid, 0)
+        children += usage.ru_utime + usage.ru_stime
+    elapsed = time.perf_counter() - first
+    done = int(client.get(COUNTER_KEY) or 0)
+    server_us = (_cpu(psutil.Process(server.proc.pid))[0] - before) / done * 1e6
+    rate = done / elapsed
+    print(f"bare INCR loop, {slots} process(es): {done} in {elapsed:.3f} s: {rate:,.0f}/s   load {os.getloadavg()}")
+    print(f"  redis-server   {server_us:7.1f} µs CPU/task")
+    print(f"  processes      {children / done * 1e6:7.1f} µs CPU/task (all of them)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=40000, help="no-op tasks to drain")
@@ -140,13 +176,18 @@ def main() -> None:
     parser.add_argument("--events", default="true", help="CONVEYOR_EVENTS for the worker")
     parser.add_argument("--loglevel", default="WARNING")
     parser.add_argument("--attach", default="", help="a shell command run mid-drain (see the module doc)")
+    parser.add_argument("--bare", action="store_true", help="the task's INCR alone in -c processes: the ceiling")
     args = parser.parse_args()
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="noop-tree-")))
+    workdir = Path(tempfile.mkdtemp(prefix="noop-tree-"))
+    server = RedisServer(workdir)
     env = {"CONVEYOR_BROKER_URL": server.url, "CONVEYOR_EVENTS": args.events, REDIS_URL_ENV: server.url}
     os.environ.update(env)
     client = redis.Redis.from_url(server.url)
     worker = None
     try:
+        if args.bare:
+            bare(args.n, args.c, server, client)
+            return
         _enqueue(args.n)
         client.config_resetstat()
         cmd = [sys.executable, "-m", "conveyor", "worker", APP, "-c", str(args.c), "--pool", "process"]
@@ -165,6 +206,7 @@ def main() -> None:
             worker.wait(60)
         client.close()
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from conveyor.brokers import Delivery
-from conveyor.worker.backlog import Backlog
+from conveyor.worker.backlog import FAST_BATCH, GROWTH, Backlog, BatchSize
 
 HOLD = 0.005
 
@@ -66,3 +66,35 @@ def _spin(seconds: float) -> None:
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+def test_a_batch_grows_while_full_batches_run_fast_and_falls_back_after_any_other() -> None:
+    # Given the batch size of a child whose prefetch setting is 16
+    size = BatchSize(16)
+    assert size.next == 16
+    # When full batches keep running faster than FAST_BATCH: it doubles, up to GROWTH times the setting
+    grown = []
+    for _ in range(4):
+        size.ran(size.next, FAST_BATCH / 2)
+        grown.append(size.next)
+    assert grown == [32, 64, 64, 64] and GROWTH * 16 == 64
+    # Then a short batch (the queue ran low) brings it back to the setting at once
+    size.ran(10, FAST_BATCH / 2)
+    assert size.next == 16
+    # And so does a full batch that ran slowly (its tasks are not that short), or one that ran only in part
+    # (a long task gave its batch-mates back)
+    size.ran(16, FAST_BATCH / 2)
+    size.ran(32, FAST_BATCH * 2)
+    assert size.next == 16
+    size.ran(16, FAST_BATCH / 2)
+    size.ran(31, FAST_BATCH / 2)
+    assert size.next == 16
+
+
+def test_a_prefetch_of_one_never_grows() -> None:
+    # Given prefetching turned off (prefetch = 1), When single tasks keep running fast
+    size = BatchSize(1)
+    for _ in range(3):
+        size.ran(1, 0.0)
+    # Then each reservation still takes one
+    assert size.next == 1

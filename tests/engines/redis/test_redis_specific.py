@@ -279,6 +279,29 @@ def test_wake_up_tokens_stay_bounded_on_a_queue_nobody_reserves_from(broker: Red
     client.close()
 
 
+def test_the_in_flight_set_is_a_skiplist_and_the_seed_that_makes_it_one_leaves_no_lease_behind(
+    broker: RedisBroker,
+) -> None:
+    # Given a queue of 20 messages, one of them with the id reserve.lua seeds the in-flight set with
+    seed = "~" * 129
+    client = redis.Redis.from_url(REDIS_URL)
+    broker.enqueue([env() for _ in range(19)] + [Envelope(id=seed, queue="default", body=b"x")])
+    inflight = broker._keys("default").inflight
+    # When a reserve takes a few (a small in-flight set, which Redis would make a listpack)
+    first = broker.reserve(["default"], 4, owner="w", lease=30)
+    # Then it is a skiplist (ZADD of a lease in a listpack walks and reparses every member), without the seed
+    assert client.object("encoding", inflight) == b"skiplist"
+    assert client.zrange(inflight, 0, -1) == sorted(d.id.encode() for d in first)
+    # And once every lease is acked (the set is gone), the message named like the seed gets a lease of its own
+    broker.ack(first)
+    rest = broker.reserve(["default"], 100, owner="w", lease=30)
+    assert seed in {d.id for d in rest} and client.object("encoding", inflight) == b"skiplist"
+    assert client.zcard(inflight) == 16 and client.zcount(inflight, "-inf", 0) == 0  # every lease has its deadline
+    broker.ack(rest)
+    assert broker.stats()[0].in_flight == 0
+    client.close()
+
+
 def test_a_retry_after_a_lost_enqueue_reply_is_no_duplicate(broker: RedisBroker) -> None:
     # Given a connection whose first enqueue reply is lost after the server ran the script
     real = broker._conn._send_and_read

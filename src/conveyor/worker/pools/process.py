@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from typing import Any
 
 from conveyor.brokers import Delivery
 from conveyor.errors import BrokerError
 from conveyor.message import Message
 from conveyor.task import BaseTask
-from conveyor.worker.backlog import PREFETCH_HOLD, Backlog
+from conveyor.worker.backlog import PREFETCH_HOLD, Backlog, BatchSize
 from conveyor.worker.child import RESERVE_WAIT, Child
 from conveyor.worker.pools import Pool
 from conveyor.worker.pools.reserver import Reserver
@@ -47,6 +48,7 @@ class ProcessPool(Pool):
         self.executor = child.executor(self.settler, self._on_start)
         self.reserver = Reserver(child, self.settler)
         self.backlog = Backlog(PREFETCH_HOLD, self._on_long_task)
+        self.batch = BatchSize(child.config.prefetch)
         # The running task's start report: sent at once for a hard limit, else only once it runs long
         # (then made from what the task started with: most tasks never need one).
         self._report_lock = threading.Lock()
@@ -72,6 +74,7 @@ class ProcessPool(Pool):
         # ``stopping`` (an attribute) between tasks; ``serving`` (a getppid() system call) before each reservation
         # only: a supervisor that dies kills its child (PR_SET_PDEATHSIG), so the call only catches an orphan
         # from the start, which has nothing prefetched yet.
+        ran, filled = 0, time.monotonic()  # tasks of the current batch run here; when it was reserved
         while not child.stopping:
             if child.backend_down:  # give back what did not start, take nothing until the backend answers
                 child.return_unstarted(backlog.take_unstarted())
@@ -80,12 +83,16 @@ class ProcessPool(Pool):
             delivery = backlog.next()
             if delivery is not None:
                 self._run(delivery)
+                ran += 1
                 continue
             if not child.serving:
                 break
+            self.batch.ran(ran, time.monotonic() - filled)
             child.flush_counts(force=self._draining)  # before a reserve that may wait: events stay fresh
-            fresh = self.reserver.round_trip(child.config.prefetch, RESERVE_WAIT)
-            self._draining = len(fresh) < child.config.prefetch
+            n = self.batch.next
+            fresh = self.reserver.round_trip(n, RESERVE_WAIT)
+            ran, filled = 0, time.monotonic()
+            self._draining = len(fresh) < n
             backlog.fill(fresh)
             child.flush_counts()
 

@@ -48,7 +48,7 @@ if #ids > 0 then
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
   end
-  chunked('ZADD', INFLIGHT, leases)
+  zadd_skiplist(INFLIGHT, leases)
 end
 if redis.call('ZCARD', READY) == 0 then
   redis.call('DEL', SIGNAL)
