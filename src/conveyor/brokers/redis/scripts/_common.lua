@@ -43,10 +43,16 @@ local function int(x)
   return string.format('%d', x)
 end
 
--- Run CMD KEY ARGS... in chunks; ARGS is a flat list (pairs stay whole since CHUNK is even).
+-- Run CMD KEY ARGS... in chunks; ARGS is a flat list (pairs stay whole since CHUNK is even). KEY nil:
+-- CMD ARGS... (a command whose arguments are all keys: DEL).
 local function chunked(cmd, key, args)
   for i = 1, #args, CHUNK do
-    redis.call(cmd, key, unpack(args, i, math.min(i + CHUNK - 1, #args)))
+    local last = math.min(i + CHUNK - 1, #args)
+    if key then
+      redis.call(cmd, key, unpack(args, i, last))
+    else
+      redis.call(cmd, unpack(args, i, last))
+    end
   end
 end
 

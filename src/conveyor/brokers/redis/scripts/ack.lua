@@ -23,9 +23,7 @@ end
 -- One DEL for the batch: each redis.call costs its argument objects, a command lookup and a reply
 -- serialized and parsed back into Lua, more than deleting a small hash.
 if #gone > 0 then
-  for i = 1, #hashes, CHUNK do
-    redis.call('DEL', unpack(hashes, i, math.min(i + CHUNK - 1, #hashes)))
-  end
+  chunked('DEL', nil, hashes)
   chunked('ZREM', INFLIGHT, gone)
 end
 return released
